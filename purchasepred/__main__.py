@@ -1,0 +1,3 @@
+from purchasepred.cli import main
+
+main()

@@ -1,0 +1,308 @@
+"""Configuration: nested dataclasses, YAML files and command-line overrides.
+
+Precedence (lowest first): dataclass defaults < ``configs/default.yaml`` < ``--config FILE`` <
+named flags (``--purchase-weight``) < ``--set section.key=value``. Unknown keys fail with the
+closest valid key named; every invalid value is reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from purchasepred.errors import ConfigError
+from purchasepred.resources import configs_dir
+
+
+@dataclass
+class PrepareConfig:
+    session_gap_minutes: float = 30.0
+    """Inactivity gap that starts a new session (also splits a long ``user_session``)."""
+    max_len: int = 50
+    """Events per sequence: the last ``max_len`` events before a cutoff."""
+    min_item_count: int = 2
+    """Items seen fewer times share the 'unknown' id 1 (they cannot be recommended)."""
+    eval_days: float = 7.0
+    """Length of the test window (the last days of the log) and of the valid window before it."""
+    memory_limit: str | None = None
+    """DuckDB memory limit such as '2GB'; DuckDB spills to disk beyond it."""
+    threads: int | None = None
+    """DuckDB threads (default: all cores)."""
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 64
+    """Width of every token embedding and of the encoder."""
+    n_layers: int = 2
+    """Pre-LN Transformer encoder layers."""
+    n_heads: int = 2
+    """Attention heads per layer."""
+    dropout: float = 0.1
+    """Dropout on embeddings, attention and feed-forward."""
+    repeat_path: bool = True
+    """Purchase head mixes a pointer over the user's own history with the catalog score."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    """Passes over the training sequences."""
+    batch_size: int = 256
+    """Sequences per step."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW), reached after warmup, then cosine decay."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (never applied to embeddings, norms or biases)."""
+    warmup_frac: float = 0.05
+    """Fraction of all steps spent warming the learning rate up linearly."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (0 disables)."""
+    purchase_weight: float = 100.0
+    """Loss = view_loss + purchase_weight * purchase_loss (+ cart_weight * cart_loss)."""
+    cart_weight: float = 0.0
+    """Carts as a weaker purchase signal: weight of the loss on the next cart within the horizon."""
+    loss: Literal["full", "sampled"] = "full"
+    """Full softmax over the catalog, or sampled softmax with log-Q correction."""
+    negatives: int = 1024
+    """Shared negatives per step for the sampled loss."""
+    patience: int = 3
+    """Stop after this many epochs without a better valid NDCG@10 (0 disables)."""
+    seed: int = 0
+    """Seed for initialisation, batching and dropout."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto picks cuda > mps > cpu."""
+    compile: bool = False
+    """torch.compile the model (CUDA only)."""
+    bf16: bool = True
+    """bf16 autocast on CUDA."""
+    run_name: str | None = None
+    """Run folder name under checkpoints/ and output/ (default: a timestamp)."""
+    checkpoints_dir: str = "checkpoints"
+    """Root of run folders holding last.pt, best.pt, config.yaml, metadata.json."""
+    output_dir: str = "output"
+    """Root of per-run outputs (metrics.json, recommendations.csv)."""
+    data: str = "prepared"
+    """Prepared dataset folder (from `purchasepred prepare`)."""
+
+
+@dataclass
+class EvalConfig:
+    k: list[int] = field(default_factory=lambda: [10])
+    """Cutoffs for NDCG@K and HR@K."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of users for the 95% interval."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    popularity_days: float = 7.0
+    """Popularity baseline counts events in this many days before the cutoff."""
+
+
+@dataclass
+class ExportConfig:
+    k: int = 10
+    """Items per user."""
+    filter_seen: bool = False
+    """Drop items the user already interacted with."""
+    user_batch: int = 4096
+    """Users scored per batch (memory is user_batch x n_items floats)."""
+
+
+@dataclass
+class Config:
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _valid_keys(cfg_cls: type = Config) -> dict[str, Any]:
+    """Flattened ``section.key`` -> type annotation."""
+    hints = typing.get_type_hints(cfg_cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg_cls):
+        sub = hints[f.name]
+        for sf, st in typing.get_type_hints(sub).items():
+            out[f"{f.name}.{sf}"] = st
+    return out
+
+
+_KEYS = _valid_keys()
+
+
+def _suggest(key: str) -> str:
+    match = difflib.get_close_matches(key, list(_KEYS), n=1, cutoff=0.5)
+    if not match:
+        # try the bare field name against every section
+        bare = key.split(".")[-1]
+        match = [k for k in _KEYS if k.endswith("." + bare)] or difflib.get_close_matches(
+            bare, [k.split(".")[1] for k in _KEYS], n=1
+        )
+        match = [k for k in _KEYS if k.split(".")[1] in match][:1]
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Convert ``value`` to the annotated type or raise ValueError with a reason."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, inner[0], value)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is list:
+        (inner,) = args
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        if isinstance(value, (int, float)):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list, got {value!r}")
+        return [_coerce(key, inner, v) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number, got {value!r}") from None
+    if tp is str:
+        return str(value)
+    raise ValueError(f"unsupported type {tp}")
+
+
+def _validate(cfg: Config) -> list[str]:
+    p, m, t, e, x = cfg.prepare, cfg.model, cfg.train, cfg.eval, cfg.export
+    checks = [
+        (p.session_gap_minutes > 0, "prepare.session_gap_minutes must be > 0"),
+        (p.max_len >= 2, "prepare.max_len must be >= 2"),
+        (p.min_item_count >= 1, "prepare.min_item_count must be >= 1"),
+        (p.eval_days > 0, "prepare.eval_days must be > 0"),
+        (p.threads is None or p.threads >= 1, "prepare.threads must be >= 1"),
+        (m.d_model >= 8 and m.d_model % max(m.n_heads, 1) == 0, "model.d_model must be >= 8 and divisible by model.n_heads"),
+        (m.n_layers >= 1, "model.n_layers must be >= 1"),
+        (m.n_heads >= 1, "model.n_heads must be >= 1"),
+        (0 <= m.dropout < 1, "model.dropout must be in [0, 1)"),
+        (t.epochs >= 1, "train.epochs must be >= 1 (got %s)" % t.epochs),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (0 <= t.warmup_frac < 1, "train.warmup_frac must be in [0, 1)"),
+        (t.grad_clip >= 0, "train.grad_clip must be >= 0"),
+        (t.purchase_weight >= 0, "train.purchase_weight must be >= 0 (got %s)" % t.purchase_weight),
+        (t.cart_weight >= 0, "train.cart_weight must be >= 0"),
+        (t.negatives >= 1, "train.negatives must be >= 1"),
+        (t.patience >= 0, "train.patience must be >= 0"),
+        (bool(e.k) and all(k >= 1 for k in e.k), "eval.k must be a list of integers >= 1"),
+        (e.bootstrap >= 0, "eval.bootstrap must be >= 0"),
+        (e.popularity_days > 0, "eval.popularity_days must be > 0"),
+        (x.k >= 1, "export.k must be >= 1"),
+        (x.user_batch >= 1, "export.user_batch must be >= 1"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+
+
+def _apply(cfg: Config, flat: dict[str, Any], source: str, problems: list[str]) -> None:
+    for key, value in flat.items():
+        if key not in _KEYS:
+            problems.append(f"unknown key '{key}' in {source}{_suggest(key)}")
+            continue
+        section, name = key.split(".")
+        try:
+            setattr(getattr(cfg, section), name, _coerce(key, _KEYS[key], value))
+        except ValueError as err:
+            problems.append(f"{key} in {source} {err}")
+
+
+def _flatten_yaml(data: Any, source: str, problems: list[str]) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{source} must be a mapping of sections (prepare, model, train, eval, export)")
+        return {}
+    flat: dict[str, Any] = {}
+    for section, body in data.items():
+        if isinstance(body, dict):
+            for k, v in body.items():
+                flat[f"{section}.{k}"] = v
+        else:
+            flat[str(section)] = body
+    return flat
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got '{item}' (example: --set train.lr=0.001)")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_config(
+    config_file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> Config:
+    """Resolve the configuration. ``flags`` are named CLI flags (None means not given)."""
+    cfg = Config()
+    problems: list[str] = []
+    default = configs_dir() / "default.yaml"
+    _apply(cfg, _flatten_yaml(yaml.safe_load(default.read_text()), str(default), problems), "default.yaml", problems)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        _apply(cfg, _flatten_yaml(data, str(path), problems), str(path), problems)
+    _apply(cfg, {k: v for k, v in (flags or {}).items() if v is not None}, "command-line flags", problems)
+    _apply(cfg, parse_set(sets), "--set", problems)
+    problems += _validate(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (checkpoints, config.yaml)."""
+    cfg = Config()
+    problems: list[str] = []
+    _apply(cfg, _flatten_yaml(data, "saved config", problems), "saved config", problems)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

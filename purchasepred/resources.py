@@ -1,0 +1,26 @@
+"""Locate the SQL files and configs both in a source checkout and in an installed wheel.
+
+The wheel carries ``sql/`` and ``configs/`` inside the package (``purchasepred/sql``); a source
+checkout or editable install keeps them at the repository root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+
+
+def _find(name: str) -> Path:
+    for candidate in (_PKG / name, _PKG.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"purchasepred is installed without its {name}/ folder (looked in {_PKG})")
+
+
+def sql_dir() -> Path:
+    return _find("sql")
+
+
+def configs_dir() -> Path:
+    return _find("configs")

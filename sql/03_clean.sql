@@ -1,0 +1,66 @@
+-- clean: remove exact duplicate events, collapse consecutive repeats of the same view, and order
+-- each user's events.
+-- inputs: loaded.
+-- outputs: clean (grain: one distinct event; copies = how many identical raw rows it stood for).
+--   is_repeat_view marks a view that directly repeats the user's previous view of the same item in
+--   the same session (collapsed: counted, then left out of sessionized). seq is the 1-based position
+--   of a kept event in its user's history, ordered by time and then by every other column (a total
+--   order, so the result does not depend on file order or thread count).
+-- parameters: session_gap_seconds (a repeated view after a longer gap is a new visit, kept).
+create or replace table clean as
+with deduped as (
+    select
+        event_at, event_type, item_key, user_key, session_key, category_key, category_code, brand, price,
+        count(*) as copies
+    from loaded
+    group by all
+),
+
+ordered as (
+    select
+        *,
+        case event_type when 'view' then 1 when 'cart' then 2 when 'remove_from_cart' then 3 else 4 end
+            as type_rank
+    from deduped
+),
+
+with_previous as (
+    select
+        *,
+        lag(event_type) over w as prev_type,
+        lag(item_key) over w as prev_item,
+        lag(session_key) over w as prev_session,
+        lag(event_at) over w as prev_at
+    from ordered
+    window w as (
+        partition by user_key
+        order by event_at, type_rank, item_key, session_key nulls first, category_key nulls first,
+            category_code nulls first, brand nulls first, price nulls first
+    )
+),
+
+flagged as (
+    select
+        *,
+        (
+            event_type = 'view' and prev_type = 'view' and item_key = prev_item
+            and session_key is not distinct from prev_session
+            and epoch(event_at) - epoch(prev_at) <= getvariable('session_gap_seconds')
+        ) as is_repeat_view
+    from with_previous
+),
+
+final as (
+    select
+        user_key,
+        row_number() over (
+            partition by user_key, is_repeat_view
+            order by event_at, type_rank, item_key, session_key nulls first, category_key nulls first,
+                category_code nulls first, brand nulls first, price nulls first
+        ) as seq,
+        event_at, event_type, item_key, session_key, category_key, category_code, brand, price, copies,
+        is_repeat_view
+    from flagged
+)
+
+select * from final;

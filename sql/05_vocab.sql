@@ -1,0 +1,92 @@
+-- vocab: dense ids for users, items, brands and categories. 0 is padding and 1 is unknown / rare
+-- (seen fewer than min_item_count times); real ids start at 2, most frequent first, ties broken by
+-- the raw id so that the numbering is deterministic.
+-- inputs: sessionized.
+-- outputs: users (key user_idx; raw user_id), items (key item_key; item_idx may be 1 for rare items;
+--   with the item's latest brand, category, price), brands (key brand_idx), categories (key
+--   category_idx; the category is category_id where present, else category_code).
+-- parameters: min_item_count.
+create or replace table users as
+with counts as (
+    select user_key, count(*) as n_events, min(event_at) as first_event_at, max(event_at) as last_event_at
+    from sessionized
+    group by user_key
+)
+
+select
+    (row_number() over (order by user_key) + 1)::integer as user_idx,
+    user_key as user_id,
+    n_events,
+    first_event_at,
+    last_event_at
+from counts;
+
+create or replace table brands as
+with counts as (
+    select brand, count(*) as n_events from sessionized where brand is not null group by brand
+)
+
+select
+    case when n_events >= getvariable('min_item_count')
+        then (row_number() over (order by n_events desc, brand) + 1)::integer else 1 end as brand_idx,
+    brand,
+    n_events
+from counts;
+
+create or replace table categories as
+with counts as (
+    select
+        coalesce(category_key, category_code) as category,
+        any_value(category_code) as category_code,
+        count(*) as n_events
+    from sessionized
+    where coalesce(category_key, category_code) is not null
+    group by 1
+)
+
+select
+    case when n_events >= getvariable('min_item_count')
+        then (row_number() over (order by n_events desc, category) + 1)::integer else 1 end as category_idx,
+    category,
+    category_code,
+    n_events
+from counts;
+
+create or replace table items as
+with counts as (
+    select
+        item_key,
+        count(*) as n_events,
+        count(*) filter (where event_type = 'purchase') as n_purchases,
+        arg_max(brand, event_at) as brand,
+        arg_max(coalesce(category_key, category_code), event_at) as category,
+        arg_max(price, event_at) as price
+    from sessionized
+    group by item_key
+),
+
+ranked as (
+    select
+        *,
+        case when n_events >= getvariable('min_item_count')
+            then (row_number() over (order by n_events desc, item_key) + 1)::integer else 1 end as item_idx
+    from counts
+),
+
+final as (
+    select
+        r.item_idx,
+        r.item_key as product_id,
+        r.n_events,
+        r.n_purchases,
+        coalesce(b.brand_idx, 1) as brand_idx,
+        coalesce(c.category_idx, 1) as category_idx,
+        r.brand,
+        r.category,
+        r.price
+    from ranked as r
+    left join brands as b on b.brand = r.brand
+    left join categories as c on c.category = r.category
+)
+
+select * from final;

@@ -1,0 +1,66 @@
+-- encode: one row per event with dense ids and the features the model reads.
+-- inputs: sessionized, users, items, brands, categories.
+-- outputs: events (grain: one event; key user_idx, seq; ordered by user_idx, seq):
+--   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
+--   price_bucket 1 unknown or zero, else 2 + floor(2 * log2(1 + price)) capped at 31;
+--   hour_id 1..24, weekday_id 1..7 (ISO, Monday = 1);
+--   gap_bucket 1 for the user's first event, else 2 + floor(log2(1 + seconds since previous)) capped at 27;
+--   ts (epoch seconds) and, for training targets, the next event's item and time and the user's
+--   next purchase and next cart (item and time) after this event.
+-- parameters: none.
+create or replace table events as
+with joined as materialized (
+    select
+        u.user_idx,
+        s.seq,
+        s.event_at,
+        epoch(s.event_at)::bigint as ts,
+        case s.event_type when 'view' then 1 when 'cart' then 2 when 'purchase' then 3 else 4 end::tinyint
+            as event_type_id,
+        i.item_idx,
+        s.item_key as product_id,
+        coalesce(b.brand_idx, 1) as brand_idx,
+        coalesce(c.category_idx, 1) as category_idx,
+        case when s.price is null or s.price <= 0 then 1
+            else least(2 + floor(2 * log2(1 + s.price)), 31) end::tinyint as price_bucket,
+        (hour(s.event_at) + 1)::tinyint as hour_id,
+        isodow(s.event_at)::tinyint as weekday_id,
+        case when s.gap_seconds is null then 1
+            else least(2 + floor(log2(1 + s.gap_seconds)), 27) end::tinyint as gap_bucket,
+        s.session_no,
+        s.is_session_start
+    from sessionized as s
+    join users as u on u.user_id = s.user_key
+    join items as i on i.product_id = s.item_key
+    left join brands as b on b.brand = s.brand
+    left join categories as c on c.category = coalesce(s.category_key, s.category_code)
+),
+
+with_next as (
+    select
+        *,
+        lead(item_idx) over w as next_item_idx,
+        lead(ts) over w as next_ts,
+        min(case when event_type_id = 3 then seq end) over w_after as next_purchase_seq,
+        min(case when event_type_id = 2 then seq end) over w_after as next_cart_seq
+    from joined
+    window
+        w as (partition by user_idx order by seq),
+        w_after as (partition by user_idx order by seq rows between 1 following and unbounded following)
+),
+
+final as (
+    select
+        n.user_idx, n.seq, n.event_at, n.ts, n.event_type_id, n.item_idx, n.product_id, n.brand_idx,
+        n.category_idx, n.price_bucket, n.hour_id, n.weekday_id, n.gap_bucket, n.session_no,
+        n.is_session_start, n.next_item_idx, n.next_ts,
+        p.item_idx as next_purchase_item_idx,
+        p.ts as next_purchase_ts,
+        c.item_idx as next_cart_item_idx,
+        c.ts as next_cart_ts
+    from with_next as n
+    left join joined as p on p.user_idx = n.user_idx and p.seq = n.next_purchase_seq
+    left join joined as c on c.user_idx = n.user_idx and c.seq = n.next_cart_seq
+)
+
+select * from final order by user_idx, seq;

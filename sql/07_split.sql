@@ -1,0 +1,55 @@
+-- split: time-based windows with no leakage. With T the last event time, test is the last
+-- eval_seconds up to and including T, valid the eval_seconds before it, and "all" the future window
+-- after T that export predicts. A window's inputs are only the events strictly before its start;
+-- its truth is the set of (user, item) purchases inside it.
+-- inputs: events.
+-- outputs: windows (key split: valid, test, all; window_start inclusive, window_end exclusive) and
+--   truth (grain: split, user_idx, product_id; item_idx is 1 for items too rare to have an id: they
+--   stay in the truth and count against every ranker).
+-- parameters: eval_seconds.
+create or replace table windows as
+with bounds as (
+    select max(event_at) as last_at from events
+),
+
+cutoffs as (
+    select
+        last_at,
+        last_at - to_microseconds((getvariable('eval_seconds') * 1e6)::bigint) as test_start
+    from bounds
+),
+
+final as (
+    select
+        'valid' as split,
+        test_start - to_microseconds((getvariable('eval_seconds') * 1e6)::bigint) as window_start,
+        test_start as window_end
+    from cutoffs
+    union all
+    select 'test', test_start, last_at + interval 1 microsecond from cutoffs
+    union all
+    select
+        'all',
+        last_at + interval 1 microsecond,
+        last_at + interval 1 microsecond + to_microseconds((getvariable('eval_seconds') * 1e6)::bigint)
+    from cutoffs
+)
+
+select split, window_start, window_end, epoch(window_start)::bigint as start_ts from final;
+
+create or replace table truth as
+with purchases as (
+    select w.split, e.user_idx, e.product_id, e.item_idx, e.event_at
+    from events as e
+    join windows as w on e.event_at >= w.window_start and e.event_at < w.window_end
+    where e.event_type_id = 3
+),
+
+final as (
+    select split, user_idx, product_id, any_value(item_idx) as item_idx, count(*) as n_purchases,
+        min(event_at) as first_purchase_at
+    from purchases
+    group by split, user_idx, product_id
+)
+
+select * from final order by split, user_idx, product_id;

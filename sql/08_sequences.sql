@@ -1,0 +1,153 @@
+-- sequences: fixed-width integer arrays ready to become tensors, left-padded with 0.
+-- inputs: events, windows.
+-- outputs:
+--   sequences (key split, user_idx): for each window (valid, test, all) and each user with at least
+--     one event before the window's start, the last max_len of those events; n_events counts all of
+--     them; last_event_at is the latest input (always before window_start).
+--   train_sequences (key user_idx, chunk): every event before the valid window, cut into chunks of
+--     max_len from the most recent one back (chunk 0 is the most recent). Targets per position:
+--     next_item_idx (the next event's item, if it is before the valid window), purchase_target and
+--     cart_target (the user's next purchase / cart after this event, if within eval_seconds and before
+--     the valid window), 0 where there is none.
+-- parameters: max_len, eval_seconds.
+create or replace table sequences as
+with cutoffs as (
+    select
+        w.split,
+        e.user_idx,
+        count(*) as n_events,
+        max(e.seq) as last_seq,
+        max(e.event_at) as last_event_at
+    from events as e
+    join windows as w on e.event_at < w.window_start
+    group by w.split, e.user_idx
+),
+
+recent as (
+    select c.split, c.n_events, c.last_event_at, e.*
+    from cutoffs as c
+    join events as e
+        on e.user_idx = c.user_idx
+        and e.seq > c.last_seq - getvariable('max_len')
+        and e.seq <= c.last_seq
+),
+
+grouped as (
+    select
+        split,
+        user_idx,
+        any_value(n_events) as n_events,
+        any_value(last_event_at) as last_event_at,
+        count(*) as n,
+        list(item_idx order by seq) as item_idx,
+        list(brand_idx order by seq) as brand_idx,
+        list(category_idx order by seq) as category_idx,
+        list(event_type_id::integer order by seq) as event_type_id,
+        list(price_bucket::integer order by seq) as price_bucket,
+        list(hour_id::integer order by seq) as hour_id,
+        list(weekday_id::integer order by seq) as weekday_id,
+        list(gap_bucket::integer order by seq) as gap_bucket,
+        list(ts order by seq) as ts
+    from recent
+    group by split, user_idx
+),
+
+final as (
+    select
+        split,
+        user_idx,
+        n_events,
+        last_event_at,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || item_idx as item_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || brand_idx as brand_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || category_idx as category_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || event_type_id as event_type_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || price_bucket as price_bucket,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || hour_id as hour_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || weekday_id as weekday_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || gap_bucket as gap_bucket,
+        list_resize([]::bigint[], getvariable('max_len') - n, 0) || ts as ts
+    from grouped
+)
+
+select * from final order by split, user_idx;
+
+create or replace table train_sequences as
+with valid_start as (
+    select window_start, start_ts from windows where split = 'valid'
+),
+
+history as (
+    select
+        e.*,
+        max(e.seq) over (partition by e.user_idx) as last_seq,
+        v.window_start,
+        v.start_ts
+    from events as e
+    cross join valid_start as v
+    where e.event_at < v.window_start
+),
+
+targeted as (
+    select
+        *,
+        (last_seq - seq) // getvariable('max_len') as chunk,
+        case when next_ts < start_ts then coalesce(next_item_idx, 0) else 0 end as next_target,
+        case
+            when next_purchase_ts < start_ts and next_purchase_ts - ts <= getvariable('eval_seconds')
+                then next_purchase_item_idx
+            else 0
+        end as purchase_target,
+        case
+            when next_cart_ts < start_ts and next_cart_ts - ts <= getvariable('eval_seconds')
+                then next_cart_item_idx
+            else 0
+        end as cart_target
+    from history
+),
+
+grouped as (
+    select
+        user_idx,
+        chunk,
+        count(*) as n,
+        max(event_at) as last_event_at,
+        list(item_idx order by seq) as item_idx,
+        list(brand_idx order by seq) as brand_idx,
+        list(category_idx order by seq) as category_idx,
+        list(event_type_id::integer order by seq) as event_type_id,
+        list(price_bucket::integer order by seq) as price_bucket,
+        list(hour_id::integer order by seq) as hour_id,
+        list(weekday_id::integer order by seq) as weekday_id,
+        list(gap_bucket::integer order by seq) as gap_bucket,
+        list(ts order by seq) as ts,
+        list(next_target::integer order by seq) as next_target,
+        list(purchase_target::integer order by seq) as purchase_target,
+        list(cart_target::integer order by seq) as cart_target
+    from targeted
+    group by user_idx, chunk
+    having sum((next_target > 0)::integer + (purchase_target > 0)::integer + (cart_target > 0)::integer) > 0
+),
+
+final as (
+    select
+        user_idx,
+        chunk,
+        n as n_events,
+        last_event_at,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || item_idx as item_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || brand_idx as brand_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || category_idx as category_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || event_type_id as event_type_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || price_bucket as price_bucket,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || hour_id as hour_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || weekday_id as weekday_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || gap_bucket as gap_bucket,
+        list_resize([]::bigint[], getvariable('max_len') - n, 0) || ts as ts,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || next_target as next_target,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || purchase_target as purchase_target,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || cart_target as cart_target
+    from grouped
+)
+
+select * from final order by user_idx, chunk;

@@ -1,0 +1,43 @@
+-- stats: named queries whose single row goes into manifest.json and the prepare summary.
+
+-- name: counts
+select
+    (select count(*) from raw_input) + (select count(*) from raw_rejects) as rows_read,
+    (select count(*) from rejects) as rows_rejected,
+    (select count(*) from loaded) - (select count(*) from clean) as rows_duplicate,
+    (select count(*) from clean) as rows_kept,
+    (select count(*) from clean where is_repeat_view) as rows_collapsed,
+    (select count(*) from events) as n_events,
+    (select count(*) from users) as n_users,
+    (select count(*) from items) as n_raw_items,
+    (select coalesce(max(item_idx), 1) - 1 from items) as n_items,
+    (select coalesce(max(brand_idx), 1) - 1 from brands) as n_brands,
+    (select coalesce(max(category_idx), 1) - 1 from categories) as n_categories,
+    (select count(*) from events where is_session_start) as n_sessions,
+    (select min(event_at) from events)::varchar as first_event_at,
+    (select max(event_at) from events)::varchar as last_event_at,
+    (select count(*) from train_sequences) as n_train_sequences;
+
+-- name: rejects_by_reason
+select reason, count(*) as n from rejects group by reason order by n desc, reason;
+
+-- name: events_by_type
+select
+    case event_type_id when 1 then 'view' when 2 then 'cart' when 3 then 'purchase' else 'remove_from_cart' end
+        as event_type,
+    count(*) as n
+from events group by 1 order by 1;
+
+-- name: windows
+select
+    w.split,
+    w.window_start::varchar as window_start,
+    w.window_end::varchar as window_end,
+    (select count(*) from sequences as s where s.split = w.split) as n_users_with_inputs,
+    (select count(distinct t.user_idx) from truth as t where t.split = w.split) as n_users_with_purchases,
+    (select count(*) from truth as t where t.split = w.split) as n_purchased_pairs
+from windows as w
+order by w.window_start;
+
+-- name: parquet_columns
+select column_name from (describe select * from read_parquet(getvariable('input_path')));
