@@ -44,7 +44,7 @@ EVENT_TYPES = ("view", "cart", "purchase")
 # --- structure knobs -------------------------------------------------------------------
 _ROWS_MARGIN = 1.05  # generate ~5% more rows, then keep the first `rows` by time
 _MEAN_SESSION_VIEWS = 5.5  # geometric session lengths (in views)
-_P_SESSION_REVISIT = 0.30  # per view at position > 0 in its session (~25% of all views)
+_P_SESSION_REVISIT = 0.18  # per view at position > 0 (with chance repeats ~25-30% of views)
 _P_USER_REVISIT = 0.22  # per other view of a returning user: copy an item from earlier sessions
 _P_FOCUS = 0.60  # fresh view from the session's focus category
 _P_PREFERRED = 0.85  # ... or from any preferred category of the user (cumulative)
@@ -52,7 +52,7 @@ _ITEM_ZIPF = 1.1
 _CAT_ZIPF = 1.0
 _APPEAL_SIGMA = 1.0
 _MAX_INTEREST = 5  # purchase weight grows with prior views of the item, capped here
-_SESSION_BREAK_S = 900  # minimum pause between a user's sessions (covers cart/purchase delays)
+_SESSION_BREAK_S = 1800  # minimum pause between a user's sessions (> cart + purchase delays)
 _CHUNK_ROWS = 1 << 18
 _GZIP_LEVEL = 6
 
@@ -124,10 +124,12 @@ def generate(
     if isinstance(rows, bool) or int(rows) != rows or rows < 100:
         raise ValueError(f"rows must be an integer >= 100, got {rows!r}")
     rows = int(rows)
-    if not (isinstance(views_per_purchase, (int, float)) and math.isfinite(views_per_purchase)):
+    try:
+        vpp = float(views_per_purchase)
+    except (TypeError, ValueError):
+        vpp = float("nan")
+    if not math.isfinite(vpp) or vpp < 1:
         raise ValueError(f"views_per_purchase must be a finite number >= 1, got {views_per_purchase!r}")
-    if views_per_purchase < 1:
-        raise ValueError(f"views_per_purchase must be >= 1, got {views_per_purchase!r}")
     if isinstance(days, bool) or int(days) != days or days < 1:
         raise ValueError(f"days must be an integer >= 1, got {days!r}")
     days = int(days)
@@ -154,7 +156,7 @@ def generate(
     for attempt in range(20):
         say(f"simulating ~{int(rows * margin):,} events for ~{n_users:,} users")
         ev_rng = np.random.default_rng([int(seed), 2, attempt])
-        ev = _simulate(ev_rng, rows, margin, float(views_per_purchase), days, start, n_users, cat)
+        ev = _simulate(ev_rng, rows, margin, vpp, days, start, n_users, cat)
         if ev["time"].size >= rows:
             break
         margin *= 1.25

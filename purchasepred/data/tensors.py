@@ -1,0 +1,127 @@
+"""Prepared Parquet tables -> numpy arrays, read once; training turns them into contiguous tensors.
+
+Queries live in ``sql/read.sql``; paths and values reach them as DuckDB variables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from purchasepred.data.prepare import load_manifest, named_queries
+from purchasepred.errors import DatasetError
+from purchasepred.models.transformer import FEATURES, Vocab
+
+SEQ_COLUMNS = (*FEATURES, "ts")
+TARGETS = ("next_target", "purchase_target", "cart_target")
+SPLITS = ("valid", "test", "all")
+
+
+@dataclass
+class SplitData:
+    """One window: the users with inputs before it, their last events, and the purchase truth."""
+
+    split: str
+    window_start: datetime
+    window_end: datetime
+    user_idx: np.ndarray  # (U,) users with at least one event before the window
+    n_events: np.ndarray  # (U,) events before the window (all of them, not only the last max_len)
+    features: dict[str, np.ndarray]  # each (U, L)
+    truth_users: np.ndarray  # (Ut,) users with at least one purchase in the window
+    truth_items: np.ndarray  # (Ut, M) item ids, -1 padding; rare items get unique ids < -1 (never hit)
+    n_relevant: np.ndarray  # (Ut,) distinct products bought
+    row_of_user: dict[int, int] = field(default_factory=dict)
+
+
+class PreparedData:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.manifest = load_manifest(self.path)
+        self.max_len = int(self.manifest["max_len"])
+        self._con = duckdb.connect()
+        self._q = named_queries("read.sql")
+
+    def _fetch(self, query: str, path_name: str, **variables: Any) -> dict[str, np.ndarray]:
+        self._con.execute("set variable path = ?", [str(self.path / f"{path_name}.parquet")])
+        for name, value in variables.items():
+            self._con.execute(f"set variable {name} = ?", [value])  # names are ours, values bound
+        try:
+            return self._con.execute(self._q[query]).fetchnumpy()
+        except duckdb.Error as err:
+            raise DatasetError(f"{self.path}/{path_name}.parquet could not be read ({err}); prepare the dataset again") from None
+
+    @staticmethod
+    def _stack(column: np.ndarray, dtype: Any) -> np.ndarray:
+        if len(column) == 0:
+            return np.zeros((0, 0), dtype=dtype)
+        return np.stack(column).astype(dtype, copy=False)
+
+    @cached_property
+    def vocab(self) -> Vocab:
+        m = self.manifest
+        return Vocab(n_items=int(m["n_items"]) + 2, n_brands=int(m["n_brands"]) + 2, n_categories=int(m["n_categories"]) + 2)
+
+    @cached_property
+    def items(self) -> dict[str, np.ndarray]:
+        """item_idx -> raw product_id for items with an id (index i holds item i; 0 and 1 empty)."""
+        rows = self._fetch("items", "items")
+        n = self.vocab.n_items
+        product = np.empty(n, dtype=object)
+        product[:] = ""
+        n_events = np.zeros(n, dtype=np.int64)
+        n_purchases = np.zeros(n, dtype=np.int64)
+        known = rows["item_idx"] >= 2
+        product[rows["item_idx"][known]] = rows["product_id"][known]
+        n_events[rows["item_idx"][known]] = rows["n_events"][known]
+        n_purchases[rows["item_idx"][known]] = rows["n_purchases"][known]
+        return {"product_id": product, "n_events": n_events, "n_purchases": n_purchases}
+
+    @cached_property
+    def users(self) -> dict[str, np.ndarray]:
+        return self._fetch("users", "users")
+
+    def train(self) -> dict[str, np.ndarray]:
+        rows = self._fetch("train_sequences", "train_sequences")
+        out = {c: self._stack(rows[c], np.int64) for c in (*SEQ_COLUMNS, *TARGETS)}
+        for c in TARGETS:  # the unknown item 1 is not a target anyone can learn or rank
+            out[c][out[c] < 2] = 0
+        return out
+
+    def split(self, name: str) -> SplitData:
+        if name not in SPLITS:
+            raise DatasetError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        window = self._fetch("split_window", "windows", split=name)
+        seq = self._fetch("split_sequences", "sequences", split=name)
+        truth = self._fetch("split_truth", "truth", split=name)
+        users, starts = np.unique(truth["user_idx"], return_index=True)
+        counts = np.diff(np.append(starts, len(truth["user_idx"])))
+        width = int(counts.max()) if len(counts) else 1
+        items = np.full((len(users), width), -1, dtype=np.int64)
+        rare = -2 - np.arange(len(truth["item_idx"]))
+        ids = np.where(truth["item_idx"] >= 2, truth["item_idx"], rare)
+        for j in range(width):  # a few columns at most: vectorised over users
+            has = counts > j
+            items[has, j] = ids[starts[has] + j]
+        data = SplitData(
+            split=name,
+            window_start=window["window_start"][0].astype("datetime64[us]").item(),
+            window_end=window["window_end"][0].astype("datetime64[us]").item(),
+            user_idx=seq["user_idx"].astype(np.int64),
+            n_events=seq["n_events"].astype(np.int64),
+            features={c: self._stack(seq[c], np.int64) for c in SEQ_COLUMNS},
+            truth_users=users.astype(np.int64),
+            truth_items=items,
+            n_relevant=counts.astype(np.int64),
+        )
+        data.row_of_user = {int(u): i for i, u in enumerate(data.user_idx)}
+        return data
+
+    def events_before(self, window_start: Any) -> dict[str, np.ndarray]:
+        """Every event with a known item strictly before ``window_start`` (for baselines)."""
+        return self._fetch("events_before", "events", before_at=window_start)

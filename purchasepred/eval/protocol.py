@@ -1,0 +1,104 @@
+"""The evaluation protocol, one code path for every ranker (model, blend, baselines).
+
+1. Users scored: every user with at least one purchase in the window (valid or test). Users with
+   no event before the window are scored too (cold users: rankers fall back to popularity).
+2. Candidates: **all** items with an id (no sampled negatives). Padding (0) and the shared
+   'unknown' id (1) are never recommended; purchases of such rare items stay in the truth and
+   count as misses for every ranker.
+3. Relevance: binary, an item is relevant if the user bought it in the window.
+4. Metrics per user, then averaged: NDCG@K = DCG@K / IDCG@K with IDCG over min(|bought|, K)
+   positions; HR@K = 1 if any bought item is in the top K; MRR = 1 / rank of the best-ranked
+   bought item in the full ranking (ties share the average rank).
+5. Uncertainty: a 95% percentile bootstrap over users (seeded), and the number of users scored.
+6. Items already seen are not filtered (repeat purchases are real) unless asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from purchasepred.data.tensors import SplitData
+from purchasepred.eval.metrics import bootstrap_ci, hit_rate_at_k, ndcg_at_k, reciprocal_rank
+
+# A scorer takes a batch of user ids and returns (B, V) scores, higher is better.
+Scorer = Callable[[np.ndarray], torch.Tensor]
+
+
+@dataclass
+class Ranking:
+    users: np.ndarray  # (U,)
+    top: np.ndarray  # (U, K) item ids, best first
+    top_scores: np.ndarray  # (U, K)
+    best_rank: np.ndarray  # (U,) 1-based rank of the best bought item; 0 when none can be ranked
+
+
+def rank(
+    scorer: Scorer,
+    users: np.ndarray,
+    k: int,
+    truth: np.ndarray | None = None,
+    batch: int = 2048,
+    exclude: Callable[[np.ndarray, torch.Tensor], None] | None = None,
+) -> Ranking:
+    """Top-k items per user (and, with ``truth``, the rank of the best bought item)."""
+    tops, top_scores, best = [], [], []
+    for start in range(0, len(users), batch):
+        u = users[start:start + batch]
+        scores = scorer(u).float()  # (B, V)
+        scores[:, :2] = float("-inf")
+        if exclude is not None:
+            exclude(u, scores)
+        kk = min(k, scores.shape[1] - 2)
+        val, idx = torch.topk(scores, kk, dim=1)
+        tops.append(idx.cpu().numpy())
+        top_scores.append(val.cpu().numpy())
+        if truth is not None:
+            t = torch.as_tensor(truth[start:start + batch], device=scores.device)
+            valid = t >= 2
+            t_scores = scores.gather(1, t.clamp(min=0)).masked_fill(~valid, float("-inf"))
+            s_best = t_scores.max(1, keepdim=True).values  # (B, 1)
+            greater = (scores > s_best).sum(1).float()
+            ties = (scores == s_best).sum(1).float() - 1
+            r = 1 + greater + ties / 2
+            best.append(torch.where(valid.any(1), r, torch.zeros_like(r)).cpu().numpy())
+    empty = np.zeros((0, k), dtype=np.int64)
+    return Ranking(
+        users=users,
+        top=np.concatenate(tops) if tops else empty,
+        top_scores=np.concatenate(top_scores) if top_scores else empty.astype(np.float32),
+        best_rank=np.concatenate(best) if best else np.zeros(0),
+    )
+
+
+def metrics(ranking: Ranking, split: SplitData, ks: list[int], n_boot: int = 1000, seed: int = 0,
+            user_mask: np.ndarray | None = None) -> dict[str, float]:
+    """Averages (and bootstrap intervals) over the users of ``ranking`` (the split's buyers)."""
+    truth, n_rel = split.truth_items, split.n_relevant
+    top, best = ranking.top, ranking.best_rank
+    if user_mask is not None:
+        truth, n_rel, top, best = truth[user_mask], n_rel[user_mask], top[user_mask], best[user_mask]
+    out: dict[str, float] = {"users": int(len(top))}
+    for k in ks:
+        nd = ndcg_at_k(top, truth, n_rel, k)
+        hr = hit_rate_at_k(top, truth, k)
+        out[f"ndcg@{k}"] = float(nd.mean()) if len(nd) else float("nan")
+        lo, hi = bootstrap_ci(nd, n_boot, seed)
+        out[f"ndcg@{k}_ci"] = [lo, hi]  # type: ignore[assignment]
+        out[f"hr@{k}"] = float(hr.mean()) if len(hr) else float("nan")
+    rr = reciprocal_rank(best)
+    out["mrr"] = float(rr.mean()) if len(rr) else float("nan")
+    return out
+
+
+def evaluate_scorer(scorer: Scorer, split: SplitData, ks: list[int], n_boot: int = 1000, seed: int = 0,
+                    breakdowns: dict[str, np.ndarray] | None = None) -> dict[str, object]:
+    """Rank all items for every buyer in the window and compute the metrics (and breakdowns)."""
+    ranking = rank(scorer, split.truth_users, max(ks), truth=split.truth_items)
+    result: dict[str, object] = metrics(ranking, split, ks, n_boot, seed)
+    for name, mask in (breakdowns or {}).items():
+        result[name] = metrics(ranking, split, ks, 0, seed, user_mask=mask) if mask.any() else {"users": 0}
+    return result

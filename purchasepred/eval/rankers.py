@@ -1,0 +1,155 @@
+"""Rankers that score every item for a batch of users: the two baselines, the model, the blend.
+
+All of them see only events strictly before the window they rank for.
+
+- ``Popularity``: event-type weighted counts (view 1, cart 3, purchase 10) over the last
+  ``popularity_days`` before the cutoff, all-time counts breaking ties. The same list for everyone.
+- ``History`` (in the spirit of TIFU-KNN's personal term, a repeat-purchase ranker): each of the
+  user's past events on an item adds ``w[type] * 0.5 ** (age / half_life)``; popularity, scaled
+  below any history score, orders the rest and ranks cold users. Its parameters (cart and purchase
+  weights relative to a view, half-life) are fitted on the valid window by grid search.
+- ``ModelScorer``: the transformer's purchase log-probabilities at the last input event;
+  popularity for users with no input.
+- ``Blend``: model log-probability + beta * log1p(history score / scale), beta fitted on valid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from purchasepred.data.tensors import SEQ_COLUMNS, SplitData
+
+POPULARITY_WEIGHTS = np.array([0.0, 1.0, 3.0, 10.0, 0.0])  # pad, view, cart, purchase, remove_from_cart
+
+
+class _UserEvents:
+    """Events sorted by user, with the index ranges of a batch of users."""
+
+    def __init__(self, events: dict[str, np.ndarray]) -> None:
+        order = np.argsort(events["user_idx"], kind="stable")
+        self.user = events["user_idx"][order].astype(np.int64)
+        self.item = events["item_idx"][order].astype(np.int64)
+        self.etype = events["event_type_id"][order].astype(np.int64)
+        self.ts = events["ts"][order].astype(np.int64)
+
+    def ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, event indices) of every event of ``users``: rows index into ``users``."""
+        lo = np.searchsorted(self.user, users, "left")
+        hi = np.searchsorted(self.user, users, "right")
+        lengths = hi - lo
+        rows = np.repeat(np.arange(len(users)), lengths)
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return rows, np.repeat(lo, lengths) + offsets
+
+
+class Popularity:
+    name = "popularity"
+
+    def __init__(self, events: dict[str, np.ndarray], n_items: int, cutoff_ts: int, days: float) -> None:
+        items = events["item_idx"].astype(np.int64)
+        w = POPULARITY_WEIGHTS[events["event_type_id"].astype(np.int64)]
+        recent = events["ts"] >= cutoff_ts - days * 86400
+        alltime = np.bincount(items, weights=w, minlength=n_items)
+        scores = np.bincount(items[recent], weights=w[recent], minlength=n_items)
+        scores = scores + alltime / (alltime.max() + 1.0) * 0.5  # ties among recent broken by all-time
+        self.scores = torch.as_tensor(scores, dtype=torch.float32)
+        self.normalized = self.scores / (self.scores.max() + 1e-9)  # in [0, 1]
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.scores[None, :].expand(len(users), -1).clone()
+
+
+@dataclass(frozen=True)
+class HistoryParams:
+    cart: float = 3.0
+    """Weight of a cart event relative to a view."""
+    purchase: float = 3.0
+    """Weight of a past purchase relative to a view (the repeat-purchase effect)."""
+    half_life_days: float = 7.0
+    """An event's weight halves every this many days before the cutoff."""
+
+
+class History:
+    name = "history"
+    POP_SCALE = 1e-3  # popularity in [0, 1e-3]: below any single recent event's weight
+
+    def __init__(self, events: _UserEvents, popularity: Popularity, cutoff_ts: int, params: HistoryParams) -> None:
+        self.events, self.popularity, self.params = events, popularity, params
+        self.type_w = np.array([0.0, 1.0, params.cart, params.purchase, 0.0])
+        age = (cutoff_ts - events.ts).clip(min=0) / 86400.0
+        self.weight = self.type_w[events.etype] * 0.5 ** (age / params.half_life_days)
+
+    def personal(self, users: np.ndarray) -> torch.Tensor:
+        """(B, V) the history term alone (0 for items the user never touched)."""
+        rows, idx = self.events.ranges(users)
+        scores = torch.zeros(len(users), len(self.popularity.scores))
+        scores.index_put_(
+            (torch.as_tensor(rows), torch.as_tensor(self.events.item[idx])),
+            torch.as_tensor(self.weight[idx], dtype=torch.float32),
+            accumulate=True,
+        )
+        return scores
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.personal(users) + self.POP_SCALE * self.popularity.normalized[None, :]
+
+
+class ModelScorer:
+    name = "model"
+
+    def __init__(self, model: torch.nn.Module, split: SplitData, popularity: Popularity, device: torch.device) -> None:
+        self.model, self.split, self.popularity, self.device = model, split, popularity, device
+        self.features = {c: torch.as_tensor(split.features[c]) for c in SEQ_COLUMNS}
+
+    @torch.no_grad()
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        rows = np.array([self.split.row_of_user.get(int(u), -1) for u in users], dtype=np.int64)
+        has = rows >= 0
+        # cold users: log of normalized popularity, far below any model log-probability ordering
+        out = torch.log(self.popularity.normalized + 1e-12)[None, :].expand(len(users), -1).clone()
+        if has.any():
+            idx = torch.as_tensor(rows[has])
+            batch = {c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()}
+            was_training = self.model.training
+            self.model.eval()
+            out[torch.as_tensor(has)] = self.model.score_purchase(batch).float().cpu()
+            self.model.train(was_training)
+        return out
+
+
+class Blend:
+    name = "blend"
+
+    def __init__(self, model: ModelScorer, history: History, beta: float) -> None:
+        self.model, self.history, self.beta = model, history, beta
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.model(users) + self.beta * torch.log1p(self.history.personal(users) * 10.0)
+
+
+HISTORY_GRID = {
+    "cart": (1.0, 3.0, 10.0),
+    "purchase": (0.3, 3.0, 10.0),
+    "half_life_fraction": (0.1, 1.0, 4.0),  # times the window length
+}
+BLEND_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def fit_history(events: _UserEvents, popularity: Popularity, valid: SplitData, cutoff_ts: int,
+                window_days: float, objective) -> tuple[HistoryParams, float]:
+    """Grid search on the valid window; ``objective(scorer) -> NDCG@10``. Returns the best params."""
+    best: tuple[HistoryParams, float] = (HistoryParams(half_life_days=window_days), -1.0)
+    for cart, purchase, frac in itertools.product(*HISTORY_GRID.values()):
+        params = HistoryParams(cart=cart, purchase=purchase, half_life_days=frac * window_days)
+        score = objective(History(events, popularity, cutoff_ts, params))
+        if score > best[1]:
+            best = (params, score)
+    return best
+
+
+def params_dict(params: HistoryParams) -> dict[str, float]:
+    return asdict(params)

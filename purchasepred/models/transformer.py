@@ -1,0 +1,197 @@
+"""TransformerRecommender: a causal (SASRec-style) pre-LN encoder over a user's events, with a view
+head, a purchase head and an explicit repeat path.
+
+Each event is one token: item + brand + category + event type + price bucket + hour + weekday +
+gap bucket + position embeddings. Sequences are left-padded with 0; a position attends to itself
+and to earlier real events only.
+
+Heads (all scored against the one item embedding table, so every score is over the full catalog):
+- view: the next event's item, ``h_t @ E^T + b_view``.
+- purchase (catalog): ``(W_p h_t) @ E^T + b_buy`` - b_buy learns each item's appeal to buyers.
+- purchase (repeat path): a pointer over the user's own earlier events j <= t. Its score for
+  occurrence j is ``q_t . k_j / sqrt(d) + bias[type_j, recency_bucket(ts_t - ts_j)]``; an item's
+  repeat probability is the pointer mass summed over its occurrences (so frequency counts). A gate
+  ``g_t = sigmoid(w . h_t)`` mixes them: ``p(i) = g p_repeat(i) + (1 - g) p_catalog(i)`` (RepeatNet).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from purchasepred.config import ModelConfig
+from purchasepred.models.losses import full_log_prob, sampled_log_prob
+
+FEATURES = (
+    "item_idx", "brand_idx", "category_idx", "event_type_id", "price_bucket", "hour_id", "weekday_id", "gap_bucket",
+)
+N_EVENT_TYPES = 5  # pad, view, cart, purchase, remove_from_cart
+N_PRICE, N_HOUR, N_WEEKDAY, N_GAP = 32, 25, 8, 28
+N_RECENCY = 26  # floor(log2(1 + seconds)), capped
+NEG = -1e4  # "impossible" log-weight: finite, so that gradients stay finite where a row has no history
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Embedding table sizes: the largest id + 1 (ids 0 and 1 are padding and unknown)."""
+
+    n_items: int
+    n_brands: int
+    n_categories: int
+
+
+def recency_bucket(delta_seconds: Tensor) -> Tensor:
+    return torch.log2(1.0 + delta_seconds.clamp(min=0).float()).floor().clamp(max=N_RECENCY - 1).long()
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(dropout)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B, H, T, d/H)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class TransformerRecommender(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab: Vocab, max_len: int) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.cfg, self.vocab, self.max_len = cfg, vocab, max_len
+        self.item = nn.Embedding(vocab.n_items, d, padding_idx=0)
+        self.brand = nn.Embedding(vocab.n_brands, d, padding_idx=0)
+        self.category = nn.Embedding(vocab.n_categories, d, padding_idx=0)
+        self.event_type = nn.Embedding(N_EVENT_TYPES, d, padding_idx=0)
+        self.price = nn.Embedding(N_PRICE, d, padding_idx=0)
+        self.hour = nn.Embedding(N_HOUR, d, padding_idx=0)
+        self.weekday = nn.Embedding(N_WEEKDAY, d, padding_idx=0)
+        self.gap = nn.Embedding(N_GAP, d, padding_idx=0)
+        self.position = nn.Embedding(max_len, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.view_bias = nn.Parameter(torch.zeros(vocab.n_items))
+        self.buy_proj = nn.Linear(d, d)
+        self.buy_bias = nn.Parameter(torch.zeros(vocab.n_items))
+        self.repeat_q = nn.Linear(d, d)
+        self.repeat_k = nn.Linear(d, d)
+        self.repeat_bias = nn.Parameter(torch.zeros(N_EVENT_TYPES, N_RECENCY))
+        self.gate = nn.Linear(d, 1)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    # ----------------------------------------------------------------- encoder
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, T) feature ids -> (B, T, D) causal hidden states."""
+        items = batch["item_idx"]
+        b, t = items.shape
+        x = (
+            self.item(items) + self.brand(batch["brand_idx"]) + self.category(batch["category_idx"])
+            + self.event_type(batch["event_type_id"]) + self.price(batch["price_bucket"])
+            + self.hour(batch["hour_id"]) + self.weekday(batch["weekday_id"]) + self.gap(batch["gap_bucket"])
+            + self.position.weight[self.max_len - t:][None]
+        )
+        x = self.drop(x)
+        real = items > 0  # (B, T)
+        causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()
+        eye = torch.eye(t, dtype=torch.bool, device=items.device)
+        mask = (causal[None] & real[:, None, :]) | eye[None]  # (B, T, T): earlier real events, and itself
+        mask = mask[:, None]  # (B, 1, T, T)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)
+
+    # ----------------------------------------------------------------- heads
+    def view_log_prob(self, h: Tensor, targets: Tensor, sample: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """log p_view(target) for (N, D) rows; full softmax, or sampled with (negatives, log_q)."""
+        if sample is None:
+            return full_log_prob(h, self.item.weight, self.view_bias, targets)
+        return sampled_log_prob(h, self.item.weight, self.view_bias, targets, *sample)
+
+    def _repeat_log_alpha(self, h_rows: Tensor, seq: dict[str, Tensor], pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Pointer log-weights over the sequence for each row: (N, T), NEG where not allowed, and
+        the (N, T) mask of allowed occurrences (earlier or current events with a known item).
+
+        h_rows (N, D) are the hidden states at positions ``pos`` (N,) of sequences ``seq`` (each
+        (N, T), already gathered per row); ``seq['h']`` (N, T, D) the hidden states of all positions.
+        """
+        n, t = seq["item_idx"].shape
+        q = self.repeat_q(h_rows)  # (N, D)
+        k = self.repeat_k(seq["h"])  # (N, T, D)
+        scores = torch.einsum("nd,ntd->nt", q, k).float() / math.sqrt(q.shape[-1])
+        ts_now = seq["ts"].gather(1, pos[:, None])  # (N, 1)
+        rec = recency_bucket(ts_now - seq["ts"])  # (N, T)
+        scores = scores + self.repeat_bias[seq["event_type_id"], rec]
+        positions = torch.arange(t, device=pos.device)[None, :]
+        allowed = (positions <= pos[:, None]) & (seq["item_idx"] > 1)
+        scores = scores.masked_fill(~allowed, NEG)
+        log_alpha = scores - torch.logsumexp(scores, dim=-1, keepdim=True)
+        return log_alpha.masked_fill(~allowed, NEG), allowed
+
+    def purchase_log_prob(
+        self, h: Tensor, seq_idx: Tensor, pos: Tensor, batch: dict[str, Tensor], targets: Tensor,
+        sample: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """log p_buy(target) for rows at (seq_idx, pos) of a batch whose hidden states are h (B, T, D)."""
+        h_rows = h[seq_idx, pos]  # (N, D)
+        p = self.buy_proj(h_rows)
+        if sample is None:
+            log_cat = full_log_prob(p, self.item.weight, self.buy_bias, targets)
+        else:
+            log_cat = sampled_log_prob(p, self.item.weight, self.buy_bias, targets, *sample)
+        if not self.cfg.repeat_path:
+            return log_cat
+        seq = {k: batch[k][seq_idx] for k in ("item_idx", "event_type_id", "ts")}
+        seq["h"] = h[seq_idx]
+        log_alpha, allowed = self._repeat_log_alpha(h_rows, seq, pos)  # (N, T)
+        hit = seq["item_idx"] == targets[:, None]
+        log_rep = torch.logsumexp(log_alpha.masked_fill(~hit, NEG), dim=-1)  # (N,); ~NEG when never seen
+        gate = self.gate(h_rows).squeeze(-1).float()
+        has_history = allowed.any(-1)
+        mixed = torch.logaddexp(F.logsigmoid(gate) + log_rep, F.logsigmoid(-gate) + log_cat)
+        return torch.where(has_history, mixed, log_cat)
+
+    @torch.no_grad()
+    def score_purchase(self, batch: dict[str, Tensor]) -> Tensor:
+        """(U, V) log p_buy(item) at each sequence's last position: the ranking scores."""
+        h = self.encode(batch)
+        u, t, _ = h.shape
+        pos = torch.full((u,), t - 1, dtype=torch.long, device=h.device)
+        h_last = h[:, -1]  # (U, D)
+        log_cat = torch.log_softmax((self.buy_proj(h_last) @ self.item.weight.t()).float() + self.buy_bias.float(), -1)
+        if not self.cfg.repeat_path:
+            return log_cat
+        seq = {k: batch[k] for k in ("item_idx", "event_type_id", "ts")}
+        seq["h"] = h
+        log_alpha, allowed = self._repeat_log_alpha(h_last, seq, pos)
+        alpha = log_alpha.exp() * allowed  # (U, T)
+        p_rep = torch.zeros_like(log_cat).scatter_add_(1, batch["item_idx"], alpha)  # (U, V)
+        g = torch.sigmoid(self.gate(h_last).float())  # (U, 1)
+        g = g * allowed.any(-1, keepdim=True).float()
+        return torch.log(g * p_rep + (1 - g) * log_cat.exp() + 1e-30)

@@ -1,0 +1,124 @@
+"""Run folders and checkpoints.
+
+``checkpoints/<run>/`` holds ``last.pt``, ``best.pt`` (model, optimizer, schedule step, RNG states,
+epoch, step, config, vocabulary, dataset hash), ``config.yaml`` and ``metadata.json`` (versions,
+git commit, dataset hash, per-epoch metrics, timings, and the sha256 of each checkpoint file).
+Checkpoints are written to a temporary file, flushed and renamed, and loaded only with
+``torch.load(weights_only=True)``: a checkpoint holding a pickled object is refused, never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from purchasepred import __version__
+from purchasepred.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(file_object)`` on a temp file beside ``path``, fsync, then rename over it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
+    """Write atomically; returns the file's sha256 (recorded in metadata.json)."""
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    try:
+        atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+    except OSError as err:
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint is kept. "
+            "Free disk space or fix permissions, then rerun with --resume"
+        ) from None
+    return sha256_file(path)
+
+
+def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """Load with weights_only=True after checking the sha256 recorded in metadata.json."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train the run first (purchasepred train --run-name ...)")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the sha256 recorded in metadata.json (truncated or modified); "
+            "use the other checkpoint of the run or train again"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means: not a safe checkpoint of ours
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely ({first[:200]}); it is corrupt or holds objects other "
+            "than tensors and plain values, and is refused"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not a purchasepred checkpoint of format {FORMAT_VERSION}; train again")
+    return payload
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str]:
+    import duckdb
+    import numpy
+
+    return {
+        "purchasepred": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "duckdb": duckdb.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def read_metadata(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "metadata.json"
+    if not path.is_file():
+        raise CheckpointError(f"run folder {run_dir} has no metadata.json; it is not a finished purchasepred run")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+
+
+def write_metadata(run_dir: Path, metadata: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / "metadata.json", json.dumps(metadata, indent=2, default=str))

@@ -1,0 +1,27 @@
+-- read: named queries that turn a prepared dataset's Parquet tables into arrays for training,
+-- evaluation and export. Parameters: path (the Parquet file), split.
+
+-- name: train_sequences
+select * from read_parquet(getvariable('path')) order by user_idx, chunk;
+
+-- name: split_sequences
+select * from read_parquet(getvariable('path')) where split = getvariable('split') order by user_idx;
+
+-- name: split_truth
+select user_idx, item_idx, product_id from read_parquet(getvariable('path'))
+where split = getvariable('split') order by user_idx, item_idx, product_id;
+
+-- name: split_window
+select window_start, window_end, start_ts from read_parquet(getvariable('path')) where split = getvariable('split');
+
+-- name: items
+select item_idx, product_id, n_events, n_purchases from read_parquet(getvariable('path')) order by item_idx, product_id;
+
+-- name: users
+select user_idx, user_id from read_parquet(getvariable('path')) order by user_idx;
+
+-- name: events_before
+-- the events a window's rankers may use: every event strictly before the window's start
+select user_idx, item_idx, event_type_id, ts from read_parquet(getvariable('path'))
+where event_at < getvariable('before_at') and item_idx > 1
+order by user_idx, seq;
