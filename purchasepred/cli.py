@@ -171,6 +171,208 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     return ui.summary_table(f"prepare -> {out}", rows)
 
 
+def _run_name(given: Optional[str]) -> str:
+    from datetime import datetime
+
+    return given or datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder.")] = None,
+    purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss (headline setting 100).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Total epochs (with --resume: the total to reach).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run folder name (default: a timestamp).")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="full softmax, or sampled with log-Q correction.")] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="Negatives per step for --loss sampled.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue --run-name from its last.pt.")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (CUDA).")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train the Transformer (view + purchase multi-task) on a prepared dataset.
+
+    Example: purchasepred train --data prepared --purchase-weight 100 --epochs 8 --run-name demo
+    """
+    from purchasepred.config import dump_yaml, load_config
+    from purchasepred.data.tensors import PreparedData
+    from purchasepred.train.trainer import PurchasePred
+
+    if resume and not run_name:
+        raise PurchasePredError("--resume needs --run-name R (the run to continue)")
+    cfg = load_config(config, {
+        "train.data": str(data) if data else None, "train.purchase_weight": purchase_weight, "train.epochs": epochs,
+        "train.batch_size": batch_size, "train.lr": lr, "train.device": device, "train.seed": seed,
+        "train.loss": loss, "train.negatives": negatives, "train.compile": True if compile_ else None,
+    }, set_)
+    name = _run_name(run_name)
+    if not ui.is_quiet():
+        ui.console.print(f"[bold]resolved config[/] (run {name}):\n{dump_yaml(cfg)}")
+    dataset = PreparedData(Path(cfg.train.data))
+    trainer = PurchasePred(cfg, dataset, name)
+    progress = ui.make_progress()
+    with progress:
+        bar: dict[str, Any] = {}
+
+        def on_step(s: dict[str, Any]) -> None:
+            if "id" not in bar or bar.get("epoch") != s["epoch"]:
+                bar["id"] = progress.add_task(f"epoch {s['epoch'] + 1}/{cfg.train.epochs}", total=s["batches"], status="")
+                bar["epoch"] = s["epoch"]
+            if s["batch"] % 5 == 0 or s["batch"] == s["batches"]:
+                progress.update(bar["id"], completed=s["batch"], status=(
+                    f"view {s['view_loss']:.3f} buy {s['purchase_loss']:.3f} {s['tokens_per_s']:,.0f} tok/s lr {s['lr']:.2e}"))
+
+        def on_epoch(st: Any) -> None:
+            progress.console.print(
+                f"epoch {st.epoch}: view loss {st.view_loss:.4f}, purchase loss {st.purchase_loss:.4f}, "
+                f"valid NDCG@10 {st.valid.get('ndcg@10', float('nan')):.4f}, HR@10 {st.valid.get('hr@10', float('nan')):.4f}, "
+                f"{st.tokens_per_s:,.0f} tokens/s, {st.seconds:.1f}s")
+
+        summary = trainer.fit(resume=resume, on_step=on_step, on_epoch=on_epoch)
+    for note in summary.notes:
+        ui.info(f"[yellow]note:[/] {note}")
+    ui.show(ui.summary_table(f"train {summary.run_name}", [
+        ("epochs done", summary.epochs_done),
+        ("best epoch", summary.best_epoch if summary.best_epoch is not None else "-"),
+        ("best valid NDCG@10", summary.best_valid_ndcg10 if summary.best_valid_ndcg10 is not None else "n/a (no valid purchases)"),
+        ("wall time s", summary.seconds),
+        ("tokens/s", summary.tokens_per_s),
+        ("device", str(trainer.device)),
+        ("checkpoint", str(summary.checkpoint)),
+    ]))
+    if summary.interrupted:
+        ui.error(f"training interrupted; checkpoint saved. Continue with: purchasepred train --run-name {summary.run_name} --epochs {cfg.train.epochs} --resume")
+        raise typer.Exit(130)
+
+
+def _ks(value: Optional[str]) -> Optional[list[int]]:
+    if value is None:
+        return None
+    try:
+        ks = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise PurchasePredError(f"--k expects integers separated by commas such as 5,10,20, got {value!r}") from None
+    if not ks or min(ks) < 1:
+        raise PurchasePredError(f"--k values must be >= 1, got {value!r}")
+    return ks
+
+
+def metrics_tables(result: dict[str, Any]) -> list[Any]:
+    ks = result["k"]
+    rows = []
+    order = [("popularity", result["baselines"]["popularity"]), ("history", result["baselines"]["history"]),
+             ("transformer", result["model"]), ("blend", result["blend"])]
+    for name, m in order:
+        row: list[Any] = [name + (" (default)" if result["default"] == {"transformer": "model"}.get(name, name) else "")]
+        for k in ks:
+            lo, hi = m[f"ndcg@{k}_ci"]
+            row += [f"{m[f'ndcg@{k}']:.4f} [{lo:.4f}, {hi:.4f}]", m[f"hr@{k}"]]
+        row += [m["mrr"], m["users"]]
+        rows.append(row)
+    cols = ["ranker"] + [c for k in ks for c in (f"NDCG@{k} [95% CI]", f"HR@{k}")] + ["MRR", "users"]
+    k0 = ks[0]
+    brows = []
+    for name, m in order:
+        brows.append([name] + [m.get(b, {}).get(f"ndcg@{k0}", float("nan")) if m.get(b, {}).get("users") else float("nan")
+                               for b in ("with_history", "without_history", "seen_items", "new_items")])
+    first = result["model"]
+    bcols = [f"NDCG@{k0} by segment",
+             f"users with history ({first['with_history']['users']})",
+             f"without ({first['without_history']['users']})",
+             f"seen items ({first['seen_items']['users']})",
+             f"new items ({first['new_items']['users']})"]
+    c = result["calibration"]
+    crow = [["purchase_probability (Platt, fitted on valid)", c["ece"], c["brier"], c["ece_uncalibrated"], c["brier_uncalibrated"], c["pairs"]]]
+    return [
+        ui.grid_table(f"evaluate {result['run']} on the {result['split']} window {result['window']['start']} .. {result['window']['end']}", cols, rows),
+        ui.grid_table("breakdowns", bcols, brows),
+        ui.grid_table("calibration", ["", "ECE", "Brier", "ECE raw", "Brier raw", "pairs"], crow),
+    ]
+
+
+def _verdict(result: dict[str, Any]) -> str:
+    k = result["k"][0]
+    m, h = result["model"][f"ndcg@{k}"], result["baselines"]["history"][f"ndcg@{k}"]
+    d = result["default_metrics"][f"ndcg@{k}"]
+    msg = (f"transformer {'beats' if m > h else 'does NOT beat'} the history baseline on NDCG@{k} ({m:.4f} vs {h:.4f}); "
+           f"default ranker '{result['default']}' (chosen on valid) scores {d:.4f} ({(d / h - 1) * 100 if h else float('nan'):+.1f}% vs history)")
+    return msg
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    run: Annotated[str, typer.Option("--run", help="Run name (a folder under checkpoints/).")],
+    k: Annotated[Optional[str], typer.Option("--k", help="Cutoffs, e.g. 5,10,20.")] = None,
+    split: Annotated[str, typer.Option("--split", help="test or valid.")] = "test",
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset (default: the one the run was trained on).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """NDCG@K, HR@K and MRR of the transformer, the blend and the baselines (full-catalog ranking).
+
+    Example: purchasepred evaluate --run demo --k 5,10,20
+    """
+    from purchasepred.config import load_config
+    from purchasepred.pipeline import evaluate_run
+
+    if split not in ("test", "valid"):
+        raise PurchasePredError(f"--split must be test or valid, got {split!r}")
+    cfg = load_config(config, {"eval.k": _ks(k)}, set_)
+    with ui.steps("evaluate") as step:
+        result, path = evaluate_run(cfg, run, split, cfg.eval.k, data, log=step)
+    for table in metrics_tables(result):
+        ui.show(table)
+    ui.info(_verdict(result))
+    ui.info(f"metrics written to {path}")
+
+
+@app.command()
+@handle_errors
+def export(
+    run: Annotated[str, typer.Option("--run", help="Run name (a folder under checkpoints/).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="CSV to write (default output/RUN/recommendations.csv).")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Items per user.")] = None,
+    filter_seen: Annotated[bool, typer.Option("--filter-seen", help="Leave out items the user already interacted with.")] = False,
+    force: ForceOpt = False,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset (default: the one the run was trained on).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write the top-K items for every user (user_id,item_id,rank,score,source,purchase_probability).
+
+    Example: purchasepred export --run demo --k 10 --out recs.csv
+    """
+    from purchasepred.config import load_config
+    from purchasepred.pipeline import export_run
+
+    cfg = load_config(config, {"export.k": k, "export.filter_seen": True if filter_seen else None}, set_)
+    progress = ui.make_progress()
+    with progress:
+        task: dict[str, Any] = {}
+
+        def on_progress(done: int, total: int) -> None:
+            if "id" not in task:
+                task["id"] = progress.add_task("export users", total=total, status="")
+            progress.update(task["id"], completed=done)
+
+        summary = export_run(cfg, run, out, cfg.export.k, cfg.export.filter_seen, force, data,
+                             log=lambda m: progress.console.print(m) if not ui.is_quiet() else None, progress=on_progress)
+    ui.show(export_table(summary))
+
+
+def export_table(summary: Any) -> Any:
+    return ui.summary_table(f"export -> {summary.path}", [
+        ("users", summary.users), ("rows", summary.rows), ("k", summary.k),
+        ("users by source", summary.by_source), ("seconds", summary.seconds),
+    ])
+
+
 def main() -> None:
     app()
 

@@ -64,7 +64,7 @@ select
         when any_value(error_type) = 'INVALID ENCODING' then 'invalid utf-8'
         else 'malformed csv: ' || lower(any_value(error_type))
     end as reason,
-    any_value(csv_line) as raw
+    trim(any_value(csv_line), chr(13) || chr(10)) as raw  -- the reader keeps a stray newline with CRLF files
 from load_reject_errors
 group by line
 order by line;

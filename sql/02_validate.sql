@@ -74,8 +74,9 @@ semantic as (
         ) as line,
         t.reject_reason as reason,
         concat_ws(
-            ',', t.event_time, t.event_type, t.product_id, t.category_id, t.category_code,
-            t.brand, t.price, t.user_id, t.user_session
+            ',', coalesce(t.event_time, ''), coalesce(t.event_type, ''), coalesce(t.product_id, ''),
+            coalesce(t.category_id, ''), coalesce(t.category_code, ''), coalesce(t.brand, ''),
+            coalesce(t.price, ''), coalesce(t.user_id, ''), coalesce(t.user_session, '')
         ) as raw
     from typed as t
     where t.reject_reason is not null

@@ -42,10 +42,11 @@ with_previous as (
 flagged as (
     select
         *,
-        (
+        coalesce(
             event_type = 'view' and prev_type = 'view' and item_key = prev_item
             and session_key is not distinct from prev_session
-            and epoch(event_at) - epoch(prev_at) <= getvariable('session_gap_seconds')
+            and epoch(event_at) - epoch(prev_at) <= getvariable('session_gap_seconds'),
+            false  -- a user's first event has no previous one: never a repeat (not NULL)
         ) as is_repeat_view
     from with_previous
 ),

@@ -35,7 +35,9 @@ final as (
     from cutoffs
 )
 
-select split, window_start, window_end, epoch(window_start)::bigint as start_ts from final;
+-- start_ts is the first whole second at or after window_start, so that for whole-second event times
+-- ts < start_ts exactly when event_at < window_start (epoch()::bigint would round T + 1 us down to T)
+select split, window_start, window_end, ceil(epoch(window_start))::bigint as start_ts from final;
 
 create or replace table truth as
 with purchases as (

@@ -25,3 +25,20 @@ select user_idx, user_id from read_parquet(getvariable('path')) order by user_id
 select user_idx, item_idx, event_type_id, ts from read_parquet(getvariable('path'))
 where event_at < getvariable('before_at') and item_idx > 1
 order by user_idx, seq;
+
+-- name: export_check
+-- (users without exactly k distinct items, users written) of a recommendations CSV
+with recs as (
+    select * from read_csv(getvariable('path'), header = true, all_varchar = true)
+),
+
+per_user as (
+    select user_id, count(*) as n, count(distinct item_id) as n_distinct
+    from recs
+    group by user_id
+)
+
+select
+    count(*) filter (where n <> getvariable('k') or n_distinct <> getvariable('k')) as bad_users,
+    count(*) as n_users
+from per_user;

@@ -9,7 +9,7 @@ Heads (all scored against the one item embedding table, so every score is over t
 - view: the next event's item, ``h_t @ E^T + b_view``.
 - purchase (catalog): ``(W_p h_t) @ E^T + b_buy`` - b_buy learns each item's appeal to buyers.
 - purchase (repeat path): a pointer over the user's own earlier events j <= t. Its score for
-  occurrence j is ``q_t . k_j / sqrt(d) + bias[type_j, recency_bucket(ts_t - ts_j)]``; an item's
+  occurrence j is ``q_t . k_j / sqrt(d) + bias[type_j, recency_bucket(ts_t - ts_j)] + b_buy[item_j]``; an item's
   repeat probability is the pointer mass summed over its occurrences (so frequency counts). A gate
   ``g_t = sigmoid(w . h_t)`` mixes them: ``p(i) = g p_repeat(i) + (1 - g) p_catalog(i)`` (RepeatNet).
 """
@@ -147,7 +147,8 @@ class TransformerRecommender(nn.Module):
         scores = torch.einsum("nd,ntd->nt", q, k).float() / math.sqrt(q.shape[-1])
         ts_now = seq["ts"].gather(1, pos[:, None])  # (N, 1)
         rec = recency_bucket(ts_now - seq["ts"])  # (N, T)
-        scores = scores + self.repeat_bias[seq["event_type_id"], rec]
+        # the item's appeal to buyers (shared with the catalog path) ranks items inside the history too
+        scores = scores + self.repeat_bias[seq["event_type_id"], rec] + self.buy_bias[seq["item_idx"]].float()
         positions = torch.arange(t, device=pos.device)[None, :]
         allowed = (positions <= pos[:, None]) & (seq["item_idx"] > 1)
         scores = scores.masked_fill(~allowed, NEG)

@@ -1,0 +1,214 @@
+"""`evaluate`: the transformer, the blend and the baselines on one split, one code path.
+
+Everything that is fitted (the history baseline's weights and half-life, the blend weight, the
+choice of the default ranker, the probability calibration) is fitted on the **valid** window and
+only then applied to the test window. See :mod:`purchasepred.eval.protocol` for the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from purchasepred.config import Config
+from purchasepred.data.tensors import PreparedData, SplitData
+from purchasepred.errors import DatasetError
+from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability
+from purchasepred.eval.protocol import evaluate_scorer
+from purchasepred.eval.rankers import (
+    BLEND_BETAS, Blend, History, HistoryParams, ModelScorer, Popularity, _UserEvents, fit_history,
+)
+from purchasepred.train.checkpoint import atomic_write_text
+
+RANKERS = ("popularity", "history", "model", "blend")
+
+
+@dataclass
+class Fitted:
+    """What is fitted on the valid window and reused by evaluate and export."""
+
+    history: HistoryParams
+    blend_beta: float
+    default: str
+    valid_ndcg10: dict[str, float]
+    calibration: Calibration
+    dataset_hash: str
+    checkpoint_sha256: str | None = None
+    popularity_calibration: Calibration | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fitted:
+        return cls(
+            history=HistoryParams(**d["history"]), blend_beta=d["blend_beta"], default=d["default"],
+            valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
+            dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
+            popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
+        )
+
+
+@dataclass
+class Window:
+    """Rankers built for one window, from the events before it."""
+
+    split: SplitData
+    events: _UserEvents
+    popularity: Popularity
+    cutoff_ts: int
+    rankers: dict[str, Any] = field(default_factory=dict)
+
+
+def cutoff_ts(split: SplitData) -> int:
+    return int(split.window_start.replace(tzinfo=timezone.utc).timestamp())
+
+
+def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Module, device: torch.device,
+                 fitted: Fitted | None = None) -> Window:
+    split = data.split(name)
+    raw = data.events_before(split.window_start)
+    ts = cutoff_ts(split)
+    events = _UserEvents(raw)
+    popularity = Popularity(raw, data.vocab.n_items, ts, cfg.eval.popularity_days)
+    w = Window(split, events, popularity, ts)
+    w.rankers["popularity"] = popularity
+    w.rankers["model"] = ModelScorer(model, split, popularity, device)
+    if fitted is not None:
+        w.rankers["history"] = History(events, popularity, ts, fitted.history)
+        w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend_beta)
+    return w
+
+
+def _ndcg10(scorer: Any, split: SplitData) -> float:
+    return float(evaluate_scorer(scorer, split, [10], n_boot=0)["ndcg@10"])
+
+
+def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device,
+                 checkpoint_sha256: str | None = None) -> tuple[Fitted, Window]:
+    """Fit history weights, blend beta, default ranker and calibration on the valid window."""
+    valid = build_window(data, "valid", cfg, model, device)
+    if len(valid.split.truth_users) == 0:
+        raise DatasetError(
+            f"the valid window of {data.path} has no purchases, so nothing can be fitted or compared on it; "
+            "prepare with a larger --eval-days or more data"
+        )
+    window_days = float(data.manifest["settings"]["eval_days"])
+    params, hist_score = fit_history(valid.events, valid.popularity, valid.split, valid.cutoff_ts, window_days,
+                                     lambda s: _ndcg10(s, valid.split))
+    history = History(valid.events, valid.popularity, valid.cutoff_ts, params)
+    valid.rankers["history"] = history
+    scores = {"popularity": _ndcg10(valid.popularity, valid.split), "history": hist_score,
+              "model": _ndcg10(valid.rankers["model"], valid.split)}
+    best_beta, best_blend = 0.0, -1.0
+    for beta in BLEND_BETAS:
+        s = _ndcg10(Blend(valid.rankers["model"], history, beta), valid.split)
+        if s > best_blend:
+            best_beta, best_blend = beta, s
+    scores["blend"] = best_blend
+    valid.rankers["blend"] = Blend(valid.rankers["model"], history, best_beta)
+    default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
+    labels, scores_ = calibration_pairs(valid, default, cfg.export.k, seed=cfg.eval.seed)
+    calibration = fit_platt(labels, scores_)
+    fitted = Fitted(history=params, blend_beta=best_beta, default=default, valid_ndcg10=scores,
+                    calibration=calibration, dataset_hash=data.manifest["content_hash"],
+                    checkpoint_sha256=checkpoint_sha256,
+                    popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)))
+    return fitted, valid
+
+
+def _seen_mask(window: Window) -> np.ndarray:
+    """(Ut, M) True where the bought item appears among the user's events before the window."""
+    split = window.split
+    rows, idx = window.events.ranges(split.truth_users)
+    seen = np.zeros(split.truth_items.shape, dtype=bool)
+    user_items = window.events.item[idx]
+    for j in range(split.truth_items.shape[1]):
+        t = split.truth_items[rows, j]
+        hit = np.zeros(len(split.truth_users), dtype=bool)
+        np.logical_or.at(hit, rows, user_items == t)
+        seen[:, j] = hit
+    return seen & (split.truth_items >= 2)
+
+
+def _restricted(split: SplitData, keep: np.ndarray) -> SplitData:
+    """The split with truth restricted to ``keep`` (users left with nothing are dropped)."""
+    n_keep = keep.sum(1)
+    users = n_keep > 0
+    items = np.where(keep, split.truth_items, -1)[users]
+    return SplitData(split.split, split.window_start, split.window_end, split.user_idx, split.n_events,
+                     split.features, split.truth_users[users], items, n_keep[users], split.row_of_user)
+
+
+def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, split: str,
+             ks: list[int], fitted: Fitted, log: Any = None) -> dict[str, Any]:
+    """All rankers on ``split`` (valid or test) with breakdowns. Returns the metrics.json body."""
+    w = build_window(data, split, cfg, model, device, fitted)
+    if len(w.split.truth_users) == 0:
+        raise DatasetError(f"the {split} window of {data.path} has no purchases; there is nothing to evaluate")
+    has_history = np.array([w.split.row_of_user.get(int(u), -1) >= 0 for u in w.split.truth_users])
+    seen = _seen_mask(w)
+    unknown = (w.split.truth_items < -1)
+    variants = {
+        "seen_items": _restricted(w.split, seen),
+        "new_items": _restricted(w.split, ~seen & ((w.split.truth_items >= 2) | unknown)),
+    }
+    results: dict[str, Any] = {}
+    for name in RANKERS:
+        if log:
+            log(f"scoring {name}")
+        r = evaluate_scorer(w.rankers[name], w.split, ks, cfg.eval.bootstrap, cfg.eval.seed,
+                            breakdowns={"with_history": has_history, "without_history": ~has_history})
+        for vname, vsplit in variants.items():
+            r[vname] = (evaluate_scorer(w.rankers[name], vsplit, ks, 0, cfg.eval.seed)
+                        if len(vsplit.truth_users) else {"users": 0})
+        results[name] = r
+    calib = fitted.calibration
+    y, score = calibration_pairs(w, fitted.default, cfg.export.k, seed=cfg.eval.seed)
+    p = calib(score)
+    # uncalibrated: the score read as a probability (the model's log-probability, exponentiated)
+    p_raw = np.clip(np.exp(np.minimum(score, 0.0)), 0.0, 1.0) if fitted.default in ("model", "blend") else np.clip(score / (score.max() or 1.0), 0.0, 1.0)
+    return {
+        "split": split,
+        "k": ks,
+        "model": results["model"],
+        "blend": results["blend"],
+        "baselines": {"popularity": results["popularity"], "history": results["history"]},
+        "default": fitted.default,
+        "default_metrics": results[fitted.default],
+        "beats_history": bool(results["model"][f"ndcg@{ks[0]}"] > results["history"][f"ndcg@{ks[0]}"]),
+        "default_beats_history": bool(results[fitted.default][f"ndcg@{ks[0]}"] >= results["history"][f"ndcg@{ks[0]}"]),
+        "fitted_on_valid": {
+            "history_params": asdict(fitted.history),
+            "blend_beta": fitted.blend_beta,
+            "valid_ndcg@10": fitted.valid_ndcg10,
+        },
+        "calibration": {
+            "method": "platt scaling of the default ranker's score on the valid window's top-K (all users)",
+            "a": calib.a, "b": calib.b,
+            "ece": reliability(y, p)["ece"], "brier": reliability(y, p)["brier"],
+            "ece_uncalibrated": reliability(y, p_raw)["ece"], "brier_uncalibrated": reliability(y, p_raw)["brier"],
+            "pairs": int(len(y)), "base_rate": float(np.mean(y)) if len(y) else math.nan,
+        },
+        "window": {"start": str(w.split.window_start), "end": str(w.split.window_end)},
+    }
+
+
+def save_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable))
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,155 @@
+"""`export`: top-K distinct items for every user in the data, for the window after the last event.
+
+Inputs are all events (the "all" split). Users with at least one event on a known item are ranked
+by the default ranker chosen on the valid window (model, blend, history or popularity); the others
+get the popularity list. Scores are computed for a batch of users at a time (``export.user_batch``
+x catalog floats), never for the whole users x items matrix. The CSV goes to a temporary file, is
+checked (every user present, exactly K distinct items each), and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import duckdb
+import numpy as np
+import torch
+
+from purchasepred.config import Config
+from purchasepred.data.prepare import named_queries
+from purchasepred.data.tensors import PreparedData
+from purchasepred.errors import PurchasePredError
+from purchasepred.eval.evaluate import Fitted, build_window
+
+COLUMNS = ("user_id", "item_id", "rank", "score", "source", "purchase_probability")
+
+
+@dataclass
+class ExportSummary:
+    path: Path
+    users: int
+    rows: int
+    k: int
+    by_source: dict[str, int]
+    seconds: float
+
+
+def _check_writable(out: Path, force: bool) -> None:
+    if out.exists() and out.is_dir():
+        raise PurchasePredError(f"--out {out} is a directory; give a file path such as {out}/recommendations.csv")
+    if out.exists() and not force:
+        raise PurchasePredError(f"{out} already exists; pass --force to overwrite it or choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PurchasePredError(f"cannot create folder {out.parent} ({err.strerror}); choose a writable --out") from None
+    if not os.access(out.parent, os.W_OK):
+        raise PurchasePredError(f"folder {out.parent} is not writable; choose another --out or fix its permissions")
+
+
+def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
+           out: Path, k: int, filter_seen: bool, force: bool,
+           progress: Callable[[int, int], None] | None = None) -> ExportSummary:
+    t0 = time.perf_counter()
+    _check_writable(out, force)
+    n_catalog = data.vocab.n_items - 2
+    if k > n_catalog:
+        raise PurchasePredError(f"--k {k} is larger than the catalog ({n_catalog} items with an id); lower --k")
+    w = build_window(data, "all", cfg, model, device, fitted)
+    users = data.users["user_idx"].astype(np.int64)
+    user_ids = data.users["user_id"]
+    product = data.items["product_id"]
+    ranker = w.rankers[fitted.default]
+    popularity = w.popularity
+    lo = np.searchsorted(w.events.user, users, "left")
+    hi = np.searchsorted(w.events.user, users, "right")
+    warm = hi > lo
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    by_source = {fitted.default: 0, "popularity": 0}
+    batch = cfg.export.user_batch
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(",".join(COLUMNS) + "\n")
+            for start in range(0, len(users), batch):
+                u = users[start:start + batch]
+                is_warm = warm[start:start + batch]
+                scores = popularity(u)
+                if is_warm.any() and fitted.default != "popularity":
+                    scores[torch.as_tensor(is_warm)] = ranker(u[is_warm]).float()
+                scores[:, :2] = float("-inf")
+                if filter_seen:
+                    rows, idx = w.events.ranges(u)
+                    scores[torch.as_tensor(rows), torch.as_tensor(w.events.item[idx])] = float("-inf")
+                val, top = torch.topk(scores, k, dim=1)
+                val, top = val.numpy(), top.numpy()
+                if not np.isfinite(val).all():
+                    # filter_seen removed too much for some user: fill from popularity, unseen first
+                    val, top = _fill_from_popularity(val, top, popularity.scores.numpy())
+                source = np.where(is_warm & (fitted.default != "popularity"), fitted.default, "popularity")
+                prob = np.where(source[:, None] == "popularity", fitted_pop(fitted, val), fitted.calibration(val))
+                for s in (fitted.default, "popularity"):
+                    by_source[s] = by_source.get(s, 0) + int((source == s).sum())
+                _write_rows(fh, user_ids[start:start + batch], product[top], val, source, prob, k)
+                if progress:
+                    progress(min(start + batch, len(users)), len(users))
+        _verify(tmp, len(users), k)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ExportSummary(out, len(users), len(users) * k, k, {s: n for s, n in by_source.items() if n},
+                         time.perf_counter() - t0)
+
+
+def fitted_pop(fitted: Fitted, scores: np.ndarray) -> np.ndarray:
+    return fitted.popularity_calibration(scores) if fitted.popularity_calibration else np.zeros_like(scores)
+
+
+def _fill_from_popularity(val: np.ndarray, top: np.ndarray, pop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-pop, kind="stable")
+    order = order[order >= 2]
+    for i in np.where(~np.isfinite(val).all(1))[0]:
+        keep = np.isfinite(val[i])
+        chosen = list(top[i][keep])
+        for item in order:
+            if len(chosen) == len(top[i]):
+                break
+            if item not in chosen:
+                chosen.append(item)
+        top[i] = chosen
+        val[i] = np.where(keep, val[i], pop[top[i]] - 1e6)[: len(chosen)]
+    return val, top
+
+
+def _write_rows(fh: Any, user_ids: np.ndarray, items: np.ndarray, scores: np.ndarray, source: np.ndarray,
+                prob: np.ndarray, k: int) -> None:
+    ranks = [str(r) for r in range(1, k + 1)]
+    lines = []
+    for u, its, sc, src, pr in zip(user_ids, items, scores, source, prob):
+        us = _csv_field(str(u))
+        for r in range(k):
+            lines.append(f"{us},{_csv_field(str(its[r]))},{ranks[r]},{sc[r]:.6g},{src},{pr[r]:.6g}")
+    fh.write("\n".join(lines))
+    fh.write("\n")
+
+
+def _csv_field(value: str) -> str:
+    if any(c in value for c in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _verify(path: Path, n_users: int, k: int) -> None:
+    con = duckdb.connect()
+    con.execute("set variable path = ?", [str(path)])
+    con.execute("set variable k = ?", [k])
+    bad_users, n_seen = con.execute(named_queries("read.sql")["export_check"]).fetchone()
+    if n_seen != n_users or bad_users:
+        raise PurchasePredError(
+            f"export check failed for {path}: {n_seen} users written of {n_users}, {bad_users} without exactly {k} "
+            "distinct items; nothing was written (this is a bug, please report it)"
+        )
