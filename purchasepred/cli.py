@@ -373,6 +373,88 @@ def export_table(summary: Any) -> Any:
     ])
 
 
+@app.command("run")
+@handle_errors
+def run_all(
+    raw: Annotated[Optional[list[str]], typer.Argument(help="Raw event files or globs; none: generate the demo dataset.")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run name (default 'demo' without RAW, else a timestamp).")] = None,
+    rows: Annotated[int, typer.Option(help="Demo dataset rows (without RAW).")] = 300_000,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss.")] = None,
+    eval_days: Annotated[Optional[float], typer.Option(help="Days per evaluation window.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run of this name.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """prepare -> train -> evaluate -> export in one command, with one summary.
+
+    Example: purchasepred run            (the bundled synthetic demo, a few minutes on a laptop CPU)
+    """
+    import shutil
+
+    from purchasepred.config import load_config
+    from purchasepred.data.prepare import prepare as run_prepare
+    from purchasepred.data.synth import generate
+    from purchasepred.data.tensors import PreparedData
+    from purchasepred.pipeline import evaluate_run, export_run, write_summary
+    from purchasepred.train.trainer import PurchasePred, run_paths
+
+    name = run_name or ("demo" if not raw else _run_name(None))
+    cfg = load_config(config, {"train.epochs": epochs, "train.purchase_weight": purchase_weight,
+                               "prepare.eval_days": eval_days}, set_)
+    run_dir, out_dir = run_paths(cfg, name)
+    if run_dir.exists() or out_dir.exists():
+        if not force:
+            raise PurchasePredError(f"run {name!r} exists ({run_dir} / {out_dir}); pass --force to replace it or choose --run-name")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    inputs = list(raw or [])
+    with ui.steps(f"run {name}") as step:
+        if not inputs:
+            step("synth demo data")
+            demo = out_dir / "demo_events.csv"
+            generate(demo, rows=rows, views_per_purchase=60.0, days=30, seed=cfg.train.seed)
+            inputs = [str(demo)]
+        step("prepare")
+        prepared = out_dir / "prepared"
+        prep = run_prepare(inputs, prepared, cfg.prepare, force=False)
+        cfg.train.data = str(prepared)
+        step("train")
+        trainer = PurchasePred(cfg, PreparedData(prepared), name)
+        summary = trainer.fit(on_epoch=lambda st: ui.info(
+            f"  epoch {st.epoch}: view {st.view_loss:.4f} buy {st.purchase_loss:.4f} valid NDCG@10 "
+            f"{st.valid.get('ndcg@10', float('nan')):.4f} ({st.tokens_per_s:,.0f} tokens/s)"))
+        step("evaluate")
+        result, metrics_path = evaluate_run(cfg, name, "test", cfg.eval.k)
+        step("export")
+        exp = export_run(cfg, name)
+    ui.show(prepare_table(prep.manifest, prep.out, prep.seconds))
+    for table in metrics_tables(result):
+        ui.show(table)
+    ui.show(export_table(exp))
+    k0 = cfg.eval.k[0]
+    summary_json = {
+        "run": name, "inputs": inputs, "prepared": str(prepared),
+        "rows_read": prep.manifest["rows_read"], "rows_rejected": prep.manifest["rows_rejected"],
+        "epochs_done": summary.epochs_done, "best_valid_ndcg@10": summary.best_valid_ndcg10,
+        "train_seconds": summary.seconds, "tokens_per_s": summary.tokens_per_s,
+        "test": {r: (result["baselines"][r] if r in ("popularity", "history") else result[r])[f"ndcg@{k0}"]
+                 for r in ("popularity", "history", "model", "blend")},
+        "default": result["default"], "metrics": str(metrics_path), "recommendations": str(exp.path),
+    }
+    write_summary(out_dir / "run_summary.json", summary_json)
+    ui.show(ui.summary_table(f"run {name}", [
+        ("rows read / rejected", f"{prep.manifest['rows_read']:,} / {prep.manifest['rows_rejected']:,}"),
+        ("epochs, best valid NDCG@10", f"{summary.epochs_done}, {summary.best_valid_ndcg10}"),
+        (f"test NDCG@{k0} popularity / history", f"{summary_json['test']['popularity']:.4f} / {summary_json['test']['history']:.4f}"),
+        (f"test NDCG@{k0} transformer / blend", f"{summary_json['test']['model']:.4f} / {summary_json['test']['blend']:.4f}"),
+        ("default ranker (chosen on valid)", result["default"]),
+        ("metrics", str(metrics_path)), ("recommendations", str(exp.path)), ("checkpoint", str(summary.checkpoint)),
+    ]))
+    ui.info(_verdict(result))
+
+
 def main() -> None:
     app()
 
