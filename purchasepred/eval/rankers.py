@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from purchasepred.data.tensors import SEQ_COLUMNS, SplitData
+from purchasepred.train.batching import trim_padding
 
 POPULARITY_WEIGHTS = np.array([0.0, 1.0, 3.0, 10.0, 0.0])  # pad, view, cart, purchase, remove_from_cart
 
@@ -100,6 +101,7 @@ class History:
 
 class ModelScorer:
     name = "model"
+    SUB_BATCH = 512
 
     def __init__(self, model: torch.nn.Module, split: SplitData, popularity: Popularity, device: torch.device) -> None:
         self.model, self.split, self.popularity, self.device = model, split, popularity, device
@@ -112,11 +114,16 @@ class ModelScorer:
         # cold users: log of normalized popularity, far below any model log-probability ordering
         out = torch.log(self.popularity.normalized + 1e-12)[None, :].expand(len(users), -1).clone()
         if has.any():
-            idx = torch.as_tensor(rows[has])
-            batch = {c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()}
             was_training = self.model.training
             self.model.eval()
-            out[torch.as_tensor(has)] = self.model.score_purchase(batch).float().cpu()
+            where = np.nonzero(has)[0]
+            # short histories together, so that each sub-batch drops its all-padding columns
+            order = where[np.argsort(self.split.n_events[rows[where]], kind="stable")]
+            for start in range(0, len(order), self.SUB_BATCH):
+                pick = order[start:start + self.SUB_BATCH]
+                idx = torch.as_tensor(rows[pick])
+                batch = trim_padding({c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()})
+                out[torch.as_tensor(pick)] = self.model.score_purchase(batch).float().cpu()
             self.model.train(was_training)
         return out
 

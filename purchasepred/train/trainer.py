@@ -32,6 +32,7 @@ from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.eval.rankers import ModelScorer, Popularity
 from purchasepred.models.transformer import TransformerRecommender, Vocab
 from purchasepred.train import checkpoint as ckpt
+from purchasepred.train.batching import trim_padding
 
 
 def pick_device(name: str) -> torch.device:
@@ -95,6 +96,26 @@ class TrainSummary:
     early_stopped: bool = False
     notes: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def multitask_loss(
+    model: TransformerRecommender, forward_model: torch.nn.Module, batch: dict[str, torch.Tensor], t: Any,
+    sample: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """view_loss + purchase_weight * purchase_loss + cart_weight * cart_loss, and the parts."""
+    h = forward_model.encode(batch)  # (B, T, D)
+    parts: dict[str, torch.Tensor] = {}
+    b, p = torch.nonzero(batch["next_target"] > 0, as_tuple=True)
+    parts["view"] = -model.view_log_prob(h[b, p], batch["next_target"][b, p], sample).mean() if len(b) else h.new_zeros(())
+    for name, key in (("purchase", "purchase_target"), ("cart", "cart_target")):
+        if name == "cart" and t.cart_weight == 0:
+            parts[name] = h.new_zeros(())
+            continue
+        b, p = torch.nonzero(batch[key] > 0, as_tuple=True)
+        parts[name] = (-model.purchase_log_prob(h, b, p, batch, batch[key][b, p], sample).mean()
+                       if len(b) else h.new_zeros(()))
+    loss = parts["view"].float() + t.purchase_weight * parts["purchase"].float() + t.cart_weight * parts["cart"].float()
+    return loss, parts
 
 
 def run_paths(cfg: Config, run_name: str) -> tuple[Path, Path]:
@@ -161,25 +182,9 @@ class PurchasePred:
                 "and early stopping is off"
             )
 
-    # ------------------------------------------------------------------ one step
     def _loss(self, batch: dict[str, torch.Tensor], negatives: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        t = self.cfg.train
-        h = self.forward_model.encode(batch)  # (B, T, D)
         sample = (negatives, self.log_q) if negatives is not None else None
-        parts: dict[str, torch.Tensor] = {}
-        b, p = torch.nonzero(batch["next_target"] > 0, as_tuple=True)
-        parts["view"] = -self.model.view_log_prob(h[b, p], batch["next_target"][b, p], sample).mean() if len(b) else h.new_zeros(())
-        for name, key in (("purchase", "purchase_target"), ("cart", "cart_target")):
-            if name == "cart" and t.cart_weight == 0:
-                parts[name] = h.new_zeros(())
-                continue
-            b, p = torch.nonzero(batch[key] > 0, as_tuple=True)
-            if len(b):
-                parts[name] = -self.model.purchase_log_prob(h, b, p, batch, batch[key][b, p], sample).mean()
-            else:
-                parts[name] = h.new_zeros(())
-        loss = parts["view"].float() + t.purchase_weight * parts["purchase"].float() + t.cart_weight * parts["cart"].float()
-        return loss, parts
+        return multitask_loss(self.model, self.forward_model, batch, self.cfg.train, sample)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_valid(self) -> dict[str, Any]:
@@ -313,6 +318,8 @@ class PurchasePred:
                 for bi in range(batch_start, self.steps_per_epoch):
                     idx = perm[bi * t.batch_size:(bi + 1) * t.batch_size]
                     batch = {k: v[idx] for k, v in self.train_data.items()}
+                    if self.forward_model is self.model:  # compiled graphs keep a fixed width
+                        batch = trim_padding(batch)
                     negatives = None
                     if t.loss == "sampled":
                         negatives = torch.multinomial(self.sample_q, t.negatives, replacement=True)
