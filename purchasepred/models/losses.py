@@ -69,6 +69,57 @@ class _LinearLogSumExp(torch.autograd.Function):
         )
 
 
+class _MeanLinearLogSumExp(torch.autograd.Function):
+    """mean_i logsumexp(h_i W^T + b): every gradient is computed in the forward pass (the loss is a
+    mean, so each row's weight is known: 1/N), backward only scales them. Three matrix products per
+    chunk, like the unfused F.cross_entropy(h @ W.T), but no (N, V) logits are ever kept."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, chunk: int) -> Tensor:  # type: ignore[override]
+        n = h.shape[0]
+        acc = torch.promote_types(h.dtype, torch.float32)
+        total = torch.zeros((), device=h.device, dtype=acc)
+        grad_h = torch.empty(h.shape, device=h.device, dtype=h.dtype)
+        grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc)
+        grad_b = torch.zeros(bias.shape, device=bias.device, dtype=acc) if bias is not None else None
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            logits = (h[start:stop] @ weight.t()).to(acc)  # (C, V)
+            if bias is not None:
+                logits += bias.to(acc)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += lse.sum()
+            probs = torch.exp(logits - lse[:, None]).div_(n)  # d mean / d logits
+            probs_c = probs.to(weight.dtype)
+            grad_h[start:stop] = (probs_c @ weight).to(h.dtype)
+            grad_w += (probs_c.t() @ h[start:stop]).to(acc)
+            if grad_b is not None:
+                grad_b += probs.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b if grad_b is not None else torch.empty(0))
+        ctx.has_bias = bias is not None
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        return total / max(n, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        g = grad_out.to(grad_w.dtype)
+        return (
+            grad_h * g.to(grad_h.dtype),
+            (grad_w * g).to(ctx.dtypes[0]),
+            (grad_b * g).to(ctx.dtypes[1]) if ctx.has_bias else None,
+            None,
+        )
+
+
+def mean_nll(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of (N, D) rows against the full (V, D) catalog, fused and chunked."""
+    if h.shape[0] == 0:
+        return h.new_zeros((), dtype=torch.float32)
+    chunk = _chunk_rows(h.shape[0], weight.shape[0])
+    return _MeanLinearLogSumExp.apply(h, weight, bias, chunk) - target_logits(h, weight, bias, targets).mean()
+
+
 def linear_logsumexp(h: Tensor, weight: Tensor, bias: Tensor | None = None, chunk: int | None = None) -> Tensor:
     """``logsumexp(h @ weight.T + bias, -1)`` for (N, D) rows against (V, D) items, chunked."""
     if h.shape[0] == 0:
@@ -79,9 +130,10 @@ def linear_logsumexp(h: Tensor, weight: Tensor, bias: Tensor | None = None, chun
 
 def target_logits(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
     """The logit of each row's target item: (N,)."""
-    logit = (h.float() * weight[targets].float()).sum(-1)
+    acc = torch.promote_types(h.dtype, torch.float32)
+    logit = (h.to(acc) * weight[targets].to(acc)).sum(-1)
     if bias is not None:
-        logit = logit + bias[targets].float()
+        logit = logit + bias[targets].to(acc)
     return logit
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from purchasepred.config import ModelConfig
-from purchasepred.models.losses import full_log_prob, sampled_log_prob
+from purchasepred.models.losses import full_log_prob, mean_nll, sampled_log_prob
 
 FEATURES = (
     "item_idx", "brand_idx", "category_idx", "event_type_id", "price_bucket", "hour_id", "weekday_id", "gap_bucket",
@@ -133,6 +133,12 @@ class TransformerRecommender(nn.Module):
         if sample is None:
             return full_log_prob(h, self.item.weight, self.view_bias, targets)
         return sampled_log_prob(h, self.item.weight, self.view_bias, targets, *sample)
+
+    def view_nll(self, h: Tensor, targets: Tensor, sample: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Mean view loss over (N, D) rows (fused full softmax, or sampled)."""
+        if sample is None:
+            return mean_nll(h, self.item.weight, self.view_bias, targets)
+        return -sampled_log_prob(h, self.item.weight, self.view_bias, targets, *sample).mean()
 
     def _repeat_log_alpha(self, h_rows: Tensor, seq: dict[str, Tensor], pos: Tensor) -> tuple[Tensor, Tensor]:
         """Pointer log-weights over the sequence for each row: (N, T), NEG where not allowed, and

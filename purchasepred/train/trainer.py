@@ -106,7 +106,7 @@ def multitask_loss(
     h = forward_model.encode(batch)  # (B, T, D)
     parts: dict[str, torch.Tensor] = {}
     b, p = torch.nonzero(batch["next_target"] > 0, as_tuple=True)
-    parts["view"] = -model.view_log_prob(h[b, p], batch["next_target"][b, p], sample).mean() if len(b) else h.new_zeros(())
+    parts["view"] = model.view_nll(h[b, p], batch["next_target"][b, p], sample) if len(b) else h.new_zeros(())
     for name, key in (("purchase", "purchase_target"), ("cart", "cart_target")):
         if name == "cart" and t.cart_weight == 0:
             parts[name] = h.new_zeros(())
