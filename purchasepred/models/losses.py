@@ -17,9 +17,23 @@ import torch
 from torch import Tensor
 
 
-def _chunk_rows(n_rows: int, n_items: int, budget: int = 1 << 24) -> int:
-    """Rows per chunk so that a chunk's logits hold about ``budget`` floats (64 MB in fp32)."""
+def _compute_dtype(h: Tensor, weight: Tensor) -> torch.dtype:
+    """bf16/fp16 when the rows come from autocast, else the weight's dtype. Backward runs outside
+    autocast, so both operands are cast explicitly to the same dtype."""
+    return h.dtype if h.dtype in (torch.bfloat16, torch.float16) else weight.dtype
+
+
+def _chunk_rows(n_rows: int, n_items: int, device: torch.device | None = None) -> int:
+    """Rows per chunk so that a chunk's logits hold about 16M floats on CPU (64 MB, cache and
+    memory friendly) and 256M on a GPU (few, large matrix products keep it busy)."""
+    budget = 1 << 28 if device is not None and device.type == "cuda" else 1 << 24
     return max(1, min(n_rows, budget // max(n_items, 1)))
+
+
+def _logits(h: Tensor, w: Tensor, bias: Tensor | None, acc: torch.dtype) -> Tensor:
+    """(C, V) logits in the accumulation dtype, bias folded into the product."""
+    out = torch.addmm(bias, h, w.t()) if bias is not None else h @ w.t()
+    return out if out.dtype == acc else out.to(acc)
 
 
 class _LinearLogSumExp(torch.autograd.Function):
@@ -27,17 +41,18 @@ class _LinearLogSumExp(torch.autograd.Function):
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, chunk: int) -> Tensor:  # type: ignore[override]
         n = h.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)  # accumulate in fp32 (fp64 stays fp64)
+        cd = _compute_dtype(h, weight)
+        hc, wc = h.to(cd), weight.to(cd)
         lse = torch.empty(n, device=h.device, dtype=acc)
         grad_h = torch.empty(n, weight.shape[1], device=h.device, dtype=acc)
+        bias_c = bias.to(cd) if bias is not None else None
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            logits = (h[start:stop] @ weight.t()).to(acc)  # (C, V)
-            if bias is not None:
-                logits += bias.to(acc)
+            logits = _logits(hc[start:stop], wc, bias_c, acc)  # (C, V)
             chunk_lse = torch.logsumexp(logits, dim=-1)
             lse[start:stop] = chunk_lse
-            probs = torch.exp(logits - chunk_lse[:, None])
-            grad_h[start:stop] = (probs.to(weight.dtype) @ weight).to(acc)  # (C, D)
+            probs = logits.sub_(chunk_lse[:, None]).exp_()
+            grad_h[start:stop] = (probs.to(cd) @ wc).to(acc)  # (C, D)
         ctx.save_for_backward(h, weight, bias, lse, grad_h)
         ctx.chunk = chunk
         return lse
@@ -46,19 +61,20 @@ class _LinearLogSumExp(torch.autograd.Function):
     def backward(ctx, grad_lse: Tensor):  # type: ignore[override]
         h, weight, bias, lse, grad_h_unit = ctx.saved_tensors
         acc = lse.dtype
+        cd = _compute_dtype(h, weight)
+        hc, wc = h.to(cd), weight.to(cd)
         g = grad_lse.to(acc)
+        bias_c = bias.to(cd) if bias is not None else None
         grad_h = (grad_h_unit * g[:, None]).to(h.dtype) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc) if ctx.needs_input_grad[1] else None
         grad_b = torch.zeros(bias.shape, device=bias.device, dtype=acc) if bias is not None and ctx.needs_input_grad[2] else None
         if grad_w is not None or grad_b is not None:
             for start in range(0, h.shape[0], ctx.chunk):
                 stop = min(start + ctx.chunk, h.shape[0])
-                logits = (h[start:stop] @ weight.t()).to(acc)
-                if bias is not None:
-                    logits += bias.to(acc)
-                probs = torch.exp(logits - lse[start:stop, None]) * g[start:stop, None]  # (C, V)
+                logits = _logits(hc[start:stop], wc, bias_c, acc)
+                probs = logits.sub_(lse[start:stop, None]).exp_().mul_(g[start:stop, None])  # (C, V)
                 if grad_w is not None:
-                    grad_w += (probs.to(h.dtype).t() @ h[start:stop]).to(acc)
+                    grad_w += (probs.to(cd).t() @ hc[start:stop]).to(acc)
                 if grad_b is not None:
                     grad_b += probs.sum(0)
         return (
@@ -78,21 +94,22 @@ class _MeanLinearLogSumExp(torch.autograd.Function):
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, chunk: int) -> Tensor:  # type: ignore[override]
         n = h.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)
+        cd = _compute_dtype(h, weight)
+        hc, wc = h.to(cd), weight.to(cd)
         total = torch.zeros((), device=h.device, dtype=acc)
         grad_h = torch.empty(h.shape, device=h.device, dtype=h.dtype)
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc)
         grad_b = torch.zeros(bias.shape, device=bias.device, dtype=acc) if bias is not None else None
+        bias_c = bias.to(cd) if bias is not None else None
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            logits = (h[start:stop] @ weight.t()).to(acc)  # (C, V)
-            if bias is not None:
-                logits += bias.to(acc)
+            logits = _logits(hc[start:stop], wc, bias_c, acc)  # (C, V)
             lse = torch.logsumexp(logits, dim=-1)
             total += lse.sum()
-            probs = torch.exp(logits - lse[:, None]).div_(n)  # d mean / d logits
-            probs_c = probs.to(weight.dtype)
-            grad_h[start:stop] = (probs_c @ weight).to(h.dtype)
-            grad_w += (probs_c.t() @ h[start:stop]).to(acc)
+            probs = logits.sub_(lse[:, None]).exp_().div_(n)  # in place: d mean / d logits
+            probs_c = probs.to(cd)
+            grad_h[start:stop] = (probs_c @ wc).to(h.dtype)
+            grad_w.addmm_(probs_c.t(), hc[start:stop]) if acc == cd else grad_w.add_((probs_c.t() @ hc[start:stop]).to(acc))
             if grad_b is not None:
                 grad_b += probs.sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b if grad_b is not None else torch.empty(0))
@@ -116,7 +133,7 @@ def mean_nll(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) ->
     """Mean cross-entropy of (N, D) rows against the full (V, D) catalog, fused and chunked."""
     if h.shape[0] == 0:
         return h.new_zeros((), dtype=torch.float32)
-    chunk = _chunk_rows(h.shape[0], weight.shape[0])
+    chunk = _chunk_rows(h.shape[0], weight.shape[0], h.device)
     return _MeanLinearLogSumExp.apply(h, weight, bias, chunk) - target_logits(h, weight, bias, targets).mean()
 
 
@@ -124,7 +141,7 @@ def linear_logsumexp(h: Tensor, weight: Tensor, bias: Tensor | None = None, chun
     """``logsumexp(h @ weight.T + bias, -1)`` for (N, D) rows against (V, D) items, chunked."""
     if h.shape[0] == 0:
         return h.new_zeros(0, dtype=torch.float32)
-    chunk = chunk or _chunk_rows(h.shape[0], weight.shape[0])
+    chunk = chunk or _chunk_rows(h.shape[0], weight.shape[0], h.device)
     return _LinearLogSumExp.apply(h, weight, bias, chunk)
 
 

@@ -2,8 +2,8 @@
 head, a purchase head and an explicit repeat path.
 
 Each event is one token: item + brand + category + event type + price bucket + hour + weekday +
-gap bucket + position embeddings. Sequences are left-padded with 0; a position attends to itself
-and to earlier real events only.
+gap bucket + position embeddings. Sequences are left-padded with 0; an event attends to itself and
+to earlier events only (never to padding).
 
 Heads (all scored against the one item embedding table, so every score is over the full catalog):
 - view: the next event's item, ``h_t @ E^T + b_view``.
@@ -60,11 +60,11 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B, H, T, d/H)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -108,24 +108,31 @@ class TransformerRecommender(nn.Module):
 
     # ----------------------------------------------------------------- encoder
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
-        """(B, T) feature ids -> (B, T, D) causal hidden states."""
+        """(B, T) feature ids -> (B, T, D) causal hidden states (padding positions: unused values).
+
+        Sequences arrive left-padded. Each row is rotated so that its events come first (padding
+        last), which makes plain causal attention exact: no event ever sees a padding position, and
+        attention runs on the fused ``is_causal`` kernels (flash attention on GPUs) with no mask
+        tensor. Position ids follow the events, and the output is rotated back.
+        """
         items = batch["item_idx"]
         b, t = items.shape
+        n_pad = (items == 0).sum(1, keepdim=True)  # (B, 1)
+        cols = torch.arange(t, device=items.device)[None, :]  # (1, T)
+        src = (cols + n_pad) % t  # (B, T): rotated column j holds original column src
+        take = {k: batch[k].gather(1, src) for k in FEATURES}
         x = (
-            self.item(items) + self.brand(batch["brand_idx"]) + self.category(batch["category_idx"])
-            + self.event_type(batch["event_type_id"]) + self.price(batch["price_bucket"])
-            + self.hour(batch["hour_id"]) + self.weekday(batch["weekday_id"]) + self.gap(batch["gap_bucket"])
-            + self.position.weight[self.max_len - t:][None]
+            self.item(take["item_idx"]) + self.brand(take["brand_idx"]) + self.category(take["category_idx"])
+            + self.event_type(take["event_type_id"]) + self.price(take["price_bucket"])
+            + self.hour(take["hour_id"]) + self.weekday(take["weekday_id"]) + self.gap(take["gap_bucket"])
+            + self.position(self.max_len - t + src)
         )
         x = self.drop(x)
-        real = items > 0  # (B, T)
-        causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()
-        eye = torch.eye(t, dtype=torch.bool, device=items.device)
-        mask = (causal[None] & real[:, None, :]) | eye[None]  # (B, T, T): earlier real events, and itself
-        mask = mask[:, None]  # (B, 1, T, T)
         for block in self.blocks:
-            x = block(x, mask)
-        return self.ln_f(x)
+            x = block(x)
+        x = self.ln_f(x)
+        back = (cols - n_pad) % t  # original column c is rotated column back[c]
+        return x.gather(1, back[:, :, None].expand(-1, -1, x.shape[-1]))
 
     # ----------------------------------------------------------------- heads
     def view_log_prob(self, h: Tensor, targets: Tensor, sample: tuple[Tensor, Tensor] | None = None) -> Tensor:

@@ -61,6 +61,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+LOG_EVERY = 10  # steps between progress reports (each one syncs with the device)
+
+
+def _fold(acc: dict[str, float], running: torch.Tensor) -> None:
+    """Move the device-side running sums into the float accumulators (one host sync)."""
+    view, purchase, cart, tokens = running.tolist()
+    acc["view"] += view
+    acc["purchase"] += purchase
+    acc["cart"] += cart
+    acc["tokens"] += tokens
+    running.zero_()
+
+
 def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
     warmup = max(1, int(total * warmup_frac))
     if step < warmup:
@@ -99,11 +112,14 @@ class TrainSummary:
 
 
 def multitask_loss(
-    model: TransformerRecommender, forward_model: torch.nn.Module, batch: dict[str, torch.Tensor], t: Any,
-    sample: tuple[torch.Tensor, torch.Tensor] | None,
+    model: TransformerRecommender, encode: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    batch: dict[str, torch.Tensor], t: Any, sample: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """view_loss + purchase_weight * purchase_loss + cart_weight * cart_loss, and the parts."""
-    h = forward_model.encode(batch)  # (B, T, D)
+    """view_loss + purchase_weight * purchase_loss + cart_weight * cart_loss, and the parts.
+
+    ``encode`` is ``model.encode`` or its torch.compile'd version (the heads stay eager: their
+    row counts change every batch)."""
+    h = encode(batch)  # (B, T, D)
     parts: dict[str, torch.Tensor] = {}
     b, p = torch.nonzero(batch["next_target"] > 0, as_tuple=True)
     parts["view"] = model.view_nll(h[b, p], batch["next_target"][b, p], sample) if len(b) else h.new_zeros(())
@@ -157,9 +173,9 @@ class PurchasePred:
             param_groups(self.model, t.weight_decay), lr=t.lr, betas=(0.9, 0.98),
             fused=self.device.type == "cuda",
         )
-        self.forward_model = self.model
+        self.encode = self.model.encode
         if t.compile and self.device.type == "cuda":
-            self.forward_model = torch.compile(self.model)  # type: ignore[assignment]
+            self.encode = torch.compile(self.model.encode)  # type: ignore[assignment]
         elif t.compile:
             self.notes.append("--compile is used on CUDA only; running eagerly")
         self.train_data = self._tensors()
@@ -184,7 +200,7 @@ class PurchasePred:
 
     def _loss(self, batch: dict[str, torch.Tensor], negatives: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = (negatives, self.log_q) if negatives is not None else None
-        return multitask_loss(self.model, self.forward_model, batch, self.cfg.train, sample)
+        return multitask_loss(self.model, self.encode, batch, self.cfg.train, sample)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_valid(self) -> dict[str, Any]:
@@ -315,10 +331,11 @@ class PurchasePred:
                 self.model.train()
                 perm = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(t.seed * 1000 + epoch)).to(self.device)
                 t_epoch = time.perf_counter()
+                running = torch.zeros(4, device=self.device)  # view, purchase, cart loss sums; tokens
                 for bi in range(batch_start, self.steps_per_epoch):
                     idx = perm[bi * t.batch_size:(bi + 1) * t.batch_size]
                     batch = {k: v[idx] for k, v in self.train_data.items()}
-                    if self.forward_model is self.model:  # compiled graphs keep a fixed width
+                    if not t.compile:  # compiled graphs keep a fixed width
                         batch = trim_padding(batch)
                     negatives = None
                     if t.loss == "sampled":
@@ -334,16 +351,16 @@ class PurchasePred:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
                     self.optimizer.step()
                     step += 1
-                    tokens = float((batch["item_idx"] > 0).sum())
-                    for name in ("view", "purchase", "cart"):
-                        acc[name] += float(parts[name].detach())
+                    # running sums stay on the device: no host sync per step, only when reported
+                    running += torch.stack([parts["view"].detach().float(), parts["purchase"].detach().float(),
+                                            parts["cart"].detach().float(), (batch["item_idx"] > 0).sum().float()])
                     acc["n"] += 1
-                    acc["tokens"] += tokens
-                    if on_step is not None:
+                    if on_step is not None and ((bi + 1) % LOG_EVERY == 0 or bi + 1 == self.steps_per_epoch):
                         on_step({"epoch": epoch, "batch": bi + 1, "batches": self.steps_per_epoch, "lr": lr,
                                  "view_loss": float(parts["view"].detach()), "purchase_loss": float(parts["purchase"].detach()),
-                                 "tokens_per_s": acc["tokens"] / max(acc["seconds"] + time.perf_counter() - t_epoch, 1e-9)})
+                                 "tokens_per_s": (acc["tokens"] + float(running[3])) / max(acc["seconds"] + time.perf_counter() - t_epoch, 1e-9)})
                     if self._stop_requested:
+                        _fold(acc, running)
                         acc["seconds"] += time.perf_counter() - t_epoch
                         state["sha256"]["last.pt"] = ckpt.save_checkpoint(last_path, self._payload(epoch, bi + 1, step, acc, state))
                         ckpt.write_metadata(self.run_dir, self._metadata(state, timings))
@@ -351,6 +368,7 @@ class PurchasePred:
                         break
                 if interrupted:
                     break
+                _fold(acc, running)
                 acc["seconds"] += time.perf_counter() - t_epoch
                 valid = self.evaluate_valid()
                 n = max(acc["n"], 1.0)
