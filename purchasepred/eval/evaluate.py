@@ -7,6 +7,7 @@ only then applied to the test window. See :mod:`purchasepred.eval.protocol` for 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,8 @@ from purchasepred.errors import DatasetError
 from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.eval.rankers import (
-    BLEND_BETAS, Blend, History, HistoryParams, ModelScorer, Popularity, _UserEvents, fit_history,
+    BLEND_BETAS, BLEND_GAMMAS, Blend, History, HistoryParams, ModelScorer, Popularity, _UserEvents,
+    conversion_prior, fit_history,
 )
 from purchasepred.train.checkpoint import atomic_write_text
 
@@ -36,6 +38,7 @@ class Fitted:
 
     history: HistoryParams
     blend_beta: float
+    blend_gamma: float
     default: str
     valid_ndcg10: dict[str, float]
     calibration: Calibration
@@ -49,7 +52,8 @@ class Fitted:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fitted:
         return cls(
-            history=HistoryParams(**d["history"]), blend_beta=d["blend_beta"], default=d["default"],
+            history=HistoryParams(**d["history"]), blend_beta=d["blend_beta"], blend_gamma=d["blend_gamma"],
+            default=d["default"],
             valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
             dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
@@ -64,6 +68,7 @@ class Window:
     events: _UserEvents
     popularity: Popularity
     cutoff_ts: int
+    prior: torch.Tensor
     rankers: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,12 +83,13 @@ def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Mod
     ts = cutoff_ts(split)
     events = _UserEvents(raw)
     popularity = Popularity(raw, data.vocab.n_items, ts, cfg.eval.popularity_days)
-    w = Window(split, events, popularity, ts)
+    w = Window(split, events, popularity, ts, conversion_prior(raw, data.vocab.n_items))
     w.rankers["popularity"] = popularity
     w.rankers["model"] = ModelScorer(model, split, popularity, device)
     if fitted is not None:
         w.rankers["history"] = History(events, popularity, ts, fitted.history)
-        w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend_beta)
+        w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend_beta,
+                                   fitted.blend_gamma, w.prior)
     return w
 
 
@@ -107,17 +113,17 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     valid.rankers["history"] = history
     scores = {"popularity": _ndcg10(valid.popularity, valid.split), "history": hist_score,
               "model": _ndcg10(valid.rankers["model"], valid.split)}
-    best_beta, best_blend = 0.0, -1.0
-    for beta in BLEND_BETAS:
-        s = _ndcg10(Blend(valid.rankers["model"], history, beta), valid.split)
+    best_beta, best_gamma, best_blend = 0.0, 0.0, -1.0
+    for beta, gamma in itertools.product(BLEND_BETAS, BLEND_GAMMAS):
+        s = _ndcg10(Blend(valid.rankers["model"], history, beta, gamma, valid.prior), valid.split)
         if s > best_blend:
-            best_beta, best_blend = beta, s
+            best_beta, best_gamma, best_blend = beta, gamma, s
     scores["blend"] = best_blend
-    valid.rankers["blend"] = Blend(valid.rankers["model"], history, best_beta)
+    valid.rankers["blend"] = Blend(valid.rankers["model"], history, best_beta, best_gamma, valid.prior)
     default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
     labels, scores_ = calibration_pairs(valid, default, cfg.export.k, seed=cfg.eval.seed)
     calibration = fit_platt(labels, scores_)
-    fitted = Fitted(history=params, blend_beta=best_beta, default=default, valid_ndcg10=scores,
+    fitted = Fitted(history=params, blend_beta=best_beta, blend_gamma=best_gamma, default=default, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
                     checkpoint_sha256=checkpoint_sha256,
                     popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)))
@@ -188,6 +194,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "fitted_on_valid": {
             "history_params": asdict(fitted.history),
             "blend_beta": fitted.blend_beta,
+            "blend_gamma": fitted.blend_gamma,
             "valid_ndcg@10": fitted.valid_ndcg10,
         },
         "calibration": {

@@ -10,7 +10,9 @@ All of them see only events strictly before the window they rank for.
   weights relative to a view, half-life) are fitted on the valid window by grid search.
 - ``ModelScorer``: the transformer's purchase log-probabilities at the last input event;
   popularity for users with no input.
-- ``Blend``: model log-probability + beta * log1p(history score / scale), beta fitted on valid.
+- ``Blend``: model log-probability + beta * log1p(10 * history score) + gamma * log(item
+  conversion prior); beta and gamma fitted on valid. The prior (purchases per view, smoothed) is
+  the signal history lacks: which of the items a user keeps looking at people actually buy.
 """
 
 from __future__ import annotations
@@ -128,14 +130,30 @@ class ModelScorer:
         return out
 
 
+def conversion_prior(events: dict[str, np.ndarray], n_items: int, strength: float = 20.0) -> torch.Tensor:
+    """log of each item's smoothed purchase rate per view, from the events before the cutoff:
+    (purchases + 0.3 carts + strength * global rate) / (views + strength) (empirical Bayes)."""
+    items, etype = events["item_idx"].astype(np.int64), events["event_type_id"].astype(np.int64)
+    views = np.bincount(items[etype == 1], minlength=n_items).astype(np.float64)
+    buys = np.bincount(items[etype == 3], minlength=n_items) + 0.3 * np.bincount(items[etype == 2], minlength=n_items)
+    rate = (buys.sum() + 1.0) / (views.sum() + 1.0)
+    return torch.as_tensor(np.log((buys + strength * rate) / (views + strength)), dtype=torch.float32)
+
+
 class Blend:
+    """model log-probability + beta * log1p(10 * history) + gamma * log(conversion prior)."""
+
     name = "blend"
 
-    def __init__(self, model: ModelScorer, history: History, beta: float) -> None:
-        self.model, self.history, self.beta = model, history, beta
+    def __init__(self, model: ModelScorer, history: History, beta: float, gamma: float = 0.0,
+                 prior: torch.Tensor | None = None) -> None:
+        self.model, self.history, self.beta, self.gamma, self.prior = model, history, beta, gamma, prior
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
-        return self.model(users) + self.beta * torch.log1p(self.history.personal(users) * 10.0)
+        scores = self.model(users) + self.beta * torch.log1p(self.history.personal(users) * 10.0)
+        if self.gamma and self.prior is not None:
+            scores = scores + self.gamma * self.prior[None, :]
+        return scores
 
 
 HISTORY_GRID = {
@@ -144,6 +162,7 @@ HISTORY_GRID = {
     "half_life_fraction": (0.1, 1.0, 4.0),  # times the window length
 }
 BLEND_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+BLEND_GAMMAS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 def fit_history(events: _UserEvents, popularity: Popularity, valid: SplitData, cutoff_ts: int,
