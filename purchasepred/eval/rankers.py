@@ -100,6 +100,15 @@ class History:
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         return self.personal(users) + self.POP_SCALE * self.popularity.normalized[None, :]
 
+    def personal_sparse(self, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The history term as (rows, items, weight) triples, one per (user, item) touched."""
+        rows, idx = self.events.ranges(users)
+        key = rows * len(self.popularity.scores) + self.events.item[idx]
+        uniq, inverse = np.unique(key, return_inverse=True)
+        weight = np.bincount(inverse, weights=self.weight[idx], minlength=len(uniq))
+        n = len(self.popularity.scores)
+        return (torch.as_tensor(uniq // n), torch.as_tensor(uniq % n), torch.as_tensor(weight, dtype=torch.float32))
+
 
 class ModelScorer:
     name = "model"
@@ -150,9 +159,12 @@ class Blend:
         self.model, self.history, self.beta, self.gamma, self.prior = model, history, beta, gamma, prior
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
-        scores = self.model(users) + self.beta * torch.log1p(self.history.personal(users) * 10.0)
+        scores = self.model(users)  # (B, V), modified in place: no other (B, V) temporaries
         if self.gamma and self.prior is not None:
-            scores = scores + self.gamma * self.prior[None, :]
+            scores.add_(self.gamma * self.prior[None, :])
+        if self.beta:
+            rows, items, weight = self.history.personal_sparse(users)
+            scores.index_put_((rows, items), self.beta * torch.log1p(weight * 10.0), accumulate=True)
         return scores
 
 

@@ -193,19 +193,29 @@ class TransformerRecommender(nn.Module):
 
     @torch.no_grad()
     def score_purchase(self, batch: dict[str, Tensor]) -> Tensor:
-        """(U, V) log p_buy(item) at each sequence's last position: the ranking scores."""
+        """(U, V) log p_buy(item) at each sequence's last position: the ranking scores.
+
+        p = g p_repeat + (1 - g) p_catalog, where p_repeat is zero outside the user's own history:
+        every other item scores log(1 - g) + log p_catalog (one in-place pass over the catalog), and
+        only the at most T history items get the exact mixture, scattered in.
+        """
         h = self.encode(batch)
         u, t, _ = h.shape
-        pos = torch.full((u,), t - 1, dtype=torch.long, device=h.device)
         h_last = h[:, -1]  # (U, D)
-        log_cat = torch.log_softmax((self.buy_proj(h_last) @ self.item.weight.t()).float() + self.buy_bias.float(), -1)
+        scores = torch.addmm(self.buy_bias, self.buy_proj(h_last), self.item.weight.t()).float()  # (U, V)
+        lse = torch.logsumexp(scores, -1, keepdim=True)  # (U, 1)
         if not self.cfg.repeat_path:
-            return log_cat
+            return scores.sub_(lse)
+        pos = torch.full((u,), t - 1, dtype=torch.long, device=h.device)
         seq = {k: batch[k] for k in ("item_idx", "event_type_id", "ts")}
         seq["h"] = h
         log_alpha, allowed = self._repeat_log_alpha(h_last, seq, pos)
         alpha = log_alpha.exp() * allowed  # (U, T)
-        p_rep = torch.zeros_like(log_cat).scatter_add_(1, batch["item_idx"], alpha)  # (U, V)
-        g = torch.sigmoid(self.gate(h_last).float())  # (U, 1)
-        g = g * allowed.any(-1, keepdim=True).float()
-        return torch.log(g * p_rep + (1 - g) * log_cat.exp() + 1e-30)
+        items = batch["item_idx"]
+        same = (items[:, :, None] == items[:, None, :]).float()  # (U, T, T)
+        p_rep = (same @ alpha[:, :, None]).squeeze(-1)  # (U, T): repeat mass of the item at each position
+        g = torch.sigmoid(self.gate(h_last).float()) * allowed.any(-1, keepdim=True).float()  # (U, 1)
+        p_cat = (scores.gather(1, items) - lse).exp()  # (U, T)
+        mixed = torch.log(g * p_rep + (1 - g) * p_cat + 1e-30)  # (U, T)
+        scores.add_(torch.log1p(-g.clamp(max=1 - 1e-6)) - lse)
+        return scores.scatter_(1, items, mixed)
