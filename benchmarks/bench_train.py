@@ -89,7 +89,7 @@ def run(kind: str, n_items: int, loss: str, args: argparse.Namespace, device: to
     if kind == "purchasepred":
         model = TransformerRecommender(ModelConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, dropout=0.1),
                                        Vocab(n_items, 64, 64), args.max_len).to(device)
-        fwd = torch.compile(model) if args.compile else model
+        fwd = torch.compile(model.encode) if args.compile else model.encode
 
         def step_loss(batch: dict[str, torch.Tensor], neg: torch.Tensor | None) -> torch.Tensor:
             return multitask_loss(model, fwd, batch, t_cfg, (neg, log_q) if neg is not None else None)[0]
