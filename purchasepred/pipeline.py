@@ -14,7 +14,7 @@ from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError
 from purchasepred.eval.evaluate import Fitted, evaluate, fit_on_valid, save_json
 from purchasepred.export.recommend import ExportSummary, export
-from purchasepred.train.checkpoint import atomic_write_text
+from purchasepred.train.checkpoint import read_metadata, write_json
 from purchasepred.train.trainer import load_model, pick_device, run_paths
 
 
@@ -35,8 +35,7 @@ def load_run(cfg: Config, run: str, data: Path | None = None) -> LoadedRun:
         raise CheckpointError(
             f"run {run!r} does not exist in {run_dir.parent}/; train it first: purchasepred train --run-name {run}"
         )
-    meta_path = run_dir / "metadata.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_metadata(run_dir) if (run_dir / "metadata.json").is_file() else {}
     data_path = Path(data) if data else Path(meta.get("dataset", {}).get("path", cfg.train.data))
     dataset = PreparedData(data_path)
     device = pick_device(cfg.train.device)
@@ -86,5 +85,4 @@ def export_run(cfg: Config, run: str, out: Path | None = None, k: int | None = N
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(summary, indent=2, default=str))
+    write_json(path, summary)

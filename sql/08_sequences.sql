@@ -39,15 +39,14 @@ grouped as (
         any_value(n_events) as n_events,
         any_value(last_event_at) as last_event_at,
         count(*) as n,
-        list(item_idx order by seq) as item_idx,
-        list(brand_idx order by seq) as brand_idx,
-        list(category_idx order by seq) as category_idx,
-        list(event_type_id::integer order by seq) as event_type_id,
-        list(price_bucket::integer order by seq) as price_bucket,
-        list(hour_id::integer order by seq) as hour_id,
-        list(weekday_id::integer order by seq) as weekday_id,
-        list(gap_bucket::integer order by seq) as gap_bucket,
-        list(ts order by seq) as ts
+        -- one plain list of structs sorted afterwards (seq first, unique in the group): unlike
+        -- list(x order by seq) per column, a plain list aggregate can spill under a memory limit
+        list_sort(list({
+            seq: seq, item_idx: item_idx, brand_idx: brand_idx, category_idx: category_idx,
+            event_type_id: event_type_id::integer, price_bucket: price_bucket::integer,
+            hour_id: hour_id::integer, weekday_id: weekday_id::integer, gap_bucket: gap_bucket::integer,
+            ts: ts
+        }), 'ASC') as steps
     from recent
     group by split, user_idx
 ),
@@ -58,15 +57,15 @@ final as (
         user_idx,
         n_events,
         last_event_at,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || item_idx as item_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || brand_idx as brand_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || category_idx as category_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || event_type_id as event_type_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || price_bucket as price_bucket,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || hour_id as hour_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || weekday_id as weekday_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || gap_bucket as gap_bucket,
-        list_resize([]::bigint[], getvariable('max_len') - n, 0) || ts as ts
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.item_idx) as item_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.brand_idx) as brand_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.category_idx) as category_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.event_type_id) as event_type_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.price_bucket) as price_bucket,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.hour_id) as hour_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.weekday_id) as weekday_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.gap_bucket) as gap_bucket,
+        list_resize([]::bigint[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.ts) as ts
     from grouped
 )
 
@@ -112,18 +111,13 @@ grouped as (
         chunk,
         count(*) as n,
         max(event_at) as last_event_at,
-        list(item_idx order by seq) as item_idx,
-        list(brand_idx order by seq) as brand_idx,
-        list(category_idx order by seq) as category_idx,
-        list(event_type_id::integer order by seq) as event_type_id,
-        list(price_bucket::integer order by seq) as price_bucket,
-        list(hour_id::integer order by seq) as hour_id,
-        list(weekday_id::integer order by seq) as weekday_id,
-        list(gap_bucket::integer order by seq) as gap_bucket,
-        list(ts order by seq) as ts,
-        list(next_target::integer order by seq) as next_target,
-        list(purchase_target::integer order by seq) as purchase_target,
-        list(cart_target::integer order by seq) as cart_target
+        list_sort(list({
+            seq: seq, item_idx: item_idx, brand_idx: brand_idx, category_idx: category_idx,
+            event_type_id: event_type_id::integer, price_bucket: price_bucket::integer,
+            hour_id: hour_id::integer, weekday_id: weekday_id::integer, gap_bucket: gap_bucket::integer,
+            ts: ts, next_target: next_target::integer, purchase_target: purchase_target::integer,
+            cart_target: cart_target::integer
+        }), 'ASC') as steps
     from targeted
     group by user_idx, chunk
     having sum((next_target > 0)::integer + (purchase_target > 0)::integer + (cart_target > 0)::integer) > 0
@@ -135,18 +129,18 @@ final as (
         chunk,
         n as n_events,
         last_event_at,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || item_idx as item_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || brand_idx as brand_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || category_idx as category_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || event_type_id as event_type_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || price_bucket as price_bucket,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || hour_id as hour_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || weekday_id as weekday_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || gap_bucket as gap_bucket,
-        list_resize([]::bigint[], getvariable('max_len') - n, 0) || ts as ts,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || next_target as next_target,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || purchase_target as purchase_target,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || cart_target as cart_target
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.item_idx) as item_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.brand_idx) as brand_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.category_idx) as category_idx,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.event_type_id) as event_type_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.price_bucket) as price_bucket,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.hour_id) as hour_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.weekday_id) as weekday_id,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.gap_bucket) as gap_bucket,
+        list_resize([]::bigint[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.ts) as ts,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.next_target) as next_target,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.purchase_target) as purchase_target,
+        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.cart_target) as cart_target
     from grouped
 )
 

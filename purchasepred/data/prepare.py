@@ -28,6 +28,7 @@ from purchasepred.config import PrepareConfig
 from purchasepred.data.inputs import InputFile, check_path, expand, inspect_csv, is_parquet, _canonical, _schema
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import sql_dir
+from purchasepred.train.checkpoint import to_json
 
 SCHEMA_VERSION = 1
 
@@ -153,7 +154,7 @@ def prepare(
         ]
         manifest["content_hash"] = _content_hash(manifest)
         manifest["duration_s"] = round(time.perf_counter() - t0, 3)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        (tmp / "manifest.json").write_text(to_json(manifest))
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,7 +27,7 @@ from purchasepred.eval.rankers import (
     BLEND_BETAS, BLEND_GAMMAS, Blend, History, HistoryParams, ModelScorer, Popularity, _UserEvents,
     conversion_prior, fit_history,
 )
-from purchasepred.train.checkpoint import atomic_write_text
+from purchasepred.train.checkpoint import write_json
 
 RANKERS = ("popularity", "history", "model", "blend")
 
@@ -208,14 +208,4 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
     }
 
 
-def save_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable))
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+save_json = write_json

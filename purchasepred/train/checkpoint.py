@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -49,6 +50,32 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+def _strict(obj: Any) -> Any:
+    """NaN/inf -> null, numpy scalars/arrays -> Python, anything else unknown -> str."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays, tensors
+        return _strict(obj.tolist())
+    return str(obj)
+
+
+def to_json(obj: Any) -> str:
+    """Strict JSON (RFC 8259): what jq, JavaScript and Go parse; NaN becomes null."""
+    return json.dumps(_strict(obj), indent=2, allow_nan=False)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Create the folder, then write ``obj`` as strict JSON atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, to_json(obj))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
@@ -121,4 +148,4 @@ def read_metadata(run_dir: Path) -> dict[str, Any]:
 
 
 def write_metadata(run_dir: Path, metadata: dict[str, Any]) -> None:
-    atomic_write_text(run_dir / "metadata.json", json.dumps(metadata, indent=2, default=str))
+    atomic_write_text(run_dir / "metadata.json", to_json(metadata))

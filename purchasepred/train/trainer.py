@@ -14,6 +14,7 @@ stopped and resumed ends exactly where an uninterrupted run ends (CPU, same seed
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -292,6 +293,7 @@ class PurchasePred:
             "best_ndcg": None, "best_epoch": None, "bad_epochs": 0, "history": [], "epochs_done": 0,
             "sha256": {}, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        resumed_sums: torch.Tensor | None = None
         epoch, batch_start, step, acc = 0, 0, 0, {"view": 0.0, "purchase": 0.0, "cart": 0.0, "n": 0.0, "tokens": 0.0, "seconds": 0.0}
         if resume:
             self._check_compatible(payload)
@@ -302,6 +304,8 @@ class PurchasePred:
                 torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
             epoch, batch_start, step = payload["epoch"], payload["batch_in_epoch"], payload["step"]
             acc.update(payload.get("running", {}))
+            if "running_sums" in payload:
+                resumed_sums = payload["running_sums"]
             state.update(best_ndcg=payload["best_ndcg"], best_epoch=payload["best_epoch"],
                          bad_epochs=payload["bad_epochs"], history=list(payload["history"]),
                          epochs_done=epoch)
@@ -311,7 +315,17 @@ class PurchasePred:
                 raise ConfigError(
                     f"run {self.run_name} has already trained {epoch} epoch(s); pass --epochs larger than {epoch} to continue it"
                 )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.run_dir, self.out_dir):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as err:
+                raise CheckpointError(
+                    f"cannot write to {folder} ({err.strerror or err}); choose writable --set train.checkpoints_dir / "
+                    "train.output_dir folders"
+                ) from None
         ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
         timings = {"setup_s": round(time.perf_counter() - t_start, 3)}
 
@@ -332,6 +346,9 @@ class PurchasePred:
                 perm = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(t.seed * 1000 + epoch)).to(self.device)
                 t_epoch = time.perf_counter()
                 running = torch.zeros(4, device=self.device)  # view, purchase, cart loss sums; tokens
+                if resumed_sums is not None:
+                    running.copy_(resumed_sums)
+                    resumed_sums = None
                 for bi in range(batch_start, self.steps_per_epoch):
                     idx = perm[bi * t.batch_size:(bi + 1) * t.batch_size]
                     batch = {k: v[idx] for k, v in self.train_data.items()}
@@ -360,9 +377,10 @@ class PurchasePred:
                                  "view_loss": float(parts["view"].detach()), "purchase_loss": float(parts["purchase"].detach()),
                                  "tokens_per_s": (acc["tokens"] + float(running[3])) / max(acc["seconds"] + time.perf_counter() - t_epoch, 1e-9)})
                     if self._stop_requested:
-                        _fold(acc, running)
                         acc["seconds"] += time.perf_counter() - t_epoch
-                        state["sha256"]["last.pt"] = ckpt.save_checkpoint(last_path, self._payload(epoch, bi + 1, step, acc, state))
+                        payload_now = self._payload(epoch, bi + 1, step, acc, state)
+                        payload_now["running_sums"] = running.cpu()  # as is: resuming sums exactly the same way
+                        state["sha256"]["last.pt"] = ckpt.save_checkpoint(last_path, payload_now)
                         ckpt.write_metadata(self.run_dir, self._metadata(state, timings))
                         interrupted = True
                         break
@@ -396,7 +414,7 @@ class PurchasePred:
                 state["sha256"]["last.pt"] = ckpt.save_checkpoint(last_path, self._payload(epoch, 0, step, acc, state))
                 ckpt.write_metadata(self.run_dir, self._metadata(state, timings))
                 self.out_dir.mkdir(parents=True, exist_ok=True)
-                ckpt.atomic_write_text(self.out_dir / "train_history.json", _json(state["history"]))
+                ckpt.write_json(self.out_dir / "train_history.json", state["history"])
                 if on_epoch is not None:
                     on_epoch(stats)
                 if t.patience and not no_valid and state["bad_epochs"] >= t.patience and epoch < t.epochs:
@@ -420,12 +438,6 @@ class PurchasePred:
             checkpoint=best_path if best_path.exists() else last_path,
             interrupted=interrupted, early_stopped=early, notes=list(self.notes), history=state["history"],
         )
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, default=str)
 
 
 def load_model(run_dir: Path, which: str = "best", data: PreparedData | None = None,

@@ -1,0 +1,68 @@
+"""Shared helpers for the prepare tests: fixture paths, tiny prepared datasets, Parquet readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from purchasepred.config import PrepareConfig
+from purchasepred.data import prepare as prep
+from purchasepred.data.synth import SynthSummary, generate
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY = FIXTURES / "tiny.csv"
+TINY_COMPETITION = FIXTURES / "tiny_competition.csv"
+
+# The golden tests read the hand-written fixture with these settings: one-day windows at the end
+# (test = [2019-10-04 12:00, T], valid = the day before) and sequences of four events.
+TINY_CFG = PrepareConfig(session_gap_minutes=30, max_len=4, min_item_count=2, eval_days=1)
+
+# Intermediate tables of the SQL steps, written next to the usual outputs for the golden tests.
+STEP_TABLES = ("raw_input", "raw_rejects", "loaded", "clean", "sessionized")
+
+
+def open_prepared(out: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per Parquet table of a prepared folder."""
+    con = duckdb.connect()
+    for path in sorted(Path(out).glob("*.parquet")):
+        con.read_parquet(str(path)).create_view(path.stem)
+    return con
+
+
+def rows(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> list[tuple]:
+    return con.execute(query, params or []).fetchall()
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory: pytest.TempPathFactory) -> prep.PrepareSummary:
+    """tests/fixtures/tiny.csv prepared once with TINY_CFG, intermediate step tables included."""
+    out = tmp_path_factory.mktemp("tiny") / "prepared"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prep, "OUTPUT_TABLES", prep.OUTPUT_TABLES + STEP_TABLES)
+        return prep.prepare([str(TINY)], out, TINY_CFG)
+
+
+@pytest.fixture()
+def tiny_db(tiny_prepared: prep.PrepareSummary) -> duckdb.DuckDBPyConnection:
+    con = open_prepared(tiny_prepared.out)
+    yield con
+    con.close()
+
+
+@pytest.fixture(scope="session")
+def synth_csv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthSummary]:
+    """A 20k-row synthetic REES46 log over 30 days (seed 1)."""
+    path = tmp_path_factory.mktemp("synth") / "events.csv"
+    return path, generate(path, rows=20_000, days=30, seed=1)
+
+
+SYNTH_CFG = PrepareConfig(max_len=20, eval_days=3)
+
+
+@pytest.fixture(scope="session")
+def synth_prepared(synth_csv: tuple[Path, SynthSummary], tmp_path_factory: pytest.TempPathFactory) -> prep.PrepareSummary:
+    path, _ = synth_csv
+    return prep.prepare([str(path)], tmp_path_factory.mktemp("synth_out") / "prepared", SYNTH_CFG)

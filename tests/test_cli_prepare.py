@@ -1,0 +1,230 @@
+"""`purchasepred prepare` end to end through Typer's CliRunner: the happy path and every bad input.
+
+Every failure must end in exit code 1, one error line that names the file, no traceback, and no
+output folder (nor a hidden ``.NAME.tmp-*`` folder) left behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY
+from purchasepred import __version__
+from purchasepred.cli import app
+from purchasepred.data.prepare import OUTPUT_TABLES, SCHEMA_VERSION, sql_hashes
+
+MANIFEST_KEYS = {
+    "rows_read", "rows_rejected", "rejects_by_reason", "rows_duplicate", "rows_kept", "n_users", "n_items",
+    "n_brands", "n_categories", "n_sessions", "events_by_type", "windows", "max_len", "inputs", "sql_sha256",
+    "package_version", "schema_version", "duration_s",
+}
+TINY_ARGS = ["--eval-days", "1", "--max-len", "4"]
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["prepare", *args], catch_exceptions=False)
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_clean_failure(result, needle: str, work: Path, out: Path | None = None) -> str:
+    """Exit 1, exactly one error line mentioning ``needle``, no traceback, nothing left in ``work``."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = error_lines(result)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    assert needle in lines[0], lines[0]
+    leftovers = [p.name for p in work.iterdir() if p.name.startswith(".") or (out is not None and p == out)]
+    assert leftovers == [], leftovers
+    return lines[0]
+
+
+@pytest.fixture()
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """An input folder and an empty work folder that receives --out."""
+    src, work = tmp_path / "in", tmp_path / "work"
+    src.mkdir()
+    work.mkdir()
+    return src, work
+
+
+def test_happy_path(dirs: tuple[Path, Path]) -> None:
+    _, work = dirs
+    out = work / "prepared"
+    result = invoke(str(TINY), "--out", str(out), *TINY_ARGS)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in work.iterdir()) == ["prepared"]  # no temporary folder left
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{t}.parquet" for t in OUTPUT_TABLES] + ["manifest.json"])
+    m = json.loads((out / "manifest.json").read_text())
+    assert MANIFEST_KEYS <= set(m)
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_kept"]) == (24, 5, 1, 18)
+    assert m["rows_read"] == m["rows_kept"] + m["rows_rejected"] + m["rows_duplicate"]
+    assert sum(m["rejects_by_reason"].values()) == m["rows_rejected"]
+    assert (m["n_users"], m["n_items"], m["n_brands"], m["n_categories"], m["n_sessions"]) == (4, 3, 2, 2, 9)
+    assert m["events_by_type"] == {"cart": 1, "purchase": 3, "remove_from_cart": 1, "view": 12}
+    assert set(m["windows"]) == {"valid", "test", "all"}
+    assert m["windows"]["test"]["window_start"] == "2019-10-04 12:00:00"
+    assert m["max_len"] == 4
+    assert m["inputs"] == [{"path": str(TINY), "size": TINY.stat().st_size,
+                            "sha256": hashlib.sha256(TINY.read_bytes()).hexdigest()}]
+    assert m["sql_sha256"] == sql_hashes() and "01_load_csv.sql" in m["sql_sha256"]
+    assert (m["package_version"], m["schema_version"]) == (__version__, SCHEMA_VERSION)
+    assert isinstance(m["duration_s"], float) and m["duration_s"] >= 0
+    # the summary table is printed (its numbers, not progress-bar text)
+    assert "24" in result.stdout and "rows read" in result.stdout
+
+
+def test_quiet_and_flags_reach_the_config(dirs: tuple[Path, Path]) -> None:
+    _, work = dirs
+    out = work / "p"
+    result = runner.invoke(app, ["--quiet", "prepare", str(TINY), "--out", str(out), "--eval-days", "1",
+                                 "--session-gap", "60", "--max-len", "3", "--min-item-count", "1",
+                                 "--threads", "1", "--memory-limit", "500MB"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["settings"] == {"session_gap_minutes": 60.0, "min_item_count": 1, "eval_days": 1.0, "max_len": 3}
+    assert (m["max_len"], m["n_sessions"], m["n_items"]) == (3, 7, 4)
+
+
+def test_force_replaces_a_prepared_dataset(dirs: tuple[Path, Path]) -> None:
+    _, work = dirs
+    out = work / "prepared"
+    assert invoke(str(TINY), "--out", str(out), *TINY_ARGS).exit_code == 0
+    before = (out / "manifest.json").read_text()
+    # without --force: refused, the dataset untouched
+    result = invoke(str(TINY), "--out", str(out), "--eval-days", "1", "--max-len", "5")
+    line = assert_clean_failure(result, str(out), work)
+    assert "--force" in line
+    assert (out / "manifest.json").read_text() == before
+    # with --force: replaced, no old or temporary folder left
+    result = invoke(str(TINY), "--out", str(out), "--eval-days", "1", "--max-len", "5", "--force")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["max_len"] == 5
+    assert sorted(p.name for p in work.iterdir()) == ["prepared"]
+
+
+def test_force_refuses_a_folder_that_is_not_a_dataset(dirs: tuple[Path, Path]) -> None:
+    _, work = dirs
+    out = work / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = invoke(str(TINY), "--out", str(out), *TINY_ARGS, "--force")
+    assert_clean_failure(result, str(out), work)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_out_is_a_file(dirs: tuple[Path, Path]) -> None:
+    _, work = dirs
+    out = work / "taken"
+    out.write_text("x")
+    for extra in ([], ["--force"]):
+        result = invoke(str(TINY), "--out", str(out), *TINY_ARGS, *extra)
+        assert_clean_failure(result, str(out), work)
+        assert out.read_text() == "x"
+
+
+def _write_bad_inputs(src: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (path given on the command line, text the error line must contain besides the path)."""
+    (src / "folder").mkdir()
+    (src / "empty.csv").write_bytes(b"")
+    (src / "header_only.csv").write_text(TINY.read_text().splitlines()[0] + "\n")
+    (src / "unknown_header.csv").write_text("when,what,item,who\n2019-10-01 00:00:00 UTC,view,1,2\n")
+    (src / "garbage.csv").write_bytes(bytes(range(256)) * 40)
+    (src / "garbage.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 4)
+    duckdb.connect().sql("select 1 as a, 'x' as b").write_parquet(str(src / "unknown_header.parquet"))
+    full = gzip.compress(TINY.read_bytes() * 400)
+    (src / "truncated.csv.gz").write_bytes(full[: len(full) // 2])  # the header still reads
+    (src / "truncated_head.csv.gz").write_bytes(gzip.compress(TINY.read_bytes())[:40])
+    (src / "no_valid_rows.csv").write_text(
+        "event_time,event_type,product_id,user_id\n2019-10-01 00:00:00 UTC,click,1,2\nsoon,view,1,2\n"
+    )
+    return {
+        "nonexistent": (src / "missing.csv", "no such file"),
+        "directory": (src / "folder", "directory"),
+        "empty": (src / "empty.csv", "empty"),
+        "header_only": (src / "header_only.csv", "no event rows"),
+        "unknown_header": (src / "unknown_header.csv", "event_time, event_type, product_id (or item_id), user_id"),
+        "binary_garbage": (src / "garbage.csv", "binary"),
+        "garbage_parquet": (src / "garbage.parquet", "Parquet"),
+        "unknown_header_parquet": (src / "unknown_header.parquet", "event_time, event_type, product_id (or item_id), user_id"),
+        "truncated_gz": (src / "truncated.csv.gz", "gzip"),
+        "truncated_gz_head": (src / "truncated_head.csv.gz", "gzip"),
+        "no_valid_rows": (src / "no_valid_rows.csv", "no valid rows"),
+    }
+
+
+BAD = ["nonexistent", "directory", "empty", "header_only", "unknown_header", "binary_garbage",
+       "garbage_parquet", "unknown_header_parquet", "truncated_gz", "truncated_gz_head", "no_valid_rows"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input(case: str, dirs: tuple[Path, Path]) -> None:
+    src, work = dirs
+    path, needle = _write_bad_inputs(src)[case]
+    out = work / "prepared"
+    result = invoke(str(path), "--out", str(out), *TINY_ARGS)
+    line = assert_clean_failure(result, str(path), work, out)
+    assert needle.lower() in line.lower()
+    assert not out.exists()
+
+
+def test_bad_file_among_good_ones(dirs: tuple[Path, Path]) -> None:
+    src, work = dirs
+    bad, _ = _write_bad_inputs(src)["truncated_gz"]
+    out = work / "prepared"
+    assert_clean_failure(invoke(str(TINY), str(bad), "--out", str(out), *TINY_ARGS), str(bad), work, out)
+
+
+def test_glob_that_matches_nothing(dirs: tuple[Path, Path]) -> None:
+    src, work = dirs
+    pattern = str(src / "nothing-*.csv")
+    out = work / "prepared"
+    assert_clean_failure(invoke(pattern, "--out", str(out), *TINY_ARGS), pattern, work, out)
+
+
+def test_unknown_header_names_the_missing_columns(dirs: tuple[Path, Path]) -> None:
+    src, work = dirs
+    path = src / "half.csv"
+    path.write_text("event_time,event_type,brand\n2019-10-01 00:00:00 UTC,view,x\n")
+    line = assert_clean_failure(invoke(str(path), "--out", str(work / "p")), str(path), work, work / "p")
+    assert "column(s) product_id (or item_id), user_id;" in line  # only the missing ones
+
+
+def test_bad_memory_limit(dirs: tuple[Path, Path]) -> None:
+    _, work = dirs
+    out = work / "prepared"
+    line = assert_clean_failure(invoke(str(TINY), "--out", str(out), "--memory-limit", "lots"), "lots", work, out)
+    assert "--memory-limit" in line
+
+
+def test_debug_shows_the_traceback(dirs: tuple[Path, Path]) -> None:
+    src, work = dirs
+    result = runner.invoke(app, ["--debug", "prepare", str(src / "missing.csv"), "--out", str(work / "p")])
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr
+
+
+def test_output_is_independent_of_input_location(dirs: tuple[Path, Path]) -> None:
+    """A copy of the input in another folder gives the same tables (paths only in manifest/rejects)."""
+    src, work = dirs
+    copy = src / "tiny.csv"
+    shutil.copy(TINY, copy)
+    assert invoke(str(TINY), "--out", str(work / "a"), *TINY_ARGS).exit_code == 0
+    assert invoke(str(copy), "--out", str(work / "b"), *TINY_ARGS).exit_code == 0
+    for table in ("events", "sequences", "train_sequences", "truth"):
+        assert (work / "a" / f"{table}.parquet").read_bytes() == (work / "b" / f"{table}.parquet").read_bytes()

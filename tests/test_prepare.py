@@ -1,0 +1,654 @@
+"""The prepare pipeline: golden outputs per SQL step, audits, input formats and real data.
+
+The golden tests read ``tests/fixtures/tiny.csv`` (24 hand-written rows, lines 2..25 of the file):
+
+* user 100: a view repeated a minute later (collapsed), an exact duplicate cart (line 5), a 58-minute
+  gap inside session s-a (split), a purchase in the valid window and one in the test window;
+* user 200: no user_session at all (sessions made by the 30-minute gap), the rare item 1004 (one
+  event, empty category/brand, price 0), a time without the " UTC" suffix;
+* user 300: a session ending in a purchase before the valid window (train targets, two chunks);
+* user 400: the same item in the same user_session 21 hours apart (kept, and a new session);
+* rejected: line 14 click, 17 eight fields, 18 no user_id, 19 "yesterday", 21 price -2.00.
+
+With min_item_count 2, items are numbered by frequency: 1003 (7 events) -> 2, 1001 (5) -> 3,
+1002 (4) -> 4, and 1004 (1) -> 1 (unknown). Users by raw id: 100 -> 2, 200 -> 3, 300 -> 4, 400 -> 5.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import (
+    SYNTH_CFG,
+    TINY,
+    TINY_CFG,
+    TINY_COMPETITION,
+    open_prepared,
+    rows,
+)
+from purchasepred.config import PrepareConfig
+from purchasepred.data import prepare as prep
+from purchasepred.data.prepare import LOAD_PARQUET, QUERY_FILES, STEPS, named_queries, prepare
+from purchasepred.data.synth import generate
+from purchasepred.errors import DatasetError
+from purchasepred.resources import sql_dir
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rees46_multicat"
+CAT_PHONE = "2053013555631882655"  # 19 digits, above 2**53: a float would change it
+CAT_OTHER = "2232732093077520756"
+
+# the event tables that must come out the same whatever the input format
+CONTENT_TABLES = ("events", "users", "items", "brands", "categories", "windows", "truth", "sequences", "train_sequences")
+
+
+def same_tables(a: Path, b: Path, tables: tuple[str, ...] = CONTENT_TABLES) -> dict[str, int]:
+    """Rows that differ between two prepared folders, per table (0 everywhere when identical)."""
+    con = duckdb.connect()
+    diff = {}
+    for t in tables:
+        pa, pb = str(a / f"{t}.parquet"), str(b / f"{t}.parquet")
+        n = con.execute(
+            "select (select count(*) from (select * from read_parquet(?) except all select * from read_parquet(?)))"
+            " + (select count(*) from (select * from read_parquet(?) except all select * from read_parquet(?)))",
+            [pa, pb, pb, pa],
+        ).fetchone()[0]
+        diff[t] = n
+    return diff
+
+
+# --------------------------------------------------------------------------------------------------
+# golden outputs on the hand-written fixture, step by step
+
+
+def test_counts_add_up(tiny_prepared: prep.PrepareSummary) -> None:
+    m = tiny_prepared.manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_kept"]) == (24, 5, 1, 18)
+    assert m["rows_read"] == m["rows_kept"] + m["rows_rejected"] + m["rows_duplicate"]
+    assert m["rows_collapsed"] == 1
+    assert m["n_events"] == m["rows_kept"] - m["rows_collapsed"] == 17
+    assert m["rejects_by_reason"] == {
+        "missing user_id": 1,
+        "negative price": 1,
+        "unknown event_type": 1,
+        "unparseable event_time": 1,
+        "wrong field count": 1,
+    }
+    assert m["events_by_type"] == {"cart": 1, "purchase": 3, "remove_from_cart": 1, "view": 12}
+    assert (m["n_users"], m["n_raw_items"], m["n_items"], m["n_brands"], m["n_categories"]) == (4, 4, 3, 2, 2)
+    assert m["n_sessions"] == 9
+    assert m["n_train_sequences"] == 4
+    assert m["views_per_purchase"] == 4.0
+    assert m["input_schemas"] == ["rees46"]
+    assert tiny_prepared.audits and not any(tiny_prepared.audits.values())
+
+
+def test_load_keeps_every_line(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    # 23 lines split into the header's fields, one (line 17, eight fields) could not be
+    assert rows(tiny_db, "select count(*) from raw_input") == [(23,)]
+    assert rows(tiny_db, "select file_path, line, reason, raw from raw_rejects") == [
+        (str(TINY), 17, "wrong field count",
+         "2019-10-02 10:00:00 UTC,view,1001,2053013555631882655,electronics.smartphone,apple,100.00,200"),
+    ]
+    # record numbers count the parsed records in file order, without gaps
+    assert rows(tiny_db, "select min(record_no), max(record_no), count(distinct record_no) from raw_input") == [(1, 23, 23)]
+    # category_id is read as text: all 19 digits survive
+    assert rows(tiny_db, "select distinct category_id from raw_input where category_id is not null order by 1") == [
+        (CAT_PHONE,), (CAT_OTHER,),
+    ]
+
+
+def test_rejects_have_reason_and_line(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    assert rows(tiny_db, "select distinct file_path from rejects") == [(str(TINY),)]
+    assert rows(tiny_db, "select line, reason, raw from rejects order by line") == [
+        (14, "unknown event_type",
+         "2019-10-02 09:30:00 UTC,click,1001,2053013555631882655,electronics.smartphone,apple,100.00,200,"),
+        (17, "wrong field count",
+         "2019-10-02 10:00:00 UTC,view,1001,2053013555631882655,electronics.smartphone,apple,100.00,200"),
+        (18, "missing user_id",
+         "2019-10-02 10:05:00 UTC,view,1001,2053013555631882655,electronics.smartphone,apple,100.00,,s-z"),
+        (19, "unparseable event_time",
+         "yesterday,view,1001,2053013555631882655,electronics.smartphone,apple,100.00,200,s-z"),
+        (21, "negative price", "2019-10-03 14:00:00 UTC,view,1003,2232732093077520756,,,-2.00,200,s-y"),
+    ]
+    # the line numbers point at the right lines of the file
+    lines = TINY.read_text().splitlines()
+    for line, raw in rows(tiny_db, "select line, raw from rejects"):
+        assert lines[line - 1] == raw
+
+
+def test_validate_types_the_valid_rows(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    assert rows(tiny_db, "select count(*) from loaded") == [(19,)]  # 23 parsed - 4 invalid
+    # a time without the " UTC" suffix is read as UTC too
+    assert rows(tiny_db, "select event_at from loaded where user_key = '200' and item_key = '1003' order by 1") == [
+        (datetime(2019, 10, 2, 9, 0),), (datetime(2019, 10, 2, 9, 50),),
+    ]
+    # empty text fields become NULL; price 0.00 is valid
+    assert rows(tiny_db, "select category_key, category_code, brand, price from loaded where item_key = '1004'") == [
+        (None, None, None, 0.0),
+    ]
+    assert rows(tiny_db, "select count(*) from loaded where session_key is null") == [(4,)]
+
+
+def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    assert rows(tiny_db, "select count(*), sum(copies) from clean") == [(18, 19)]
+    assert rows(tiny_db, "select user_key, event_type, item_key, event_at, copies from clean where copies > 1") == [
+        ("100", "cart", "1001", datetime(2019, 10, 1, 10, 2), 2),
+    ]
+    assert rows(tiny_db, "select user_key, item_key, event_at from clean where is_repeat_view") == [
+        ("100", "1001", datetime(2019, 10, 1, 10, 1)),
+    ]
+    # not collapsed: the same item again after another item (user 300), or 21 hours later (user 400),
+    # and a user's first event with no user_session (user 200)
+    assert rows(tiny_db, "select count(*) from clean where user_key = '300' and item_key = '1003' and event_type = 'view'") == [(2,)]
+    assert rows(tiny_db, "select count(*) from clean where user_key = '400' and not is_repeat_view") == [(2,)]
+    assert rows(tiny_db, "select event_at from clean where user_key = '200' and seq = 1 and not is_repeat_view") == [
+        (datetime(2019, 10, 2, 9, 0),),
+    ]
+    assert rows(tiny_db, "select count(*) from clean where is_repeat_view is null") == [(0,)]
+
+
+def test_sessionize_splits_by_gap_and_session_id(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    got = dict(rows(tiny_db, "select user_key, list(session_no order by seq) from sessionized group by 1"))
+    assert got == {
+        "100": [1, 1, 2, 3, 4, 4],  # 58 min inside s-a; s-b; s-c
+        "200": [1, 1, 2, 2],  # no user_session: 10 min, then 40 min
+        "300": [1, 1, 1, 1, 1],
+        "400": [1, 2],  # same s-e, 21 hours apart
+    }
+    assert rows(tiny_db, "select list(gap_seconds order by seq) from sessionized where user_key = '200'") == [
+        ([None, 600.0, 2400.0, 300.0],),
+    ]
+    assert rows(tiny_db, "select list(seq order by seq) from sessionized where user_key = '100'") == [([1, 2, 3, 4, 5, 6],)]
+
+
+def test_vocabularies(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    assert rows(tiny_db, "select user_idx, user_id, n_events from users order by user_idx") == [
+        (2, "100", 6), (3, "200", 4), (4, "300", 5), (5, "400", 2),
+    ]
+    # most frequent first (not raw id order); the item seen once shares the unknown id 1
+    assert rows(tiny_db, "select item_idx, product_id, n_events, n_purchases, brand_idx, category_idx from items order by n_events desc") == [
+        (2, "1003", 7, 1, 1, 3),
+        (3, "1001", 5, 1, 2, 2),
+        (4, "1002", 4, 1, 3, 2),
+        (1, "1004", 1, 0, 1, 1),
+    ]
+    assert rows(tiny_db, "select brand_idx, brand, n_events from brands order by brand_idx") == [
+        (2, "apple", 5), (3, "samsung", 4),
+    ]
+    assert rows(tiny_db, "select category_idx, category, category_code, n_events from categories order by category_idx") == [
+        (2, CAT_PHONE, "electronics.smartphone", 9), (3, CAT_OTHER, None, 7),
+    ]
+
+
+EVENTS_GOLDEN = [
+    # user_idx, seq, type, item, brand, category, price_bucket, hour, weekday, gap_bucket, session, is_start
+    (2, 1, 1, 3, 2, 2, 15, 11, 2, 1, 1, True),    # 10-01 10:00 view 1001 (Tue)
+    (2, 2, 2, 3, 2, 2, 15, 11, 2, 8, 1, False),   # 10:02 cart (the 10:01 view collapsed), gap 120 s
+    (2, 3, 1, 4, 3, 2, 13, 12, 2, 13, 2, True),   # 11:00 view 1002, 58 min later: new session
+    (2, 4, 3, 4, 3, 2, 13, 14, 4, 19, 3, True),   # 10-03 13:00 purchase 1002 (valid window)
+    (2, 5, 1, 3, 2, 2, 15, 12, 6, 19, 4, True),   # 10-05 11:00 view 1001
+    (2, 6, 3, 3, 2, 2, 15, 12, 6, 10, 4, False),  # 11:05 purchase 1001 (test window)
+    (3, 1, 1, 2, 1, 3, 7, 10, 3, 1, 1, True),     # 10-02 09:00 view 1003, no brand, price 5.50
+    (3, 2, 1, 3, 2, 2, 15, 10, 3, 11, 1, False),  # 09:10
+    (3, 3, 1, 2, 1, 3, 7, 10, 3, 13, 2, True),    # 09:50, 40 min later
+    (3, 4, 1, 1, 1, 1, 1, 10, 3, 10, 2, False),   # 09:55 the rare item 1004: ids 1, price 0 -> bucket 1
+    (4, 1, 1, 2, 1, 3, 7, 13, 2, 1, 1, True),
+    (4, 2, 1, 4, 3, 2, 13, 13, 2, 10, 1, False),
+    (4, 3, 1, 2, 1, 3, 7, 13, 2, 7, 1, False),
+    (4, 4, 4, 4, 3, 2, 13, 13, 2, 7, 1, False),   # remove_from_cart
+    (4, 5, 3, 2, 1, 3, 7, 13, 2, 9, 1, False),    # purchase
+    (5, 1, 1, 2, 1, 3, 7, 16, 5, 1, 1, True),     # 10-04 15:00 (Fri)
+    (5, 2, 1, 2, 1, 3, 7, 13, 6, 18, 2, True),    # 10-05 12:00 = T, the last event
+]
+
+
+def test_encode_events(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    got = rows(tiny_db, """
+        select user_idx, seq, event_type_id, item_idx, brand_idx, category_idx, price_bucket, hour_id,
+            weekday_id, gap_bucket, session_no, is_session_start
+        from events order by user_idx, seq""")
+    assert got == EVENTS_GOLDEN
+    assert rows(tiny_db, "select ts, product_id from events where user_idx = 2 and seq = 1") == [(1569924000, "1001")]
+    # training targets carried by each event: next event, next purchase, next cart (item, time)
+    assert rows(tiny_db, """
+        select seq, next_item_idx, next_purchase_item_idx, next_purchase_ts, next_cart_item_idx
+        from events where user_idx = 2 order by seq""") == [
+        (1, 3, 4, 1570107600, 3),
+        (2, 4, 4, 1570107600, None),
+        (3, 4, 4, 1570107600, None),
+        (4, 3, 3, 1570273500, None),
+        (5, 3, 3, 1570273500, None),
+        (6, None, None, None, None),
+    ]
+    assert rows(tiny_db, "select sum(session_no::integer = session_no) from events") == [(17,)]
+
+
+def test_split_windows_and_truth(tiny_prepared: prep.PrepareSummary, tiny_db: duckdb.DuckDBPyConnection) -> None:
+    assert rows(tiny_db, "select split, window_start, window_end, start_ts from windows order by window_start") == [
+        ("valid", datetime(2019, 10, 3, 12), datetime(2019, 10, 4, 12), 1570104000),
+        ("test", datetime(2019, 10, 4, 12), datetime(2019, 10, 5, 12, 0, 0, 1), 1570190400),
+        ("all", datetime(2019, 10, 5, 12, 0, 0, 1), datetime(2019, 10, 6, 12, 0, 0, 1), 1570276801),
+    ]
+    assert rows(tiny_db, "select split, user_idx, product_id, item_idx, n_purchases, first_purchase_at from truth order by split") == [
+        ("test", 2, "1001", 3, 1, datetime(2019, 10, 5, 11, 5)),
+        ("valid", 2, "1002", 4, 1, datetime(2019, 10, 3, 13)),
+    ]
+    w = tiny_prepared.manifest["windows"]
+    assert w["valid"] == {"window_start": "2019-10-03 12:00:00", "window_end": "2019-10-04 12:00:00",
+                          "n_users_with_inputs": 3, "n_users_with_purchases": 1, "n_purchased_pairs": 1}
+    assert w["test"]["window_start"] == "2019-10-04 12:00:00"
+    assert (w["test"]["n_users_with_inputs"], w["all"]["n_users_with_inputs"]) == (3, 4)
+
+
+def test_sequences_are_left_padded(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    q = "select split, user_idx, n_events, item_idx, event_type_id from sequences order by split, user_idx"
+    assert rows(tiny_db, q) == [
+        ("all", 2, 6, [4, 4, 3, 3], [1, 3, 1, 3]),  # the last 4 of 6 events
+        ("all", 3, 4, [2, 3, 2, 1], [1, 1, 1, 1]),
+        ("all", 4, 5, [4, 2, 4, 2], [1, 1, 4, 3]),
+        ("all", 5, 2, [0, 0, 2, 2], [0, 0, 1, 1]),
+        ("test", 2, 4, [3, 3, 4, 4], [1, 2, 1, 3]),  # user 400's first event is inside the test window
+        ("test", 3, 4, [2, 3, 2, 1], [1, 1, 1, 1]),
+        ("test", 4, 5, [4, 2, 4, 2], [1, 1, 4, 3]),
+        ("valid", 2, 3, [0, 3, 3, 4], [0, 1, 2, 1]),  # only what happened before 10-03 12:00
+        ("valid", 3, 4, [2, 3, 2, 1], [1, 1, 1, 1]),
+        ("valid", 4, 5, [4, 2, 4, 2], [1, 1, 4, 3]),
+    ]
+    assert rows(tiny_db, """
+        select last_event_at, brand_idx, category_idx, price_bucket, hour_id, weekday_id, gap_bucket, ts
+        from sequences where split = 'valid' and user_idx = 2""") == [(
+        datetime(2019, 10, 1, 11), [0, 2, 2, 3], [0, 2, 2, 2], [0, 15, 15, 13], [0, 11, 11, 12], [0, 2, 2, 2],
+        [0, 1, 8, 13], [0, 1569924000, 1569924120, 1569927600],
+    )]
+
+
+def test_train_sequences_targets(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    q = """select user_idx, chunk, n_events, item_idx, next_target, purchase_target, cart_target
+           from train_sequences order by user_idx, chunk"""
+    assert rows(tiny_db, q) == [
+        # next event 10-03 13:00 is past the valid start: no target at the last position
+        (2, 0, 3, [0, 3, 3, 4], [0, 3, 4, 0], [0, 0, 0, 0], [0, 3, 0, 0]),
+        (3, 0, 4, [2, 3, 2, 1], [3, 2, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]),
+        # 5 events before the valid window: chunk 0 is the most recent 4, chunk 1 the one before
+        (4, 0, 4, [4, 2, 4, 2], [2, 4, 2, 0], [2, 2, 2, 0], [0, 0, 0, 0]),
+        (4, 1, 1, [0, 0, 0, 2], [0, 0, 0, 4], [0, 0, 0, 2], [0, 0, 0, 0]),
+    ]
+
+
+def test_settings_change_the_outputs(tmp_path: Path) -> None:
+    cfg = PrepareConfig(session_gap_minutes=60, max_len=4, min_item_count=1, eval_days=2)
+    m = prepare([str(TINY)], tmp_path / "p", cfg).manifest
+    con = open_prepared(tmp_path / "p")
+    # a 60-minute gap keeps user 100's 58-minute pause and user 200's 40 minutes in one session
+    assert m["n_sessions"] == 3 + 1 + 1 + 2
+    # min_item_count 1: the item seen once gets its own id
+    assert rows(con, "select item_idx, product_id from items order by item_idx") == [
+        (2, "1003"), (3, "1001"), (4, "1002"), (5, "1004"),
+    ]
+    assert m["n_items"] == 4
+    # two-day windows: valid starts 10-01 12:00, so user 300's purchase at 12:10 is in it
+    assert rows(con, "select split, user_idx, product_id from truth order by split, product_id") == [
+        ("test", 2, "1001"), ("test", 2, "1002"), ("valid", 4, "1003"),
+    ]
+
+
+def test_future_events_are_rejected(tmp_path: Path) -> None:
+    # with "now" on 2019-10-03, anything after 2019-10-04 00:00 is out of range
+    now = datetime(2019, 10, 3, tzinfo=timezone.utc)
+    m = prepare([str(TINY)], tmp_path / "p", TINY_CFG, now=now).manifest
+    assert m["rejects_by_reason"]["event_time out of range"] == 4
+    assert m["rows_rejected"] == 9
+    assert m["rows_read"] == m["rows_kept"] + m["rows_rejected"] + m["rows_duplicate"]
+    con = open_prepared(tmp_path / "p")
+    assert rows(con, "select line from rejects where reason = 'event_time out of range' order by line") == [
+        (22,), (23,), (24,), (25,),
+    ]
+
+
+def test_progress_callback_names_every_step(tmp_path: Path) -> None:
+    seen: list[str] = []
+    prepare([str(TINY)], tmp_path / "p", TINY_CFG, step=seen.append)
+    for name, _ in STEPS:
+        if name == "load":
+            assert f"load {TINY.name}" in seen
+        else:
+            assert name in seen
+    assert "audits" in seen
+
+
+# --------------------------------------------------------------------------------------------------
+# the run order and the audits
+
+
+def test_run_order_matches_sql_files() -> None:
+    present = {p.name for p in sql_dir().glob("*.sql")}
+    step_files = [f for _, f in STEPS]
+    assert len(step_files) == len(set(step_files))
+    assert len({n for n, _ in STEPS}) == len(STEPS)
+    # every numbered file is a step; every step exists
+    numbered = {f for f in present if re.match(r"^\d\d_", f)}
+    assert numbered == set(step_files) | {LOAD_PARQUET}
+    assert [f[:2] for f in step_files] == sorted(f[:2] for f in step_files)
+    assert LOAD_PARQUET[:2] == dict(STEPS)["load"][:2]
+    # the other files are collections of named queries (audits, stats, and readers of the output)
+    for f in present - numbered:
+        assert named_queries(f), f"{f} is neither a numbered step nor a file of named queries"
+    assert set(QUERY_FILES) <= present
+    # the manifest hashes every SQL file
+    assert set(prep.sql_hashes()) == present
+    # every file starts with a header comment
+    for f in present:
+        assert (sql_dir() / f).read_text().startswith("--"), f
+
+
+def test_audits_pass_on_synthetic_data(synth_prepared: prep.PrepareSummary) -> None:
+    assert synth_prepared.audits == {name: 0 for name in named_queries("audits.sql")}
+    con = open_prepared(synth_prepared.out)
+    con.execute("set variable max_len = ?", [SYNTH_CFG.max_len])
+    for name, query in named_queries("audits.sql").items():
+        assert con.execute(query).fetchall() == [], name
+
+
+def test_audits_catch_broken_data(synth_prepared: prep.PrepareSummary) -> None:
+    """The audits are not vacuous: tampered tables make them return rows."""
+    con = open_prepared(synth_prepared.out)
+    con.execute("set variable max_len = ?", [SYNTH_CFG.max_len])
+    audits = named_queries("audits.sql")
+    for view in ("events", "sequences", "truth"):
+        con.execute(f"drop view {view}")
+    con.execute("create or replace table events as select * from read_parquet(?) union all "
+                "(select * from read_parquet(?) limit 1)", [str(synth_prepared.out / "events.parquet")] * 2)
+    assert con.execute(audits["events_unique_key"]).fetchall()
+    con.execute("create or replace table sequences as select * replace "
+                "(list_reverse(item_idx) as item_idx) from read_parquet(?)", [str(synth_prepared.out / "sequences.parquet")])
+    assert con.execute(audits["padding_only_on_left"]).fetchall()
+    con.execute("create or replace table truth as select * replace (first_purchase_at - interval 100 day as first_purchase_at) "
+                "from read_parquet(?)", [str(synth_prepared.out / "truth.parquet")])
+    assert con.execute(audits["truth_inside_window"]).fetchall()
+
+
+def test_failed_audit_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = prep.named_queries
+
+    def broken(filename: str) -> dict[str, str]:
+        q = real(filename)
+        if filename == "audits.sql":
+            q["always_fails"] = "select 1"
+        return q
+
+    monkeypatch.setattr(prep, "named_queries", broken)
+    out = tmp_path / "work" / "p"
+    with pytest.raises(DatasetError, match="always_fails"):
+        prepare([str(TINY)], out, TINY_CFG)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_synthetic_invariants(synth_csv, synth_prepared: prep.PrepareSummary) -> None:
+    _, summary = synth_csv
+    m = synth_prepared.manifest
+    max_len = SYNTH_CFG.max_len
+    assert m["rows_read"] == summary.rows == 20_000
+    assert m["rows_read"] == m["rows_kept"] + m["rows_rejected"] + m["rows_duplicate"]
+    assert m["rows_rejected"] == 0
+    assert m["n_events"] == m["rows_kept"] - m["rows_collapsed"] == sum(m["events_by_type"].values())
+    assert m["n_users"] == summary.n_users
+    assert m["n_sessions"] >= summary.n_sessions
+    assert m["events_by_type"]["purchase"] + m["events_by_type"]["cart"] <= (
+        summary.events_by_type["purchase"] + summary.events_by_type["cart"])
+
+    con = open_prepared(synth_prepared.out)
+    n_items = rows(con, "select max(item_idx) from items")[0][0]
+    n_users = rows(con, "select max(user_idx) from users")[0][0]
+    assert n_items == m["n_items"] + 1 and n_users == m["n_users"] + 1
+    windows = {s: (start, ts) for s, start, ts in rows(con, "select split, window_start, start_ts from windows")}
+
+    seqs = rows(con, "select split, user_idx, n_events, last_event_at, item_idx, event_type_id, ts from sequences")
+    assert {s for s, *_ in seqs} == {"valid", "test", "all"}
+    for split, user_idx, n_events, last_at, items, types, ts in seqs:
+        pad = max_len - min(n_events, max_len)
+        assert len(items) == len(types) == len(ts) == max_len
+        assert items[:pad] == [0] * pad and 0 not in items[pad:]  # padding only on the left
+        assert types[:pad] == [0] * pad and all(1 <= t <= 4 for t in types[pad:])
+        assert all(1 <= i <= n_items for i in items[pad:])
+        assert 2 <= user_idx <= n_users
+        start, start_ts = windows[split]
+        assert last_at < start and max(ts) < start_ts  # no input at or after the window start
+        assert max(ts) < start.replace(tzinfo=timezone.utc).timestamp()
+        assert ts[pad:] == sorted(ts[pad:])
+
+    # each sequence ends with the user's last event before the window
+    assert rows(con, """
+        with last as (
+            select w.split, e.user_idx, arg_max(e.item_idx, e.seq) as item_idx
+            from events e join windows w on e.event_at < w.window_start group by all
+        )
+        select count(*) from sequences s join last l using (split, user_idx) where s.item_idx[-1] <> l.item_idx
+        """) == [(0,)]
+
+    train = rows(con, "select n_events, item_idx, next_target, purchase_target, last_event_at from train_sequences")
+    assert train
+    for n_events, items, nxt, purchase, last_at in train:
+        pad = max_len - n_events
+        assert items[:pad] == [0] * pad and 0 not in items[pad:]
+        assert nxt[:pad] == [0] * pad and purchase[:pad] == [0] * pad
+        assert all(0 <= t <= n_items for t in nxt + purchase)
+        assert last_at < windows["valid"][0]
+    assert rows(con, "select count(*) from truth t join windows w using (split) "
+                     "where t.first_purchase_at < w.window_start or t.first_purchase_at >= w.window_end") == [(0,)]
+
+
+def test_same_result_with_one_or_two_threads(synth_csv, synth_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    path, _ = synth_csv
+    cfg = PrepareConfig(max_len=SYNTH_CFG.max_len, eval_days=SYNTH_CFG.eval_days, threads=1)
+    prepare([str(path)], tmp_path / "p1", cfg)
+    assert same_tables(tmp_path / "p1", synth_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs: schemas, formats, several files
+
+
+def test_csv_gz_input(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    gz = tmp_path / "tiny.csv.gz"
+    gz.write_bytes(gzip.compress(TINY.read_bytes()))
+    m = prepare([str(gz)], tmp_path / "p", TINY_CFG).manifest
+    assert same_tables(tmp_path / "p", tiny_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"]) == (24, 5, 1)
+    assert rows(open_prepared(tmp_path / "p"), "select line from rejects order by line") == [(14,), (17,), (18,), (19,), (21,)]
+
+
+def test_crlf_and_byte_order_mark(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    crlf = tmp_path / "crlf.csv"
+    crlf.write_bytes(b"\xef\xbb\xbf" + TINY.read_bytes().replace(b"\n", b"\r\n"))
+    prepare([str(crlf)], tmp_path / "p", TINY_CFG)
+    assert same_tables(tmp_path / "p", tiny_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+    con = open_prepared(tmp_path / "p")
+    assert rows(con, "select line, raw from rejects where reason = 'wrong field count'") == [
+        (17, "2019-10-02 10:00:00 UTC,view,1001,2053013555631882655,electronics.smartphone,apple,100.00,200"),
+    ]
+
+
+def test_several_files_and_globs(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    header, *body = TINY.read_text().splitlines(keepends=True)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "part_1.csv").write_text(header + "".join(body[:12]))  # lines 2..13
+    (parts / "part_2.csv").write_text(header + "".join(body[12:]))  # lines 14..25 -> 2..13
+    for raw in ([str(parts / "part_1.csv"), str(parts / "part_2.csv")], [str(parts / "part_*.csv")]):
+        out = tmp_path / f"p{len(raw)}"
+        m = prepare(raw, out, TINY_CFG).manifest
+        assert same_tables(out, tiny_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+        assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_kept"]) == (24, 5, 1, 18)
+        assert [i["path"] for i in m["inputs"]] == [str(parts / "part_1.csv"), str(parts / "part_2.csv")]
+        # line numbers are per file
+        assert rows(open_prepared(out), "select file_path, line, reason from rejects order by file_path, line") == [
+            (str(parts / "part_2.csv"), 2, "unknown event_type"),
+            (str(parts / "part_2.csv"), 5, "wrong field count"),
+            (str(parts / "part_2.csv"), 6, "missing user_id"),
+            (str(parts / "part_2.csv"), 7, "unparseable event_time"),
+            (str(parts / "part_2.csv"), 9, "negative price"),
+        ]
+
+
+def test_same_file_twice_and_a_copy(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    # the same path given twice (directly and through a glob) is read once
+    m = prepare([str(TINY), str(TINY.parent / "tiny.*")], tmp_path / "once", TINY_CFG).manifest
+    assert m["rows_read"] == 24 and len(m["inputs"]) == 1
+    # a copy under another name only adds exact duplicates and its own rejects
+    copy = tmp_path / "copy.csv"
+    shutil.copy(TINY, copy)
+    m = prepare([str(TINY), str(copy)], tmp_path / "twice", TINY_CFG).manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_kept"]) == (48, 10, 20, 18)
+    assert same_tables(tmp_path / "twice", tiny_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+
+
+def test_parquet_input(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    # text columns, as written from the CSV; the eight-field line cannot be carried over
+    pq = tmp_path / "tiny.parquet"
+    con = duckdb.connect()
+    con.read_csv(str(TINY), all_varchar=True, ignore_errors=True).write_parquet(str(pq))
+    m = prepare([str(pq)], tmp_path / "p", TINY_CFG).manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_kept"]) == (23, 4, 1, 18)
+    assert same_tables(tmp_path / "p", tiny_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+    assert rows(open_prepared(tmp_path / "p"), "select distinct file_path from rejects") == [(str(pq),)]
+
+
+def test_typed_parquet_matches_csv(synth_csv, synth_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    # typed columns (timestamp, BIGINT category_id, DOUBLE price) give the same dataset as the CSV
+    path, _ = synth_csv
+    pq = tmp_path / "synth.parquet"
+    con = duckdb.connect()
+    rel = con.read_csv(str(path))
+    assert "BIGINT" in [str(t) for t in rel.types]
+    rel.write_parquet(str(pq))
+    prepare([str(pq)], tmp_path / "p", SYNTH_CFG)
+    assert same_tables(tmp_path / "p", synth_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+
+
+def test_nineteen_digit_category_ids_survive(tiny_db: duckdb.DuckDBPyConnection, synth_csv, synth_prepared) -> None:
+    assert rows(tiny_db, "select category from categories where category = ?", [CAT_PHONE]) == [(CAT_PHONE,)]
+    assert float(CAT_PHONE) != int(CAT_PHONE)  # a float round trip would have changed it
+    # on synthetic data every raw category_id is found, digit for digit, in the categories table
+    path, _ = synth_csv
+    con = open_prepared(synth_prepared.out)
+    raw = {r[0] for r in con.execute(
+        "select distinct category_id from read_csv(?, all_varchar = true)", [str(path)]).fetchall()}
+    assert raw and all(len(c) == 19 for c in raw)
+    got = {r[0] for r in rows(con, "select category from categories")}
+    assert raw == got
+
+
+def test_competition_schema_upper_case_header(tmp_path: Path) -> None:
+    """item_id instead of product_id, no category_id, columns in another order, upper-case names."""
+    m = prepare([str(TINY_COMPETITION)], tmp_path / "p", PrepareConfig(max_len=3, eval_days=0.01)).manifest
+    assert m["input_schemas"] == ["competition"]
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_kept"], m["rows_collapsed"]) == (7, 0, 0, 7, 1)
+    assert (m["n_users"], m["n_items"], m["n_raw_items"], m["n_brands"], m["n_categories"], m["n_sessions"]) == (2, 2, 3, 1, 1, 3)
+    assert m["events_by_type"] == {"cart": 1, "purchase": 1, "view": 4}  # "VIEW" is a view
+    con = open_prepared(tmp_path / "p")
+    assert rows(con, "select item_idx, product_id, category_idx, category, price from items order by n_events desc") == [
+        (2, "55", 2, "home.kitchen", 10.0), (3, "56", 2, "home.kitchen", 20.0), (1, "57", 1, None, None),
+    ]
+    assert rows(con, "select user_idx, user_id from users order by 1") == [(2, "7"), (3, "8")]
+    assert rows(con, """select user_idx, list(item_idx order by seq), list(price_bucket order by seq),
+                              list(session_no order by seq) from events group by 1 order by 1""") == [
+        (2, [2, 3, 3], [8, 10, 10], [1, 1, 1]),
+        (3, [2, 1, 2], [8, 1, 8], [1, 2, 2]),
+    ]
+    assert rows(con, "select split, user_idx, item_idx from sequences where split = 'test' order by 2") == [
+        ("test", 2, [2, 3, 3]), ("test", 3, [0, 0, 2]),
+    ]
+
+
+def test_competition_schema_parquet_and_synth(tmp_path: Path) -> None:
+    # a competition-schema Parquet file with upper-case column names reads like the CSV
+    pq = tmp_path / "comp.parquet"
+    duckdb.connect().read_csv(str(TINY_COMPETITION), all_varchar=True).write_parquet(str(pq))
+    cfg = PrepareConfig(max_len=3, eval_days=0.01)
+    prepare([str(TINY_COMPETITION)], tmp_path / "csv", cfg)
+    m = prepare([str(pq)], tmp_path / "pq", cfg).manifest
+    assert m["input_schemas"] == ["competition"]
+    assert same_tables(tmp_path / "pq", tmp_path / "csv") == {t: 0 for t in CONTENT_TABLES}
+    # the generator's competition export prepares and passes the audits
+    comp = tmp_path / "comp.csv.gz"
+    summary = generate(comp, rows=5_000, days=10, seed=2, schema="competition")
+    res = prepare([str(comp)], tmp_path / "synth", PrepareConfig(max_len=10, eval_days=2))
+    assert res.manifest["input_schemas"] == ["competition"]
+    assert res.manifest["rows_read"] == summary.rows and res.manifest["rows_rejected"] == 0
+    assert not any(res.audits.values())
+    assert res.manifest["n_categories"] >= 1
+
+
+def test_extra_columns_quotes_and_time_zones(tmp_path: Path) -> None:
+    """Unknown extra columns are ignored; quoted fields keep commas and quotes; offsets become UTC."""
+    raw = tmp_path / "odd.csv"
+    raw.write_text(
+        "rank,event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        '1,2019-10-01 10:00:00+02:00,view,1,5,"a,b","x ""y""",1.5,9,s\n'
+        '2,2019-10-01T09:00:00Z,purchase,1,5,"a,b","x ""y""",1.5,9,s\n'
+        "3,2019-10-01 09:30:00 UTC,view,2,5,a,,1e1,9,s\n"
+    )
+    m = prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=0.01, max_len=3)).manifest
+    assert (m["rows_read"], m["rows_rejected"], m["n_events"]) == (3, 0, 3)
+    con = open_prepared(tmp_path / "p")
+    assert rows(con, "select seq, event_at, event_type_id, product_id from events order by seq") == [
+        (1, datetime(2019, 10, 1, 8), 1, "1"),
+        (2, datetime(2019, 10, 1, 9), 3, "1"),
+        (3, datetime(2019, 10, 1, 9, 30), 1, "2"),
+    ]
+    assert rows(con, "select brand from brands") == [('x "y"',)]
+    assert rows(con, "select category, category_code from categories") == [("5", "a,b")]
+    assert rows(con, "select price from items order by product_id") == [(1.5,), (10.0,)]
+
+
+def test_mixed_schemas_in_one_run(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    m = prepare([str(TINY), str(TINY_COMPETITION)], tmp_path / "p", TINY_CFG).manifest
+    assert m["input_schemas"] == ["competition", "rees46"]
+    assert m["rows_read"] == 24 + 7
+    assert m["n_users"] == 4 + 2
+
+
+# --------------------------------------------------------------------------------------------------
+# the real REES46 sample (skipped when it is absent)
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} is absent")
+def test_real_rees46_sample_exact_counts(tmp_path: Path) -> None:
+    files = sorted(REAL_DATA.glob("*.csv"))
+    assert files
+    res = prepare([str(REAL_DATA / "*.csv")], tmp_path / "p", PrepareConfig(eval_days=0.02))
+    m = res.manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_kept"]) == (14_500, 0, 4, 14_496)
+    assert m["rejects_by_reason"] == {}
+    assert (m["rows_collapsed"], m["n_events"]) == (3_118, 11_378)
+    assert (m["n_users"], m["n_raw_items"], m["n_items"], m["n_brands"], m["n_categories"]) == (3_465, 5_640, 1_741, 512, 334)
+    assert m["n_sessions"] == 3_879  # 3,874 user_session values, 5 of them split by the 00:20-02:10 lull
+    assert m["events_by_type"] == {"cart": 138, "purchase": 185, "view": 11_055}
+    assert m["views_per_purchase"] == 59.76
+    assert (m["first_event_at"], m["last_event_at"]) == ("2019-10-01 00:00:00", "2019-10-01 02:49:59")
+    assert {s: (w["window_start"], w["n_users_with_inputs"], w["n_users_with_purchases"], w["n_purchased_pairs"])
+            for s, w in m["windows"].items()} == {
+        "valid": ("2019-10-01 01:52:23", 473, 11, 11),
+        "test": ("2019-10-01 02:21:11", 918, 150, 160),
+        "all": ("2019-10-01 02:49:59.000001", 3_465, 0, 0),
+    }
+    assert m["n_train_sequences"] == 167
+    assert m["inputs"] == [{
+        "path": str(files[0]), "size": 1_935_788,
+        "sha256": "2e6cc28e401f817ec888cc3b68077743d9dc74e6b8ed1dec442de6d6b3ec5675",
+    }]
+    assert not any(res.audits.values())
+    con = open_prepared(tmp_path / "p")
+    # every user_session survives as at least one session; 19-digit category ids are exact
+    assert rows(con, "select count(*) from categories where category = '2053013555631882655'") == [(1,)]
+    raw_cats = con.execute("select count(distinct category_id) from read_csv(?, all_varchar = true)", [str(files[0])]).fetchone()[0]
+    assert rows(con, "select count(*) from categories") == [(raw_cats,)]
+    json.dumps(m)  # the manifest is plain JSON

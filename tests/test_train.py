@@ -1,0 +1,385 @@
+"""PurchasePred: run folders, metadata, checkpoints (weights-only, sha256), resume, determinism.
+
+One small synthetic dataset (30k rows) is prepared per module; the runs use a 16-wide, one-layer
+model on CPU. Run A trains 3 epochs uninterrupted; run B is the same run stopped after epoch 1 and
+resumed; run C is stopped in the middle of epoch 2 and resumed. Tests that damage a run work on a
+copy of its folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pickle
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from purchasepred.config import Config, PrepareConfig, load_config
+from purchasepred.data.prepare import prepare
+from purchasepred.data.synth import generate
+from purchasepred.data.tensors import PreparedData
+from purchasepred.errors import CheckpointError, ConfigError, PurchasePredError
+from purchasepred.models.transformer import TransformerRecommender
+from purchasepred.train import checkpoint as ckpt
+from purchasepred.train.trainer import PurchasePred, TrainSummary, load_model, lr_at, param_groups
+
+TINY = ["model.d_model=16", "model.n_layers=1", "train.batch_size=64", "train.device=cpu", "train.seed=3",
+        "train.purchase_weight=50"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread is much faster than two under load."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _prepared(root: Path, seed: int) -> PreparedData:
+    raw = root / f"events-{seed}.csv"
+    generate(raw, rows=30_000, days=30, seed=seed)
+    out = root / f"prepared-{seed}"
+    prepare([str(raw)], out, PrepareConfig(eval_days=3, max_len=20))
+    return PreparedData(out)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
+    return _prepared(tmp_path_factory.mktemp("train_data"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
+    return _prepared(tmp_path_factory.mktemp("train_data_other"), seed=1)
+
+
+def make_cfg(root: Path, epochs: int, *extra: str) -> Config:
+    return load_config(sets=[*TINY, f"train.epochs={epochs}", f"train.checkpoints_dir={root / 'checkpoints'}",
+                             f"train.output_dir={root / 'output'}", *extra])
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def run_a(root: Path, data: PreparedData) -> TrainSummary:
+    """3 epochs, never stopped."""
+    return PurchasePred(make_cfg(root, 3), data, "A").fit()
+
+
+@pytest.fixture(scope="module")
+def run_b(root: Path, data: PreparedData) -> tuple[TrainSummary, TrainSummary]:
+    """The same run stopped after epoch 1, then resumed by a new trainer to 3 epochs."""
+    first = PurchasePred(make_cfg(root, 3), data, "B").fit(stop_after_epoch=1)
+    second = PurchasePred(make_cfg(root, 3), data, "B").fit(resume=True)
+    return first, second
+
+
+def _losses_and_valid(history: list[dict[str, Any]]) -> list[tuple]:
+    return [(h["epoch"], h["view_loss"], h["purchase_loss"], h["cart_loss"], json.dumps(h["valid"], sort_keys=True))
+            for h in history]
+
+
+def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def _copy_run(root: Path, name: str, new: str) -> Path:
+    dst = root / "checkpoints" / new
+    shutil.copytree(root / "checkpoints" / name, dst)
+    return dst
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ run folders
+def test_run_writes_checkpoints_config_metadata_and_output(root: Path, run_a: TrainSummary, data: PreparedData) -> None:
+    run_dir = root / "checkpoints" / "A"
+    for name in ("last.pt", "best.pt", "config.yaml", "metadata.json"):
+        assert (run_dir / name).is_file(), name
+    assert (root / "output" / "A").is_dir()
+    assert not list(run_dir.glob(".*tmp*")), "temporary checkpoint files left behind"
+    assert run_a.epochs_done == 3 and not run_a.interrupted
+    assert run_a.run_dir == run_dir and run_a.checkpoint == run_dir / "best.pt"
+    assert run_a.tokens_per_s > 0
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["train"]["purchase_weight"] == 50
+    assert config["model"]["d_model"] == 16 and config["train"]["epochs"] == 3
+
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["run_name"] == "A" and meta["epochs_done"] == 3 and meta["purchase_weight"] == 50
+    assert {"purchasepred", "python", "torch", "duckdb", "numpy"} <= meta["versions"].keys()
+    assert meta["versions"]["torch"] == torch.__version__
+    assert "git_commit" in meta
+    assert meta["dataset"]["content_hash"] == data.manifest["content_hash"]
+    assert len(meta["epochs"]) == 3
+    for i, epoch in enumerate(meta["epochs"], start=1):
+        assert epoch["epoch"] == i
+        for key in ("view_loss", "purchase_loss", "cart_loss", "seconds", "tokens_per_s", "lr"):
+            assert isinstance(epoch[key], (int, float)), key
+        assert epoch["view_loss"] > 0 and epoch["purchase_loss"] > 0 and epoch["tokens_per_s"] > 0
+        assert {"ndcg@10", "hr@10", "users"} <= epoch["valid"].keys()
+        assert 0 <= epoch["valid"]["ndcg@10"] <= 1 and epoch["valid"]["users"] > 0
+    assert meta["timings"]["train_s"] > 0
+    for name in ("last.pt", "best.pt"):
+        assert meta["checkpoints"][name] == _sha256(run_dir / name), name
+    best = max(meta["epochs"], key=lambda e: e["valid"]["ndcg@10"])
+    assert meta["best_valid_ndcg@10"] == best["valid"]["ndcg@10"]
+    assert meta["best_epoch"] == run_a.best_epoch
+    assert (root / "output" / "A" / "train_history.json").is_file()
+
+
+def test_checkpoints_load_weights_only(root: Path, run_a: TrainSummary, data: PreparedData) -> None:
+    run_dir = root / "checkpoints" / "A"
+    last = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "rng", "epoch", "step", "config", "vocab", "dataset_hash"):
+        assert key in last, key
+    assert last["epoch"] == 3 and last["batch_in_epoch"] == 0
+    assert last["config"]["train"]["purchase_weight"] == 50
+    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == run_a.best_epoch
+    model, cfg, meta = load_model(run_dir, "last", data)
+    assert isinstance(model, TransformerRecommender) and not model.training
+    _assert_same_state(model.state_dict(), last["model"])
+    assert cfg.train.purchase_weight == 50 and meta["run_name"] == "A"
+
+
+# ------------------------------------------------------------------------------ determinism, resume
+def test_two_fresh_runs_are_identical(run_a: TrainSummary, run_b: tuple[TrainSummary, TrainSummary]) -> None:
+    first, _ = run_b  # B is a fresh run with A's configuration, stopped after its first epoch
+    assert first.interrupted and first.epochs_done == 1
+    assert _losses_and_valid(first.history) == _losses_and_valid(run_a.history[:1])
+
+
+def test_resume_after_an_epoch_ends_like_an_uninterrupted_run(
+    root: Path, run_a: TrainSummary, run_b: tuple[TrainSummary, TrainSummary],
+) -> None:
+    _, resumed = run_b
+    assert resumed.epochs_done == 3 and not resumed.interrupted
+    assert _losses_and_valid(resumed.history) == _losses_and_valid(run_a.history)
+    assert resumed.best_valid_ndcg10 == run_a.best_valid_ndcg10 and resumed.best_epoch == run_a.best_epoch
+    a = torch.load(root / "checkpoints" / "A" / "last.pt", weights_only=True)
+    b = torch.load(root / "checkpoints" / "B" / "last.pt", weights_only=True)
+    _assert_same_state(a["model"], b["model"])
+    assert a["step"] == b["step"]
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    meta = json.loads((root / "checkpoints" / "B" / "metadata.json").read_text())
+    assert meta["epochs_done"] == 3 and len(meta["epochs"]) == 3
+    assert meta["checkpoints"]["last.pt"] == _sha256(root / "checkpoints" / "B" / "last.pt")
+    assert meta["checkpoints"]["best.pt"] == _sha256(root / "checkpoints" / "B" / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def run_c(root: Path, data: PreparedData) -> tuple[int, TrainSummary, TrainSummary]:
+    """The same run stopped in the middle of epoch 2 (as Ctrl-C does), then resumed to 3 epochs."""
+    trainer = PurchasePred(make_cfg(root, 3), data, "C")
+    stopped_at: list[int] = []
+
+    def stop_in_epoch_two(s: dict[str, Any]) -> None:
+        if s["epoch"] == 1 and not stopped_at and s["batch"] < s["batches"]:
+            stopped_at.append(s["batch"])
+            trainer._stop_requested = True  # what the SIGINT handler sets
+
+    stopped = trainer.fit(on_step=stop_in_epoch_two)
+    assert stopped_at, "on_step was never called inside epoch 2 before its last batch"
+    resumed = PurchasePred(make_cfg(root, 3), data, "C").fit(resume=True)
+    return stopped_at[0], stopped, resumed
+
+
+def test_resume_from_the_middle_of_an_epoch(root: Path, run_a: TrainSummary,
+                                            run_c: tuple[int, TrainSummary, TrainSummary]) -> None:
+    stopped_at, stopped, resumed = run_c
+    assert stopped.interrupted and stopped.epochs_done == 1
+    assert resumed.epochs_done == 3 and not resumed.interrupted
+    same_valid = [json.dumps(h["valid"], sort_keys=True) for h in resumed.history]
+    assert same_valid == [json.dumps(h["valid"], sort_keys=True) for h in run_a.history]
+    for got, want in zip(resumed.history, run_a.history):
+        for key in ("view_loss", "purchase_loss", "cart_loss"):
+            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), (got["epoch"], key)
+    a = torch.load(root / "checkpoints" / "A" / "last.pt", weights_only=True)
+    c = torch.load(root / "checkpoints" / "C" / "last.pt", weights_only=True)
+    _assert_same_state(a["model"], c["model"])
+    assert a["step"] == c["step"]
+
+
+def test_resume_from_the_middle_of_an_epoch_logs_identical_losses(
+    run_a: TrainSummary, run_c: tuple[int, TrainSummary, TrainSummary],
+) -> None:
+    _, _, resumed = run_c
+    assert _losses_and_valid(resumed.history) == _losses_and_valid(run_a.history)
+
+
+def test_resume_a_finished_run_without_more_epochs_is_refused(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
+    with pytest.raises(ConfigError, match="larger than 3"):
+        PurchasePred(make_cfg(root, 3), data, "A").fit(resume=True)
+
+
+def test_starting_an_existing_run_without_resume_is_refused(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
+    before = _sha256(root / "checkpoints" / "A" / "last.pt")
+    with pytest.raises(CheckpointError, match="already exists.*--resume"):
+        PurchasePred(make_cfg(root, 3), data, "A").fit()
+    assert _sha256(root / "checkpoints" / "A" / "last.pt") == before
+
+
+def test_resume_of_a_missing_run_is_a_clear_error(root: Path, data: PreparedData) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        PurchasePred(make_cfg(root, 3), data, "never-trained").fit(resume=True)
+
+
+def test_resume_on_another_dataset_is_refused(root: Path, data: PreparedData, other_data: PreparedData,
+                                              run_a: TrainSummary) -> None:
+    assert other_data.manifest["content_hash"] != data.manifest["content_hash"]
+    run_dir = _copy_run(root, "A", "A-other-data")
+    before = {p.name: _sha256(p) for p in run_dir.iterdir()}
+    with pytest.raises(CheckpointError, match="dataset") as err:
+        PurchasePred(make_cfg(root, 4), other_data, "A-other-data").fit(resume=True)
+    assert "content_hash" in str(err.value) and "A-other-data" in str(err.value)
+    assert {p.name: _sha256(p) for p in run_dir.iterdir()} == before  # nothing overwritten
+    with pytest.raises(CheckpointError, match="another dataset"):
+        load_model(run_dir, "best", other_data)
+
+
+def test_resume_with_other_model_settings_is_refused(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
+    _copy_run(root, "A", "A-wider")
+    with pytest.raises(CheckpointError, match="model settings differ"):
+        PurchasePred(make_cfg(root, 4, "model.d_model=32"), data, "A-wider").fit(resume=True)
+
+
+def test_truncated_checkpoint_is_detected_by_sha256(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
+    run_dir = _copy_run(root, "A", "A-truncated")
+    last = run_dir / "last.pt"
+    content = last.read_bytes()
+    last.write_bytes(content[: len(content) - 100])
+    with pytest.raises(CheckpointError, match="sha256"):
+        PurchasePred(make_cfg(root, 4), data, "A-truncated").fit(resume=True)
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_model(run_dir, "last", data)
+    # without a recorded hash the damage is still caught, by the loader
+    (run_dir / "metadata.json").unlink()
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        PurchasePred(make_cfg(root, 4), data, "A-truncated").fit(resume=True)
+
+
+def _write_marker(path: str) -> str:
+    Path(path).write_text("code from a checkpoint ran")
+    return path
+
+
+class Payload:
+    """Unpickling this runs ``_write_marker``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return (_write_marker, (self.marker,))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused_and_never_run(
+    root: Path, data: PreparedData, run_a: TrainSummary, tmp_path: Path,
+) -> None:
+    # sanity: the payload does run code when unpickled without weights_only
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(Payload(probe)))
+    assert probe.exists()
+
+    marker = tmp_path / "marker"
+    run_dir = _copy_run(root, "A", "A-evil")
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    payload["model"]["evil"] = Payload(marker)
+    torch.save(payload, run_dir / "last.pt")
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    meta["checkpoints"]["last.pt"] = _sha256(run_dir / "last.pt")  # the hash matches: only the loader can refuse
+    (run_dir / "metadata.json").write_text(json.dumps(meta))
+
+    with pytest.raises(CheckpointError, match="refused"):
+        ckpt.load_checkpoint(run_dir / "last.pt", meta["checkpoints"]["last.pt"])
+    with pytest.raises(CheckpointError, match="refused"):
+        PurchasePred(make_cfg(root, 4), data, "A-evil").fit(resume=True)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_model(run_dir, "last", data)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------ other settings
+@pytest.mark.parametrize("name, extra", [
+    ("sampled", ["train.loss=sampled", "train.negatives=64", "train.cart_weight=1"]),
+    ("no-repeat", ["model.repeat_path=false"]),
+])
+def test_other_training_settings_run(root: Path, data: PreparedData, name: str, extra: list[str]) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    summary = PurchasePred(make_cfg(root, 1, *extra), data, name).fit()
+    assert signal.getsignal(signal.SIGINT) is handler  # the Ctrl-C handler is put back
+    (epoch,) = summary.history
+    assert all(math.isfinite(epoch[k]) for k in ("view_loss", "purchase_loss", "cart_loss"))
+    assert epoch["purchase_loss"] > 0 and 0 <= epoch["valid"]["ndcg@10"] <= 1
+    assert (epoch["cart_loss"] > 0) == ("train.cart_weight=1" in extra)
+    saved = yaml.safe_load((root / "checkpoints" / name / "config.yaml").read_text())
+    assert saved["train"]["loss"] == ("sampled" if name == "sampled" else "full")
+    assert saved["model"]["repeat_path"] == (name != "no-repeat")
+
+
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON (RFC 8259)")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metadata_is_strict_json(root: Path, run_a: TrainSummary) -> None:
+    _strict_json((root / "checkpoints" / "A" / "metadata.json").read_text())
+    _strict_json((root / "output" / "A" / "train_history.json").read_text())
+
+
+@pytest.mark.parametrize("which", ["checkpoints_dir", "output_dir"])
+def test_uncreatable_run_folder_is_a_clear_error(root: Path, data: PreparedData, tmp_path: Path, which: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = make_cfg(root, 1, f"train.{which}={blocker / 'runs'}")
+    with pytest.raises(PurchasePredError, match="a-file"):
+        PurchasePred(cfg, data, f"blocked-{which}").fit()
+
+
+# ------------------------------------------------------------------------------ schedule, groups
+def test_lr_warmup_then_cosine() -> None:
+    total, peak = 100, 1.0
+    lrs = [lr_at(s, total, peak, 0.1) for s in range(total + 1)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))  # warmup rises
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then decays
+    assert lrs[total] == pytest.approx(0.05) and min(lrs) > 0
+
+
+def test_param_groups_decay_only_linear_weights() -> None:
+    from purchasepred.config import ModelConfig
+    from purchasepred.models.transformer import Vocab
+
+    model = TransformerRecommender(ModelConfig(d_model=16, n_layers=1), Vocab(20, 5, 5), 10)
+    decay, no_decay = param_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed and all(n.endswith("weight") for n in decayed)
+    for n in decayed:
+        module = model.get_submodule(n.rsplit(".", 1)[0])
+        assert isinstance(module, torch.nn.Linear), n
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert {"item.weight", "position.weight", "ln_f.weight", "view_bias", "buy_bias", "repeat_bias"} <= kept
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert decayed.isdisjoint(kept)
