@@ -1,6 +1,6 @@
 -- encode: one row per event with dense ids and the features the model reads.
 -- inputs: sessionized, users, items, brands, categories.
--- outputs: events (grain: one event; key user_idx, seq; ordered by user_idx, seq):
+-- outputs: events (grain: one event; key user_idx, seq; readers order by user_idx, seq):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
 --   price_bucket 1 unknown or zero, else 2 + floor(2 * log2(1 + price)) capped at 31;
 --   hour_id 1..24, weekday_id 1..7 (ISO, Monday = 1);
@@ -9,7 +9,7 @@
 --   next purchase and next cart (item and time) after this event.
 -- parameters: none.
 create or replace table events as
-with joined as materialized (
+with joined as (
     select
         u.user_idx,
         s.seq,
@@ -37,12 +37,16 @@ with joined as materialized (
 ),
 
 with_next as (
+    -- the earliest later purchase (cart) of the user, found in the same window pass: structs
+    -- compare field by field, so the min over {seq, item, ts} is the next one, with its item and time
     select
         *,
         lead(item_idx) over w as next_item_idx,
         lead(ts) over w as next_ts,
-        min(case when event_type_id = 3 then seq end) over w_after as next_purchase_seq,
-        min(case when event_type_id = 2 then seq end) over w_after as next_cart_seq
+        min(case when event_type_id = 3 then {'seq': seq, 'item_idx': item_idx, 'ts': ts} end) over w_after
+            as next_purchase,
+        min(case when event_type_id = 2 then {'seq': seq, 'item_idx': item_idx, 'ts': ts} end) over w_after
+            as next_cart
     from joined
     window
         w as (partition by user_idx order by seq),
@@ -51,16 +55,14 @@ with_next as (
 
 final as (
     select
-        n.user_idx, n.seq, n.event_at, n.ts, n.event_type_id, n.item_idx, n.product_id, n.brand_idx,
-        n.category_idx, n.price_bucket, n.hour_id, n.weekday_id, n.gap_bucket, n.session_no,
-        n.is_session_start, n.next_item_idx, n.next_ts,
-        p.item_idx as next_purchase_item_idx,
-        p.ts as next_purchase_ts,
-        c.item_idx as next_cart_item_idx,
-        c.ts as next_cart_ts
-    from with_next as n
-    left join joined as p on p.user_idx = n.user_idx and p.seq = n.next_purchase_seq
-    left join joined as c on c.user_idx = n.user_idx and c.seq = n.next_cart_seq
+        user_idx, seq, event_at, ts, event_type_id, item_idx, product_id, brand_idx,
+        category_idx, price_bucket, hour_id, weekday_id, gap_bucket, session_no,
+        is_session_start, next_item_idx, next_ts,
+        next_purchase.item_idx as next_purchase_item_idx,
+        next_purchase.ts as next_purchase_ts,
+        next_cart.item_idx as next_cart_item_idx,
+        next_cart.ts as next_cart_ts
+    from with_next
 )
 
-select * from final order by user_idx, seq;
+select * from final;

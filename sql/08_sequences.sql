@@ -11,25 +11,57 @@
 --     the valid window), 0 where there is none.
 -- parameters: max_len, eval_seconds.
 create or replace table sequences as
-with cutoffs as (
+with starts as (
     select
-        w.split,
+        max(window_start) filter (where split = 'valid') as valid_start,
+        max(window_start) filter (where split = 'test') as test_start,
+        max(window_start) filter (where split = 'all') as all_start
+    from windows
+),
+
+per_user as (
+    -- one scan: how many of each user's events precede each window (seq is time order, so the
+    -- inputs of a window are seq 1..n), and the latest of them
+    select
         e.user_idx,
-        count(*) as n_events,
-        max(e.seq) as last_seq,
-        max(e.event_at) as last_event_at
+        count(*) filter (where e.event_at < s.valid_start) as n_valid,
+        count(*) filter (where e.event_at < s.test_start) as n_test,
+        count(*) filter (where e.event_at < s.all_start) as n_all,
+        max(e.event_at) filter (where e.event_at < s.valid_start) as last_valid,
+        max(e.event_at) filter (where e.event_at < s.test_start) as last_test,
+        max(e.event_at) filter (where e.event_at < s.all_start) as last_all
     from events as e
-    join windows as w on e.event_at < w.window_start
-    group by w.split, e.user_idx
+    cross join starts as s
+    group by e.user_idx
+),
+
+cutoffs as (
+    select user_idx, 'valid' as split, n_valid as n_events, last_valid as last_event_at from per_user where n_valid > 0
+    union all
+    select user_idx, 'test', n_test, last_test from per_user where n_test > 0
+    union all
+    select user_idx, 'all', n_all, last_all from per_user where n_all > 0
+),
+
+candidates as (
+    -- only events that can be among some window's last max_len inputs
+    select e.*
+    from events as e
+    join per_user as p on p.user_idx = e.user_idx
+    where e.seq > least(
+        case when p.n_valid > 0 then p.n_valid else p.n_all end,
+        p.n_test, p.n_all
+    ) - getvariable('max_len')
+        and e.seq <= p.n_all
 ),
 
 recent as (
     select c.split, c.n_events, c.last_event_at, e.*
     from cutoffs as c
-    join events as e
+    join candidates as e
         on e.user_idx = c.user_idx
-        and e.seq > c.last_seq - getvariable('max_len')
-        and e.seq <= c.last_seq
+        and e.seq > c.n_events - getvariable('max_len')
+        and e.seq <= c.n_events
 ),
 
 grouped as (

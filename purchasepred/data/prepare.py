@@ -182,8 +182,8 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 def _run(
     paths: list[Path], tmp: Path, cfg: PrepareConfig, step: Callable[[str], None], now: datetime
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    work_db = tmp / "work.duckdb"
-    con = duckdb.connect(str(work_db))
+    # an in-memory database (faster than a file) that still spills to tmp/spill under memory_limit
+    con = duckdb.connect(":memory:")
     try:
         con.execute("set TimeZone = 'UTC'")
         _set(con, "temp_dir", str(tmp / "spill"))
@@ -237,13 +237,11 @@ def _run(
 
         step("write tables")
         for table in OUTPUT_TABLES:
-            con.table(table).write_parquet(str(tmp / f"{table}.parquet"), compression="zstd")
+            # row groups of ~64 MB: the writer buffers one per thread, and list columns are wide
+            con.table(table).write_parquet(str(tmp / f"{table}.parquet"), compression="snappy", row_group_size_bytes="64MB")
         manifest = _manifest(con, files, cfg)
     finally:
         con.close()
-    work_db.unlink(missing_ok=True)
-    for extra in tmp.glob("work.duckdb*"):
-        extra.unlink(missing_ok=True)
     shutil.rmtree(tmp / "spill", ignore_errors=True)
     return manifest, audits
 
