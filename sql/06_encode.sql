@@ -1,6 +1,6 @@
 -- encode: one row per event with dense ids and the features the model reads.
 -- inputs: sessionized, users, items, brands, categories.
--- outputs: events (grain: one event; key user_idx, seq; readers order by user_idx, seq):
+-- outputs: events (grain: one event; key user_idx, seq; ordered by user_idx, seq, so that the files are byte-identical run to run):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
 --   price_bucket 1 unknown or zero, else 2 + floor(2 * log2(1 + price)) capped at 31;
 --   hour_id 1..24, weekday_id 1..7 (ISO, Monday = 1);
@@ -65,4 +65,4 @@ final as (
     from with_next
 )
 
-select * from final;
+select * from final order by user_idx, seq;
