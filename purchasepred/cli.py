@@ -74,6 +74,26 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _make_parent(path: Path) -> list[Path]:
+    """Create the folders above ``path``; returns those created (to remove again if the command fails)."""
+    missing = [p for p in reversed(path.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or str(err))
+        raise PurchasePredError(f"cannot create {path} ({why}); choose another path") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 def _refuse_existing(path: Path, force: bool, flag: str = "--force") -> None:
     if path.exists() and not force:
         raise PurchasePredError(f"{path} already exists; pass {flag} to overwrite it or choose another path")
@@ -101,13 +121,17 @@ def synth(
     if schema not in ("rees46", "competition"):
         raise PurchasePredError(f"--schema must be rees46 or competition, got {schema!r}")
     _refuse_existing(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parent(out)
     try:
         with ui.steps("synth") as step:
             s = generate(out, rows=rows, views_per_purchase=views_per_purchase, days=days, seed=seed,
                          schema=schema, progress=step)  # type: ignore[arg-type]
     except ValueError as err:
+        _remove_empty(created)
         raise PurchasePredError(str(err)) from None
+    except BaseException:
+        _remove_empty(created)
+        raise
     ui.show(ui.summary_table(f"synth -> {s.path}", [
         ("rows", s.rows), ("users", s.n_users), ("items", s.n_items), ("sessions", s.n_sessions),
         ("events by type", s.events_by_type), ("from", str(s.start)), ("to", str(s.end)), ("seconds", s.seconds),
@@ -142,8 +166,13 @@ def prepare(
         "prepare.memory_limit": memory_limit, "prepare.threads": threads,
     }, set_)
     ui.info(f"prepare settings: {cfg.prepare}")
-    with ui.steps("prepare") as step:
-        summary = run_prepare(raw, out, cfg.prepare, force=force, step=step)
+    created = [] if out.exists() else _make_parent(out)
+    try:
+        with ui.steps("prepare") as step:
+            summary = run_prepare(raw, out, cfg.prepare, force=force, step=step)
+    except BaseException:
+        _remove_empty(created)  # nothing partial: not even the empty parent folders of --out
+        raise
     ui.show(prepare_table(summary.manifest, summary.out, summary.seconds))
 
 
@@ -228,6 +257,8 @@ def train(
                     f"view {s['view_loss']:.3f} buy {s['purchase_loss']:.3f} {s['tokens_per_s']:,.0f} tok/s lr {s['lr']:.2e}"))
 
         def on_epoch(st: Any) -> None:
+            if ui.is_quiet():
+                return
             progress.console.print(
                 f"epoch {st.epoch}: view loss {st.view_loss:.4f}, purchase loss {st.purchase_loss:.4f}, "
                 f"valid NDCG@10 {st.valid.get('ndcg@10', float('nan')):.4f}, HR@10 {st.valid.get('hr@10', float('nan')):.4f}, "
@@ -246,8 +277,32 @@ def train(
         ("checkpoint", str(summary.checkpoint)),
     ]))
     if summary.interrupted:
-        ui.error(f"training interrupted; checkpoint saved. Continue with: purchasepred train --run-name {summary.run_name} --epochs {cfg.train.epochs} --resume")
+        again = _resume_command(summary.run_name, cfg.train.epochs, cfg.train.data, config, set_, {
+            "--purchase-weight": purchase_weight, "--batch-size": batch_size, "--lr": lr, "--device": device,
+            "--seed": seed, "--loss": loss, "--negatives": negatives,
+        }, compile_)
+        ui.error(f"training interrupted; checkpoint saved. Continue with: {again}")
         raise typer.Exit(130)
+
+
+def _resume_command(run_name: str, epochs: int, data: str, config: Optional[Path], sets: Optional[list[str]],
+                    flags: dict[str, Any], compile_: bool) -> str:
+    """The train command that continues a run: the same data, config file, flags and --set values."""
+    import shlex
+
+    words = ["purchasepred", "train", "--run-name", run_name, "--data", data, "--epochs", str(epochs)]
+    if config is not None:
+        words += ["--config", str(config)]
+    for flag, value in flags.items():
+        if value is not None:
+            words += [flag, str(value)]
+    if compile_:
+        words.append("--compile")
+    for item in sets or []:
+        if item.split("=", 1)[0].strip() not in ("train.epochs", "train.data", "train.run_name"):
+            words += ["--set", item]
+    words.append("--resume")
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _ks(value: Optional[str]) -> Optional[list[int]]:

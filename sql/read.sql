@@ -15,7 +15,8 @@ where split = getvariable('split') order by user_idx, item_idx, product_id;
 select window_start, window_end, start_ts from read_parquet(getvariable('path')) where split = getvariable('split');
 
 -- name: items
-select item_idx, product_id, n_events, n_purchases from read_parquet(getvariable('path')) order by item_idx, product_id;
+select item_idx, product_id, n_events, n_purchases, category_idx
+from read_parquet(getvariable('path')) order by item_idx, product_id;
 
 -- name: users
 select user_idx, user_id from read_parquet(getvariable('path')) order by user_idx;

@@ -9,6 +9,7 @@ import csv
 import glob
 import gzip
 import io
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,13 @@ def check_path(path: Path) -> None:
         raise InputError(f"{path}: is a directory; pass the CSV/Parquet files inside it, e.g. '{path}/*.csv'")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
+
+
+def duckdb_literal(path: Path | str) -> str:
+    """``path`` for DuckDB's file readers, which expand ``*``, ``?`` and ``[...]`` as glob patterns even in
+    the name of an existing file: each is wrapped in brackets (``a[1].csv`` -> ``a[[]1].csv``), so the
+    reader opens exactly this file and never another one that the pattern happens to match."""
+    return re.sub(r"([\[*?])", r"[\1]", str(path))
 
 
 def is_parquet(path: Path) -> bool:

@@ -76,11 +76,13 @@ class PreparedData:
         product[:] = ""
         n_events = np.zeros(n, dtype=np.int64)
         n_purchases = np.zeros(n, dtype=np.int64)
+        category = np.ones(n, dtype=np.int64)
         known = rows["item_idx"] >= 2
+        category[rows["item_idx"][known]] = rows["category_idx"][known]
         product[rows["item_idx"][known]] = rows["product_id"][known]
         n_events[rows["item_idx"][known]] = rows["n_events"][known]
         n_purchases[rows["item_idx"][known]] = rows["n_purchases"][known]
-        return {"product_id": product, "n_events": n_events, "n_purchases": n_purchases}
+        return {"product_id": product, "n_events": n_events, "n_purchases": n_purchases, "category_idx": category}
 
     @cached_property
     def users(self) -> dict[str, np.ndarray]:

@@ -7,7 +7,6 @@ only then applied to the test window. See :mod:`purchasepred.eval.protocol` for 
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -24,8 +23,8 @@ from purchasepred.errors import DatasetError
 from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.eval.rankers import (
-    BLEND_BETAS, BLEND_GAMMAS, Blend, History, HistoryParams, ModelScorer, Popularity, _UserEvents,
-    conversion_prior, fit_history,
+    Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, _UserEvents,
+    conversion_prior, fit_blend, fit_history,
 )
 from purchasepred.train.checkpoint import write_json
 
@@ -37,8 +36,7 @@ class Fitted:
     """What is fitted on the valid window and reused by evaluate and export."""
 
     history: HistoryParams
-    blend_beta: float
-    blend_gamma: float
+    blend: BlendWeights
     default: str
     valid_ndcg10: dict[str, float]
     calibration: Calibration
@@ -52,8 +50,7 @@ class Fitted:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fitted:
         return cls(
-            history=HistoryParams(**d["history"]), blend_beta=d["blend_beta"], blend_gamma=d["blend_gamma"],
-            default=d["default"],
+            history=HistoryParams(**d["history"]), blend=BlendWeights(**d["blend"]), default=d["default"],
             valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
             dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
@@ -69,6 +66,7 @@ class Window:
     popularity: Popularity
     cutoff_ts: int
     prior: torch.Tensor
+    affinity: CategoryAffinity
     rankers: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,13 +81,13 @@ def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Mod
     ts = cutoff_ts(split)
     events = _UserEvents(raw)
     popularity = Popularity(raw, data.vocab.n_items, ts, cfg.eval.popularity_days)
-    w = Window(split, events, popularity, ts, conversion_prior(raw, data.vocab.n_items))
+    w = Window(split, events, popularity, ts, conversion_prior(raw, data.vocab.n_items),
+               CategoryAffinity(events, data.items["category_idx"]))
     w.rankers["popularity"] = popularity
     w.rankers["model"] = ModelScorer(model, split, popularity, device)
     if fitted is not None:
         w.rankers["history"] = History(events, popularity, ts, fitted.history)
-        w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend_beta,
-                                   fitted.blend_gamma, w.prior)
+        w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend, w.prior, w.affinity)
     return w
 
 
@@ -113,17 +111,13 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     valid.rankers["history"] = history
     scores = {"popularity": _ndcg10(valid.popularity, valid.split), "history": hist_score,
               "model": _ndcg10(valid.rankers["model"], valid.split)}
-    best_beta, best_gamma, best_blend = 0.0, 0.0, -1.0
-    for beta, gamma in itertools.product(BLEND_BETAS, BLEND_GAMMAS):
-        s = _ndcg10(Blend(valid.rankers["model"], history, beta, gamma, valid.prior), valid.split)
-        if s > best_blend:
-            best_beta, best_gamma, best_blend = beta, gamma, s
-    scores["blend"] = best_blend
-    valid.rankers["blend"] = Blend(valid.rankers["model"], history, best_beta, best_gamma, valid.prior)
+    weights, scores["blend"] = fit_blend(
+        lambda w: _ndcg10(Blend(valid.rankers["model"], history, w, valid.prior, valid.affinity), valid.split))
+    valid.rankers["blend"] = Blend(valid.rankers["model"], history, weights, valid.prior, valid.affinity)
     default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
     labels, scores_ = calibration_pairs(valid, default, cfg.export.k, seed=cfg.eval.seed)
     calibration = fit_platt(labels, scores_)
-    fitted = Fitted(history=params, blend_beta=best_beta, blend_gamma=best_gamma, default=default, valid_ndcg10=scores,
+    fitted = Fitted(history=params, blend=weights, default=default, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
                     checkpoint_sha256=checkpoint_sha256,
                     popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)))
@@ -158,7 +152,11 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
     """All rankers on ``split`` (valid or test) with breakdowns. Returns the metrics.json body."""
     w = build_window(data, split, cfg, model, device, fitted)
     if len(w.split.truth_users) == 0:
-        raise DatasetError(f"the {split} window of {data.path} has no purchases; there is nothing to evaluate")
+        raise DatasetError(
+            f"the {split} window of {data.path} ({w.split.window_start} .. {w.split.window_end}) has no purchases, so "
+            f"there is nothing to evaluate; {'evaluate --split valid, or ' if split == 'test' else ''}"
+            "prepare with a larger --eval-days"
+        )
     has_history = np.array([w.split.row_of_user.get(int(u), -1) >= 0 for u in w.split.truth_users])
     seen = _seen_mask(w)
     unknown = (w.split.truth_items < -1)
@@ -193,8 +191,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "default_beats_history": bool(results[fitted.default][f"ndcg@{ks[0]}"] >= results["history"][f"ndcg@{ks[0]}"]),
         "fitted_on_valid": {
             "history_params": asdict(fitted.history),
-            "blend_beta": fitted.blend_beta,
-            "blend_gamma": fitted.blend_gamma,
+            "blend_weights": asdict(fitted.blend),
             "valid_ndcg@10": fitted.valid_ndcg10,
         },
         "calibration": {

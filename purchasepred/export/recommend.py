@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from purchasepred.config import Config
+from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import named_queries
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import PurchasePredError
@@ -38,27 +39,50 @@ class ExportSummary:
     seconds: float
 
 
-def _check_writable(out: Path, force: bool) -> None:
+def _check_writable(out: Path, force: bool) -> list[Path]:
+    """Refuse an unusable --out; create its folder. Returns the folders created (removed again on failure)."""
     if out.exists() and out.is_dir():
         raise PurchasePredError(f"--out {out} is a directory; give a file path such as {out}/recommendations.csv")
     if out.exists() and not force:
         raise PurchasePredError(f"{out} already exists; pass --force to overwrite it or choose another --out")
+    created = [p for p in reversed(out.parents) if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise PurchasePredError(f"cannot create folder {out.parent} ({err.strerror}); choose a writable --out") from None
+        blocker = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else err.strerror
+        raise PurchasePredError(f"cannot create folder {out.parent} ({why}); choose a writable --out") from None
     if not os.access(out.parent, os.W_OK):
+        _remove_empty(created)
         raise PurchasePredError(f"folder {out.parent} is not writable; choose another --out or fix its permissions")
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
            out: Path, k: int, filter_seen: bool, force: bool,
            progress: Callable[[int, int], None] | None = None) -> ExportSummary:
     t0 = time.perf_counter()
-    _check_writable(out, force)
     n_catalog = data.vocab.n_items - 2
     if k > n_catalog:
         raise PurchasePredError(f"--k {k} is larger than the catalog ({n_catalog} items with an id); lower --k")
+    created = _check_writable(out, force)
+    try:
+        return _export(data, cfg, model, device, fitted, out, k, filter_seen, progress, t0)
+    except BaseException:
+        _remove_empty(created)  # nothing partial: not even the folder made for --out
+        raise
+
+
+def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
+            out: Path, k: int, filter_seen: bool, progress: Callable[[int, int], None] | None, t0: float) -> ExportSummary:
     w = build_window(data, "all", cfg, model, device, fitted)
     users = data.users["user_idx"].astype(np.int64)
     user_ids = data.users["user_id"]
@@ -145,7 +169,7 @@ def _csv_field(value: str) -> str:
 
 def _verify(path: Path, n_users: int, k: int) -> None:
     con = duckdb.connect()
-    con.execute("set variable path = ?", [str(path)])
+    con.execute("set variable path = ?", [duckdb_literal(path)])
     con.execute("set variable k = ?", [k])
     bad_users, n_seen = con.execute(named_queries("read.sql")["export_check"]).fetchone()
     if n_seen != n_users or bad_users:

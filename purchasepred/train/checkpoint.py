@@ -5,6 +5,11 @@ epoch, step, config, vocabulary, dataset hash), ``config.yaml`` and ``metadata.j
 git commit, dataset hash, per-epoch metrics, timings, and the sha256 of each checkpoint file).
 Checkpoints are written to a temporary file, flushed and renamed, and loaded only with
 ``torch.load(weights_only=True)``: a checkpoint holding a pickled object is refused, never run.
+
+A checkpoint file and metadata.json cannot be replaced in one step, so a checkpoint is committed
+in three: stage (write and hash a temporary file), record its hash in metadata.json under
+``checkpoints_pending``, rename it into place; the trainer then records it under ``checkpoints``.
+A loader accepts either hash, so a process killed at any instant leaves a run that loads and resumes.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import math
 import os
 import platform
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from purchasepred import __version__
-from purchasepred.errors import CheckpointError
+from purchasepred.errors import CheckpointError, PurchasePredError
 
 FORMAT_VERSION = 1
 
@@ -74,28 +80,74 @@ def to_json(obj: Any) -> str:
 
 def write_json(path: Path, obj: Any) -> None:
     """Create the folder, then write ``obj`` as strict JSON atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, to_json(obj))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, to_json(obj))
+    except OSError as err:
+        raise PurchasePredError(
+            f"could not write {path} ({err.strerror or err}); free disk space or choose a writable "
+            "--set train.output_dir"
+        ) from None
+
+
+def _tmp_checkpoint(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def stage_checkpoint(path: Path, payload: dict[str, Any]) -> tuple[Path, str]:
+    """Write ``payload`` to a flushed temporary file beside ``path``; returns (temporary file, sha256).
+
+    Nothing is replaced yet: :func:`commit_checkpoint` renames the file into place."""
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    tmp = _tmp_checkpoint(path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp, sha256_file(tmp)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(
+                f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint is kept. "
+                "Free disk space or fix permissions, then rerun with --resume"
+            ) from None
+        raise
+
+
+def commit_checkpoint(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint is kept. "
+            "Fix the folder's permissions, then rerun with --resume"
+        ) from None
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
     """Write atomically; returns the file's sha256 (recorded in metadata.json)."""
-    payload = {"format_version": FORMAT_VERSION, **payload}
-    try:
-        atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
-    except OSError as err:
-        raise CheckpointError(
-            f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint is kept. "
-            "Free disk space or fix permissions, then rerun with --resume"
-        ) from None
-    return sha256_file(path)
+    tmp, sha = stage_checkpoint(path, payload)
+    commit_checkpoint(tmp, path)
+    return sha
 
 
-def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+def accepted_sha256(metadata: dict[str, Any], name: str) -> set[str] | None:
+    """The hashes metadata.json accepts for checkpoint ``name`` (None: it records none)."""
+    found = {metadata.get("checkpoints", {}).get(name), metadata.get("checkpoints_pending", {}).get(name)}
+    found.discard(None)
+    return found or None
+
+
+def load_checkpoint(path: Path, expected_sha256: str | Collection[str] | None = None) -> dict[str, Any]:
     """Load with weights_only=True after checking the sha256 recorded in metadata.json."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train the run first (purchasepred train --run-name ...)")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+    if isinstance(expected_sha256, str):
+        expected_sha256 = {expected_sha256}
+    if expected_sha256 is not None and sha256_file(path) not in expected_sha256:
         raise CheckpointError(
             f"checkpoint {path} does not match the sha256 recorded in metadata.json (truncated or modified); "
             "use the other checkpoint of the run or train again"
@@ -148,4 +200,10 @@ def read_metadata(run_dir: Path) -> dict[str, Any]:
 
 
 def write_metadata(run_dir: Path, metadata: dict[str, Any]) -> None:
-    atomic_write_text(run_dir / "metadata.json", to_json(metadata))
+    try:
+        atomic_write_text(run_dir / "metadata.json", to_json(metadata))
+    except OSError as err:
+        raise CheckpointError(
+            f"could not write {run_dir / 'metadata.json'} ({err.strerror or err}); the previous one is kept. "
+            "Free disk space or fix permissions, then rerun with --resume"
+        ) from None

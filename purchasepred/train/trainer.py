@@ -135,7 +135,18 @@ def multitask_loss(
     return loss, parts
 
 
+def check_run_name(run_name: str) -> str:
+    """A run name is one folder name: it cannot reach outside checkpoints/ and output/."""
+    if not run_name or run_name in (".", "..") or any(c in run_name for c in ("/", "\\", "\0")):
+        raise ConfigError(
+            f"run name {run_name!r} must be a plain folder name (no '/' or '\\', not '.' or '..'); "
+            "choose e.g. --run-name exp1"
+        )
+    return run_name
+
+
 def run_paths(cfg: Config, run_name: str) -> tuple[Path, Path]:
+    check_run_name(run_name)
     return Path(cfg.train.checkpoints_dir) / run_name, Path(cfg.train.output_dir) / run_name
 
 
@@ -158,7 +169,13 @@ class PurchasePred:
                 f"{self.data.path} has no training sequences before the valid window; the log is too short for "
                 f"--eval-days {self.data.manifest['settings']['eval_days']} (prepare again with a smaller --eval-days)"
             )
-        if not (arrays["purchase_target"] > 0).any():
+        if not self.data.manifest.get("events_by_type", {}).get("purchase"):
+            self.notes.append(
+                f"{self.data.path} has no purchase events at all: only the view head (next item) is trained; "
+                "the purchase head cannot learn and evaluate/export cannot fit anything (they need purchases in the "
+                "valid window); prepare a log that contains purchases"
+            )
+        elif not (arrays["purchase_target"] > 0).any():
             self.notes.append(
                 "no purchase is followed by a known item before the valid window: the purchase head cannot learn "
                 "(it is trained on nothing); the view head still trains"
@@ -193,10 +210,11 @@ class PurchasePred:
         events = self.data.events_before(self.valid.window_start)
         cutoff_ts = int(self.valid.window_start.replace(tzinfo=timezone.utc).timestamp())
         self.popularity = Popularity(events, self.vocab.n_items, cutoff_ts, self.cfg.eval.popularity_days)
-        if len(self.valid.truth_users) == 0:
+        if len(self.valid.truth_users) == 0 and self.data.manifest.get("events_by_type", {}).get("purchase"):
             self.notes.append(
                 "the valid window has no purchases: valid NDCG cannot be measured, so best.pt is the last epoch "
-                "and early stopping is off"
+                "and early stopping is off; evaluate and export fit on valid purchases and will refuse this run "
+                "(prepare with a larger --eval-days)"
             )
 
     def _loss(self, batch: dict[str, torch.Tensor], negatives: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -270,6 +288,40 @@ class PurchasePred:
             "notes": self.notes,
         }
 
+    def _save(self, files: dict[str, dict[str, Any]], state: dict[str, Any], timings: dict[str, float]) -> None:
+        """Write checkpoints, then metadata.json, so that a kill at any instant leaves a loadable run.
+
+        Each file is staged (written, flushed, hashed), its hash recorded in metadata.json as pending,
+        then renamed into place; the final metadata.json records it as committed. A failing write
+        (disk full) replaces nothing: the previous checkpoints and metadata.json stay as they were."""
+        staged: dict[str, tuple[Path, str]] = {}
+        try:
+            for name, payload in files.items():
+                staged[name] = ckpt.stage_checkpoint(self.run_dir / name, payload)
+            if (self.run_dir / "metadata.json").is_file():
+                meta = ckpt.read_metadata(self.run_dir)
+                meta["checkpoints_pending"] = {name: sha for name, (_, sha) in staged.items()}
+                ckpt.write_metadata(self.run_dir, meta)
+            for name, (tmp, sha) in staged.items():
+                ckpt.commit_checkpoint(tmp, self.run_dir / name)
+                state["sha256"][name] = sha
+        finally:
+            for tmp, _ in staged.values():
+                tmp.unlink(missing_ok=True)
+        ckpt.write_metadata(self.run_dir, self._metadata(state, timings))
+
+    def _resumed_hashes(self, meta: dict[str, Any]) -> dict[str, str]:
+        """The hash of each checkpoint on disk that metadata.json accepts (committed or pending)."""
+        hashes = dict(meta.get("checkpoints", {}))
+        for name in ("last.pt", "best.pt"):
+            path = self.run_dir / name
+            accepted = ckpt.accepted_sha256(meta, name)
+            if path.is_file() and accepted is not None:
+                actual = ckpt.sha256_file(path)
+                if actual in accepted:
+                    hashes[name] = actual
+        return hashes
+
     # ------------------------------------------------------------------ the loop
     def fit(
         self,
@@ -283,7 +335,7 @@ class PurchasePred:
         last_path, best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
         if resume:
             meta = ckpt.read_metadata(self.run_dir) if (self.run_dir / "metadata.json").is_file() else {}
-            payload = ckpt.load_checkpoint(last_path, meta.get("checkpoints", {}).get("last.pt"))
+            payload = ckpt.load_checkpoint(last_path, ckpt.accepted_sha256(meta, "last.pt"))
         elif last_path.exists() or (self.run_dir / "metadata.json").exists():
             raise CheckpointError(
                 f"run {self.run_name} already exists in {self.run_dir}; pass --resume to continue it or choose another --run-name"
@@ -309,7 +361,7 @@ class PurchasePred:
             state.update(best_ndcg=payload["best_ndcg"], best_epoch=payload["best_epoch"],
                          bad_epochs=payload["bad_epochs"], history=list(payload["history"]),
                          epochs_done=epoch)
-            state["sha256"] = dict(meta.get("checkpoints", {}))
+            state["sha256"] = self._resumed_hashes(meta)
             state["created_at"] = meta.get("created_at", state["created_at"])
             if epoch >= t.epochs:
                 raise ConfigError(
@@ -326,6 +378,9 @@ class PurchasePred:
                     f"cannot write to {folder} ({err.strerror or err}); choose writable --set train.checkpoints_dir / "
                     "train.output_dir folders"
                 ) from None
+        for stale in self.run_dir.glob(".*.tmp-*"):  # temporary files of a training process that was killed
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
         ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
         timings = {"setup_s": round(time.perf_counter() - t_start, 3)}
 
@@ -380,8 +435,7 @@ class PurchasePred:
                         acc["seconds"] += time.perf_counter() - t_epoch
                         payload_now = self._payload(epoch, bi + 1, step, acc, state)
                         payload_now["running_sums"] = running.cpu()  # as is: resuming sums exactly the same way
-                        state["sha256"]["last.pt"] = ckpt.save_checkpoint(last_path, payload_now)
-                        ckpt.write_metadata(self.run_dir, self._metadata(state, timings))
+                        self._save({"last.pt": payload_now}, state, timings)
                         interrupted = True
                         break
                 if interrupted:
@@ -408,11 +462,9 @@ class PurchasePred:
                     state["bad_epochs"] = 0
                 else:
                     state["bad_epochs"] += 1
-                payload = self._payload(epoch, 0, step, acc, state)
-                if improved or no_valid:
-                    state["sha256"]["best.pt"] = ckpt.save_checkpoint(best_path, payload)
-                state["sha256"]["last.pt"] = ckpt.save_checkpoint(last_path, self._payload(epoch, 0, step, acc, state))
-                ckpt.write_metadata(self.run_dir, self._metadata(state, timings))
+                files = {"best.pt": self._payload(epoch, 0, step, acc, state)} if improved or no_valid else {}
+                files["last.pt"] = self._payload(epoch, 0, step, acc, state)
+                self._save(files, state, timings)
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 ckpt.write_json(self.out_dir / "train_history.json", state["history"])
                 if on_epoch is not None:
@@ -447,7 +499,7 @@ def load_model(run_dir: Path, which: str = "best", data: PreparedData | None = N
         raise CheckpointError(f"run {run_dir.name} does not exist in {run_dir.parent}; train it first: purchasepred train --run-name {run_dir.name}")
     meta = ckpt.read_metadata(run_dir)
     name = f"{which}.pt"
-    payload = ckpt.load_checkpoint(run_dir / name, meta.get("checkpoints", {}).get(name))
+    payload = ckpt.load_checkpoint(run_dir / name, ckpt.accepted_sha256(meta, name))
     cfg = config_from_dict(payload["config"])
     vocab = Vocab(**payload["vocab"])
     if data is not None:
