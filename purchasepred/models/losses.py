@@ -103,15 +103,23 @@ class _MeanLinearLogSumExp(torch.autograd.Function):
         bias_c = bias.to(cd) if bias is not None else None
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            logits = _logits(hc[start:stop], wc, bias_c, acc)  # (C, V)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += lse.sum()
-            probs = logits.sub_(lse[:, None]).exp_().div_(n)  # in place: d mean / d logits
-            probs_c = probs.to(cd)
-            grad_h[start:stop] = (probs_c @ wc).to(h.dtype)
-            grad_w.addmm_(probs_c.t(), hc[start:stop]) if acc == cd else grad_w.add_((probs_c.t() @ hc[start:stop]).to(acc))
+            logits = torch.addmm(bias_c, hc[start:stop], wc.t()) if bias_c is not None else hc[start:stop] @ wc.t()
+            # few passes over the (C, V) block, all in the compute dtype (bf16 under autocast):
+            # max, one fused softmax (fp32 inside), and lse = max - log p(argmax), exact since p(argmax) >= 1/V
+            top, arg = logits.max(dim=-1)
+            probs = torch.softmax(logits, dim=-1)
+            del logits
+            p_top = probs.gather(1, arg[:, None]).squeeze(1).to(acc)
+            total += (top.to(acc) - torch.log(p_top)).sum()
+            grad_h[start:stop] = (probs @ wc).to(h.dtype)
+            grad_w.add_((probs.t() @ hc[start:stop]).to(acc))
             if grad_b is not None:
-                grad_b += probs.sum(0)
+                grad_b += probs.sum(0, dtype=acc)
+        # d mean / d logits = probs / n: scale the (small) results, not the (C, V) blocks
+        grad_h.div_(max(n, 1))
+        grad_w.div_(max(n, 1))
+        if grad_b is not None:
+            grad_b.div_(max(n, 1))
         ctx.save_for_backward(grad_h, grad_w, grad_b if grad_b is not None else torch.empty(0))
         ctx.has_bias = bias is not None
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
