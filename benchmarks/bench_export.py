@@ -5,7 +5,7 @@ random (speed does not depend on them); everything else is the real export path.
 the plain baseline: the same users scored by popularity only (one shared list, no model), which
 is the floor any export costs (top-K + CSV + check). Run by hand:
 
-    python benchmarks/bench_export.py --rows 13000000          # ~640k users, ~30k items
+    python benchmarks/bench_export.py --rows 13000000 --items 30000     # ~640k users, 30k items
 """
 
 from __future__ import annotations
@@ -31,18 +31,19 @@ from purchasepred.models.transformer import TransformerRecommender
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=13_000_000)
+    p.add_argument("--items", type=int, default=30_000)
     p.add_argument("--workdir", default="/tmp/purchasepred-bench")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--rankers", default="popularity,model,blend")
     args = p.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    raw = work / f"synth_rows{args.rows}_seed0_vpp60_days30.csv"
+    raw = work / f"synth_rows{args.rows}_items{args.items}_seed0.csv"
     if not raw.exists():
         t = time.perf_counter()
-        generate(raw, rows=args.rows, seed=0)
+        generate(raw, rows=args.rows, seed=0, items=args.items)
         print(f"synth {args.rows:,} rows: {time.perf_counter() - t:.1f}s")
-    data_dir = work / f"prepared_rows{args.rows}"
+    data_dir = work / f"prepared_rows{args.rows}_items{args.items}"
     if not (data_dir / "manifest.json").exists():
         t = time.perf_counter()
         prepare([str(raw)], data_dir, PrepareConfig(), force=True)

@@ -110,6 +110,7 @@ def synth(
     days: Annotated[int, typer.Option(help="Days the log spans.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic for a seed).")] = 0,
     schema: Annotated[str, typer.Option(help="rees46 (product_id, category_id) or competition (item_id, no category_id).")] = "rees46",
+    items: Annotated[Optional[int], typer.Option(help="Catalogue size (default: about one item per 250 rows).")] = None,
     force: ForceOpt = False,
 ) -> None:
     """Generate a synthetic REES46-schema event log with learnable structure.
@@ -125,7 +126,7 @@ def synth(
     try:
         with ui.steps("synth") as step:
             s = generate(out, rows=rows, views_per_purchase=views_per_purchase, days=days, seed=seed,
-                         schema=schema, progress=step)  # type: ignore[arg-type]
+                         schema=schema, progress=step, items=items)  # type: ignore[arg-type]
     except ValueError as err:
         _remove_empty(created)
         raise PurchasePredError(str(err)) from None

@@ -111,6 +111,7 @@ def generate(
     schema: Literal["rees46", "competition"] = "rees46",
     start: datetime = datetime(2019, 10, 1),
     progress: Callable[[str], None] | None = None,
+    items: int | None = None,
 ) -> SynthSummary:
     """Write a synthetic event log with exactly ``rows`` rows to ``out`` and summarise it.
 
@@ -118,6 +119,7 @@ def generate(
     temporary file next to it and moved into place at the end (an existing ``out`` is
     replaced; the caller decides whether that is allowed). ``start`` is taken as UTC
     (an aware datetime is converted to UTC). Same arguments -> byte-identical file.
+    ``items`` sets the catalogue size (default: about one item per 250 rows).
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -143,7 +145,9 @@ def generate(
         if progress is not None:
             progress(msg)
 
-    n_items = max(200, rows // 250)
+    if items is not None and (isinstance(items, bool) or int(items) != items or items < 10):
+        raise ValueError(f"items must be an integer >= 10, got {items!r}")
+    n_items = int(items) if items is not None else max(200, rows // 250)
     n_cats = max(10, n_items // 150)
     n_brands = max(10, n_items // 40)
     n_users = max(50, rows // 20)

@@ -122,8 +122,9 @@ class ModelScorer:
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         rows = np.array([self.split.row_of_user.get(int(u), -1) for u in users], dtype=np.int64)
         has = rows >= 0
-        # cold users: log of normalized popularity, far below any model log-probability ordering
-        out = torch.log(self.popularity.normalized + 1e-12)[None, :].expand(len(users), -1).clone()
+        out = torch.empty(len(users), len(self.popularity.scores))
+        if not has.all():  # users with no input: the log of normalized popularity
+            out[torch.as_tensor(~has)] = torch.log(self.popularity.normalized + 1e-12)[None, :]
         if has.any():
             was_training = self.model.training
             self.model.eval()

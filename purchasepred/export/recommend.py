@@ -93,30 +93,41 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
     hi = np.searchsorted(w.events.user, users, "right")
     warm = hi > lo
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    use_ranker = fitted.default != "popularity"
     by_source = {fitted.default: 0, "popularity": 0}
     batch = cfg.export.user_batch
+    # users with no event on a known item all get the same list: rank the catalog once for them
+    pop = popularity.scores.clone()
+    pop[:2] = float("-inf")
+    pop_val, pop_top = (t.numpy() for t in torch.topk(pop, k))
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(",".join(COLUMNS) + "\n")
             for start in range(0, len(users), batch):
                 u = users[start:start + batch]
-                is_warm = warm[start:start + batch]
-                scores = popularity(u)
-                if is_warm.any() and fitted.default != "popularity":
-                    scores[torch.as_tensor(is_warm)] = ranker(u[is_warm]).float()
-                scores[:, :2] = float("-inf")
-                if filter_seen:
-                    rows, idx = w.events.ranges(u)
-                    scores[torch.as_tensor(rows), torch.as_tensor(w.events.item[idx])] = float("-inf")
-                val, top = torch.topk(scores, k, dim=1)
-                val, top = val.numpy(), top.numpy()
+                # rows scored one by one over the catalog: the ranker's users, and under
+                # --filter-seen anyone with history; only these cost a users x catalog block
+                dense = warm[start:start + batch] & (use_ranker or filter_seen)
+                val = np.empty((len(u), k), dtype=np.float32)
+                top = np.empty((len(u), k), dtype=np.int64)
+                val[~dense], top[~dense] = pop_val, pop_top
+                if dense.any():
+                    ud = u[dense]
+                    scores = ranker(ud).float() if use_ranker else popularity(ud)
+                    scores[:, :2] = float("-inf")
+                    if filter_seen:
+                        rows, idx = w.events.ranges(ud)
+                        scores[torch.as_tensor(rows), torch.as_tensor(w.events.item[idx])] = float("-inf")
+                    v, t = torch.topk(scores, k, dim=1)
+                    del scores
+                    val[dense], top[dense] = v.numpy(), t.numpy()
                 if not np.isfinite(val).all():
                     # filter_seen removed too much for some user: fill from popularity, unseen first
                     val, top = _fill_from_popularity(val, top, popularity.scores.numpy())
-                source = np.where(is_warm & (fitted.default != "popularity"), fitted.default, "popularity")
+                source = np.where(dense & use_ranker, fitted.default, "popularity")
                 prob = np.where(source[:, None] == "popularity", fitted_pop(fitted, val), fitted.calibration(val))
-                for s in (fitted.default, "popularity"):
-                    by_source[s] = by_source.get(s, 0) + int((source == s).sum())
+                for s_ in (fitted.default, "popularity"):
+                    by_source[s_] = by_source.get(s_, 0) + int((source == s_).sum())
                 _write_rows(fh, user_ids[start:start + batch], product[top], val, source, prob, k)
                 if progress:
                     progress(min(start + batch, len(users)), len(users))
