@@ -112,8 +112,8 @@ class ExportConfig:
     """Items per user."""
     filter_seen: bool = False
     """Drop items the user already interacted with."""
-    user_batch: int = 4096
-    """Users scored per batch (memory is user_batch x n_items floats)."""
+    user_batch: int = 512
+    """Users scored per batch (memory is user_batch x n_items floats; 512 matches the model's sub-batch)."""
 
 
 @dataclass

@@ -122,22 +122,28 @@ class ModelScorer:
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         rows = np.array([self.split.row_of_user.get(int(u), -1) for u in users], dtype=np.int64)
         has = rows >= 0
-        out = torch.empty(len(users), len(self.popularity.scores))
-        if not has.all():  # users with no input: the log of normalized popularity
-            out[torch.as_tensor(~has)] = torch.log(self.popularity.normalized + 1e-12)[None, :]
-        if has.any():
-            was_training = self.model.training
-            self.model.eval()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if has.all() and len(users) <= self.SUB_BATCH:  # the common export case: no copy
+                return self._score(rows)
+            out = torch.empty(len(users), len(self.popularity.scores))
+            if not has.all():  # users with no input: the log of normalized popularity
+                out[torch.as_tensor(~has)] = torch.log(self.popularity.normalized + 1e-12)[None, :]
             where = np.nonzero(has)[0]
             # short histories together, so that each sub-batch drops its all-padding columns
             order = where[np.argsort(self.split.n_events[rows[where]], kind="stable")]
             for start in range(0, len(order), self.SUB_BATCH):
                 pick = order[start:start + self.SUB_BATCH]
-                idx = torch.as_tensor(rows[pick])
-                batch = trim_padding({c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()})
-                out[torch.as_tensor(pick)] = self.model.score_purchase(batch).float().cpu()
+                out[torch.as_tensor(pick)] = self._score(rows[pick])
+            return out
+        finally:
             self.model.train(was_training)
-        return out
+
+    def _score(self, rows: np.ndarray) -> torch.Tensor:
+        idx = torch.as_tensor(rows)
+        batch = trim_padding({c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()})
+        return self.model.score_purchase(batch).float().cpu()
 
 
 def conversion_prior(events: dict[str, np.ndarray], n_items: int, strength: float = 20.0) -> torch.Tensor:

@@ -100,14 +100,21 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
     pop = popularity.scores.clone()
     pop[:2] = float("-inf")
     pop_val, pop_top = (t.numpy() for t in torch.topk(pop, k))
+    # users in order of history length: each batch then has one width (no padding columns to
+    # compute) and is scored as one block; the CSV lists users in that order
+    n_events = np.zeros(len(users), dtype=np.int64)
+    rows = np.array([w.split.row_of_user.get(int(x), -1) for x in users])
+    n_events[rows >= 0] = w.split.n_events[rows[rows >= 0]]
+    order = np.argsort(n_events, kind="stable")
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(",".join(COLUMNS) + "\n")
             for start in range(0, len(users), batch):
-                u = users[start:start + batch]
+                pick = order[start:start + batch]
+                u = users[pick]
                 # rows scored one by one over the catalog: the ranker's users, and under
                 # --filter-seen anyone with history; only these cost a users x catalog block
-                dense = warm[start:start + batch] & (use_ranker or filter_seen)
+                dense = warm[pick] & (use_ranker or filter_seen)
                 val = np.empty((len(u), k), dtype=np.float32)
                 top = np.empty((len(u), k), dtype=np.int64)
                 val[~dense], top[~dense] = pop_val, pop_top
@@ -128,7 +135,7 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
                 prob = np.where(source[:, None] == "popularity", fitted_pop(fitted, val), fitted.calibration(val))
                 for s_ in (fitted.default, "popularity"):
                     by_source[s_] = by_source.get(s_, 0) + int((source == s_).sum())
-                _write_rows(fh, user_ids[start:start + batch], product[top], val, source, prob, k)
+                _write_rows(fh, user_ids[pick], product[top], val, source, prob, k)
                 if progress:
                     progress(min(start + batch, len(users)), len(users))
         _verify(tmp, len(users), k)
