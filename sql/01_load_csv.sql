@@ -3,12 +3,13 @@
 --   by the runner, as the struct getvariable('input_columns') (item_id is renamed product_id).
 -- outputs: rows appended to raw_input; lines with the wrong field count or invalid UTF-8 appended
 --   to raw_rejects with their line number (one reject per line, whatever the number of errors).
--- parameters: input_path, input_columns.
+-- parameters: input_path (recorded in rejects), input_glob (the same path with glob characters
+--   escaped, for the reader), input_columns.
 insert into raw_input by name
 with parsed as (
     select *
     from read_csv(
-        getvariable('input_path'),
+        getvariable('input_glob'),
         header = true,
         auto_detect = false,
         delim = ',',

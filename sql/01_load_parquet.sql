@@ -2,7 +2,7 @@
 -- the same code path as for CSV.
 -- inputs: the file getvariable('input_path'); item column product_id or item_id (any case).
 -- outputs: rows appended to raw_input.
--- parameters: input_path.
+-- parameters: input_path (recorded), input_glob (escaped for the reader).
 insert into raw_input by name
 with parsed as (
     select
@@ -11,7 +11,7 @@ with parsed as (
         columns('(?i)^(product_id|item_id)$')::varchar as product_id,
         columns('(?i)^user_id$')::varchar as user_id,
         columns('(?i)^(category_id|category_code|brand|price|user_session)$')::varchar
-    from read_parquet(getvariable('input_path'))
+    from read_parquet(getvariable('input_glob'))
 ),
 
 template as (

@@ -43,7 +43,7 @@ final as (
             when event_at is null then 'unparseable event_time'
             when event_at < getvariable('min_event_at') or event_at > getvariable('max_event_at')
                 then 'event_time out of range'
-            when event_type_norm not in ('view', 'cart', 'purchase', 'remove_from_cart')
+            when event_type_norm is null or event_type_norm not in ('view', 'cart', 'purchase', 'remove_from_cart')
                 then 'unknown event_type'
             when price_text is not null and price_value is null then 'unparseable price'
             when isnan(price_value) or isinf(price_value) then 'non-finite price'

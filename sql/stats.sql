@@ -40,4 +40,4 @@ from windows as w
 order by w.window_start;
 
 -- name: parquet_columns
-select column_name from (describe select * from read_parquet(getvariable('input_path')));
+select column_name from (describe select * from read_parquet(getvariable('input_glob')));

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from glob import escape as glob_escape
 import os
 import re
 import shutil
@@ -25,7 +26,9 @@ import duckdb
 
 from purchasepred import __version__
 from purchasepred.config import PrepareConfig
-from purchasepred.data.inputs import InputFile, check_path, expand, inspect_csv, is_parquet, _canonical, _schema
+from purchasepred.data.inputs import (
+    InputFile, _canonical, _schema, check_path, duckdb_literal, expand, inspect_csv, is_parquet,
+)
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import sql_dir
 from purchasepred.train.checkpoint import to_json
@@ -99,6 +102,7 @@ def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection) -> list[InputFil
         check_path(path)
         if is_parquet(path):
             _set(con, "input_path", str(path))
+            _set(con, "input_glob", duckdb_literal(path))
             try:
                 names = [r["column_name"] for r in _rows(con, named_queries("stats.sql")["parquet_columns"])]
             except duckdb.Error as err:
@@ -140,6 +144,7 @@ def prepare(
     _check_out(out, force)
     paths = expand(raw)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_work_folders(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -160,6 +165,24 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PrepareSummary(out=out, manifest=manifest, seconds=time.perf_counter() - t0, audits=audits)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_work_folders(out: Path) -> None:
+    """Remove hidden work folders ('.OUT.tmp-PID', '.OUT.old-PID') of prepare runs that were killed."""
+    for folder in out.parent.glob(f".{glob_escape(out.name)}.*-*"):
+        kind, _, pid = folder.name[len(out.name) + 2:].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and folder.is_dir() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _content_hash(manifest: dict[str, Any]) -> str:
@@ -248,6 +271,7 @@ def _run(
 
 def _load_one(con: duckdb.DuckDBPyConnection, f: InputFile, sql: dict[str, str]) -> None:
     _set(con, "input_path", str(f.path))
+    _set(con, "input_glob", duckdb_literal(f.path))  # the reader opens exactly this file
     try:
         if f.format == "parquet":
             con.execute(sql[LOAD_PARQUET])

@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest, named_queries
 from purchasepred.errors import DatasetError
 from purchasepred.models.transformer import FEATURES, Vocab
@@ -48,7 +49,7 @@ class PreparedData:
         self._q = named_queries("read.sql")
 
     def _fetch(self, query: str, path_name: str, **variables: Any) -> dict[str, np.ndarray]:
-        self._con.execute("set variable path = ?", [str(self.path / f"{path_name}.parquet")])
+        self._con.execute("set variable path = ?", [duckdb_literal(self.path / f"{path_name}.parquet")])
         for name, value in variables.items():
             self._con.execute(f"set variable {name} = ?", [value])  # names are ours, values bound
         try:

@@ -109,10 +109,11 @@ def stage_checkpoint(path: Path, payload: dict[str, Any]) -> tuple[Path, str]:
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise CheckpointError(
-                f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint is kept. "
-                "Free disk space or fix permissions, then rerun with --resume"
-            ) from None
+            next_step = ("the previous checkpoint is kept. Free disk space or fix permissions, then rerun with --resume"
+                         if path.is_file() else
+                         "no checkpoint of this run was saved yet. Free disk space or fix permissions, then run the "
+                         "same command again")
+            raise CheckpointError(f"could not write checkpoint {path} ({err.strerror or err}); {next_step}") from None
         raise
 
 

@@ -368,11 +368,14 @@ class PurchasePred:
                     f"run {self.run_name} has already trained {epoch} epoch(s); pass --epochs larger than {epoch} to continue it"
                 )
         for folder in (self.run_dir, self.out_dir):
+            existed = folder.exists()
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 probe = folder / f".write-test-{os.getpid()}"
                 probe.write_bytes(b"")
                 probe.unlink()
+                if folder == self.out_dir and not existed:
+                    folder.rmdir()  # checked now, created at the end of the first epoch
             except OSError as err:
                 raise CheckpointError(
                     f"cannot write to {folder} ({err.strerror or err}); choose writable --set train.checkpoints_dir / "
