@@ -16,6 +16,7 @@ import typer
 from purchasepred import __version__
 from purchasepred import console as ui
 from purchasepred.errors import PurchasePredError
+from purchasepred.paths import make_parents, remove_empty
 
 app = typer.Typer(
     name="purchasepred",
@@ -74,26 +75,6 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _make_parent(path: Path) -> list[Path]:
-    """Create the folders above ``path``; returns those created (to remove again if the command fails)."""
-    missing = [p for p in reversed(path.parents) if not p.exists()]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
-        why = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or str(err))
-        raise PurchasePredError(f"cannot create {path} ({why}); choose another path") from None
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in reversed(folders):
-        try:
-            folder.rmdir()
-        except OSError:
-            break
-
-
 def _refuse_existing(path: Path, force: bool, flag: str = "--force") -> None:
     if path.exists() and not force:
         raise PurchasePredError(f"{path} already exists; pass {flag} to overwrite it or choose another path")
@@ -122,16 +103,16 @@ def synth(
     if schema not in ("rees46", "competition"):
         raise PurchasePredError(f"--schema must be rees46 or competition, got {schema!r}")
     _refuse_existing(out, force)
-    created = _make_parent(out)
+    created = make_parents(out)
     try:
         with ui.steps("synth") as step:
             s = generate(out, rows=rows, views_per_purchase=views_per_purchase, days=days, seed=seed,
                          schema=schema, progress=step, items=items)  # type: ignore[arg-type]
     except ValueError as err:
-        _remove_empty(created)
+        remove_empty(created)
         raise PurchasePredError(str(err)) from None
     except BaseException:
-        _remove_empty(created)
+        remove_empty(created)
         raise
     ui.show(ui.summary_table(f"synth -> {s.path}", [
         ("rows", s.rows), ("users", s.n_users), ("items", s.n_items), ("sessions", s.n_sessions),
@@ -167,12 +148,12 @@ def prepare(
         "prepare.memory_limit": memory_limit, "prepare.threads": threads,
     }, set_)
     ui.info(f"prepare settings: {cfg.prepare}")
-    created = [] if out.exists() else _make_parent(out)
+    created = [] if out.exists() else make_parents(out)
     try:
         with ui.steps("prepare") as step:
             summary = run_prepare(raw, out, cfg.prepare, force=force, step=step)
     except BaseException:
-        _remove_empty(created)  # nothing partial: not even the empty parent folders of --out
+        remove_empty(created)  # nothing partial: not even the empty parent folders of --out
         raise
     ui.show(prepare_table(summary.manifest, summary.out, summary.seconds))
 

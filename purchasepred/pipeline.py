@@ -13,7 +13,7 @@ from purchasepred.config import Config
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError
 from purchasepred.eval.evaluate import Fitted, evaluate, fit_on_valid, save_json
-from purchasepred.export.recommend import ExportSummary, export
+from purchasepred.export.recommend import ExportSummary, export, precheck_out
 from purchasepred.train.checkpoint import read_metadata, write_json
 from purchasepred.train.trainer import load_model, pick_device, run_paths
 
@@ -78,8 +78,9 @@ def export_run(cfg: Config, run: str, out: Path | None = None, k: int | None = N
                force: bool = False, data: Path | None = None, log: Callable[[str], None] | None = None,
                progress: Callable[[int, int], None] | None = None) -> ExportSummary:
     loaded = load_run(cfg, run, data)
-    fitted = fitted_for(loaded, cfg, log)
     target = Path(out) if out else loaded.out_dir / "recommendations.csv"
+    precheck_out(target, force)  # before the valid-window fit, which can take minutes on big data
+    fitted = fitted_for(loaded, cfg, log)
     return export(loaded.data, cfg, loaded.model, loaded.device, fitted, target, k or cfg.export.k,
                   cfg.export.filter_seen if filter_seen is None else filter_seen, force, progress)
 

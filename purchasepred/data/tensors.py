@@ -11,6 +11,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import tempfile
+
 import duckdb
 import numpy as np
 
@@ -40,12 +42,21 @@ class SplitData:
     row_of_user: dict[int, int] = field(default_factory=dict)
 
 
+def reader_connection() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for reading; if it ever spills, it does so in the system temp folder
+    (DuckDB's default would be ``.tmp`` in the working directory)."""
+    con = duckdb.connect()
+    con.execute("set variable spill = ?", [str(Path(tempfile.gettempdir()) / "purchasepred-duckdb")])
+    con.execute("set temp_directory = getvariable('spill')")
+    return con
+
+
 class PreparedData:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.manifest = load_manifest(self.path)
         self.max_len = int(self.manifest["max_len"])
-        self._con = duckdb.connect()
+        self._con = reader_connection()
         self._q = named_queries("read.sql")
 
     def _fetch(self, query: str, path_name: str, **variables: Any) -> dict[str, np.ndarray]:

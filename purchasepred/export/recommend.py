@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import duckdb
 import numpy as np
 import torch
 
 from purchasepred.config import Config
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import named_queries
-from purchasepred.data.tensors import PreparedData
+from purchasepred.data.tensors import PreparedData, reader_connection
 from purchasepred.errors import PurchasePredError
+from purchasepred.paths import make_parents, remove_empty
 from purchasepred.eval.evaluate import Fitted, build_window
 
 COLUMNS = ("user_id", "item_id", "rank", "score", "source", "purchase_probability")
@@ -39,31 +39,30 @@ class ExportSummary:
     seconds: float
 
 
+def precheck_out(out: Path, force: bool) -> None:
+    """The checks of --out that change nothing, run before any slow work (fitting, scoring)."""
+    if out.exists() and out.is_dir():
+        raise PurchasePredError(f"--out {out} is a directory; give a file path such as {out}/recommendations.csv")
+    if out.exists() and not force:
+        raise PurchasePredError(f"{out} already exists; pass --force to overwrite it or choose another --out")
+    anchor = next((p for p in out.parents if p.exists()), Path("."))
+    if not anchor.is_dir():
+        raise PurchasePredError(f"cannot create folder {out.parent} ({anchor} is a file, not a folder); choose a writable --out")
+    if not os.access(anchor, os.W_OK):
+        raise PurchasePredError(f"folder {anchor} is not writable; choose another --out or fix its permissions")
+
+
 def _check_writable(out: Path, force: bool) -> list[Path]:
     """Refuse an unusable --out; create its folder. Returns the folders created (removed again on failure)."""
     if out.exists() and out.is_dir():
         raise PurchasePredError(f"--out {out} is a directory; give a file path such as {out}/recommendations.csv")
     if out.exists() and not force:
         raise PurchasePredError(f"{out} already exists; pass --force to overwrite it or choose another --out")
-    created = [p for p in reversed(out.parents) if not p.exists()]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        blocker = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
-        why = f"{blocker} is a file, not a folder" if blocker is not None else err.strerror
-        raise PurchasePredError(f"cannot create folder {out.parent} ({why}); choose a writable --out") from None
+    created = make_parents(out)
     if not os.access(out.parent, os.W_OK):
-        _remove_empty(created)
+        remove_empty(created)
         raise PurchasePredError(f"folder {out.parent} is not writable; choose another --out or fix its permissions")
     return created
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in reversed(folders):
-        try:
-            folder.rmdir()
-        except OSError:
-            break
 
 
 def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
@@ -77,7 +76,7 @@ def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torc
     try:
         return _export(data, cfg, model, device, fitted, out, k, filter_seen, progress, t0)
     except BaseException:
-        _remove_empty(created)  # nothing partial: not even the folder made for --out
+        remove_empty(created)  # nothing partial: not even the folder made for --out
         raise
 
 
@@ -186,7 +185,7 @@ def _csv_field(value: str) -> str:
 
 
 def _verify(path: Path, n_users: int, k: int) -> None:
-    con = duckdb.connect()
+    con = reader_connection()
     con.execute("set variable path = ?", [duckdb_literal(path)])
     con.execute("set variable k = ?", [k])
     bad_users, n_seen = con.execute(named_queries("read.sql")["export_check"]).fetchone()
