@@ -89,15 +89,15 @@ final as (
         user_idx,
         n_events,
         last_event_at,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.item_idx) as item_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.brand_idx) as brand_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.category_idx) as category_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.event_type_id) as event_type_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.price_bucket) as price_bucket,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.hour_id) as hour_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.weekday_id) as weekday_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.gap_bucket) as gap_bucket,
-        list_resize([]::bigint[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.ts) as ts
+        left_pad(list_transform(steps, lambda x: x.item_idx), getvariable('max_len')) as item_idx,
+        left_pad(list_transform(steps, lambda x: x.brand_idx), getvariable('max_len')) as brand_idx,
+        left_pad(list_transform(steps, lambda x: x.category_idx), getvariable('max_len')) as category_idx,
+        left_pad(list_transform(steps, lambda x: x.event_type_id), getvariable('max_len')) as event_type_id,
+        left_pad(list_transform(steps, lambda x: x.price_bucket), getvariable('max_len')) as price_bucket,
+        left_pad(list_transform(steps, lambda x: x.hour_id), getvariable('max_len')) as hour_id,
+        left_pad(list_transform(steps, lambda x: x.weekday_id), getvariable('max_len')) as weekday_id,
+        left_pad(list_transform(steps, lambda x: x.gap_bucket), getvariable('max_len')) as gap_bucket,
+        left_pad(list_transform(steps, lambda x: x.ts), getvariable('max_len')) as ts
     from grouped
 )
 
@@ -161,18 +161,18 @@ final as (
         chunk,
         n as n_events,
         last_event_at,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.item_idx) as item_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.brand_idx) as brand_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.category_idx) as category_idx,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.event_type_id) as event_type_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.price_bucket) as price_bucket,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.hour_id) as hour_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.weekday_id) as weekday_id,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.gap_bucket) as gap_bucket,
-        list_resize([]::bigint[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.ts) as ts,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.next_target) as next_target,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.purchase_target) as purchase_target,
-        list_resize([]::integer[], getvariable('max_len') - n, 0) || list_transform(steps, lambda x: x.cart_target) as cart_target
+        left_pad(list_transform(steps, lambda x: x.item_idx), getvariable('max_len')) as item_idx,
+        left_pad(list_transform(steps, lambda x: x.brand_idx), getvariable('max_len')) as brand_idx,
+        left_pad(list_transform(steps, lambda x: x.category_idx), getvariable('max_len')) as category_idx,
+        left_pad(list_transform(steps, lambda x: x.event_type_id), getvariable('max_len')) as event_type_id,
+        left_pad(list_transform(steps, lambda x: x.price_bucket), getvariable('max_len')) as price_bucket,
+        left_pad(list_transform(steps, lambda x: x.hour_id), getvariable('max_len')) as hour_id,
+        left_pad(list_transform(steps, lambda x: x.weekday_id), getvariable('max_len')) as weekday_id,
+        left_pad(list_transform(steps, lambda x: x.gap_bucket), getvariable('max_len')) as gap_bucket,
+        left_pad(list_transform(steps, lambda x: x.ts), getvariable('max_len')) as ts,
+        left_pad(list_transform(steps, lambda x: x.next_target), getvariable('max_len')) as next_target,
+        left_pad(list_transform(steps, lambda x: x.purchase_target), getvariable('max_len')) as purchase_target,
+        left_pad(list_transform(steps, lambda x: x.cart_target), getvariable('max_len')) as cart_target
     from grouped
 )
 

@@ -31,7 +31,7 @@ from purchasepred.data.inputs import (
 )
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import sql_dir
-from purchasepred.train.checkpoint import to_json
+from purchasepred.train.checkpoint import sha256_file, to_json
 
 SCHEMA_VERSION = 1
 
@@ -75,14 +75,6 @@ def named_queries(filename: str) -> dict[str, str]:
 
 def sql_hashes() -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(sql_dir().glob("*.sql"))}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _set(con: duckdb.DuckDBPyConnection, name: str, value: Any) -> None:
