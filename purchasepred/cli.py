@@ -483,7 +483,8 @@ def run_all(
     write_summary(out_dir / "run_summary.json", summary_json)
     ui.show(ui.summary_table(f"run {name}", [
         ("rows read / rejected", f"{prep.manifest['rows_read']:,} / {prep.manifest['rows_rejected']:,}"),
-        ("epochs, best valid NDCG@10", f"{summary.epochs_done}, {summary.best_valid_ndcg10}"),
+        ("epochs, best valid NDCG@10", f"{summary.epochs_done}, "
+         + (f"{summary.best_valid_ndcg10:.4f}" if summary.best_valid_ndcg10 is not None else "n/a")),
         (f"test NDCG@{k0} popularity / history", f"{summary_json['test']['popularity']:.4f} / {summary_json['test']['history']:.4f}"),
         (f"test NDCG@{k0} transformer / blend", f"{summary_json['test']['model']:.4f} / {summary_json['test']['blend']:.4f}"),
         ("default ranker (chosen on valid)", result["default"]),

@@ -7,7 +7,10 @@ from typing import Any
 
 import duckdb
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from purchasepred.cli import app
 from purchasepred.config import PrepareConfig
 from purchasepred.data import prepare as prep
 from purchasepred.data.synth import SynthSummary, generate
@@ -66,3 +69,34 @@ SYNTH_CFG = PrepareConfig(max_len=20, eval_days=3)
 def synth_prepared(synth_csv: tuple[Path, SynthSummary], tmp_path_factory: pytest.TempPathFactory) -> prep.PrepareSummary:
     path, _ = synth_csv
     return prep.prepare([str(path)], tmp_path_factory.mktemp("synth_out") / "prepared", SYNTH_CFG)
+
+
+# ------------------------------------------------------------------ CLI helpers shared by the test files
+runner = CliRunner()
+
+
+def invoke(*args: Any):
+    """Run the CLI in-process; every argument is turned into a string."""
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def clean_failure(result, *needles: str, code: int = 1) -> str:
+    """Exit ``code``, no traceback, exactly one ``error:`` line (not an unexpected one) with every needle."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("error: ") and "unexpected" not in line, line
+    for needle in needles:
+        assert str(needle) in line, (needle, line)
+    return line
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: one intra-op torch thread is much faster than two under load."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,45 +12,14 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from purchasepred.cli import app
 from purchasepred.data.synth import generate
+from conftest import invoke, clean_failure
 
 TINY = ["--set", "model.d_model=16", "--set", "model.n_layers=1", "--set", "train.device=cpu"]
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is much faster than two under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
-
-
 def ok(result) -> None:
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output and "error:" not in result.output
-
-
-def clean_failure(result, *needles: str, code: int = 1) -> str:
-    """Exit ``code``, no traceback, exactly one error line containing every needle."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    line = lines[0]
-    assert line.startswith("error: ") and "unexpected" not in line, line
-    for needle in needles:
-        assert needle in line, (needle, line)
-    return line
 
 
 @pytest.fixture(scope="module")

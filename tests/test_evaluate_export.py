@@ -35,15 +35,6 @@ SOURCES = {"model", "blend", "history", "popularity"}
 RUN = "E"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is much faster than two under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Trained:
     def __init__(self, root: Path, raw: Path, data: PreparedData, cfg: Config) -> None:
         self.root, self.raw, self.data, self.cfg = root, raw, data, cfg

@@ -22,10 +22,8 @@ from typing import Any
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import TINY
-from purchasepred.cli import app
+from conftest import invoke, clean_failure, TINY
 from purchasepred.config import Config, PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
@@ -36,33 +34,6 @@ from purchasepred.train.trainer import PurchasePred, TrainSummary, load_model
 SETS = ["model.d_model=16", "model.n_layers=1", "train.batch_size=64", "train.device=cpu", "train.seed=3",
         "train.purchase_weight=50"]
 EPOCHS = 3
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread, as the child processes get (OMP_NUM_THREADS=1): the same arithmetic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def invoke(*args: Any):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def clean_failure(result, *needles: str, code: int = 1) -> str:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: ") and "unexpected" not in lines[0], lines[0]
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 def child(*args: Any, cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", COLUMNS="200")
     return subprocess.Popen([sys.executable, "-m", "purchasepred", *map(str, args)], cwd=cwd, env=env,

@@ -30,15 +30,6 @@ PURCHASE_ONLY = ("buy_proj.weight", "buy_proj.bias", "buy_bias", "repeat_q.weigh
                  "repeat_k.weight", "repeat_k.bias", "gate.weight", "gate.bias", "repeat_bias")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~20x faster than two under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model(seed: int = 0, d: int = 16, layers: int = 2, repeat: bool = True, dropout: float = 0.0,
                max_len: int = MAX_LEN) -> TransformerRecommender:
     torch.manual_seed(seed)

@@ -28,9 +28,8 @@ from typing import Any, Callable
 import duckdb
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import TINY, open_prepared, rows
+from conftest import runner, invoke, clean_failure, TINY, open_prepared, rows
 from purchasepred.cli import app
 from purchasepred.config import PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
@@ -42,35 +41,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "purchasepred"
 REPO = PACKAGE.parent
 TINY_MODEL = ["--set", "model.d_model=16", "--set", "model.n_layers=1", "--set", "train.batch_size=64",
               "--set", "train.device=cpu"]
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is much faster than two under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def clean_failure(result, *needles: str, code: int = 1) -> str:
-    """Exit ``code``, no traceback, exactly one ``error:`` line (not an unexpected one) with every needle."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    line = lines[0]
-    assert line.startswith("error: ") and "unexpected" not in line, line
-    for needle in needles:
-        assert str(needle) in line, (needle, line)
-    return line
-
-
 def snapshot(*roots: Path) -> set[tuple[str, int]]:
     """Every file and folder under ``roots`` (path, size): what a failed command must leave unchanged."""
     out = set()

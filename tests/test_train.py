@@ -34,15 +34,6 @@ TINY = ["model.d_model=16", "model.n_layers=1", "train.batch_size=64", "train.de
         "train.purchase_weight=50"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is much faster than two under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _prepared(root: Path, seed: int) -> PreparedData:
     raw = root / f"events-{seed}.csv"
     generate(raw, rows=30_000, days=30, seed=seed)

@@ -7,11 +7,9 @@ only then applied to the test window. See :mod:`purchasepred.eval.protocol` for 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from purchasepred.config import Config, config_from_dict, dump_yaml
-from purchasepred.data.tensors import SEQ_COLUMNS, TARGETS, PreparedData
+from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError, DatasetError
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.eval.rankers import ModelScorer, Popularity
