@@ -245,7 +245,3 @@ def fit_history(events: _UserEvents, popularity: Popularity, valid: SplitData, c
         if score > best[1]:
             best = (params, score)
     return best
-
-
-def params_dict(params: HistoryParams) -> dict[str, float]:
-    return asdict(params)
