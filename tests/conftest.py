@@ -100,3 +100,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------ a hostile checkpoint payload
+def _write_marker(path: str) -> str:
+    Path(path).write_text("code from a checkpoint ran")
+    return path
+
+
+class Payload:
+    """Unpickling this runs ``_write_marker``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return (_write_marker, (self.marker,))

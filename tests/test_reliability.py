@@ -29,7 +29,7 @@ import duckdb
 import pytest
 import torch
 
-from conftest import runner, invoke, clean_failure, TINY, open_prepared, rows
+from conftest import Payload, runner, invoke, clean_failure, TINY, open_prepared, rows
 from purchasepred.cli import app
 from purchasepred.config import PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
@@ -254,21 +254,6 @@ def _truncated_checkpoint(w: World, tmp: Path, mp: pytest.MonkeyPatch):
     best = w.copy_run("r", "r-cut") / "best.pt"
     best.write_bytes(best.read_bytes()[:-100])
     return ["evaluate", "--run", "r-cut", *w.dirs()], [best, "sha256 recorded in metadata.json", "train again"]
-
-
-def _write_marker(path: str) -> str:
-    Path(path).write_text("code from a checkpoint ran")
-    return path
-
-
-class Payload:
-    """Unpickling this runs ``_write_marker``: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple:
-        return (_write_marker, (self.marker,))
 
 
 def _pickled_checkpoint(w: World, tmp: Path, mp: pytest.MonkeyPatch):

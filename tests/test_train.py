@@ -29,6 +29,7 @@ from purchasepred.errors import CheckpointError, ConfigError, PurchasePredError
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.train import checkpoint as ckpt
 from purchasepred.train.trainer import PurchasePred, TrainSummary, load_model, lr_at, param_groups
+from conftest import Payload
 
 TINY = ["model.d_model=16", "model.n_layers=1", "train.batch_size=64", "train.device=cpu", "train.seed=3",
         "train.purchase_weight=50"]
@@ -265,21 +266,6 @@ def test_truncated_checkpoint_is_detected_by_sha256(root: Path, data: PreparedDa
     (run_dir / "metadata.json").unlink()
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         PurchasePred(make_cfg(root, 4), data, "A-truncated").fit(resume=True)
-
-
-def _write_marker(path: str) -> str:
-    Path(path).write_text("code from a checkpoint ran")
-    return path
-
-
-class Payload:
-    """Unpickling this runs ``_write_marker``: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple:
-        return (_write_marker, (self.marker,))
 
 
 def test_checkpoint_with_a_pickled_object_is_refused_and_never_run(
