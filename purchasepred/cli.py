@@ -129,8 +129,10 @@ def prepare(
     max_len: Annotated[Optional[int], typer.Option(help="Events per sequence.")] = None,
     min_item_count: Annotated[Optional[int], typer.Option(help="Items seen fewer times become 'unknown'.")] = None,
     eval_days: Annotated[Optional[float], typer.Option(help="Days in the test window and in the valid window (fractions allowed).")] = None,
-    memory_limit: Annotated[Optional[str], typer.Option(help="DuckDB memory limit, e.g. 1GB (spills to disk beyond).")] = None,
+    memory_limit: Annotated[Optional[str], typer.Option(help="DuckDB memory limit: a share of RAM (default 50%) or a size such as 1GB; spills to --temp-dir beyond.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="DuckDB threads.")] = None,
+    temp_dir: Annotated[Optional[Path], typer.Option(help="Folder for DuckDB's spill files (default: next to --out).")] = None,
+    schema: Annotated[Optional[str], typer.Option(help="Input preset: rees46, competition (both detected by header), retailrocket, taobao, tianchi; map other logs with --set input.user=COLUMN ...")] = None,
     force: ForceOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -138,6 +140,7 @@ def prepare(
     """Turn a raw event log into sessionized, encoded sequence tables (SQL files run in DuckDB).
 
     Example: purchasepred prepare 'logs/2019-Oct*.csv.gz' --out prepared --eval-days 7
+    Example: purchasepred prepare UserBehavior.csv --schema taobao --out prepared
     """
     from purchasepred.config import load_config
     from purchasepred.data.prepare import prepare as run_prepare
@@ -146,12 +149,14 @@ def prepare(
         "prepare.session_gap_minutes": session_gap, "prepare.max_len": max_len,
         "prepare.min_item_count": min_item_count, "prepare.eval_days": eval_days,
         "prepare.memory_limit": memory_limit, "prepare.threads": threads,
+        "prepare.temp_dir": str(temp_dir) if temp_dir is not None else None, "input.schema": schema,
     }, set_)
     ui.info(f"prepare settings: {cfg.prepare}")
+    ui.info(f"input mapping: { {k: v for k, v in vars(cfg.input).items() if v is not None} or 'detected from the header'}")
     created = [] if out.exists() else make_parents(out)
     try:
         with ui.steps("prepare") as step:
-            summary = run_prepare(raw, out, cfg.prepare, force=force, step=step)
+            summary = run_prepare(raw, out, cfg.prepare, force=force, step=step, input_cfg=cfg.input)
     except BaseException:
         remove_empty(created)  # nothing partial: not even the empty parent folders of --out
         raise
@@ -164,6 +169,9 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
         ("rejected", m["rows_rejected"]),
     ]
     rows += [(f"  rejected: {reason}", n) for reason, n in m["rejects_by_reason"].items()]
+    if m.get("rows_ignored"):
+        rows.append(("ignored (by the mapping)", m["rows_ignored"]))
+        rows += [(f"  ignored: {value}", n) for value, n in m["ignored_by_value"].items()]
     rows += [
         ("exact duplicates removed", m["rows_duplicate"]),
         ("kept", m["rows_kept"]),
@@ -178,6 +186,8 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     for split, w in m["windows"].items():
         rows.append((f"window {split}", f"{w['window_start']} .. {w['window_end']}  "
                      f"users with inputs {w['n_users_with_inputs']:,}, buyers {w['n_users_with_purchases']:,}"))
+    rows += [(f"  step {s['step']}", f"{s['seconds']:.2f} s" + (f", {s['rows']:,} rows" if s["rows"] is not None else ""))
+             for s in m.get("steps", [])]
     rows.append(("seconds", seconds))
     return ui.summary_table(f"prepare -> {out}", rows)
 
@@ -455,7 +465,7 @@ def run_all(
             inputs = [str(demo)]
         step("prepare")
         prepared = out_dir / "prepared"
-        prep = run_prepare(inputs, prepared, cfg.prepare, force=False)
+        prep = run_prepare(inputs, prepared, cfg.prepare, force=False, input_cfg=cfg.input)
         cfg.train.data = str(prepared)
         step("train")
         trainer = PurchasePred(cfg, PreparedData(prepared), name)

@@ -31,7 +31,7 @@ flagged as (
 
 final as (
     select
-        user_key, seq, event_at, event_type, item_key, session_key, category_key, category_code, brand,
+        user_key, seq, event_at, event_type_id, item_key, session_key, category_key, category_code, brand,
         price, gap_seconds, is_session_start,
         sum(is_session_start::integer) over (partition by user_key order by seq)::integer as session_no
     from flagged

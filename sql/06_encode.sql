@@ -15,17 +15,16 @@ with joined as (
         s.seq,
         s.event_at,
         epoch(s.event_at)::bigint as ts,
-        case s.event_type when 'view' then 1 when 'cart' then 2 when 'purchase' then 3 else 4 end::tinyint
-            as event_type_id,
+        s.event_type_id,
         i.item_idx,
         s.item_key as product_id,
-        coalesce(b.brand_idx, 1) as brand_idx,
-        coalesce(c.category_idx, 1) as category_idx,
-        case when s.price is null or s.price <= 0 then 1
+        coalesce(b.brand_idx, unknown_id()) as brand_idx,
+        coalesce(c.category_idx, unknown_id()) as category_idx,
+        case when s.price is null or s.price <= 0 then unknown_id()
             else least(2 + floor(2 * log2(1 + s.price)), 31) end::tinyint as price_bucket,
         (hour(s.event_at) + 1)::tinyint as hour_id,
         isodow(s.event_at)::tinyint as weekday_id,
-        case when s.gap_seconds is null then 1
+        case when s.gap_seconds is null then unknown_id()
             else least(2 + floor(log2(1 + s.gap_seconds)), 27) end::tinyint as gap_bucket,
         s.session_no,
         s.is_session_start
@@ -43,9 +42,9 @@ with_next as (
         *,
         lead(item_idx) over w as next_item_idx,
         lead(ts) over w as next_ts,
-        min(case when event_type_id = 3 then {'seq': seq, 'item_idx': item_idx, 'ts': ts} end) over w_after
+        min(case when event_type_id = purchase_id() then {'seq': seq, 'item_idx': item_idx, 'ts': ts} end) over w_after
             as next_purchase,
-        min(case when event_type_id = 2 then {'seq': seq, 'item_idx': item_idx, 'ts': ts} end) over w_after
+        min(case when event_type_id = cart_id() then {'seq': seq, 'item_idx': item_idx, 'ts': ts} end) over w_after
             as next_cart
     from joined
     window
