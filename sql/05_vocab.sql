@@ -8,19 +8,15 @@
 -- Every table is ordered by its id and then its raw value, so that the files are byte-identical run to run.
 -- parameters: min_item_count.
 create or replace table users as
-with counts as (
-    select user_key, count(*) as n_events, min(event_at) as first_event_at, max(event_at) as last_event_at
-    from sessionized
-    group by user_key
-)
-
+-- user_idx comes from sessionize (users in user_key order, from first_id())
 select
-    (row_number() over (order by user_key) + first_id() - 1)::integer as user_idx,
-    user_key as user_id,
-    n_events,
-    first_event_at,
-    last_event_at
-from counts
+    user_idx,
+    any_value(user_key) as user_id,
+    count(*) as n_events,
+    min(event_at) as first_event_at,
+    max(event_at) as last_event_at
+from sessionized
+group by user_idx
 order by user_idx;
 
 create or replace table brands as

@@ -143,9 +143,10 @@ def test_validate_types_the_valid_rows(tiny_db: duckdb.DuckDBPyConnection) -> No
 
 
 def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.DuckDBPyConnection) -> None:
-    assert rows(tiny_db, "select count(*), sum(copies) from clean") == [(18, 19)]
-    assert rows(tiny_db, "select user_key, event_type_id, item_key, event_at, copies from clean where copies > 1") == [
-        ("100", 2, "1001", datetime(2019, 10, 1, 10, 2), 2),
+    # 19 valid rows, one exact duplicate (the cart of line 5) left out
+    assert rows(tiny_db, "select count(*) from clean") == [(18,)]
+    assert rows(tiny_db, "select user_key, item_key, event_at from clean where event_type_id = 2") == [
+        ("100", "1001", datetime(2019, 10, 1, 10, 2)),
     ]
     assert rows(tiny_db, "select user_key, item_key, event_at from clean where is_repeat_view") == [
         ("100", "1001", datetime(2019, 10, 1, 10, 1)),
@@ -154,10 +155,12 @@ def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.Duc
     # and a user's first event with no user_session (user 200)
     assert rows(tiny_db, "select count(*) from clean where user_key = '300' and item_key = '1003' and event_type_id = 1") == [(2,)]
     assert rows(tiny_db, "select count(*) from clean where user_key = '400' and not is_repeat_view") == [(2,)]
-    assert rows(tiny_db, "select event_at from clean where user_key = '200' and seq = 1 and not is_repeat_view") == [
+    assert rows(tiny_db, "select event_at from clean where user_key = '200' and is_user_start") == [
         (datetime(2019, 10, 2, 9, 0),),
     ]
-    assert rows(tiny_db, "select count(*) from clean where is_repeat_view is null") == [(0,)]
+    assert rows(tiny_db, "select count(*) from clean where is_repeat_view is null or is_user_start is null") == [(0,)]
+    # stored in the one order every later step reads: user, then time
+    assert rows(tiny_db, "select list(user_key) = list_sort(list(user_key)) from clean") == [(True,)]
 
 
 def test_sessionize_splits_by_gap_and_session_id(tiny_db: duckdb.DuckDBPyConnection) -> None:
