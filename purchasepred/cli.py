@@ -16,7 +16,7 @@ import typer
 from purchasepred import __version__
 from purchasepred import console as ui
 from purchasepred.errors import PurchasePredError
-from purchasepred.paths import make_parents, remove_empty
+from purchasepred.fileio import make_parents, remove_empty
 
 app = typer.Typer(
     name="purchasepred",
@@ -434,7 +434,8 @@ def run_all(
     from purchasepred.data.synth import generate
     from purchasepred.data.tensors import PreparedData
     from purchasepred.pipeline import evaluate_run, export_run, write_summary
-    from purchasepred.train.trainer import PurchasePred, run_paths
+    from purchasepred.runs import run_paths
+    from purchasepred.train.trainer import PurchasePred
 
     name = run_name or ("demo" if not raw else _run_name(None))
     cfg = load_config(config, {"train.epochs": epochs, "train.purchase_weight": purchase_weight,

@@ -29,7 +29,8 @@ from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.train import checkpoint as ckpt
-from purchasepred.train.trainer import PurchasePred, TrainSummary, load_model
+from purchasepred.runs import load_model
+from purchasepred.train.trainer import PurchasePred, TrainSummary
 
 SETS = ["model.d_model=16", "model.n_layers=1", "train.batch_size=64", "train.device=cpu", "train.seed=3",
         "train.purchase_weight=50"]

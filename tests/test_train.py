@@ -28,7 +28,8 @@ from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError, PurchasePredError
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.train import checkpoint as ckpt
-from purchasepred.train.trainer import PurchasePred, TrainSummary, load_model, lr_at, param_groups
+from purchasepred.runs import load_model
+from purchasepred.train.trainer import PurchasePred, TrainSummary, lr_at, param_groups
 from conftest import Payload
 
 TINY = ["model.d_model=16", "model.n_layers=1", "train.batch_size=64", "train.device=cpu", "train.seed=3",

@@ -19,7 +19,7 @@ import numpy as np
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest, named_queries
 from purchasepred.errors import DatasetError
-from purchasepred.models.transformer import FEATURES, Vocab
+from purchasepred.data.features import FEATURES, Vocab
 
 SEQ_COLUMNS = (*FEATURES, "ts")
 TARGETS = ("next_target", "purchase_target", "cart_target")

@@ -24,7 +24,6 @@ from purchasepred.eval.rankers import (
     Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, _UserEvents,
     conversion_prior, fit_blend, fit_history,
 )
-from purchasepred.train.checkpoint import write_json
 
 RANKERS = ("popularity", "history", "model", "blend")
 
@@ -201,6 +200,3 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         },
         "window": {"start": str(w.split.window_start), "end": str(w.split.window_end)},
     }
-
-
-save_json = write_json

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from purchasepred.data.tensors import SEQ_COLUMNS, SplitData
-from purchasepred.train.batching import trim_padding
+from purchasepred.models.batching import trim_padding
 
 POPULARITY_WEIGHTS = np.array([0.0, 1.0, 3.0, 10.0, 0.0])  # pad, view, cart, purchase, remove_from_cart
 
