@@ -117,7 +117,7 @@ def test_left_padding_does_not_change_the_last_output() -> None:
 # ---------------------------------------------------------------------------------------- learning
 def trainer_loss(model: TransformerRecommender, batch: dict[str, torch.Tensor], purchase_weight: float,
                  cart_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The trainer's own multi-task loss (the function PurchasePred._loss calls)."""
+    """The trainer's own multi-task loss (the function Trainer._loss calls)."""
     cfg = Config()
     cfg.train.purchase_weight, cfg.train.cart_weight = purchase_weight, cart_weight
     return multitask_loss(model, model.encode, batch, cfg.train, None)

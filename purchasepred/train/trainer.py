@@ -1,4 +1,4 @@
-"""PurchasePred: the training loop, readable top to bottom.
+"""Trainer: the training loop, readable top to bottom.
 
 Prepared train sequences become contiguous tensors once (on the GPU when training there); each
 step indexes a batch out of them. Loss = view_loss + purchase_weight * purchase_loss
@@ -124,7 +124,7 @@ def multitask_loss(
     return loss, parts
 
 
-class PurchasePred:
+class Trainer:
     """Trains a TransformerRecommender on a prepared dataset."""
 
     def __init__(self, cfg: Config, data: PreparedData, run_name: str) -> None:
