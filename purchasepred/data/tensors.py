@@ -19,7 +19,7 @@ import numpy as np
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest, named_queries
 from purchasepred.errors import DatasetError
-from purchasepred.data.features import FEATURES, Vocab
+from purchasepred.data.features import FEATURES, FIRST_ID, PAD, Vocab
 
 SEQ_COLUMNS = (*FEATURES, "ts")
 TARGETS = ("next_target", "purchase_target", "cart_target")
@@ -77,7 +77,8 @@ class PreparedData:
     @cached_property
     def vocab(self) -> Vocab:
         m = self.manifest
-        return Vocab(n_items=int(m["n_items"]) + 2, n_brands=int(m["n_brands"]) + 2, n_categories=int(m["n_categories"]) + 2)
+        return Vocab(n_items=int(m["n_items"]) + FIRST_ID, n_brands=int(m["n_brands"]) + FIRST_ID,
+                     n_categories=int(m["n_categories"]) + FIRST_ID)
 
     @cached_property
     def items(self) -> dict[str, np.ndarray]:
@@ -89,7 +90,7 @@ class PreparedData:
         n_events = np.zeros(n, dtype=np.int64)
         n_purchases = np.zeros(n, dtype=np.int64)
         category = np.ones(n, dtype=np.int64)
-        known = rows["item_idx"] >= 2
+        known = rows["item_idx"] >= FIRST_ID
         category[rows["item_idx"][known]] = rows["category_idx"][known]
         product[rows["item_idx"][known]] = rows["product_id"][known]
         n_events[rows["item_idx"][known]] = rows["n_events"][known]
@@ -104,7 +105,7 @@ class PreparedData:
         rows = self._fetch("train_sequences", "train_sequences")
         out = {c: self._stack(rows[c], np.int64) for c in (*SEQ_COLUMNS, *TARGETS)}
         for c in TARGETS:  # the unknown item 1 is not a target anyone can learn or rank
-            out[c][out[c] < 2] = 0
+            out[c][out[c] < FIRST_ID] = PAD
         return out
 
     def split(self, name: str) -> SplitData:
@@ -118,7 +119,7 @@ class PreparedData:
         width = int(counts.max()) if len(counts) else 1
         items = np.full((len(users), width), -1, dtype=np.int64)
         rare = -2 - np.arange(len(truth["item_idx"]))
-        ids = np.where(truth["item_idx"] >= 2, truth["item_idx"], rare)
+        ids = np.where(truth["item_idx"] >= FIRST_ID, truth["item_idx"], rare)
         for j in range(width):  # a few columns at most: vectorised over users
             has = counts > j
             items[has, j] = ids[starts[has] + j]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from purchasepred.config import Config
+from purchasepred.data.features import FIRST_ID
 from purchasepred.data.tensors import PreparedData, SplitData
 from purchasepred.errors import DatasetError
 from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability
@@ -132,7 +133,7 @@ def _seen_mask(window: Window) -> np.ndarray:
         hit = np.zeros(len(split.truth_users), dtype=bool)
         np.logical_or.at(hit, rows, user_items == t)
         seen[:, j] = hit
-    return seen & (split.truth_items >= 2)
+    return seen & (split.truth_items >= FIRST_ID)
 
 
 def _restricted(split: SplitData, keep: np.ndarray) -> SplitData:
@@ -159,7 +160,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
     unknown = (w.split.truth_items < -1)
     variants = {
         "seen_items": _restricted(w.split, seen),
-        "new_items": _restricted(w.split, ~seen & ((w.split.truth_items >= 2) | unknown)),
+        "new_items": _restricted(w.split, ~seen & ((w.split.truth_items >= FIRST_ID) | unknown)),
     }
     results: dict[str, Any] = {}
     for name in RANKERS:

@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from purchasepred.data.features import CART, PURCHASE, VIEW, per_event_type
 from purchasepred.data.tensors import SEQ_COLUMNS, SplitData
 from purchasepred.models.batching import trim_padding
 
-POPULARITY_WEIGHTS = np.array([0.0, 1.0, 3.0, 10.0, 0.0])  # pad, view, cart, purchase, remove_from_cart
+POPULARITY_WEIGHTS = np.array(per_event_type(view=1.0, cart=3.0, purchase=10.0))
 
 
 class _UserEvents:
@@ -82,7 +83,7 @@ class History:
 
     def __init__(self, events: _UserEvents, popularity: Popularity, cutoff_ts: int, params: HistoryParams) -> None:
         self.events, self.popularity, self.params = events, popularity, params
-        self.type_w = np.array([0.0, 1.0, params.cart, params.purchase, 0.0])
+        self.type_w = np.array(per_event_type(view=1.0, cart=params.cart, purchase=params.purchase))
         age = (cutoff_ts - events.ts).clip(min=0) / 86400.0
         self.weight = self.type_w[events.etype] * 0.5 ** (age / params.half_life_days)
 
@@ -150,8 +151,8 @@ def conversion_prior(events: dict[str, np.ndarray], n_items: int, strength: floa
     """log of each item's smoothed purchase rate per view, from the events before the cutoff:
     (purchases + 0.3 carts + strength * global rate) / (views + strength) (empirical Bayes)."""
     items, etype = events["item_idx"].astype(np.int64), events["event_type_id"].astype(np.int64)
-    views = np.bincount(items[etype == 1], minlength=n_items).astype(np.float64)
-    buys = np.bincount(items[etype == 3], minlength=n_items) + 0.3 * np.bincount(items[etype == 2], minlength=n_items)
+    views = np.bincount(items[etype == VIEW], minlength=n_items).astype(np.float64)
+    buys = np.bincount(items[etype == PURCHASE], minlength=n_items) + 0.3 * np.bincount(items[etype == CART], minlength=n_items)
     rate = (buys.sum() + 1.0) / (views.sum() + 1.0)
     return torch.as_tensor(np.log((buys + strength * rate) / (views + strength)), dtype=torch.float32)
 

@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from purchasepred.config import Config
+from purchasepred.data.features import FIRST_ID
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import named_queries
 from purchasepred.data.tensors import PreparedData, reader_connection
 from purchasepred.errors import PurchasePredError
 from purchasepred.fileio import atomic_path, check_new_output, make_parents, remove_empty
+from purchasepred.eval.protocol import top_k
 from purchasepred.eval.evaluate import Fitted, build_window
 
 COLUMNS = ("user_id", "item_id", "rank", "score", "source", "purchase_probability")
@@ -44,7 +46,7 @@ def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torc
            out: Path, k: int, filter_seen: bool, force: bool,
            progress: Callable[[int, int], None] | None = None) -> ExportSummary:
     t0 = time.perf_counter()
-    n_catalog = data.vocab.n_items - 2
+    n_catalog = data.vocab.n_items - FIRST_ID
     if k > n_catalog:
         raise PurchasePredError(f"--k {k} is larger than the catalog ({n_catalog} items with an id); lower --k")
     check_new_output(out, force)
@@ -72,8 +74,8 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
     batch = cfg.export.user_batch
     # users with no event on a known item all get the same list: rank the catalog once for them
     pop = popularity.scores.clone()
-    pop[:2] = float("-inf")
-    pop_val, pop_top = (t.numpy() for t in torch.topk(pop, k))
+    pop[:FIRST_ID] = float("-inf")
+    pop_val, pop_top = (t[0].numpy() for t in top_k(pop[None, :], k))
     # users in order of history length: each batch then has one width (no padding columns to
     # compute) and is scored as one block; the CSV lists users in that order
     n_events = np.zeros(len(users), dtype=np.int64)
@@ -94,11 +96,11 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
             if dense.any():
                 ud = u[dense]
                 scores = ranker(ud).float() if use_ranker else popularity(ud)
-                scores[:, :2] = float("-inf")
+                scores[:, :FIRST_ID] = float("-inf")
                 if filter_seen:
                     rows, idx = w.events.ranges(ud)
                     scores[torch.as_tensor(rows), torch.as_tensor(w.events.item[idx])] = float("-inf")
-                v, t = torch.topk(scores, k, dim=1)
+                v, t = top_k(scores, k)
                 del scores
                 val[dense], top[dense] = v.numpy(), t.numpy()
             if not np.isfinite(val).all():
@@ -123,7 +125,7 @@ def fitted_pop(fitted: Fitted, scores: np.ndarray) -> np.ndarray:
 
 def _fill_from_popularity(val: np.ndarray, top: np.ndarray, pop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-pop, kind="stable")
-    order = order[order >= 2]
+    order = order[order >= FIRST_ID]
     for i in np.where(~np.isfinite(val).all(1))[0]:
         keep = np.isfinite(val[i])
         chosen = list(top[i][keep])
