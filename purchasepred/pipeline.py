@@ -12,7 +12,7 @@ import torch
 from purchasepred.config import Config
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError
-from purchasepred.eval.evaluate import Fitted, evaluate, fit_on_valid
+from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid
 from purchasepred.export.recommend import ExportSummary, export
 from purchasepred.fileio import check_new_output, write_json
 from purchasepred.train.checkpoint import read_metadata
@@ -45,13 +45,13 @@ def load_run(cfg: Config, run: str, data: Path | None = None) -> LoadedRun:
     return LoadedRun(run, run_dir, out_dir, dataset, model, device, meta)
 
 
-def fitted_for(run: LoadedRun, cfg: Config, log: Callable[[str], None] | None = None) -> Fitted:
+def fitted_for(run: LoadedRun, cfg: Config, log: Callable[[str], None] | None = None) -> ValidFit:
     """The valid-window fit of a run, cached in output/<run>/ranker.json (refit when stale)."""
     path = run.out_dir / "ranker.json"
     sha = run.meta.get("checkpoints", {}).get("best.pt") or run.meta.get("checkpoints", {}).get("last.pt")
     if path.is_file():
         try:
-            fitted = Fitted.from_dict(json.loads(path.read_text()))
+            fitted = ValidFit.from_dict(json.loads(path.read_text()))
             if fitted.dataset_hash == run.data.manifest["content_hash"] and fitted.checkpoint_sha256 == sha:
                 return fitted
         except (KeyError, TypeError, json.JSONDecodeError):

@@ -131,7 +131,7 @@ def test_rank_best_rank_over_the_full_catalog_with_ties() -> None:
 def test_evaluate_scorer_on_a_hand_made_split() -> None:
     truth = np.array([[3, -1], [5, -1], [-2, -1], [2, 5]])
     split = SplitData(
-        split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2),
+        split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2), start_ts=1569888000,
         user_idx=np.arange(4), n_events=np.ones(4, dtype=np.int64), features={},
         truth_users=np.arange(4), truth_items=truth, n_relevant=np.array([1, 1, 1, 2]),
     )
@@ -166,7 +166,7 @@ def test_a_metric_does_not_depend_on_the_other_cutoffs_asked_for() -> None:
     rng = np.random.default_rng(1)
     truth = rng.integers(2, 60, size=(50, 3))
     split = SplitData(
-        split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2),
+        split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2), start_ts=1569888000,
         user_idx=np.arange(50), n_events=np.ones(50, dtype=np.int64), features={},
         truth_users=np.arange(50), truth_items=truth, n_relevant=np.full(50, 3),
     )

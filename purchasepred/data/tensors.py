@@ -5,7 +5,7 @@ Queries live in ``sql/read.sql``; paths and values reach them as DuckDB variable
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -32,14 +32,22 @@ class SplitData:
 
     split: str
     window_start: datetime
-    window_end: datetime
+    window_end: datetime  # exclusive: the last event of the log + 1 microsecond for test
+    start_ts: int  # window_start in unix seconds: the cutoff every ranker counts ages from
     user_idx: np.ndarray  # (U,) users with at least one event before the window
     n_events: np.ndarray  # (U,) events before the window (all of them, not only the last max_len)
     features: dict[str, np.ndarray]  # each (U, L)
     truth_users: np.ndarray  # (Ut,) users with at least one purchase in the window
     truth_items: np.ndarray  # (Ut, M) item ids, -1 padding; rare items get unique ids < -1 (never hit)
     n_relevant: np.ndarray  # (Ut,) distinct products bought
-    row_of_user: dict[int, int] = field(default_factory=dict)
+
+    def rows_of(self, users: np.ndarray) -> np.ndarray:
+        """The row of each user in ``user_idx`` (the users with inputs), -1 for users without."""
+        users = np.asarray(users, dtype=np.int64)
+        if len(self.user_idx) == 0:
+            return np.full(len(users), -1, dtype=np.int64)
+        pos = np.searchsorted(self.user_idx, users).clip(max=len(self.user_idx) - 1)
+        return np.where(self.user_idx[pos] == users, pos, -1)
 
 
 def reader_connection() -> duckdb.DuckDBPyConnection:
@@ -127,6 +135,7 @@ class PreparedData:
             split=name,
             window_start=window["window_start"][0].astype("datetime64[us]").item(),
             window_end=window["window_end"][0].astype("datetime64[us]").item(),
+            start_ts=int(window["start_ts"][0]),
             user_idx=seq["user_idx"].astype(np.int64),
             n_events=seq["n_events"].astype(np.int64),
             features={c: self._stack(seq[c], np.int64) for c in SEQ_COLUMNS},
@@ -134,7 +143,6 @@ class PreparedData:
             truth_items=items,
             n_relevant=counts.astype(np.int64),
         )
-        data.row_of_user = {int(u): i for i, u in enumerate(data.user_idx)}
         return data
 
     def events_before(self, window_start: Any) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ from purchasepred.data.tensors import PreparedData, reader_connection
 from purchasepred.errors import PurchasePredError
 from purchasepred.fileio import atomic_path, check_new_output, make_parents, remove_empty
 from purchasepred.eval.protocol import top_k
-from purchasepred.eval.evaluate import Fitted, build_window
+from purchasepred.eval.evaluate import ValidFit, build_window
 
 COLUMNS = ("user_id", "item_id", "rank", "score", "source", "purchase_probability")
 
@@ -42,7 +42,7 @@ class ExportSummary:
 
 
 
-def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
+def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: ValidFit,
            out: Path, k: int, filter_seen: bool, force: bool,
            progress: Callable[[int, int], None] | None = None) -> ExportSummary:
     t0 = time.perf_counter()
@@ -58,7 +58,7 @@ def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torc
         raise
 
 
-def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
+def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: ValidFit,
             out: Path, k: int, filter_seen: bool, progress: Callable[[int, int], None] | None, t0: float) -> ExportSummary:
     w = build_window(data, "all", cfg, model, device, fitted)
     users = data.users["user_idx"].astype(np.int64)
@@ -79,7 +79,7 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
     # users in order of history length: each batch then has one width (no padding columns to
     # compute) and is scored as one block; the CSV lists users in that order
     n_events = np.zeros(len(users), dtype=np.int64)
-    rows = np.array([w.split.row_of_user.get(int(x), -1) for x in users])
+    rows = w.split.rows_of(users)
     n_events[rows >= 0] = w.split.n_events[rows[rows >= 0]]
     order = np.argsort(n_events, kind="stable")
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
@@ -119,7 +119,7 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
                          time.perf_counter() - t0)
 
 
-def fitted_pop(fitted: Fitted, scores: np.ndarray) -> np.ndarray:
+def fitted_pop(fitted: ValidFit, scores: np.ndarray) -> np.ndarray:
     return fitted.popularity_calibration(scores) if fitted.popularity_calibration else np.zeros_like(scores)
 
 
