@@ -27,6 +27,7 @@ from purchasepred.eval.rankers import (
 )
 
 RANKERS = ("popularity", "history", "model", "blend")
+BASELINES = ("popularity", "history")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ValidFit:
     dataset_hash: str
     checkpoint_sha256: str | None = None
     popularity_calibration: Calibration | None = None
+    default_reason: str = "best NDCG@10 on the valid window"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +54,7 @@ class ValidFit:
             valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
             dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
+            default_reason=d.get("default_reason", cls.default_reason),
         )
 
 
@@ -108,10 +111,17 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     weights, scores["blend"] = fit_blend(
         lambda w: _ndcg10(Blend(valid.rankers["model"], history, w, valid.prior, valid.affinity), valid.split))
     valid.rankers["blend"] = Blend(valid.rankers["model"], history, weights, valid.prior, valid.affinity)
-    default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
+    n_buyers = len(valid.split.truth_users)
+    if n_buyers < cfg.eval.min_valid_buyers:
+        default = max(BASELINES, key=lambda r: (scores[r], -RANKERS.index(r)))
+        reason = (f"the stronger baseline on valid: only {n_buyers} valid buyers, fewer than eval.min_valid_buyers "
+                  f"= {cfg.eval.min_valid_buyers} needed to choose a learned ranker")
+    else:
+        default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
+        reason = f"best NDCG@10 on the valid window's {n_buyers} buyers"
     labels, scores_ = calibration_pairs(valid, default, cfg.export.k, seed=cfg.eval.seed)
     calibration = fit_platt(labels, scores_)
-    fitted = ValidFit(history=params, blend=weights, default=default, valid_ndcg10=scores,
+    fitted = ValidFit(history=params, blend=weights, default=default, default_reason=reason, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
                     checkpoint_sha256=checkpoint_sha256,
                     popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)))
@@ -164,7 +174,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         r = evaluate_scorer(w.rankers[name], w.split, ks, cfg.eval.bootstrap, cfg.eval.seed,
                             breakdowns={"with_history": has_history, "without_history": ~has_history})
         for vname, vsplit in variants.items():
-            r[vname] = (evaluate_scorer(w.rankers[name], vsplit, ks, 0, cfg.eval.seed)
+            r[vname] = (evaluate_scorer(w.rankers[name], vsplit, ks, cfg.eval.bootstrap, cfg.eval.seed)
                         if len(vsplit.truth_users) else {"users": 0})
         results[name] = r
     calib = fitted.calibration
@@ -179,7 +189,9 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "blend": results["blend"],
         "baselines": {"popularity": results["popularity"], "history": results["history"]},
         "default": fitted.default,
+        "default_reason": fitted.default_reason,
         "default_metrics": results[fitted.default],
+        "warnings": _warnings(w.split, split, cfg),
         "beats_history": bool(results["model"][f"ndcg@{ks[0]}"] > results["history"][f"ndcg@{ks[0]}"]),
         "default_beats_history": bool(results[fitted.default][f"ndcg@{ks[0]}"] >= results["history"][f"ndcg@{ks[0]}"]),
         "fitted_on_valid": {
@@ -196,3 +208,11 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         },
         "window": {"start": str(w.split.window_start), "end": str(w.split.window_end)},
     }
+
+
+def _warnings(split: SplitData, name: str, cfg: Config) -> list[str]:
+    n = len(split.truth_users)
+    if n >= cfg.eval.min_buyers:
+        return []
+    return [f"only {n} buyer(s) in the {name} window (fewer than eval.min_buyers = {cfg.eval.min_buyers}): its "
+            "metrics and intervals rest on too few users to compare rankers; use a longer window or more data"]

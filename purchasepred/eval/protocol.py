@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,23 +101,26 @@ def rank(
 
 
 def metrics(ranking: Ranking, split: SplitData, ks: list[int], n_boot: int = 1000, seed: int = 0,
-            user_mask: np.ndarray | None = None) -> dict[str, float]:
+            user_mask: np.ndarray | None = None) -> dict[str, Any]:
     """Averages (and bootstrap intervals) over the users of ``ranking`` (the split's buyers)."""
     truth, n_rel = split.truth_items, split.n_relevant
     top, best = ranking.top, ranking.best_rank
     if user_mask is not None:
         truth, n_rel, top, best = truth[user_mask], n_rel[user_mask], top[user_mask], best[user_mask]
-    out: dict[str, float] = {"users": int(len(top))}
+    out: dict[str, Any] = {"users": int(len(top))}
     for k in ks:
         nd = ndcg_at_k(top, truth, n_rel, k)
         hr = hit_rate_at_k(top, truth, k)
-        out[f"ndcg@{k}"] = float(nd.mean()) if len(nd) else float("nan")
-        lo, hi = bootstrap_ci(nd, n_boot, seed)
-        out[f"ndcg@{k}_ci"] = [lo, hi]  # type: ignore[assignment]
-        out[f"hr@{k}"] = float(hr.mean()) if len(hr) else float("nan")
-    rr = reciprocal_rank(best)
-    out["mrr"] = float(rr.mean()) if len(rr) else float("nan")
+        _mean_and_ci(out, f"ndcg@{k}", nd, n_boot, seed)
+        _mean_and_ci(out, f"hr@{k}", hr, n_boot, seed)
+    _mean_and_ci(out, "mrr", reciprocal_rank(best), n_boot, seed)
     return out
+
+
+def _mean_and_ci(out: dict[str, Any], key: str, per_user: np.ndarray, n_boot: int, seed: int) -> None:
+    """``out[key]`` = the mean over users, ``out[key + '_ci']`` = its 95% bootstrap interval."""
+    out[key] = float(per_user.mean()) if len(per_user) else float("nan")
+    out[f"{key}_ci"] = list(bootstrap_ci(per_user, n_boot, seed))
 
 
 def evaluate_scorer(scorer: Scorer, split: SplitData, ks: list[int], n_boot: int = 1000, seed: int = 0,
@@ -125,5 +129,5 @@ def evaluate_scorer(scorer: Scorer, split: SplitData, ks: list[int], n_boot: int
     ranking = rank(scorer, split.truth_users, max(ks), truth=split.truth_items)
     result: dict[str, object] = metrics(ranking, split, ks, n_boot, seed)
     for name, mask in (breakdowns or {}).items():
-        result[name] = metrics(ranking, split, ks, 0, seed, user_mask=mask) if mask.any() else {"users": 0}
+        result[name] = metrics(ranking, split, ks, n_boot, seed, user_mask=mask) if mask.any() else {"users": 0}
     return result
