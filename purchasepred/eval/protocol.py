@@ -89,8 +89,10 @@ def metrics(ranking: Ranking, split: SplitData, ks: list[int], n_boot: int = 100
         lo, hi = bootstrap_ci(nd, n_boot, seed)
         out[f"ndcg@{k}_ci"] = [lo, hi]  # type: ignore[assignment]
         out[f"hr@{k}"] = float(hr.mean()) if len(hr) else float("nan")
+        out[f"hr@{k}_ci"] = list(bootstrap_ci(hr, n_boot, seed))  # type: ignore[assignment]
     rr = reciprocal_rank(best)
     out["mrr"] = float(rr.mean()) if len(rr) else float("nan")
+    out["mrr_ci"] = list(bootstrap_ci(rr, n_boot, seed))  # type: ignore[assignment]
     return out
 
 
