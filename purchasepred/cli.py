@@ -410,6 +410,34 @@ def export_table(summary: Any) -> Any:
     ])
 
 
+@app.command()
+@handle_errors
+def report(
+    run: Annotated[list[str], typer.Option("--run", help="Run name (repeatable: several runs side by side).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default output/RUN/report.html).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a purchasepred report.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """One self-contained HTML page (figures embedded, opens offline) with the data, training, quality,
+    calibration and recommendation figures of a run; the figures also as PNG in output/RUN/figures/.
+
+    Example: purchasepred report --run demo --run demo2 --out compare.html
+    """
+    from purchasepred.config import load_config
+    from purchasepred.report.build import build_report
+
+    cfg = load_config(config, {}, set_)
+    with ui.steps("report") as step:
+        summary = build_report(cfg, run, out, force, log=step)
+    for line in summary.notes:
+        ui.info(f"[yellow]note:[/] {line}")
+    ui.show(ui.summary_table(f"report -> {summary.path}", [
+        ("runs", ", ".join(summary.runs)), ("figures", len(summary.figures)),
+        ("figures folder", str(summary.figures[0].parent) if summary.figures else "-"), ("seconds", summary.seconds),
+    ]))
+
+
 @app.command("run")
 @handle_errors
 def run_all(
@@ -481,6 +509,9 @@ def run_all(
         "default": result["default"], "metrics": str(metrics_path), "recommendations": str(exp.path),
     }
     write_summary(out_dir / "run_summary.json", summary_json)
+    from purchasepred.report.build import build_report
+
+    report_path = build_report(cfg, [name]).path
     ui.show(ui.summary_table(f"run {name}", [
         ("rows read / rejected", f"{prep.manifest['rows_read']:,} / {prep.manifest['rows_rejected']:,}"),
         ("epochs, best valid NDCG@10", f"{summary.epochs_done}, "
@@ -489,6 +520,7 @@ def run_all(
         (f"test NDCG@{k0} transformer / blend", f"{summary_json['test']['model']:.4f} / {summary_json['test']['blend']:.4f}"),
         ("default ranker (chosen on valid)", result["default"]),
         ("metrics", str(metrics_path)), ("recommendations", str(exp.path)), ("checkpoint", str(summary.checkpoint)),
+        ("report", str(report_path)),
     ]))
     ui.info(_verdict(result))
 
