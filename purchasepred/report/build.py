@@ -33,6 +33,7 @@ import yaml
 
 from purchasepred import __version__
 from purchasepred.config import Config
+from purchasepred.data.inputs import duckdb_literal
 from purchasepred.errors import PurchasePredError
 from purchasepred.paths import make_parents
 from purchasepred.report import figures as figs
@@ -277,11 +278,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _con(run: RunFiles, q: dict[str, str]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    assert run.prepared is not None
+    prepared = run.prepared or Path(".")
     tables = (run.manifest.body if run.manifest else {}).get("tables", {})
-    for t in ("events", "items", "users", "categories"):
-        con.execute(f"set variable {t} = ?", [str(run.prepared / tables.get(t, f"{t}.parquet"))])
-    con.execute("set variable recs = ?", [str(run.recs) if run.recs else ""])
+    for name in ("events", "items", "users", "categories"):
+        con.execute(f"set variable {name} = ?", [duckdb_literal(prepared / tables.get(name, f"{name}.parquet"))])
+    con.execute("set variable recs = ?", [duckdb_literal(run.recs) if run.recs else ""])
     return con
 
 
@@ -412,7 +413,7 @@ def quality_section(run: RunFiles, fig: Figures) -> str:
                    "95% bootstrap interval over users. Grey hatched bars are the baselines, coloured bars the models; "
                    "where two intervals overlap, the difference between them is not clear.",
                    "bar charts of ranking quality per ranker with intervals")]
-    out.append(f'<p class="{"verdict" if b.get("default_beats_history") else "verdict bad"}">{verdict(run, found)}</p>')
+    out.append(f'<p class="{"verdict" if b.get("default_beats_history") else "verdict bad"}">{verdict(mt, found)}</p>')
     header = ["ranker"]
     for k in ks:
         header += [f"NDCG@{k}", "95% interval"]
@@ -442,9 +443,8 @@ def quality_section(run: RunFiles, fig: Figures) -> str:
     return "".join(out)
 
 
-def verdict(run: RunFiles, found: dict[str, tuple[str, ...]]) -> str:
-    mt = run.metrics
-    assert mt is not None
+def verdict(mt: Source, found: dict[str, tuple[str, ...]]) -> str:
+    """The comparison in words: transformer against history (do the intervals overlap?), the default ranker."""
     b = mt.body
     k0 = b["k"][0]
     key = f"ndcg@{k0}"
