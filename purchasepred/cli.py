@@ -16,7 +16,7 @@ import typer
 from purchasepred import __version__
 from purchasepred import console as ui
 from purchasepred.errors import PurchasePredError
-from purchasepred.paths import make_parents, remove_empty
+from purchasepred.fileio import make_parents, remove_empty
 
 app = typer.Typer(
     name="purchasepred",
@@ -212,7 +212,7 @@ def train(
     """
     from purchasepred.config import dump_yaml, load_config
     from purchasepred.data.tensors import PreparedData
-    from purchasepred.train.trainer import PurchasePred
+    from purchasepred.train.trainer import Trainer
 
     if resume and not run_name:
         raise PurchasePredError("--resume needs --run-name R (the run to continue)")
@@ -225,7 +225,7 @@ def train(
     if not ui.is_quiet():
         ui.console.print(f"[bold]resolved config[/] (run {name}):\n{dump_yaml(cfg)}")
     dataset = PreparedData(Path(cfg.train.data))
-    trainer = PurchasePred(cfg, dataset, name)
+    trainer = Trainer(cfg, dataset, name)
     progress = ui.make_progress()
     with progress:
         bar: dict[str, Any] = {}
@@ -462,7 +462,8 @@ def run_all(
     from purchasepred.data.synth import generate
     from purchasepred.data.tensors import PreparedData
     from purchasepred.pipeline import evaluate_run, export_run, write_summary
-    from purchasepred.train.trainer import PurchasePred, run_paths
+    from purchasepred.runs import run_paths
+    from purchasepred.train.trainer import Trainer
 
     name = run_name or ("demo" if not raw else _run_name(None))
     cfg = load_config(config, {"train.epochs": epochs, "train.purchase_weight": purchase_weight,
@@ -486,7 +487,7 @@ def run_all(
         prep = run_prepare(inputs, prepared, cfg.prepare, force=False)
         cfg.train.data = str(prepared)
         step("train")
-        trainer = PurchasePred(cfg, PreparedData(prepared), name)
+        trainer = Trainer(cfg, PreparedData(prepared), name)
         summary = trainer.fit(on_epoch=lambda st: ui.info(
             f"  epoch {st.epoch}: view {st.view_loss:.4f} buy {st.purchase_loss:.4f} valid NDCG@10 "
             f"{st.valid.get('ndcg@10', float('nan')):.4f} ({st.tokens_per_s:,.0f} tokens/s)"))

@@ -12,10 +12,11 @@ import torch
 from purchasepred.config import Config
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError
-from purchasepred.eval.evaluate import Fitted, evaluate, fit_on_valid, save_json
-from purchasepred.export.recommend import ExportSummary, export, precheck_out
-from purchasepred.train.checkpoint import read_metadata, write_json
-from purchasepred.train.trainer import load_model, pick_device, run_paths
+from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid
+from purchasepred.export.recommend import ExportSummary, export
+from purchasepred.fileio import check_new_output, write_json
+from purchasepred.train.checkpoint import read_metadata
+from purchasepred.runs import load_model, pick_device, run_paths
 
 
 @dataclass
@@ -44,13 +45,13 @@ def load_run(cfg: Config, run: str, data: Path | None = None) -> LoadedRun:
     return LoadedRun(run, run_dir, out_dir, dataset, model, device, meta)
 
 
-def fitted_for(run: LoadedRun, cfg: Config, log: Callable[[str], None] | None = None) -> Fitted:
+def fitted_for(run: LoadedRun, cfg: Config, log: Callable[[str], None] | None = None) -> ValidFit:
     """The valid-window fit of a run, cached in output/<run>/ranker.json (refit when stale)."""
     path = run.out_dir / "ranker.json"
     sha = run.meta.get("checkpoints", {}).get("best.pt") or run.meta.get("checkpoints", {}).get("last.pt")
     if path.is_file():
         try:
-            fitted = Fitted.from_dict(json.loads(path.read_text()))
+            fitted = ValidFit.from_dict(json.loads(path.read_text()))
             if fitted.dataset_hash == run.data.manifest["content_hash"] and fitted.checkpoint_sha256 == sha:
                 return fitted
         except (KeyError, TypeError, json.JSONDecodeError):
@@ -58,7 +59,7 @@ def fitted_for(run: LoadedRun, cfg: Config, log: Callable[[str], None] | None = 
     if log:
         log("fitting history weights, blend weight and calibration on the valid window")
     fitted, _ = fit_on_valid(run.data, cfg, run.model, run.device, sha)
-    save_json(path, fitted.to_dict())
+    write_json(path, fitted.to_dict())
     return fitted
 
 
@@ -70,7 +71,7 @@ def evaluate_run(cfg: Config, run: str, split: str = "test", ks: list[int] | Non
     result["run"] = run
     result["dataset"] = {"path": str(loaded.data.path), "content_hash": loaded.data.manifest["content_hash"]}
     path = loaded.out_dir / "metrics.json"
-    save_json(path, result)
+    write_json(path, result)
     return result, path
 
 
@@ -79,7 +80,7 @@ def export_run(cfg: Config, run: str, out: Path | None = None, k: int | None = N
                progress: Callable[[int, int], None] | None = None) -> ExportSummary:
     loaded = load_run(cfg, run, data)
     target = Path(out) if out else loaded.out_dir / "recommendations.csv"
-    precheck_out(target, force)  # before the valid-window fit, which can take minutes on big data
+    check_new_output(target, force)  # before the valid-window fit, which can take minutes on big data
     fitted = fitted_for(loaded, cfg, log)
     return export(loaded.data, cfg, loaded.model, loaded.device, fitted, target, k or cfg.export.k,
                   cfg.export.filter_seen if filter_seen is None else filter_seen, force, progress)

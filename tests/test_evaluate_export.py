@@ -28,7 +28,7 @@ from purchasepred.errors import CheckpointError, PurchasePredError
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.export.recommend import COLUMNS
 from purchasepred.pipeline import evaluate_run, export_run
-from purchasepred.train.trainer import PurchasePred
+from purchasepred.train.trainer import Trainer
 
 HEADER = "user_id,item_id,rank,score,source,purchase_probability"
 SOURCES = {"model", "blend", "history", "popularity"}
@@ -52,7 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         "eval.bootstrap=100", f"train.checkpoints_dir={root / 'checkpoints'}", f"train.output_dir={root / 'output'}",
         f"train.data={root / 'prepared'}",
     ])
-    PurchasePred(cfg, data, RUN).fit()
+    Trainer(cfg, data, RUN).fit()
     return Trained(root, raw, data, cfg)
 
 

@@ -35,7 +35,7 @@ from purchasepred.config import PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
-from purchasepred.train.trainer import PurchasePred
+from purchasepred.train.trainer import Trainer
 
 PACKAGE = Path(__file__).resolve().parents[1] / "purchasepred"
 REPO = PACKAGE.parent
@@ -103,7 +103,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
             f"train.checkpoints_dir={w.root / 'checkpoints'}", f"train.output_dir={w.root / 'output'}",
             "eval.bootstrap=50"]
     for name, data in (("r", w.prepared), ("nt", w.notest), ("nb", w.nobuy)):
-        PurchasePred(load_config(sets=sets), PreparedData(data), name).fit()
+        Trainer(load_config(sets=sets), PreparedData(data), name).fit()
     return w
 
 

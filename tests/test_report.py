@@ -329,7 +329,7 @@ def test_report_errors_are_one_line(in_work: Path) -> None:
     clean_failure(invoke("report", "--run", "../t"), "plain folder name")
     mine = in_work / "mine.html"
     mine.write_text("<html>my own page</html>")
-    clean_failure(invoke("report", "--run", "t", "--out", mine), "not a purchasepred report", "--force")
+    clean_failure(invoke("report", "--run", "t", "--out", mine), "mine.html already exists", "--force")
     assert mine.read_text() == "<html>my own page</html>"
     ok(invoke("report", "--run", "t", "--out", mine, "--force"))
     assert "purchasepred report" in mine.read_text()

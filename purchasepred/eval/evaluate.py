@@ -7,30 +7,30 @@ only then applied to the test window. See :mod:`purchasepred.eval.protocol` for 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import timezone
 from typing import Any
 
 import numpy as np
 import torch
 
 from purchasepred.config import Config
+from purchasepred.data.features import FIRST_ID
 from purchasepred.data.tensors import PreparedData, SplitData
 from purchasepred.errors import DatasetError
 from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability, reliability_bins
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.eval.rankers import (
-    Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, _UserEvents,
+    Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, UserEvents,
     conversion_prior, fit_blend, fit_history,
 )
-from purchasepred.train.checkpoint import write_json
 
 RANKERS = ("popularity", "history", "model", "blend")
 
 
 @dataclass
-class Fitted:
+class ValidFit:
     """What is fitted on the valid window and reused by evaluate and export."""
 
     history: HistoryParams
@@ -46,7 +46,7 @@ class Fitted:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Fitted:
+    def from_dict(cls, d: dict[str, Any]) -> ValidFit:
         return cls(
             history=HistoryParams(**d["history"]), blend=BlendWeights(**d["blend"]), default=d["default"],
             valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
@@ -60,7 +60,7 @@ class Window:
     """Rankers built for one window, from the events before it."""
 
     split: SplitData
-    events: _UserEvents
+    events: UserEvents
     popularity: Popularity
     cutoff_ts: int
     prior: torch.Tensor
@@ -68,16 +68,12 @@ class Window:
     rankers: dict[str, Any] = field(default_factory=dict)
 
 
-def cutoff_ts(split: SplitData) -> int:
-    return int(split.window_start.replace(tzinfo=timezone.utc).timestamp())
-
-
 def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Module, device: torch.device,
-                 fitted: Fitted | None = None) -> Window:
+                 fitted: ValidFit | None = None) -> Window:
     split = data.split(name)
     raw = data.events_before(split.window_start)
-    ts = cutoff_ts(split)
-    events = _UserEvents(raw)
+    ts = split.start_ts
+    events = UserEvents(raw)
     popularity = Popularity(raw, data.vocab.n_items, ts, cfg.eval.popularity_days)
     w = Window(split, events, popularity, ts, conversion_prior(raw, data.vocab.n_items),
                CategoryAffinity(events, data.items["category_idx"]))
@@ -94,7 +90,7 @@ def _ndcg10(scorer: Any, split: SplitData) -> float:
 
 
 def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device,
-                 checkpoint_sha256: str | None = None) -> tuple[Fitted, Window]:
+                 checkpoint_sha256: str | None = None) -> tuple[ValidFit, Window]:
     """Fit history weights, blend beta, default ranker and calibration on the valid window."""
     valid = build_window(data, "valid", cfg, model, device)
     if len(valid.split.truth_users) == 0:
@@ -115,7 +111,7 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
     labels, scores_ = calibration_pairs(valid, default, cfg.export.k, seed=cfg.eval.seed)
     calibration = fit_platt(labels, scores_)
-    fitted = Fitted(history=params, blend=weights, default=default, valid_ndcg10=scores,
+    fitted = ValidFit(history=params, blend=weights, default=default, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
                     checkpoint_sha256=checkpoint_sha256,
                     popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)))
@@ -133,7 +129,7 @@ def _seen_mask(window: Window) -> np.ndarray:
         hit = np.zeros(len(split.truth_users), dtype=bool)
         np.logical_or.at(hit, rows, user_items == t)
         seen[:, j] = hit
-    return seen & (split.truth_items >= 2)
+    return seen & (split.truth_items >= FIRST_ID)
 
 
 def _restricted(split: SplitData, keep: np.ndarray) -> SplitData:
@@ -141,12 +137,11 @@ def _restricted(split: SplitData, keep: np.ndarray) -> SplitData:
     n_keep = keep.sum(1)
     users = n_keep > 0
     items = np.where(keep, split.truth_items, -1)[users]
-    return SplitData(split.split, split.window_start, split.window_end, split.user_idx, split.n_events,
-                     split.features, split.truth_users[users], items, n_keep[users], split.row_of_user)
+    return dataclasses.replace(split, truth_users=split.truth_users[users], truth_items=items, n_relevant=n_keep[users])
 
 
 def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, split: str,
-             ks: list[int], fitted: Fitted, log: Any = None) -> dict[str, Any]:
+             ks: list[int], fitted: ValidFit, log: Any = None) -> dict[str, Any]:
     """All rankers on ``split`` (valid or test) with breakdowns. Returns the metrics.json body."""
     w = build_window(data, split, cfg, model, device, fitted)
     if len(w.split.truth_users) == 0:
@@ -155,12 +150,12 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
             f"there is nothing to evaluate; {'evaluate --split valid, or ' if split == 'test' else ''}"
             "prepare with a larger --eval-days"
         )
-    has_history = np.array([w.split.row_of_user.get(int(u), -1) >= 0 for u in w.split.truth_users])
+    has_history = w.split.rows_of(w.split.truth_users) >= 0
     seen = _seen_mask(w)
     unknown = (w.split.truth_items < -1)
     variants = {
         "seen_items": _restricted(w.split, seen),
-        "new_items": _restricted(w.split, ~seen & ((w.split.truth_items >= 2) | unknown)),
+        "new_items": _restricted(w.split, ~seen & ((w.split.truth_items >= FIRST_ID) | unknown)),
     }
     results: dict[str, Any] = {}
     for name in RANKERS:
@@ -202,6 +197,3 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         },
         "window": {"start": str(w.split.window_start), "end": str(w.split.window_end)},
     }
-
-
-save_json = write_json

@@ -21,11 +21,36 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from purchasepred.data.features import FIRST_ID
 from purchasepred.data.tensors import SplitData
 from purchasepred.eval.metrics import bootstrap_ci, hit_rate_at_k, ndcg_at_k, reciprocal_rank
 
 # A scorer takes a batch of user ids and returns (B, V) scores, higher is better.
 Scorer = Callable[[np.ndarray], torch.Tensor]
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (values, item ids) of each row, ties broken by the lower item id: one fixed rule, so
+    that a user's top 10 is the same whatever other k are asked for (``torch.topk`` orders ties
+    arbitrarily, and differently for different k).
+
+    ``torch.topk`` of k + 1 finds the rows where the k-th value is tied across the boundary; only
+    those are redone (every larger score, then the lowest ids among the tied); the k results are then
+    ordered by (score desc, id asc)."""
+    extra = min(k + 1, scores.shape[1])  # one more: a tie across the boundary shows as vals[k] == vals[k-1]
+    vals, idx = torch.topk(scores, extra, dim=1)
+    tied = (vals[:, k:] == vals[:, k - 1:k]).any(1).nonzero().squeeze(1)
+    vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
+    if len(tied):
+        s, edge = scores[tied], vals[tied, k - 1:k]
+        on_edge = s == edge
+        need = k - (s > edge).sum(1)
+        take = (s > edge) | (on_edge & (on_edge.cumsum(1) <= need[:, None]))
+        idx[tied] = take.nonzero()[:, 1].view(len(tied), k)
+        vals[tied] = s.gather(1, idx[tied])
+    idx, perm = torch.sort(idx, dim=1)
+    vals, perm = torch.sort(vals.gather(1, perm), dim=1, descending=True, stable=True)
+    return vals, idx.gather(1, perm)
 
 
 @dataclass
@@ -49,16 +74,16 @@ def rank(
     for start in range(0, len(users), batch):
         u = users[start:start + batch]
         scores = scorer(u).float()  # (B, V)
-        scores[:, :2] = float("-inf")
+        scores[:, :FIRST_ID] = float("-inf")
         if exclude is not None:
             exclude(u, scores)
-        kk = min(k, scores.shape[1] - 2)
-        val, idx = torch.topk(scores, kk, dim=1)
+        kk = min(k, scores.shape[1] - FIRST_ID)
+        val, idx = top_k(scores, kk)
         tops.append(idx.cpu().numpy())
         top_scores.append(val.cpu().numpy())
         if truth is not None:
             t = torch.as_tensor(truth[start:start + batch], device=scores.device)
-            valid = t >= 2
+            valid = t >= FIRST_ID
             t_scores = scores.gather(1, t.clamp(min=0)).masked_fill(~valid, float("-inf"))
             s_best = t_scores.max(1, keepdim=True).values  # (B, 1)
             greater = (scores > s_best).sum(1).float()

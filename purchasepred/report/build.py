@@ -19,7 +19,6 @@ import base64
 import html
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,10 +33,10 @@ import yaml
 from purchasepred import __version__
 from purchasepred.config import Config
 from purchasepred.data.inputs import duckdb_literal
+from purchasepred.data.prepare import named_queries
 from purchasepred.errors import PurchasePredError
-from purchasepred.paths import make_parents
+from purchasepred.fileio import atomic_write_bytes, check_new_output, make_parents
 from purchasepred.report import figures as figs
-from purchasepred.resources import sql_dir
 
 SECTIONS = ("Data", "Training", "Quality", "Calibration", "Recommendations")
 COMPARE = "Runs side by side"
@@ -46,7 +45,6 @@ TITLES = {"model": "transformer"}  # ranker keys of metrics.json -> the names pe
 BASELINES = ("popularity", "history")
 SEGMENTS = (("with_history", "users with history"), ("without_history", "users without history"),
             ("seen_items", "purchases of seen items"), ("new_items", "purchases of new items"))
-_NAME = re.compile(r"^-- name: (\S+)\s*$", re.MULTILINE)
 
 
 @dataclass
@@ -85,13 +83,8 @@ class RunFiles:
 
 
 # ------------------------------------------------------------------ reading a run
-def _queries() -> dict[str, str]:
-    """The named queries of sql/report.sql (the ``-- name: x`` convention of the other query files)."""
-    parts = _NAME.split((sql_dir() / "report.sql").read_text())
-    return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}
-
-
 def _check_name(run: str) -> None:
+    # the rule of runs.check_run_name, which the report cannot import: runs.py loads torch
     if not run or run in (".", "..") or any(c in run for c in ("/", "\\", "\0")):
         raise PurchasePredError(f"run name {run!r} must be a plain folder name (no '/' or '\\', not '.' or '..')")
 
@@ -259,21 +252,11 @@ class Figures:
         png = draw()
         path = self.folder / f"{self.prefix}{name}.png"
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, png)
+        atomic_write_bytes(path, png)
         self.written.append(path)
         data = base64.b64encode(png).decode("ascii")
         return (f'<figure id="fig-{esc(self.prefix + name)}"><img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
                 f"<figcaption>{esc(caption)}</figcaption></figure>")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _con(run: RunFiles, q: dict[str, str]) -> duckdb.DuckDBPyConnection:
@@ -608,15 +591,14 @@ def default_out(cfg: Config, run: str) -> Path:
     return Path(cfg.train.output_dir) / run / "report.html"
 
 
-def _check_out(out: Path, ours: Path, force: bool) -> None:
-    if out.is_dir():
-        raise PurchasePredError(f"--out {out} is a directory; give a file path such as {out}/report.html")
-    if out.exists() and not force and out.resolve() != ours.resolve():
-        with open(out, "rb") as fh:
-            head = fh.read(4096).decode("utf-8", "replace")
-        if GENERATOR not in head:
-            raise PurchasePredError(f"{out} already exists and is not a purchasepred report; pass --force to overwrite it "
-                                    "or choose another --out")
+def _is_our_report(path: Path, ours: Path) -> bool:
+    """output/<run>/report.html, or a file that a report wrote (its generator tag): regenerated freely."""
+    if not path.is_file():
+        return False
+    if path.resolve() == ours.resolve():
+        return True
+    with open(path, "rb") as fh:
+        return GENERATOR in fh.read(4096).decode("utf-8", "replace")
 
 
 def build_report(cfg: Config, runs: list[str], out: Path | None = None, force: bool = False,
@@ -630,8 +612,8 @@ def build_report(cfg: Config, runs: list[str], out: Path | None = None, force: b
     loaded = [load_run(cfg, r) for r in runs]
     ours = default_out(cfg, runs[0])
     target = Path(out) if out else ours
-    _check_out(target, ours, force)
-    q = _queries()
+    check_new_output(target, force or _is_our_report(target, ours))
+    q = named_queries("report.sql")
     folder = loaded[0].out_dir / "figures"
     body: list[str] = []
     notes: list[str] = []
@@ -668,5 +650,5 @@ def build_report(cfg: Config, runs: list[str], out: Path | None = None, force: b
         body=nav_html + "\n".join(body),
     )
     make_parents(target)
-    _atomic_write(target, page.encode("utf-8"))
+    atomic_write_bytes(target, page.encode("utf-8"))
     return ReportSummary(target, runs, written, notes, time.perf_counter() - t0)
