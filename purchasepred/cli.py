@@ -532,6 +532,37 @@ def export_table(summary: Any) -> Any:
     ])
 
 
+# ------------------------------------------------------------------------------------------ report
+@app.command()
+@handle_errors
+def report(
+    run: Annotated[list[str], typer.Option("--run", help="Run name (repeatable: several runs side by side).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default output/RUN/report.html).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a purchasepred report.", metavar="")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """One self-contained HTML page (figures embedded, opens offline) with the data, training, quality,
+    calibration and recommendation figures of a run; the figures also as PNG in output/RUN/figures/.
+
+    Example: purchasepred report --run demo --run demo2 --out compare.html
+    """
+    from purchasepred.config import load_config
+    from purchasepred.report.build import build_report
+
+    cfg = load_config(config, {}, set_)
+    with ui.steps("report") as step:
+        summary = build_report(cfg, run, out, force, log=step)
+    for line in summary.notes:
+        ui.warn(line)
+    ui.show(ui.summary_table(f"report -> {summary.path}", [
+        ("runs", ", ".join(summary.runs)), ("figures", len(summary.figures)),
+        ("figures folder", str(summary.figures[0].parent) if summary.figures else "-"), ("seconds", summary.seconds),
+    ]))
+
+
 # ------------------------------------------------------------------------------------------ run
 @app.command("run")
 @handle_errors
@@ -581,6 +612,7 @@ def run_all(
         ("default ranker", f"{result['default']} ({result.get('default_reason', 'chosen on valid')})"),
         ("metrics", str(done.evaluation.path)), ("recommendations", str(done.export.path)),
         ("checkpoint", str(done.train.checkpoint)), ("summary", str(done.summary_path)),
+        ("report", str(done.report)),
     ]))
     for warning in result.get("warnings", []):
         ui.warn(warning)

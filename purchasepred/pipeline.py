@@ -175,6 +175,7 @@ class RunSummary:
     evaluation: EvaluateSummary
     export: ExportSummary
     summary_path: Path
+    report: Path
     body: dict[str, Any] = field(default_factory=dict)
 
 
@@ -266,9 +267,14 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
                  for r in ("popularity", "history", "model", "blend")},
         "default": result["default"], "metrics": str(evaluation.path), "recommendations": str(exported.path),
     }
+    hooks.stage("report")
+    from purchasepred.report.build import build_report
+
+    body["report"] = str(out_dir / "report.html")
     path = out_dir / "run_summary.json"
     write_json(path, body)
-    return RunSummary(name, inputs, prep, summary, evaluation, exported, path, body)
+    report = build_report(cfg, [name]).path
+    return RunSummary(name, inputs, prep, summary, evaluation, exported, path, report, body)
 
 
 def _finished_training(name: str, run_dir: Path, out_dir: Path, meta: dict[str, Any]) -> TrainSummary:

@@ -19,7 +19,7 @@ from purchasepred.config import Config
 from purchasepred.data.features import FIRST_ID
 from purchasepred.data.tensors import PreparedData, SplitData
 from purchasepred.errors import DatasetError
-from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability
+from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability, reliability_bins
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.eval.rankers import (
     Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, UserEvents,
@@ -205,6 +205,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
             "ece": reliability(y, p)["ece"], "brier": reliability(y, p)["brier"],
             "ece_uncalibrated": reliability(y, p_raw)["ece"], "brier_uncalibrated": reliability(y, p_raw)["brier"],
             "pairs": int(len(y)), "base_rate": float(np.mean(y)) if len(y) else math.nan,
+            "bins": {"calibrated": reliability_bins(y, p), "raw": reliability_bins(y, p_raw)},
         },
         "window": {"start": str(w.split.window_start), "end": str(w.split.window_end)},
     }

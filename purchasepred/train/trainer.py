@@ -13,6 +13,7 @@ stopped and resumed ends exactly where an uninterrupted run ends (CPU, same seed
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -52,6 +53,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 LOG_EVERY = 10  # steps between progress reports (each one syncs with the device)
+STEP_LOG = "train_steps.jsonl"  # output/<run>/: the logged steps, resume and early-stop points (read by `report`)
 
 
 def _fold(acc: dict[str, float], running: torch.Tensor) -> None:
@@ -296,6 +298,17 @@ class Trainer:
                     hashes[name] = actual
         return hashes
 
+    def _append_steps(self, records: list[dict[str, Any]], fresh: bool) -> None:
+        """Append ``records`` to output/<run>/train_steps.jsonl (a fresh run starts the file), then clear them.
+
+        A step logged after the last checkpoint of a killed process is logged again after --resume;
+        readers keep the last line of each step."""
+        lines = [json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()})
+                 for r in records]
+        with open(self.out_dir / STEP_LOG, "w" if fresh else "a", encoding="utf-8") as fh:
+            fh.writelines(line + "\n" for line in lines)
+        records.clear()
+
     # ------------------------------------------------------------------ the loop
     def fit(
         self,
@@ -320,6 +333,7 @@ class Trainer:
             "sha256": {}, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         resumed_sums: torch.Tensor | None = None
+        steps_log: list[dict[str, Any]] = []  # appended to STEP_LOG when a checkpoint is written
         epoch, batch_start, step, acc = 0, 0, 0, {"view": 0.0, "purchase": 0.0, "cart": 0.0, "n": 0.0, "tokens": 0.0, "seconds": 0.0}
         if resume:
             self._check_compatible(payload)
@@ -336,6 +350,7 @@ class Trainer:
                          bad_epochs=payload["bad_epochs"], history=list(payload["history"]),
                          epochs_done=epoch)
             state["sha256"] = self._resumed_hashes(meta)
+            steps_log.append({"event": "resume", "epoch": epoch, "batch": batch_start, "step": step})
             state["created_at"] = meta.get("created_at", state["created_at"])
             if epoch >= t.epochs:
                 raise ConfigError(
@@ -404,15 +419,20 @@ class Trainer:
                     running += torch.stack([parts["view"].detach().float(), parts["purchase"].detach().float(),
                                             parts["cart"].detach().float(), (batch["item_idx"] > 0).sum().float()])
                     acc["n"] += 1
-                    if on_step is not None and ((bi + 1) % LOG_EVERY == 0 or bi + 1 == self.steps_per_epoch):
-                        on_step({"epoch": epoch, "batch": bi + 1, "batches": self.steps_per_epoch, "lr": lr,
-                                 "view_loss": float(parts["view"].detach()), "purchase_loss": float(parts["purchase"].detach()),
-                                 "tokens_per_s": (acc["tokens"] + float(running[3])) / max(acc["seconds"] + time.perf_counter() - t_epoch, 1e-9)})
+                    if (bi + 1) % LOG_EVERY == 0 or bi + 1 == self.steps_per_epoch:
+                        logged = {"epoch": epoch, "batch": bi + 1, "batches": self.steps_per_epoch, "lr": lr,
+                                  "view_loss": float(parts["view"].detach()), "purchase_loss": float(parts["purchase"].detach()),
+                                  "tokens_per_s": (acc["tokens"] + float(running[3])) / max(acc["seconds"] + time.perf_counter() - t_epoch, 1e-9)}
+                        steps_log.append({"step": step, **logged, "cart_loss": float(parts["cart"].detach())})
+                        if on_step is not None:
+                            on_step(logged)
                     if self._stop_requested:
                         acc["seconds"] += time.perf_counter() - t_epoch
                         payload_now = self._payload(epoch, bi + 1, step, acc, state)
                         payload_now["running_sums"] = running.cpu()  # as is: resuming sums exactly the same way
                         self._save({"last.pt": payload_now}, state, timings)
+                        if self.out_dir.is_dir():
+                            self._append_steps(steps_log, fresh=not resume and epoch == 0)
                         interrupted = True
                         break
                 if interrupted:
@@ -444,6 +464,9 @@ class Trainer:
                 self._save(files, state, timings)
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 write_json(self.out_dir / "train_history.json", state["history"])
+                if t.patience and not no_valid and state["bad_epochs"] >= t.patience and epoch < t.epochs:
+                    steps_log.append({"event": "early_stop", "epoch": epoch, "step": step})
+                self._append_steps(steps_log, fresh=not resume and epoch == 1)
                 if on_epoch is not None:
                     on_epoch(stats)
                 if t.patience and not no_valid and state["bad_epochs"] >= t.patience and epoch < t.epochs:
