@@ -20,7 +20,7 @@ from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.pipeline import evaluate_run
-from purchasepred.train.trainer import PurchasePred
+from purchasepred.train.trainer import Trainer
 
 VARIANTS = {
     "default": [],
@@ -66,7 +66,7 @@ def main() -> None:
                 shutil.rmtree(run_dir)
                 shutil.rmtree(work / "output" / name, ignore_errors=True)
             t0 = time.perf_counter()
-            summary = PurchasePred(cfg, data, name).fit()
+            summary = Trainer(cfg, data, name).fit()
             train_s = time.perf_counter() - t0
             res, _ = evaluate_run(cfg, name)
             row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done,
