@@ -11,6 +11,7 @@ there, the real logs in ``<repo>/../shared/data`` (see its SOURCES.md).
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -229,3 +230,39 @@ def test_real_tianchi_mobile(tmp_path: Path) -> None:
     assert (m["rows_duplicate"], m["rows_kept"], m["n_users"], m["n_raw_items"]) == (142, 1_839, 34, 1_680)
     assert m["events_by_type"] == {"cart": 70, "purchase": 34, "view": 1_735}
     assert (m["first_event_at"], m["last_event_at"]) == ("2014-11-18 10:00:00", "2014-12-18 23:00:00")
+
+
+# --------------------------------------------------------------------------------------------------
+# run settings: per-step results, memory limit as a share of RAM, the spill folder, a stable hash
+
+
+def test_steps_in_manifest_and_a_stable_content_hash(tmp_path: Path) -> None:
+    m = prepare([str(TINY)], tmp_path / "p", TINY_CFG, input_cfg=InputConfig()).manifest
+    names = [s["step"] for s in m["steps"]]
+    assert names == ["inspect inputs", "setup", "load", "validate", "clean", "sessionize", "vocab", "encode",
+                     "split", "sequences", "audits", "write tables"]
+    rows_of = {s["step"]: s["rows"] for s in m["steps"]}
+    assert (rows_of["load"], rows_of["validate"], rows_of["clean"], rows_of["sessionize"], rows_of["encode"]) == (23, 5, 18, 17, 17)
+    assert all(s["seconds"] >= 0 for s in m["steps"])
+    # the same input and settings give the same hash, whatever the timings; other settings another one
+    again = prepare([str(TINY)], tmp_path / "again", TINY_CFG).manifest
+    assert again["content_hash"] == m["content_hash"]
+    other = prepare([str(TINY)], tmp_path / "q", PrepareConfig(max_len=5, eval_days=1)).manifest
+    assert other["content_hash"] != m["content_hash"]
+
+
+def test_memory_limit_share_and_temp_dir(tmp_path: Path) -> None:
+    from purchasepred.data.prepare import memory_limit_bytes
+
+    assert memory_limit_bytes("2GB") == "2GB"
+    mb = int(memory_limit_bytes("50%")[:-2])
+    assert 64 <= mb and mb * 2 ** 20 <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.51
+    with pytest.raises(InputError, match="between 0% and 100%"):
+        memory_limit_bytes("150%")
+    spill = tmp_path / "spill"
+    m = prepare([str(TINY)], tmp_path / "p", PrepareConfig(max_len=4, eval_days=1, memory_limit="25%",
+                                                            temp_dir=str(spill))).manifest
+    assert m["memory_limit"].endswith("MB")
+    assert not spill.exists() or list(spill.iterdir()) == []  # its own subfolder is removed afterwards
+    result = invoke("prepare", TINY, "--out", tmp_path / "w" / "p", "--memory-limit", "lots%")
+    clean_failure(result, "lots%", "--memory-limit")
