@@ -595,6 +595,8 @@ def run_all(
                            "--eval-days": eval_days}, {"--resume": True})
     with ui.Bars(f"run {name}", cfg.train.epochs) as bars:
         done = pipeline_run_all(cfg, raw, name, rows, force, resume, again, Hooks(**bars.hooks()))
+    for note in done.train.notes:
+        ui.warn(note)
     if done.prepared is not None:
         ui.show(prepare_table(done.prepared.manifest, done.prepared.out, done.prepared.seconds))
     ui.show(train_table(done.train))

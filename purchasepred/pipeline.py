@@ -204,6 +204,8 @@ def run_all(cfg: Config, raw: list[str] | None, name: str, rows: int = 300_000, 
         for folder in existing:
             shutil.rmtree(folder)
     created_here = not resume
+    # the roots (checkpoints/, output/) this call creates go too when it fails
+    roots = [p for folder in (run_dir, out_dir) for p in reversed(folder.parents) if not p.exists()]
     try:
         return _run_all(cfg, list(raw or []), name, rows, resume, run_dir, out_dir, hooks)
     except Interrupted as stop:
@@ -212,17 +214,32 @@ def run_all(cfg: Config, raw: list[str] | None, name: str, rows: int = 300_000, 
     except KeyboardInterrupt:
         if created_here and (run_dir / "last.pt").is_file():
             raise Interrupted(f"run {name!r} was interrupted; its checkpoints are kept", resume_command) from None
-        _remove_if(created_here, run_dir, out_dir)
+        _remove_if(created_here, roots, run_dir, out_dir)
+        raise
+    except PurchasePredError as err:
+        _remove_if(created_here, roots, run_dir, out_dir)
+        if created_here:  # its prepared folder is gone: the message names the input and the `run` flag instead
+            raise type(err)(_for_run(str(err), _prepared_in(out_dir), raw)) from err
         raise
     except BaseException:
-        _remove_if(created_here, run_dir, out_dir)  # a failed run leaves nothing behind
+        _remove_if(created_here, roots, run_dir, out_dir)  # a failed run leaves nothing behind
         raise
 
 
-def _remove_if(created_here: bool, *folders: Path) -> None:
+def _for_run(message: str, prepared: Path, raw: list[str] | None) -> str:
+    message = message.replace(str(prepared), f"the data prepared from {', '.join(raw) if raw else 'the demo log'}")
+    return message.replace("prepare again with", "run again with").replace("prepare with", "run again with")
+
+
+def _remove_if(created_here: bool, roots: list[Path], *folders: Path) -> None:
     if created_here:
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
+        for root in sorted(set(roots), key=lambda p: len(p.parts), reverse=True):
+            try:
+                root.rmdir()  # only when empty
+            except OSError:
+                pass
 
 
 def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool, run_dir: Path, out_dir: Path,
@@ -247,8 +264,6 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
         summary = _finished_training(name, run_dir, out_dir, meta)
     else:
         summary = train_run(cfg, name, resume=resume, hooks=hooks)
-    for note in summary.notes:
-        hooks.say(f"note: {note}")
     if summary.interrupted:
         raise Interrupted(f"training of run {name!r} was interrupted; checkpoint saved", "")
     hooks.stage("evaluate")
