@@ -20,7 +20,7 @@ from purchasepred.config import EvalConfig, Config
 from purchasepred.data.prepare import PrepareSummary, prepare
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, Interrupted, PurchasePredError
-from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid
+from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid, fit_settings
 from purchasepred.export.recommend import ExportSummary, export
 from purchasepred.fileio import check_new_output, write_json
 from purchasepred.runs import latest_run, load_model, pick_device, run_paths
@@ -100,7 +100,8 @@ def valid_fit(run: LoadedRun, cfg: Config, hooks: Hooks | None = None) -> ValidF
     if path.is_file():
         try:
             fitted = ValidFit.from_dict(json.loads(path.read_text()))
-            if fitted.dataset_hash == run.data.manifest["content_hash"] and fitted.checkpoint_sha256 == sha:
+            if (fitted.dataset_hash == run.data.manifest["content_hash"] and fitted.checkpoint_sha256 == sha
+                    and fitted.settings == fit_settings(cfg)):
                 return fitted
         except (KeyError, TypeError, json.JSONDecodeError):
             pass
