@@ -126,6 +126,17 @@ class EvaluateSummary:
     path: Path
 
 
+def rounded(obj: Any, digits: int = 6) -> Any:
+    """``obj`` with every float rounded to ``digits`` significant digits (ints, NaN and the rest as they are)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 def metrics_path(out_dir: Path, split: str, ks: list[int]) -> Path:
     """One file per split and cutoff list: metrics.json is the test window at the default cutoffs
     (the file run_summary.json points to); other splits or --k never replace it."""
@@ -145,6 +156,7 @@ def evaluate_run(cfg: Config, run: str | None = None, split: str = "test", ks: l
     result = evaluate(loaded.data, cfg, loaded.model, loaded.device, split, ks, fitted, hooks.log)
     result["run"] = name
     result["dataset"] = {"path": str(loaded.data.path), "content_hash": loaded.data.manifest["content_hash"]}
+    result = rounded(result)
     path = metrics_path(loaded.out_dir, split, ks)
     write_json(path, result)
     return EvaluateSummary(result, path)
