@@ -230,7 +230,7 @@ def synth(
         raise
     ui.show(ui.summary_table(f"synth -> {s.path}", [
         ("rows", s.rows), ("users", s.n_users), ("items", s.n_items), ("sessions", s.n_sessions),
-        ("events by type", s.events_by_type), ("from", str(s.start)), ("to", str(s.end)), ("seconds", round(s.seconds, 1)),
+        ("events by type", s.events_by_type), ("from", str(s.start)), ("to", str(s.end)), ("seconds", f"{s.seconds:.1f}"),
     ]))
 
 
@@ -319,7 +319,7 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     for split, w in m["windows"].items():
         rows.append((f"window {split}", f"{_when(w['window_start'])} .. {_when(w['window_end'])}  "
                      f"users with inputs {w['n_users_with_inputs']:,}, buyers {w['n_users_with_purchases']:,}"))
-    rows.append(("seconds", round(seconds, 1)))
+    rows.append(("seconds", f"{seconds:.1f}"))
     return ui.summary_table(f"prepare -> {out}", rows)
 
 
@@ -391,7 +391,7 @@ def train_table(summary: Any) -> Any:
         ("epochs done", summary.epochs_done),
         ("best epoch", summary.best_epoch if summary.best_epoch is not None else "-"),
         ("best valid NDCG@10", round(best, 4) if best is not None else "n/a (no valid purchases)"),
-        ("wall time s", round(summary.seconds, 1)),
+        ("wall time s", f"{summary.seconds:.1f}"),
         ("tokens/s", round(summary.tokens_per_s)),
         ("checkpoint", str(summary.checkpoint)),
     ])
@@ -441,20 +441,21 @@ def metrics_tables(result: dict[str, Any]) -> list[Any]:
     k0 = ks[0]
     window = result["window"]
     main = ui.grid_table(f"evaluate {result['run']}: {result['split']} window {_when(window['start'])} .. "
-                         f"{_when(window['end'])} (* default ranker)", ["ranker", "metric", "value", "95% interval", "buyers"], rows)
+                         f"{_when(window['end'])}", ["ranker (* default)", "metric", "value", "95% interval", "buyers"], rows)
     segs = ("with_history", "without_history", "seen_items", "new_items")
     first_m = result["model"]
-    bcols = [f"NDCG@{k0}"] + [f"{s.replace('_', ' ')} ({first_m.get(s, {}).get('users', 0)})" for s in segs]
+    bcols = [f"NDCG@{k0}"] + [s.replace("_", " ") for s in segs]  # the buyers in a row: headers stay one line
     brows = []
     for name, _ in RANKER_ROWS:
         m = ranker_metrics(result, name)
         brows.append([_label(result, name)] + [m.get(s, {}).get(f"ndcg@{k0}", float("nan")) if m.get(s, {}).get("users")
                                                else float("nan") for s in segs])
+    brows.append(["buyers"] + [int(first_m.get(s, {}).get("users", 0)) for s in segs])
     c = result["calibration"]
     crow = [["Platt on valid", c["ece"], c["brier"], c["ece_uncalibrated"], c["brier_uncalibrated"], c["pairs"]]]
     return [
         main,
-        ui.grid_table("by segment (buyers in brackets)", bcols, brows),
+        ui.grid_table("by segment", bcols, brows),
         ui.grid_table("purchase_probability calibration", ["", "ECE", "Brier", "ECE raw", "Brier raw", "pairs"], crow),
     ]
 
@@ -544,7 +545,7 @@ def export(
 def export_table(summary: Any) -> Any:
     return ui.summary_table(f"export -> {summary.path}", [
         ("users", summary.users), ("rows", summary.rows), ("k", summary.k),
-        ("users by source", summary.by_source), ("seconds", round(summary.seconds, 1)),
+        ("users by source", summary.by_source), ("seconds", f"{summary.seconds:.1f}"),
     ])
 
 
