@@ -1,4 +1,6 @@
-"""Issue 9, a user's first hour with a real log: each point of the issue as the user meets it.
+"""A new user's first hour with a real log: the headline commands as typed, Ctrl-C and resume, failed
+runs that leave nothing behind, honest verdicts and defaults on few buyers, help, output at 80 columns
+and readable numbers.
 
 One small synthetic log (20k rows, 30 days) is shared by the module. ``work`` prepares it with
 2-day windows (so the valid and test windows hold few buyers) and trains run ``a`` with a tiny
