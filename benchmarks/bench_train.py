@@ -23,7 +23,7 @@ from torch import nn
 
 from purchasepred.config import ModelConfig, TrainConfig
 from purchasepred.models.transformer import FEATURES, TransformerRecommender, Vocab
-from purchasepred.train.trainer import multitask_loss, param_groups
+from purchasepred.train.trainer import multitask_loss, param_groups, train_step
 
 
 def random_batch(b: int, t: int, n_items: int, device: torch.device, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -80,7 +80,7 @@ class Reference(nn.Module):
 def run(kind: str, n_items: int, loss: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    t_cfg = TrainConfig(purchase_weight=100.0, loss=loss, negatives=args.negatives)
+    t_cfg = TrainConfig(purchase_weight=100.0, loss=loss, negatives=args.negatives, grad_clip=1.0)
     batches = [random_batch(args.batch, args.max_len, n_items, device, g) for _ in range(3)]
     q = torch.ones(n_items, device=device)
     q[:2] = 0
@@ -91,21 +91,22 @@ def run(kind: str, n_items: int, loss: str, args: argparse.Namespace, device: to
                                        Vocab(n_items, 64, 64), args.max_len).to(device)
         fwd = torch.compile(model.encode) if args.compile else model.encode
 
-        def step_loss(batch: dict[str, torch.Tensor], neg: torch.Tensor | None) -> torch.Tensor:
-            return multitask_loss(model, fwd, batch, t_cfg, (neg, log_q) if neg is not None else None)[0]
+        def loss_fn(batch: dict[str, torch.Tensor], sample: tuple[torch.Tensor, torch.Tensor] | None):
+            return multitask_loss(model, fwd, batch, t_cfg, sample)
     else:
         model = Reference(n_items, args.d_model, args.layers, args.heads, args.max_len).to(device)
         ref = torch.compile(model.loss) if args.compile else model.loss
-
-        def step_loss(batch: dict[str, torch.Tensor], neg: torch.Tensor | None) -> torch.Tensor:
-            return ref(batch, neg, log_q, 100.0)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-3, fused=device.type == "cuda")
     autocast = device.type == "cuda" and args.bf16
 
     def one(i: int) -> None:
         neg = torch.multinomial(q, args.negatives, replacement=True) if loss == "sampled" else None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            l = step_loss(batches[i % len(batches)], neg)
+        batch = batches[i % len(batches)]
+        if kind == "purchasepred":  # the trainer's own step
+            train_step(model, loss_fn, opt, batch, 1e-3, t_cfg, (neg, log_q) if neg is not None else None, autocast)
+            return
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):  # the plain loop
+            l = ref(batch, neg, log_q, 100.0)
         opt.zero_grad(set_to_none=True)
         l.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
