@@ -6,6 +6,7 @@ torch is imported inside the commands that need it, so `--help`, `synth` and `pr
 from __future__ import annotations
 
 import functools
+import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +46,7 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
-    ui.set_quiet(quiet)
+    ui.set_quiet(quiet or os.environ.get("RANK", "0") != "0")  # under torchrun rank 0 alone reports
     _state["debug"] = debug
 
 

@@ -37,13 +37,14 @@ from purchasepred.config import Config, PrepareConfig, TrainConfig, config_from_
 from purchasepred.data.features import Vocab
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError, DatasetError
-from purchasepred.eval.protocol import evaluate_scorer
+from purchasepred.eval.protocol import Ranking, evaluate_scorer, metrics, rank
 from purchasepred.eval.rankers import ModelScorer, Popularity
 from purchasepred.fileio import atomic_write_text, sha256_file, write_json
 from purchasepred.models.batching import trim_padding
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.runs import pick_device, run_paths
 from purchasepred.train import checkpoint as ckpt
+from purchasepred.train import distributed
 
 LOG_EVERY = 10  # steps between progress reports (each one syncs with the device)
 FEW_STEPS = 50  # fewer optimizer steps than this in a whole run: the summary says how to get more
@@ -52,6 +53,7 @@ FEW_STEPS = 50  # fewer optimizer steps than this in a whole run: the summary sa
 # short runs (the Transformer / BERT4Rec setting).
 ADAM_BETAS = (0.9, 0.98)
 LOSS_PARTS = ("view", "purchase", "cart")
+TARGETS = ("next_target", "purchase_target", "cart_target")  # the rows of each loss part
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -132,11 +134,13 @@ class RunState:
 def multitask_loss(
     model: TransformerRecommender, encode: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     batch: dict[str, torch.Tensor], train_cfg: TrainConfig, sample: tuple[torch.Tensor, torch.Tensor] | None,
+    part_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """view_loss + purchase_weight * purchase_loss + cart_weight * cart_loss, and the parts.
 
     ``encode`` is ``model.encode`` or its torch.compile'd version (the heads stay eager: their
-    row counts change every batch)."""
+    row counts change every batch). ``part_weights`` (3,) scale the view, purchase and cart parts
+    (distributed training: this rank's share of the global batch, see ``distributed.row_shares``)."""
     h = encode(batch)  # (B, T, D)
     parts: dict[str, torch.Tensor] = {}
     b, p = torch.nonzero(batch["next_target"] > 0, as_tuple=True)
@@ -148,9 +152,26 @@ def multitask_loss(
         b, p = torch.nonzero(batch[key] > 0, as_tuple=True)
         parts[name] = (-model.purchase_log_prob(h, b, p, batch, batch[key][b, p], sample).mean()
                        if len(b) else h.new_zeros(()))
-    view, purchase, cart = (parts[name].float() for name in LOSS_PARTS)
+    if part_weights is not None:
+        view, purchase, cart = (parts[name].float() * w for name, w in zip(LOSS_PARTS, part_weights))
+    else:
+        view, purchase, cart = (parts[name].float() for name in LOSS_PARTS)
     loss = view + train_cfg.purchase_weight * purchase + train_cfg.cart_weight * cart
     return loss, parts
+
+
+class MultitaskLoss(torch.nn.Module):
+    """:func:`multitask_loss` as a module, so that DistributedDataParallel can wrap it (DDP averages
+    the gradients of what its forward computes)."""
+
+    def __init__(self, model: TransformerRecommender, encode: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                 train_cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.encode, self.train_cfg = model, encode, train_cfg
+
+    def forward(self, batch: dict[str, torch.Tensor], sample: tuple[torch.Tensor, torch.Tensor] | None,
+                part_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return multitask_loss(self.model, self.encode, batch, self.train_cfg, sample, part_weights)
 
 
 LossFn = Callable[[dict[str, torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"],
@@ -206,7 +227,7 @@ class Trainer:
         self.cfg = with_prepared_settings(cfg, data.manifest.get("settings", {}))
         self.data, self.run_name = data, run_name
         self.run_dir, self.out_dir = run_paths(cfg, run_name)
-        self.device = pick_device(cfg.train.device)
+        self.dist, self.device = distributed.setup(pick_device(cfg.train.device))
         self.notes: list[str] = []
         self._stop_requested = False
 
@@ -224,6 +245,7 @@ class Trainer:
         payload = self._resume_payload() if resume else None
         self._build()
         run = self.restore(payload) if payload is not None else RunState()
+        distributed.barrier(self.dist)  # every rank has checked the run folder before rank 0 writes to it
         self._prepare_folders()
         run.timings["setup_s"] = round(time.perf_counter() - started, 3)
         with sigint_guard(self.request_stop):
@@ -234,14 +256,14 @@ class Trainer:
                 for batch_index in range(run.batch_in_epoch, self.steps_per_epoch):
                     parts = self.step(run, self.batch(order, batch_index))
                     report = run.batch_in_epoch % LOG_EVERY == 0 or run.batch_in_epoch == self.steps_per_epoch
-                    if report and on_step is not None:
+                    if report and on_step is not None and self.dist.is_main:
                         on_step(self._progress(run, parts, epoch_started))
-                    if self._stop_requested:
+                    if self.stop_requested(report):
                         run.epoch_seconds += time.perf_counter() - epoch_started
                         self._save({"last.pt": self._payload(run)}, run)
                         return self._finish(run, started, interrupted=True)
                 stats = self.end_epoch(run, time.perf_counter() - epoch_started)
-                if on_epoch is not None:
+                if on_epoch is not None and self.dist.is_main:
                     on_epoch(stats)
                 if run.early_stopped_at is not None:
                     break
@@ -252,6 +274,12 @@ class Trainer:
     def request_stop(self) -> None:
         """Ask the loop to save a checkpoint and stop after the current step (what Ctrl-C does)."""
         self._stop_requested = True
+
+    def stop_requested(self, report: bool) -> bool:
+        """Whether to stop now. Distributed ranks agree on it at each progress report."""
+        if not self.dist.enabled:
+            return self._stop_requested
+        return report and distributed.any_rank(self._stop_requested, self.dist, self.device)
 
     # ------------------------------------------------------------------ setup
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -306,6 +334,11 @@ class Trainer:
             self.encode = torch.compile(self.model.encode)  # type: ignore[assignment]
         elif train_cfg.compile:
             self.notes.append("--compile is used on CUDA only; running eagerly")
+        self.loss_module: torch.nn.Module = MultitaskLoss(self.model, self.encode, train_cfg)
+        if self.dist.enabled:  # a head without rows in a rank's share leaves its parameters unused there
+            self.loss_module = torch.nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         self.train_data = self._tensors()
         # valid window: inputs, truth, popularity fallback for users with no input
         self.valid = self.data.split("valid")
@@ -341,7 +374,10 @@ class Trainer:
         return payload
 
     def _prepare_folders(self) -> None:
-        """Check both run folders are writable, clear a killed run's temporary files, save config.yaml."""
+        """Check both run folders are writable, clear a killed run's temporary files, save config.yaml
+        (rank 0)."""
+        if not self.dist.is_main:
+            return
         for folder in (self.run_dir, self.out_dir):
             existed = folder.exists()
             try:
@@ -369,7 +405,7 @@ class Trainer:
 
     def batch(self, order: torch.Tensor, batch_index: int) -> dict[str, torch.Tensor]:
         size = self.cfg.train.batch_size
-        rows = order[batch_index * size:(batch_index + 1) * size]
+        rows = distributed.shard(order[batch_index * size:(batch_index + 1) * size], self.dist)
         batch = {k: v[rows] for k, v in self.train_data.items()}
         return batch if self.cfg.train.compile else trim_padding(batch)  # compiled graphs keep a fixed width
 
@@ -378,15 +414,22 @@ class Trainer:
         train_cfg = self.cfg.train
         sample = None
         if train_cfg.loss == "sampled":
-            sample = (torch.multinomial(self.sample_q, train_cfg.negatives, replacement=True), self.log_q)
+            negatives = torch.multinomial(self.sample_q, train_cfg.negatives, replacement=True)
+            sample = (distributed.from_main(negatives, self.dist), self.log_q)  # one set shared by all ranks
         lr = lr_at(run.step, self.total_steps, train_cfg.lr, train_cfg.warmup_frac, train_cfg.lr_floor)
         autocast = self.device.type == "cuda" and train_cfg.bf16
+        shares = None
+        if self.dist.enabled:
+            rows = torch.stack([(batch[key] > 0).sum() for key in TARGETS]).float()
+            shares = distributed.row_shares(rows, distributed.sum_over_ranks(rows.clone(), self.dist), self.dist.world_size)
 
         def loss_fn(b: dict[str, torch.Tensor], s: tuple[torch.Tensor, torch.Tensor] | None):
-            return multitask_loss(self.model, self.encode, b, train_cfg, s)
+            return self.loss_module(b, s, shares)
 
         parts = train_step(self.model, loss_fn, self.optimizer, batch, lr, train_cfg, sample, autocast)
         losses = torch.stack([parts[name].float() for name in LOSS_PARTS])
+        if shares is not None:  # this rank's part of the global batch's mean losses
+            losses = losses * shares / self.dist.world_size
         if run.loss_sums is None:
             run.loss_sums = torch.zeros(4, device=self.device)
         run.loss_sums += torch.cat([losses, (batch["item_idx"] > 0).sum().float()[None]])
@@ -406,16 +449,25 @@ class Trainer:
     # ------------------------------------------------------------------ the end of an epoch
     @torch.no_grad()
     def evaluate_valid(self) -> dict[str, Any]:
-        if len(self.valid.truth_users) == 0:
+        """NDCG@10 / HR@10 on the valid window; distributed ranks each rank a share of the buyers."""
+        users = self.valid.truth_users
+        if len(users) == 0:
             return {"users": 0, "ndcg@10": float("nan"), "hr@10": float("nan")}
         scorer = ModelScorer(self.model, self.valid, self.popularity, self.device)
-        return evaluate_scorer(scorer, self.valid, [10], n_boot=0)
+        if not self.dist.enabled:
+            return evaluate_scorer(scorer, self.valid, [10], n_boot=0)
+        mine = torch.arange(len(users)).tensor_split(self.dist.world_size)[self.dist.rank].numpy()
+        part = rank(scorer, users[mine], 10, truth=self.valid.truth_items[mine])
+        shares = distributed.gather((part.top, part.top_scores, part.best_rank), self.dist)
+        whole = Ranking(users, *(np.concatenate([share[i] for share in shares]) for i in range(3)))
+        return metrics(whole, self.valid, [10], n_boot=0)
 
     def end_epoch(self, run: RunState, seconds: float) -> EpochStats:
         """Valid metrics, best epoch / patience, checkpoints and metadata.json, train_history.json."""
         train_cfg = self.cfg.train
         run.epoch_seconds += seconds
-        view, purchase, cart, tokens = run.loss_sums.tolist() if run.loss_sums is not None else [0.0] * 4
+        sums = distributed.sum_over_ranks(run.loss_sums, self.dist) if run.loss_sums is not None else None
+        view, purchase, cart, tokens = sums.tolist() if sums is not None else [0.0] * 4
         n = max(run.epoch_steps, 1)
         stats = EpochStats(
             epoch=run.epoch + 1, view_loss=view / n, purchase_loss=purchase / n, cart_loss=cart / n,
@@ -439,14 +491,17 @@ class Trainer:
         files = {"best.pt": self._payload(run)} if improved or no_valid else {}
         files["last.pt"] = self._payload(run)
         self._save(files, run)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.out_dir / "train_history.json", run.history)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.out_dir / "train_history.json", run.history)
         return stats
 
     def _finish(self, run: RunState, started: float, interrupted: bool = False) -> TrainSummary:
         run.timings["train_s"] = round(sum(h["seconds"] for h in run.history), 3)
         run.timings["total_s"] = round(time.perf_counter() - started, 3)
-        ckpt.write_metadata(self.run_dir, self._metadata(run))
+        if self.dist.is_main:
+            ckpt.write_metadata(self.run_dir, self._metadata(run))
+        distributed.teardown(self.dist)
         best_path, last_path = self.run_dir / "best.pt", self.run_dir / "last.pt"
         tokens_per_s = [h["tokens_per_s"] for h in run.history]
         return TrainSummary(
@@ -460,6 +515,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self, run: RunState) -> dict[str, Any]:
+        """The checkpoint of ``run`` (called on every rank: it gathers each rank's RNG state)."""
         payload = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -467,7 +523,9 @@ class Trainer:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "torch_by_rank": distributed.gather(torch.get_rng_state(), self.dist),
             },
+            "world_size": self.dist.world_size,
             "epoch": run.epoch,
             "batch_in_epoch": run.batch_in_epoch,
             "step": run.step,
@@ -483,7 +541,7 @@ class Trainer:
             "history": run.history,
         }
         if run.loss_sums is not None:  # inside an epoch: resuming sums exactly the same way
-            payload["running_sums"] = run.loss_sums.cpu()
+            payload["running_sums"] = distributed.sum_over_ranks(run.loss_sums.clone(), self.dist).cpu()
         return payload
 
     def restore(self, payload: dict[str, Any]) -> RunState:
@@ -494,7 +552,8 @@ class Trainer:
         self._refuse_finished(payload, epoch)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng"]["torch"])
+        by_rank = payload["rng"].get("torch_by_rank", [payload["rng"]["torch"]])
+        torch.set_rng_state(by_rank[self.dist.rank])
         if payload["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
         run = RunState(
@@ -505,8 +564,9 @@ class Trainer:
             epoch_seconds=float(payload.get("running", {}).get("seconds", 0.0)),
         )
         run.created_at = meta.get("created_at", run.created_at)
-        if "running_sums" in payload:
-            run.loss_sums = payload["running_sums"].to(self.device)
+        if "running_sums" in payload:  # summed over ranks when saved: rank 0 carries them on
+            sums = payload["running_sums"].to(self.device)
+            run.loss_sums = sums if self.dist.is_main else torch.zeros_like(sums)
         if self._stopped_early(payload, epoch) is not None:  # --epochs was raised: patience starts afresh
             run.bad_epochs = 0
         return run
@@ -547,6 +607,12 @@ class Trainer:
         saved = config_from_dict(payload["config"])
         if asdict(saved.model) != asdict(self.cfg.model):
             problems.append(f"model settings differ (checkpoint {asdict(saved.model)})")
+        world_size = payload.get("world_size", 1)
+        if world_size != self.dist.world_size:
+            problems.append(
+                f"it was trained by {world_size} process(es) and this is {self.dist.world_size} (a run resumes exactly "
+                f"only on as many: {'torchrun --nproc_per_node ' + str(world_size) + ' -m purchasepred train ... --resume' if world_size > 1 else 'purchasepred train ... --resume without torchrun'})"
+            )
         if problems:
             raise CheckpointError(
                 f"cannot resume run {self.run_name} on {self.data.path}: " + "; ".join(problems)
@@ -561,6 +627,7 @@ class Trainer:
             "versions": ckpt.versions(),
             "git_commit": ckpt.git_commit(),
             "device": str(self.device),
+            "world_size": self.dist.world_size,
             "dataset": {"path": str(self.data.path), "content_hash": self.data.manifest["content_hash"]},
             "purchase_weight": self.cfg.train.purchase_weight,
             "epochs_done": run.epoch,
@@ -578,7 +645,10 @@ class Trainer:
 
         Each file is staged (written, flushed, hashed), its hash recorded in metadata.json as pending,
         then renamed into place; the final metadata.json records it as committed. A failing write
-        (disk full) replaces nothing: the previous checkpoints and metadata.json stay as they were."""
+        (disk full) replaces nothing: the previous checkpoints and metadata.json stay as they were.
+        Only rank 0 writes."""
+        if not self.dist.is_main:
+            return
         staged: dict[str, tuple[Path, str]] = {}
         try:
             for name, payload in files.items():
