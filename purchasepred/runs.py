@@ -70,3 +70,16 @@ def load_model(run_dir: Path, which: str = "best", data: PreparedData | None = N
     model.load_state_dict(payload["model"])
     model.to(device or torch.device("cpu")).eval()
     return model, cfg, meta
+
+
+def latest_run(cfg: Config) -> tuple[str, str]:
+    """(name, when) of the most recently trained run in ``checkpoints/`` (by metadata.json)."""
+    root = Path(cfg.train.checkpoints_dir)
+    runs = sorted((p for p in root.glob("*/metadata.json") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise CheckpointError(
+            f"no trained run in {root}/; train one first: purchasepred train --purchase-weight 100 "
+            "(or name one with --run)"
+        )
+    meta = ckpt.read_metadata(runs[-1].parent)
+    return runs[-1].parent.name, str(meta.get("updated_at") or meta.get("created_at") or "at an unknown time")

@@ -58,7 +58,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
 @pytest.fixture(scope="module")
 def metrics(trained: Trained) -> tuple[dict, Path]:
-    return evaluate_run(trained.cfg, RUN, "test", [5, 10])
+    done = evaluate_run(trained.cfg, RUN, "test", [5, 10])
+    return done.result, done.path
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def check_export(path: Path, data: PreparedData, k: int) -> list[dict[str, str]]
 # ------------------------------------------------------------------------------ evaluate
 def test_metrics_json_has_models_baselines_blend_and_calibration(trained: Trained, metrics: tuple[dict, Path]) -> None:
     result, path = metrics
-    assert path == trained.root / "output" / RUN / "metrics.json"
+    assert path == trained.root / "output" / RUN / "metrics_k5-10.json"  # not the default cutoffs: its own file
     saved = json.loads(path.read_text())
     assert {"model", "baselines", "blend", "default", "calibration"} <= saved.keys()
     assert set(saved["baselines"]) == {"popularity", "history"}
@@ -187,8 +188,9 @@ def elsewhere(cfg: Config, folder: Path) -> Config:
 
 
 def test_evaluate_valid_split_and_default_k(trained: Trained, tmp_path: Path) -> None:
-    result, path = evaluate_run(elsewhere(trained.cfg, tmp_path), RUN, "valid")
-    assert path == tmp_path / RUN / "metrics.json"
+    done = evaluate_run(elsewhere(trained.cfg, tmp_path), RUN, "valid")
+    result, path = done.result, done.path
+    assert path == tmp_path / RUN / "metrics_valid.json"  # metrics.json stays the test window
     assert result["split"] == "valid" and result["k"] == [10]
     assert result["model"]["users"] == len(trained.data.split("valid").truth_users)
     assert json.loads(path.read_text())["split"] == "valid"
@@ -308,7 +310,7 @@ def test_cold_users_get_the_popularity_list(trained: Trained, exported: Path, me
 
 
 def test_evaluate_and_export_are_deterministic(trained: Trained, metrics: tuple[dict, Path], tmp_path: Path) -> None:
-    again, _ = evaluate_run(elsewhere(trained.cfg, tmp_path / "again"), RUN, "test", [5, 10])
+    again = evaluate_run(elsewhere(trained.cfg, tmp_path / "again"), RUN, "test", [5, 10]).result
     assert json.dumps(again, sort_keys=True, default=str) == json.dumps(metrics[0], sort_keys=True, default=str)
     first, second = tmp_path / "one.csv", tmp_path / "two.csv"
     export_run(trained.cfg, RUN, out=first)

@@ -41,7 +41,7 @@ def test_cuda_bf16_train_evaluate_export(dataset, compile_):
     meta = json.loads((dataset / "ck" / name / "metadata.json").read_text())
     assert meta["device"].startswith("cuda")
     assert all(e["view_loss"] == e["view_loss"] for e in meta["epochs"])  # no NaN under bf16
-    result, _ = evaluate_run(cfg, name)
+    result = evaluate_run(cfg, name).result
     assert result["model"]["ndcg@10"] > result["baselines"]["popularity"]["ndcg@10"] * 0.5
     exp = export_run(cfg, name)
     assert exp.rows == exp.users * exp.k

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from purchasepred import fileio
-from purchasepred.data import synth
 from purchasepred.data.synth import COMPETITION_HEADER, REES46_HEADER, SynthSummary, generate
 
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")

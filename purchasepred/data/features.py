@@ -35,3 +35,11 @@ class Vocab:
     n_items: int
     n_brands: int
     n_categories: int
+
+
+def per_event_type(view: float = 0.0, cart: float = 0.0, purchase: float = 0.0,
+                   remove_from_cart: float = 0.0) -> list[float]:
+    """A value for each event_type_id (padding gets 0), to index with an array of type ids."""
+    out = [0.0] * N_EVENT_TYPES
+    out[VIEW], out[CART], out[PURCHASE], out[REMOVE_FROM_CART] = view, cart, purchase, remove_from_cart
+    return out

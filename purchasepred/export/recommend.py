@@ -18,12 +18,14 @@ import numpy as np
 import torch
 
 from purchasepred.config import Config
+from purchasepred.data.features import FIRST_ID
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import named_queries
 from purchasepred.data.tensors import PreparedData, reader_connection
 from purchasepred.errors import PurchasePredError
 from purchasepred.fileio import atomic_path, check_new_output, make_parents, remove_empty
-from purchasepred.eval.evaluate import Fitted, build_window
+from purchasepred.eval.protocol import top_k
+from purchasepred.eval.evaluate import ValidFit, build_window
 
 COLUMNS = ("user_id", "item_id", "rank", "score", "source", "purchase_probability")
 
@@ -40,11 +42,11 @@ class ExportSummary:
 
 
 
-def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
+def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: ValidFit,
            out: Path, k: int, filter_seen: bool, force: bool,
            progress: Callable[[int, int], None] | None = None) -> ExportSummary:
     t0 = time.perf_counter()
-    n_catalog = data.vocab.n_items - 2
+    n_catalog = data.vocab.n_items - FIRST_ID
     if k > n_catalog:
         raise PurchasePredError(f"--k {k} is larger than the catalog ({n_catalog} items with an id); lower --k")
     check_new_output(out, force)
@@ -56,7 +58,7 @@ def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torc
         raise
 
 
-def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
+def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: ValidFit,
             out: Path, k: int, filter_seen: bool, progress: Callable[[int, int], None] | None, t0: float) -> ExportSummary:
     w = build_window(data, "all", cfg, model, device, fitted)
     users = data.users["user_idx"].astype(np.int64)
@@ -72,12 +74,12 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
     batch = cfg.export.user_batch
     # users with no event on a known item all get the same list: rank the catalog once for them
     pop = popularity.scores.clone()
-    pop[:2] = float("-inf")
-    pop_val, pop_top = (t.numpy() for t in torch.topk(pop, k))
+    pop[:FIRST_ID] = float("-inf")
+    pop_val, pop_top = (t[0].numpy() for t in top_k(pop[None, :], k))
     # users in order of history length: each batch then has one width (no padding columns to
     # compute) and is scored as one block; the CSV lists users in that order
     n_events = np.zeros(len(users), dtype=np.int64)
-    rows = np.array([w.split.row_of_user.get(int(x), -1) for x in users])
+    rows = w.split.rows_of(users)
     n_events[rows >= 0] = w.split.n_events[rows[rows >= 0]]
     order = np.argsort(n_events, kind="stable")
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
@@ -94,11 +96,11 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
             if dense.any():
                 ud = u[dense]
                 scores = ranker(ud).float() if use_ranker else popularity(ud)
-                scores[:, :2] = float("-inf")
+                scores[:, :FIRST_ID] = float("-inf")
                 if filter_seen:
                     rows, idx = w.events.ranges(ud)
                     scores[torch.as_tensor(rows), torch.as_tensor(w.events.item[idx])] = float("-inf")
-                v, t = torch.topk(scores, k, dim=1)
+                v, t = top_k(scores, k)
                 del scores
                 val[dense], top[dense] = v.numpy(), t.numpy()
             if not np.isfinite(val).all():
@@ -106,8 +108,8 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
                 val, top = _fill_from_popularity(val, top, popularity.scores.numpy())
             source = np.where(dense & use_ranker, fitted.default, "popularity")
             prob = np.where(source[:, None] == "popularity", fitted_pop(fitted, val), fitted.calibration(val))
-            for s_ in (fitted.default, "popularity"):
-                by_source[s_] = by_source.get(s_, 0) + int((source == s_).sum())
+            for src in (fitted.default, "popularity"):
+                by_source[src] = by_source.get(src, 0) + int((source == src).sum())
             _write_rows(fh, user_ids[pick], product[top], val, source, prob, k)
             if progress:
                 progress(min(start + batch, len(users)), len(users))
@@ -117,13 +119,13 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
                          time.perf_counter() - t0)
 
 
-def fitted_pop(fitted: Fitted, scores: np.ndarray) -> np.ndarray:
+def fitted_pop(fitted: ValidFit, scores: np.ndarray) -> np.ndarray:
     return fitted.popularity_calibration(scores) if fitted.popularity_calibration else np.zeros_like(scores)
 
 
 def _fill_from_popularity(val: np.ndarray, top: np.ndarray, pop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-pop, kind="stable")
-    order = order[order >= 2]
+    order = order[order >= FIRST_ID]
     for i in np.where(~np.isfinite(val).all(1))[0]:
         keep = np.isfinite(val[i])
         chosen = list(top[i][keep])

@@ -19,6 +19,7 @@ stop, checkpoints).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -47,6 +48,7 @@ from purchasepred.train import checkpoint as ckpt
 from purchasepred.train import distributed
 
 LOG_EVERY = 10  # steps between progress reports (each one syncs with the device)
+STEP_LOG = "train_steps.jsonl"  # output/<run>/: the logged steps, resume and early-stop points (read by `report`)
 FEW_STEPS = 50  # fewer optimizer steps than this in a whole run: the summary says how to get more
 # AdamW betas. beta2 = 0.98 rather than PyTorch's 0.999: the second-moment estimate then forgets in
 # ~50 steps instead of ~1000, which suits the sparse, bursty gradients of item embedding rows and
@@ -129,6 +131,9 @@ class RunState:
     loss_sums: torch.Tensor | None = None  # (4,) view, purchase, cart loss sums; real tokens
     epoch_steps: int = 0
     epoch_seconds: float = 0.0
+    # logged steps and events, appended to STEP_LOG when a checkpoint is written
+    steps_log: list[dict[str, Any]] = field(default_factory=list)
+    step_log_started: bool = False  # a fresh run starts the file; a resumed one appends
 
 
 def multitask_loss(
@@ -256,11 +261,13 @@ class Trainer:
                 for batch_index in range(run.batch_in_epoch, self.steps_per_epoch):
                     parts = self.step(run, self.batch(order, batch_index))
                     report = run.batch_in_epoch % LOG_EVERY == 0 or run.batch_in_epoch == self.steps_per_epoch
-                    if report and on_step is not None and self.dist.is_main:
-                        on_step(self._progress(run, parts, epoch_started))
+                    if report and self.dist.is_main:
+                        self.log_step(run, parts, epoch_started, on_step)
                     if self.stop_requested(report):
                         run.epoch_seconds += time.perf_counter() - epoch_started
                         self._save({"last.pt": self._payload(run)}, run)
+                        if self.out_dir.is_dir():
+                            self._append_steps(run)
                         return self._finish(run, started, interrupted=True)
                 stats = self.end_epoch(run, time.perf_counter() - epoch_started)
                 if on_epoch is not None and self.dist.is_main:
@@ -438,13 +445,29 @@ class Trainer:
         run.epoch_steps += 1
         return parts
 
-    def _progress(self, run: RunState, parts: dict[str, torch.Tensor], epoch_started: float) -> dict[str, Any]:
+    def log_step(self, run: RunState, parts: dict[str, torch.Tensor], epoch_started: float,
+                 on_step: Callable[[dict[str, Any]], None] | None) -> None:
+        """Progress of the step just taken: to ``on_step`` and to the step log (one host sync)."""
         seconds = run.epoch_seconds + time.perf_counter() - epoch_started
         tokens = float(run.loss_sums[3]) if run.loss_sums is not None else 0.0
-        return {"epoch": run.epoch, "batch": run.batch_in_epoch, "batches": self.steps_per_epoch,
-                "lr": lr_at(run.step - 1, self.total_steps, self.cfg.train.lr, self.cfg.train.warmup_frac, self.cfg.train.lr_floor),
-                "view_loss": float(parts["view"]), "purchase_loss": float(parts["purchase"]),
-                "tokens_per_s": tokens / max(seconds, 1e-9)}
+        logged = {"epoch": run.epoch, "batch": run.batch_in_epoch, "batches": self.steps_per_epoch,
+                  "lr": lr_at(run.step - 1, self.total_steps, self.cfg.train.lr, self.cfg.train.warmup_frac, self.cfg.train.lr_floor),
+                  "view_loss": float(parts["view"]), "purchase_loss": float(parts["purchase"]),
+                  "tokens_per_s": tokens / max(seconds, 1e-9)}
+        run.steps_log.append({"step": run.step, **logged, "cart_loss": float(parts["cart"])})
+        if on_step is not None:
+            on_step(logged)
+
+    def _append_steps(self, run: RunState) -> None:
+        """Append the pending step records to output/<run>/train_steps.jsonl (a fresh run starts the
+        file), then clear them. A step logged after the last checkpoint of a killed process is logged
+        again after --resume; readers keep the last line of each step."""
+        lines = [json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()})
+                 for r in run.steps_log]
+        with open(self.out_dir / STEP_LOG, "a" if run.step_log_started else "w", encoding="utf-8") as fh:
+            fh.writelines(line + "\n" for line in lines)
+        run.steps_log.clear()
+        run.step_log_started = True
 
     # ------------------------------------------------------------------ the end of an epoch
     @torch.no_grad()
@@ -487,6 +510,7 @@ class Trainer:
             run.bad_epochs += 1
         if train_cfg.patience and not no_valid and run.bad_epochs >= train_cfg.patience and run.epoch < train_cfg.epochs:
             run.early_stopped_at = run.epoch
+            run.steps_log.append({"event": "early_stop", "epoch": run.epoch, "step": run.step})
             self.notes.append(f"early stop after epoch {run.epoch}: no better valid NDCG@10 for {train_cfg.patience} epochs")
         files = {"best.pt": self._payload(run)} if improved or no_valid else {}
         files["last.pt"] = self._payload(run)
@@ -494,6 +518,7 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "train_history.json", run.history)
+            self._append_steps(run)
         return stats
 
     def _finish(self, run: RunState, started: float, interrupted: bool = False) -> TrainSummary:
@@ -564,6 +589,8 @@ class Trainer:
             epoch_seconds=float(payload.get("running", {}).get("seconds", 0.0)),
         )
         run.created_at = meta.get("created_at", run.created_at)
+        run.steps_log.append({"event": "resume", "epoch": epoch, "batch": run.batch_in_epoch, "step": run.step})
+        run.step_log_started = True
         if "running_sums" in payload:  # summed over ranks when saved: rank 0 carries them on
             sums = payload["running_sums"].to(self.device)
             run.loss_sums = sums if self.dist.is_main else torch.zeros_like(sums)
