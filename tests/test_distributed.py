@@ -147,7 +147,7 @@ def test_resuming_on_another_world_size_is_refused(root: Path, data: PreparedDat
 AUDIT_HOOK = '''
 import os, sys
 if os.environ.get("RANK") is not None and os.environ.get("PP_WATCH"):
-    _watch = os.environ["PP_WATCH"]
+    _watch = tuple(os.environ["PP_WATCH"].split(os.pathsep))
     _fd = os.open(os.path.join(os.environ["PP_AUDIT"], "writes-rank" + os.environ["RANK"]),
                   os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
@@ -169,7 +169,7 @@ if os.environ.get("RANK") is not None and os.environ.get("PP_WATCH"):
 
 def torchrun(root: Path, name: str, *extra: str, nproc: int = 2) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "hook"), *sys.path]),
-           "PP_WATCH": str(root / "checkpoints"), "PP_AUDIT": str(root / "audit" / name)}
+           "PP_WATCH": os.pathsep.join([str(root / "checkpoints"), str(root / "output")]), "PP_AUDIT": str(root / "audit" / name)}
     (root / "audit" / name).mkdir(parents=True, exist_ok=True)
     args = ["train", "--data", str(root / "prepared"), "--run-name", name, "--epochs", str(EPOCHS)]
     for s in (*SETS, f"train.checkpoints_dir={root / 'checkpoints'}", f"train.output_dir={root / 'output'}"):
@@ -234,10 +234,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
 def test_only_rank_zero_writes_the_run_files(root: Path, two_processes: dict[str, Any]) -> None:
     run_dir = _run_dir(root, "two")
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metadata.json"]
-    assert sorted(p.name for p in (root / "output" / "two").iterdir()) == ["train_history.json"]
+    assert sorted(p.name for p in (root / "output" / "two").iterdir()) == ["train_history.json", "train_steps.jsonl"]
     audit = root / "audit" / "two"
     rank0 = (audit / "writes-rank0").read_text()
-    assert "last.pt" in rank0 and "metadata.json" in rank0  # the hook sees writes
+    assert all(name in rank0 for name in ("last.pt", "metadata.json", "train_steps.jsonl"))  # the hook sees writes
     assert (audit / "writes-rank1").read_text() == ""
 
 
