@@ -266,8 +266,7 @@ class Trainer:
                     if self.stop_requested(report):
                         run.epoch_seconds += time.perf_counter() - epoch_started
                         self._save({"last.pt": self._payload(run)}, run)
-                        if self.out_dir.is_dir():
-                            self._append_steps(run)
+                        self._append_steps(run)
                         return self._finish(run, started, interrupted=True)
                 stats = self.end_epoch(run, time.perf_counter() - epoch_started)
                 if on_epoch is not None and self.dist.is_main:
@@ -461,7 +460,10 @@ class Trainer:
     def _append_steps(self, run: RunState) -> None:
         """Append the pending step records to output/<run>/train_steps.jsonl (a fresh run starts the
         file), then clear them. A step logged after the last checkpoint of a killed process is logged
-        again after --resume; readers keep the last line of each step."""
+        again after --resume; readers keep the last line of each step. Rank 0 writes; before the
+        first epoch's end (no output folder yet) the records are dropped."""
+        if not self.dist.is_main or not self.out_dir.is_dir():
+            return
         lines = [json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()})
                  for r in run.steps_log]
         with open(self.out_dir / STEP_LOG, "a" if run.step_log_started else "w", encoding="utf-8") as fh:
