@@ -239,7 +239,7 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
             generate(demo, rows=rows, views_per_purchase=60.0, days=30, seed=cfg.train.seed)
             inputs = [str(demo)]
         hooks.stage("prepare")
-        prep = prepare(inputs, prepared, cfg.prepare, force=False)
+        prep = prepare(inputs, prepared, cfg.prepare, force=False, need_buyers_in=("valid", "test"))  # run scores test
     cfg.train.data = str(prepared)
     meta = read_metadata(run_dir) if (run_dir / "metadata.json").is_file() else {}
     hooks.stage("train")
