@@ -42,12 +42,13 @@ _EPOCH = datetime(1970, 1, 1)
 
 
 def duration(seconds: float) -> str:
-    """'7.0 days', '2 h 49 min', '10 min 48 s', '8.6 s'."""
+    """'7.0 days', '2 h 50 min', '10 min 48 s', '8.6 s'."""
     if seconds >= 2 * 86400:
         return f"{seconds / 86400:.1f} days"
     s = int(round(seconds))
     if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60} min"
+        m = int(round(seconds / 60))
+        return f"{m // 60} h {m % 60} min"
     if s >= 60:
         return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
     return f"{seconds:.1f} s"
@@ -91,7 +92,7 @@ class Counts:
     def problems(self) -> dict[str, str]:
         """``{valid|test|train: what is wrong and what it breaks}`` for the windows of this length."""
         out: dict[str, str] = {}
-        breaks = {"valid": "train cannot measure it and evaluate/export have nothing to fit on",
+        breaks = {"valid": "training cannot be measured on it and evaluate/export have nothing to fit on",
                   "test": "evaluate --split test cannot score it (training, evaluate --split valid and export still work)"}
         for s in SPLITS:
             where = f"the {s} window ({self.window(s)})"
@@ -218,8 +219,8 @@ def _more_data(facts: LogFacts) -> str:
                 f"log each hold one: a log of more days is needed (at its rate, about {duration(target)} would "
                 f"give each window {TARGET_BUYERS})")
     return (f"at its rate ({k:,} purchase(s) by returning shoppers in {duration(facts.span_s)}) a log of about "
-            f"{duration(one)} would give each window one such buyer, {duration(target)} {TARGET_BUYERS}: "
-            "add more days of log")
+            f"{duration(one)} would give each window one such buyer, and about {duration(target)} "
+            f"{TARGET_BUYERS}: add more days of log")
 
 
 def _fix(facts: LogFacts) -> str:
@@ -265,7 +266,7 @@ def choose(con: duckdb.DuckDBPyConnection, requested: float | str, need: tuple[s
     problems = c.problems()
     fatal = [p for k, p in problems.items() if k in need or (k == "train" and need)]
     if fatal:
-        raise InputError(f"{where}: --eval-days {days:g} leaves {'; '.join(fatal)}; {facts.describe()}; "
+        raise InputError(f"{where}: --eval-days {days:g} does not work: {'; '.join(fatal)}; {facts.describe()}; "
                          f"{c.describe()}; {_fix(facts)}")
     fix = _fix(facts) if problems else ""
     warnings = [f"--eval-days {days:g}: {p}; {fix}" for p in problems.values()]
