@@ -43,7 +43,7 @@ _EPOCH = datetime(1970, 1, 1)
 
 def duration(seconds: float) -> str:
     """'7.0 days', '2 h 50 min', '10 min 48 s', '8.6 s'."""
-    if seconds >= 2 * 86400:
+    if seconds >= 86400:
         return f"{seconds / 86400:.1f} days"
     s = int(round(seconds))
     if s >= 3600:
