@@ -68,7 +68,7 @@ def main() -> None:
             t0 = time.perf_counter()
             summary = Trainer(cfg, data, name).fit()
             train_s = time.perf_counter() - t0
-            res, _ = evaluate_run(cfg, name)
+            res = evaluate_run(cfg, name).result
             row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done,
                    "tokens_per_s": round(summary.tokens_per_s), "default": res["default"],
                    "buyers": res["model"]["users"], "purchases_in_data": data.manifest["events_by_type"].get("purchase", 0)}
