@@ -143,8 +143,8 @@ def test_counts_match_what_the_split_writes(short_log: Path, tmp_path: Path) -> 
             assert c.users_with_inputs[s] == m["windows"][s]["n_users_with_inputs"], (days, s)
             assert c.buyers[s] == m["windows"][s]["n_users_with_purchases"], (days, s)
             assert c.returning[s] == returning(out, s), (days, s)
-        n_train = rows(open_prepared(out), "select count(distinct user_idx) from train_sequences")[0][0]
-        assert (c.train_users > 0) == (n_train > 0)
+        two_before_valid = rows(open_prepared(out), "select count(*) from sequences where split = 'valid' and n_events >= 2")
+        assert c.train_users == two_before_valid[0][0], days
 
 
 # ------------------------------------------------------------------------------------------------ explicit values
@@ -191,6 +191,22 @@ def test_two_purchases_end_with_one_message_not_a_loop(tmp_path: Path) -> None:
     assert "no --eval-days works on this log" in line and "2 purchase(s)" in line
     assert "smaller" not in line and "larger" not in line
     assert [p.name for p in tmp_path.iterdir()] == ["two.csv"]
+
+
+def test_no_training_pairs_before_valid(tmp_path: Path) -> None:
+    """Users seen once before the valid window: nothing to train on (an error for the command, a
+    warning in the library), whatever the buyers in the windows."""
+    t0 = datetime(2019, 10, 1)
+    events = [(t0 + timedelta(hours=u), "view", u % 3, u) for u in range(8)]
+    events += [(t0 + timedelta(hours=10 + u), "view", 0, 100 + u) for u in range(3)]  # seen once in all
+    events += [(t0 + timedelta(days=d, hours=u), kind, u % 3, u) for d in (5, 6) for u in range(8)
+               for kind in ("view", "purchase")]
+    raw = write_log(tmp_path / "once.csv", events)
+    line = one_error_line(cli("prepare", raw, "--out", tmp_path / "p", "--eval-days", "1"))
+    assert "no user has two events before the valid window" in line and "0 users with two events" in line
+    m = prepare([str(raw)], tmp_path / "q", PrepareConfig(eval_days=1)).manifest
+    assert m["n_train_sequences"] == 0
+    assert any("no user has two events before the valid window" in w for w in m["warnings"])
 
 
 def test_a_log_without_purchases(tmp_path: Path) -> None:

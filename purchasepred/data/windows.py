@@ -168,8 +168,8 @@ def load_facts(con: duckdb.DuckDBPyConnection) -> LogFacts:
     first_us, last_us = con.execute(q["bounds"]).fetchone()
     users = con.execute(q["users"]).fetchnumpy()
     purchases = con.execute(q["purchases"]).fetchnumpy()
-    second = np.asarray(users["second_us"])
-    if np.ma.isMaskedArray(second):
+    second = users["second_us"]
+    if np.ma.isMaskedArray(second):  # users with one event have no second one (NULL): drop them, not as 0
         second = second.compressed()
     return LogFacts(
         first_us=int(first_us), last_us=int(last_us),
