@@ -19,7 +19,7 @@ import torch
 from purchasepred.config import EvalConfig, Config
 from purchasepred.data.prepare import PrepareSummary, prepare
 from purchasepred.data.tensors import PreparedData
-from purchasepred.errors import CheckpointError, Interrupted, PurchasePredError
+from purchasepred.errors import CheckpointError, DatasetError, Interrupted, PurchasePredError
 from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid, fit_settings
 from purchasepred.export.recommend import ExportSummary, export
 from purchasepred.fileio import check_new_output, write_json
@@ -269,7 +269,11 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
             generate(demo, rows=rows, views_per_purchase=60.0, days=30, seed=cfg.train.seed)
             inputs = [str(demo)]
         hooks.stage("prepare")
-        prep = prepare(inputs, prepared, cfg.prepare, force=False)
+        prep = prepare(inputs, prepared, cfg.prepare, force=False, need_buyers_in=("valid", "test"))  # run scores test
+        n_items = prep.manifest["n_items"]
+        if n_items < cfg.export.k:  # export would refuse it, after training: say so now
+            raise DatasetError(f"{prepared} has {n_items} items with an id, fewer than the {cfg.export.k} recommendations "
+                               f"per user of export.k; use a longer log, --min-item-count 1, or --set export.k={max(n_items, 1)}")
     cfg.train.data = str(prepared)
     meta = read_metadata(run_dir) if (run_dir / "metadata.json").is_file() else {}
     hooks.stage("train")
