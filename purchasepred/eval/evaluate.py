@@ -43,6 +43,7 @@ class ValidFit:
     checkpoint_sha256: str | None = None
     popularity_calibration: Calibration | None = None
     default_reason: str = "best NDCG@10 on the valid window"
+    settings: dict[str, Any] = field(default_factory=dict)  # fit_settings(cfg) of the fit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,8 +55,14 @@ class ValidFit:
             valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
             dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
-            default_reason=d.get("default_reason", cls.default_reason),
+            default_reason=d.get("default_reason", cls.default_reason), settings=d.get("settings", {}),
         )
+
+
+def fit_settings(cfg: Config) -> dict[str, Any]:
+    """The settings a valid fit depends on: a cached fit made with others is stale."""
+    return {"popularity_days": cfg.eval.popularity_days, "min_valid_buyers": cfg.eval.min_valid_buyers,
+            "seed": cfg.eval.seed, "export_k": cfg.export.k}
 
 
 @dataclass
@@ -99,7 +106,7 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     if len(valid.split.truth_users) == 0:
         raise DatasetError(
             f"the valid window of {data.path} has no purchases, so nothing can be fitted or compared on it; "
-            "prepare with a larger --eval-days or more data"
+            "prepare again with --eval-days auto (it chooses windows that hold buyers, or says how much more data it takes)"
         )
     window_days = float(data.manifest["settings"]["eval_days"])
     params, hist_score = fit_history(valid.events, valid.popularity, valid.split, valid.cutoff_ts, window_days,
@@ -123,7 +130,7 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     calibration = fit_platt(labels, scores_)
     fitted = ValidFit(history=params, blend=weights, default=default, default_reason=reason, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
-                    checkpoint_sha256=checkpoint_sha256,
+                    checkpoint_sha256=checkpoint_sha256, settings=fit_settings(cfg),
                     popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)))
     return fitted, valid
 
@@ -158,7 +165,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         raise DatasetError(
             f"the {split} window of {data.path} ({w.split.window_start} .. {w.split.window_end}) has no purchases, so "
             f"there is nothing to evaluate; {'evaluate --split valid, or ' if split == 'test' else ''}"
-            "prepare with a larger --eval-days"
+            "prepare again with --eval-days auto (it chooses windows that hold buyers)"
         )
     has_history = w.split.rows_of(w.split.truth_users) >= 0
     seen = _seen_mask(w)
