@@ -435,6 +435,6 @@ def test_a_valid_window_without_purchases_fails_before_training(root: Path, data
 
 def test_config_yaml_records_the_settings_the_dataset_was_prepared_with(root: Path, run_a: TrainSummary) -> None:
     saved = yaml.safe_load((root / "checkpoints" / "A" / "config.yaml").read_text())
-    assert Config().prepare.eval_days == 7 and Config().prepare.max_len == 50  # the defaults differ
+    assert (Config().prepare.eval_days, Config().prepare.max_len) != (3, 20)  # the defaults differ
     assert saved["prepare"]["eval_days"] == 3 and saved["prepare"]["max_len"] == 20
     assert torch.load(root / "checkpoints" / "A" / "last.pt", weights_only=True)["config"]["prepare"]["eval_days"] == 3
