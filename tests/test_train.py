@@ -438,3 +438,21 @@ def test_config_yaml_records_the_settings_the_dataset_was_prepared_with(root: Pa
     assert (Config().prepare.eval_days, Config().prepare.max_len) != (3, 20)  # the defaults differ
     assert saved["prepare"]["eval_days"] == 3 and saved["prepare"]["max_len"] == 20
     assert torch.load(root / "checkpoints" / "A" / "last.pt", weights_only=True)["config"]["prepare"]["eval_days"] == 3
+
+
+def test_a_checkpoint_written_before_the_loop_was_split_resumes_exactly(
+    root: Path, data: PreparedData, run_a: TrainSummary,
+) -> None:
+    Trainer(make_cfg(root, 3), data, "legacy").fit(stop_after_epoch=1)
+    run_dir = root / "checkpoints" / "legacy"
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    for key in ("world_size", "early_stopped_at"):
+        del payload[key]
+    del payload["rng"]["torch_by_rank"]
+    payload["running"] = {"view": 0.0, "purchase": 0.0, "cart": 0.0, "n": 0.0, "tokens": 0.0, "seconds": 0.0}
+    torch.save(payload, run_dir / "last.pt")  # what the trainer wrote before RunState
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    meta["checkpoints"]["last.pt"] = _sha256(run_dir / "last.pt")
+    (run_dir / "metadata.json").write_text(json.dumps(meta))
+    resumed = Trainer(make_cfg(root, 3), data, "legacy").fit(resume=True)
+    assert _losses_and_valid(resumed.history) == _losses_and_valid(run_a.history)
