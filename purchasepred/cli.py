@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import traceback
 from collections.abc import Callable
@@ -157,7 +158,9 @@ def _root(
                                           metavar="")] = False,
 ) -> None:
     """Commands: synth, prepare, train, evaluate, export, run (all four). Each has --help with an example."""
-    ui.set_quiet(quiet)  # each invocation starts from what was given here; the command's own -q adds to it
+    # each invocation starts from what was given here; the command's own -q adds to it. Under torchrun
+    # rank 0 alone reports.
+    ui.set_quiet(quiet or os.environ.get("RANK", "0") != "0")
     _state["debug"] = debug
 
 
@@ -245,6 +248,10 @@ def synth(
 
 
 # ------------------------------------------------------------------------------------------ prepare
+EVAL_DAYS_HELP = ("Days in the test window and in the valid window (fractions allowed), or auto: chosen from the "
+                  "log's span and purchase times.")
+
+
 def runs_trained_on(cfg: Config, data: Path) -> list[str]:
     """Names of the runs in checkpoints/ whose metadata.json names ``data`` as their dataset."""
     names = []
@@ -266,7 +273,7 @@ def prepare(
     session_gap: Annotated[Optional[float], typer.Option(help="Minutes of inactivity that start a new session." + default("prepare.session_gap_minutes"))] = None,
     max_len: Annotated[Optional[int], typer.Option(help="Events per sequence." + default("prepare.max_len"))] = None,
     min_item_count: Annotated[Optional[int], typer.Option(help="Items seen fewer times become 'unknown'." + default("prepare.min_item_count"))] = None,
-    eval_days: Annotated[Optional[float], typer.Option(help="Days in the test window and in the valid window (fractions allowed)." + default("prepare.eval_days"))] = None,
+    eval_days: Annotated[Optional[str], typer.Option(help=EVAL_DAYS_HELP + default("prepare.eval_days"))] = None,
     memory_limit: Annotated[Optional[str], typer.Option(help="DuckDB memory limit: a share of RAM such as 50% or a size such as 1GB; spills to --temp-dir beyond." + default("prepare.memory_limit"))] = None,
     threads: Annotated[Optional[int], typer.Option(help="DuckDB threads \\[default: all cores].")] = None,
     temp_dir: Annotated[Optional[Path], typer.Option(help="Folder for DuckDB's spill files \\[default: a hidden folder next to --out].")] = None,
@@ -297,11 +304,14 @@ def prepare(
     created = [] if out.exists() else make_parents(out)
     try:
         with ui.steps("prepare") as step:
-            summary = run_prepare(raw, out, cfg.prepare, force=force, step=step, input_cfg=cfg.input)
+            summary = run_prepare(raw, out, cfg.prepare, force=force, step=step, need_buyers_in=("valid",),
+                                  input_cfg=cfg.input)
     except BaseException:
         remove_empty(created)  # nothing partial: not even the empty parent folders of --out
         raise
     ui.show(prepare_table(summary.manifest, summary.out, summary.seconds))
+    for warning in summary.manifest.get("warnings", []):
+        ui.warn(warning)
     if trained:
         ui.warn(f"{out} was replaced, and run(s) {', '.join(trained)} were trained on the old data: evaluate and "
                 "export will refuse them until it is prepared again from the same files and settings (their "
@@ -314,6 +324,8 @@ def _when(value: str) -> str:
 
 
 def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
+    from purchasepred.data.windows import duration
+
     rows: list[tuple[str, Any]] = [
         ("rows read", m["rows_read"]),
         ("rejected", m["rows_rejected"]),
@@ -334,6 +346,9 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
         ("events by type", m["events_by_type"]),
         ("views per purchase", f"{vpp:,.1f}" if vpp is not None else "no purchases"),
     ]
+    choice = m.get("eval_days_choice")
+    if choice:
+        rows.append(("eval days", f"{choice['chosen']:g} ({duration(choice['chosen'] * 86400)}) - {choice['why']}"))
     for split, w in m["windows"].items():
         rows.append((f"window {split}", f"{_when(w['window_start'])} .. {_when(w['window_end'])}  "
                      f"users with inputs {w['n_users_with_inputs']:,}, buyers {w['n_users_with_purchases']:,}"))
@@ -609,7 +624,7 @@ def run_all(
     rows: Annotated[int, typer.Option(help="Demo dataset rows (without RAW).")] = 300_000,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs." + default("train.epochs"))] = None,
     purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss." + default("train.purchase_weight"))] = None,
-    eval_days: Annotated[Optional[float], typer.Option(help="Days per evaluation window." + default("prepare.eval_days"))] = None,
+    eval_days: Annotated[Optional[str], typer.Option(help=EVAL_DAYS_HELP + default("prepare.eval_days"))] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run of this name.", metavar="")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: training, then evaluate and export.", metavar="")] = False,
     config: ConfigOpt = None,
@@ -636,6 +651,8 @@ def run_all(
         ui.warn(note)
     if done.prepared is not None:
         ui.show(prepare_table(done.prepared.manifest, done.prepared.out, done.prepared.seconds))
+        for warning in done.prepared.manifest.get("warnings", []):
+            ui.warn(warning)
     ui.show(train_table(done.train))
     for table in metrics_tables(done.evaluation.result):
         ui.show(table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ class PrepareConfig:
     """Events per sequence: the last ``max_len`` events before a cutoff."""
     min_item_count: int = 2
     """Items seen fewer times share the 'unknown' id 1 (they cannot be recommended)."""
-    eval_days: float = 7.0
-    """Length of the test window (the last days of the log) and of the valid window before it."""
+    eval_days: float | Literal["auto"] = "auto"
+    """Length in days of the test window (the last days of the log) and of the valid window before it.
+    auto: 7 on a log of several weeks, else a proportionate window in which valid and test hold buyers
+    with earlier events (prepare prints the choice and why; manifest.json records it)."""
     memory_limit: str | None = "50%"
     """DuckDB memory limit: a share of this machine's RAM such as '50%', or a size such as '1GB'; DuckDB
     spills to temp_dir beyond it (None: DuckDB's own 80% of RAM). '1GB' keeps peak RSS under 2 GB."""
@@ -115,6 +118,9 @@ class TrainConfig:
     """AdamW weight decay (never applied to embeddings, norms or biases)."""
     warmup_frac: float = 0.05
     """Fraction of all steps spent warming the learning rate up linearly."""
+    lr_floor: float = 0.05
+    """Cosine decay ends at this fraction of the peak learning rate, not at zero, so the last steps
+    still move the (sparsely updated) item embeddings."""
     grad_clip: float = 1.0
     """Gradient-norm clip (0 disables)."""
     purchase_weight: float = 100.0
@@ -218,7 +224,13 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, inner[0], value)
+        reasons = []
+        for option in inner:  # the first type that takes the value: float | Literal["auto"]
+            try:
+                return _coerce(key, option, value)
+            except ValueError as err:
+                reasons.append(str(err).split(", got ")[0].removeprefix("must be "))
+        raise ValueError(f"must be {' or '.join(reasons)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise ValueError(f"must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -260,7 +272,8 @@ def _validate(cfg: Config) -> list[str]:
         (p.session_gap_minutes > 0, "prepare.session_gap_minutes must be > 0"),
         (p.max_len >= 2, "prepare.max_len must be >= 2"),
         (p.min_item_count >= 1, "prepare.min_item_count must be >= 1"),
-        (p.eval_days > 0, "prepare.eval_days must be > 0"),
+        (p.eval_days == "auto" or (not isinstance(p.eval_days, str) and math.isfinite(p.eval_days) and p.eval_days > 0),
+         "prepare.eval_days must be > 0 (a number of days) or auto"),
         (p.threads is None or p.threads >= 1, "prepare.threads must be >= 1"),
         (m.d_model >= 8 and m.d_model % max(m.n_heads, 1) == 0, "model.d_model must be >= 8 and divisible by model.n_heads"),
         (m.n_layers >= 1, "model.n_layers must be >= 1"),
@@ -271,6 +284,7 @@ def _validate(cfg: Config) -> list[str]:
         (t.lr > 0, "train.lr must be > 0"),
         (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (0 <= t.warmup_frac < 1, "train.warmup_frac must be in [0, 1)"),
+        (0 <= t.lr_floor <= 1, "train.lr_floor must be in [0, 1]"),
         (t.grad_clip >= 0, "train.grad_clip must be >= 0"),
         (t.purchase_weight >= 0, "train.purchase_weight must be >= 0 (got %s)" % t.purchase_weight),
         (t.cart_weight >= 0, "train.cart_weight must be >= 0"),

@@ -19,12 +19,12 @@ import torch
 from purchasepred.config import EvalConfig, Config
 from purchasepred.data.prepare import PrepareSummary, prepare
 from purchasepred.data.tensors import PreparedData
-from purchasepred.errors import CheckpointError, Interrupted, PurchasePredError
+from purchasepred.errors import CheckpointError, DatasetError, Interrupted, PurchasePredError
 from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid, fit_settings
 from purchasepred.export.recommend import ExportSummary, export
 from purchasepred.fileio import check_new_output, write_json
 from purchasepred.runs import latest_run, load_model, pick_device, run_paths
-from purchasepred.train.checkpoint import read_metadata
+from purchasepred.checkpoint import read_metadata
 from purchasepred.train.trainer import EpochStats, Trainer, TrainSummary
 
 Log = Callable[[str], None]
@@ -269,11 +269,16 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
             generate(demo, rows=rows, views_per_purchase=60.0, days=30, seed=cfg.train.seed)
             inputs = [str(demo)]
         hooks.stage("prepare")
-        prep = prepare(inputs, prepared, cfg.prepare, force=False, input_cfg=cfg.input)
+        prep = prepare(inputs, prepared, cfg.prepare, force=False, need_buyers_in=("valid", "test"),
+                       input_cfg=cfg.input)  # run scores test
+        n_items = prep.manifest["n_items"]
+        if n_items < cfg.export.k:  # export would refuse it, after training: say so now
+            raise DatasetError(f"{prepared} has {n_items} items with an id, fewer than the {cfg.export.k} recommendations "
+                               f"per user of export.k; use a longer log, --min-item-count 1, or --set export.k={max(n_items, 1)}")
     cfg.train.data = str(prepared)
     meta = read_metadata(run_dir) if (run_dir / "metadata.json").is_file() else {}
     hooks.stage("train")
-    if resume and meta.get("epochs_done", 0) >= cfg.train.epochs:
+    if resume and (meta.get("epochs_done", 0) >= cfg.train.epochs or meta.get("early_stopped_at") is not None):
         summary = _finished_training(name, run_dir, out_dir, meta)
     else:
         summary = train_run(cfg, name, resume=resume, hooks=hooks)

@@ -326,8 +326,8 @@ def test_debug_and_quiet_work_after_the_subcommand(in_work: dict[str, Any]) -> N
 
 @pytest.mark.parametrize("command, defaults", [
     ("train", {"--epochs": "8", "--purchase-weight": "100.0", "--batch-size": "256", "--run-name": "a timestamp"}),
-    ("run", {"--epochs": "8", "--purchase-weight": "100.0", "--eval-days": "7.0"}),
-    ("prepare", {"--eval-days": "7.0", "--max-len": "50"}),
+    ("run", {"--epochs": "8", "--purchase-weight": "100.0", "--eval-days": "auto"}),
+    ("prepare", {"--eval-days": "auto", "--max-len": "50"}),
     ("evaluate", {"--k": "10", "--run": "the latest run"}),
 ])
 def test_help_shows_defaults_of_config_backed_flags_and_no_bool_metavar(command: str, defaults: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ import pytest
 from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, invoke, open_prepared, rows
 from purchasepred.config import InputConfig, PrepareConfig, load_config
 from purchasepred.data.inputs import PRESETS
-from purchasepred.data.prepare import prepare
+from purchasepred.data.prepare import load_manifest, prepare
 from purchasepred.errors import ConfigError, InputError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -176,21 +176,53 @@ def test_bad_mappings_fail_before_any_work(tmp_path: Path, icfg: InputConfig, ne
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
-def test_cli_schema_flag_and_set_mapping(tmp_path: Path) -> None:
-    out = tmp_path / "p"
-    result = invoke("prepare", TAOBAO, "--schema", "taobao", "--out", out, "--eval-days", "1", "--max-len", "4")
+@pytest.fixture(scope="module")
+def synth_logs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A synthetic log long enough for the CLI's window checks, written as Taobao and RetailRocket files."""
+    from purchasepred.data.synth import generate
+
+    root = tmp_path_factory.mktemp("logs")
+    rees = root / "rees.csv"
+    generate(rees, rows=4_000, days=20, seed=3)
+    con = duckdb.connect()
+    con.execute("set TimeZone = 'UTC'")
+    src = con.read_csv(str(rees), all_varchar=True)  # noqa: F841 - read by the queries below
+    taobao, rr = root / "taobao.csv", root / "rr.csv"
+    con.execute("""copy (select user_id, product_id, category_id,
+                           case event_type when 'view' then 'pv' when 'purchase' then 'buy' else event_type end,
+                           epoch(event_time::timestamptz)::bigint
+                        from src where event_type <> 'remove_from_cart')
+                   to '""" + str(taobao).replace("'", "''") + "' (header false)")
+    con.execute("""copy (select (epoch(event_time::timestamptz) * 1000)::bigint as timestamp, user_id as visitorid,
+                           case event_type when 'cart' then 'addtocart' when 'purchase' then 'transaction' else event_type end
+                               as event, product_id as itemid, '' as transactionid
+                        from src where event_type <> 'remove_from_cart')
+                   to '""" + str(rr).replace("'", "''") + "' (header true)")
+    return taobao, rr
+
+
+def test_cli_schema_flag_and_set_mapping(tmp_path: Path, synth_logs: tuple[Path, Path]) -> None:
+    taobao, rr = synth_logs
+    result = invoke("prepare", taobao, "--schema", "taobao", "--out", tmp_path / "p", "--eval-days", "3")
     assert result.exit_code == 0, result.output
-    assert "ignored" in result.output and "fav" in result.output
-    result = invoke("prepare", RR, "--out", tmp_path / "q", "--eval-days", "1", "--set", "input.user=visitorid",
+    m = load_manifest(tmp_path / "p")
+    assert m["input_schemas"] == ["taobao"] and m["rows_rejected"] == 0 and conserved(m)
+    result = invoke("prepare", rr, "--out", tmp_path / "q", "--eval-days", "3", "--set", "input.user=visitorid",
                     "--set", "input.item=itemid", "--set", "input.time=timestamp", "--set", "input.event_type=event",
                     "--set", "input.time_format=unix_ms", "--set", "input.cart=[addtocart]",
                     "--set", "input.purchase=transaction")
     assert result.exit_code == 0, result.output
-    assert same(tmp_path / "q", _prepared(tmp_path / "r", RR, "retailrocket"))
+    assert load_manifest(tmp_path / "q")["input_schemas"] == ["custom"]
+    assert same(tmp_path / "q", _prepared(tmp_path / "r", rr, "retailrocket"))
+    # the same events in both files (only Taobao's has categories): the same event sequences
+    q = "select user_idx, seq, product_id, event_type_id, ts, session_no from read_parquet(?) order by all"
+    con = duckdb.connect()
+    assert con.execute(q, [str(tmp_path / "q" / "events.parquet")]).fetchall() == \
+        con.execute(q, [str(tmp_path / "p" / "events.parquet")]).fetchall()
 
 
 def _prepared(out: Path, path: Path, schema: str) -> Path:
-    prepare([str(path)], out, PrepareConfig(eval_days=1), input_cfg=InputConfig(schema=schema))
+    prepare([str(path)], out, PrepareConfig(eval_days=3), input_cfg=InputConfig(schema=schema))
     return out
 
 

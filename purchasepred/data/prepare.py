@@ -15,12 +15,11 @@ import hashlib
 import json
 from glob import escape as glob_escape
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ from purchasepred.data.inputs import (
     InputFile, check_input_config, check_path, duckdb_literal, expand, inspect_csv, is_parquet,
     resolve_mapping,
 )
+from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
-from purchasepred.resources import sql_dir
+from purchasepred.resources import named_queries, sql_dir
 from purchasepred.fileio import sha256_file, to_json
 
 SCHEMA_VERSION = 1
@@ -54,14 +54,13 @@ STEPS: list[tuple[str, str]] = [
     ("sequences", "08_sequences.sql"),
 ]
 LOAD_PARQUET = "01_load_parquet.sql"
-QUERY_FILES = ("audits.sql", "stats.sql")
+QUERY_FILES = ("audits.sql", "stats.sql", "windows.sql")
 
 OUTPUT_TABLES = (
     "events", "users", "items", "brands", "categories", "windows", "truth",
     "sequences", "train_sequences", "rejects",
 )
 
-_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
 @dataclass
@@ -84,13 +83,6 @@ class PrepareSummary:
     manifest: dict[str, Any]
     seconds: float
     audits: dict[str, int] = field(default_factory=dict)
-
-
-def named_queries(filename: str) -> dict[str, str]:
-    """Split an aiosql-style file into ``{name: query}`` on ``-- name: x`` lines."""
-    text = (sql_dir() / filename).read_text()
-    parts = _NAME.split(text)
-    return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}
 
 
 def sql_hashes() -> dict[str, str]:
@@ -148,10 +140,13 @@ def prepare(
     force: bool = False,
     step: Callable[[str], None] | None = None,
     now: datetime | None = None,
+    need_buyers_in: tuple[str, ...] = (),
     input_cfg: InputConfig | None = None,
 ) -> PrepareSummary:
     """Prepare a dataset folder from raw event files. Library entry point (no printing).
 
+    ``need_buyers_in``: windows ("valid", "test") that a given --eval-days must leave with buyers who
+    have earlier events, else InputError (see :func:`purchasepred.data.windows.choose`).
     ``input_cfg`` maps a store's own columns and event values (default: the REES46 forms, told apart
     by their header)."""
     t0 = time.perf_counter()
@@ -170,7 +165,7 @@ def prepare(
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             hashes = pool.submit(lambda: {str(p): sha256_file(p) for p in paths if p.is_file()})
-            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now or datetime.now(timezone.utc))
+            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now or datetime.now(timezone.utc), need_buyers_in)
             digests = hashes.result()
         manifest["inputs"] = [
             {"path": str(p), "size": p.stat().st_size, "sha256": digests[str(p)]} for p in paths
@@ -252,7 +247,8 @@ def _spill_dir(tmp: Path, cfg: PrepareConfig) -> Path:
 
 
 def _run(
-    paths: list[Path], tmp: Path, cfg: PrepareConfig, icfg: InputConfig, step: Callable[[str], None], now: datetime
+    paths: list[Path], tmp: Path, cfg: PrepareConfig, icfg: InputConfig, step: Callable[[str], None], now: datetime,
+    need_buyers_in: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], dict[str, int]]:
     # an in-memory database (faster than a file) that still spills to temp_dir under memory_limit
     con = duckdb.connect(":memory:")
@@ -281,7 +277,6 @@ def _run(
         times.record("inspect inputs", time.perf_counter() - t, len(files))
         _set(con, "session_gap_seconds", float(cfg.session_gap_minutes) * 60.0)
         _set(con, "min_item_count", int(cfg.min_item_count))
-        _set(con, "eval_seconds", float(cfg.eval_days) * 86400.0)
         _set(con, "max_len", int(cfg.max_len))
         _set(con, "min_event_at", datetime(2000, 1, 1))
         _set(con, "max_event_at", (now + timedelta(days=1)).replace(tzinfo=None))
@@ -300,6 +295,10 @@ def _run(
                 times.record(name, time.perf_counter() - t, n_staged, con)
                 continue
             step(name)
+            if name == "split":  # windows.py picks (auto) or checks the window length 07_split.sql uses
+                choice = choose(con, cfg.eval_days, need_buyers_in, ", ".join(map(str, paths)))
+                cfg = replace(cfg, eval_days=choice.days)
+                _set(con, "eval_seconds", float(choice.days) * 86400.0)
             try:
                 con.execute(sql[filename])
             except duckdb.Error as err:
@@ -324,7 +323,7 @@ def _run(
             # row groups of ~64 MB: the writer buffers one per thread, and list columns are wide
             con.table(table).write_parquet(str(tmp / f"{table}.parquet"), compression="snappy", row_group_size_bytes="64MB")
         times.record("write tables", time.perf_counter() - t, len(OUTPUT_TABLES), con)
-        manifest = _manifest(con, files, cfg)
+        manifest = _manifest(con, files, cfg, choice)
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
@@ -395,7 +394,7 @@ def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None
     )
 
 
-def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: PrepareConfig) -> dict[str, Any]:
+def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: PrepareConfig, choice: Choice) -> dict[str, Any]:
     q = named_queries("stats.sql")
     counts = _rows(con, q["counts"])[0]
     rejects = {r["reason"]: int(r["n"]) for r in _rows(con, q["rejects_by_reason"])}
@@ -420,11 +419,13 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
             "eval_days": cfg.eval_days,
             "max_len": cfg.max_len,
         },
+        "eval_days_choice": choice.to_dict(),
         "input_schemas": sorted({f.schema for f in files}),
         "input_mappings": _unique([f.mapping.to_dict() for f in files]),
         "sql_sha256": sql_hashes(),
         "tables": {t: f"{t}.parquet" for t in OUTPUT_TABLES},
     }
+    manifest["warnings"] = choice.warnings + item_warnings(manifest, cfg.min_item_count)
     assert manifest["rows_read"] == (manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"]
                                      + manifest["rows_ignored"]), manifest
     return manifest

@@ -106,7 +106,7 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     if len(valid.split.truth_users) == 0:
         raise DatasetError(
             f"the valid window of {data.path} has no purchases, so nothing can be fitted or compared on it; "
-            "prepare with a larger --eval-days or more data"
+            "prepare again with --eval-days auto (it chooses windows that hold buyers, or says how much more data it takes)"
         )
     window_days = float(data.manifest["settings"]["eval_days"])
     params, hist_score = fit_history(valid.events, valid.popularity, valid.split, valid.cutoff_ts, window_days,
@@ -165,7 +165,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         raise DatasetError(
             f"the {split} window of {data.path} ({w.split.window_start} .. {w.split.window_end}) has no purchases, so "
             f"there is nothing to evaluate; {'evaluate --split valid, or ' if split == 'test' else ''}"
-            "prepare with a larger --eval-days"
+            "prepare again with --eval-days auto (it chooses windows that hold buyers)"
         )
     has_history = w.split.rows_of(w.split.truth_users) >= 0
     seen = _seen_mask(w)
