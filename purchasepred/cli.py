@@ -304,6 +304,7 @@ def metrics_tables(result: dict[str, Any]) -> list[Any]:
     rows = []
     order = [("popularity", result["baselines"]["popularity"]), ("history", result["baselines"]["history"]),
              ("transformer", result["model"]), ("blend", result["blend"])]
+    order += [(name, result["baselines"][name]) for name in ("tifu_knn",) if name in result["baselines"]]
     for name, m in order:
         row: list[Any] = [name + (" (default)" if result["default"] == {"transformer": "model"}.get(name, name) else "")]
         for k in ks:

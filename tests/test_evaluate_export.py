@@ -101,9 +101,9 @@ def test_metrics_json_has_models_baselines_blend_and_calibration(trained: Traine
     assert path == trained.root / "output" / RUN / "metrics.json"
     saved = json.loads(path.read_text())
     assert {"model", "baselines", "blend", "default", "calibration"} <= saved.keys()
-    assert set(saved["baselines"]) == {"popularity", "history"}
+    assert set(saved["baselines"]) == {"popularity", "history", "tifu_knn"}
     n_buyers = len(trained.data.split("test").truth_users)
-    for body in (saved["model"], saved["blend"], saved["baselines"]["popularity"], saved["baselines"]["history"]):
+    for body in (saved["model"], saved["blend"], *saved["baselines"].values()):
         assert {"ndcg@10", "hr@10", "mrr", "users", "ndcg@10_ci", "ndcg@5", "hr@5"} <= body.keys()
         assert body["users"] == n_buyers > 0
         assert 0 <= body["ndcg@10"] <= 1 and 0 <= body["hr@10"] <= 1 and 0 <= body["mrr"] <= 1

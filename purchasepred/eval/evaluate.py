@@ -24,9 +24,10 @@ from purchasepred.eval.rankers import (
     Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, _UserEvents,
     conversion_prior, fit_blend, fit_history,
 )
+from purchasepred.eval.tifu import TifuKNN, TifuParams, build_tifu, fit_tifu
 from purchasepred.train.checkpoint import write_json
 
-RANKERS = ("popularity", "history", "model", "blend")
+RANKERS = ("popularity", "history", "model", "blend", "tifu_knn")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Fitted:
     dataset_hash: str
     checkpoint_sha256: str | None = None
     popularity_calibration: Calibration | None = None
+    tifu: TifuParams | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +54,7 @@ class Fitted:
             valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
             dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
+            tifu=TifuParams(**d["tifu"]) if d.get("tifu") else None,
         )
 
 
@@ -66,6 +69,7 @@ class Window:
     prior: torch.Tensor
     affinity: CategoryAffinity
     rankers: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, np.ndarray] = field(default_factory=dict)  # the events before the cutoff, with sessions
 
 
 def cutoff_ts(split: SplitData) -> int:
@@ -75,18 +79,32 @@ def cutoff_ts(split: SplitData) -> int:
 def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Module, device: torch.device,
                  fitted: Fitted | None = None) -> Window:
     split = data.split(name)
-    raw = data.events_before(split.window_start)
+    raw = data.events_before_detail(split.window_start)
     ts = cutoff_ts(split)
     events = _UserEvents(raw)
     popularity = Popularity(raw, data.vocab.n_items, ts, cfg.eval.popularity_days)
     w = Window(split, events, popularity, ts, conversion_prior(raw, data.vocab.n_items),
-               CategoryAffinity(events, data.items["category_idx"]))
+               CategoryAffinity(events, data.items["category_idx"]), raw=raw)
     w.rankers["popularity"] = popularity
     w.rankers["model"] = ModelScorer(model, split, popularity, device)
     if fitted is not None:
         w.rankers["history"] = History(events, popularity, ts, fitted.history)
         w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend, w.prior, w.affinity)
+        w.rankers["tifu_knn"] = Lazy(lambda: build_tifu(raw, data.vocab.n_items, ts, popularity.normalized,
+                                                        fitted.tifu or TifuParams()))
     return w
+
+
+class Lazy:
+    """A ranker built on first use (export scores with one ranker; the others need not be built)."""
+
+    def __init__(self, build: Any) -> None:
+        self._build, self._ranker = build, None
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        if self._ranker is None:
+            self._ranker = self._build()
+        return self._ranker(users)
 
 
 def _ndcg10(scorer: Any, split: SplitData) -> float:
@@ -112,13 +130,17 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     weights, scores["blend"] = fit_blend(
         lambda w: _ndcg10(Blend(valid.rankers["model"], history, w, valid.prior, valid.affinity), valid.split))
     valid.rankers["blend"] = Blend(valid.rankers["model"], history, weights, valid.prior, valid.affinity)
+    tifu_params, scores["tifu_knn"], vectors = fit_tifu(valid.raw, data.vocab.n_items, valid.cutoff_ts,
+                                                        valid.popularity.normalized, lambda s: _ndcg10(s, valid.split))
+    valid.rankers["tifu_knn"] = TifuKNN(vectors, valid.popularity.normalized, tifu_params.k, tifu_params.alpha)
     default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
     labels, scores_ = calibration_pairs(valid, default, cfg.export.k, seed=cfg.eval.seed)
     calibration = fit_platt(labels, scores_)
     fitted = Fitted(history=params, blend=weights, default=default, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
                     checkpoint_sha256=checkpoint_sha256,
-                    popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)))
+                    popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)),
+                    tifu=tifu_params)
     return fitted, valid
 
 
@@ -182,7 +204,8 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "k": ks,
         "model": results["model"],
         "blend": results["blend"],
-        "baselines": {"popularity": results["popularity"], "history": results["history"]},
+        "baselines": {"popularity": results["popularity"], "history": results["history"],
+                      "tifu_knn": results["tifu_knn"]},
         "default": fitted.default,
         "default_metrics": results[fitted.default],
         "beats_history": bool(results["model"][f"ndcg@{ks[0]}"] > results["history"][f"ndcg@{ks[0]}"]),
@@ -190,6 +213,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "fitted_on_valid": {
             "history_params": asdict(fitted.history),
             "blend_weights": asdict(fitted.blend),
+            "tifu_params": asdict(fitted.tifu) if fitted.tifu else None,
             "valid_ndcg@10": fitted.valid_ndcg10,
         },
         "calibration": {
