@@ -305,6 +305,7 @@ def metrics_tables(result: dict[str, Any]) -> list[Any]:
     order = [("popularity", result["baselines"]["popularity"]), ("history", result["baselines"]["history"]),
              ("transformer", result["model"]), ("blend", result["blend"])]
     order += [(name, result["baselines"][name]) for name in ("tifu_knn",) if name in result["baselines"]]
+    order += [("two_stage", result["two_stage"])] if "two_stage" in result else []
     for name, m in order:
         row: list[Any] = [name + (" (default)" if result["default"] == {"transformer": "model"}.get(name, name) else "")]
         for k in ks:
@@ -326,10 +327,19 @@ def metrics_tables(result: dict[str, Any]) -> list[Any]:
              f"new items ({first['new_items']['users']})"]
     c = result["calibration"]
     crow = [["purchase_probability (Platt, fitted on valid)", c["ece"], c["brier"], c["ece_uncalibrated"], c["brier_uncalibrated"], c["pairs"]]]
+    tables = []
+    if result.get("candidates"):
+        windows = [w for w in result["candidates"] if w != "valid"] + ["valid"]
+        gens = [g for g in result["candidates"]["valid"] if g != "users"]
+        crows_ = [[g, result["candidates"]["valid"][g]["n"] or "all"]
+                  + [f"{result['candidates'][w][g]['recall']:.3f} ({result['candidates'][w][g]['mean_candidates']:.0f})"
+                     for w in windows] for g in gens]
+        tables.append(ui.grid_table("candidate recall (mean candidates per user)", ["generator", "N", *windows], crows_))
     return [
         ui.grid_table(f"evaluate {result['run']} on the {result['split']} window {result['window']['start']} .. {result['window']['end']}", cols, rows),
         ui.grid_table("breakdowns", bcols, brows),
         ui.grid_table("calibration", ["", "ECE", "Brier", "ECE raw", "Brier raw", "pairs"], crow),
+        *tables,
     ]
 
 

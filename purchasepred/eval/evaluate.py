@@ -24,10 +24,15 @@ from purchasepred.eval.rankers import (
     Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, _UserEvents,
     conversion_prior, fit_blend, fit_history,
 )
+from purchasepred.eval.candidates import recall
+from purchasepred.eval.rerank import (
+    FeatureBuilder, ListwiseMLP, Precomputed, TwoStage, ViewScorer, available_learners, fit_learner, load_learner,
+    out_of_fold, training_set,
+)
 from purchasepred.eval.tifu import TifuKNN, TifuParams, build_tifu, fit_tifu
 from purchasepred.train.checkpoint import write_json
 
-RANKERS = ("popularity", "history", "model", "blend", "tifu_knn")
+RANKERS = ("popularity", "history", "model", "blend", "tifu_knn", "two_stage")
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Fitted:
     checkpoint_sha256: str | None = None
     popularity_calibration: Calibration | None = None
     tifu: TifuParams | None = None
+    two_stage: dict[str, Any] | None = None
+    """The re-ranker: chosen learner, every learner fitted on valid, their out-of-fold valid NDCG@10."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,7 +61,7 @@ class Fitted:
             valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
             dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
-            tifu=TifuParams(**d["tifu"]) if d.get("tifu") else None,
+            tifu=TifuParams(**d["tifu"]) if d.get("tifu") else None, two_stage=d.get("two_stage"),
         )
 
 
@@ -70,6 +77,7 @@ class Window:
     affinity: CategoryAffinity
     rankers: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, np.ndarray] = field(default_factory=dict)  # the events before the cutoff, with sessions
+    features: FeatureBuilder | None = None
 
 
 def cutoff_ts(split: SplitData) -> int:
@@ -92,7 +100,29 @@ def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Mod
         w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend, w.prior, w.affinity)
         w.rankers["tifu_knn"] = Lazy(lambda: build_tifu(raw, data.vocab.n_items, ts, popularity.normalized,
                                                         fitted.tifu or TifuParams()))
+        w.rankers["two_stage"] = Lazy(lambda: TwoStage(features(w, data, model, device, fitted.history),
+                                                        chosen_learner(fitted)))
     return w
+
+
+def features(w: Window, data: PreparedData, model: torch.nn.Module, device: torch.device,
+             history: HistoryParams) -> FeatureBuilder:
+    """The re-ranker's candidates and features as of the window's cutoff (built once per window)."""
+    if w.features is None:
+        personal = History(w.events, w.popularity, w.cutoff_ts, history).personal
+        tifu = w.rankers.get("tifu_knn")
+        tifu = tifu.get() if isinstance(tifu, Lazy) else tifu
+        w.features = FeatureBuilder(w.raw, data.vocab.n_items, w.cutoff_ts, data.items["category_idx"], w.popularity.scores,
+                                    w.prior, personal, history.half_life_days, model=w.rankers["model"],
+                                    view_model=ViewScorer(model, w.split, w.popularity, device), tifu=tifu)
+    return w.features
+
+
+def chosen_learner(fitted: Fitted) -> Any:
+    """The learner chosen on valid; a Fitted made by hand without one gets a seeded, untrained MLP."""
+    if not fitted.two_stage:
+        return ListwiseMLP()
+    return load_learner(fitted.two_stage["learners"][fitted.two_stage["chosen"]])
 
 
 class Lazy:
@@ -101,10 +131,13 @@ class Lazy:
     def __init__(self, build: Any) -> None:
         self._build, self._ranker = build, None
 
-    def __call__(self, users: np.ndarray) -> torch.Tensor:
+    def get(self) -> Any:
         if self._ranker is None:
             self._ranker = self._build()
-        return self._ranker(users)
+        return self._ranker
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.get()(users)
 
 
 def _ndcg10(scorer: Any, split: SplitData) -> float:
@@ -133,6 +166,7 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     tifu_params, scores["tifu_knn"], vectors = fit_tifu(valid.raw, data.vocab.n_items, valid.cutoff_ts,
                                                         valid.popularity.normalized, lambda s: _ndcg10(s, valid.split))
     valid.rankers["tifu_knn"] = TifuKNN(vectors, valid.popularity.normalized, tifu_params.k, tifu_params.alpha)
+    two_stage, scores["two_stage"] = fit_two_stage(valid, data, model, device, params)
     default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
     labels, scores_ = calibration_pairs(valid, default, cfg.export.k, seed=cfg.eval.seed)
     calibration = fit_platt(labels, scores_)
@@ -140,8 +174,27 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
                     checkpoint_sha256=checkpoint_sha256,
                     popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)),
-                    tifu=tifu_params)
+                    tifu=tifu_params, two_stage=two_stage)
     return fitted, valid
+
+
+def fit_two_stage(valid: Window, data: PreparedData, model: torch.nn.Module, device: torch.device,
+                  history: HistoryParams) -> tuple[dict[str, Any], float]:
+    """Fit every available learner on the valid buyers' candidates; choose by out-of-fold NDCG@10."""
+    fb = features(valid, data, model, device, history)
+    split = valid.split
+    ts = training_set(fb, split.truth_users, split.truth_items)
+    oof = {}
+    for kind in available_learners():
+        pred = out_of_fold(ts, kind)
+        oof[kind] = _ndcg10(Precomputed(ts.users, ts.rows, ts.items, pred, fb.pop_norm), split)
+    chosen = max(oof, key=lambda k: (oof[k], k == "lightgbm"))
+    learners = {kind: fit_learner(ts, kind) for kind in oof}
+    valid.rankers["two_stage"] = TwoStage(fb, learners[chosen])
+    fitted = {"chosen": chosen, "valid_oof_ndcg@10": oof,
+              "valid_recall": recall(fb.generator, split.truth_users, split.truth_items, split.n_relevant),
+              "learners": {kind: learner.to_dict() for kind, learner in learners.items()}}
+    return fitted, oof[chosen]
 
 
 def _seen_mask(window: Window) -> np.ndarray:
@@ -194,6 +247,19 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
             r[vname] = (evaluate_scorer(w.rankers[name], vsplit, ks, 0, cfg.eval.seed)
                         if len(vsplit.truth_users) else {"users": 0})
         results[name] = r
+    two_stage: dict[str, Any] = {}
+    if fitted.two_stage:
+        fb = features(w, data, model, device, fitted.history)
+        two_stage = {
+            "chosen": fitted.two_stage["chosen"],
+            "valid_oof_ndcg@10": fitted.two_stage["valid_oof_ndcg@10"],
+            f"{split}_ndcg@{ks[0]}": {
+                kind: evaluate_scorer(TwoStage(fb, load_learner(d)), w.split, ks[:1], 0)[f"ndcg@{ks[0]}"]
+                for kind, d in fitted.two_stage["learners"].items()},
+        }
+    candidates = ({"valid": fitted.two_stage["valid_recall"],
+                   split: recall(features(w, data, model, device, fitted.history).generator, w.split.truth_users,
+                                 w.split.truth_items, w.split.n_relevant)} if fitted.two_stage else {})
     calib = fitted.calibration
     y, score = calibration_pairs(w, fitted.default, cfg.export.k, seed=cfg.eval.seed)
     p = calib(score)
@@ -204,6 +270,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "k": ks,
         "model": results["model"],
         "blend": results["blend"],
+        "two_stage": results["two_stage"],
         "baselines": {"popularity": results["popularity"], "history": results["history"],
                       "tifu_knn": results["tifu_knn"]},
         "default": fitted.default,
@@ -224,6 +291,8 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
             "pairs": int(len(y)), "base_rate": float(np.mean(y)) if len(y) else math.nan,
         },
         "window": {"start": str(w.split.window_start), "end": str(w.split.window_end)},
+        "candidates": candidates,
+        "two_stage_learners": two_stage,
     }
 
 
