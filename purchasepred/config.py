@@ -70,6 +70,8 @@ class TrainConfig:
     """Loss = view_loss + purchase_weight * purchase_loss (+ cart_weight * cart_loss)."""
     cart_weight: float = 0.0
     """Carts as a weaker purchase signal: weight of the loss on the next cart within the horizon."""
+    view_weight: float = 1.0
+    """Weight of the view loss (0: the purchase head learns from purchases alone; an ablation)."""
     loss: Literal["full", "sampled"] = "full"
     """Full softmax over the catalog, or sampled softmax with log-Q correction."""
     negatives: int = 1024

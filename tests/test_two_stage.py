@@ -8,7 +8,7 @@ import torch
 from purchasepred.eval.tifu import TifuKNN, TifuVectors
 
 DAY = 86400
-CUTOFF = 100 * DAY
+CUTOFF = 100 * DAY - 1  # the last whole second before day 100: events on day 100 are in the window
 
 
 def log(rows: list[tuple[int, int, int, int, int]]) -> dict[str, np.ndarray]:
@@ -149,7 +149,7 @@ def test_features_are_computed_from_events_before_the_cutoff_only() -> None:
     col = {f: i for i, f in enumerate(FEATURES)}
     own5 = xa[(ca.rows == 0) & (ca.items == 5)][0]
     assert own5[col["n_purchases"]] > 0 and own5[col["n_views"]] > 0 and own5[col["in_last_session"]] == 1
-    assert own5[col["days_since_touch"]] == 6.0  # last touched on day 94, cutoff day 100
+    assert abs(own5[col["days_since_touch"]] - 6.0) < 1e-3  # last touched on day 94, the window starts on day 100
 
 
 def planted(seed: int = 0, users: int = 120, per_user: int = 15):
@@ -203,3 +203,12 @@ def test_two_stage_puts_every_candidate_above_every_other_item() -> None:
         cand = np.zeros(20, dtype=bool)
         cand[c.items[c.rows == r]] = True
         assert scores[r, torch.as_tensor(cand)].min() > scores[r, torch.as_tensor(~cand)].max()
+
+
+def test_top_n_mask_breaks_ties_by_item_id() -> None:
+    from purchasepred.eval.candidates import top_n_mask
+
+    s = torch.tensor([[float("-inf"), float("-inf"), 1.0, 3.0, 1.0, 1.0, 2.0, float("-inf")]])
+    assert top_n_mask(s, 3)[0].nonzero().flatten().tolist() == [2, 3, 6]
+    assert top_n_mask(s, 4)[0].nonzero().flatten().tolist() == [2, 3, 4, 6]
+    assert top_n_mask(s, 7)[0].nonzero().flatten().tolist() == [2, 3, 4, 5, 6]  # never an -inf item

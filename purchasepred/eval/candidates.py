@@ -51,6 +51,26 @@ class CandidateConfig:
         return int(getattr(self, generator))
 
 
+def before_cutoff(ts: np.ndarray, cutoff_ts: int) -> np.ndarray:
+    """True for events a window's rankers may use: in or before the second ``cutoff_ts``.
+
+    ``cutoff_ts`` is the whole second of the window start, and a window starts 1 microsecond after
+    an event (``sql/07_split.sql``); event times are whole seconds, so this matches the exact filter
+    of ``events_before`` and drops anything the caller passes from the window or after it."""
+    return np.asarray(ts).astype(np.int64) <= cutoff_ts
+
+
+def top_n_mask(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, V) bool: each row's n best finite scores, ties at the boundary broken by the lower item id,
+    so that the set does not depend on how topk orders equal values."""
+    kth = torch.topk(scores, n, dim=1).values[:, -1:]  # (B, 1)
+    above = scores > kth
+    tied = scores == kth
+    room = n - above.sum(1, keepdim=True)
+    take_tied = tied & (torch.cumsum(tied.int(), dim=1) <= room)
+    return (above | take_tied) & torch.isfinite(scores)
+
+
 def _top_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, keep: int,
                  n_cols: int) -> torch.Tensor:
     """A sparse COO (n_rows x n_cols) with each row's ``keep`` largest entries (ties by column id)."""
@@ -84,7 +104,7 @@ class ItemGraph:
     CHUNK = 200_000  # sessions per batch of pairs (bounded memory)
 
     def __init__(self, events: dict[str, np.ndarray], n_items: int, cutoff_ts: int, cfg: CandidateConfig) -> None:
-        before = events["ts"].astype(np.int64) < cutoff_ts  # later events are dropped, whatever is passed
+        before = before_cutoff(events["ts"], cutoff_ts)  # later events are dropped, whatever is passed
         user = events["user_idx"][before].astype(np.int64)
         item = events["item_idx"][before].astype(np.int64)
         etype = events["event_type_id"][before].astype(np.int64)
@@ -158,7 +178,7 @@ def trending_scores(events: dict[str, np.ndarray], n_items: int, cutoff_ts: int,
     item, ts = events["item_idx"].astype(np.int64), events["ts"].astype(np.int64)
     w = TYPE_W[events["event_type_id"].astype(np.int64)]
     span = days * 86400
-    recent = (ts >= cutoff_ts - span) & (ts < cutoff_ts)
+    recent = (ts >= cutoff_ts - span) & before_cutoff(ts, cutoff_ts)
     before = (ts >= cutoff_ts - 2 * span) & (ts < cutoff_ts - span)
     r = np.bincount(item[recent], weights=w[recent], minlength=n_items)
     b = np.bincount(item[before], weights=w[before], minlength=n_items)
@@ -210,12 +230,7 @@ class CandidateGenerator:
             n = min(self.cfg.n(name), v - 2)
             masked = m.clone() if name in ("model", "popularity") else m.masked_fill(m <= 0, float("-inf"))
             masked[:, :2] = float("-inf")
-            # deterministic ties: stable sort keeps item id order among equal scores
-            val, idx = torch.sort(masked, dim=1, descending=True, stable=True)
-            val, idx = val[:, :n], idx[:, :n]
-            ok = torch.isfinite(val)
-            rows = torch.arange(b)[:, None].expand(-1, n)[ok]
-            bits[rows, idx[ok]] |= 1 << g
+            bits |= top_n_mask(masked, n).int() << g
         r, i = torch.nonzero(bits, as_tuple=True)  # row-major: sorted by row, then item
         scores = {name: m[r, i].numpy().astype(np.float32) for name, m in mats.items()}
         return Candidates(users, r.numpy(), i.numpy(), bits[r, i].numpy(), scores)

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from purchasepred.eval.candidates import GENERATORS, CandidateConfig, CandidateGenerator, Candidates, ItemGraph, trending_scores
+from purchasepred.eval.candidates import (
+    GENERATORS, CandidateConfig, CandidateGenerator, Candidates, ItemGraph, before_cutoff, trending_scores,
+)
 from purchasepred.eval.rankers import ModelScorer
 
 FEATURES = (
@@ -64,7 +66,7 @@ class FeatureBuilder:
                  popularity: torch.Tensor, conversion: torch.Tensor, personal: Any, half_life_days: float,
                  cfg: CandidateConfig = CandidateConfig(), model: Any = None, view_model: Any = None,
                  tifu: Any = None) -> None:
-        keep = raw["ts"].astype(np.int64) < cutoff_ts
+        keep = before_cutoff(raw["ts"], cutoff_ts)
         ev = {k: np.asarray(v)[keep].astype(np.int64) for k, v in raw.items()}
         order = np.lexsort((ev["ts"], ev["user_idx"]))
         self.ev = {k: v[order] for k, v in ev.items()}
@@ -83,6 +85,7 @@ class FeatureBuilder:
         span = cfg.trend_days * 86400
         w = np.array([0.0, 1.0, 3.0, 10.0, 0.0])[e["event_type_id"]]
         recent, before = e["ts"] >= cutoff_ts - span, (e["ts"] >= cutoff_ts - 2 * span) & (e["ts"] < cutoff_ts - span)
+        # (every event left is before the cutoff: 'recent' needs no upper bound)
         r = np.bincount(e["item_idx"][recent], weights=w[recent], minlength=n_items)
         b = np.bincount(e["item_idx"][before], weights=w[before], minlength=n_items)
         self.item_trend = np.log((r + 1.0) / (b + 1.0)).astype(np.float32)
@@ -139,28 +142,27 @@ class FeatureBuilder:
         pair = rows * v + e["item_idx"][idx]
         uniq, inv = np.unique(pair, return_inverse=True)
         et = e["event_type_id"][idx]
-        where = np.searchsorted(uniq, c.rows * v + c.items)
-        found = (where < len(uniq)) & (uniq[np.minimum(where, len(uniq) - 1)] == c.rows * v + c.items)
-        wf = np.minimum(where, max(len(uniq) - 1, 0))
+        keys = c.rows * v + c.items
+        # one spare slot past the end: candidates the user never touched land there (and match nothing)
+        n_u = len(uniq) + 1
+        where = np.searchsorted(np.append(uniq, np.iinfo(np.int64).max), keys)
+        found = np.append(uniq, -1)[where] == keys
         for t, (dname, cname) in {1: ("decayed_views", "n_views"), 2: ("decayed_carts", "n_carts"),
                                   3: ("decayed_purchases", "n_purchases")}.items():
             m = et == t
-            dec = np.bincount(inv[m], weights=self.decay[idx][m], minlength=len(uniq))
-            cnt = np.bincount(inv[m], minlength=len(uniq))
-            if len(uniq):
-                x[:, col[dname]] = np.where(found, dec[wf], 0.0)
-                x[:, col[cname]] = np.where(found, np.log1p(cnt[wf]), 0.0)
-        last = np.full(len(uniq), -1, dtype=np.int64)
+            dec = np.bincount(inv[m], weights=self.decay[idx][m], minlength=n_u)
+            cnt = np.bincount(inv[m], minlength=n_u)
+            x[:, col[dname]] = np.where(found, dec[where], 0.0)
+            x[:, col[cname]] = np.where(found, np.log1p(cnt[where]), 0.0)
+        last = np.full(n_u, -1, dtype=np.int64)
         np.maximum.at(last, inv, e["ts"][idx])
         last_session = np.full(len(users), -1, dtype=np.int64)
         np.maximum.at(last_session, rows, e["session_no"][idx])
-        in_last = np.zeros(len(uniq), dtype=np.int64)
+        in_last = np.zeros(n_u, dtype=np.int64)
         np.maximum.at(in_last, inv, (e["session_no"][idx] == last_session[rows]).astype(np.int64))
-        if len(uniq):
-            x[:, col["days_since_touch"]] = np.where(found, np.minimum((self.cutoff_ts - last[wf]) / 86400.0, NEVER_DAYS), NEVER_DAYS)
-            x[:, col["in_last_session"]] = np.where(found, in_last[wf], 0)
-        else:
-            x[:, col["days_since_touch"]] = NEVER_DAYS
+        x[:, col["days_since_touch"]] = np.where(found, np.minimum((self.cutoff_ts - last[where]) / 86400.0, NEVER_DAYS),
+                                                 NEVER_DAYS)
+        x[:, col["in_last_session"]] = np.where(found, in_last[where], 0)
         # the item
         x[:, col["item_conversion"]] = self.conversion[c.items]
         x[:, col["item_popularity"]] = np.log1p(self.popularity.numpy()[c.items])

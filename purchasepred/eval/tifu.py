@@ -11,8 +11,8 @@ Neighbour term. The ``k`` users whose vectors are most cosine-similar (the user 
 vectors averaged. Score = ``alpha * personal + (1 - alpha) * neighbours``; popularity, scaled far
 below, orders what both leave at zero (cold users get popularity).
 
-Only events strictly before the cutoff are used (later ones are dropped here too, whatever the
-caller passes). Similarities are computed per block of scored users against the sparse
+Only events before the cutoff are used (later ones are dropped here too, whatever the caller
+passes; see :func:`purchasepred.eval.candidates.before_cutoff`). Similarities are computed per block of scored users against the sparse
 (users x items) matrix, so no users x users matrix is ever held; ``k``, ``alpha`` and the decays
 are fitted on the valid window (:func:`fit_tifu`).
 """
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from purchasepred.eval.candidates import before_cutoff
 
 TYPE_WEIGHTS = np.array([0.0, 1.0, 3.0, 3.0, 0.0])  # pad, view, cart, purchase, remove_from_cart
 POP_SCALE = 1e-6  # popularity in [0, 1e-6]: orders only what the two terms leave at zero
@@ -52,7 +54,7 @@ class TifuVectors:
 
     def __init__(self, events: dict[str, np.ndarray], n_items: int, cutoff_ts: int,
                  group_size: int, r_basket: float, r_group: float) -> None:
-        keep = events["ts"].astype(np.int64) < cutoff_ts
+        keep = before_cutoff(events["ts"], cutoff_ts)
         user = events["user_idx"][keep].astype(np.int64)
         item = events["item_idx"][keep].astype(np.int64)
         etype = events["event_type_id"][keep].astype(np.int64)

@@ -123,7 +123,8 @@ def multitask_loss(
     h = encode(batch)  # (B, T, D)
     parts: dict[str, torch.Tensor] = {}
     b, p = torch.nonzero(batch["next_target"] > 0, as_tuple=True)
-    parts["view"] = model.view_nll(h[b, p], batch["next_target"][b, p], sample) if len(b) else h.new_zeros(())
+    parts["view"] = (model.view_nll(h[b, p], batch["next_target"][b, p], sample) if len(b) and t.view_weight
+                     else h.new_zeros(()))
     for name, key in (("purchase", "purchase_target"), ("cart", "cart_target")):
         if name == "cart" and t.cart_weight == 0:
             parts[name] = h.new_zeros(())
@@ -131,7 +132,7 @@ def multitask_loss(
         b, p = torch.nonzero(batch[key] > 0, as_tuple=True)
         parts[name] = (-model.purchase_log_prob(h, b, p, batch, batch[key][b, p], sample).mean()
                        if len(b) else h.new_zeros(()))
-    loss = parts["view"].float() + t.purchase_weight * parts["purchase"].float() + t.cart_weight * parts["cart"].float()
+    loss = t.view_weight * parts["view"].float() + t.purchase_weight * parts["purchase"].float() + t.cart_weight * parts["cart"].float()
     return loss, parts
 
 
