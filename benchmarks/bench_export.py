@@ -22,7 +22,7 @@ from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.eval.calibration import Calibration
-from purchasepred.eval.evaluate import Fitted
+from purchasepred.eval.evaluate import ValidFit
 from purchasepred.eval.rankers import BlendWeights, HistoryParams
 from purchasepred.export.recommend import export
 from purchasepred.models.transformer import TransformerRecommender
@@ -57,7 +57,7 @@ def main() -> None:
     print(f"{'ranker':>12} {'seconds':>9} {'users/s':>10} {'vs popularity':>14}")
     base = None
     for ranker in args.rankers.split(","):
-        fitted = Fitted(history=HistoryParams(), blend=BlendWeights(beta=1.0, gamma=1.0, delta=0.5), default=ranker, valid_ndcg10={},
+        fitted = ValidFit(history=HistoryParams(), blend=BlendWeights(beta=1.0, gamma=1.0, delta=0.5), default=ranker, valid_ndcg10={},
                         calibration=Calibration(a=1.0, b=-4.0), dataset_hash=data.manifest["content_hash"],
                         popularity_calibration=Calibration(a=1.0, b=-6.0))
         out = work / f"recs_{ranker}.csv"

@@ -23,7 +23,7 @@ from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.pipeline import evaluate_run
-from purchasepred.train.trainer import PurchasePred
+from purchasepred.train.trainer import Trainer
 
 VARIANTS = {
     "default": [],
@@ -96,12 +96,12 @@ def main() -> None:
                 shutil.rmtree(run_dir)
                 shutil.rmtree(work / "output" / name, ignore_errors=True)
             t0 = time.perf_counter()
-            summary = PurchasePred(cfg, data, name).fit()
+            summary = Trainer(cfg, data, name).fit()
             train_s = time.perf_counter() - t0
             if args.model_only:
                 results.append(model_only_row(cfg, name, vpp, variant, train_s, summary, data))
                 continue
-            res, _ = evaluate_run(cfg, name)
+            res = evaluate_run(cfg, name).result
             row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done,
                    "tokens_per_s": round(summary.tokens_per_s), "default": res["default"],
                    "buyers": res["model"]["users"], "purchases_in_data": data.manifest["events_by_type"].get("purchase", 0)}

@@ -6,20 +6,47 @@ torch is imported inside the commands that need it, so `--help`, `synth` and `pr
 from __future__ import annotations
 
 import functools
+import json
+import shlex
 import traceback
 from collections.abc import Callable
+from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer import _click
+from typer.core import TyperGroup
 
 from purchasepred import __version__
 from purchasepred import console as ui
-from purchasepred.errors import PurchasePredError
-from purchasepred.paths import make_parents, remove_empty
+from purchasepred.config import Config
+from purchasepred.errors import Interrupted, PurchasePredError
+from purchasepred.fileio import check_new_output, make_parents, remove_empty
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (an unknown option, a value not among the choices) as one red line naming the
+    value and the help to read, exit code 2, instead of click's framed box."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click.exceptions.NoArgsIsHelpError:
+            return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+        except _click.exceptions.UsageError as err:
+            where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
+            ui.error(" ".join(err.format_message().split()) + where)
+            raise SystemExit(err.exit_code) from None
+        raise SystemExit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
     name="purchasepred",
+    cls=OneLineErrors,
     help="Predict which items each shopper will buy next, from a raw e-commerce event log.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -27,10 +54,28 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+_DEFAULTS = Config()
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file overriding configs/default.yaml.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any key: --set train.lr=0.001 (repeatable).")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+
+def default(key: str) -> str:
+    """' (default X)' for a config-backed flag, read from the dataclass defaults."""
+    section, name = key.split(".")
+    value = getattr(getattr(_DEFAULTS, section), name)
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    return f" [default: {value}]"
+
+
+def _set_quiet(value: bool) -> bool:
+    if value:
+        ui.set_quiet(True)
+    return value
+
+
+def _set_debug(value: bool) -> bool:
+    if value:
+        _state["debug"] = True
+    return value
 
 
 def _version(value: bool) -> None:
@@ -39,18 +84,59 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# accepted before or after the subcommand: `purchasepred -q train` and `purchasepred train -q`
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.", callback=_set_quiet,
+                                        is_eager=True, expose_value=False, metavar="")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Tracebacks on errors; the full resolved config.",
+                                        callback=_set_debug, is_eager=True, expose_value=False, metavar="")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file overriding configs/default.yaml.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any key: --set train.lr=0.001 (repeatable).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.", metavar="")]
+RunOpt = Annotated[Optional[str], typer.Option("--run", help="Run name (a folder under checkpoints/) [default: the latest run].")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset [default: the one the run was trained on].")]
+
+
+class SynthSchema(str, Enum):
+    rees46 = "rees46"
+    competition = "competition"
+
+
+class Split(str, Enum):
+    test = "test"
+    valid = "valid"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Loss(str, Enum):
+    full = "full"
+    sampled = "sampled"
+
+
+def _value(choice: Optional[Enum]) -> Optional[str]:
+    return None if choice is None else str(choice.value)
+
+
 @app.callback()
 def _root(
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.", metavar="")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Tracebacks on errors; the full resolved config.",
+                                        metavar="")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.",
+                                          metavar="")] = False,
 ) -> None:
-    ui.set_quiet(quiet)
+    """Commands: synth, prepare, train, evaluate, export, run (all four). Each has --help with an example."""
+    ui.set_quiet(quiet)  # each invocation starts from what was given here; the command's own -q adds to it
     _state["debug"] = debug
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a PurchasePredError (or anything unexpected) into one red line and exit 1."""
+    """Turn a PurchasePredError (or anything unexpected) into one red line and exit 1 (130 for Ctrl-C)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -58,6 +144,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except Interrupted as err:
+            ui.error(f"{err}. Continue with: {err.command}" if err.command else str(err))
+            raise typer.Exit(err.exit_code) from None
         except PurchasePredError as err:
             if _state["debug"]:
                 traceback.print_exc()
@@ -75,13 +164,22 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _refuse_existing(path: Path, force: bool, flag: str = "--force") -> None:
-    if path.exists() and not force:
-        raise PurchasePredError(f"{path} already exists; pass {flag} to overwrite it or choose another path")
-    if path.is_dir():
-        raise PurchasePredError(f"{path} is a directory; give a file path")
+def _command_line(words: list[str], config: Optional[Path], sets: Optional[list[str]], flags: dict[str, Any],
+                  switches: dict[str, bool], drop_sets: tuple[str, ...] = ()) -> str:
+    """A command line that repeats the user's config file, flags and --set values."""
+    if config is not None:
+        words += ["--config", str(config)]
+    for flag, value in flags.items():
+        if value is not None:
+            words += [flag, str(value.value if isinstance(value, Enum) else value)]
+    for item in sets or []:
+        if item.split("=", 1)[0].strip() not in drop_sets:
+            words += ["--set", item]
+    words += [flag for flag, on in switches.items() if on]
+    return " ".join(shlex.quote(w) for w in words)
 
 
+# ------------------------------------------------------------------------------------------ synth
 @app.command()
 @handle_errors
 def synth(
@@ -90,9 +188,11 @@ def synth(
     views_per_purchase: Annotated[float, typer.Option(help="Views per purchase (real REES46 ~60; the headline case 4000).")] = 60.0,
     days: Annotated[int, typer.Option(help="Days the log spans.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic for a seed).")] = 0,
-    schema: Annotated[str, typer.Option(help="rees46 (product_id, category_id) or competition (item_id, no category_id).")] = "rees46",
-    items: Annotated[Optional[int], typer.Option(help="Catalogue size (default: about one item per 250 rows).")] = None,
+    schema: Annotated[SynthSchema, typer.Option(help="rees46 (product_id, category_id) or competition (item_id, no category_id).")] = SynthSchema.rees46,
+    items: Annotated[Optional[int], typer.Option(help="Catalogue size [default: about one item per 250 rows].")] = None,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Generate a synthetic REES46-schema event log with learnable structure.
 
@@ -100,14 +200,12 @@ def synth(
     """
     from purchasepred.data.synth import generate
 
-    if schema not in ("rees46", "competition"):
-        raise PurchasePredError(f"--schema must be rees46 or competition, got {schema!r}")
-    _refuse_existing(out, force)
+    check_new_output(out, force, flag="OUT")
     created = make_parents(out)
     try:
         with ui.steps("synth") as step:
             s = generate(out, rows=rows, views_per_purchase=views_per_purchase, days=days, seed=seed,
-                         schema=schema, progress=step, items=items)  # type: ignore[arg-type]
+                         schema=schema.value, progress=step, items=items)  # type: ignore[arg-type]
     except ValueError as err:
         remove_empty(created)
         raise PurchasePredError(str(err)) from None
@@ -116,8 +214,22 @@ def synth(
         raise
     ui.show(ui.summary_table(f"synth -> {s.path}", [
         ("rows", s.rows), ("users", s.n_users), ("items", s.n_items), ("sessions", s.n_sessions),
-        ("events by type", s.events_by_type), ("from", str(s.start)), ("to", str(s.end)), ("seconds", s.seconds),
+        ("events by type", s.events_by_type), ("from", str(s.start)), ("to", str(s.end)), ("seconds", round(s.seconds, 1)),
     ]))
+
+
+# ------------------------------------------------------------------------------------------ prepare
+def runs_trained_on(cfg: Config, data: Path) -> list[str]:
+    """Names of the runs in checkpoints/ whose metadata.json names ``data`` as their dataset."""
+    names = []
+    for meta_path in sorted(Path(cfg.train.checkpoints_dir).glob("*/metadata.json")):
+        try:
+            recorded = json.loads(meta_path.read_text()).get("dataset", {}).get("path")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if recorded and Path(recorded).resolve() == data.resolve():
+            names.append(meta_path.parent.name)
+    return names
 
 
 @app.command()
@@ -125,15 +237,17 @@ def synth(
 def prepare(
     raw: Annotated[list[str], typer.Argument(help="Raw event files or globs (.csv, .csv.gz, .parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Prepared dataset folder to create.")] = Path("prepared"),
-    session_gap: Annotated[Optional[float], typer.Option(help="Minutes of inactivity that start a new session.")] = None,
-    max_len: Annotated[Optional[int], typer.Option(help="Events per sequence.")] = None,
-    min_item_count: Annotated[Optional[int], typer.Option(help="Items seen fewer times become 'unknown'.")] = None,
-    eval_days: Annotated[Optional[float], typer.Option(help="Days in the test window and in the valid window (fractions allowed).")] = None,
-    memory_limit: Annotated[Optional[str], typer.Option(help="DuckDB memory limit, e.g. 1GB (spills to disk beyond).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="DuckDB threads.")] = None,
+    session_gap: Annotated[Optional[float], typer.Option(help="Minutes of inactivity that start a new session." + default("prepare.session_gap_minutes"))] = None,
+    max_len: Annotated[Optional[int], typer.Option(help="Events per sequence." + default("prepare.max_len"))] = None,
+    min_item_count: Annotated[Optional[int], typer.Option(help="Items seen fewer times become 'unknown'." + default("prepare.min_item_count"))] = None,
+    eval_days: Annotated[Optional[float], typer.Option(help="Days in the test window and in the valid window (fractions allowed)." + default("prepare.eval_days"))] = None,
+    memory_limit: Annotated[Optional[str], typer.Option(help="DuckDB memory limit, e.g. 1GB (spills to disk beyond)." + default("prepare.memory_limit"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help="DuckDB threads [default: all cores].")] = None,
     force: ForceOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Turn a raw event log into sessionized, encoded sequence tables (SQL files run in DuckDB).
 
@@ -148,6 +262,7 @@ def prepare(
         "prepare.memory_limit": memory_limit, "prepare.threads": threads,
     }, set_)
     ui.info(f"prepare settings: {cfg.prepare}")
+    trained = runs_trained_on(cfg, out) if force and out.exists() else []
     created = [] if out.exists() else make_parents(out)
     try:
         with ui.steps("prepare") as step:
@@ -156,6 +271,15 @@ def prepare(
         remove_empty(created)  # nothing partial: not even the empty parent folders of --out
         raise
     ui.show(prepare_table(summary.manifest, summary.out, summary.seconds))
+    if trained:
+        ui.warn(f"{out} was replaced, and run(s) {', '.join(trained)} were trained on the old data: evaluate and "
+                "export will refuse them until it is prepared again from the same files and settings (their "
+                "config.yaml records them), or train new runs")
+
+
+def _when(value: str) -> str:
+    """'2019-10-01 02:49:59.000001' -> '2019-10-01 02:49:59' (window ends are exclusive by 1 us)."""
+    return str(value).split(".")[0]
 
 
 def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
@@ -164,6 +288,7 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
         ("rejected", m["rows_rejected"]),
     ]
     rows += [(f"  rejected: {reason}", n) for reason, n in m["rejects_by_reason"].items()]
+    vpp = m["views_per_purchase"]
     rows += [
         ("exact duplicates removed", m["rows_duplicate"]),
         ("kept", m["rows_kept"]),
@@ -173,121 +298,91 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
         ("items (with an id / raw)", f"{m['n_items']:,} / {m['n_raw_items']:,}"),
         ("sessions", m["n_sessions"]),
         ("events by type", m["events_by_type"]),
-        ("views per purchase", m["views_per_purchase"] if m["views_per_purchase"] is not None else "no purchases"),
+        ("views per purchase", f"{vpp:,.1f}" if vpp is not None else "no purchases"),
     ]
     for split, w in m["windows"].items():
-        rows.append((f"window {split}", f"{w['window_start']} .. {w['window_end']}  "
+        rows.append((f"window {split}", f"{_when(w['window_start'])} .. {_when(w['window_end'])}  "
                      f"users with inputs {w['n_users_with_inputs']:,}, buyers {w['n_users_with_purchases']:,}"))
-    rows.append(("seconds", seconds))
+    rows.append(("seconds", round(seconds, 1)))
     return ui.summary_table(f"prepare -> {out}", rows)
 
 
+# ------------------------------------------------------------------------------------------ train
 def _run_name(given: Optional[str]) -> str:
-    from datetime import datetime
-
     return given or datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+def _config_line(cfg: Config, name: str) -> str:
+    t, m = cfg.train, cfg.model
+    return (f"run {name}: data {t.data}, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g}, purchase weight "
+            f"{t.purchase_weight:g}, loss {t.loss}, device {t.device}, model d{m.d_model} x {m.n_layers} layers "
+            "(--debug prints the whole config)")
 
 
 @app.command()
 @handle_errors
 def train(
-    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder.")] = None,
-    purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss (headline setting 100).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Total epochs (with --resume: the total to reach).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per step.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    run_name: Annotated[Optional[str], typer.Option(help="Run folder name (default: a timestamp).")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="full softmax, or sampled with log-Q correction.")] = None,
-    negatives: Annotated[Optional[int], typer.Option(help="Negatives per step for --loss sampled.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue --run-name from its last.pt.")] = False,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (CUDA).")] = False,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder." + default("train.data"))] = None,
+    purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss." + default("train.purchase_weight"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Total epochs (with --resume: the total to reach)." + default("train.epochs"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per step." + default("train.batch_size"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate." + default("train.lr"))] = None,
+    device: Annotated[Optional[Device], typer.Option(help="cuda > mps > cpu for auto." + default("train.device"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed." + default("train.seed"))] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run folder name [default: a timestamp].")] = None,
+    loss: Annotated[Optional[Loss], typer.Option(help="Full softmax, or sampled with log-Q correction." + default("train.loss"))] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="Negatives per step for --loss sampled." + default("train.negatives"))] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue --run-name from its last.pt.", metavar="")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (CUDA).", metavar="")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Train the Transformer (view + purchase multi-task) on a prepared dataset.
 
     Example: purchasepred train --data prepared --purchase-weight 100 --epochs 8 --run-name demo
     """
     from purchasepred.config import dump_yaml, load_config
-    from purchasepred.data.tensors import PreparedData
-    from purchasepred.train.trainer import PurchasePred
+    from purchasepred.pipeline import Hooks, train_run
 
     if resume and not run_name:
         raise PurchasePredError("--resume needs --run-name R (the run to continue)")
+    flags = {"--data": data, "--purchase-weight": purchase_weight, "--epochs": epochs, "--batch-size": batch_size,
+             "--lr": lr, "--device": device, "--seed": seed, "--loss": loss, "--negatives": negatives}
     cfg = load_config(config, {
         "train.data": str(data) if data else None, "train.purchase_weight": purchase_weight, "train.epochs": epochs,
-        "train.batch_size": batch_size, "train.lr": lr, "train.device": device, "train.seed": seed,
-        "train.loss": loss, "train.negatives": negatives, "train.compile": True if compile_ else None,
+        "train.batch_size": batch_size, "train.lr": lr, "train.device": _value(device), "train.seed": seed,
+        "train.loss": _value(loss), "train.negatives": negatives, "train.compile": True if compile_ else None,
     }, set_)
     name = _run_name(run_name)
-    if not ui.is_quiet():
-        ui.console.print(f"[bold]resolved config[/] (run {name}):\n{dump_yaml(cfg)}")
-    dataset = PreparedData(Path(cfg.train.data))
-    trainer = PurchasePred(cfg, dataset, name)
-    progress = ui.make_progress()
-    with progress:
-        bar: dict[str, Any] = {}
-
-        def on_step(s: dict[str, Any]) -> None:
-            if "id" not in bar or bar.get("epoch") != s["epoch"]:
-                bar["id"] = progress.add_task(f"epoch {s['epoch'] + 1}/{cfg.train.epochs}", total=s["batches"], status="")
-                bar["epoch"] = s["epoch"]
-            if s["batch"] % 5 == 0 or s["batch"] == s["batches"]:
-                progress.update(bar["id"], completed=s["batch"], status=(
-                    f"view {s['view_loss']:.3f} buy {s['purchase_loss']:.3f} {s['tokens_per_s']:,.0f} tok/s lr {s['lr']:.2e}"))
-
-        def on_epoch(st: Any) -> None:
-            if ui.is_quiet():
-                return
-            progress.console.print(
-                f"epoch {st.epoch}: view loss {st.view_loss:.4f}, purchase loss {st.purchase_loss:.4f}, "
-                f"valid NDCG@10 {st.valid.get('ndcg@10', float('nan')):.4f}, HR@10 {st.valid.get('hr@10', float('nan')):.4f}, "
-                f"{st.tokens_per_s:,.0f} tokens/s, {st.seconds:.1f}s")
-
-        summary = trainer.fit(resume=resume, on_step=on_step, on_epoch=on_epoch)
+    ui.info(f"[bold]resolved config[/] (run {name}):\n{dump_yaml(cfg)}" if _state["debug"] else _config_line(cfg, name))
+    with ui.Bars(f"train {name}", cfg.train.epochs) as bars:
+        summary = train_run(cfg, name, resume, Hooks(**bars.hooks()))
     for note in summary.notes:
-        ui.info(f"[yellow]note:[/] {note}")
-    ui.show(ui.summary_table(f"train {summary.run_name}", [
+        ui.warn(note)
+    ui.show(train_table(summary))
+    if summary.interrupted:
+        flags.update({"--data": cfg.train.data, "--epochs": cfg.train.epochs})
+        again = _command_line(["purchasepred", "train", "--run-name", name], config, set_, flags,
+                              {"--compile": compile_, "--resume": True}, drop_sets=("train.epochs", "train.data"))
+        raise Interrupted("training interrupted; checkpoint saved", again)
+
+
+def train_table(summary: Any) -> Any:
+    best = summary.best_valid_ndcg10
+    return ui.summary_table(f"train {summary.run_name}", [
         ("epochs done", summary.epochs_done),
         ("best epoch", summary.best_epoch if summary.best_epoch is not None else "-"),
-        ("best valid NDCG@10", summary.best_valid_ndcg10 if summary.best_valid_ndcg10 is not None else "n/a (no valid purchases)"),
-        ("wall time s", summary.seconds),
-        ("tokens/s", summary.tokens_per_s),
-        ("device", str(trainer.device)),
+        ("best valid NDCG@10", round(best, 4) if best is not None else "n/a (no valid purchases)"),
+        ("wall time s", round(summary.seconds, 1)),
+        ("tokens/s", round(summary.tokens_per_s)),
         ("checkpoint", str(summary.checkpoint)),
-    ]))
-    if summary.interrupted:
-        again = _resume_command(summary.run_name, cfg.train.epochs, cfg.train.data, config, set_, {
-            "--purchase-weight": purchase_weight, "--batch-size": batch_size, "--lr": lr, "--device": device,
-            "--seed": seed, "--loss": loss, "--negatives": negatives,
-        }, compile_)
-        ui.error(f"training interrupted; checkpoint saved. Continue with: {again}")
-        raise typer.Exit(130)
+    ])
 
 
-def _resume_command(run_name: str, epochs: int, data: str, config: Optional[Path], sets: Optional[list[str]],
-                    flags: dict[str, Any], compile_: bool) -> str:
-    """The train command that continues a run: the same data, config file, flags and --set values."""
-    import shlex
-
-    words = ["purchasepred", "train", "--run-name", run_name, "--data", data, "--epochs", str(epochs)]
-    if config is not None:
-        words += ["--config", str(config)]
-    for flag, value in flags.items():
-        if value is not None:
-            words += [flag, str(value)]
-    if compile_:
-        words.append("--compile")
-    for item in sets or []:
-        if item.split("=", 1)[0].strip() not in ("train.epochs", "train.data", "train.run_name"):
-            words += ["--set", item]
-    words.append("--resume")
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def _ks(value: Optional[str]) -> Optional[list[int]]:
+# ------------------------------------------------------------------------------------------ evaluate
+def parse_ks(value: Optional[str]) -> Optional[list[int]]:
     if value is None:
         return None
     try:
@@ -299,209 +394,243 @@ def _ks(value: Optional[str]) -> Optional[list[int]]:
     return ks
 
 
+RANKER_ROWS = (("popularity", "baseline"), ("history", "baseline"), ("tifu_knn", "baseline"), ("model", "transformer"),
+               ("blend", "model"), ("two_stage", "model"))
+
+
+def ranker_metrics(result: dict[str, Any], name: str) -> dict[str, Any]:
+    return result["baselines"][name] if name in result["baselines"] else result[name]
+
+
+def _label(result: dict[str, Any], name: str) -> str:
+    shown = "transformer" if name == "model" else name
+    return shown + (" *" if result["default"] == name else "")
+
+
+def _ci(m: dict[str, Any], key: str) -> str:
+    lo, hi = m.get(f"{key}_ci", [None, None])
+    return f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None and lo == lo else "-"
+
+
 def metrics_tables(result: dict[str, Any]) -> list[Any]:
+    """Fits 80 columns whatever --k: one row per ranker and metric."""
     ks = result["k"]
     rows = []
-    order = [("popularity", result["baselines"]["popularity"]), ("history", result["baselines"]["history"]),
-             ("transformer", result["model"]), ("blend", result["blend"])]
-    order += [(name, result["baselines"][name]) for name in ("tifu_knn",) if name in result["baselines"]]
-    order += [("two_stage", result["two_stage"])] if "two_stage" in result else []
-    for name, m in order:
-        row: list[Any] = [name + (" (default)" if result["default"] == {"transformer": "model"}.get(name, name) else "")]
-        for k in ks:
-            lo, hi = m[f"ndcg@{k}_ci"]
-            row += [f"{m[f'ndcg@{k}']:.4f} [{lo:.4f}, {hi:.4f}]", m[f"hr@{k}"]]
-        row += [m["mrr"], m["users"]]
-        rows.append(row)
-    cols = ["ranker"] + [c for k in ks for c in (f"NDCG@{k} [95% CI]", f"HR@{k}")] + ["MRR", "users"]
+    for name, _ in RANKER_ROWS:
+        m = ranker_metrics(result, name)
+        first = True
+        for key in [f"ndcg@{k}" for k in ks] + [f"hr@{k}" for k in ks] + ["mrr"]:
+            rows.append([_label(result, name) if first else "", key.upper(),
+                         m[key], _ci(m, key), m["users"] if first else ""])
+            first = False
     k0 = ks[0]
+    window = result["window"]
+    main = ui.grid_table(f"evaluate {result['run']}: {result['split']} window {_when(window['start'])} .. "
+                         f"{_when(window['end'])} (* default ranker)", ["ranker", "metric", "value", "95% interval", "buyers"], rows)
+    segs = ("with_history", "without_history", "seen_items", "new_items")
+    first_m = result["model"]
+    bcols = [f"NDCG@{k0}"] + [f"{s.replace('_', ' ')} ({first_m.get(s, {}).get('users', 0)})" for s in segs]
     brows = []
-    for name, m in order:
-        brows.append([name] + [m.get(b, {}).get(f"ndcg@{k0}", float("nan")) if m.get(b, {}).get("users") else float("nan")
-                               for b in ("with_history", "without_history", "seen_items", "new_items")])
-    first = result["model"]
-    bcols = [f"NDCG@{k0} by segment",
-             f"users with history ({first['with_history']['users']})",
-             f"without ({first['without_history']['users']})",
-             f"seen items ({first['seen_items']['users']})",
-             f"new items ({first['new_items']['users']})"]
+    for name, _ in RANKER_ROWS:
+        m = ranker_metrics(result, name)
+        brows.append([_label(result, name)] + [m.get(s, {}).get(f"ndcg@{k0}", float("nan")) if m.get(s, {}).get("users")
+                                               else float("nan") for s in segs])
     c = result["calibration"]
-    crow = [["purchase_probability (Platt, fitted on valid)", c["ece"], c["brier"], c["ece_uncalibrated"], c["brier_uncalibrated"], c["pairs"]]]
-    tables = []
-    if result.get("candidates"):
-        windows = [w for w in result["candidates"] if w != "valid"] + ["valid"]
-        gens = [g for g in result["candidates"]["valid"] if g != "users"]
-        crows_ = [[g, result["candidates"]["valid"][g]["n"] or "all"]
-                  + [f"{result['candidates'][w][g]['recall']:.3f} ({result['candidates'][w][g]['mean_candidates']:.0f})"
-                     for w in windows] for g in gens]
-        tables.append(ui.grid_table("candidate recall (mean candidates per user)", ["generator", "N", *windows], crows_))
+    crow = [["Platt on valid", c["ece"], c["brier"], c["ece_uncalibrated"], c["brier_uncalibrated"], c["pairs"]]]
     return [
-        ui.grid_table(f"evaluate {result['run']} on the {result['split']} window {result['window']['start']} .. {result['window']['end']}", cols, rows),
-        ui.grid_table("breakdowns", bcols, brows),
-        ui.grid_table("calibration", ["", "ECE", "Brier", "ECE raw", "Brier raw", "pairs"], crow),
-        *tables,
+        main,
+        ui.grid_table("by segment (buyers in brackets)", bcols, brows),
+        ui.grid_table("purchase_probability calibration", ["", "ECE", "Brier", "ECE raw", "Brier raw", "pairs"], crow),
+        *candidate_tables(result),
     ]
 
 
-def _verdict(result: dict[str, Any]) -> str:
+def candidate_tables(result: dict[str, Any]) -> list[Any]:
+    """Recall of each candidate generator and of their union (the two-stage ranker's ceiling)."""
+    cands = result.get("candidates")
+    if not cands:
+        return []
+    windows = [w for w in cands if w != "valid"] + ["valid"]
+    rows = [[g, cands["valid"][g]["n"] or "all"]
+            + [f"{cands[w][g]['recall']:.3f} ({cands[w][g]['mean_candidates']:.0f})" for w in windows]
+            for g in cands["valid"] if g != "users"]
+    return [ui.grid_table("candidate recall (mean candidates per buyer)", ["generator", "N", *windows], rows)]
+
+
+def _overlap(a: list[Any], b: list[Any]) -> bool:
+    if None in a or None in b or a[0] != a[0] or b[0] != b[0]:
+        return True  # no interval: nothing can be claimed
+    return not (a[0] > b[1] or b[0] > a[1])
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """One honest sentence: a claim only where the 95% intervals do not overlap."""
     k = result["k"][0]
-    m, h = result["model"][f"ndcg@{k}"], result["baselines"]["history"][f"ndcg@{k}"]
-    d = result["default_metrics"][f"ndcg@{k}"]
-    msg = (f"transformer {'beats' if m > h else 'does NOT beat'} the history baseline on NDCG@{k} ({m:.4f} vs {h:.4f}); "
-           f"default ranker '{result['default']}' (chosen on valid) scores {d:.4f} ({(d / h - 1) * 100 if h else float('nan'):+.1f}% vs history)")
-    return msg
+    key = f"ndcg@{k}"
+    m, h = result["model"], result["baselines"]["history"]
+    if _overlap(m[f"{key}_ci"], h[f"{key}_ci"]):
+        first = (f"transformer and history baseline are not distinguishable on NDCG@{k} ({m[key]:.4f} {_ci(m, key)} vs "
+                 f"{h[key]:.4f} {_ci(h, key)}: the 95% intervals overlap)")
+    else:
+        first = (f"transformer {'beats' if m[key] > h[key] else 'does NOT beat'} the history baseline on NDCG@{k} "
+                 f"({m[key]:.4f} {_ci(m, key)} vs {h[key]:.4f} {_ci(h, key)})")
+    d = result["default_metrics"][key]
+    diff = f"{(d / h[key] - 1) * 100:+.1f}% vs history" if h[key] else "history scores 0"
+    why = result.get("default_reason", "chosen on valid")
+    return f"{first}; default ranker '{result['default']}' ({why}) scores {d:.4f} ({diff})"
 
 
 @app.command()
 @handle_errors
 def evaluate(
-    run: Annotated[str, typer.Option("--run", help="Run name (a folder under checkpoints/).")],
-    k: Annotated[Optional[str], typer.Option("--k", help="Cutoffs, e.g. 5,10,20.")] = None,
-    split: Annotated[str, typer.Option("--split", help="test or valid.")] = "test",
-    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset (default: the one the run was trained on).")] = None,
+    run: RunOpt = None,
+    k: Annotated[Optional[str], typer.Option("--k", help="Cutoffs, e.g. 5,10,20." + default("eval.k"))] = None,
+    split: Annotated[Split, typer.Option("--split", help="The window to score.")] = Split.test,
+    data: DataOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """NDCG@K, HR@K and MRR of the transformer, the blend and the baselines (full-catalog ranking).
 
     Example: purchasepred evaluate --run demo --k 5,10,20
     """
     from purchasepred.config import load_config
-    from purchasepred.pipeline import evaluate_run
+    from purchasepred.pipeline import Hooks, evaluate_run
 
-    if split not in ("test", "valid"):
-        raise PurchasePredError(f"--split must be test or valid, got {split!r}")
-    cfg = load_config(config, {"eval.k": _ks(k)}, set_)
-    with ui.steps("evaluate") as step:
-        result, path = evaluate_run(cfg, run, split, cfg.eval.k, data, log=step)
-    for table in metrics_tables(result):
+    cfg = load_config(config, {"eval.k": parse_ks(k)}, set_)
+    with ui.Bars("evaluate") as bars:
+        done = evaluate_run(cfg, run, split.value, cfg.eval.k, data, Hooks(log=bars.log, step=bars.stage))
+    for table in metrics_tables(done.result):
         ui.show(table)
-    ui.info(_verdict(result))
-    ui.info(f"metrics written to {path}")
+    for warning in done.result.get("warnings", []):
+        ui.warn(warning)
+    ui.info(verdict(done.result))
+    ui.info(f"metrics written to {done.path}")
 
 
+# ------------------------------------------------------------------------------------------ export
 @app.command()
 @handle_errors
 def export(
-    run: Annotated[str, typer.Option("--run", help="Run name (a folder under checkpoints/).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="CSV to write (default output/RUN/recommendations.csv).")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", help="Items per user.")] = None,
-    filter_seen: Annotated[bool, typer.Option("--filter-seen", help="Leave out items the user already interacted with.")] = False,
+    run: RunOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="CSV to write [default: output/RUN/recommendations.csv].")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Items per user." + default("export.k"))] = None,
+    filter_seen: Annotated[bool, typer.Option("--filter-seen", help="Leave out items the user already interacted with.", metavar="")] = False,
     force: ForceOpt = False,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset (default: the one the run was trained on).")] = None,
+    data: DataOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Write the top-K items for every user (user_id,item_id,rank,score,source,purchase_probability).
 
     Example: purchasepred export --run demo --k 10 --out recs.csv
     """
     from purchasepred.config import load_config
-    from purchasepred.pipeline import export_run
+    from purchasepred.pipeline import Hooks, export_run
 
     cfg = load_config(config, {"export.k": k, "export.filter_seen": True if filter_seen else None}, set_)
-    progress = ui.make_progress()
-    with progress:
-        task: dict[str, Any] = {}
-
-        def on_progress(done: int, total: int) -> None:
-            if "id" not in task:
-                task["id"] = progress.add_task("export users", total=total, status="")
-            progress.update(task["id"], completed=done)
-
+    with ui.Bars("export") as bars:
         summary = export_run(cfg, run, out, cfg.export.k, cfg.export.filter_seen, force, data,
-                             log=lambda m: progress.console.print(m) if not ui.is_quiet() else None, progress=on_progress)
+                             Hooks(log=bars.log, on_export=bars.on_export))
     ui.show(export_table(summary))
 
 
 def export_table(summary: Any) -> Any:
     return ui.summary_table(f"export -> {summary.path}", [
         ("users", summary.users), ("rows", summary.rows), ("k", summary.k),
-        ("users by source", summary.by_source), ("seconds", summary.seconds),
+        ("users by source", summary.by_source), ("seconds", round(summary.seconds, 1)),
     ])
 
 
+# ------------------------------------------------------------------------------------------ report
+@app.command()
+@handle_errors
+def report(
+    run: Annotated[list[str], typer.Option("--run", help="Run name (repeatable: several runs side by side).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default output/RUN/report.html).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a purchasepred report.", metavar="")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """One self-contained HTML page (figures embedded, opens offline) with the data, training, quality,
+    calibration and recommendation figures of a run; the figures also as PNG in output/RUN/figures/.
+
+    Example: purchasepred report --run demo --run demo2 --out compare.html
+    """
+    from purchasepred.config import load_config
+    from purchasepred.report.build import build_report
+
+    cfg = load_config(config, {}, set_)
+    with ui.steps("report") as step:
+        summary = build_report(cfg, run, out, force, log=step)
+    for line in summary.notes:
+        ui.warn(line)
+    ui.show(ui.summary_table(f"report -> {summary.path}", [
+        ("runs", ", ".join(summary.runs)), ("figures", len(summary.figures)),
+        ("figures folder", str(summary.figures[0].parent) if summary.figures else "-"), ("seconds", summary.seconds),
+    ]))
+
+
+# ------------------------------------------------------------------------------------------ run
 @app.command("run")
 @handle_errors
 def run_all(
     raw: Annotated[Optional[list[str]], typer.Argument(help="Raw event files or globs; none: generate the demo dataset.")] = None,
-    run_name: Annotated[Optional[str], typer.Option(help="Run name (default 'demo' without RAW, else a timestamp).")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run name [default: 'demo' without RAW, else a timestamp].")] = None,
     rows: Annotated[int, typer.Option(help="Demo dataset rows (without RAW).")] = 300_000,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
-    purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss.")] = None,
-    eval_days: Annotated[Optional[float], typer.Option(help="Days per evaluation window.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing run of this name.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs." + default("train.epochs"))] = None,
+    purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss." + default("train.purchase_weight"))] = None,
+    eval_days: Annotated[Optional[float], typer.Option(help="Days per evaluation window." + default("prepare.eval_days"))] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run of this name.", metavar="")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: training, then evaluate and export.", metavar="")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """prepare -> train -> evaluate -> export in one command, with one summary.
 
-    Example: purchasepred run            (the bundled synthetic demo, a few minutes on a laptop CPU)
+    Example: purchasepred run            (the bundled synthetic demo)
     """
-    import shutil
-
     from purchasepred.config import load_config
-    from purchasepred.data.prepare import prepare as run_prepare
-    from purchasepred.data.synth import generate
-    from purchasepred.data.tensors import PreparedData
-    from purchasepred.pipeline import evaluate_run, export_run, write_summary
-    from purchasepred.train.trainer import PurchasePred, run_paths
+    from purchasepred.pipeline import Hooks, run_all as pipeline_run_all
 
     name = run_name or ("demo" if not raw else _run_name(None))
     cfg = load_config(config, {"train.epochs": epochs, "train.purchase_weight": purchase_weight,
                                "prepare.eval_days": eval_days}, set_)
-    run_dir, out_dir = run_paths(cfg, name)
-    if run_dir.exists() or out_dir.exists():
-        if not force:
-            raise PurchasePredError(f"run {name!r} exists ({run_dir} / {out_dir}); pass --force to replace it or choose --run-name")
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    inputs = list(raw or [])
-    with ui.steps(f"run {name}") as step:
-        if not inputs:
-            step("synth demo data")
-            demo = out_dir / "demo_events.csv"
-            generate(demo, rows=rows, views_per_purchase=60.0, days=30, seed=cfg.train.seed)
-            inputs = [str(demo)]
-        step("prepare")
-        prepared = out_dir / "prepared"
-        prep = run_prepare(inputs, prepared, cfg.prepare, force=False)
-        cfg.train.data = str(prepared)
-        step("train")
-        trainer = PurchasePred(cfg, PreparedData(prepared), name)
-        summary = trainer.fit(on_epoch=lambda st: ui.info(
-            f"  epoch {st.epoch}: view {st.view_loss:.4f} buy {st.purchase_loss:.4f} valid NDCG@10 "
-            f"{st.valid.get('ndcg@10', float('nan')):.4f} ({st.tokens_per_s:,.0f} tokens/s)"))
-        step("evaluate")
-        result, metrics_path = evaluate_run(cfg, name, "test", cfg.eval.k)
-        step("export")
-        exp = export_run(cfg, name)
-    ui.show(prepare_table(prep.manifest, prep.out, prep.seconds))
-    for table in metrics_tables(result):
+    again = _command_line(["purchasepred", "run", *(raw or []), "--run-name", name], config, set_,
+                          {"--rows": rows if not raw else None, "--epochs": epochs, "--purchase-weight": purchase_weight,
+                           "--eval-days": eval_days}, {"--resume": True})
+    with ui.Bars(f"run {name}", cfg.train.epochs) as bars:
+        done = pipeline_run_all(cfg, raw, name, rows, force, resume, again, Hooks(**bars.hooks()))
+    if done.prepared is not None:
+        ui.show(prepare_table(done.prepared.manifest, done.prepared.out, done.prepared.seconds))
+    ui.show(train_table(done.train))
+    for table in metrics_tables(done.evaluation.result):
         ui.show(table)
-    ui.show(export_table(exp))
-    k0 = cfg.eval.k[0]
-    summary_json = {
-        "run": name, "inputs": inputs, "prepared": str(prepared),
-        "rows_read": prep.manifest["rows_read"], "rows_rejected": prep.manifest["rows_rejected"],
-        "epochs_done": summary.epochs_done, "best_valid_ndcg@10": summary.best_valid_ndcg10,
-        "train_seconds": summary.seconds, "tokens_per_s": summary.tokens_per_s,
-        "test": {r: (result["baselines"][r] if r in ("popularity", "history") else result[r])[f"ndcg@{k0}"]
-                 for r in ("popularity", "history", "model", "blend")},
-        "default": result["default"], "metrics": str(metrics_path), "recommendations": str(exp.path),
-    }
-    write_summary(out_dir / "run_summary.json", summary_json)
+    ui.show(export_table(done.export))
+    result, body = done.evaluation.result, done.body
+    k0 = result["k"][0]
     ui.show(ui.summary_table(f"run {name}", [
-        ("rows read / rejected", f"{prep.manifest['rows_read']:,} / {prep.manifest['rows_rejected']:,}"),
-        ("epochs, best valid NDCG@10", f"{summary.epochs_done}, "
-         + (f"{summary.best_valid_ndcg10:.4f}" if summary.best_valid_ndcg10 is not None else "n/a")),
-        (f"test NDCG@{k0} popularity / history", f"{summary_json['test']['popularity']:.4f} / {summary_json['test']['history']:.4f}"),
-        (f"test NDCG@{k0} transformer / blend", f"{summary_json['test']['model']:.4f} / {summary_json['test']['blend']:.4f}"),
-        ("default ranker (chosen on valid)", result["default"]),
-        ("metrics", str(metrics_path)), ("recommendations", str(exp.path)), ("checkpoint", str(summary.checkpoint)),
+        ("rows read / rejected", f"{body['rows_read']:,} / {body['rows_rejected']:,}" if body["rows_read"] is not None else "(resumed)"),
+        ("epochs, best valid NDCG@10", f"{done.train.epochs_done}, "
+         + (f"{done.train.best_valid_ndcg10:.4f}" if done.train.best_valid_ndcg10 is not None else "n/a")),
+        (f"test NDCG@{k0} popularity / history", f"{body['test']['popularity']:.4f} / {body['test']['history']:.4f}"),
+        (f"test NDCG@{k0} transformer / blend", f"{body['test']['model']:.4f} / {body['test']['blend']:.4f}"),
+        ("default ranker", f"{result['default']} ({result.get('default_reason', 'chosen on valid')})"),
+        ("metrics", str(done.evaluation.path)), ("recommendations", str(done.export.path)),
+        ("checkpoint", str(done.train.checkpoint)), ("summary", str(done.summary_path)),
+        ("report", str(done.report)),
     ]))
-    ui.info(_verdict(result))
+    for warning in result.get("warnings", []):
+        ui.warn(warning)
+    ui.info(verdict(result))
 
 
 def main() -> None:

@@ -86,8 +86,6 @@ class TrainConfig:
     """torch.compile the model (CUDA only)."""
     bf16: bool = True
     """bf16 autocast on CUDA."""
-    run_name: str | None = None
-    """Run folder name under checkpoints/ and output/ (default: a timestamp)."""
     checkpoints_dir: str = "checkpoints"
     """Root of run folders holding last.pt, best.pt, config.yaml, metadata.json."""
     output_dir: str = "output"
@@ -106,6 +104,11 @@ class EvalConfig:
     """Seed of the bootstrap."""
     popularity_days: float = 7.0
     """Popularity baseline counts events in this many days before the cutoff."""
+    min_valid_buyers: int = 50
+    """With fewer buyers in the valid window the default ranker is the stronger baseline: a learned
+    ranker picked on a handful of buyers wins or loses by noise."""
+    min_buyers: int = 30
+    """With fewer buyers in the scored window, evaluate warns that its numbers are indicative."""
 
 
 @dataclass
@@ -221,11 +224,14 @@ def _validate(cfg: Config) -> list[str]:
         (t.grad_clip >= 0, "train.grad_clip must be >= 0"),
         (t.purchase_weight >= 0, "train.purchase_weight must be >= 0 (got %s)" % t.purchase_weight),
         (t.cart_weight >= 0, "train.cart_weight must be >= 0"),
+        (t.view_weight >= 0, "train.view_weight must be >= 0"),
         (t.negatives >= 1, "train.negatives must be >= 1"),
         (t.patience >= 0, "train.patience must be >= 0"),
         (bool(e.k) and all(k >= 1 for k in e.k), "eval.k must be a list of integers >= 1"),
         (e.bootstrap >= 0, "eval.bootstrap must be >= 0"),
         (e.popularity_days > 0, "eval.popularity_days must be > 0"),
+        (e.min_valid_buyers >= 0, "eval.min_valid_buyers must be >= 0"),
+        (e.min_buyers >= 0, "eval.min_buyers must be >= 0"),
         (x.k >= 1, "export.k must be >= 1"),
         (x.user_batch >= 1, "export.user_batch must be >= 1"),
     ]
@@ -297,11 +303,16 @@ def load_config(
     return cfg
 
 
+RETIRED_KEYS = {"train.run_name"}
+"""Keys that older versions wrote into checkpoints; ignored when such a checkpoint is loaded."""
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config saved with ``to_dict`` (checkpoints, config.yaml)."""
     cfg = Config()
     problems: list[str] = []
-    _apply(cfg, _flatten_yaml(data, "saved config", problems), "saved config", problems)
+    flat = {k: v for k, v in _flatten_yaml(data, "saved config", problems).items() if k not in RETIRED_KEYS}
+    _apply(cfg, flat, "saved config", problems)
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg
@@ -309,3 +320,44 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (read from its source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def default_yaml() -> str:
+    """configs/default.yaml, generated from the dataclasses: every default and its documentation
+    in one place (`python -m purchasepred.config > configs/default.yaml`; a test keeps it current)."""
+    import textwrap
+
+    lines = ["# purchasepred default configuration, generated from purchasepred/config.py (do not edit by hand:",
+             "# run `python -m purchasepred.config > configs/default.yaml`). Override with --config FILE,",
+             "# named flags, or --set section.key=value."]
+    defaults = Config()
+    for section in dataclasses.fields(Config):
+        sub = getattr(defaults, section.name)
+        docs = field_docs(type(sub))
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(sub):
+            doc = docs.get(f.name)
+            if doc:
+                lines += [f"  # {line}" for line in textwrap.wrap(doc, 96)]
+            value = yaml.safe_dump({f.name: getattr(sub, f.name)}, default_flow_style=True, width=1000).strip()
+            lines.append("  " + value[1:-1] if value.startswith("{") else "  " + value)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(default_yaml(), end="")

@@ -41,6 +41,11 @@ def error(msg: str) -> None:
     err_console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
 
 
+def warn(msg: str) -> None:
+    """A warning the user must see: on stderr, also under --quiet."""
+    err_console.print(f"[bold yellow]warning:[/] {msg}", soft_wrap=True)
+
+
 def make_progress(transient: bool = False) -> Progress:
     """One progress factory for every command; disabled under --quiet or without a terminal."""
     return Progress(
@@ -111,3 +116,53 @@ def _fmt(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) or "-"
     return str(value)
+
+
+class Bars:
+    """One live display for a command: a line per stage, a bar per training epoch, an export bar
+    and log lines above them. Its methods are the progress callbacks of ``pipeline.Hooks``."""
+
+    def __init__(self, title: str, epochs: int | None = None) -> None:
+        self.title, self.epochs = title, epochs
+        self.progress = make_progress()
+        self._stage: Any = None
+        self._epoch: tuple[int, Any] | None = None
+        self._export: Any = None
+
+    def __enter__(self) -> Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stage("")
+        self.progress.stop()
+
+    def hooks(self) -> dict[str, Any]:
+        return {"log": self.log, "step": self.stage, "on_step": self.on_step, "on_epoch": self.on_epoch,
+                "on_export": self.on_export}
+
+    def log(self, msg: str) -> None:
+        if not _state["quiet"]:
+            self.progress.console.print(msg, soft_wrap=True)
+
+    def stage(self, name: str) -> None:
+        if self._stage is not None:
+            self.progress.update(self._stage, total=1, completed=1)
+        self._stage = self.progress.add_task(f"{self.title}: {name}", total=None, status="") if name else None
+
+    def on_step(self, s: dict[str, Any]) -> None:
+        if self._epoch is None or self._epoch[0] != s["epoch"]:
+            of = f"/{self.epochs}" if self.epochs else ""
+            self._epoch = (s["epoch"], self.progress.add_task(f"epoch {s['epoch'] + 1}{of}", total=s["batches"], status=""))
+        self.progress.update(self._epoch[1], completed=s["batch"], status=(
+            f"view {s['view_loss']:.3f} buy {s['purchase_loss']:.3f} {s['tokens_per_s']:,.0f} tok/s lr {s['lr']:.1e}"))
+
+    def on_epoch(self, st: Any) -> None:
+        valid = st.valid.get("ndcg@10", float("nan"))
+        self.log(f"epoch {st.epoch}: view loss {st.view_loss:.4f}, purchase loss {st.purchase_loss:.4f}, valid NDCG@10 "
+                 f"{valid:.4f}, {st.tokens_per_s:,.0f} tokens/s, {st.seconds:.1f} s")
+
+    def on_export(self, done: int, total: int) -> None:
+        if self._export is None:
+            self._export = self.progress.add_task("export users", total=total, status="")
+        self.progress.update(self._export, completed=done)

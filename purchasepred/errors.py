@@ -19,3 +19,13 @@ class DatasetError(PurchasePredError):
 
 class CheckpointError(PurchasePredError):
     """A checkpoint is missing, corrupt, or belongs to another dataset."""
+
+
+class Interrupted(PurchasePredError):
+    """Work stopped by Ctrl-C with its state saved: exit code 130 and the command that continues it."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, command: str = "") -> None:
+        super().__init__(message)
+        self.command = command

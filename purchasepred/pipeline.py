@@ -1,23 +1,55 @@
-"""Library entry points behind `evaluate`, `export` and `run` (usable without Typer)."""
+"""Library entry points behind every command: one call each, returning a summary dataclass.
+
+The CLI parses, calls one of these, and prints the summary; scripts and notebooks call them the
+same way. Progress reaches the caller through plain callbacks (:class:`Hooks`), never through
+rich objects, so this module prints nothing.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from purchasepred.config import Config
+from purchasepred.config import EvalConfig, Config
+from purchasepred.data.prepare import PrepareSummary, prepare
 from purchasepred.data.tensors import PreparedData
-from purchasepred.errors import CheckpointError
-from purchasepred.eval.evaluate import Fitted, evaluate, fit_on_valid, save_json
-from purchasepred.export.recommend import ExportSummary, export, precheck_out
-from purchasepred.train.checkpoint import read_metadata, write_json
-from purchasepred.train.trainer import load_model, pick_device, run_paths
+from purchasepred.errors import CheckpointError, Interrupted, PurchasePredError
+from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid
+from purchasepred.export.recommend import ExportSummary, export
+from purchasepred.fileio import check_new_output, write_json
+from purchasepred.runs import latest_run, load_model, pick_device, run_paths
+from purchasepred.train.checkpoint import read_metadata
+from purchasepred.train.trainer import EpochStats, Trainer, TrainSummary
+
+Log = Callable[[str], None]
 
 
+@dataclass
+class Hooks:
+    """Progress callbacks; every one optional. ``step`` names the stage a long command is in."""
+
+    log: Log | None = None
+    step: Callable[[str], None] | None = None
+    on_step: Callable[[dict[str, Any]], None] | None = None
+    on_epoch: Callable[[EpochStats], None] | None = None
+    on_export: Callable[[int, int], None] | None = None
+
+    def say(self, msg: str) -> None:
+        if self.log:
+            self.log(msg)
+
+    def stage(self, name: str) -> None:
+        if self.step:
+            self.step(name)
+
+
+# ------------------------------------------------------------------------------------------ runs
 @dataclass
 class LoadedRun:
     name: str
@@ -29,6 +61,15 @@ class LoadedRun:
     meta: dict[str, Any]
 
 
+def resolve_run(cfg: Config, run: str | None, hooks: Hooks | None = None) -> str:
+    """The run a command works on: the one named, or the latest trained one (said in one line)."""
+    if run:
+        return run
+    name, when = latest_run(cfg)
+    (hooks or Hooks()).say(f"using the latest run '{name}' (trained {when}; pass --run to choose another)")
+    return name
+
+
 def load_run(cfg: Config, run: str, data: Path | None = None) -> LoadedRun:
     run_dir, out_dir = run_paths(cfg, run)
     if not run_dir.is_dir():
@@ -36,54 +77,215 @@ def load_run(cfg: Config, run: str, data: Path | None = None) -> LoadedRun:
             f"run {run!r} does not exist in {run_dir.parent}/; train it first: purchasepred train --run-name {run}"
         )
     meta = read_metadata(run_dir) if (run_dir / "metadata.json").is_file() else {}
-    data_path = Path(data) if data else Path(meta.get("dataset", {}).get("path", cfg.train.data))
+    recorded = meta.get("dataset", {})
+    data_path = Path(data) if data else Path(recorded.get("path", cfg.train.data))
     dataset = PreparedData(data_path)
+    if recorded.get("content_hash") and recorded["content_hash"] != dataset.manifest["content_hash"]:
+        again = (f"pass --data with the dataset it was trained on ({recorded.get('path')})" if data else
+                 f"{data_path} was prepared again after run {run!r} was trained (content hash "
+                 f"{recorded['content_hash'][:12]} then, {dataset.manifest['content_hash'][:12]} now); prepare the "
+                 f"same raw files with the settings in {run_dir / 'config.yaml'} into {data_path} to get it back, "
+                 "or train a new run on the new data")
+        raise CheckpointError(f"run {run!r} was trained on another dataset than {data_path}; {again}")
     device = pick_device(cfg.train.device)
     which = "best" if (run_dir / "best.pt").is_file() else "last"
     model, _, meta = load_model(run_dir, which, dataset, device)
     return LoadedRun(run, run_dir, out_dir, dataset, model, device, meta)
 
 
-def fitted_for(run: LoadedRun, cfg: Config, log: Callable[[str], None] | None = None) -> Fitted:
+def valid_fit(run: LoadedRun, cfg: Config, hooks: Hooks | None = None) -> ValidFit:
     """The valid-window fit of a run, cached in output/<run>/ranker.json (refit when stale)."""
     path = run.out_dir / "ranker.json"
     sha = run.meta.get("checkpoints", {}).get("best.pt") or run.meta.get("checkpoints", {}).get("last.pt")
     if path.is_file():
         try:
-            fitted = Fitted.from_dict(json.loads(path.read_text()))
+            fitted = ValidFit.from_dict(json.loads(path.read_text()))
             if fitted.dataset_hash == run.data.manifest["content_hash"] and fitted.checkpoint_sha256 == sha:
                 return fitted
         except (KeyError, TypeError, json.JSONDecodeError):
             pass
-    if log:
-        log("fitting history weights, blend weight and calibration on the valid window")
+    (hooks or Hooks()).say("fitting history weights, blend weight and calibration on the valid window")
     fitted, _ = fit_on_valid(run.data, cfg, run.model, run.device, sha)
-    save_json(path, fitted.to_dict())
+    write_json(path, fitted.to_dict())
     return fitted
 
 
-def evaluate_run(cfg: Config, run: str, split: str = "test", ks: list[int] | None = None, data: Path | None = None,
-                 log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Path]:
-    loaded = load_run(cfg, run, data)
-    fitted = fitted_for(loaded, cfg, log)
-    result = evaluate(loaded.data, cfg, loaded.model, loaded.device, split, ks or cfg.eval.k, fitted, log)
-    result["run"] = run
+# ------------------------------------------------------------------------------------------ train
+def train_run(cfg: Config, run_name: str, resume: bool = False, hooks: Hooks | None = None) -> TrainSummary:
+    """Train (or resume) ``run_name`` on ``cfg.train.data``."""
+    hooks = hooks or Hooks()
+    trainer = Trainer(cfg, PreparedData(Path(cfg.train.data)), run_name)
+    return trainer.fit(resume=resume, on_step=hooks.on_step, on_epoch=hooks.on_epoch)
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+@dataclass
+class EvaluateSummary:
+    result: dict[str, Any]
+    path: Path
+
+
+def metrics_path(out_dir: Path, split: str, ks: list[int]) -> Path:
+    """One file per split and cutoff list: metrics.json is the test window at the default cutoffs
+    (the file run_summary.json points to); other splits or --k never replace it."""
+    name = "metrics" if split == "test" else f"metrics_{split}"
+    if ks != EvalConfig().k:
+        name += "_k" + "-".join(map(str, ks))
+    return out_dir / f"{name}.json"
+
+
+def evaluate_run(cfg: Config, run: str | None = None, split: str = "test", ks: list[int] | None = None,
+                 data: Path | None = None, hooks: Hooks | None = None) -> EvaluateSummary:
+    hooks = hooks or Hooks()
+    name = resolve_run(cfg, run, hooks)
+    loaded = load_run(cfg, name, data)
+    fitted = valid_fit(loaded, cfg, hooks)
+    ks = ks or cfg.eval.k
+    result = evaluate(loaded.data, cfg, loaded.model, loaded.device, split, ks, fitted, hooks.log)
+    result["run"] = name
     result["dataset"] = {"path": str(loaded.data.path), "content_hash": loaded.data.manifest["content_hash"]}
-    path = loaded.out_dir / "metrics.json"
-    save_json(path, result)
-    return result, path
+    path = metrics_path(loaded.out_dir, split, ks)
+    write_json(path, result)
+    return EvaluateSummary(result, path)
 
 
-def export_run(cfg: Config, run: str, out: Path | None = None, k: int | None = None, filter_seen: bool | None = None,
-               force: bool = False, data: Path | None = None, log: Callable[[str], None] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> ExportSummary:
-    loaded = load_run(cfg, run, data)
+# ------------------------------------------------------------------------------------------ export
+def export_run(cfg: Config, run: str | None = None, out: Path | None = None, k: int | None = None,
+               filter_seen: bool | None = None, force: bool = False, data: Path | None = None,
+               hooks: Hooks | None = None) -> ExportSummary:
+    hooks = hooks or Hooks()
+    name = resolve_run(cfg, run, hooks)
+    if out is not None:
+        check_new_output(Path(out), force)  # before loading and fitting, which take minutes on big data
+    loaded = load_run(cfg, name, data)
     target = Path(out) if out else loaded.out_dir / "recommendations.csv"
-    precheck_out(target, force)  # before the valid-window fit, which can take minutes on big data
-    fitted = fitted_for(loaded, cfg, log)
+    check_new_output(target, force)
+    fitted = valid_fit(loaded, cfg, hooks)
     return export(loaded.data, cfg, loaded.model, loaded.device, fitted, target, k or cfg.export.k,
-                  cfg.export.filter_seen if filter_seen is None else filter_seen, force, progress)
+                  cfg.export.filter_seen if filter_seen is None else filter_seen, force, hooks.on_export)
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    write_json(path, summary)
+# ------------------------------------------------------------------------------------------ run
+@dataclass
+class RunSummary:
+    name: str
+    inputs: list[str]
+    prepared: PrepareSummary | None
+    train: TrainSummary
+    evaluation: EvaluateSummary
+    export: ExportSummary
+    summary_path: Path
+    report: Path
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def _prepared_in(out_dir: Path) -> Path:
+    return out_dir / "prepared"
+
+
+def run_all(cfg: Config, raw: list[str] | None, name: str, rows: int = 300_000, force: bool = False,
+            resume: bool = False, resume_command: str = "", hooks: Hooks | None = None) -> RunSummary:
+    """synth (without ``raw``) -> prepare -> train -> evaluate -> export, all in ``output/<name>/``.
+
+    A failure removes the run's folders that this call created, so a retry needs no --force. An
+    interrupt during training keeps them and raises :class:`Interrupted` with ``resume_command``
+    (the caller's ``run ... --resume``), which continues training and then evaluates and exports."""
+    hooks = hooks or Hooks()
+    run_dir, out_dir = run_paths(cfg, name)
+    existing = [p for p in (run_dir, out_dir) if p.exists()]
+    if resume:
+        if not (run_dir / "last.pt").is_file() or not _prepared_in(out_dir).is_dir():
+            raise CheckpointError(f"run {name!r} has no interrupted training to resume (no {run_dir / 'last.pt'} "
+                                  f"or {_prepared_in(out_dir)}); start it without --resume")
+    elif existing and not force:
+        raise PurchasePredError(f"run {name!r} exists ({', '.join(map(str, existing))}); pass --force to replace it "
+                                "or choose another --run-name")
+    elif existing:
+        for folder in existing:
+            shutil.rmtree(folder)
+    created_here = not resume
+    try:
+        return _run_all(cfg, list(raw or []), name, rows, resume, run_dir, out_dir, hooks)
+    except Interrupted as stop:
+        stop.command = resume_command
+        raise
+    except KeyboardInterrupt:
+        if created_here and (run_dir / "last.pt").is_file():
+            raise Interrupted(f"run {name!r} was interrupted; its checkpoints are kept", resume_command) from None
+        _remove_if(created_here, run_dir, out_dir)
+        raise
+    except BaseException:
+        _remove_if(created_here, run_dir, out_dir)  # a failed run leaves nothing behind
+        raise
+
+
+def _remove_if(created_here: bool, *folders: Path) -> None:
+    if created_here:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool, run_dir: Path, out_dir: Path,
+             hooks: Hooks) -> RunSummary:
+    from purchasepred.data.synth import generate
+
+    prepared = _prepared_in(out_dir)
+    prep: PrepareSummary | None = None
+    if not resume:
+        out_dir.mkdir(parents=True)
+        if not inputs:
+            hooks.stage("synth demo data")
+            demo = out_dir / "demo_events.csv"
+            generate(demo, rows=rows, views_per_purchase=60.0, days=30, seed=cfg.train.seed)
+            inputs = [str(demo)]
+        hooks.stage("prepare")
+        prep = prepare(inputs, prepared, cfg.prepare, force=False)
+    cfg.train.data = str(prepared)
+    meta = read_metadata(run_dir) if (run_dir / "metadata.json").is_file() else {}
+    hooks.stage("train")
+    if resume and meta.get("epochs_done", 0) >= cfg.train.epochs:
+        summary = _finished_training(name, run_dir, out_dir, meta)
+    else:
+        summary = train_run(cfg, name, resume=resume, hooks=hooks)
+    for note in summary.notes:
+        hooks.say(f"note: {note}")
+    if summary.interrupted:
+        raise Interrupted(f"training of run {name!r} was interrupted; checkpoint saved", "")
+    hooks.stage("evaluate")
+    evaluation = evaluate_run(cfg, name, "test", cfg.eval.k, hooks=hooks)
+    hooks.stage("export")
+    exported = export_run(cfg, name, hooks=hooks)
+    result = evaluation.result
+    k0 = result["k"][0]
+    body = {
+        "run": name, "inputs": inputs, "prepared": str(prepared),
+        "rows_read": prep.manifest["rows_read"] if prep else None,
+        "rows_rejected": prep.manifest["rows_rejected"] if prep else None,
+        "epochs_done": summary.epochs_done, "best_valid_ndcg@10": summary.best_valid_ndcg10,
+        "train_seconds": summary.seconds, "tokens_per_s": summary.tokens_per_s,
+        "test": {r: result[r][f"ndcg@{k0}"] if r in ("model", "blend") else result["baselines"][r][f"ndcg@{k0}"]
+                 for r in ("popularity", "history", "model", "blend")},
+        "default": result["default"], "metrics": str(evaluation.path), "recommendations": str(exported.path),
+    }
+    hooks.stage("report")
+    from purchasepred.report.build import build_report
+
+    body["report"] = str(out_dir / "report.html")
+    path = out_dir / "run_summary.json"
+    write_json(path, body)
+    report = build_report(cfg, [name]).path
+    return RunSummary(name, inputs, prep, summary, evaluation, exported, path, report, body)
+
+
+def _finished_training(name: str, run_dir: Path, out_dir: Path, meta: dict[str, Any]) -> TrainSummary:
+    """The summary of a run whose training had already finished (a resumed `run` goes straight on)."""
+    history = meta.get("epochs", [])
+    best = run_dir / "best.pt"
+    return TrainSummary(
+        run_name=name, run_dir=run_dir, output_dir=out_dir, epochs_done=meta.get("epochs_done", 0),
+        best_epoch=meta.get("best_epoch"), best_valid_ndcg10=meta.get("best_valid_ndcg@10"),
+        seconds=float(meta.get("timings", {}).get("total_s", 0.0)),
+        tokens_per_s=float(sum(h["tokens_per_s"] for h in history) / len(history)) if history else 0.0,
+        checkpoint=best if best.is_file() else run_dir / "last.pt", history=history,
+        notes=["training had already finished; evaluating and exporting"],
+    )

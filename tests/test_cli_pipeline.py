@@ -80,10 +80,17 @@ def test_train_resume_evaluate_export(work: Path, raw_csv: Path) -> None:
                   "already exists", "--resume")
     clean_failure(invoke("train", "--epochs", "3", "--resume", *TINY), "--run-name")
 
-    result = invoke("evaluate", "--run", "a", "--k", "5,10", "--set", "eval.bootstrap=100")
-    ok(result)
-    metrics = json.loads((work / "output" / "a" / "metrics.json").read_text())
+    ok(invoke("evaluate", "--run", "a", "--set", "eval.bootstrap=100"))
+    test_metrics = work / "output" / "a" / "metrics.json"
+    before = test_metrics.read_bytes()
+    assert json.loads(before)["split"] == "test"
+    # another --k or --split writes its own file: metrics.json (the test window) is never replaced
+    ok(invoke("evaluate", "--run", "a", "--k", "5,10", "--set", "eval.bootstrap=100"))
+    ok(invoke("evaluate", "--run", "a", "--split", "valid", "--set", "eval.bootstrap=100"))
+    metrics = json.loads((work / "output" / "a" / "metrics_k5-10.json").read_text())
     assert {"ndcg@5", "ndcg@10", "hr@10", "mrr"} <= metrics["model"].keys()
+    assert json.loads((work / "output" / "a" / "metrics_valid.json").read_text())["split"] == "valid"
+    assert test_metrics.read_bytes() == before
 
     ok(invoke("export", "--run", "a", "--k", "5"))
     recs = work / "output" / "a" / "recommendations.csv"
@@ -116,12 +123,12 @@ def test_train_before_prepare_names_the_folder_and_the_command(work: Path) -> No
     line = clean_failure(invoke("train", "--epochs", "1", "--run-name", "x", *TINY), "prepared", "purchasepred prepare")
     assert "x" not in {p.name for p in work.iterdir()}
     assert not (work / "checkpoints" / "x").exists(), line
-    other = clean_failure(invoke("train", "--data", "elsewhere", "--epochs", "1", *TINY), "elsewhere", "purchasepred prepare")
-    assert other
+    clean_failure(invoke("train", "--data", "elsewhere", "--epochs", "1", *TINY), "elsewhere", "purchasepred prepare")
+    assert not (work / "checkpoints").exists() and not (work / "elsewhere").exists()
 
 
 def test_evaluate_rejects_a_bad_split_and_bad_k(work: Path) -> None:
-    clean_failure(invoke("evaluate", "--run", "a", "--split", "train"), "--split", "train")
+    clean_failure(invoke("evaluate", "--run", "a", "--split", "train"), "--split", "train", "--help", code=2)
     clean_failure(invoke("evaluate", "--run", "a", "--k", "0"), "--k")
     clean_failure(invoke("evaluate", "--run", "a", "--k", "ten"), "--k", "ten")
 

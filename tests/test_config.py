@@ -40,6 +40,22 @@ def test_default_yaml_matches_the_dataclass_defaults() -> None:
     assert load_config().to_dict() == Config().to_dict()
 
 
+def test_default_yaml_is_generated_from_the_dataclasses() -> None:
+    from purchasepred.config import default_yaml
+
+    current = (CONFIGS[0].parent / "default.yaml").read_text()
+    assert current == default_yaml(), "regenerate it: python -m purchasepred.config > configs/default.yaml"
+    assert "  # Loss = view_loss + purchase_weight * purchase_loss" in current  # the field's docstring
+
+
+def test_checkpoints_from_before_a_key_was_retired_still_load() -> None:
+    from purchasepred.config import config_from_dict
+
+    saved = Config().to_dict()
+    saved["train"]["run_name"] = "old"  # written by earlier versions
+    assert config_from_dict(saved).to_dict() == Config().to_dict()
+
+
 def test_precedence_defaults_file_flags_set(tmp_path: Path) -> None:
     f = tmp_path / "mine.yaml"
     f.write_text("prepare:\n  max_len: 10\n  eval_days: 3\n  session_gap_minutes: 15\ntrain:\n  lr: 0.01\n")

@@ -28,10 +28,10 @@ from purchasepred.errors import CheckpointError, PurchasePredError
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.export.recommend import COLUMNS
 from purchasepred.pipeline import evaluate_run, export_run
-from purchasepred.train.trainer import PurchasePred
+from purchasepred.train.trainer import Trainer
 
 HEADER = "user_id,item_id,rank,score,source,purchase_probability"
-SOURCES = {"model", "blend", "history", "popularity"}
+SOURCES = {"model", "blend", "history", "popularity", "tifu_knn", "two_stage"}
 RUN = "E"
 
 
@@ -52,13 +52,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         "eval.bootstrap=100", f"train.checkpoints_dir={root / 'checkpoints'}", f"train.output_dir={root / 'output'}",
         f"train.data={root / 'prepared'}",
     ])
-    PurchasePred(cfg, data, RUN).fit()
+    Trainer(cfg, data, RUN).fit()
     return Trained(root, raw, data, cfg)
 
 
 @pytest.fixture(scope="module")
 def metrics(trained: Trained) -> tuple[dict, Path]:
-    return evaluate_run(trained.cfg, RUN, "test", [5, 10])
+    done = evaluate_run(trained.cfg, RUN, "test", [5, 10])
+    return done.result, done.path
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +99,12 @@ def check_export(path: Path, data: PreparedData, k: int) -> list[dict[str, str]]
 # ------------------------------------------------------------------------------ evaluate
 def test_metrics_json_has_models_baselines_blend_and_calibration(trained: Trained, metrics: tuple[dict, Path]) -> None:
     result, path = metrics
-    assert path == trained.root / "output" / RUN / "metrics.json"
+    assert path == trained.root / "output" / RUN / "metrics_k5-10.json"  # not the default cutoffs: its own file
     saved = json.loads(path.read_text())
     assert {"model", "baselines", "blend", "default", "calibration"} <= saved.keys()
     assert set(saved["baselines"]) == {"popularity", "history", "tifu_knn"}
     n_buyers = len(trained.data.split("test").truth_users)
-    for body in (saved["model"], saved["blend"], *saved["baselines"].values()):
+    for body in (saved["model"], saved["blend"], saved["two_stage"], *saved["baselines"].values()):
         assert {"ndcg@10", "hr@10", "mrr", "users", "ndcg@10_ci", "ndcg@5", "hr@5"} <= body.keys()
         assert body["users"] == n_buyers > 0
         assert 0 <= body["ndcg@10"] <= 1 and 0 <= body["hr@10"] <= 1 and 0 <= body["mrr"] <= 1
@@ -113,6 +114,13 @@ def test_metrics_json_has_models_baselines_blend_and_calibration(trained: Traine
         for segment in ("with_history", "without_history", "seen_items", "new_items"):
             assert "users" in body[segment], segment
         assert body["with_history"]["users"] + body["without_history"]["users"] == n_buyers
+    # the two-stage ranker's candidate recall on both windows, per generator and for the union
+    for window in ("valid", "test"):
+        recall = saved["candidates"][window]
+        assert 0 <= recall["own"]["recall"] <= recall["union"]["recall"] <= 1
+        assert recall["union"]["mean_candidates"] >= recall["popularity"]["mean_candidates"] > 0
+    learners = saved["two_stage_learners"]
+    assert set(learners["test_ndcg@10"]) == set(learners["valid_oof_ndcg@10"]) >= {"torch", "lightgbm"}
     assert saved["default"] in SOURCES
     calibration = saved["calibration"]
     for key in ("ece", "brier"):
@@ -187,8 +195,9 @@ def elsewhere(cfg: Config, folder: Path) -> Config:
 
 
 def test_evaluate_valid_split_and_default_k(trained: Trained, tmp_path: Path) -> None:
-    result, path = evaluate_run(elsewhere(trained.cfg, tmp_path), RUN, "valid")
-    assert path == tmp_path / RUN / "metrics.json"
+    done = evaluate_run(elsewhere(trained.cfg, tmp_path), RUN, "valid")
+    result, path = done.result, done.path
+    assert path == tmp_path / RUN / "metrics_valid.json"  # metrics.json stays the test window
     assert result["split"] == "valid" and result["k"] == [10]
     assert result["model"]["users"] == len(trained.data.split("valid").truth_users)
     assert json.loads(path.read_text())["split"] == "valid"
@@ -308,7 +317,7 @@ def test_cold_users_get_the_popularity_list(trained: Trained, exported: Path, me
 
 
 def test_evaluate_and_export_are_deterministic(trained: Trained, metrics: tuple[dict, Path], tmp_path: Path) -> None:
-    again, _ = evaluate_run(elsewhere(trained.cfg, tmp_path / "again"), RUN, "test", [5, 10])
+    again = evaluate_run(elsewhere(trained.cfg, tmp_path / "again"), RUN, "test", [5, 10]).result
     assert json.dumps(again, sort_keys=True, default=str) == json.dumps(metrics[0], sort_keys=True, default=str)
     first, second = tmp_path / "one.csv", tmp_path / "two.csv"
     export_run(trained.cfg, RUN, out=first)

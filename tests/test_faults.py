@@ -29,7 +29,8 @@ from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.train import checkpoint as ckpt
-from purchasepred.train.trainer import PurchasePred, TrainSummary, load_model
+from purchasepred.runs import load_model
+from purchasepred.train.trainer import Trainer, TrainSummary
 
 SETS = ["model.d_model=16", "model.n_layers=1", "train.batch_size=64", "train.device=cpu", "train.seed=3",
         "train.purchase_weight=50"]
@@ -84,7 +85,7 @@ def train_args(root: Path, name: str, epochs: int = EPOCHS) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(root: Path, data: PreparedData) -> TrainSummary:
     """The uninterrupted run every interrupted one must end like."""
-    return PurchasePred(make_cfg(root), data, "reference").fit()
+    return Trainer(make_cfg(root), data, "reference").fit()
 
 
 def valid_metrics(history: list[dict[str, Any]]) -> list[str]:
@@ -247,7 +248,7 @@ def test_a_kill_at_any_instant_of_a_checkpoint_write_leaves_a_loadable_resumable
     with monkeypatch.context() as mp:
         kill(mp)
         with pytest.raises(Killed):
-            PurchasePred(make_cfg(root), data, name).fit()
+            Trainer(make_cfg(root), data, name).fit()
     run_dir = root / "checkpoints" / name
     for tmp in run_dir.glob(".*.tmp-*"):  # a real kill skips the cleanup that removed them here
         tmp.unlink()
@@ -256,7 +257,7 @@ def test_a_kill_at_any_instant_of_a_checkpoint_write_leaves_a_loadable_resumable
     for which in ("best", "last"):
         load_model(run_dir, which, data)
     # and the run resumes to the same end as if nothing had happened
-    PurchasePred(make_cfg(root), data, name).fit(resume=True)
+    Trainer(make_cfg(root), data, name).fit(resume=True)
     assert_ends_like_the_reference(run_dir, reference)
 
 

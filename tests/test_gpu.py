@@ -13,7 +13,7 @@ from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.pipeline import evaluate_run, export_run
-from purchasepred.train.trainer import PurchasePred
+from purchasepred.train.trainer import Trainer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -35,13 +35,13 @@ def test_cuda_bf16_train_evaluate_export(dataset, compile_):
         f"train.checkpoints_dir={dataset / 'ck'}", f"train.output_dir={dataset / 'out'}",
         f"train.data={dataset / 'prepared'}", "eval.bootstrap=50",
     ])
-    summary = PurchasePred(cfg, PreparedData(dataset / "prepared"), name).fit()
+    summary = Trainer(cfg, PreparedData(dataset / "prepared"), name).fit()
     assert summary.epochs_done == 2
     assert summary.tokens_per_s > 0
     meta = json.loads((dataset / "ck" / name / "metadata.json").read_text())
     assert meta["device"].startswith("cuda")
     assert all(e["view_loss"] == e["view_loss"] for e in meta["epochs"])  # no NaN under bf16
-    result, _ = evaluate_run(cfg, name)
+    result = evaluate_run(cfg, name).result
     assert result["model"]["ndcg@10"] > result["baselines"]["popularity"]["ndcg@10"] * 0.5
     exp = export_run(cfg, name)
     assert exp.rows == exp.users * exp.k
@@ -52,5 +52,5 @@ def test_sampled_loss_on_cuda(dataset):
         "train.epochs=1", "train.device=cuda", "train.loss=sampled", "train.negatives=256",
         f"train.checkpoints_dir={dataset / 'ck'}", f"train.output_dir={dataset / 'out'}",
     ])
-    summary = PurchasePred(cfg, PreparedData(dataset / "prepared"), "gpu-sampled").fit()
+    summary = Trainer(cfg, PreparedData(dataset / "prepared"), "gpu-sampled").fit()
     assert summary.epochs_done == 1

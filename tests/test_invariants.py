@@ -33,7 +33,7 @@ from purchasepred.data.synth import REES46_HEADER
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import InputError
 from purchasepred.eval.calibration import Calibration
-from purchasepred.eval.evaluate import RANKERS, Fitted
+from purchasepred.eval.evaluate import RANKERS, ValidFit
 from purchasepred.eval.rankers import BlendWeights, HistoryParams
 from purchasepred.export.recommend import export
 from purchasepred.models.transformer import TransformerRecommender
@@ -222,7 +222,7 @@ def test_export_gives_every_user_k_distinct_items(rows: list[tuple[str, ...]], c
         config.export.user_batch = user_batch
         torch.manual_seed(0)
         model = TransformerRecommender(ModelConfig(d_model=16, n_layers=1), data.vocab, data.max_len).eval()
-        fitted = Fitted(history=HistoryParams(), blend=BlendWeights(beta=1.0, gamma=1.0, delta=0.5), default=ranker,
+        fitted = ValidFit(history=HistoryParams(), blend=BlendWeights(beta=1.0, gamma=1.0, delta=0.5), default=ranker,
                         valid_ndcg10={},
                         calibration=Calibration(a=1.0, b=-4.0), dataset_hash=m["content_hash"],
                         popularity_calibration=Calibration(a=1.0, b=-6.0))

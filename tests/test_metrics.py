@@ -16,7 +16,7 @@ import torch
 
 from purchasepred.data.tensors import SplitData
 from purchasepred.eval.metrics import bootstrap_ci, hit_rate_at_k, hits_matrix, ndcg_at_k, reciprocal_rank
-from purchasepred.eval.protocol import evaluate_scorer, rank
+from purchasepred.eval.protocol import evaluate_scorer, rank, top_k
 
 
 def d(rank_: int) -> float:
@@ -123,7 +123,7 @@ def fixed(users: np.ndarray) -> torch.Tensor:
 def test_rank_best_rank_over_the_full_catalog_with_ties() -> None:
     truth = np.array([[3, -1], [5, -1], [-2, -1], [5, 3], [2, -3]])
     r = rank(fixed, np.arange(5), k=3, truth=truth)
-    assert r.top.tolist() == [[2, 3, 4]] * 5 or r.top.tolist() == [[2, 4, 3]] * 5
+    assert r.top.tolist() == [[2, 3, 4]] * 5  # ties broken by the lower item id
     # item 3 ties with item 4 behind item 2: rank 2.5 (ties share the average rank)
     np.testing.assert_allclose(r.best_rank, [2.5, 4.0, 0.0, 2.5, 1.0])
 
@@ -131,17 +131,46 @@ def test_rank_best_rank_over_the_full_catalog_with_ties() -> None:
 def test_evaluate_scorer_on_a_hand_made_split() -> None:
     truth = np.array([[3, -1], [5, -1], [-2, -1], [2, 5]])
     split = SplitData(
-        split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2),
+        split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2), start_ts=1569888000,
         user_idx=np.arange(4), n_events=np.ones(4, dtype=np.int64), features={},
         truth_users=np.arange(4), truth_items=truth, n_relevant=np.array([1, 1, 1, 2]),
     )
     out = evaluate_scorer(fixed, split, [1, 3], n_boot=50)
     assert out["users"] == 4
-    # top-3 is [2, {3, 4}]: user 0's item 3 is at rank 2 or 3 of the top list
-    hit0 = {d(2), d(3)}
-    assert any(out["ndcg@3"] == pytest.approx((h + 0 + 0 + d(1) / (d(1) + d(2))) / 4) for h in hit0)
+    # top-3 is [2, 3, 4] (3 and 4 tie; the lower id first): user 0's item 3 is at rank 2
+    assert out["ndcg@3"] == pytest.approx((d(2) + 0 + 0 + d(1) / (d(1) + d(2))) / 4)
     assert out["hr@3"] == pytest.approx(2 / 4)
     assert out["ndcg@1"] == pytest.approx(1 / 4)
     assert out["mrr"] == pytest.approx((1 / 2.5 + 1 / 4 + 0 + 1) / 4)
     lo, hi = out["ndcg@3_ci"]
     assert lo <= out["ndcg@3"] <= hi
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+def test_top_k_orders_by_score_then_lower_item_id(k: int) -> None:
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 4, (30, 40), generator=g).float()  # many ties, also across the k boundary
+    scores[0] = float("-inf")
+    vals, ids = top_k(scores.clone(), k)
+    expected = torch.sort(scores, dim=1, descending=True, stable=True)
+    assert torch.equal(ids, expected.indices[:, :k]) and torch.equal(vals, expected.values[:, :k])
+
+
+def test_a_metric_does_not_depend_on_the_other_cutoffs_asked_for() -> None:
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 3, (60,), generator=g).float()  # a ranker with many tied scores
+
+    def scorer(users: np.ndarray) -> torch.Tensor:
+        return coarse[None, :].expand(len(users), -1).clone()
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(2, 60, size=(50, 3))
+    split = SplitData(
+        split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2), start_ts=1569888000,
+        user_idx=np.arange(50), n_events=np.ones(50, dtype=np.int64), features={},
+        truth_users=np.arange(50), truth_items=truth, n_relevant=np.full(50, 3),
+    )
+    alone = evaluate_scorer(scorer, split, [10], n_boot=0)
+    among = evaluate_scorer(scorer, split, [5, 10, 20], n_boot=0)
+    assert alone["ndcg@10"] > 0
+    assert alone["ndcg@10"] == among["ndcg@10"] and alone["hr@10"] == among["hr@10"]

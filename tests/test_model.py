@@ -14,8 +14,9 @@ import torch
 from purchasepred.config import Config, ModelConfig
 from purchasepred.models import losses
 from purchasepred.models.losses import full_log_prob, linear_logsumexp, mean_nll, sampled_log_prob
+from purchasepred.data.features import FEATURES, N_EVENT_TYPES, N_GAP, N_HOUR, N_PRICE, N_WEEKDAY, Vocab
 from purchasepred.models.transformer import (
-    FEATURES, N_EVENT_TYPES, N_GAP, N_HOUR, N_PRICE, N_WEEKDAY, TransformerRecommender, Vocab,
+    TransformerRecommender,
 )
 from purchasepred.train.trainer import multitask_loss
 
@@ -63,7 +64,7 @@ def test_output_shapes() -> None:
     assert torch.isfinite(h).all()
     rows, pos = torch.tensor([0, 1, 2, 2]), torch.tensor([MAX_LEN - 1, 5, 3, MAX_LEN - 1])
     targets = torch.tensor([2, 3, 4, 39])
-    assert model.view_log_prob(h[rows, pos], targets).shape == (4,)
+    assert model.view_nll(h[rows, pos], targets).shape == ()
     lp = model.purchase_log_prob(h, rows, pos, batch, targets)
     assert lp.shape == (4,) and (lp <= 1e-6).all()
     scores = model.score_purchase(batch)
@@ -116,7 +117,7 @@ def test_left_padding_does_not_change_the_last_output() -> None:
 # ---------------------------------------------------------------------------------------- learning
 def trainer_loss(model: TransformerRecommender, batch: dict[str, torch.Tensor], purchase_weight: float,
                  cart_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The trainer's own multi-task loss (the function PurchasePred._loss calls)."""
+    """The trainer's own multi-task loss (the function Trainer._loss calls)."""
     cfg = Config()
     cfg.train.purchase_weight, cfg.train.cart_weight = purchase_weight, cart_weight
     return multitask_loss(model, model.encode, batch, cfg.train, None)
@@ -231,12 +232,14 @@ def test_mean_nll_is_the_mean_cross_entropy(chunk: int | None, monkeypatch: pyte
     assert torch.autograd.gradcheck(lambda h, w: mean_nll(h, w, None, y), (h, w))
 
 
-def test_view_nll_is_the_mean_of_view_log_prob() -> None:
+def test_view_nll_is_the_mean_full_softmax_log_prob() -> None:
     model = make_model(seed=12).eval()
     g = torch.Generator().manual_seed(5)
     h = torch.randn(9, 16, generator=g)
     y = torch.randint(2, VOCAB.n_items, (9,), generator=g)
-    torch.testing.assert_close(model.view_nll(h, y), -model.view_log_prob(h, y).mean(), rtol=1e-5, atol=1e-5)
+    logits = h @ model.item.weight.t() + model.view_bias
+    expected = torch.nn.functional.cross_entropy(logits, y)
+    torch.testing.assert_close(model.view_nll(h, y), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_sampled_log_prob_with_every_item_as_negative_is_the_full_softmax() -> None:

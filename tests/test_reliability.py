@@ -35,7 +35,7 @@ from purchasepred.config import PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
-from purchasepred.train.trainer import PurchasePred
+from purchasepred.train.trainer import Trainer
 
 PACKAGE = Path(__file__).resolve().parents[1] / "purchasepred"
 REPO = PACKAGE.parent
@@ -103,7 +103,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
             f"train.checkpoints_dir={w.root / 'checkpoints'}", f"train.output_dir={w.root / 'output'}",
             "eval.bootstrap=50"]
     for name, data in (("r", w.prepared), ("nt", w.notest), ("nb", w.nobuy)):
-        PurchasePred(load_config(sets=sets), PreparedData(data), name).fit()
+        Trainer(load_config(sets=sets), PreparedData(data), name).fit()
     return w
 
 
@@ -495,7 +495,8 @@ def test_a_log_without_purchases_prepares_and_train_says_what_it_can_and_cannot_
     assert "purchase" not in m["events_by_type"] and m["views_per_purchase"] is None
     result = _tiny_train(world, world.nobuy, "nb-cli")
     assert result.exit_code == 0, result.output
-    text = " ".join(result.stdout.split())  # rich wraps long lines
+    text = " ".join(result.output.split())  # rich wraps long lines; notes are warnings on stderr
+    assert "warning: " in result.stderr and "has no purchase events at all" in " ".join(result.stderr.split())
     assert "has no purchase events at all" in text and "only the view head" in text
     assert "evaluate/export cannot fit anything" in text and "prepare a log that contains purchases" in text
     assert "n/a (no valid purchases)" in text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from purchasepred.data import synth
+from purchasepred import fileio
 from purchasepred.data.synth import COMPETITION_HEADER, REES46_HEADER, SynthSummary, generate
 
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
@@ -226,7 +226,7 @@ def test_temp_file_removed_on_error(tmp_path: Path, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(synth.os, "replace", boom)
+    monkeypatch.setattr(fileio.os, "replace", boom)
     out = tmp_path / "events.csv.gz"
     with pytest.raises(OSError, match="disk full"):
         generate(out, rows=1_000)

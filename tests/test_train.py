@@ -1,4 +1,4 @@
-"""PurchasePred: run folders, metadata, checkpoints (weights-only, sha256), resume, determinism.
+"""Trainer: run folders, metadata, checkpoints (weights-only, sha256), resume, determinism.
 
 One small synthetic dataset (30k rows) is prepared per module; the runs use a 16-wide, one-layer
 model on CPU. Run A trains 3 epochs uninterrupted; run B is the same run stopped after epoch 1 and
@@ -28,7 +28,8 @@ from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError, PurchasePredError
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.train import checkpoint as ckpt
-from purchasepred.train.trainer import PurchasePred, TrainSummary, load_model, lr_at, param_groups
+from purchasepred.runs import load_model
+from purchasepred.train.trainer import Trainer, TrainSummary, lr_at, param_groups
 from conftest import Payload
 
 TINY = ["model.d_model=16", "model.n_layers=1", "train.batch_size=64", "train.device=cpu", "train.seed=3",
@@ -66,14 +67,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run_a(root: Path, data: PreparedData) -> TrainSummary:
     """3 epochs, never stopped."""
-    return PurchasePred(make_cfg(root, 3), data, "A").fit()
+    return Trainer(make_cfg(root, 3), data, "A").fit()
 
 
 @pytest.fixture(scope="module")
 def run_b(root: Path, data: PreparedData) -> tuple[TrainSummary, TrainSummary]:
     """The same run stopped after epoch 1, then resumed by a new trainer to 3 epochs."""
-    first = PurchasePred(make_cfg(root, 3), data, "B").fit(stop_after_epoch=1)
-    second = PurchasePred(make_cfg(root, 3), data, "B").fit(resume=True)
+    first = Trainer(make_cfg(root, 3), data, "B").fit(stop_after_epoch=1)
+    second = Trainer(make_cfg(root, 3), data, "B").fit(resume=True)
     return first, second
 
 
@@ -180,7 +181,7 @@ def test_resume_after_an_epoch_ends_like_an_uninterrupted_run(
 @pytest.fixture(scope="module")
 def run_c(root: Path, data: PreparedData) -> tuple[int, TrainSummary, TrainSummary]:
     """The same run stopped in the middle of epoch 2 (as Ctrl-C does), then resumed to 3 epochs."""
-    trainer = PurchasePred(make_cfg(root, 3), data, "C")
+    trainer = Trainer(make_cfg(root, 3), data, "C")
     stopped_at: list[int] = []
 
     def stop_in_epoch_two(s: dict[str, Any]) -> None:
@@ -190,7 +191,7 @@ def run_c(root: Path, data: PreparedData) -> tuple[int, TrainSummary, TrainSumma
 
     stopped = trainer.fit(on_step=stop_in_epoch_two)
     assert stopped_at, "on_step was never called inside epoch 2 before its last batch"
-    resumed = PurchasePred(make_cfg(root, 3), data, "C").fit(resume=True)
+    resumed = Trainer(make_cfg(root, 3), data, "C").fit(resume=True)
     return stopped_at[0], stopped, resumed
 
 
@@ -219,19 +220,19 @@ def test_resume_from_the_middle_of_an_epoch_logs_identical_losses(
 
 def test_resume_a_finished_run_without_more_epochs_is_refused(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
     with pytest.raises(ConfigError, match="larger than 3"):
-        PurchasePred(make_cfg(root, 3), data, "A").fit(resume=True)
+        Trainer(make_cfg(root, 3), data, "A").fit(resume=True)
 
 
 def test_starting_an_existing_run_without_resume_is_refused(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
     before = _sha256(root / "checkpoints" / "A" / "last.pt")
     with pytest.raises(CheckpointError, match="already exists.*--resume"):
-        PurchasePred(make_cfg(root, 3), data, "A").fit()
+        Trainer(make_cfg(root, 3), data, "A").fit()
     assert _sha256(root / "checkpoints" / "A" / "last.pt") == before
 
 
 def test_resume_of_a_missing_run_is_a_clear_error(root: Path, data: PreparedData) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
-        PurchasePred(make_cfg(root, 3), data, "never-trained").fit(resume=True)
+        Trainer(make_cfg(root, 3), data, "never-trained").fit(resume=True)
 
 
 def test_resume_on_another_dataset_is_refused(root: Path, data: PreparedData, other_data: PreparedData,
@@ -240,7 +241,7 @@ def test_resume_on_another_dataset_is_refused(root: Path, data: PreparedData, ot
     run_dir = _copy_run(root, "A", "A-other-data")
     before = {p.name: _sha256(p) for p in run_dir.iterdir()}
     with pytest.raises(CheckpointError, match="dataset") as err:
-        PurchasePred(make_cfg(root, 4), other_data, "A-other-data").fit(resume=True)
+        Trainer(make_cfg(root, 4), other_data, "A-other-data").fit(resume=True)
     assert "content_hash" in str(err.value) and "A-other-data" in str(err.value)
     assert {p.name: _sha256(p) for p in run_dir.iterdir()} == before  # nothing overwritten
     with pytest.raises(CheckpointError, match="another dataset"):
@@ -250,7 +251,7 @@ def test_resume_on_another_dataset_is_refused(root: Path, data: PreparedData, ot
 def test_resume_with_other_model_settings_is_refused(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
     _copy_run(root, "A", "A-wider")
     with pytest.raises(CheckpointError, match="model settings differ"):
-        PurchasePred(make_cfg(root, 4, "model.d_model=32"), data, "A-wider").fit(resume=True)
+        Trainer(make_cfg(root, 4, "model.d_model=32"), data, "A-wider").fit(resume=True)
 
 
 def test_truncated_checkpoint_is_detected_by_sha256(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
@@ -259,13 +260,13 @@ def test_truncated_checkpoint_is_detected_by_sha256(root: Path, data: PreparedDa
     content = last.read_bytes()
     last.write_bytes(content[: len(content) - 100])
     with pytest.raises(CheckpointError, match="sha256"):
-        PurchasePred(make_cfg(root, 4), data, "A-truncated").fit(resume=True)
+        Trainer(make_cfg(root, 4), data, "A-truncated").fit(resume=True)
     with pytest.raises(CheckpointError, match="sha256"):
         load_model(run_dir, "last", data)
     # without a recorded hash the damage is still caught, by the loader
     (run_dir / "metadata.json").unlink()
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
-        PurchasePred(make_cfg(root, 4), data, "A-truncated").fit(resume=True)
+        Trainer(make_cfg(root, 4), data, "A-truncated").fit(resume=True)
 
 
 def test_checkpoint_with_a_pickled_object_is_refused_and_never_run(
@@ -288,7 +289,7 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_never_run(
     with pytest.raises(CheckpointError, match="refused"):
         ckpt.load_checkpoint(run_dir / "last.pt", meta["checkpoints"]["last.pt"])
     with pytest.raises(CheckpointError, match="refused"):
-        PurchasePred(make_cfg(root, 4), data, "A-evil").fit(resume=True)
+        Trainer(make_cfg(root, 4), data, "A-evil").fit(resume=True)
     with pytest.raises(CheckpointError, match="refused"):
         load_model(run_dir, "last", data)
     assert not marker.exists()
@@ -301,7 +302,7 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_never_run(
 ])
 def test_other_training_settings_run(root: Path, data: PreparedData, name: str, extra: list[str]) -> None:
     handler = signal.getsignal(signal.SIGINT)
-    summary = PurchasePred(make_cfg(root, 1, *extra), data, name).fit()
+    summary = Trainer(make_cfg(root, 1, *extra), data, name).fit()
     assert signal.getsignal(signal.SIGINT) is handler  # the Ctrl-C handler is put back
     (epoch,) = summary.history
     assert all(math.isfinite(epoch[k]) for k in ("view_loss", "purchase_loss", "cart_loss"))
@@ -330,7 +331,7 @@ def test_uncreatable_run_folder_is_a_clear_error(root: Path, data: PreparedData,
     blocker.write_text("")
     cfg = make_cfg(root, 1, f"train.{which}={blocker / 'runs'}")
     with pytest.raises(PurchasePredError, match="a-file"):
-        PurchasePred(cfg, data, f"blocked-{which}").fit()
+        Trainer(cfg, data, f"blocked-{which}").fit()
 
 
 # ------------------------------------------------------------------------------ schedule, groups

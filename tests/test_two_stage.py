@@ -8,7 +8,7 @@ import torch
 from purchasepred.eval.tifu import TifuKNN, TifuVectors
 
 DAY = 86400
-CUTOFF = 100 * DAY - 1  # the last whole second before day 100: events on day 100 are in the window
+CUTOFF = 100 * DAY  # the window starts on day 100
 
 
 def log(rows: list[tuple[int, int, int, int, int]]) -> dict[str, np.ndarray]:

@@ -40,6 +40,7 @@ def test_wheel_carries_sql_and_configs(wheel: Path) -> None:
     for path in sorted((REPO / "configs").glob("*.yaml")):
         assert f"purchasepred/configs/{path.name}" in names, path.name
     assert "purchasepred/cli.py" in names
+    assert "purchasepred/report/template.html" in names and "purchasepred/sql/report.sql" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "purchasepred = purchasepred.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     # no tests, caches or data in the wheel

@@ -31,7 +31,7 @@ from purchasepred.data.inputs import (
 )
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import sql_dir
-from purchasepred.train.checkpoint import sha256_file, to_json
+from purchasepred.fileio import sha256_file, to_json
 
 SCHEMA_VERSION = 1
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
+
+from purchasepred.fileio import atomic_path
 
 __all__ = ["SynthSummary", "generate", "REES46_HEADER", "COMPETITION_HEADER", "EVENT_TYPES"]
 
@@ -555,7 +556,6 @@ def _string_tables(rng: np.random.Generator, cat: dict, sess_user: np.ndarray, n
 def _write_atomic(out: Path, header: str, wall: np.ndarray, etype: np.ndarray, item: np.ndarray,
                   sess: np.ndarray, tables: dict, midnight: datetime) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name("." + out.name + ".tmp")
     n_days = int(wall[-1] // 86400) + 1
     dates = np.array(
         [(midnight + timedelta(days=k)).strftime("%Y-%m-%d ").encode() for k in range(n_days)],
@@ -568,7 +568,7 @@ def _write_atomic(out: Path, header: str, wall: np.ndarray, etype: np.ndarray, i
         "offsets": [0, 11, 19, 24, 33, 33 + wi],
         "itemsize": 33 + wi + 47,
     })
-    try:
+    with atomic_path(out) as tmp:
         with open(tmp, "wb") as raw:
             if out.name.endswith(".gz"):
                 fh = gzip.GzipFile(filename=out.name[:-3], mode="wb", fileobj=raw,
@@ -593,10 +593,4 @@ def _write_atomic(out: Path, header: str, wall: np.ndarray, etype: np.ndarray, i
             finally:
                 if fh is not raw:
                     fh.close()
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+

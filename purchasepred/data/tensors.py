@@ -5,7 +5,7 @@ Queries live in ``sql/read.sql``; paths and values reach them as DuckDB variable
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest, named_queries
 from purchasepred.errors import DatasetError
-from purchasepred.models.transformer import FEATURES, Vocab
+from purchasepred.data.features import FEATURES, FIRST_ID, PAD, Vocab
 
 SEQ_COLUMNS = (*FEATURES, "ts")
 TARGETS = ("next_target", "purchase_target", "cart_target")
@@ -32,14 +32,22 @@ class SplitData:
 
     split: str
     window_start: datetime
-    window_end: datetime
+    window_end: datetime  # exclusive: the last event of the log + 1 microsecond for test
+    start_ts: int  # window_start in unix seconds: the cutoff every ranker counts ages from
     user_idx: np.ndarray  # (U,) users with at least one event before the window
     n_events: np.ndarray  # (U,) events before the window (all of them, not only the last max_len)
     features: dict[str, np.ndarray]  # each (U, L)
     truth_users: np.ndarray  # (Ut,) users with at least one purchase in the window
     truth_items: np.ndarray  # (Ut, M) item ids, -1 padding; rare items get unique ids < -1 (never hit)
     n_relevant: np.ndarray  # (Ut,) distinct products bought
-    row_of_user: dict[int, int] = field(default_factory=dict)
+
+    def rows_of(self, users: np.ndarray) -> np.ndarray:
+        """The row of each user in ``user_idx`` (the users with inputs), -1 for users without."""
+        users = np.asarray(users, dtype=np.int64)
+        if len(self.user_idx) == 0:
+            return np.full(len(users), -1, dtype=np.int64)
+        pos = np.searchsorted(self.user_idx, users).clip(max=len(self.user_idx) - 1)
+        return np.where(self.user_idx[pos] == users, pos, -1)
 
 
 def reader_connection() -> duckdb.DuckDBPyConnection:
@@ -77,7 +85,8 @@ class PreparedData:
     @cached_property
     def vocab(self) -> Vocab:
         m = self.manifest
-        return Vocab(n_items=int(m["n_items"]) + 2, n_brands=int(m["n_brands"]) + 2, n_categories=int(m["n_categories"]) + 2)
+        return Vocab(n_items=int(m["n_items"]) + FIRST_ID, n_brands=int(m["n_brands"]) + FIRST_ID,
+                     n_categories=int(m["n_categories"]) + FIRST_ID)
 
     @cached_property
     def items(self) -> dict[str, np.ndarray]:
@@ -89,7 +98,7 @@ class PreparedData:
         n_events = np.zeros(n, dtype=np.int64)
         n_purchases = np.zeros(n, dtype=np.int64)
         category = np.ones(n, dtype=np.int64)
-        known = rows["item_idx"] >= 2
+        known = rows["item_idx"] >= FIRST_ID
         category[rows["item_idx"][known]] = rows["category_idx"][known]
         product[rows["item_idx"][known]] = rows["product_id"][known]
         n_events[rows["item_idx"][known]] = rows["n_events"][known]
@@ -104,7 +113,7 @@ class PreparedData:
         rows = self._fetch("train_sequences", "train_sequences")
         out = {c: self._stack(rows[c], np.int64) for c in (*SEQ_COLUMNS, *TARGETS)}
         for c in TARGETS:  # the unknown item 1 is not a target anyone can learn or rank
-            out[c][out[c] < 2] = 0
+            out[c][out[c] < FIRST_ID] = PAD
         return out
 
     def split(self, name: str) -> SplitData:
@@ -118,7 +127,7 @@ class PreparedData:
         width = int(counts.max()) if len(counts) else 1
         items = np.full((len(users), width), -1, dtype=np.int64)
         rare = -2 - np.arange(len(truth["item_idx"]))
-        ids = np.where(truth["item_idx"] >= 2, truth["item_idx"], rare)
+        ids = np.where(truth["item_idx"] >= FIRST_ID, truth["item_idx"], rare)
         for j in range(width):  # a few columns at most: vectorised over users
             has = counts > j
             items[has, j] = ids[starts[has] + j]
@@ -126,6 +135,7 @@ class PreparedData:
             split=name,
             window_start=window["window_start"][0].astype("datetime64[us]").item(),
             window_end=window["window_end"][0].astype("datetime64[us]").item(),
+            start_ts=int(window["start_ts"][0]),
             user_idx=seq["user_idx"].astype(np.int64),
             n_events=seq["n_events"].astype(np.int64),
             features={c: self._stack(seq[c], np.int64) for c in SEQ_COLUMNS},
@@ -133,7 +143,6 @@ class PreparedData:
             truth_items=items,
             n_relevant=counts.astype(np.int64),
         )
-        data.row_of_user = {int(u): i for i, u in enumerate(data.user_idx)}
         return data
 
     def events_before(self, window_start: Any) -> dict[str, np.ndarray]:

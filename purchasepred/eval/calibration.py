@@ -80,3 +80,14 @@ def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, float
         if m.any():
             ece += m.mean() * abs(p[m].mean() - y[m].mean())
     return {"ece": float(ece), "brier": float(np.mean((p - y) ** 2))}
+
+
+def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """The reliability diagram: pairs sorted by p in ``bins`` bins of equal count (probabilities of a
+    rare purchase crowd into the first equal-width bin of :func:`reliability`), each with its pairs,
+    p range, mean predicted probability and observed purchase rate."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    order = np.argsort(p, kind="stable")
+    return [{"pairs": int(len(i)), "p_min": float(p[i].min()), "p_max": float(p[i].max()),
+             "mean_p": float(p[i].mean()), "rate": float(np.mean(y[i]))}
+            for i in np.array_split(order, min(bins, len(p))) if len(i)]

@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from purchasepred.data.features import CART, FIRST_ID, PURCHASE, VIEW, per_event_type
+
 GENERATORS = ("own", "cooc", "bought_after_viewed", "trending", "popularity", "model")
-TYPE_W = np.array([0.0, 1.0, 3.0, 10.0, 0.0])  # pad, view, cart, purchase, remove_from_cart
+TYPE_W = np.array(per_event_type(view=1.0, cart=3.0, purchase=10.0))
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,10 @@ class CandidateConfig:
 
 
 def before_cutoff(ts: np.ndarray, cutoff_ts: int) -> np.ndarray:
-    """True for events a window's rankers may use: in or before the second ``cutoff_ts``.
-
-    ``cutoff_ts`` is the whole second of the window start, and a window starts 1 microsecond after
-    an event (``sql/07_split.sql``); event times are whole seconds, so this matches the exact filter
-    of ``events_before`` and drops anything the caller passes from the window or after it."""
-    return np.asarray(ts).astype(np.int64) <= cutoff_ts
+    """True for events a window's rankers may use: before ``cutoff_ts``, the window's ``start_ts``
+    (the first whole second at or after its start, so that for whole-second event times this is the
+    exact filter of ``events_before``). Drops anything a caller passes from the window or after it."""
+    return np.asarray(ts).astype(np.int64) < cutoff_ts
 
 
 def top_n_mask(scores: torch.Tensor, n: int) -> torch.Tensor:
@@ -148,20 +148,21 @@ class ItemGraph:
         # ---- bought after viewed: for each purchase, the user's views and carts in the bav_days before
         order = np.lexsort((ts, user))
         user, item, etype, ts = user[order], item[order], etype[order], ts[order]
-        buys = np.flatnonzero(etype == 3)
+        buys = np.flatnonzero(etype == PURCHASE)
         span = int(cfg.bav_days * 86400)
         key = user * (1 << 34) + ts  # ts in seconds fits 34 bits until 2514
         lo = np.searchsorted(key, key[buys] - span, "left")
         hi = np.searchsorted(key, key[buys], "left")
         which, idx = _ranges(lo, hi - lo)
-        viewed = (etype[idx] == 1) | (etype[idx] == 2)
+        viewed = (etype[idx] == VIEW) | (etype[idx] == CART)
         src, dst = item[idx[viewed]], item[buys[which[viewed]]]
         ok = src != dst
         # one count per (purchase, viewed item) pair at most
         key = np.unique((which[viewed][ok].astype(np.int64) * n_items + src[ok]) * n_items + dst[ok])
         a, b, cnt = _count_pairs(key // n_items % n_items, key % n_items, n_items)
         viewers = np.zeros(n_items)
-        vu = np.unique(user[etype <= 2] * n_items + item[etype <= 2])
+        looked = (etype == VIEW) | (etype == CART)
+        vu = np.unique(user[looked] * n_items + item[looked])
         np.add.at(viewers, vu % n_items, 1.0)
         self.bav = _top_per_row(a, b, cnt / (viewers[a] + 5.0), n_items, cfg.neighbours, n_items)
         # transposed (neighbour x seed item), for seeds @ table as table^T @ seeds^T
@@ -229,7 +230,7 @@ class CandidateGenerator:
             m = mats[name]
             n = min(self.cfg.n(name), v - 2)
             masked = m.clone() if name in ("model", "popularity") else m.masked_fill(m <= 0, float("-inf"))
-            masked[:, :2] = float("-inf")
+            masked[:, :FIRST_ID] = float("-inf")
             bits |= top_n_mask(masked, n).int() << g
         r, i = torch.nonzero(bits, as_tuple=True)  # row-major: sorted by row, then item
         scores = {name: m[r, i].numpy().astype(np.float32) for name, m in mats.items()}

@@ -7,21 +7,22 @@ only then applied to the test window. See :mod:`purchasepred.eval.protocol` for 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import timezone
 from typing import Any
 
 import numpy as np
 import torch
 
 from purchasepred.config import Config
+from purchasepred.data.features import FIRST_ID
 from purchasepred.data.tensors import PreparedData, SplitData
 from purchasepred.errors import DatasetError
-from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability
+from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability, reliability_bins
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.eval.rankers import (
-    Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, _UserEvents,
+    Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, UserEvents,
     conversion_prior, fit_blend, fit_history,
 )
 from purchasepred.eval.candidates import recall
@@ -30,13 +31,13 @@ from purchasepred.eval.rerank import (
     out_of_fold, training_set,
 )
 from purchasepred.eval.tifu import TifuKNN, TifuParams, build_tifu, fit_tifu
-from purchasepred.train.checkpoint import write_json
 
 RANKERS = ("popularity", "history", "model", "blend", "tifu_knn", "two_stage")
+BASELINES = ("popularity", "history", "tifu_knn")
 
 
 @dataclass
-class Fitted:
+class ValidFit:
     """What is fitted on the valid window and reused by evaluate and export."""
 
     history: HistoryParams
@@ -47,6 +48,7 @@ class Fitted:
     dataset_hash: str
     checkpoint_sha256: str | None = None
     popularity_calibration: Calibration | None = None
+    default_reason: str = "best NDCG@10 on the valid window"
     tifu: TifuParams | None = None
     two_stage: dict[str, Any] | None = None
     """The re-ranker: chosen learner, every learner fitted on valid, their out-of-fold valid NDCG@10."""
@@ -55,12 +57,13 @@ class Fitted:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Fitted:
+    def from_dict(cls, d: dict[str, Any]) -> ValidFit:
         return cls(
             history=HistoryParams(**d["history"]), blend=BlendWeights(**d["blend"]), default=d["default"],
             valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
             dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
+            default_reason=d.get("default_reason", cls.default_reason),
             tifu=TifuParams(**d["tifu"]) if d.get("tifu") else None, two_stage=d.get("two_stage"),
         )
 
@@ -70,7 +73,7 @@ class Window:
     """Rankers built for one window, from the events before it."""
 
     split: SplitData
-    events: _UserEvents
+    events: UserEvents
     popularity: Popularity
     cutoff_ts: int
     prior: torch.Tensor
@@ -80,16 +83,12 @@ class Window:
     features: FeatureBuilder | None = None
 
 
-def cutoff_ts(split: SplitData) -> int:
-    return int(split.window_start.replace(tzinfo=timezone.utc).timestamp())
-
-
 def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Module, device: torch.device,
-                 fitted: Fitted | None = None) -> Window:
+                 fitted: ValidFit | None = None) -> Window:
     split = data.split(name)
     raw = data.events_before_detail(split.window_start)
-    ts = cutoff_ts(split)
-    events = _UserEvents(raw)
+    ts = split.start_ts
+    events = UserEvents(raw)
     popularity = Popularity(raw, data.vocab.n_items, ts, cfg.eval.popularity_days)
     w = Window(split, events, popularity, ts, conversion_prior(raw, data.vocab.n_items),
                CategoryAffinity(events, data.items["category_idx"]), raw=raw)
@@ -103,26 +102,6 @@ def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Mod
         w.rankers["two_stage"] = Lazy(lambda: TwoStage(features(w, data, model, device, fitted.history),
                                                         chosen_learner(fitted)))
     return w
-
-
-def features(w: Window, data: PreparedData, model: torch.nn.Module, device: torch.device,
-             history: HistoryParams) -> FeatureBuilder:
-    """The re-ranker's candidates and features as of the window's cutoff (built once per window)."""
-    if w.features is None:
-        personal = History(w.events, w.popularity, w.cutoff_ts, history).personal
-        tifu = w.rankers.get("tifu_knn")
-        tifu = tifu.get() if isinstance(tifu, Lazy) else tifu
-        w.features = FeatureBuilder(w.raw, data.vocab.n_items, w.cutoff_ts, data.items["category_idx"], w.popularity.scores,
-                                    w.prior, personal, history.half_life_days, model=w.rankers["model"],
-                                    view_model=ViewScorer(model, w.split, w.popularity, device), tifu=tifu)
-    return w.features
-
-
-def chosen_learner(fitted: Fitted) -> Any:
-    """The learner chosen on valid; a Fitted made by hand without one gets a seeded, untrained MLP."""
-    if not fitted.two_stage:
-        return ListwiseMLP()
-    return load_learner(fitted.two_stage["learners"][fitted.two_stage["chosen"]])
 
 
 class Lazy:
@@ -140,12 +119,32 @@ class Lazy:
         return self.get()(users)
 
 
+def features(w: Window, data: PreparedData, model: torch.nn.Module, device: torch.device,
+             history: HistoryParams) -> FeatureBuilder:
+    """The re-ranker's candidates and features as of the window's cutoff (built once per window)."""
+    if w.features is None:
+        personal = History(w.events, w.popularity, w.cutoff_ts, history).personal
+        tifu = w.rankers.get("tifu_knn")
+        tifu = tifu.get() if isinstance(tifu, Lazy) else tifu
+        w.features = FeatureBuilder(w.raw, data.vocab.n_items, w.cutoff_ts, data.items["category_idx"], w.popularity.scores,
+                                    w.prior, personal, history.half_life_days, model=w.rankers["model"],
+                                    view_model=ViewScorer(model, w.split, w.popularity, device), tifu=tifu)
+    return w.features
+
+
+def chosen_learner(fitted: ValidFit) -> Any:
+    """The learner chosen on valid; a ValidFit made by hand without one gets a seeded, untrained MLP."""
+    if not fitted.two_stage:
+        return ListwiseMLP()
+    return load_learner(fitted.two_stage["learners"][fitted.two_stage["chosen"]])
+
+
 def _ndcg10(scorer: Any, split: SplitData) -> float:
     return float(evaluate_scorer(scorer, split, [10], n_boot=0)["ndcg@10"])
 
 
 def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device,
-                 checkpoint_sha256: str | None = None) -> tuple[Fitted, Window]:
+                 checkpoint_sha256: str | None = None) -> tuple[ValidFit, Window]:
     """Fit history weights, blend beta, default ranker and calibration on the valid window."""
     valid = build_window(data, "valid", cfg, model, device)
     if len(valid.split.truth_users) == 0:
@@ -167,10 +166,17 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
                                                         valid.popularity.normalized, lambda s: _ndcg10(s, valid.split))
     valid.rankers["tifu_knn"] = TifuKNN(vectors, valid.popularity.normalized, tifu_params.k, tifu_params.alpha)
     two_stage, scores["two_stage"] = fit_two_stage(valid, data, model, device, params)
-    default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
+    n_buyers = len(valid.split.truth_users)
+    if n_buyers < cfg.eval.min_valid_buyers:
+        default = max(BASELINES, key=lambda r: (scores[r], -RANKERS.index(r)))
+        reason = (f"the stronger baseline on valid: only {n_buyers} valid buyers, fewer than eval.min_valid_buyers "
+                  f"= {cfg.eval.min_valid_buyers} needed to choose a learned ranker")
+    else:
+        default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
+        reason = f"best NDCG@10 on the valid window's {n_buyers} buyers"
     labels, scores_ = calibration_pairs(valid, default, cfg.export.k, seed=cfg.eval.seed)
     calibration = fit_platt(labels, scores_)
-    fitted = Fitted(history=params, blend=weights, default=default, valid_ndcg10=scores,
+    fitted = ValidFit(history=params, blend=weights, default=default, default_reason=reason, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
                     checkpoint_sha256=checkpoint_sha256,
                     popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)),
@@ -208,7 +214,7 @@ def _seen_mask(window: Window) -> np.ndarray:
         hit = np.zeros(len(split.truth_users), dtype=bool)
         np.logical_or.at(hit, rows, user_items == t)
         seen[:, j] = hit
-    return seen & (split.truth_items >= 2)
+    return seen & (split.truth_items >= FIRST_ID)
 
 
 def _restricted(split: SplitData, keep: np.ndarray) -> SplitData:
@@ -216,12 +222,11 @@ def _restricted(split: SplitData, keep: np.ndarray) -> SplitData:
     n_keep = keep.sum(1)
     users = n_keep > 0
     items = np.where(keep, split.truth_items, -1)[users]
-    return SplitData(split.split, split.window_start, split.window_end, split.user_idx, split.n_events,
-                     split.features, split.truth_users[users], items, n_keep[users], split.row_of_user)
+    return dataclasses.replace(split, truth_users=split.truth_users[users], truth_items=items, n_relevant=n_keep[users])
 
 
 def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, split: str,
-             ks: list[int], fitted: Fitted, log: Any = None) -> dict[str, Any]:
+             ks: list[int], fitted: ValidFit, log: Any = None) -> dict[str, Any]:
     """All rankers on ``split`` (valid or test) with breakdowns. Returns the metrics.json body."""
     w = build_window(data, split, cfg, model, device, fitted)
     if len(w.split.truth_users) == 0:
@@ -230,12 +235,12 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
             f"there is nothing to evaluate; {'evaluate --split valid, or ' if split == 'test' else ''}"
             "prepare with a larger --eval-days"
         )
-    has_history = np.array([w.split.row_of_user.get(int(u), -1) >= 0 for u in w.split.truth_users])
+    has_history = w.split.rows_of(w.split.truth_users) >= 0
     seen = _seen_mask(w)
     unknown = (w.split.truth_items < -1)
     variants = {
         "seen_items": _restricted(w.split, seen),
-        "new_items": _restricted(w.split, ~seen & ((w.split.truth_items >= 2) | unknown)),
+        "new_items": _restricted(w.split, ~seen & ((w.split.truth_items >= FIRST_ID) | unknown)),
     }
     results: dict[str, Any] = {}
     for name in RANKERS:
@@ -244,22 +249,22 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         r = evaluate_scorer(w.rankers[name], w.split, ks, cfg.eval.bootstrap, cfg.eval.seed,
                             breakdowns={"with_history": has_history, "without_history": ~has_history})
         for vname, vsplit in variants.items():
-            r[vname] = (evaluate_scorer(w.rankers[name], vsplit, ks, 0, cfg.eval.seed)
+            r[vname] = (evaluate_scorer(w.rankers[name], vsplit, ks, cfg.eval.bootstrap, cfg.eval.seed)
                         if len(vsplit.truth_users) else {"users": 0})
         results[name] = r
     two_stage: dict[str, Any] = {}
+    candidates: dict[str, Any] = {}
     if fitted.two_stage:
         fb = features(w, data, model, device, fitted.history)
         two_stage = {
             "chosen": fitted.two_stage["chosen"],
             "valid_oof_ndcg@10": fitted.two_stage["valid_oof_ndcg@10"],
-            f"{split}_ndcg@{ks[0]}": {
-                kind: evaluate_scorer(TwoStage(fb, load_learner(d)), w.split, ks[:1], 0)[f"ndcg@{ks[0]}"]
+            f"{split}_ndcg@10": {
+                kind: evaluate_scorer(TwoStage(fb, load_learner(d)), w.split, [10], 0)["ndcg@10"]
                 for kind, d in fitted.two_stage["learners"].items()},
         }
-    candidates = ({"valid": fitted.two_stage["valid_recall"],
-                   split: recall(features(w, data, model, device, fitted.history).generator, w.split.truth_users,
-                                 w.split.truth_items, w.split.n_relevant)} if fitted.two_stage else {})
+        candidates = {"valid": fitted.two_stage["valid_recall"],
+                      split: recall(fb.generator, w.split.truth_users, w.split.truth_items, w.split.n_relevant)}
     calib = fitted.calibration
     y, score = calibration_pairs(w, fitted.default, cfg.export.k, seed=cfg.eval.seed)
     p = calib(score)
@@ -274,7 +279,9 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "baselines": {"popularity": results["popularity"], "history": results["history"],
                       "tifu_knn": results["tifu_knn"]},
         "default": fitted.default,
+        "default_reason": fitted.default_reason,
         "default_metrics": results[fitted.default],
+        "warnings": _warnings(w.split, split, cfg),
         "beats_history": bool(results["model"][f"ndcg@{ks[0]}"] > results["history"][f"ndcg@{ks[0]}"]),
         "default_beats_history": bool(results[fitted.default][f"ndcg@{ks[0]}"] >= results["history"][f"ndcg@{ks[0]}"]),
         "fitted_on_valid": {
@@ -289,6 +296,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
             "ece": reliability(y, p)["ece"], "brier": reliability(y, p)["brier"],
             "ece_uncalibrated": reliability(y, p_raw)["ece"], "brier_uncalibrated": reliability(y, p_raw)["brier"],
             "pairs": int(len(y)), "base_rate": float(np.mean(y)) if len(y) else math.nan,
+            "bins": {"calibrated": reliability_bins(y, p), "raw": reliability_bins(y, p_raw)},
         },
         "window": {"start": str(w.split.window_start), "end": str(w.split.window_end)},
         "candidates": candidates,
@@ -296,4 +304,9 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
     }
 
 
-save_json = write_json
+def _warnings(split: SplitData, name: str, cfg: Config) -> list[str]:
+    n = len(split.truth_users)
+    if n >= cfg.eval.min_buyers:
+        return []
+    return [f"only {n} buyer(s) in the {name} window (fewer than eval.min_buyers = {cfg.eval.min_buyers}): its "
+            "metrics and intervals rest on too few users to compare rankers; use a longer window or more data"]

@@ -17,15 +17,41 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from purchasepred.data.features import FIRST_ID
 from purchasepred.data.tensors import SplitData
 from purchasepred.eval.metrics import bootstrap_ci, hit_rate_at_k, ndcg_at_k, reciprocal_rank
 
 # A scorer takes a batch of user ids and returns (B, V) scores, higher is better.
 Scorer = Callable[[np.ndarray], torch.Tensor]
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (values, item ids) of each row, ties broken by the lower item id: one fixed rule, so
+    that a user's top 10 is the same whatever other k are asked for (``torch.topk`` orders ties
+    arbitrarily, and differently for different k).
+
+    ``torch.topk`` of k + 1 finds the rows where the k-th value is tied across the boundary; only
+    those are redone (every larger score, then the lowest ids among the tied); the k results are then
+    ordered by (score desc, id asc)."""
+    extra = min(k + 1, scores.shape[1])  # one more: a tie across the boundary shows as vals[k] == vals[k-1]
+    vals, idx = torch.topk(scores, extra, dim=1)
+    tied = (vals[:, k:] == vals[:, k - 1:k]).any(1).nonzero().squeeze(1)
+    vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
+    if len(tied):
+        s, edge = scores[tied], vals[tied, k - 1:k]
+        on_edge = s == edge
+        need = k - (s > edge).sum(1)
+        take = (s > edge) | (on_edge & (on_edge.cumsum(1) <= need[:, None]))
+        idx[tied] = take.nonzero()[:, 1].view(len(tied), k)
+        vals[tied] = s.gather(1, idx[tied])
+    idx, perm = torch.sort(idx, dim=1)
+    vals, perm = torch.sort(vals.gather(1, perm), dim=1, descending=True, stable=True)
+    return vals, idx.gather(1, perm)
 
 
 @dataclass
@@ -49,16 +75,16 @@ def rank(
     for start in range(0, len(users), batch):
         u = users[start:start + batch]
         scores = scorer(u).float()  # (B, V)
-        scores[:, :2] = float("-inf")
+        scores[:, :FIRST_ID] = float("-inf")
         if exclude is not None:
             exclude(u, scores)
-        kk = min(k, scores.shape[1] - 2)
-        val, idx = torch.topk(scores, kk, dim=1)
+        kk = min(k, scores.shape[1] - FIRST_ID)
+        val, idx = top_k(scores, kk)
         tops.append(idx.cpu().numpy())
         top_scores.append(val.cpu().numpy())
         if truth is not None:
             t = torch.as_tensor(truth[start:start + batch], device=scores.device)
-            valid = t >= 2
+            valid = t >= FIRST_ID
             t_scores = scores.gather(1, t.clamp(min=0)).masked_fill(~valid, float("-inf"))
             s_best = t_scores.max(1, keepdim=True).values  # (B, 1)
             greater = (scores > s_best).sum(1).float()
@@ -75,23 +101,26 @@ def rank(
 
 
 def metrics(ranking: Ranking, split: SplitData, ks: list[int], n_boot: int = 1000, seed: int = 0,
-            user_mask: np.ndarray | None = None) -> dict[str, float]:
+            user_mask: np.ndarray | None = None) -> dict[str, Any]:
     """Averages (and bootstrap intervals) over the users of ``ranking`` (the split's buyers)."""
     truth, n_rel = split.truth_items, split.n_relevant
     top, best = ranking.top, ranking.best_rank
     if user_mask is not None:
         truth, n_rel, top, best = truth[user_mask], n_rel[user_mask], top[user_mask], best[user_mask]
-    out: dict[str, float] = {"users": int(len(top))}
+    out: dict[str, Any] = {"users": int(len(top))}
     for k in ks:
         nd = ndcg_at_k(top, truth, n_rel, k)
         hr = hit_rate_at_k(top, truth, k)
-        out[f"ndcg@{k}"] = float(nd.mean()) if len(nd) else float("nan")
-        lo, hi = bootstrap_ci(nd, n_boot, seed)
-        out[f"ndcg@{k}_ci"] = [lo, hi]  # type: ignore[assignment]
-        out[f"hr@{k}"] = float(hr.mean()) if len(hr) else float("nan")
-    rr = reciprocal_rank(best)
-    out["mrr"] = float(rr.mean()) if len(rr) else float("nan")
+        _mean_and_ci(out, f"ndcg@{k}", nd, n_boot, seed)
+        _mean_and_ci(out, f"hr@{k}", hr, n_boot, seed)
+    _mean_and_ci(out, "mrr", reciprocal_rank(best), n_boot, seed)
     return out
+
+
+def _mean_and_ci(out: dict[str, Any], key: str, per_user: np.ndarray, n_boot: int, seed: int) -> None:
+    """``out[key]`` = the mean over users, ``out[key + '_ci']`` = its 95% bootstrap interval."""
+    out[key] = float(per_user.mean()) if len(per_user) else float("nan")
+    out[f"{key}_ci"] = list(bootstrap_ci(per_user, n_boot, seed))
 
 
 def evaluate_scorer(scorer: Scorer, split: SplitData, ks: list[int], n_boot: int = 1000, seed: int = 0,
@@ -100,5 +129,5 @@ def evaluate_scorer(scorer: Scorer, split: SplitData, ks: list[int], n_boot: int
     ranking = rank(scorer, split.truth_users, max(ks), truth=split.truth_items)
     result: dict[str, object] = metrics(ranking, split, ks, n_boot, seed)
     for name, mask in (breakdowns or {}).items():
-        result[name] = metrics(ranking, split, ks, 0, seed, user_mask=mask) if mask.any() else {"users": 0}
+        result[name] = metrics(ranking, split, ks, n_boot, seed, user_mask=mask) if mask.any() else {"users": 0}
     return result

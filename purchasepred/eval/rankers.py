@@ -23,13 +23,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from purchasepred.data.features import CART, PURCHASE, VIEW, per_event_type
 from purchasepred.data.tensors import SEQ_COLUMNS, SplitData
-from purchasepred.train.batching import trim_padding
+from purchasepred.models.batching import trim_padding
 
-POPULARITY_WEIGHTS = np.array([0.0, 1.0, 3.0, 10.0, 0.0])  # pad, view, cart, purchase, remove_from_cart
+POPULARITY_WEIGHTS = np.array(per_event_type(view=1.0, cart=3.0, purchase=10.0))
 
 
-class _UserEvents:
+class UserEvents:
     """Events sorted by user, with the index ranges of a batch of users."""
 
     def __init__(self, events: dict[str, np.ndarray]) -> None:
@@ -50,7 +51,6 @@ class _UserEvents:
 
 
 class Popularity:
-    name = "popularity"
 
     def __init__(self, events: dict[str, np.ndarray], n_items: int, cutoff_ts: int, days: float) -> None:
         items = events["item_idx"].astype(np.int64)
@@ -77,12 +77,11 @@ class HistoryParams:
 
 
 class History:
-    name = "history"
     POP_SCALE = 1e-3  # popularity in [0, 1e-3]: below any single recent event's weight
 
-    def __init__(self, events: _UserEvents, popularity: Popularity, cutoff_ts: int, params: HistoryParams) -> None:
+    def __init__(self, events: UserEvents, popularity: Popularity, cutoff_ts: int, params: HistoryParams) -> None:
         self.events, self.popularity, self.params = events, popularity, params
-        self.type_w = np.array([0.0, 1.0, params.cart, params.purchase, 0.0])
+        self.type_w = np.array(per_event_type(view=1.0, cart=params.cart, purchase=params.purchase))
         age = (cutoff_ts - events.ts).clip(min=0) / 86400.0
         self.weight = self.type_w[events.etype] * 0.5 ** (age / params.half_life_days)
 
@@ -111,7 +110,6 @@ class History:
 
 
 class ModelScorer:
-    name = "model"
     SUB_BATCH = 512
 
     def __init__(self, model: torch.nn.Module, split: SplitData, popularity: Popularity, device: torch.device) -> None:
@@ -120,7 +118,7 @@ class ModelScorer:
 
     @torch.no_grad()
     def __call__(self, users: np.ndarray) -> torch.Tensor:
-        rows = np.array([self.split.row_of_user.get(int(u), -1) for u in users], dtype=np.int64)
+        rows = self.split.rows_of(users)
         has = rows >= 0
         was_training = self.model.training
         self.model.eval()
@@ -150,8 +148,8 @@ def conversion_prior(events: dict[str, np.ndarray], n_items: int, strength: floa
     """log of each item's smoothed purchase rate per view, from the events before the cutoff:
     (purchases + 0.3 carts + strength * global rate) / (views + strength) (empirical Bayes)."""
     items, etype = events["item_idx"].astype(np.int64), events["event_type_id"].astype(np.int64)
-    views = np.bincount(items[etype == 1], minlength=n_items).astype(np.float64)
-    buys = np.bincount(items[etype == 3], minlength=n_items) + 0.3 * np.bincount(items[etype == 2], minlength=n_items)
+    views = np.bincount(items[etype == VIEW], minlength=n_items).astype(np.float64)
+    buys = np.bincount(items[etype == PURCHASE], minlength=n_items) + 0.3 * np.bincount(items[etype == CART], minlength=n_items)
     rate = (buys.sum() + 1.0) / (views.sum() + 1.0)
     return torch.as_tensor(np.log((buys + strength * rate) / (views + strength)), dtype=torch.float32)
 
@@ -160,11 +158,11 @@ class CategoryAffinity:
     """Each user's share of (type-weighted) events per category, read for every item:
     ``log(0.01 + share[user, category(item)])``: where a user shops, for items never seen."""
 
-    def __init__(self, events: _UserEvents, item_category: np.ndarray) -> None:
+    def __init__(self, events: UserEvents, item_category: np.ndarray) -> None:
         self.events = events
         self.item_category = torch.as_tensor(item_category, dtype=torch.long)
         self.n_categories = int(item_category.max()) + 1 if len(item_category) else 2
-        self.weight = np.array([0.0, 1.0, 3.0, 3.0, 0.0])[events.etype]
+        self.weight = np.array(per_event_type(view=1.0, cart=3.0, purchase=3.0))[events.etype]
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         rows, idx = self.events.ranges(users)
@@ -189,8 +187,6 @@ class BlendWeights:
 class Blend:
     """model log-probability + beta * log1p(10 * history) + gamma * log(conversion prior)
     + delta * log(category affinity)."""
-
-    name = "blend"
 
     def __init__(self, model: ModelScorer, history: History, weights: BlendWeights,
                  prior: torch.Tensor | None = None, affinity: CategoryAffinity | None = None) -> None:
@@ -235,7 +231,7 @@ def fit_blend(objective, start: BlendWeights = BlendWeights(beta=1.0)) -> tuple[
     return best, best_score
 
 
-def fit_history(events: _UserEvents, popularity: Popularity, valid: SplitData, cutoff_ts: int,
+def fit_history(events: UserEvents, popularity: Popularity, valid: SplitData, cutoff_ts: int,
                 window_days: float, objective) -> tuple[HistoryParams, float]:
     """Grid search on the valid window; ``objective(scorer) -> NDCG@10``. Returns the best params."""
     best: tuple[HistoryParams, float] = (HistoryParams(half_life_days=window_days), -1.0)

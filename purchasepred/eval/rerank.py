@@ -31,7 +31,9 @@ import torch
 from purchasepred.eval.candidates import (
     GENERATORS, CandidateConfig, CandidateGenerator, Candidates, ItemGraph, before_cutoff, trending_scores,
 )
+from purchasepred.data.features import CART, PURCHASE, UNKNOWN, VIEW, per_event_type
 from purchasepred.eval.rankers import ModelScorer
+from purchasepred.models.batching import trim_padding
 
 FEATURES = (
     *(f"gen_{g}" for g in GENERATORS),
@@ -83,13 +85,13 @@ class FeatureBuilder:
         self.conversion = conversion.numpy().astype(np.float32)
         trend_now = trending_scores(e, n_items, cutoff_ts, cfg.trend_days)
         span = cfg.trend_days * 86400
-        w = np.array([0.0, 1.0, 3.0, 10.0, 0.0])[e["event_type_id"]]
+        w = np.array(per_event_type(view=1.0, cart=3.0, purchase=10.0))[e["event_type_id"]]
         recent, before = e["ts"] >= cutoff_ts - span, (e["ts"] >= cutoff_ts - 2 * span) & (e["ts"] < cutoff_ts - span)
         # (every event left is before the cutoff: 'recent' needs no upper bound)
         r = np.bincount(e["item_idx"][recent], weights=w[recent], minlength=n_items)
         b = np.bincount(e["item_idx"][before], weights=w[before], minlength=n_items)
         self.item_trend = np.log((r + 1.0) / (b + 1.0)).astype(np.float32)
-        self.item_purchases = np.log1p(np.bincount(e["item_idx"][e["event_type_id"] == 3], minlength=n_items)).astype(np.float32)
+        self.item_purchases = np.log1p(np.bincount(e["item_idx"][e["event_type_id"] == PURCHASE], minlength=n_items)).astype(np.float32)
         n_ev = np.bincount(e["item_idx"], minlength=n_items)
         self.item_price = (np.bincount(e["item_idx"], weights=e["price_bucket"], minlength=n_items) / np.maximum(n_ev, 1)).astype(np.float32)
         self.generator = CandidateGenerator(ItemGraph(e, n_items, cutoff_ts, cfg), personal, self.category_share,
@@ -103,7 +105,7 @@ class FeatureBuilder:
     def _category_shares(self, users: np.ndarray) -> np.ndarray:
         rows, idx = self._user_ranges(users)
         cat = self.item_category[self.ev["item_idx"][idx]]
-        w = np.array([0.0, 1.0, 3.0, 3.0, 0.0])[self.ev["event_type_id"][idx]] * (cat != 1)
+        w = np.array(per_event_type(view=1.0, cart=3.0, purchase=3.0))[self.ev["event_type_id"][idx]] * (cat != UNKNOWN)
         share = np.bincount(rows * self.n_categories + cat, weights=w,
                             minlength=len(users) * self.n_categories).reshape(len(users), self.n_categories)
         return share / np.maximum(share.sum(1, keepdims=True), 1e-9)
@@ -147,8 +149,8 @@ class FeatureBuilder:
         n_u = len(uniq) + 1
         where = np.searchsorted(np.append(uniq, np.iinfo(np.int64).max), keys)
         found = np.append(uniq, -1)[where] == keys
-        for t, (dname, cname) in {1: ("decayed_views", "n_views"), 2: ("decayed_carts", "n_carts"),
-                                  3: ("decayed_purchases", "n_purchases")}.items():
+        for t, (dname, cname) in {VIEW: ("decayed_views", "n_views"), CART: ("decayed_carts", "n_carts"),
+                                  PURCHASE: ("decayed_purchases", "n_purchases")}.items():
             m = et == t
             dec = np.bincount(inv[m], weights=self.decay[idx][m], minlength=n_u)
             cnt = np.bincount(inv[m], minlength=n_u)
@@ -185,7 +187,7 @@ class ViewScorer(ModelScorer):
 
     def _score(self, rows: np.ndarray) -> torch.Tensor:
         idx = torch.as_tensor(rows)
-        batch = {c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()}
+        batch = trim_padding({c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()})
         h = self.model.encode(batch)[:, -1]  # (B, D); left padding: the last column is the last event
         logits = torch.addmm(self.model.view_bias, h, self.model.item.weight.t()).float()
         return torch.log_softmax(logits, -1).cpu()

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from purchasepred.data.features import PAD, per_event_type
 from purchasepred.eval.candidates import before_cutoff
 
-TYPE_WEIGHTS = np.array([0.0, 1.0, 3.0, 3.0, 0.0])  # pad, view, cart, purchase, remove_from_cart
+TYPE_WEIGHTS = np.array(per_event_type(view=1.0, cart=3.0, purchase=3.0))
 POP_SCALE = 1e-6  # popularity in [0, 1e-6]: orders only what the two terms leave at zero
 
 
@@ -146,7 +147,7 @@ class TifuVectors:
         query[torch.as_tensor(~inside)] = 0.0
         sims = torch.sparse.mm(self._unit, query.t().contiguous()).t().contiguous()  # (B, N)
         sims[torch.as_tensor(np.nonzero(inside)[0]), torch.as_tensor(users[inside])] = -1.0  # never oneself
-        sims[:, 0] = -1.0  # user 0 is padding
+        sims[:, PAD] = -1.0  # user 0 is padding
         # deterministic ties: a penalty growing with the user id, below float32 resolution of distinct sims
         sims -= torch.arange(self.n_users, dtype=torch.float32)[None, :] * (1e-7 / self.n_users)
         val, idx = torch.topk(sims, k, dim=1)

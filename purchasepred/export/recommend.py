@@ -9,7 +9,6 @@ checked (every user present, exactly K distinct items each), and only then renam
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,14 @@ import numpy as np
 import torch
 
 from purchasepred.config import Config
+from purchasepred.data.features import FIRST_ID
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import named_queries
 from purchasepred.data.tensors import PreparedData, reader_connection
 from purchasepred.errors import PurchasePredError
-from purchasepred.paths import make_parents, remove_empty
-from purchasepred.eval.evaluate import Fitted, build_window
+from purchasepred.fileio import atomic_path, check_new_output, make_parents, remove_empty
+from purchasepred.eval.protocol import top_k
+from purchasepred.eval.evaluate import ValidFit, build_window
 
 COLUMNS = ("user_id", "item_id", "rank", "score", "source", "purchase_probability")
 
@@ -39,40 +40,17 @@ class ExportSummary:
     seconds: float
 
 
-def precheck_out(out: Path, force: bool) -> None:
-    """The checks of --out that change nothing, run before any slow work (fitting, scoring)."""
-    if out.exists() and out.is_dir():
-        raise PurchasePredError(f"--out {out} is a directory; give a file path such as {out}/recommendations.csv")
-    if out.exists() and not force:
-        raise PurchasePredError(f"{out} already exists; pass --force to overwrite it or choose another --out")
-    anchor = next((p for p in out.parents if p.exists()), Path("."))
-    if not anchor.is_dir():
-        raise PurchasePredError(f"cannot create folder {out.parent} ({anchor} is a file, not a folder); choose a writable --out")
-    if not os.access(anchor, os.W_OK):
-        raise PurchasePredError(f"folder {anchor} is not writable; choose another --out or fix its permissions")
 
 
-def _check_writable(out: Path, force: bool) -> list[Path]:
-    """Refuse an unusable --out; create its folder. Returns the folders created (removed again on failure)."""
-    if out.exists() and out.is_dir():
-        raise PurchasePredError(f"--out {out} is a directory; give a file path such as {out}/recommendations.csv")
-    if out.exists() and not force:
-        raise PurchasePredError(f"{out} already exists; pass --force to overwrite it or choose another --out")
-    created = make_parents(out)
-    if not os.access(out.parent, os.W_OK):
-        remove_empty(created)
-        raise PurchasePredError(f"folder {out.parent} is not writable; choose another --out or fix its permissions")
-    return created
-
-
-def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
+def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: ValidFit,
            out: Path, k: int, filter_seen: bool, force: bool,
            progress: Callable[[int, int], None] | None = None) -> ExportSummary:
     t0 = time.perf_counter()
-    n_catalog = data.vocab.n_items - 2
+    n_catalog = data.vocab.n_items - FIRST_ID
     if k > n_catalog:
         raise PurchasePredError(f"--k {k} is larger than the catalog ({n_catalog} items with an id); lower --k")
-    created = _check_writable(out, force)
+    check_new_output(out, force)
+    created = make_parents(out)
     try:
         return _export(data, cfg, model, device, fitted, out, k, filter_seen, progress, t0)
     except BaseException:
@@ -80,7 +58,7 @@ def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torc
         raise
 
 
-def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: Fitted,
+def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: ValidFit,
             out: Path, k: int, filter_seen: bool, progress: Callable[[int, int], None] | None, t0: float) -> ExportSummary:
     w = build_window(data, "all", cfg, model, device, fitted)
     users = data.users["user_idx"].astype(np.int64)
@@ -91,68 +69,63 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
     lo = np.searchsorted(w.events.user, users, "left")
     hi = np.searchsorted(w.events.user, users, "right")
     warm = hi > lo
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     use_ranker = fitted.default != "popularity"
     by_source = {fitted.default: 0, "popularity": 0}
     batch = cfg.export.user_batch
     # users with no event on a known item all get the same list: rank the catalog once for them
     pop = popularity.scores.clone()
-    pop[:2] = float("-inf")
-    pop_val, pop_top = (t.numpy() for t in torch.topk(pop, k))
+    pop[:FIRST_ID] = float("-inf")
+    pop_val, pop_top = (t[0].numpy() for t in top_k(pop[None, :], k))
     # users in order of history length: each batch then has one width (no padding columns to
     # compute) and is scored as one block; the CSV lists users in that order
     n_events = np.zeros(len(users), dtype=np.int64)
-    rows = np.array([w.split.row_of_user.get(int(x), -1) for x in users])
+    rows = w.split.rows_of(users)
     n_events[rows >= 0] = w.split.n_events[rows[rows >= 0]]
     order = np.argsort(n_events, kind="stable")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(",".join(COLUMNS) + "\n")
-            for start in range(0, len(users), batch):
-                pick = order[start:start + batch]
-                u = users[pick]
-                # rows scored one by one over the catalog: the ranker's users, and under
-                # --filter-seen anyone with history; only these cost a users x catalog block
-                dense = warm[pick] & (use_ranker or filter_seen)
-                val = np.empty((len(u), k), dtype=np.float32)
-                top = np.empty((len(u), k), dtype=np.int64)
-                val[~dense], top[~dense] = pop_val, pop_top
-                if dense.any():
-                    ud = u[dense]
-                    scores = ranker(ud).float() if use_ranker else popularity(ud)
-                    scores[:, :2] = float("-inf")
-                    if filter_seen:
-                        rows, idx = w.events.ranges(ud)
-                        scores[torch.as_tensor(rows), torch.as_tensor(w.events.item[idx])] = float("-inf")
-                    v, t = torch.topk(scores, k, dim=1)
-                    del scores
-                    val[dense], top[dense] = v.numpy(), t.numpy()
-                if not np.isfinite(val).all():
-                    # filter_seen removed too much for some user: fill from popularity, unseen first
-                    val, top = _fill_from_popularity(val, top, popularity.scores.numpy())
-                source = np.where(dense & use_ranker, fitted.default, "popularity")
-                prob = np.where(source[:, None] == "popularity", fitted_pop(fitted, val), fitted.calibration(val))
-                for s_ in (fitted.default, "popularity"):
-                    by_source[s_] = by_source.get(s_, 0) + int((source == s_).sum())
-                _write_rows(fh, user_ids[pick], product[top], val, source, prob, k)
-                if progress:
-                    progress(min(start + batch, len(users)), len(users))
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(",".join(COLUMNS) + "\n")
+        for start in range(0, len(users), batch):
+            pick = order[start:start + batch]
+            u = users[pick]
+            # rows scored one by one over the catalog: the ranker's users, and under
+            # --filter-seen anyone with history; only these cost a users x catalog block
+            dense = warm[pick] & (use_ranker or filter_seen)
+            val = np.empty((len(u), k), dtype=np.float32)
+            top = np.empty((len(u), k), dtype=np.int64)
+            val[~dense], top[~dense] = pop_val, pop_top
+            if dense.any():
+                ud = u[dense]
+                scores = ranker(ud).float() if use_ranker else popularity(ud)
+                scores[:, :FIRST_ID] = float("-inf")
+                if filter_seen:
+                    rows, idx = w.events.ranges(ud)
+                    scores[torch.as_tensor(rows), torch.as_tensor(w.events.item[idx])] = float("-inf")
+                v, t = top_k(scores, k)
+                del scores
+                val[dense], top[dense] = v.numpy(), t.numpy()
+            if not np.isfinite(val).all():
+                # filter_seen removed too much for some user: fill from popularity, unseen first
+                val, top = _fill_from_popularity(val, top, popularity.scores.numpy())
+            source = np.where(dense & use_ranker, fitted.default, "popularity")
+            prob = np.where(source[:, None] == "popularity", fitted_pop(fitted, val), fitted.calibration(val))
+            for s_ in (fitted.default, "popularity"):
+                by_source[s_] = by_source.get(s_, 0) + int((source == s_).sum())
+            _write_rows(fh, user_ids[pick], product[top], val, source, prob, k)
+            if progress:
+                progress(min(start + batch, len(users)), len(users))
+        fh.close()
         _verify(tmp, len(users), k)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return ExportSummary(out, len(users), len(users) * k, k, {s: n for s, n in by_source.items() if n},
                          time.perf_counter() - t0)
 
 
-def fitted_pop(fitted: Fitted, scores: np.ndarray) -> np.ndarray:
+def fitted_pop(fitted: ValidFit, scores: np.ndarray) -> np.ndarray:
     return fitted.popularity_calibration(scores) if fitted.popularity_calibration else np.zeros_like(scores)
 
 
 def _fill_from_popularity(val: np.ndarray, top: np.ndarray, pop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-pop, kind="stable")
-    order = order[order >= 2]
+    order = order[order >= FIRST_ID]
     for i in np.where(~np.isfinite(val).all(1))[0]:
         keep = np.isfinite(val[i])
         chosen = list(top[i][keep])

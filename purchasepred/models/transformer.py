@@ -17,31 +17,19 @@ Heads (all scored against the one item embedding table, so every score is over t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from purchasepred.config import ModelConfig
+from purchasepred.data.features import (
+    FEATURES, N_EVENT_TYPES, N_GAP, N_HOUR, N_PRICE, N_WEEKDAY, UNKNOWN, Vocab,
+)
 from purchasepred.models.losses import full_log_prob, mean_nll, sampled_log_prob
 
-FEATURES = (
-    "item_idx", "brand_idx", "category_idx", "event_type_id", "price_bucket", "hour_id", "weekday_id", "gap_bucket",
-)
-N_EVENT_TYPES = 5  # pad, view, cart, purchase, remove_from_cart
-N_PRICE, N_HOUR, N_WEEKDAY, N_GAP = 32, 25, 8, 28
 N_RECENCY = 26  # floor(log2(1 + seconds)), capped
 NEG = -1e4  # "impossible" log-weight: finite, so that gradients stay finite where a row has no history
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """Embedding table sizes: the largest id + 1 (ids 0 and 1 are padding and unknown)."""
-
-    n_items: int
-    n_brands: int
-    n_categories: int
 
 
 def recency_bucket(delta_seconds: Tensor) -> Tensor:
@@ -135,12 +123,6 @@ class TransformerRecommender(nn.Module):
         return x.gather(1, back[:, :, None].expand(-1, -1, x.shape[-1]))
 
     # ----------------------------------------------------------------- heads
-    def view_log_prob(self, h: Tensor, targets: Tensor, sample: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """log p_view(target) for (N, D) rows; full softmax, or sampled with (negatives, log_q)."""
-        if sample is None:
-            return full_log_prob(h, self.item.weight, self.view_bias, targets)
-        return sampled_log_prob(h, self.item.weight, self.view_bias, targets, *sample)
-
     def view_nll(self, h: Tensor, targets: Tensor, sample: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Mean view loss over (N, D) rows (fused full softmax, or sampled)."""
         if sample is None:
@@ -163,7 +145,7 @@ class TransformerRecommender(nn.Module):
         # the item's appeal to buyers (shared with the catalog path) ranks items inside the history too
         scores = scores + self.repeat_bias[seq["event_type_id"], rec] + self.buy_bias[seq["item_idx"]].float()
         positions = torch.arange(t, device=pos.device)[None, :]
-        allowed = (positions <= pos[:, None]) & (seq["item_idx"] > 1)
+        allowed = (positions <= pos[:, None]) & (seq["item_idx"] > UNKNOWN)
         scores = scores.masked_fill(~allowed, NEG)
         log_alpha = scores - torch.logsumexp(scores, dim=-1, keepdim=True)
         return log_alpha.masked_fill(~allowed, NEG), allowed

@@ -14,9 +14,7 @@ A loader accepts either hash, so a process killed at any instant leaves a run th
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -27,71 +25,10 @@ from typing import Any
 import torch
 
 from purchasepred import __version__
-from purchasepred.errors import CheckpointError, PurchasePredError
+from purchasepred.errors import CheckpointError
+from purchasepred.fileio import atomic_write_text, sha256_file, tmp_path, to_json
 
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temp file beside ``path``, fsync, then rename over it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
-
-
-def _strict(obj: Any) -> Any:
-    """NaN/inf -> null, numpy scalars/arrays -> Python, anything else unknown -> str."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays, tensors
-        return _strict(obj.tolist())
-    return str(obj)
-
-
-def to_json(obj: Any) -> str:
-    """Strict JSON (RFC 8259): what jq, JavaScript and Go parse; NaN becomes null."""
-    return json.dumps(_strict(obj), indent=2, allow_nan=False)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Create the folder, then write ``obj`` as strict JSON atomically."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, to_json(obj))
-    except OSError as err:
-        raise PurchasePredError(
-            f"could not write {path} ({err.strerror or err}); free disk space or choose a writable "
-            "--set train.output_dir"
-        ) from None
-
-
-def _tmp_checkpoint(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def stage_checkpoint(path: Path, payload: dict[str, Any]) -> tuple[Path, str]:
@@ -99,7 +36,7 @@ def stage_checkpoint(path: Path, payload: dict[str, Any]) -> tuple[Path, str]:
 
     Nothing is replaced yet: :func:`commit_checkpoint` renames the file into place."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    tmp = _tmp_checkpoint(path)
+    tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)
@@ -126,13 +63,6 @@ def commit_checkpoint(tmp: Path, path: Path) -> None:
             f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint is kept. "
             "Fix the folder's permissions, then rerun with --resume"
         ) from None
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
-    """Write atomically; returns the file's sha256 (recorded in metadata.json)."""
-    tmp, sha = stage_checkpoint(path, payload)
-    commit_checkpoint(tmp, path)
-    return sha
 
 
 def accepted_sha256(metadata: dict[str, Any], name: str) -> set[str] | None:

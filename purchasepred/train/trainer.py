@@ -1,4 +1,4 @@
-"""PurchasePred: the training loop, readable top to bottom.
+"""Trainer: the training loop, readable top to bottom.
 
 Prepared train sequences become contiguous tensors once (on the GPU when training there); each
 step indexes a batch out of them. Loss = view_loss + purchase_weight * purchase_loss
@@ -13,6 +13,7 @@ stopped and resumed ends exactly where an uninterrupted run ends (CPU, same seed
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -31,23 +32,12 @@ from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError, DatasetError
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.eval.rankers import ModelScorer, Popularity
-from purchasepred.models.transformer import TransformerRecommender, Vocab
+from purchasepred.data.features import Vocab
+from purchasepred.models.transformer import TransformerRecommender
+from purchasepred.fileio import atomic_write_text, sha256_file, write_json
+from purchasepred.runs import pick_device, run_paths
 from purchasepred.train import checkpoint as ckpt
-from purchasepred.train.batching import trim_padding
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps was asked for but MPS is not available; use --device auto or cpu")
-    return torch.device(name)
+from purchasepred.models.batching import trim_padding
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -63,6 +53,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 LOG_EVERY = 10  # steps between progress reports (each one syncs with the device)
+STEP_LOG = "train_steps.jsonl"  # output/<run>/: the logged steps, resume and early-stop points (read by `report`)
 
 
 def _fold(acc: dict[str, float], running: torch.Tensor) -> None:
@@ -136,22 +127,7 @@ def multitask_loss(
     return loss, parts
 
 
-def check_run_name(run_name: str) -> str:
-    """A run name is one folder name: it cannot reach outside checkpoints/ and output/."""
-    if not run_name or run_name in (".", "..") or any(c in run_name for c in ("/", "\\", "\0")):
-        raise ConfigError(
-            f"run name {run_name!r} must be a plain folder name (no '/' or '\\', not '.' or '..'); "
-            "choose e.g. --run-name exp1"
-        )
-    return run_name
-
-
-def run_paths(cfg: Config, run_name: str) -> tuple[Path, Path]:
-    check_run_name(run_name)
-    return Path(cfg.train.checkpoints_dir) / run_name, Path(cfg.train.output_dir) / run_name
-
-
-class PurchasePred:
+class Trainer:
     """Trains a TransformerRecommender on a prepared dataset."""
 
     def __init__(self, cfg: Config, data: PreparedData, run_name: str) -> None:
@@ -318,10 +294,21 @@ class PurchasePred:
             path = self.run_dir / name
             accepted = ckpt.accepted_sha256(meta, name)
             if path.is_file() and accepted is not None:
-                actual = ckpt.sha256_file(path)
+                actual = sha256_file(path)
                 if actual in accepted:
                     hashes[name] = actual
         return hashes
+
+    def _append_steps(self, records: list[dict[str, Any]], fresh: bool) -> None:
+        """Append ``records`` to output/<run>/train_steps.jsonl (a fresh run starts the file), then clear them.
+
+        A step logged after the last checkpoint of a killed process is logged again after --resume;
+        readers keep the last line of each step."""
+        lines = [json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()})
+                 for r in records]
+        with open(self.out_dir / STEP_LOG, "w" if fresh else "a", encoding="utf-8") as fh:
+            fh.writelines(line + "\n" for line in lines)
+        records.clear()
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -347,6 +334,7 @@ class PurchasePred:
             "sha256": {}, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         resumed_sums: torch.Tensor | None = None
+        steps_log: list[dict[str, Any]] = []  # appended to STEP_LOG when a checkpoint is written
         epoch, batch_start, step, acc = 0, 0, 0, {"view": 0.0, "purchase": 0.0, "cart": 0.0, "n": 0.0, "tokens": 0.0, "seconds": 0.0}
         if resume:
             self._check_compatible(payload)
@@ -363,6 +351,7 @@ class PurchasePred:
                          bad_epochs=payload["bad_epochs"], history=list(payload["history"]),
                          epochs_done=epoch)
             state["sha256"] = self._resumed_hashes(meta)
+            steps_log.append({"event": "resume", "epoch": epoch, "batch": batch_start, "step": step})
             state["created_at"] = meta.get("created_at", state["created_at"])
             if epoch >= t.epochs:
                 raise ConfigError(
@@ -385,7 +374,7 @@ class PurchasePred:
         for stale in self.run_dir.glob(".*.tmp-*"):  # temporary files of a training process that was killed
             if stale.is_file():
                 stale.unlink(missing_ok=True)
-        ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+        atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
         timings = {"setup_s": round(time.perf_counter() - t_start, 3)}
 
         interrupted = early = False
@@ -431,15 +420,20 @@ class PurchasePred:
                     running += torch.stack([parts["view"].detach().float(), parts["purchase"].detach().float(),
                                             parts["cart"].detach().float(), (batch["item_idx"] > 0).sum().float()])
                     acc["n"] += 1
-                    if on_step is not None and ((bi + 1) % LOG_EVERY == 0 or bi + 1 == self.steps_per_epoch):
-                        on_step({"epoch": epoch, "batch": bi + 1, "batches": self.steps_per_epoch, "lr": lr,
-                                 "view_loss": float(parts["view"].detach()), "purchase_loss": float(parts["purchase"].detach()),
-                                 "tokens_per_s": (acc["tokens"] + float(running[3])) / max(acc["seconds"] + time.perf_counter() - t_epoch, 1e-9)})
+                    if (bi + 1) % LOG_EVERY == 0 or bi + 1 == self.steps_per_epoch:
+                        logged = {"epoch": epoch, "batch": bi + 1, "batches": self.steps_per_epoch, "lr": lr,
+                                  "view_loss": float(parts["view"].detach()), "purchase_loss": float(parts["purchase"].detach()),
+                                  "tokens_per_s": (acc["tokens"] + float(running[3])) / max(acc["seconds"] + time.perf_counter() - t_epoch, 1e-9)}
+                        steps_log.append({"step": step, **logged, "cart_loss": float(parts["cart"].detach())})
+                        if on_step is not None:
+                            on_step(logged)
                     if self._stop_requested:
                         acc["seconds"] += time.perf_counter() - t_epoch
                         payload_now = self._payload(epoch, bi + 1, step, acc, state)
                         payload_now["running_sums"] = running.cpu()  # as is: resuming sums exactly the same way
                         self._save({"last.pt": payload_now}, state, timings)
+                        if self.out_dir.is_dir():
+                            self._append_steps(steps_log, fresh=not resume and epoch == 0)
                         interrupted = True
                         break
                 if interrupted:
@@ -470,7 +464,10 @@ class PurchasePred:
                 files["last.pt"] = self._payload(epoch, 0, step, acc, state)
                 self._save(files, state, timings)
                 self.out_dir.mkdir(parents=True, exist_ok=True)
-                ckpt.write_json(self.out_dir / "train_history.json", state["history"])
+                write_json(self.out_dir / "train_history.json", state["history"])
+                if t.patience and not no_valid and state["bad_epochs"] >= t.patience and epoch < t.epochs:
+                    steps_log.append({"event": "early_stop", "epoch": epoch, "step": step})
+                self._append_steps(steps_log, fresh=not resume and epoch == 1)
                 if on_epoch is not None:
                     on_epoch(stats)
                 if t.patience and not no_valid and state["bad_epochs"] >= t.patience and epoch < t.epochs:
@@ -494,25 +491,3 @@ class PurchasePred:
             checkpoint=best_path if best_path.exists() else last_path,
             interrupted=interrupted, early_stopped=early, notes=list(self.notes), history=state["history"],
         )
-
-
-def load_model(run_dir: Path, which: str = "best", data: PreparedData | None = None,
-               device: torch.device | None = None) -> tuple[TransformerRecommender, Config, dict[str, Any]]:
-    """Load a trained model for evaluation/export (weights-only, sha256-checked)."""
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run {run_dir.name} does not exist in {run_dir.parent}; train it first: purchasepred train --run-name {run_dir.name}")
-    meta = ckpt.read_metadata(run_dir)
-    name = f"{which}.pt"
-    payload = ckpt.load_checkpoint(run_dir / name, ckpt.accepted_sha256(meta, name))
-    cfg = config_from_dict(payload["config"])
-    vocab = Vocab(**payload["vocab"])
-    if data is not None:
-        if payload["dataset_hash"] != data.manifest["content_hash"] or asdict(data.vocab) != payload["vocab"]:
-            raise CheckpointError(
-                f"run {run_dir.name} was trained on another dataset than {data.path} (manifest hash or vocabulary differ); "
-                f"pass --data with the dataset it was trained on ({meta.get('dataset', {}).get('path')})"
-            )
-    model = TransformerRecommender(cfg.model, vocab, int(payload["max_len"]))
-    model.load_state_dict(payload["model"])
-    model.to(device or torch.device("cpu")).eval()
-    return model, cfg, meta
