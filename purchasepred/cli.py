@@ -43,6 +43,22 @@ class OneLineErrors(TyperGroup):
             raise SystemExit(err.exit_code) from None
         raise SystemExit(rv if isinstance(rv, int) else 0)
 
+    def get_help_option(self, ctx: Any) -> Any:
+        return _switch(super().get_help_option(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _switch(command.get_help_option(ctx))
+        return command
+
+
+def _switch(option: Any) -> Any:
+    """--help is a switch: shown without a '<bool>' metavar, as the other switches."""
+    if option is not None:
+        option.metavar = ""
+    return option
+
 
 app = typer.Typer(
     name="purchasepred",
@@ -63,7 +79,7 @@ def default(key: str) -> str:
     value = getattr(getattr(_DEFAULTS, section), name)
     if isinstance(value, list):
         value = ",".join(map(str, value))
-    return f" [default: {value}]"
+    return f" \\[default: {value}]"
 
 
 def _set_quiet(value: bool) -> bool:
@@ -92,8 +108,8 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Tracebacks on errors; t
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file overriding configs/default.yaml.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any key: --set train.lr=0.001 (repeatable).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.", metavar="")]
-RunOpt = Annotated[Optional[str], typer.Option("--run", help="Run name (a folder under checkpoints/) [default: the latest run].")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset [default: the one the run was trained on].")]
+RunOpt = Annotated[Optional[str], typer.Option("--run", help="Run name (a folder under checkpoints/) \\[default: the latest run].")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset \\[default: the one the run was trained on].")]
 
 
 class SynthSchema(str, Enum):
@@ -189,7 +205,7 @@ def synth(
     days: Annotated[int, typer.Option(help="Days the log spans.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic for a seed).")] = 0,
     schema: Annotated[SynthSchema, typer.Option(help="rees46 (product_id, category_id) or competition (item_id, no category_id).")] = SynthSchema.rees46,
-    items: Annotated[Optional[int], typer.Option(help="Catalogue size [default: about one item per 250 rows].")] = None,
+    items: Annotated[Optional[int], typer.Option(help="Catalogue size \\[default: about one item per 250 rows].")] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -214,11 +230,15 @@ def synth(
         raise
     ui.show(ui.summary_table(f"synth -> {s.path}", [
         ("rows", s.rows), ("users", s.n_users), ("items", s.n_items), ("sessions", s.n_sessions),
-        ("events by type", s.events_by_type), ("from", str(s.start)), ("to", str(s.end)), ("seconds", round(s.seconds, 1)),
+        ("events by type", s.events_by_type), ("from", str(s.start)), ("to", str(s.end)), ("seconds", f"{s.seconds:.1f}"),
     ]))
 
 
 # ------------------------------------------------------------------------------------------ prepare
+EVAL_DAYS_HELP = ("Days in the test window and in the valid window (fractions allowed), or auto: chosen from the "
+                  "log's span and purchase times.")
+
+
 def runs_trained_on(cfg: Config, data: Path) -> list[str]:
     """Names of the runs in checkpoints/ whose metadata.json names ``data`` as their dataset."""
     names = []
@@ -240,9 +260,9 @@ def prepare(
     session_gap: Annotated[Optional[float], typer.Option(help="Minutes of inactivity that start a new session." + default("prepare.session_gap_minutes"))] = None,
     max_len: Annotated[Optional[int], typer.Option(help="Events per sequence." + default("prepare.max_len"))] = None,
     min_item_count: Annotated[Optional[int], typer.Option(help="Items seen fewer times become 'unknown'." + default("prepare.min_item_count"))] = None,
-    eval_days: Annotated[Optional[float], typer.Option(help="Days in the test window and in the valid window (fractions allowed)." + default("prepare.eval_days"))] = None,
+    eval_days: Annotated[Optional[str], typer.Option(help=EVAL_DAYS_HELP + default("prepare.eval_days"))] = None,
     memory_limit: Annotated[Optional[str], typer.Option(help="DuckDB memory limit, e.g. 1GB (spills to disk beyond)." + default("prepare.memory_limit"))] = None,
-    threads: Annotated[Optional[int], typer.Option(help="DuckDB threads [default: all cores].")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="DuckDB threads \\[default: all cores].")] = None,
     force: ForceOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -266,11 +286,13 @@ def prepare(
     created = [] if out.exists() else make_parents(out)
     try:
         with ui.steps("prepare") as step:
-            summary = run_prepare(raw, out, cfg.prepare, force=force, step=step)
+            summary = run_prepare(raw, out, cfg.prepare, force=force, step=step, need_buyers_in=("valid",))
     except BaseException:
         remove_empty(created)  # nothing partial: not even the empty parent folders of --out
         raise
     ui.show(prepare_table(summary.manifest, summary.out, summary.seconds))
+    for warning in summary.manifest.get("warnings", []):
+        ui.warn(warning)
     if trained:
         ui.warn(f"{out} was replaced, and run(s) {', '.join(trained)} were trained on the old data: evaluate and "
                 "export will refuse them until it is prepared again from the same files and settings (their "
@@ -283,6 +305,8 @@ def _when(value: str) -> str:
 
 
 def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
+    from purchasepred.data.windows import duration
+
     rows: list[tuple[str, Any]] = [
         ("rows read", m["rows_read"]),
         ("rejected", m["rows_rejected"]),
@@ -300,10 +324,13 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
         ("events by type", m["events_by_type"]),
         ("views per purchase", f"{vpp:,.1f}" if vpp is not None else "no purchases"),
     ]
+    choice = m.get("eval_days_choice")
+    if choice:
+        rows.append(("eval days", f"{choice['chosen']:g} ({duration(choice['chosen'] * 86400)}) - {choice['why']}"))
     for split, w in m["windows"].items():
         rows.append((f"window {split}", f"{_when(w['window_start'])} .. {_when(w['window_end'])}  "
                      f"users with inputs {w['n_users_with_inputs']:,}, buyers {w['n_users_with_purchases']:,}"))
-    rows.append(("seconds", round(seconds, 1)))
+    rows.append(("seconds", f"{seconds:.1f}"))
     return ui.summary_table(f"prepare -> {out}", rows)
 
 
@@ -329,7 +356,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate." + default("train.lr"))] = None,
     device: Annotated[Optional[Device], typer.Option(help="cuda > mps > cpu for auto." + default("train.device"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed." + default("train.seed"))] = None,
-    run_name: Annotated[Optional[str], typer.Option(help="Run folder name [default: a timestamp].")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run folder name \\[default: a timestamp].")] = None,
     loss: Annotated[Optional[Loss], typer.Option(help="Full softmax, or sampled with log-Q correction." + default("train.loss"))] = None,
     negatives: Annotated[Optional[int], typer.Option(help="Negatives per step for --loss sampled." + default("train.negatives"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --run-name from its last.pt.", metavar="")] = False,
@@ -375,7 +402,7 @@ def train_table(summary: Any) -> Any:
         ("epochs done", summary.epochs_done),
         ("best epoch", summary.best_epoch if summary.best_epoch is not None else "-"),
         ("best valid NDCG@10", round(best, 4) if best is not None else "n/a (no valid purchases)"),
-        ("wall time s", round(summary.seconds, 1)),
+        ("wall time s", f"{summary.seconds:.1f}"),
         ("tokens/s", round(summary.tokens_per_s)),
         ("checkpoint", str(summary.checkpoint)),
     ])
@@ -426,20 +453,21 @@ def metrics_tables(result: dict[str, Any]) -> list[Any]:
     k0 = ks[0]
     window = result["window"]
     main = ui.grid_table(f"evaluate {result['run']}: {result['split']} window {_when(window['start'])} .. "
-                         f"{_when(window['end'])} (* default ranker)", ["ranker", "metric", "value", "95% interval", "buyers"], rows)
+                         f"{_when(window['end'])}", ["ranker (* default)", "metric", "value", "95% interval", "buyers"], rows)
     segs = ("with_history", "without_history", "seen_items", "new_items")
     first_m = result["model"]
-    bcols = [f"NDCG@{k0}"] + [f"{s.replace('_', ' ')} ({first_m.get(s, {}).get('users', 0)})" for s in segs]
+    bcols = [f"NDCG@{k0}"] + [s.replace("_", " ") for s in segs]  # the buyers in a row: headers stay one line
     brows = []
     for name, _ in RANKER_ROWS:
         m = ranker_metrics(result, name)
         brows.append([_label(result, name)] + [m.get(s, {}).get(f"ndcg@{k0}", float("nan")) if m.get(s, {}).get("users")
                                                else float("nan") for s in segs])
+    brows.append(["buyers"] + [int(first_m.get(s, {}).get("users", 0)) for s in segs])
     c = result["calibration"]
     crow = [["Platt on valid", c["ece"], c["brier"], c["ece_uncalibrated"], c["brier_uncalibrated"], c["pairs"]]]
     return [
         main,
-        ui.grid_table("by segment (buyers in brackets)", bcols, brows),
+        ui.grid_table("by segment", bcols, brows),
         ui.grid_table("purchase_probability calibration", ["", "ECE", "Brier", "ECE raw", "Brier raw", "pairs"], crow),
         *candidate_tables(result),
     ]
@@ -515,7 +543,7 @@ def evaluate(
 @handle_errors
 def export(
     run: RunOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="CSV to write [default: output/RUN/recommendations.csv].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="CSV to write \\[default: output/RUN/recommendations.csv].")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Items per user." + default("export.k"))] = None,
     filter_seen: Annotated[bool, typer.Option("--filter-seen", help="Leave out items the user already interacted with.", metavar="")] = False,
     force: ForceOpt = False,
@@ -542,7 +570,7 @@ def export(
 def export_table(summary: Any) -> Any:
     return ui.summary_table(f"export -> {summary.path}", [
         ("users", summary.users), ("rows", summary.rows), ("k", summary.k),
-        ("users by source", summary.by_source), ("seconds", round(summary.seconds, 1)),
+        ("users by source", summary.by_source), ("seconds", f"{summary.seconds:.1f}"),
     ])
 
 
@@ -582,11 +610,11 @@ def report(
 @handle_errors
 def run_all(
     raw: Annotated[Optional[list[str]], typer.Argument(help="Raw event files or globs; none: generate the demo dataset.")] = None,
-    run_name: Annotated[Optional[str], typer.Option(help="Run name [default: 'demo' without RAW, else a timestamp].")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run name \\[default: 'demo' without RAW, else a timestamp].")] = None,
     rows: Annotated[int, typer.Option(help="Demo dataset rows (without RAW).")] = 300_000,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs." + default("train.epochs"))] = None,
     purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss." + default("train.purchase_weight"))] = None,
-    eval_days: Annotated[Optional[float], typer.Option(help="Days per evaluation window." + default("prepare.eval_days"))] = None,
+    eval_days: Annotated[Optional[str], typer.Option(help=EVAL_DAYS_HELP + default("prepare.eval_days"))] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run of this name.", metavar="")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: training, then evaluate and export.", metavar="")] = False,
     config: ConfigOpt = None,
@@ -609,8 +637,12 @@ def run_all(
                            "--eval-days": eval_days}, {"--resume": True})
     with ui.Bars(f"run {name}", cfg.train.epochs) as bars:
         done = pipeline_run_all(cfg, raw, name, rows, force, resume, again, Hooks(**bars.hooks()))
+    for note in done.train.notes:
+        ui.warn(note)
     if done.prepared is not None:
         ui.show(prepare_table(done.prepared.manifest, done.prepared.out, done.prepared.seconds))
+        for warning in done.prepared.manifest.get("warnings", []):
+            ui.warn(warning)
     ui.show(train_table(done.train))
     for table in metrics_tables(done.evaluation.result):
         ui.show(table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ class PrepareConfig:
     """Events per sequence: the last ``max_len`` events before a cutoff."""
     min_item_count: int = 2
     """Items seen fewer times share the 'unknown' id 1 (they cannot be recommended)."""
-    eval_days: float = 7.0
-    """Length of the test window (the last days of the log) and of the valid window before it."""
+    eval_days: float | Literal["auto"] = "auto"
+    """Length in days of the test window (the last days of the log) and of the valid window before it.
+    auto: 7 on a log of several weeks, else a proportionate window in which valid and test hold buyers
+    with earlier events (prepare prints the choice and why; manifest.json records it)."""
     memory_limit: str | None = "1GB"
     """DuckDB memory limit such as '2GB'; DuckDB spills to disk beyond it (None: DuckDB's 80% of RAM).
     1GB keeps an 8M-row prepare under 2 GB of peak RSS; raise it for speed on large machines."""
@@ -168,7 +171,13 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, inner[0], value)
+        reasons = []
+        for option in inner:  # the first type that takes the value: float | Literal["auto"]
+            try:
+                return _coerce(key, option, value)
+            except ValueError as err:
+                reasons.append(str(err).split(", got ")[0].removeprefix("must be "))
+        raise ValueError(f"must be {' or '.join(reasons)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise ValueError(f"must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -210,7 +219,8 @@ def _validate(cfg: Config) -> list[str]:
         (p.session_gap_minutes > 0, "prepare.session_gap_minutes must be > 0"),
         (p.max_len >= 2, "prepare.max_len must be >= 2"),
         (p.min_item_count >= 1, "prepare.min_item_count must be >= 1"),
-        (p.eval_days > 0, "prepare.eval_days must be > 0"),
+        (p.eval_days == "auto" or (not isinstance(p.eval_days, str) and math.isfinite(p.eval_days) and p.eval_days > 0),
+         "prepare.eval_days must be > 0 (a number of days) or auto"),
         (p.threads is None or p.threads >= 1, "prepare.threads must be >= 1"),
         (m.d_model >= 8 and m.d_model % max(m.n_heads, 1) == 0, "model.d_model must be >= 8 and divisible by model.n_heads"),
         (m.n_layers >= 1, "model.n_layers must be >= 1"),

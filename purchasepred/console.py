@@ -81,8 +81,13 @@ def steps(title: str) -> Iterator[Any]:
         step("")
 
 
+def _table(title: str, **kwargs: Any) -> Table:
+    """A table at least as wide as its title (up to the console), so that the title is not broken mid-path."""
+    return Table(title=title, title_justify="left", min_width=min(len(title), console.width), **kwargs)
+
+
 def summary_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = _table(title, show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     for key, value in rows:
@@ -91,7 +96,7 @@ def summary_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
 
 
 def grid_table(title: str, columns: list[str], rows: Iterable[list[Any]]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = _table(title)
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:

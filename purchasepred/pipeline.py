@@ -19,8 +19,8 @@ import torch
 from purchasepred.config import EvalConfig, Config
 from purchasepred.data.prepare import PrepareSummary, prepare
 from purchasepred.data.tensors import PreparedData
-from purchasepred.errors import CheckpointError, Interrupted, PurchasePredError
-from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid
+from purchasepred.errors import CheckpointError, DatasetError, Interrupted, PurchasePredError
+from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid, fit_settings
 from purchasepred.export.recommend import ExportSummary, export
 from purchasepred.fileio import check_new_output, write_json
 from purchasepred.runs import latest_run, load_model, pick_device, run_paths
@@ -100,7 +100,8 @@ def valid_fit(run: LoadedRun, cfg: Config, hooks: Hooks | None = None) -> ValidF
     if path.is_file():
         try:
             fitted = ValidFit.from_dict(json.loads(path.read_text()))
-            if fitted.dataset_hash == run.data.manifest["content_hash"] and fitted.checkpoint_sha256 == sha:
+            if (fitted.dataset_hash == run.data.manifest["content_hash"] and fitted.checkpoint_sha256 == sha
+                    and fitted.settings == fit_settings(cfg)):
                 return fitted
         except (KeyError, TypeError, json.JSONDecodeError):
             pass
@@ -125,6 +126,17 @@ class EvaluateSummary:
     path: Path
 
 
+def rounded(obj: Any, digits: int = 6) -> Any:
+    """``obj`` with every float rounded to ``digits`` significant digits (ints, NaN and the rest as they are)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 def metrics_path(out_dir: Path, split: str, ks: list[int]) -> Path:
     """One file per split and cutoff list: metrics.json is the test window at the default cutoffs
     (the file run_summary.json points to); other splits or --k never replace it."""
@@ -144,6 +156,7 @@ def evaluate_run(cfg: Config, run: str | None = None, split: str = "test", ks: l
     result = evaluate(loaded.data, cfg, loaded.model, loaded.device, split, ks, fitted, hooks.log)
     result["run"] = name
     result["dataset"] = {"path": str(loaded.data.path), "content_hash": loaded.data.manifest["content_hash"]}
+    result = rounded(result)
     path = metrics_path(loaded.out_dir, split, ks)
     write_json(path, result)
     return EvaluateSummary(result, path)
@@ -204,6 +217,8 @@ def run_all(cfg: Config, raw: list[str] | None, name: str, rows: int = 300_000, 
         for folder in existing:
             shutil.rmtree(folder)
     created_here = not resume
+    # the roots (checkpoints/, output/) this call creates go too when it fails
+    roots = [p for folder in (run_dir, out_dir) for p in reversed(folder.parents) if not p.exists()]
     try:
         return _run_all(cfg, list(raw or []), name, rows, resume, run_dir, out_dir, hooks)
     except Interrupted as stop:
@@ -212,17 +227,32 @@ def run_all(cfg: Config, raw: list[str] | None, name: str, rows: int = 300_000, 
     except KeyboardInterrupt:
         if created_here and (run_dir / "last.pt").is_file():
             raise Interrupted(f"run {name!r} was interrupted; its checkpoints are kept", resume_command) from None
-        _remove_if(created_here, run_dir, out_dir)
+        _remove_if(created_here, roots, run_dir, out_dir)
+        raise
+    except PurchasePredError as err:
+        _remove_if(created_here, roots, run_dir, out_dir)
+        if created_here:  # its prepared folder is gone: the message names the input and the `run` flag instead
+            raise type(err)(_for_run(str(err), _prepared_in(out_dir), raw)) from err
         raise
     except BaseException:
-        _remove_if(created_here, run_dir, out_dir)  # a failed run leaves nothing behind
+        _remove_if(created_here, roots, run_dir, out_dir)  # a failed run leaves nothing behind
         raise
 
 
-def _remove_if(created_here: bool, *folders: Path) -> None:
+def _for_run(message: str, prepared: Path, raw: list[str] | None) -> str:
+    message = message.replace(str(prepared), f"the data prepared from {', '.join(raw) if raw else 'the demo log'}")
+    return message.replace("prepare again with", "run again with").replace("prepare with", "run again with")
+
+
+def _remove_if(created_here: bool, roots: list[Path], *folders: Path) -> None:
     if created_here:
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
+        for root in sorted(set(roots), key=lambda p: len(p.parts), reverse=True):
+            try:
+                root.rmdir()  # only when empty
+            except OSError:
+                pass
 
 
 def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool, run_dir: Path, out_dir: Path,
@@ -239,7 +269,11 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
             generate(demo, rows=rows, views_per_purchase=60.0, days=30, seed=cfg.train.seed)
             inputs = [str(demo)]
         hooks.stage("prepare")
-        prep = prepare(inputs, prepared, cfg.prepare, force=False)
+        prep = prepare(inputs, prepared, cfg.prepare, force=False, need_buyers_in=("valid", "test"))  # run scores test
+        n_items = prep.manifest["n_items"]
+        if n_items < cfg.export.k:  # export would refuse it, after training: say so now
+            raise DatasetError(f"{prepared} has {n_items} items with an id, fewer than the {cfg.export.k} recommendations "
+                               f"per user of export.k; use a longer log, --min-item-count 1, or --set export.k={max(n_items, 1)}")
     cfg.train.data = str(prepared)
     meta = read_metadata(run_dir) if (run_dir / "metadata.json").is_file() else {}
     hooks.stage("train")
@@ -247,8 +281,6 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
         summary = _finished_training(name, run_dir, out_dir, meta)
     else:
         summary = train_run(cfg, name, resume=resume, hooks=hooks)
-    for note in summary.notes:
-        hooks.say(f"note: {note}")
     if summary.interrupted:
         raise Interrupted(f"training of run {name!r} was interrupted; checkpoint saved", "")
     hooks.stage("evaluate")

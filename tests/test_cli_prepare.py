@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -84,8 +85,12 @@ def test_happy_path(dirs: tuple[Path, Path]) -> None:
     assert m["sql_sha256"] == sql_hashes() and "01_load_csv.sql" in m["sql_sha256"]
     assert (m["package_version"], m["schema_version"]) == (__version__, SCHEMA_VERSION)
     assert isinstance(m["duration_s"], float) and m["duration_s"] >= 0
-    # the summary table is printed (its numbers, not progress-bar text)
-    assert "24" in result.stdout and "rows read" in result.stdout
+    # the summary table is printed: each row's label with the manifest's number
+    table = {k.strip(): v.strip() for k, v in re.findall(r"^│ +(\S.*?) +│ +(.*?) │$", result.stdout, re.M)}
+    assert {k: table.get(k) for k in ("rows read", "rejected", "exact duplicates removed", "kept", "users", "sessions")} == {
+        "rows read": "24", "rejected": "5", "exact duplicates removed": "1", "kept": "18", "users": "4", "sessions": "9"}
+    assert {r: int(table[f"rejected: {r}"]) for r in m["rejects_by_reason"]} == m["rejects_by_reason"]
+    assert re.fullmatch(r"\d+\.\d", table["seconds"]), table["seconds"]
 
 
 def test_quiet_and_flags_reach_the_config(dirs: tuple[Path, Path]) -> None:

@@ -1,4 +1,4 @@
-"""Issue 5, faults: a process killed or interrupted at any moment, or a disk that fills up, never leaves a
+"""Faults: a process killed or interrupted at any moment, or a disk that fills up, never leaves a
 folder that looks finished, never loses the last good checkpoint, and a resumed run ends where an
 uninterrupted one ends (CPU, one thread, same seed).
 

@@ -1,4 +1,4 @@
-"""Issue 5, invariants on random small logs (hypothesis): whatever the rows, prepare accounts for every one
+"""Invariants on random small logs (hypothesis): whatever the rows, prepare accounts for every one
 of them, no window's inputs reach its cutoff, every kept event maps back to its raw ids, and export gives
 every user exactly K distinct items.
 

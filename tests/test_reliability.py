@@ -1,4 +1,4 @@
-"""Issue 5: bad input never loses data or runs code. The catalogue of bad inputs, through the CLI, and
+"""Bad input never loses data or runs code. The catalogue of bad inputs, through the CLI, and
 the security checks.
 
 A failing case must end in exit code 1, exactly one ``error:`` line that names the file, row or value

@@ -1,4 +1,4 @@
-"""Issue 11, `purchasepred report`: one self-contained HTML page per run (or several runs side by side).
+"""`purchasepred report`: one self-contained HTML page per run (or several runs side by side).
 
 A tiny `run` (which writes the report at its end) and a second run trained with a resume and never
 evaluated or exported are made once per module; the tests parse the page: every section and figure,

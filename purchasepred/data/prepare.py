@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from purchasepred.config import PrepareConfig
 from purchasepred.data.inputs import (
     InputFile, _canonical, _schema, check_path, duckdb_literal, expand, inspect_csv, is_parquet,
 )
+from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import sql_dir
 from purchasepred.fileio import sha256_file, to_json
@@ -48,7 +49,7 @@ STEPS: list[tuple[str, str]] = [
     ("sequences", "08_sequences.sql"),
 ]
 LOAD_PARQUET = "01_load_parquet.sql"
-QUERY_FILES = ("audits.sql", "stats.sql")
+QUERY_FILES = ("audits.sql", "stats.sql", "windows.sql")
 
 OUTPUT_TABLES = (
     "events", "users", "items", "brands", "categories", "windows", "truth",
@@ -128,8 +129,12 @@ def prepare(
     force: bool = False,
     step: Callable[[str], None] | None = None,
     now: datetime | None = None,
+    need_buyers_in: tuple[str, ...] = (),
 ) -> PrepareSummary:
-    """Prepare a dataset folder from raw event files. Library entry point (no printing)."""
+    """Prepare a dataset folder from raw event files. Library entry point (no printing).
+
+    ``need_buyers_in``: windows ("valid", "test") that a given --eval-days must leave with buyers who
+    have earlier events, else InputError (see :func:`purchasepred.data.windows.choose`)."""
     t0 = time.perf_counter()
     step = step or (lambda name: None)
     out = Path(out)
@@ -144,7 +149,7 @@ def prepare(
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             hashes = pool.submit(lambda: {str(p): sha256_file(p) for p in paths if p.is_file()})
-            manifest, audits = _run(paths, tmp, cfg, step, now or datetime.now(timezone.utc))
+            manifest, audits = _run(paths, tmp, cfg, step, now or datetime.now(timezone.utc), need_buyers_in)
             digests = hashes.result()
         manifest["inputs"] = [
             {"path": str(p), "size": p.stat().st_size, "sha256": digests[str(p)]} for p in paths
@@ -195,7 +200,8 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def _run(
-    paths: list[Path], tmp: Path, cfg: PrepareConfig, step: Callable[[str], None], now: datetime
+    paths: list[Path], tmp: Path, cfg: PrepareConfig, step: Callable[[str], None], now: datetime,
+    need_buyers_in: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], dict[str, int]]:
     # an in-memory database (faster than a file) that still spills to tmp/spill under memory_limit
     con = duckdb.connect(":memory:")
@@ -218,7 +224,6 @@ def _run(
         files = _inspect(paths, con)
         _set(con, "session_gap_seconds", float(cfg.session_gap_minutes) * 60.0)
         _set(con, "min_item_count", int(cfg.min_item_count))
-        _set(con, "eval_seconds", float(cfg.eval_days) * 86400.0)
         _set(con, "max_len", int(cfg.max_len))
         _set(con, "min_event_at", datetime(2000, 1, 1))
         _set(con, "max_event_at", (now + timedelta(days=1)).replace(tzinfo=None))
@@ -235,6 +240,10 @@ def _run(
                     raise InputError(f"{', '.join(map(str, paths))}: no event rows could be read")
                 continue
             step(name)
+            if name == "split":  # windows.py picks (auto) or checks the window length 07_split.sql uses
+                choice = choose(con, cfg.eval_days, need_buyers_in, ", ".join(map(str, paths)))
+                cfg = replace(cfg, eval_days=choice.days)
+                _set(con, "eval_seconds", float(choice.days) * 86400.0)
             try:
                 con.execute(sql[filename])
             except duckdb.Error as err:
@@ -254,7 +263,7 @@ def _run(
         for table in OUTPUT_TABLES:
             # row groups of ~64 MB: the writer buffers one per thread, and list columns are wide
             con.table(table).write_parquet(str(tmp / f"{table}.parquet"), compression="snappy", row_group_size_bytes="64MB")
-        manifest = _manifest(con, files, cfg)
+        manifest = _manifest(con, files, cfg, choice)
     finally:
         con.close()
     shutil.rmtree(tmp / "spill", ignore_errors=True)
@@ -294,7 +303,7 @@ def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None
     )
 
 
-def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: PrepareConfig) -> dict[str, Any]:
+def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: PrepareConfig, choice: Choice) -> dict[str, Any]:
     q = named_queries("stats.sql")
     counts = _rows(con, q["counts"])[0]
     rejects = {r["reason"]: int(r["n"]) for r in _rows(con, q["rejects_by_reason"])}
@@ -317,10 +326,12 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
             "eval_days": cfg.eval_days,
             "max_len": cfg.max_len,
         },
+        "eval_days_choice": choice.to_dict(),
         "input_schemas": sorted({f.schema for f in files}),
         "sql_sha256": sql_hashes(),
         "tables": {t: f"{t}.parquet" for t in OUTPUT_TABLES},
     }
+    manifest["warnings"] = choice.warnings + item_warnings(manifest, cfg.min_item_count)
     assert manifest["rows_read"] == manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"], manifest
     return manifest
 

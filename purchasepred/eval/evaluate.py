@@ -49,6 +49,7 @@ class ValidFit:
     checkpoint_sha256: str | None = None
     popularity_calibration: Calibration | None = None
     default_reason: str = "best NDCG@10 on the valid window"
+    settings: dict[str, Any] = field(default_factory=dict)  # fit_settings(cfg) of the fit
     tifu: TifuParams | None = None
     two_stage: dict[str, Any] | None = None
     """The re-ranker: chosen learner, every learner fitted on valid, their out-of-fold valid NDCG@10."""
@@ -63,9 +64,15 @@ class ValidFit:
             valid_ndcg10=d["valid_ndcg10"], calibration=Calibration(**d["calibration"]),
             dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
-            default_reason=d.get("default_reason", cls.default_reason),
+            default_reason=d.get("default_reason", cls.default_reason), settings=d.get("settings", {}),
             tifu=TifuParams(**d["tifu"]) if d.get("tifu") else None, two_stage=d.get("two_stage"),
         )
+
+
+def fit_settings(cfg: Config) -> dict[str, Any]:
+    """The settings a valid fit depends on: a cached fit made with others is stale."""
+    return {"popularity_days": cfg.eval.popularity_days, "min_valid_buyers": cfg.eval.min_valid_buyers,
+            "seed": cfg.eval.seed, "export_k": cfg.export.k}
 
 
 @dataclass
@@ -150,7 +157,7 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     if len(valid.split.truth_users) == 0:
         raise DatasetError(
             f"the valid window of {data.path} has no purchases, so nothing can be fitted or compared on it; "
-            "prepare with a larger --eval-days or more data"
+            "prepare again with --eval-days auto (it chooses windows that hold buyers, or says how much more data it takes)"
         )
     window_days = float(data.manifest["settings"]["eval_days"])
     params, hist_score = fit_history(valid.events, valid.popularity, valid.split, valid.cutoff_ts, window_days,
@@ -178,7 +185,7 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     calibration = fit_platt(labels, scores_)
     fitted = ValidFit(history=params, blend=weights, default=default, default_reason=reason, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
-                    checkpoint_sha256=checkpoint_sha256,
+                    checkpoint_sha256=checkpoint_sha256, settings=fit_settings(cfg),
                     popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)),
                     tifu=tifu_params, two_stage=two_stage)
     return fitted, valid
@@ -233,7 +240,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         raise DatasetError(
             f"the {split} window of {data.path} ({w.split.window_start} .. {w.split.window_end}) has no purchases, so "
             f"there is nothing to evaluate; {'evaluate --split valid, or ' if split == 'test' else ''}"
-            "prepare with a larger --eval-days"
+            "prepare again with --eval-days auto (it chooses windows that hold buyers)"
         )
     has_history = w.split.rows_of(w.split.truth_users) >= 0
     seen = _seen_mask(w)

@@ -108,8 +108,8 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
                 val, top = _fill_from_popularity(val, top, popularity.scores.numpy())
             source = np.where(dense & use_ranker, fitted.default, "popularity")
             prob = np.where(source[:, None] == "popularity", fitted_pop(fitted, val), fitted.calibration(val))
-            for s_ in (fitted.default, "popularity"):
-                by_source[s_] = by_source.get(s_, 0) + int((source == s_).sum())
+            for src in (fitted.default, "popularity"):
+                by_source[src] = by_source.get(src, 0) + int((source == src).sum())
             _write_rows(fh, user_ids[pick], product[top], val, source, prob, k)
             if progress:
                 progress(min(start + batch, len(users)), len(users))
