@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import traceback
 from collections.abc import Callable
@@ -147,7 +148,9 @@ def _root(
                                           metavar="")] = False,
 ) -> None:
     """Commands: synth, prepare, train, evaluate, export, run (all four). Each has --help with an example."""
-    ui.set_quiet(quiet)  # each invocation starts from what was given here; the command's own -q adds to it
+    # each invocation starts from what was given here; the command's own -q adds to it. Under torchrun
+    # rank 0 alone reports.
+    ui.set_quiet(quiet or os.environ.get("RANK", "0") != "0")
     _state["debug"] = debug
 
 

@@ -67,6 +67,9 @@ class TrainConfig:
     """AdamW weight decay (never applied to embeddings, norms or biases)."""
     warmup_frac: float = 0.05
     """Fraction of all steps spent warming the learning rate up linearly."""
+    lr_floor: float = 0.05
+    """Cosine decay ends at this fraction of the peak learning rate, not at zero, so the last steps
+    still move the (sparsely updated) item embeddings."""
     grad_clip: float = 1.0
     """Gradient-norm clip (0 disables)."""
     purchase_weight: float = 100.0
@@ -231,6 +234,7 @@ def _validate(cfg: Config) -> list[str]:
         (t.lr > 0, "train.lr must be > 0"),
         (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (0 <= t.warmup_frac < 1, "train.warmup_frac must be in [0, 1)"),
+        (0 <= t.lr_floor <= 1, "train.lr_floor must be in [0, 1]"),
         (t.grad_clip >= 0, "train.grad_clip must be >= 0"),
         (t.purchase_weight >= 0, "train.purchase_weight must be >= 0 (got %s)" % t.purchase_weight),
         (t.cart_weight >= 0, "train.cart_weight must be >= 0"),

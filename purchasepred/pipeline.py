@@ -277,7 +277,7 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
     cfg.train.data = str(prepared)
     meta = read_metadata(run_dir) if (run_dir / "metadata.json").is_file() else {}
     hooks.stage("train")
-    if resume and meta.get("epochs_done", 0) >= cfg.train.epochs:
+    if resume and (meta.get("epochs_done", 0) >= cfg.train.epochs or meta.get("early_stopped_at") is not None):
         summary = _finished_training(name, run_dir, out_dir, meta)
     else:
         summary = train_run(cfg, name, resume=resume, hooks=hooks)

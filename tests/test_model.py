@@ -15,9 +15,7 @@ from purchasepred.config import Config, ModelConfig
 from purchasepred.models import losses
 from purchasepred.models.losses import full_log_prob, linear_logsumexp, mean_nll, sampled_log_prob
 from purchasepred.data.features import FEATURES, N_EVENT_TYPES, N_GAP, N_HOUR, N_PRICE, N_WEEKDAY, Vocab
-from purchasepred.models.transformer import (
-    TransformerRecommender,
-)
+from purchasepred.models.transformer import SIDE_FEATURES, TransformerRecommender
 from purchasepred.train.trainer import multitask_loss
 
 VOCAB = Vocab(n_items=40, n_brands=9, n_categories=7)
@@ -320,3 +318,30 @@ def test_repeat_path_puts_mass_on_the_users_own_items() -> None:
     q = plain.score_purchase(batch).exp()
     seen0 = torch.unique(batch["item_idx"][0][batch["item_idx"][0] > 1])
     assert float(q[0, seen0].sum()) < 0.9
+
+
+# ---------------------------------------------------------------------------------------- fused side lookup
+def test_fused_side_lookup_equals_the_separate_tables_and_leaves_padding_rows_alone() -> None:
+    model = make_model(d=16).double()
+    batch = make_batch(b=5, seed=3)
+    batch["brand_idx"][0, 5] = 0  # a real event with a missing brand: adds nothing
+    side = torch.stack([batch[k] for k in SIDE_FEATURES], -1)
+    tables = [model._side_table(k) for k in SIDE_FEATURES]
+    separate = sum(table(batch[k]) for k, table in zip(SIDE_FEATURES, tables))
+    fused = model.side_embedding(side)
+    torch.testing.assert_close(fused, separate, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(fused.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    (fused * upstream).sum().backward()
+    fused_grads = [t.weight.grad.clone() for t in tables]
+    model.zero_grad(set_to_none=True)
+    (sum(table(batch[k]) for k, table in zip(SIDE_FEATURES, tables)) * upstream).sum().backward()
+    for table, got in zip(tables, fused_grads):
+        torch.testing.assert_close(got, table.weight.grad, rtol=1e-12, atol=1e-12)
+        assert not got[0].any()  # id 0 (padding / missing) learns nothing
+    assert set(SIDE_FEATURES) | {"item_idx"} == set(FEATURES)
+
+
+def test_checkpoint_parameter_names_are_unchanged_by_the_fused_lookup() -> None:
+    names = set(make_model().state_dict())
+    assert {"brand.weight", "category.weight", "event_type.weight", "price.weight", "hour.weight",
+            "weekday.weight", "gap.weight"} <= names and "side_offsets" not in names

@@ -25,7 +25,7 @@ from purchasepred.config import Config, PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
-from purchasepred.errors import CheckpointError, ConfigError, PurchasePredError
+from purchasepred.errors import CheckpointError, ConfigError, DatasetError, PurchasePredError
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.train import checkpoint as ckpt
 from purchasepred.runs import load_model
@@ -361,3 +361,98 @@ def test_param_groups_decay_only_linear_weights() -> None:
     assert {"item.weight", "position.weight", "ln_f.weight", "view_bias", "buy_bias", "repeat_bias"} <= kept
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert decayed.isdisjoint(kept)
+
+
+# ------------------------------------------------------------------------------ first-hour fixes
+def _scripted_valid(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> None:
+    """Valid NDCG@10 follows ``scores``, one per epoch (the model still trains for real)."""
+    calls = iter(scores)
+    monkeypatch.setattr(Trainer, "evaluate_valid", lambda self: {"users": 1, "ndcg@10": next(calls), "hr@10": 0.0})
+
+
+def test_an_early_stopped_run_is_finished_unless_epochs_are_raised(
+    root: Path, data: PreparedData, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _scripted_valid(monkeypatch, [0.5, 0.4, 0.3, 0.6])
+    first = Trainer(make_cfg(root, 4, "train.patience=1"), data, "early").fit()
+    assert first.early_stopped and first.epochs_done == 2 and first.best_epoch == 1
+    run_dir = root / "checkpoints" / "early"
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["early_stopped_at"] == 2 and meta["epochs_done"] == 2
+    assert torch.load(run_dir / "last.pt", weights_only=True)["early_stopped_at"] == 2
+    before = _sha256(run_dir / "last.pt")
+    with pytest.raises(ConfigError, match="finished: it stopped early at epoch 2 of 4.*--epochs larger than 4"):
+        Trainer(make_cfg(root, 4, "train.patience=1"), data, "early").fit(resume=True)
+    assert _sha256(run_dir / "last.pt") == before  # no epoch was trained
+    more = Trainer(make_cfg(root, 5, "train.patience=1"), data, "early").fit(resume=True)
+    assert more.epochs_done == 3 and more.early_stopped  # patience starts afresh: one more epoch, no better
+    assert json.loads((run_dir / "metadata.json").read_text())["early_stopped_at"] == 3
+
+
+def test_a_checkpoint_from_before_the_stop_was_recorded_is_still_seen_as_finished(
+    root: Path, data: PreparedData, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _scripted_valid(monkeypatch, [0.5, 0.4])
+    Trainer(make_cfg(root, 4, "train.patience=1"), data, "early-old").fit()
+    run_dir = root / "checkpoints" / "early-old"
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    del payload["early_stopped_at"]  # as written before the stop was recorded
+    torch.save(payload, run_dir / "last.pt")
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    meta["checkpoints"]["last.pt"] = _sha256(run_dir / "last.pt")
+    (run_dir / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="stopped early at epoch 2"):
+        Trainer(make_cfg(root, 4, "train.patience=1"), data, "early-old").fit(resume=True)
+
+
+def test_few_gradient_steps_are_pointed_out(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
+    n_train = len(data.train()["item_idx"])
+    few = Trainer(make_cfg(root, 1, "train.batch_size=100000"), data, "few-steps").fit()
+    (note,) = [n for n in few.notes if "gradient steps" in n]
+    assert f"{n_train} training sequences at batch 100000 gave 1 step(s) per epoch, 1 in all" in note
+    assert "lower --batch-size or raise --epochs" in note
+    assert note in json.loads((root / "checkpoints" / "few-steps" / "metadata.json").read_text())["notes"]
+    steps_a = torch.load(root / "checkpoints" / "A" / "last.pt", weights_only=True)["step"]
+    assert any("gradient steps" in n for n in run_a.notes) == (steps_a < 50)
+
+
+def test_a_valid_window_without_purchases_fails_before_training(root: Path, data: PreparedData, tmp_path: Path) -> None:
+    valid = data.split("valid")
+    start, end = (f"{valid.window_start:%Y-%m-%d %H:%M:%S}", f"{valid.window_end:%Y-%m-%d %H:%M:%S}")
+    header, *body = (data.path.parent / "events-0.csv").read_text().splitlines(keepends=True)
+    kept = [line for line in body if not (",purchase," in line and start <= line[:19] < end)]
+    assert len(kept) < len(body) and any(",purchase," in line for line in kept)
+    (tmp_path / "events.csv").write_text(header + "".join(kept))
+    prepare([str(tmp_path / "events.csv")], tmp_path / "prepared", PrepareConfig(eval_days=3, max_len=20))
+    no_valid = PreparedData(tmp_path / "prepared")
+    assert len(no_valid.split("valid").truth_users) == 0 and len(no_valid.split("test").truth_users) > 0
+    with pytest.raises(DatasetError, match="valid window .* has no purchases") as err:
+        Trainer(make_cfg(root, 8), no_valid, "no-valid").fit()
+    message = str(err.value)
+    assert "\n" not in message and f"{valid.window_start:%Y-%m-%d}" in message and "--eval-days" in message
+    assert not (root / "checkpoints" / "no-valid").exists()
+
+
+def test_config_yaml_records_the_settings_the_dataset_was_prepared_with(root: Path, run_a: TrainSummary) -> None:
+    saved = yaml.safe_load((root / "checkpoints" / "A" / "config.yaml").read_text())
+    assert (Config().prepare.eval_days, Config().prepare.max_len) != (3, 20)  # the defaults differ
+    assert saved["prepare"]["eval_days"] == 3 and saved["prepare"]["max_len"] == 20
+    assert torch.load(root / "checkpoints" / "A" / "last.pt", weights_only=True)["config"]["prepare"]["eval_days"] == 3
+
+
+def test_a_checkpoint_written_before_the_loop_was_split_resumes_exactly(
+    root: Path, data: PreparedData, run_a: TrainSummary,
+) -> None:
+    Trainer(make_cfg(root, 3), data, "legacy").fit(stop_after_epoch=1)
+    run_dir = root / "checkpoints" / "legacy"
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    for key in ("world_size", "early_stopped_at"):
+        del payload[key]
+    del payload["rng"]["torch_by_rank"]
+    payload["running"] = {"view": 0.0, "purchase": 0.0, "cart": 0.0, "n": 0.0, "tokens": 0.0, "seconds": 0.0}
+    torch.save(payload, run_dir / "last.pt")  # what the trainer wrote before RunState
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    meta["checkpoints"]["last.pt"] = _sha256(run_dir / "last.pt")
+    (run_dir / "metadata.json").write_text(json.dumps(meta))
+    resumed = Trainer(make_cfg(root, 3), data, "legacy").fit(resume=True)
+    assert _losses_and_valid(resumed.history) == _losses_and_valid(run_a.history)

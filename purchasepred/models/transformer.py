@@ -2,7 +2,8 @@
 head, a purchase head and an explicit repeat path.
 
 Each event is one token: item + brand + category + event type + price bucket + hour + weekday +
-gap bucket + position embeddings. Sequences are left-padded with 0; an event attends to itself and
+gap bucket + position embeddings. The seven side features are looked up at once: their tables,
+concatenated, are read by one ``embedding_bag`` sum with offsets (id 0 weighted 0, as padding). Sequences are left-padded with 0; an event attends to itself and
 to earlier events only (never to padding).
 
 Heads (all scored against the one item embedding table, so every score is over the full catalog):
@@ -29,6 +30,7 @@ from purchasepred.data.features import (
 from purchasepred.models.losses import full_log_prob, mean_nll, sampled_log_prob
 
 N_RECENCY = 26  # floor(log2(1 + seconds)), capped
+SIDE_FEATURES = ("brand_idx", "category_idx", "event_type_id", "price_bucket", "hour_id", "weekday_id", "gap_bucket")
 NEG = -1e4  # "impossible" log-weight: finite, so that gradients stay finite where a row has no history
 
 
@@ -71,6 +73,10 @@ class TransformerRecommender(nn.Module):
         self.weekday = nn.Embedding(N_WEEKDAY, d, padding_idx=0)
         self.gap = nn.Embedding(N_GAP, d, padding_idx=0)
         self.position = nn.Embedding(max_len, d)
+        # the side tables stay separate parameters (checkpoint names unchanged); encode reads them as
+        # one table: row offsets[f] + id of feature f
+        sizes = [self._side_table(f).num_embeddings for f in SIDE_FEATURES]
+        self.register_buffer("side_offsets", torch.tensor([0, *sizes[:-1]]).cumsum(0), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
@@ -82,6 +88,23 @@ class TransformerRecommender(nn.Module):
         self.repeat_bias = nn.Parameter(torch.zeros(N_EVENT_TYPES, N_RECENCY))
         self.gate = nn.Linear(d, 1)
         self.apply(self._init)
+
+    def _side_table(self, feature: str) -> nn.Embedding:
+        return {"brand_idx": self.brand, "category_idx": self.category, "event_type_id": self.event_type,
+                "price_bucket": self.price, "hour_id": self.hour, "weekday_id": self.weekday,
+                "gap_bucket": self.gap}[feature]
+
+    def side_embedding(self, ids: Tensor) -> Tensor:
+        """(B, T, 7) side-feature ids (SIDE_FEATURES order) -> (B, T, D), the sum of their embeddings.
+
+        One fused lookup: the tables concatenated, offsets added, one ``embedding_bag`` sum; id 0
+        (padding / missing) gets weight 0, so it adds nothing and its row learns nothing, as the
+        separate tables' ``padding_idx=0`` did."""
+        b, t, f = ids.shape
+        table = torch.cat([self._side_table(name).weight for name in SIDE_FEATURES])  # (sum of sizes, D)
+        weights = (ids != 0).to(table.dtype).view(b * t, f)
+        out = F.embedding_bag((ids + self.side_offsets).view(b * t, f), table, per_sample_weights=weights, mode="sum")
+        return out.view(b, t, -1)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -108,13 +131,8 @@ class TransformerRecommender(nn.Module):
         n_pad = (items == 0).sum(1, keepdim=True)  # (B, 1)
         cols = torch.arange(t, device=items.device)[None, :]  # (1, T)
         src = (cols + n_pad) % t  # (B, T): rotated column j holds original column src
-        take = {k: batch[k].gather(1, src) for k in FEATURES}
-        x = (
-            self.item(take["item_idx"]) + self.brand(take["brand_idx"]) + self.category(take["category_idx"])
-            + self.event_type(take["event_type_id"]) + self.price(take["price_bucket"])
-            + self.hour(take["hour_id"]) + self.weekday(take["weekday_id"]) + self.gap(take["gap_bucket"])
-            + self.position(self.max_len - t + src)
-        )
+        side = torch.stack([batch[k] for k in SIDE_FEATURES], -1).gather(1, src[:, :, None].expand(-1, -1, len(SIDE_FEATURES)))
+        x = self.item(items.gather(1, src)) + self.side_embedding(side) + self.position(self.max_len - t + src)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x)

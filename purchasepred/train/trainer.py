@@ -3,12 +3,18 @@
 Prepared train sequences become contiguous tensors once (on the GPU when training there); each
 step indexes a batch out of them. Loss = view_loss + purchase_weight * purchase_loss
 (+ cart_weight * cart_loss). AdamW (no decay on embeddings, norms, biases), linear warmup then
-cosine decay, gradient clipping. After each epoch: NDCG@10 / HR@10 on the valid window (the
-evaluation protocol's code path), ``last.pt`` always, ``best.pt`` when valid NDCG@10 improves,
-early stopping after ``patience`` epochs without improvement.
+cosine decay to ``lr_floor`` x the peak, gradient clipping. After each epoch: NDCG@10 / HR@10 on
+the valid window (the evaluation protocol's code path), ``last.pt`` always, ``best.pt`` when valid
+NDCG@10 improves, early stopping after ``patience`` epochs without improvement (recorded, so that
+``--resume`` of a stopped run trains nothing unless ``--epochs`` is raised).
 
 Resuming restores model, optimizer, step, RNG states and the position inside the epoch, so a run
 stopped and resumed ends exactly where an uninterrupted run ends (CPU, same seed).
+
+The pieces, in the order ``fit`` uses them: :meth:`Trainer.restore` (a checkpoint -> a
+:class:`RunState`), :func:`sigint_guard` (Ctrl-C asks the loop to save and stop),
+:func:`train_step` (one optimizer step), :meth:`Trainer.end_epoch` (valid metrics, best/early
+stop, checkpoints).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,17 +34,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from purchasepred.config import Config, config_from_dict, dump_yaml
+from purchasepred.config import Config, PrepareConfig, TrainConfig, config_from_dict, dump_yaml
+from purchasepred.data.features import Vocab
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError, DatasetError
-from purchasepred.eval.protocol import evaluate_scorer
+from purchasepred.eval.protocol import Ranking, evaluate_scorer, metrics, rank
 from purchasepred.eval.rankers import ModelScorer, Popularity
-from purchasepred.data.features import Vocab
-from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.fileio import atomic_write_text, sha256_file, write_json
+from purchasepred.models.batching import trim_padding
+from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.runs import pick_device, run_paths
 from purchasepred.train import checkpoint as ckpt
-from purchasepred.models.batching import trim_padding
+from purchasepred.train import distributed
+
+LOG_EVERY = 10  # steps between progress reports (each one syncs with the device)
+STEP_LOG = "train_steps.jsonl"  # output/<run>/: the logged steps, resume and early-stop points (read by `report`)
+FEW_STEPS = 50  # fewer optimizer steps than this in a whole run: the summary says how to get more
+# AdamW betas. beta2 = 0.98 rather than PyTorch's 0.999: the second-moment estimate then forgets in
+# ~50 steps instead of ~1000, which suits the sparse, bursty gradients of item embedding rows and
+# short runs (the Transformer / BERT4Rec setting).
+ADAM_BETAS = (0.9, 0.98)
+LOSS_PARTS = ("view", "purchase", "cart")
+TARGETS = ("next_target", "purchase_target", "cart_target")  # the rows of each loss part
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -52,26 +70,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-LOG_EVERY = 10  # steps between progress reports (each one syncs with the device)
-STEP_LOG = "train_steps.jsonl"  # output/<run>/: the logged steps, resume and early-stop points (read by `report`)
-
-
-def _fold(acc: dict[str, float], running: torch.Tensor) -> None:
-    """Move the device-side running sums into the float accumulators (one host sync)."""
-    view, purchase, cart, tokens = running.tolist()
-    acc["view"] += view
-    acc["purchase"] += purchase
-    acc["cart"] += cart
-    acc["tokens"] += tokens
-    running.zero_()
-
-
-def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
+def lr_at(step: int, total: int, peak: float, warmup_frac: float, floor: float = 0.05) -> float:
+    """Linear warmup to ``peak``, then cosine decay to ``floor * peak`` at step ``total``."""
     warmup = max(1, int(total * warmup_frac))
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -103,39 +112,182 @@ class TrainSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class RunState:
+    """Everything the loop carries from step to step, and what a checkpoint restores."""
+
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch already trained
+    step: int = 0  # optimizer steps so far (the learning-rate schedule's position)
+    best_ndcg: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs since valid NDCG@10 last improved
+    early_stopped_at: int | None = None  # the epoch after which patience ran out
+    history: list[dict[str, Any]] = field(default_factory=list)  # one EpochStats dict per epoch
+    checkpoint_sha256: dict[str, str] = field(default_factory=dict)
+    created_at: str = field(default_factory=now_utc)
+    timings: dict[str, float] = field(default_factory=dict)
+    # the epoch in progress: loss sums stay on the device (no host sync per step) until the epoch ends
+    loss_sums: torch.Tensor | None = None  # (4,) view, purchase, cart loss sums; real tokens
+    epoch_steps: int = 0
+    epoch_seconds: float = 0.0
+    # logged steps and events, appended to STEP_LOG when a checkpoint is written
+    steps_log: list[dict[str, Any]] = field(default_factory=list)
+    step_log_started: bool = False  # a fresh run starts the file; a resumed one appends
+
+
 def multitask_loss(
     model: TransformerRecommender, encode: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-    batch: dict[str, torch.Tensor], t: Any, sample: tuple[torch.Tensor, torch.Tensor] | None,
+    batch: dict[str, torch.Tensor], train_cfg: TrainConfig, sample: tuple[torch.Tensor, torch.Tensor] | None,
+    part_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """view_loss + purchase_weight * purchase_loss + cart_weight * cart_loss, and the parts.
 
     ``encode`` is ``model.encode`` or its torch.compile'd version (the heads stay eager: their
-    row counts change every batch)."""
+    row counts change every batch). ``part_weights`` (3,) scale the view, purchase and cart parts
+    (distributed training: this rank's share of the global batch, see ``distributed.row_shares``)."""
     h = encode(batch)  # (B, T, D)
     parts: dict[str, torch.Tensor] = {}
     b, p = torch.nonzero(batch["next_target"] > 0, as_tuple=True)
-    parts["view"] = (model.view_nll(h[b, p], batch["next_target"][b, p], sample) if len(b) and t.view_weight
-                     else h.new_zeros(()))
+    # computed even when train.view_weight is 0 (an ablation): every parameter then still takes part,
+    # as DistributedDataParallel requires, with a zero gradient through the view head
+    parts["view"] = model.view_nll(h[b, p], batch["next_target"][b, p], sample) if len(b) else h.new_zeros(())
     for name, key in (("purchase", "purchase_target"), ("cart", "cart_target")):
-        if name == "cart" and t.cart_weight == 0:
+        if name == "cart" and train_cfg.cart_weight == 0:
             parts[name] = h.new_zeros(())
             continue
         b, p = torch.nonzero(batch[key] > 0, as_tuple=True)
         parts[name] = (-model.purchase_log_prob(h, b, p, batch, batch[key][b, p], sample).mean()
                        if len(b) else h.new_zeros(()))
-    loss = t.view_weight * parts["view"].float() + t.purchase_weight * parts["purchase"].float() + t.cart_weight * parts["cart"].float()
+    if part_weights is not None:
+        view, purchase, cart = (parts[name].float() * w for name, w in zip(LOSS_PARTS, part_weights))
+    else:
+        view, purchase, cart = (parts[name].float() for name in LOSS_PARTS)
+    loss = train_cfg.view_weight * view + train_cfg.purchase_weight * purchase + train_cfg.cart_weight * cart
     return loss, parts
+
+
+class MultitaskLoss(torch.nn.Module):
+    """:func:`multitask_loss` as a module, so that DistributedDataParallel can wrap it (DDP averages
+    the gradients of what its forward computes)."""
+
+    def __init__(self, model: TransformerRecommender, encode: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                 train_cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.encode, self.train_cfg = model, encode, train_cfg
+
+    def forward(self, batch: dict[str, torch.Tensor], sample: tuple[torch.Tensor, torch.Tensor] | None,
+                part_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return multitask_loss(self.model, self.encode, batch, self.train_cfg, sample, part_weights)
+
+
+LossFn = Callable[[dict[str, torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"],
+                  "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+
+def train_step(
+    model: torch.nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+    lr: float, train_cfg: TrainConfig, sample: tuple[torch.Tensor, torch.Tensor] | None = None,
+    autocast: bool = False,
+) -> dict[str, torch.Tensor]:
+    """One optimizer step: set the learning rate, forward (bf16 autocast when asked), backward,
+    clip, update. Returns the loss parts, detached, still on the device (no host sync)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    device_type = next(model.parameters()).device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+        loss, parts = loss_fn(batch, sample)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if train_cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+    optimizer.step()
+    return {name: part.detach() for name, part in parts.items()}
+
+
+@contextmanager
+def sigint_guard(on_sigint: Callable[[], None]) -> Iterator[None]:
+    """Inside the block Ctrl-C calls ``on_sigint`` (the loop then saves a checkpoint and stops)
+    instead of raising KeyboardInterrupt; the previous handler is put back on exit. Outside the
+    main thread no handler can be installed and Ctrl-C stays with the caller."""
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: on_sigint())
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def with_prepared_settings(cfg: Config, settings: dict[str, Any]) -> Config:
+    """``cfg`` with the prepare settings a dataset was really built with (from its manifest)."""
+    known = {f: settings[f] for f in PrepareConfig.__dataclass_fields__ if f in settings}
+    return replace(cfg, prepare=replace(cfg.prepare, **known))
 
 
 class Trainer:
     """Trains a TransformerRecommender on a prepared dataset."""
 
     def __init__(self, cfg: Config, data: PreparedData, run_name: str) -> None:
-        self.cfg, self.data, self.run_name = cfg, data, run_name
+        self.cfg = with_prepared_settings(cfg, data.manifest.get("settings", {}))
+        self.data, self.run_name = data, run_name
         self.run_dir, self.out_dir = run_paths(cfg, run_name)
-        self.device = pick_device(cfg.train.device)
+        self.dist, self.device = distributed.setup(pick_device(cfg.train.device))
         self.notes: list[str] = []
         self._stop_requested = False
+
+    # ------------------------------------------------------------------ the loop
+    def fit(
+        self,
+        resume: bool = False,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        stop_after_epoch: int | None = None,
+    ) -> TrainSummary:
+        started = time.perf_counter()
+        if not resume:
+            self._refuse_existing_run()
+        payload = self._resume_payload() if resume else None
+        self._build()
+        run = self.restore(payload) if payload is not None else RunState()
+        distributed.barrier(self.dist)  # every rank has checked the run folder before rank 0 writes to it
+        self._prepare_folders()
+        run.timings["setup_s"] = round(time.perf_counter() - started, 3)
+        with sigint_guard(self.request_stop):
+            while run.epoch < self.cfg.train.epochs:
+                self.model.train()
+                order = self.epoch_order(run.epoch)
+                epoch_started = time.perf_counter()
+                for batch_index in range(run.batch_in_epoch, self.steps_per_epoch):
+                    parts = self.step(run, self.batch(order, batch_index))
+                    report = run.batch_in_epoch % LOG_EVERY == 0 or run.batch_in_epoch == self.steps_per_epoch
+                    if report and self.dist.is_main:
+                        self.log_step(run, parts, epoch_started, on_step)
+                    if self.stop_requested(report):
+                        run.epoch_seconds += time.perf_counter() - epoch_started
+                        self._save({"last.pt": self._payload(run)}, run)
+                        self._append_steps(run)
+                        return self._finish(run, started, interrupted=True)
+                stats = self.end_epoch(run, time.perf_counter() - epoch_started)
+                if on_epoch is not None and self.dist.is_main:
+                    on_epoch(stats)
+                if run.early_stopped_at is not None:
+                    break
+                if stop_after_epoch is not None and run.epoch >= stop_after_epoch:
+                    return self._finish(run, started, interrupted=True)
+        return self._finish(run, started)
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and stop after the current step (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    def stop_requested(self, report: bool) -> bool:
+        """Whether to stop now. Distributed ranks agree on it at each progress report."""
+        if not self.dist.enabled:
+            return self._stop_requested
+        return report and distributed.any_rank(self._stop_requested, self.dist, self.device)
 
     # ------------------------------------------------------------------ setup
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -159,204 +311,81 @@ class Trainer:
             )
         return {k: torch.as_tensor(v).to(self.device) for k, v in arrays.items()}
 
+    def _check_valid_window(self) -> None:
+        """Refuse, before any training, a dataset whose valid window evaluate could never fit on."""
+        has_purchases = bool(self.data.manifest.get("events_by_type", {}).get("purchase"))
+        valid = self.valid
+        if has_purchases and len(valid.truth_users) == 0:
+            raise DatasetError(
+                f"the valid window of {self.data.path} ({valid.window_start:%Y-%m-%d %H:%M} .. "
+                f"{valid.window_end:%Y-%m-%d %H:%M}) has no purchases: valid NDCG@10 could not be measured and "
+                "evaluate/export fit on valid purchases, so they could never use this run; prepare again with a "
+                "larger --eval-days (or a log with purchases in those days)"
+            )
+        if len(valid.truth_users) and not np.isin(valid.truth_users, valid.user_idx).any():
+            self.notes.append(
+                "no buyer of the valid window has events before it: valid NDCG@10 only measures the popularity "
+                "fallback, so best.pt and early stopping cannot tell epochs apart (prepare with a larger --eval-days)"
+            )
+
     def _build(self) -> None:
-        t = self.cfg.train
-        torch.manual_seed(t.seed)
+        train_cfg = self.cfg.train
+        torch.manual_seed(train_cfg.seed)
         self.vocab: Vocab = self.data.vocab
         self.model = TransformerRecommender(self.cfg.model, self.vocab, self.data.max_len).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, t.weight_decay), lr=t.lr, betas=(0.9, 0.98),
+            param_groups(self.model, train_cfg.weight_decay), lr=train_cfg.lr, betas=ADAM_BETAS,
             fused=self.device.type == "cuda",
         )
         self.encode = self.model.encode
-        if t.compile and self.device.type == "cuda":
+        if train_cfg.compile and self.device.type == "cuda":
             self.encode = torch.compile(self.model.encode)  # type: ignore[assignment]
-        elif t.compile:
+        elif train_cfg.compile:
             self.notes.append("--compile is used on CUDA only; running eagerly")
+        self.loss_module: torch.nn.Module = MultitaskLoss(self.model, self.encode, train_cfg)
+        if self.dist.enabled:  # a head without rows in a rank's share leaves its parameters unused there
+            self.loss_module = torch.nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         self.train_data = self._tensors()
+        # valid window: inputs, truth, popularity fallback for users with no input
+        self.valid = self.data.split("valid")
+        self._check_valid_window()
         self.n_train = len(self.train_data["item_idx"])
-        self.steps_per_epoch = math.ceil(self.n_train / t.batch_size)
-        self.total_steps = self.steps_per_epoch * t.epochs
+        self.steps_per_epoch = math.ceil(self.n_train / train_cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * train_cfg.epochs
+        if self.total_steps < FEW_STEPS:
+            self.notes.append(
+                f"{self.n_train} training sequences at batch {train_cfg.batch_size} gave {self.steps_per_epoch} "
+                f"step(s) per epoch, {self.total_steps} in all: too few gradient steps to learn much; lower "
+                "--batch-size or raise --epochs"
+            )
         counts = torch.as_tensor(self.data.items["n_events"], dtype=torch.float64)
         q = counts.clamp(min=0) ** 0.75
         q[:2] = 0
         self.sample_q = (q / q.sum().clamp(min=1e-12)).float().to(self.device)
         self.log_q = torch.log(self.sample_q.clamp(min=1e-30))
-        # valid window: inputs, truth, popularity fallback for users with no input
-        self.valid = self.data.split("valid")
         events = self.data.events_before(self.valid.window_start)
         cutoff_ts = int(self.valid.window_start.replace(tzinfo=timezone.utc).timestamp())
         self.popularity = Popularity(events, self.vocab.n_items, cutoff_ts, self.cfg.eval.popularity_days)
-        if len(self.valid.truth_users) == 0 and self.data.manifest.get("events_by_type", {}).get("purchase"):
-            self.notes.append(
-                "the valid window has no purchases: valid NDCG cannot be measured, so best.pt is the last epoch "
-                "and early stopping is off; evaluate and export fit on valid purchases and will refuse this run "
-                "(prepare with a larger --eval-days)"
-            )
 
-    def _loss(self, batch: dict[str, torch.Tensor], negatives: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        sample = (negatives, self.log_q) if negatives is not None else None
-        return multitask_loss(self.model, self.encode, batch, self.cfg.train, sample)
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate_valid(self) -> dict[str, Any]:
-        if len(self.valid.truth_users) == 0:
-            return {"users": 0, "ndcg@10": float("nan"), "hr@10": float("nan")}
-        scorer = ModelScorer(self.model, self.valid, self.popularity, self.device)
-        return evaluate_scorer(scorer, self.valid, [10], n_boot=0)
-
-    # ------------------------------------------------------------------ state
-    def _payload(self, epoch: int, batch_in_epoch: int, step: int, acc: dict[str, float], state: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"step": step, "total_steps": self.total_steps},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "step": step,
-            "running": dict(acc),
-            "config": self.cfg.to_dict(),
-            "vocab": asdict(self.vocab),
-            "max_len": self.data.max_len,
-            "dataset_hash": self.data.manifest["content_hash"],
-            "best_ndcg": state["best_ndcg"],
-            "best_epoch": state["best_epoch"],
-            "bad_epochs": state["bad_epochs"],
-            "history": state["history"],
-        }
-
-    def _check_compatible(self, payload: dict[str, Any]) -> None:
-        problems = []
-        if payload.get("dataset_hash") != self.data.manifest["content_hash"]:
-            problems.append("it was trained on another dataset (manifest content_hash differs)")
-        if payload.get("vocab") != asdict(self.vocab):
-            problems.append(f"vocabulary sizes differ (checkpoint {payload.get('vocab')}, data {asdict(self.vocab)})")
-        if payload.get("max_len") != self.data.max_len:
-            problems.append(f"max_len differs ({payload.get('max_len')} vs {self.data.max_len})")
-        saved = config_from_dict(payload["config"])
-        if asdict(saved.model) != asdict(self.cfg.model):
-            problems.append(f"model settings differ (checkpoint {asdict(saved.model)})")
-        if problems:
-            raise CheckpointError(
-                f"cannot resume run {self.run_name} on {self.data.path}: " + "; ".join(problems)
-                + ". Use the dataset it was trained on, or start a new --run-name"
-            )
-
-    def _metadata(self, state: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-        return {
-            "run_name": self.run_name,
-            "created_at": state.get("created_at"),
-            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": ckpt.versions(),
-            "git_commit": ckpt.git_commit(),
-            "device": str(self.device),
-            "dataset": {"path": str(self.data.path), "content_hash": self.data.manifest["content_hash"]},
-            "purchase_weight": self.cfg.train.purchase_weight,
-            "epochs_done": state["epochs_done"],
-            "best_epoch": state["best_epoch"],
-            "best_valid_ndcg@10": state["best_ndcg"],
-            "epochs": state["history"],
-            "timings": timings,
-            "checkpoints": state["sha256"],
-            "notes": self.notes,
-        }
-
-    def _save(self, files: dict[str, dict[str, Any]], state: dict[str, Any], timings: dict[str, float]) -> None:
-        """Write checkpoints, then metadata.json, so that a kill at any instant leaves a loadable run.
-
-        Each file is staged (written, flushed, hashed), its hash recorded in metadata.json as pending,
-        then renamed into place; the final metadata.json records it as committed. A failing write
-        (disk full) replaces nothing: the previous checkpoints and metadata.json stay as they were."""
-        staged: dict[str, tuple[Path, str]] = {}
-        try:
-            for name, payload in files.items():
-                staged[name] = ckpt.stage_checkpoint(self.run_dir / name, payload)
-            if (self.run_dir / "metadata.json").is_file():
-                meta = ckpt.read_metadata(self.run_dir)
-                meta["checkpoints_pending"] = {name: sha for name, (_, sha) in staged.items()}
-                ckpt.write_metadata(self.run_dir, meta)
-            for name, (tmp, sha) in staged.items():
-                ckpt.commit_checkpoint(tmp, self.run_dir / name)
-                state["sha256"][name] = sha
-        finally:
-            for tmp, _ in staged.values():
-                tmp.unlink(missing_ok=True)
-        ckpt.write_metadata(self.run_dir, self._metadata(state, timings))
-
-    def _resumed_hashes(self, meta: dict[str, Any]) -> dict[str, str]:
-        """The hash of each checkpoint on disk that metadata.json accepts (committed or pending)."""
-        hashes = dict(meta.get("checkpoints", {}))
-        for name in ("last.pt", "best.pt"):
-            path = self.run_dir / name
-            accepted = ckpt.accepted_sha256(meta, name)
-            if path.is_file() and accepted is not None:
-                actual = sha256_file(path)
-                if actual in accepted:
-                    hashes[name] = actual
-        return hashes
-
-    def _append_steps(self, records: list[dict[str, Any]], fresh: bool) -> None:
-        """Append ``records`` to output/<run>/train_steps.jsonl (a fresh run starts the file), then clear them.
-
-        A step logged after the last checkpoint of a killed process is logged again after --resume;
-        readers keep the last line of each step."""
-        lines = [json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()})
-                 for r in records]
-        with open(self.out_dir / STEP_LOG, "w" if fresh else "a", encoding="utf-8") as fh:
-            fh.writelines(line + "\n" for line in lines)
-        records.clear()
-
-    # ------------------------------------------------------------------ the loop
-    def fit(
-        self,
-        resume: bool = False,
-        on_step: Callable[[dict[str, Any]], None] | None = None,
-        on_epoch: Callable[[EpochStats], None] | None = None,
-        stop_after_epoch: int | None = None,
-    ) -> TrainSummary:
-        t = self.cfg.train
-        t_start = time.perf_counter()
-        last_path, best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
-        if resume:
-            meta = ckpt.read_metadata(self.run_dir) if (self.run_dir / "metadata.json").is_file() else {}
-            payload = ckpt.load_checkpoint(last_path, ckpt.accepted_sha256(meta, "last.pt"))
-        elif last_path.exists() or (self.run_dir / "metadata.json").exists():
+    def _refuse_existing_run(self) -> None:
+        if (self.run_dir / "last.pt").exists() or (self.run_dir / "metadata.json").exists():
             raise CheckpointError(
                 f"run {self.run_name} already exists in {self.run_dir}; pass --resume to continue it or choose another --run-name"
             )
-        self._build()
-        state: dict[str, Any] = {
-            "best_ndcg": None, "best_epoch": None, "bad_epochs": 0, "history": [], "epochs_done": 0,
-            "sha256": {}, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        resumed_sums: torch.Tensor | None = None
-        steps_log: list[dict[str, Any]] = []  # appended to STEP_LOG when a checkpoint is written
-        epoch, batch_start, step, acc = 0, 0, 0, {"view": 0.0, "purchase": 0.0, "cart": 0.0, "n": 0.0, "tokens": 0.0, "seconds": 0.0}
-        if resume:
-            self._check_compatible(payload)
-            self.model.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(payload["optimizer"])
-            torch.set_rng_state(payload["rng"]["torch"])
-            if payload["rng"]["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-            epoch, batch_start, step = payload["epoch"], payload["batch_in_epoch"], payload["step"]
-            acc.update(payload.get("running", {}))
-            if "running_sums" in payload:
-                resumed_sums = payload["running_sums"]
-            state.update(best_ndcg=payload["best_ndcg"], best_epoch=payload["best_epoch"],
-                         bad_epochs=payload["bad_epochs"], history=list(payload["history"]),
-                         epochs_done=epoch)
-            state["sha256"] = self._resumed_hashes(meta)
-            steps_log.append({"event": "resume", "epoch": epoch, "batch": batch_start, "step": step})
-            state["created_at"] = meta.get("created_at", state["created_at"])
-            if epoch >= t.epochs:
-                raise ConfigError(
-                    f"run {self.run_name} has already trained {epoch} epoch(s); pass --epochs larger than {epoch} to continue it"
-                )
+
+    def _resume_payload(self) -> dict[str, Any]:
+        meta = ckpt.read_metadata(self.run_dir) if (self.run_dir / "metadata.json").is_file() else {}
+        payload = ckpt.load_checkpoint(self.run_dir / "last.pt", ckpt.accepted_sha256(meta, "last.pt"))
+        payload["_metadata"] = meta
+        return payload
+
+    def _prepare_folders(self) -> None:
+        """Check both run folders are writable, clear a killed run's temporary files, save config.yaml
+        (rank 0)."""
+        if not self.dist.is_main:
+            return
         for folder in (self.run_dir, self.out_dir):
             existed = folder.exists()
             try:
@@ -375,119 +404,306 @@ class Trainer:
             if stale.is_file():
                 stale.unlink(missing_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
-        timings = {"setup_s": round(time.perf_counter() - t_start, 3)}
 
-        interrupted = early = False
-        previous_handler = signal.getsignal(signal.SIGINT)
+    # ------------------------------------------------------------------ one step
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of the training sequences (seeded by seed and epoch: resumable)."""
+        seed = self.cfg.train.seed * 1000 + epoch
+        return torch.randperm(self.n_train, generator=torch.Generator().manual_seed(seed)).to(self.device)
 
-        def request_stop(signum: int, frame: Any) -> None:
-            self._stop_requested = True
+    def batch(self, order: torch.Tensor, batch_index: int) -> dict[str, torch.Tensor]:
+        size = self.cfg.train.batch_size
+        rows = distributed.shard(order[batch_index * size:(batch_index + 1) * size], self.dist)
+        batch = {k: v[rows] for k, v in self.train_data.items()}
+        return batch if self.cfg.train.compile else trim_padding(batch)  # compiled graphs keep a fixed width
 
-        try:
-            signal.signal(signal.SIGINT, request_stop)
-        except ValueError:  # not the main thread: Ctrl-C handling stays with the caller
-            previous_handler = None
-        autocast = self.device.type == "cuda" and t.bf16
-        try:
-            while epoch < t.epochs:
-                self.model.train()
-                perm = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(t.seed * 1000 + epoch)).to(self.device)
-                t_epoch = time.perf_counter()
-                running = torch.zeros(4, device=self.device)  # view, purchase, cart loss sums; tokens
-                if resumed_sums is not None:
-                    running.copy_(resumed_sums)
-                    resumed_sums = None
-                for bi in range(batch_start, self.steps_per_epoch):
-                    idx = perm[bi * t.batch_size:(bi + 1) * t.batch_size]
-                    batch = {k: v[idx] for k, v in self.train_data.items()}
-                    if not t.compile:  # compiled graphs keep a fixed width
-                        batch = trim_padding(batch)
-                    negatives = None
-                    if t.loss == "sampled":
-                        negatives = torch.multinomial(self.sample_q, t.negatives, replacement=True)
-                    lr = lr_at(step, self.total_steps, t.lr, t.warmup_frac)
-                    for g in self.optimizer.param_groups:
-                        g["lr"] = lr
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-                        loss, parts = self._loss(batch, negatives)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if t.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                    self.optimizer.step()
-                    step += 1
-                    # running sums stay on the device: no host sync per step, only when reported
-                    running += torch.stack([parts["view"].detach().float(), parts["purchase"].detach().float(),
-                                            parts["cart"].detach().float(), (batch["item_idx"] > 0).sum().float()])
-                    acc["n"] += 1
-                    if (bi + 1) % LOG_EVERY == 0 or bi + 1 == self.steps_per_epoch:
-                        logged = {"epoch": epoch, "batch": bi + 1, "batches": self.steps_per_epoch, "lr": lr,
-                                  "view_loss": float(parts["view"].detach()), "purchase_loss": float(parts["purchase"].detach()),
-                                  "tokens_per_s": (acc["tokens"] + float(running[3])) / max(acc["seconds"] + time.perf_counter() - t_epoch, 1e-9)}
-                        steps_log.append({"step": step, **logged, "cart_loss": float(parts["cart"].detach())})
-                        if on_step is not None:
-                            on_step(logged)
-                    if self._stop_requested:
-                        acc["seconds"] += time.perf_counter() - t_epoch
-                        payload_now = self._payload(epoch, bi + 1, step, acc, state)
-                        payload_now["running_sums"] = running.cpu()  # as is: resuming sums exactly the same way
-                        self._save({"last.pt": payload_now}, state, timings)
-                        if self.out_dir.is_dir():
-                            self._append_steps(steps_log, fresh=not resume and epoch == 0)
-                        interrupted = True
-                        break
-                if interrupted:
-                    break
-                _fold(acc, running)
-                acc["seconds"] += time.perf_counter() - t_epoch
-                valid = self.evaluate_valid()
-                n = max(acc["n"], 1.0)
-                stats = EpochStats(
-                    epoch=epoch + 1, view_loss=acc["view"] / n, purchase_loss=acc["purchase"] / n, cart_loss=acc["cart"] / n,
-                    valid=valid, seconds=round(acc["seconds"], 3), tokens_per_s=acc["tokens"] / max(acc["seconds"], 1e-9), lr=lr,
-                )
-                state["history"].append(asdict(stats))
-                epoch += 1
-                batch_start = 0
-                acc = {"view": 0.0, "purchase": 0.0, "cart": 0.0, "n": 0.0, "tokens": 0.0, "seconds": 0.0}
-                state["epochs_done"] = epoch
-                score = valid.get("ndcg@10", float("nan"))
-                improved = not math.isnan(score) and (state["best_ndcg"] is None or score > state["best_ndcg"])
-                no_valid = math.isnan(score)
-                if improved or no_valid:
-                    state["best_ndcg"] = None if no_valid else score
-                    state["best_epoch"] = epoch
-                    state["bad_epochs"] = 0
-                else:
-                    state["bad_epochs"] += 1
-                files = {"best.pt": self._payload(epoch, 0, step, acc, state)} if improved or no_valid else {}
-                files["last.pt"] = self._payload(epoch, 0, step, acc, state)
-                self._save(files, state, timings)
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                write_json(self.out_dir / "train_history.json", state["history"])
-                if t.patience and not no_valid and state["bad_epochs"] >= t.patience and epoch < t.epochs:
-                    steps_log.append({"event": "early_stop", "epoch": epoch, "step": step})
-                self._append_steps(steps_log, fresh=not resume and epoch == 1)
-                if on_epoch is not None:
-                    on_epoch(stats)
-                if t.patience and not no_valid and state["bad_epochs"] >= t.patience and epoch < t.epochs:
-                    early = True
-                    self.notes.append(f"early stop after epoch {epoch}: no better valid NDCG@10 for {t.patience} epochs")
-                    break
-                if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                    interrupted = True
-                    break
-        finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
-        timings["train_s"] = round(sum(h["seconds"] for h in state["history"]), 3)
-        timings["total_s"] = round(time.perf_counter() - t_start, 3)
-        ckpt.write_metadata(self.run_dir, self._metadata(state, timings))
-        tok = [h["tokens_per_s"] for h in state["history"]]
-        return TrainSummary(
-            run_name=self.run_name, run_dir=self.run_dir, output_dir=self.out_dir, epochs_done=state["epochs_done"],
-            best_epoch=state["best_epoch"], best_valid_ndcg10=state["best_ndcg"], seconds=timings["total_s"],
-            tokens_per_s=float(np.mean(tok)) if tok else 0.0,
-            checkpoint=best_path if best_path.exists() else last_path,
-            interrupted=interrupted, early_stopped=early, notes=list(self.notes), history=state["history"],
+    def step(self, run: RunState, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:func:`train_step` at the schedule's learning rate, then the epoch's running sums."""
+        train_cfg = self.cfg.train
+        sample = None
+        if train_cfg.loss == "sampled":
+            negatives = torch.multinomial(self.sample_q, train_cfg.negatives, replacement=True)
+            sample = (distributed.from_main(negatives, self.dist), self.log_q)  # one set shared by all ranks
+        lr = lr_at(run.step, self.total_steps, train_cfg.lr, train_cfg.warmup_frac, train_cfg.lr_floor)
+        autocast = self.device.type == "cuda" and train_cfg.bf16
+        shares = None
+        if self.dist.enabled:
+            rows = torch.stack([(batch[key] > 0).sum() for key in TARGETS]).float()
+            shares = distributed.row_shares(rows, distributed.sum_over_ranks(rows.clone(), self.dist), self.dist.world_size)
+
+        def loss_fn(b: dict[str, torch.Tensor], s: tuple[torch.Tensor, torch.Tensor] | None):
+            return self.loss_module(b, s, shares)
+
+        parts = train_step(self.model, loss_fn, self.optimizer, batch, lr, train_cfg, sample, autocast)
+        losses = torch.stack([parts[name].float() for name in LOSS_PARTS])
+        if shares is not None:  # this rank's part of the global batch's mean losses
+            losses = losses * shares / self.dist.world_size
+        if run.loss_sums is None:
+            run.loss_sums = torch.zeros(4, device=self.device)
+        run.loss_sums += torch.cat([losses, (batch["item_idx"] > 0).sum().float()[None]])
+        run.step += 1
+        run.batch_in_epoch += 1
+        run.epoch_steps += 1
+        return parts
+
+    def log_step(self, run: RunState, parts: dict[str, torch.Tensor], epoch_started: float,
+                 on_step: Callable[[dict[str, Any]], None] | None) -> None:
+        """Progress of the step just taken: to ``on_step`` and to the step log (one host sync)."""
+        seconds = run.epoch_seconds + time.perf_counter() - epoch_started
+        tokens = float(run.loss_sums[3]) if run.loss_sums is not None else 0.0
+        logged = {"epoch": run.epoch, "batch": run.batch_in_epoch, "batches": self.steps_per_epoch,
+                  "lr": lr_at(run.step - 1, self.total_steps, self.cfg.train.lr, self.cfg.train.warmup_frac, self.cfg.train.lr_floor),
+                  "view_loss": float(parts["view"]), "purchase_loss": float(parts["purchase"]),
+                  "tokens_per_s": tokens / max(seconds, 1e-9)}
+        run.steps_log.append({"step": run.step, **logged, "cart_loss": float(parts["cart"])})
+        if on_step is not None:
+            on_step(logged)
+
+    def _append_steps(self, run: RunState) -> None:
+        """Append the pending step records to output/<run>/train_steps.jsonl (a fresh run starts the
+        file), then clear them. A step logged after the last checkpoint of a killed process is logged
+        again after --resume; readers keep the last line of each step. Rank 0 writes; before the
+        first epoch's end (no output folder yet) the records are dropped."""
+        if not self.dist.is_main or not self.out_dir.is_dir():
+            return
+        lines = [json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()})
+                 for r in run.steps_log]
+        with open(self.out_dir / STEP_LOG, "a" if run.step_log_started else "w", encoding="utf-8") as fh:
+            fh.writelines(line + "\n" for line in lines)
+        run.steps_log.clear()
+        run.step_log_started = True
+
+    # ------------------------------------------------------------------ the end of an epoch
+    @torch.no_grad()
+    def evaluate_valid(self) -> dict[str, Any]:
+        """NDCG@10 / HR@10 on the valid window; distributed ranks each rank a share of the buyers."""
+        users = self.valid.truth_users
+        if len(users) == 0:
+            return {"users": 0, "ndcg@10": float("nan"), "hr@10": float("nan")}
+        scorer = ModelScorer(self.model, self.valid, self.popularity, self.device)
+        if not self.dist.enabled:
+            return evaluate_scorer(scorer, self.valid, [10], n_boot=0)
+        mine = torch.arange(len(users)).tensor_split(self.dist.world_size)[self.dist.rank].numpy()
+        part = rank(scorer, users[mine], 10, truth=self.valid.truth_items[mine])
+        shares = distributed.gather((part.top, part.top_scores, part.best_rank), self.dist)
+        whole = Ranking(users, *(np.concatenate([share[i] for share in shares]) for i in range(3)))
+        return metrics(whole, self.valid, [10], n_boot=0)
+
+    def end_epoch(self, run: RunState, seconds: float) -> EpochStats:
+        """Valid metrics, best epoch / patience, checkpoints and metadata.json, train_history.json."""
+        train_cfg = self.cfg.train
+        run.epoch_seconds += seconds
+        sums = distributed.sum_over_ranks(run.loss_sums, self.dist) if run.loss_sums is not None else None
+        view, purchase, cart, tokens = sums.tolist() if sums is not None else [0.0] * 4
+        n = max(run.epoch_steps, 1)
+        stats = EpochStats(
+            epoch=run.epoch + 1, view_loss=view / n, purchase_loss=purchase / n, cart_loss=cart / n,
+            valid=self.evaluate_valid(), seconds=round(run.epoch_seconds, 3),
+            tokens_per_s=tokens / max(run.epoch_seconds, 1e-9),
+            lr=lr_at(run.step - 1, self.total_steps, train_cfg.lr, train_cfg.warmup_frac, train_cfg.lr_floor),
         )
+        run.history.append(asdict(stats))
+        run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+        run.loss_sums, run.epoch_steps, run.epoch_seconds = None, 0, 0.0
+        score = stats.valid.get("ndcg@10", float("nan"))
+        no_valid = math.isnan(score)  # nothing to compare: every epoch is "best" (the last one)
+        improved = not no_valid and (run.best_ndcg is None or score > run.best_ndcg)
+        if improved or no_valid:
+            run.best_ndcg, run.best_epoch, run.bad_epochs = (None if no_valid else score), run.epoch, 0
+        else:
+            run.bad_epochs += 1
+        if train_cfg.patience and not no_valid and run.bad_epochs >= train_cfg.patience and run.epoch < train_cfg.epochs:
+            run.early_stopped_at = run.epoch
+            run.steps_log.append({"event": "early_stop", "epoch": run.epoch, "step": run.step})
+            self.notes.append(f"early stop after epoch {run.epoch}: no better valid NDCG@10 for {train_cfg.patience} epochs")
+        files = {"best.pt": self._payload(run)} if improved or no_valid else {}
+        files["last.pt"] = self._payload(run)
+        self._save(files, run)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.out_dir / "train_history.json", run.history)
+            self._append_steps(run)
+        return stats
+
+    def _finish(self, run: RunState, started: float, interrupted: bool = False) -> TrainSummary:
+        run.timings["train_s"] = round(sum(h["seconds"] for h in run.history), 3)
+        run.timings["total_s"] = round(time.perf_counter() - started, 3)
+        if self.dist.is_main:
+            ckpt.write_metadata(self.run_dir, self._metadata(run))
+        distributed.teardown(self.dist)
+        best_path, last_path = self.run_dir / "best.pt", self.run_dir / "last.pt"
+        tokens_per_s = [h["tokens_per_s"] for h in run.history]
+        return TrainSummary(
+            run_name=self.run_name, run_dir=self.run_dir, output_dir=self.out_dir, epochs_done=run.epoch,
+            best_epoch=run.best_epoch, best_valid_ndcg10=run.best_ndcg, seconds=run.timings["total_s"],
+            tokens_per_s=float(np.mean(tokens_per_s)) if tokens_per_s else 0.0,
+            checkpoint=best_path if best_path.exists() else last_path,
+            interrupted=interrupted, early_stopped=run.early_stopped_at is not None, notes=list(self.notes),
+            history=run.history,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _payload(self, run: RunState) -> dict[str, Any]:
+        """The checkpoint of ``run`` (called on every rank: it gathers each rank's RNG state)."""
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": run.step, "total_steps": self.total_steps},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "torch_by_rank": distributed.gather(torch.get_rng_state(), self.dist),
+            },
+            "world_size": self.dist.world_size,
+            "epoch": run.epoch,
+            "batch_in_epoch": run.batch_in_epoch,
+            "step": run.step,
+            "running": {"n": float(run.epoch_steps), "seconds": run.epoch_seconds},
+            "config": self.cfg.to_dict(),
+            "vocab": asdict(self.vocab),
+            "max_len": self.data.max_len,
+            "dataset_hash": self.data.manifest["content_hash"],
+            "best_ndcg": run.best_ndcg,
+            "best_epoch": run.best_epoch,
+            "bad_epochs": run.bad_epochs,
+            "early_stopped_at": run.early_stopped_at,
+            "history": run.history,
+        }
+        if run.loss_sums is not None:  # inside an epoch: resuming sums exactly the same way
+            payload["running_sums"] = distributed.sum_over_ranks(run.loss_sums.clone(), self.dist).cpu()
+        return payload
+
+    def restore(self, payload: dict[str, Any]) -> RunState:
+        """Load model, optimizer and RNG states from a checkpoint; the RunState to continue from."""
+        self._check_compatible(payload)
+        meta = payload.get("_metadata", {})
+        epoch = payload["epoch"]
+        self._refuse_finished(payload, epoch)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        by_rank = payload["rng"].get("torch_by_rank", [payload["rng"]["torch"]])
+        torch.set_rng_state(by_rank[self.dist.rank])
+        if payload["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        run = RunState(
+            epoch=epoch, batch_in_epoch=payload["batch_in_epoch"], step=payload["step"],
+            best_ndcg=payload["best_ndcg"], best_epoch=payload["best_epoch"], bad_epochs=payload["bad_epochs"],
+            history=list(payload["history"]), checkpoint_sha256=self._resumed_hashes(meta),
+            epoch_steps=int(payload.get("running", {}).get("n", 0)),
+            epoch_seconds=float(payload.get("running", {}).get("seconds", 0.0)),
+        )
+        run.created_at = meta.get("created_at", run.created_at)
+        run.steps_log.append({"event": "resume", "epoch": epoch, "batch": run.batch_in_epoch, "step": run.step})
+        run.step_log_started = True
+        if "running_sums" in payload:  # summed over ranks when saved: rank 0 carries them on
+            sums = payload["running_sums"].to(self.device)
+            run.loss_sums = sums if self.dist.is_main else torch.zeros_like(sums)
+        if self._stopped_early(payload, epoch) is not None:  # --epochs was raised: patience starts afresh
+            run.bad_epochs = 0
+        return run
+
+    def _stopped_early(self, payload: dict[str, Any], epoch: int) -> int | None:
+        """The epoch a run stopped early at (recorded; inferred for checkpoints from before it was)."""
+        if "early_stopped_at" in payload:
+            return payload["early_stopped_at"]
+        saved = payload["config"]["train"]
+        patience = saved.get("patience", 0)
+        stopped = patience and payload["bad_epochs"] >= patience and epoch < saved["epochs"] and payload["batch_in_epoch"] == 0
+        return epoch if stopped else None
+
+    def _refuse_finished(self, payload: dict[str, Any], epoch: int) -> None:
+        target = self.cfg.train.epochs
+        stopped_at = self._stopped_early(payload, epoch)
+        if stopped_at is not None:
+            planned = payload["config"]["train"]["epochs"]
+            if target <= planned:
+                raise ConfigError(
+                    f"run {self.run_name} is finished: it stopped early at epoch {stopped_at} of {planned} (no better "
+                    f"valid NDCG@10 for {payload['config']['train'].get('patience')} epochs); pass --epochs larger than "
+                    f"{planned} to train it further"
+                )
+        elif epoch >= target:
+            raise ConfigError(
+                f"run {self.run_name} has already trained {epoch} epoch(s); pass --epochs larger than {epoch} to continue it"
+            )
+
+    def _check_compatible(self, payload: dict[str, Any]) -> None:
+        problems = []
+        if payload.get("dataset_hash") != self.data.manifest["content_hash"]:
+            problems.append("it was trained on another dataset (manifest content_hash differs)")
+        if payload.get("vocab") != asdict(self.vocab):
+            problems.append(f"vocabulary sizes differ (checkpoint {payload.get('vocab')}, data {asdict(self.vocab)})")
+        if payload.get("max_len") != self.data.max_len:
+            problems.append(f"max_len differs ({payload.get('max_len')} vs {self.data.max_len})")
+        saved = config_from_dict(payload["config"])
+        if asdict(saved.model) != asdict(self.cfg.model):
+            problems.append(f"model settings differ (checkpoint {asdict(saved.model)})")
+        world_size = payload.get("world_size", 1)
+        if world_size != self.dist.world_size:
+            problems.append(
+                f"it was trained by {world_size} process(es) and this is {self.dist.world_size} (a run resumes exactly "
+                f"only on as many: {'torchrun --nproc_per_node ' + str(world_size) + ' -m purchasepred train ... --resume' if world_size > 1 else 'purchasepred train ... --resume without torchrun'})"
+            )
+        if problems:
+            raise CheckpointError(
+                f"cannot resume run {self.run_name} on {self.data.path}: " + "; ".join(problems)
+                + ". Use the dataset it was trained on, or start a new --run-name"
+            )
+
+    def _metadata(self, run: RunState) -> dict[str, Any]:
+        return {
+            "run_name": self.run_name,
+            "created_at": run.created_at,
+            "updated_at": now_utc(),
+            "versions": ckpt.versions(),
+            "git_commit": ckpt.git_commit(),
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "dataset": {"path": str(self.data.path), "content_hash": self.data.manifest["content_hash"]},
+            "purchase_weight": self.cfg.train.purchase_weight,
+            "epochs_done": run.epoch,
+            "best_epoch": run.best_epoch,
+            "best_valid_ndcg@10": run.best_ndcg,
+            "early_stopped_at": run.early_stopped_at,
+            "epochs": run.history,
+            "timings": run.timings,
+            "checkpoints": run.checkpoint_sha256,
+            "notes": self.notes,
+        }
+
+    def _save(self, files: dict[str, dict[str, Any]], run: RunState) -> None:
+        """Write checkpoints, then metadata.json, so that a kill at any instant leaves a loadable run.
+
+        Each file is staged (written, flushed, hashed), its hash recorded in metadata.json as pending,
+        then renamed into place; the final metadata.json records it as committed. A failing write
+        (disk full) replaces nothing: the previous checkpoints and metadata.json stay as they were.
+        Only rank 0 writes."""
+        if not self.dist.is_main:
+            return
+        staged: dict[str, tuple[Path, str]] = {}
+        try:
+            for name, payload in files.items():
+                staged[name] = ckpt.stage_checkpoint(self.run_dir / name, payload)
+            if (self.run_dir / "metadata.json").is_file():
+                meta = ckpt.read_metadata(self.run_dir)
+                meta["checkpoints_pending"] = {name: sha for name, (_, sha) in staged.items()}
+                ckpt.write_metadata(self.run_dir, meta)
+            for name, (tmp, sha) in staged.items():
+                ckpt.commit_checkpoint(tmp, self.run_dir / name)
+                run.checkpoint_sha256[name] = sha
+        finally:
+            for tmp, _ in staged.values():
+                tmp.unlink(missing_ok=True)
+        ckpt.write_metadata(self.run_dir, self._metadata(run))
+
+    def _resumed_hashes(self, meta: dict[str, Any]) -> dict[str, str]:
+        """The hash of each checkpoint on disk that metadata.json accepts (committed or pending)."""
+        hashes = dict(meta.get("checkpoints", {}))
+        for name in ("last.pt", "best.pt"):
+            path = self.run_dir / name
+            accepted = ckpt.accepted_sha256(meta, name)
+            if path.is_file() and accepted is not None:
+                actual = sha256_file(path)
+                if actual in accepted:
+                    hashes[name] = actual
+        return hashes
