@@ -24,7 +24,7 @@ from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid, fit_set
 from purchasepred.export.recommend import ExportSummary, export
 from purchasepred.fileio import check_new_output, write_json
 from purchasepred.runs import latest_run, load_model, pick_device, run_paths
-from purchasepred.train.checkpoint import read_metadata
+from purchasepred.checkpoint import read_metadata
 from purchasepred.train.trainer import EpochStats, Trainer, TrainSummary
 
 Log = Callable[[str], None]

@@ -6,6 +6,7 @@ checkout or editable install keeps them at the repository root.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
@@ -24,3 +25,13 @@ def sql_dir() -> Path:
 
 def configs_dir() -> Path:
     return _find("configs")
+
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def named_queries(filename: str) -> dict[str, str]:
+    """Split an aiosql-style file of ``sql/`` into ``{name: query}`` on ``-- name: x`` lines."""
+    text = (sql_dir() / filename).read_text()
+    parts = _NAME.split(text)
+    return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}

@@ -18,7 +18,7 @@ from purchasepred.data.features import Vocab
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError
 from purchasepred.models.transformer import TransformerRecommender
-from purchasepred.train import checkpoint as ckpt
+from purchasepred import checkpoint as ckpt
 
 
 def pick_device(name: str) -> torch.device:

@@ -28,7 +28,7 @@ from purchasepred.config import Config, PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
-from purchasepred.train import checkpoint as ckpt
+from purchasepred import checkpoint as ckpt
 from purchasepred.runs import load_model
 from purchasepred.train.trainer import Trainer, TrainSummary
 

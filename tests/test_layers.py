@@ -1,6 +1,6 @@
 """The package's layers point one way: a module imports only from its own layer or lower ones.
 
-cli -> pipeline -> train / export / runs / report -> eval -> models -> data -> base (errors, resources,
+cli -> pipeline -> train / export / report -> runs -> checkpoint -> eval -> models -> data -> base (errors, resources,
 fileio, console, config). The model embeds the data layer's feature schema (``data/features.py``),
 so models sit above data; the data layer never imports the model, nor torch.
 """
@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "purchasepred"
 
 LAYERS = {
     "purchasepred": 0, "errors": 0, "resources": 0, "fileio": 0, "console": 0, "config": 0,
-    "data": 1, "models": 2, "eval": 3, "train": 4, "export": 4, "runs": 4, "report": 4,
+    "data": 1, "models": 2, "eval": 3, "checkpoint": 4, "runs": 4, "train": 4, "export": 4, "report": 4,
     "pipeline": 5, "cli": 6, "__main__": 6,
 }
 

@@ -27,7 +27,7 @@ from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError, DatasetError, PurchasePredError
 from purchasepred.models.transformer import TransformerRecommender
-from purchasepred.train import checkpoint as ckpt
+from purchasepred import checkpoint as ckpt
 from purchasepred.runs import load_model
 from purchasepred.train.trainer import Trainer, TrainSummary, lr_at, param_groups
 from conftest import Payload

@@ -12,7 +12,6 @@ import hashlib
 import json
 from glob import escape as glob_escape
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from purchasepred.data.inputs import (
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
-from purchasepred.resources import sql_dir
+from purchasepred.resources import named_queries, sql_dir
 from purchasepred.fileio import sha256_file, to_json
 
 SCHEMA_VERSION = 1
@@ -56,7 +55,6 @@ OUTPUT_TABLES = (
     "sequences", "train_sequences", "rejects",
 )
 
-_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
 @dataclass
@@ -65,13 +63,6 @@ class PrepareSummary:
     manifest: dict[str, Any]
     seconds: float
     audits: dict[str, int] = field(default_factory=dict)
-
-
-def named_queries(filename: str) -> dict[str, str]:
-    """Split an aiosql-style file into ``{name: query}`` on ``-- name: x`` lines."""
-    text = (sql_dir() / filename).read_text()
-    parts = _NAME.split(text)
-    return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}
 
 
 def sql_hashes() -> dict[str, str]:

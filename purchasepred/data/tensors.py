@@ -17,7 +17,8 @@ import duckdb
 import numpy as np
 
 from purchasepred.data.inputs import duckdb_literal
-from purchasepred.data.prepare import load_manifest, named_queries
+from purchasepred.data.prepare import load_manifest
+from purchasepred.resources import named_queries
 from purchasepred.errors import DatasetError
 from purchasepred.data.features import FEATURES, FIRST_ID, PAD, Vocab
 

@@ -23,6 +23,7 @@ import duckdb
 import numpy as np
 
 from purchasepred.errors import InputError
+from purchasepred.resources import named_queries
 
 SPLITS = ("valid", "test")
 LONG_LOG_DAYS = 28.0
@@ -162,8 +163,6 @@ class LogFacts:
 
 
 def load_facts(con: duckdb.DuckDBPyConnection) -> LogFacts:
-    from purchasepred.data.prepare import named_queries  # prepare imports this module
-
     q = named_queries("windows.sql")
     first_us, last_us = con.execute(q["bounds"]).fetchone()
     users = con.execute(q["users"]).fetchnumpy()

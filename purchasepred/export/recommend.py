@@ -20,7 +20,7 @@ import torch
 from purchasepred.config import Config
 from purchasepred.data.features import FIRST_ID
 from purchasepred.data.inputs import duckdb_literal
-from purchasepred.data.prepare import named_queries
+from purchasepred.resources import named_queries
 from purchasepred.data.tensors import PreparedData, reader_connection
 from purchasepred.errors import PurchasePredError
 from purchasepred.fileio import atomic_path, check_new_output, make_parents, remove_empty

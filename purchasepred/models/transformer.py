@@ -30,7 +30,7 @@ from purchasepred.data.features import (
 from purchasepred.models.losses import full_log_prob, mean_nll, sampled_log_prob
 
 N_RECENCY = 26  # floor(log2(1 + seconds)), capped
-SIDE_FEATURES = ("brand_idx", "category_idx", "event_type_id", "price_bucket", "hour_id", "weekday_id", "gap_bucket")
+SIDE_FEATURES = tuple(f for f in FEATURES if f != "item_idx")  # embedded together by one fused lookup
 NEG = -1e4  # "impossible" log-weight: finite, so that gradients stay finite where a row has no history
 
 

@@ -33,7 +33,7 @@ import yaml
 from purchasepred import __version__
 from purchasepred.config import Config
 from purchasepred.data.inputs import duckdb_literal
-from purchasepred.data.prepare import named_queries
+from purchasepred.resources import named_queries
 from purchasepred.errors import PurchasePredError
 from purchasepred.fileio import atomic_write_bytes, check_new_output, make_parents
 from purchasepred.report import figures as figs

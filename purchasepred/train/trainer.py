@@ -44,7 +44,7 @@ from purchasepred.fileio import atomic_write_text, sha256_file, write_json
 from purchasepred.models.batching import trim_padding
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.runs import pick_device, run_paths
-from purchasepred.train import checkpoint as ckpt
+from purchasepred import checkpoint as ckpt
 from purchasepred.train import distributed
 
 LOG_EVERY = 10  # steps between progress reports (each one syncs with the device)
