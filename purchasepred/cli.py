@@ -118,6 +118,16 @@ class SynthSchema(str, Enum):
     competition = "competition"
 
 
+class InputSchema(str, Enum):
+    """prepare --schema: the input presets (config.SchemaName, purchasepred.data.inputs.PRESETS)."""
+
+    rees46 = "rees46"
+    competition = "competition"
+    retailrocket = "retailrocket"
+    taobao = "taobao"
+    tianchi = "tianchi"
+
+
 class Split(str, Enum):
     test = "test"
     valid = "valid"
@@ -264,8 +274,10 @@ def prepare(
     max_len: Annotated[Optional[int], typer.Option(help="Events per sequence." + default("prepare.max_len"))] = None,
     min_item_count: Annotated[Optional[int], typer.Option(help="Items seen fewer times become 'unknown'." + default("prepare.min_item_count"))] = None,
     eval_days: Annotated[Optional[str], typer.Option(help=EVAL_DAYS_HELP + default("prepare.eval_days"))] = None,
-    memory_limit: Annotated[Optional[str], typer.Option(help="DuckDB memory limit, e.g. 1GB (spills to disk beyond)." + default("prepare.memory_limit"))] = None,
+    memory_limit: Annotated[Optional[str], typer.Option(help="DuckDB memory limit: a share of RAM such as 50% or a size such as 1GB; spills to --temp-dir beyond." + default("prepare.memory_limit"))] = None,
     threads: Annotated[Optional[int], typer.Option(help="DuckDB threads \\[default: all cores].")] = None,
+    temp_dir: Annotated[Optional[Path], typer.Option(help="Folder for DuckDB's spill files \\[default: a hidden folder next to --out].")] = None,
+    schema: Annotated[Optional[InputSchema], typer.Option(help="Input preset (rees46 and competition are also detected by header); map any other log with --set input.user=COLUMN ... (README: input mapping).")] = None,
     force: ForceOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -275,6 +287,7 @@ def prepare(
     """Turn a raw event log into sessionized, encoded sequence tables (SQL files run in DuckDB).
 
     Example: purchasepred prepare 'logs/2019-Oct*.csv.gz' --out prepared --eval-days 7
+    Example: purchasepred prepare UserBehavior.csv --schema taobao --out prepared
     """
     from purchasepred.config import load_config
     from purchasepred.data.prepare import prepare as run_prepare
@@ -283,13 +296,16 @@ def prepare(
         "prepare.session_gap_minutes": session_gap, "prepare.max_len": max_len,
         "prepare.min_item_count": min_item_count, "prepare.eval_days": eval_days,
         "prepare.memory_limit": memory_limit, "prepare.threads": threads,
+        "prepare.temp_dir": str(temp_dir) if temp_dir is not None else None, "input.schema": _value(schema),
     }, set_)
     ui.info(f"prepare settings: {cfg.prepare}")
+    ui.info(f"input mapping: { {k: v for k, v in vars(cfg.input).items() if v is not None} or 'detected from the header'}")
     trained = runs_trained_on(cfg, out) if force and out.exists() else []
     created = [] if out.exists() else make_parents(out)
     try:
         with ui.steps("prepare") as step:
-            summary = run_prepare(raw, out, cfg.prepare, force=force, step=step, need_buyers_in=("valid",))
+            summary = run_prepare(raw, out, cfg.prepare, force=force, step=step, need_buyers_in=("valid",),
+                                  input_cfg=cfg.input)
     except BaseException:
         remove_empty(created)  # nothing partial: not even the empty parent folders of --out
         raise
@@ -315,6 +331,9 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
         ("rejected", m["rows_rejected"]),
     ]
     rows += [(f"  rejected: {reason}", n) for reason, n in m["rejects_by_reason"].items()]
+    if m.get("rows_ignored"):
+        rows.append(("ignored (by the mapping)", m["rows_ignored"]))
+        rows += [(f"  ignored: {value}", n) for value, n in m["ignored_by_value"].items()]
     vpp = m["views_per_purchase"]
     rows += [
         ("exact duplicates removed", m["rows_duplicate"]),
@@ -333,6 +352,8 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     for split, w in m["windows"].items():
         rows.append((f"window {split}", f"{_when(w['window_start'])} .. {_when(w['window_end'])}  "
                      f"users with inputs {w['n_users_with_inputs']:,}, buyers {w['n_users_with_purchases']:,}"))
+    rows += [(f"  step {s['step']}", f"{s['seconds']:.2f} s" + (f", {s['rows']:,} rows" if s["rows"] is not None else ""))
+             for s in m.get("steps", [])]
     rows.append(("seconds", f"{seconds:.1f}"))
     return ui.summary_table(f"prepare -> {out}", rows)
 

@@ -34,11 +34,62 @@ class PrepareConfig:
     """Length in days of the test window (the last days of the log) and of the valid window before it.
     auto: 7 on a log of several weeks, else a proportionate window in which valid and test hold buyers
     with earlier events (prepare prints the choice and why; manifest.json records it)."""
-    memory_limit: str | None = "1GB"
-    """DuckDB memory limit such as '2GB'; DuckDB spills to disk beyond it (None: DuckDB's 80% of RAM).
-    1GB keeps an 8M-row prepare under 2 GB of peak RSS; raise it for speed on large machines."""
+    memory_limit: str | None = "50%"
+    """DuckDB memory limit: a share of this machine's RAM such as '50%', or a size such as '1GB'; DuckDB
+    spills to temp_dir beyond it (None: DuckDB's own 80% of RAM). '1GB' keeps peak RSS under 2 GB."""
     threads: int | None = None
     """DuckDB threads (default: all cores)."""
+    temp_dir: str | None = None
+    """Folder for DuckDB's spill files (default: a hidden folder next to --out, removed afterwards)."""
+
+
+SchemaName = Literal["rees46", "competition", "retailrocket", "taobao", "tianchi"]
+
+
+@dataclass
+class InputConfig:
+    """How a store's own event log maps onto the canonical columns (the ``input:`` section).
+
+    Unset keys come from the preset (``schema``, or the REES46 forms detected by their header)."""
+
+    schema: SchemaName | None = None
+    """Preset: rees46, competition (both detected by header when unset), retailrocket, taobao, tianchi."""
+    user: str | None = None
+    """Column of the user id (required)."""
+    item: str | None = None
+    """Column of the item id (required)."""
+    time: str | None = None
+    """Column of the event time (required); how it is written: time_format."""
+    event_type: str | None = None
+    """Column of the event type (required); its raw values: view, cart, remove_from_cart, purchase."""
+    session: str | None = None
+    """Column of a session id (optional; sessions are also cut by the inactivity gap)."""
+    category: str | None = None
+    """Column of a category id (optional)."""
+    category_code: str | None = None
+    """Column of a category name such as 'electronics.smartphone' (optional)."""
+    brand: str | None = None
+    """Column of the brand (optional)."""
+    price: str | None = None
+    """Column of the price (optional)."""
+    time_format: str | None = None
+    """iso (ISO 8601 text, time zone optional), unix_s, unix_ms, or a strptime format such as '%Y-%m-%d %H'."""
+    view: list[str] | None = None
+    """Raw event values that mean a view (any case)."""
+    cart: list[str] | None = None
+    """Raw event values that mean add-to-cart."""
+    purchase: list[str] | None = None
+    """Raw event values that mean a purchase."""
+    remove_from_cart: list[str] | None = None
+    """Raw event values that mean remove-from-cart."""
+    ignore: list[str] | None = None
+    """Raw event values left out and counted (rows_ignored); any other unmapped value is a reject."""
+    delimiter: str | None = None
+    """Field delimiter of CSV files (default ',')."""
+    header: bool | None = None
+    """Whether CSV files start with a header line (default true)."""
+    columns: list[str] | None = None
+    """Column names, in file order, of CSV files without a header."""
 
 
 @dataclass
@@ -130,6 +181,7 @@ class ExportConfig:
 @dataclass
 class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

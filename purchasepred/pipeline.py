@@ -269,7 +269,8 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
             generate(demo, rows=rows, views_per_purchase=60.0, days=30, seed=cfg.train.seed)
             inputs = [str(demo)]
         hooks.stage("prepare")
-        prep = prepare(inputs, prepared, cfg.prepare, force=False, need_buyers_in=("valid", "test"))  # run scores test
+        prep = prepare(inputs, prepared, cfg.prepare, force=False, need_buyers_in=("valid", "test"),
+                       input_cfg=cfg.input)  # run scores test
         n_items = prep.manifest["n_items"]
         if n_items < cfg.export.k:  # export would refuse it, after training: say so now
             raise DatasetError(f"{prepared} has {n_items} items with an id, fewer than the {cfg.export.k} recommendations "

@@ -1,60 +1,31 @@
--- load_csv: read one raw CSV (.csv or .csv.gz) with explicit VARCHAR columns, no type sniffing.
--- inputs: the file getvariable('input_path'); its header, lower-cased and mapped to canonical names
---   by the runner, as the struct getvariable('input_columns') (item_id is renamed product_id).
--- outputs: rows appended to raw_input; lines with the wrong field count or invalid UTF-8 appended
---   to raw_rejects with their line number (one reject per line, whatever the number of errors).
--- parameters: input_path (recorded in rejects), input_glob (the same path with glob characters
---   escaped, for the reader), input_columns.
-insert into raw_input by name
-with parsed as (
-    select *
-    from read_csv(
-        getvariable('input_glob'),
-        header = true,
-        auto_detect = false,
-        delim = ',',
-        quote = '"',
-        escape = '"',
-        columns = getvariable('input_columns'),
-        store_rejects = true,
-        rejects_table = 'load_reject_errors',
-        rejects_scan = 'load_reject_scans'
-    )
-),
+-- load_csv: read one raw CSV (.csv or .csv.gz) with explicit VARCHAR columns (no type sniffing), and
+-- type and validate every record in the same pass.
+-- inputs: the file getvariable('input_glob'); input_columns, a struct naming the file's columns in
+--   file order: mapped ones by their canonical name (event_time, event_type, product_id, category_id,
+--   category_code, brand, price, user_id, user_session), the others extra_column_N.
+-- outputs: rows appended to staged (typed; rejected and ignored records keep their raw text);
+--   lines with the wrong field count or invalid UTF-8 appended to raw_rejects with their line number.
+-- parameters: input_file_no, input_path (recorded in rejects), input_glob (the same path with glob
+--   characters escaped, for the reader), input_columns, input_names (the struct's names), input_header,
+--   input_delimiter, and those of the parsing macros of 00_setup.sql.
+create or replace temp view input_records as
+select *, row_number() over () as record_no  -- file order: the reader preserves it
+from read_csv(
+    getvariable('input_glob'),
+    header = getvariable('input_header'),
+    auto_detect = false,
+    delim = getvariable('input_delimiter'),
+    quote = '"',
+    escape = '"',
+    columns = getvariable('input_columns'),
+    store_rejects = true,
+    rejects_table = 'load_reject_errors',
+    rejects_scan = 'load_reject_scans'
+);
 
-numbered as (
-    select *, row_number() over () as record_no
-    from parsed
-),
+insert into staged by name
+select * from typed_records('input_records');
 
-template as (
-    -- optional columns: present as NULL when the file lacks them (competition export: no category_id)
-    select
-        null::varchar as category_id,
-        null::varchar as category_code,
-        null::varchar as brand,
-        null::varchar as price,
-        null::varchar as user_session
-    where false
-),
-
-final as (
-    select
-        getvariable('input_path') as file_path,
-        record_no,
-        event_time,
-        event_type,
-        product_id,
-        category_id,
-        category_code,
-        brand,
-        price,
-        user_id,
-        user_session
-    from (select * from template union all by name select * from numbered)
-)
-
-select * from final;
 
 insert into raw_rejects
 select

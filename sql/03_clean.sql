@@ -1,67 +1,60 @@
--- clean: remove exact duplicate events, collapse consecutive repeats of the same view, and order
--- each user's events.
--- inputs: loaded.
--- outputs: clean (grain: one distinct event; copies = how many identical raw rows it stood for).
---   is_repeat_view marks a view that directly repeats the user's previous view of the same item in
---   the same session (collapsed: counted, then left out of sessionized). seq is the 1-based position
---   of a kept event in its user's history, ordered by time and then by every other column (a total
---   order, so the result does not depend on file order or thread count).
--- parameters: session_gap_seconds (a repeated view after a longer gap is a new visit, kept).
+-- clean: the one sort of prepare. Each user's events in a total order (time, then every other
+-- column, so that the result does not depend on file order or thread count); exact duplicates, which
+-- that order puts next to each other, removed; consecutive repeats of the same view flagged. Later
+-- steps read this table in its stored order (streaming window passes, no further sort of the events
+-- until the final order by their integer ids).
+-- inputs: staged (its valid events: reject_reason is NULL).
+-- outputs: clean (grain: one distinct event, stored in the order above; exact duplicates are left out
+--   and counted as the difference to staged's valid events). is_user_start marks a user's first event;
+--   is_repeat_view a view that directly repeats the user's previous event, a view of the same item in
+--   the same session within the gap (collapsed: counted, then left out of sessionized).
+-- parameters: session_gap_seconds.
 create or replace table clean as
-with deduped as (
+with valid as (
     select
-        event_at, event_type, item_key, user_key, session_key, category_key, category_code, brand, price,
-        count(*) as copies
-    from loaded
-    group by all
+        user_key, event_at, event_type_id, item_key, session_key, category_key, category_code, brand, price,
+        -- ties at the same time: view, cart, remove_from_cart, purchase
+        case event_type_id when view_id() then 1 when cart_id() then 2 when remove_from_cart_id() then 3 else 4 end
+            as type_rank
+    from staged
+    where reject_reason is null
 ),
 
 ordered as (
-    select
-        *,
-        case event_type when 'view' then 1 when 'cart' then 2 when 'remove_from_cart' then 3 else 4 end
-            as type_rank
-    from deduped
+    select *
+    from valid
+    order by user_key, event_at, type_rank, item_key, session_key nulls first, category_key nulls first,
+        category_code nulls first, brand nulls first, price nulls first
 ),
 
 with_previous as (
+    -- a streaming pass over the sorted rows: the previous row, whoever's it is
     select
         *,
-        lag(event_type) over w as prev_type,
-        lag(item_key) over w as prev_item,
-        lag(session_key) over w as prev_session,
-        lag(event_at) over w as prev_at
+        lag({
+            user_key: user_key, event_at: event_at, event_type_id: event_type_id, item_key: item_key,
+            session_key: session_key, category_key: category_key, category_code: category_code, brand: brand,
+            price: price
+        }) over () as prev
     from ordered
-    window w as (
-        partition by user_key
-        order by event_at, type_rank, item_key, session_key nulls first, category_key nulls first,
-            category_code nulls first, brand nulls first, price nulls first
-    )
-),
-
-flagged as (
-    select
-        *,
-        coalesce(
-            event_type = 'view' and prev_type = 'view' and item_key = prev_item
-            and session_key is not distinct from prev_session
-            and epoch(event_at) - epoch(prev_at) <= getvariable('session_gap_seconds'),
-            false  -- a user's first event has no previous one: never a repeat (not NULL)
-        ) as is_repeat_view
-    from with_previous
 ),
 
 final as (
     select
-        user_key,
-        row_number() over (
-            partition by user_key, is_repeat_view
-            order by event_at, type_rank, item_key, session_key nulls first, category_key nulls first,
-                category_code nulls first, brand nulls first, price nulls first
-        ) as seq,
-        event_at, event_type, item_key, session_key, category_key, category_code, brand, price, copies,
-        is_repeat_view
-    from flagged
+        user_key, event_at, event_type_id, item_key, session_key, category_key, category_code, brand, price,
+        prev.user_key is distinct from user_key as is_user_start,
+        coalesce(
+            prev.user_key = user_key and event_type_id = view_id() and prev.event_type_id = view_id()
+            and item_key = prev.item_key and session_key is not distinct from prev.session_key
+            and epoch(event_at) - epoch(prev.event_at) <= getvariable('session_gap_seconds'),
+            false  -- a user's first event has no previous one: never a repeat (not NULL)
+        ) as is_repeat_view
+    from with_previous
+    where prev is distinct from {
+        user_key: user_key, event_at: event_at, event_type_id: event_type_id, item_key: item_key,
+        session_key: session_key, category_key: category_key, category_code: category_code, brand: brand,
+        price: price
+    }
 )
 
 select * from final;

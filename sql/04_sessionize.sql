@@ -1,40 +1,77 @@
--- sessionize: a session is the raw user_session where present, split further (and created where
--- missing) by an inactivity gap.
+-- sessionize: positions, gaps and sessions of each user's kept events, in streaming window passes
+-- over clean's stored order (user, then time): no sort. A session is the raw user_session where
+-- present, split further (and created where missing) by an inactivity gap. Window sums run over all
+-- users at once; a user's own count is the running total minus its value before the user's first event.
 -- inputs: clean (collapsed repeat views left out).
--- outputs: sessionized (grain: one event; key user_key, seq) with gap_seconds since the user's
---   previous event, is_session_start and session_no (1-based within the user).
+-- outputs: sessionized (grain: one event; key user_idx, seq; in clean's order) with user_idx (users
+--   numbered in user_key order from first_id()), seq (1-based position in the user's history),
+--   gap_seconds since the user's previous event, is_session_start, session_no (1-based within the
+--   user), the user's next event (next_item_key, next_at) and running counts of purchases and carts
+--   over the whole table (purchase_no, cart_no): the user's next purchase after an event is the
+--   purchase numbered purchase_no + 1, if it is the same user's.
 -- parameters: session_gap_seconds.
 create or replace table sessionized as
-with events as (
+with kept as (
     select * from clean where not is_repeat_view
 ),
 
-with_previous as (
+running as (
     select
         *,
-        epoch(event_at) - epoch(lag(event_at) over w) as gap_seconds,
-        lag(session_key) over w as prev_session
-    from events
-    window w as (partition by user_key order by seq)
+        lag({user_key: user_key, event_at: event_at, session_key: session_key}) over () as prev,
+        lead({user_key: user_key, item_key: item_key, event_at: event_at}) over () as next,
+        sum(is_user_start::integer) over (rows between unbounded preceding and current row) as user_no,
+        count(*) over (rows between unbounded preceding and current row) as event_no,
+        sum((event_type_id = purchase_id())::integer) over (rows between unbounded preceding and current row)
+            as purchase_no,
+        sum((event_type_id = cart_id())::integer) over (rows between unbounded preceding and current row)
+            as cart_no
+    from kept
 ),
 
 flagged as (
     select
         *,
+        case when not is_user_start then epoch(event_at) - epoch(prev.event_at) end as gap_seconds,
         (
-            gap_seconds is null
-            or gap_seconds > getvariable('session_gap_seconds')
-            or session_key is distinct from prev_session
+            is_user_start
+            or epoch(event_at) - epoch(prev.event_at) > getvariable('session_gap_seconds')
+            or session_key is distinct from prev.session_key
         ) as is_session_start
-    from with_previous
+    from running
+),
+
+sessions as (
+    select
+        *,
+        sum(is_session_start::integer) over (rows between unbounded preceding and current row) as session_total,
+        max(case when is_user_start then event_no - 1 end) over (rows between unbounded preceding and current row)
+            as events_before_user
+    from flagged
+),
+
+numbered as (
+    select
+        *,
+        max(case when is_user_start then session_total - 1 end) over (rows between unbounded preceding and current row)
+            as sessions_before_user
+    from sessions
 ),
 
 final as (
     select
-        user_key, seq, event_at, event_type, item_key, session_key, category_key, category_code, brand,
-        price, gap_seconds, is_session_start,
-        sum(is_session_start::integer) over (partition by user_key order by seq)::integer as session_no
-    from flagged
+        user_key,
+        (user_no + first_id() - 1)::integer as user_idx,
+        event_no - events_before_user as seq,
+        event_at, event_type_id, item_key, session_key, category_key, category_code, brand, price,
+        gap_seconds,
+        is_session_start,
+        (session_total - sessions_before_user)::integer as session_no,
+        case when next.user_key = user_key then next.item_key end as next_item_key,
+        case when next.user_key = user_key then next.event_at end as next_at,
+        purchase_no,
+        cart_no
+    from numbered
 )
 
 select * from final;

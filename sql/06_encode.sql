@@ -1,5 +1,6 @@
 -- encode: one row per event with dense ids and the features the model reads.
--- inputs: sessionized, users, items, brands, categories.
+-- inputs: sessionized (user_idx, seq, sessions, next event, running purchase/cart numbers), items, brands,
+--   categories.
 -- outputs: events (grain: one event; key user_idx, seq; ordered by user_idx, seq, so that the files are byte-identical run to run):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
 --   price_bucket 1 unknown or zero, else 2 + floor(2 * log2(1 + price)) capped at 31;
@@ -9,60 +10,53 @@
 --   next purchase and next cart (item and time) after this event.
 -- parameters: none.
 create or replace table events as
-with joined as (
+with next_purchases as (
+    -- the user's next purchase after an event is the purchase numbered one more than its purchase_no
+    select s.user_idx, s.purchase_no, i.item_idx, epoch(s.event_at)::bigint as ts
+    from sessionized as s
+    join items as i on i.product_id = s.item_key
+    where s.event_type_id = purchase_id()
+),
+
+next_carts as (
+    select s.user_idx, s.cart_no, i.item_idx, epoch(s.event_at)::bigint as ts
+    from sessionized as s
+    join items as i on i.product_id = s.item_key
+    where s.event_type_id = cart_id()
+),
+
+joined as (
     select
-        u.user_idx,
+        s.user_idx,
         s.seq,
         s.event_at,
         epoch(s.event_at)::bigint as ts,
-        case s.event_type when 'view' then 1 when 'cart' then 2 when 'purchase' then 3 else 4 end::tinyint
-            as event_type_id,
+        s.event_type_id,
         i.item_idx,
         s.item_key as product_id,
-        coalesce(b.brand_idx, 1) as brand_idx,
-        coalesce(c.category_idx, 1) as category_idx,
-        case when s.price is null or s.price <= 0 then 1
+        coalesce(b.brand_idx, unknown_id()) as brand_idx,
+        coalesce(c.category_idx, unknown_id()) as category_idx,
+        case when s.price is null or s.price <= 0 then unknown_id()
             else least(2 + floor(2 * log2(1 + s.price)), 31) end::tinyint as price_bucket,
         (hour(s.event_at) + 1)::tinyint as hour_id,
         isodow(s.event_at)::tinyint as weekday_id,
-        case when s.gap_seconds is null then 1
+        case when s.gap_seconds is null then unknown_id()
             else least(2 + floor(log2(1 + s.gap_seconds)), 27) end::tinyint as gap_bucket,
         s.session_no,
-        s.is_session_start
+        s.is_session_start,
+        n.item_idx as next_item_idx,
+        epoch(s.next_at)::bigint as next_ts,
+        p.item_idx as next_purchase_item_idx,
+        p.ts as next_purchase_ts,
+        k.item_idx as next_cart_item_idx,
+        k.ts as next_cart_ts
     from sessionized as s
-    join users as u on u.user_id = s.user_key
     join items as i on i.product_id = s.item_key
+    left join items as n on n.product_id = s.next_item_key
     left join brands as b on b.brand = s.brand
     left join categories as c on c.category = coalesce(s.category_key, s.category_code)
-),
-
-with_next as (
-    -- the earliest later purchase (cart) of the user, found in the same window pass: structs
-    -- compare field by field, so the min over {seq, item, ts} is the next one, with its item and time
-    select
-        *,
-        lead(item_idx) over w as next_item_idx,
-        lead(ts) over w as next_ts,
-        min(case when event_type_id = 3 then {'seq': seq, 'item_idx': item_idx, 'ts': ts} end) over w_after
-            as next_purchase,
-        min(case when event_type_id = 2 then {'seq': seq, 'item_idx': item_idx, 'ts': ts} end) over w_after
-            as next_cart
-    from joined
-    window
-        w as (partition by user_idx order by seq),
-        w_after as (partition by user_idx order by seq rows between 1 following and unbounded following)
-),
-
-final as (
-    select
-        user_idx, seq, event_at, ts, event_type_id, item_idx, product_id, brand_idx,
-        category_idx, price_bucket, hour_id, weekday_id, gap_bucket, session_no,
-        is_session_start, next_item_idx, next_ts,
-        next_purchase.item_idx as next_purchase_item_idx,
-        next_purchase.ts as next_purchase_ts,
-        next_cart.item_idx as next_cart_item_idx,
-        next_cart.ts as next_cart_ts
-    from with_next
+    left join next_purchases as p on p.user_idx = s.user_idx and p.purchase_no = s.purchase_no + 1
+    left join next_carts as k on k.user_idx = s.user_idx and k.cart_no = s.cart_no + 1
 )
 
-select * from final order by user_idx, seq;
+select * from joined order by user_idx, seq;

@@ -44,7 +44,7 @@ with purchases as (
     select w.split, e.user_idx, e.product_id, e.item_idx, e.event_at
     from events as e
     join windows as w on e.event_at >= w.window_start and e.event_at < w.window_end
-    where e.event_type_id = 3
+    where e.event_type_id = purchase_id()
 ),
 
 final as (

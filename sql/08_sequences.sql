@@ -123,16 +123,16 @@ targeted as (
     select
         *,
         (last_seq - seq) // getvariable('max_len') as chunk,
-        case when next_ts < start_ts then coalesce(next_item_idx, 0) else 0 end as next_target,
+        case when next_ts < start_ts then coalesce(next_item_idx, pad_id()) else pad_id() end as next_target,
         case
             when next_purchase_ts < start_ts and next_purchase_ts - ts <= getvariable('eval_seconds')
                 then next_purchase_item_idx
-            else 0
+            else pad_id()
         end as purchase_target,
         case
             when next_cart_ts < start_ts and next_cart_ts - ts <= getvariable('eval_seconds')
                 then next_cart_item_idx
-            else 0
+            else pad_id()
         end as cart_target
     from history
 ),
@@ -152,7 +152,8 @@ grouped as (
         }), 'ASC') as steps
     from targeted
     group by user_idx, chunk
-    having sum((next_target > 0)::integer + (purchase_target > 0)::integer + (cart_target > 0)::integer) > 0
+    having sum((next_target <> pad_id())::integer + (purchase_target <> pad_id())::integer
+        + (cart_target <> pad_id())::integer) > 0
 ),
 
 final as (

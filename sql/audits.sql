@@ -6,10 +6,10 @@ select user_idx, seq, count(*) as n from events group by user_idx, seq having co
 
 -- name: events_ids_in_range
 select e.* from events as e
-where e.user_idx < 2 or e.user_idx > (select max(user_idx) from users)
-    or e.item_idx < 1 or e.item_idx > (select max(item_idx) from items)
-    or e.brand_idx < 1 or e.category_idx < 1
-    or e.event_type_id not between 1 and 4;
+where e.user_idx < first_id() or e.user_idx > (select max(user_idx) from users)
+    or e.item_idx < unknown_id() or e.item_idx > (select max(item_idx) from items)
+    or e.brand_idx < unknown_id() or e.category_idx < unknown_id()
+    or event_type_name(e.event_type_id) is null;
 
 -- name: sequences_unique_key
 select split, user_idx, count(*) from sequences group by split, user_idx having count(*) > 1;
@@ -36,12 +36,12 @@ where len(item_idx) <> getvariable('max_len') or len(purchase_target) <> getvari
 
 -- name: padding_only_on_left
 select split, user_idx from sequences
-where list_count(list_filter(item_idx[getvariable('max_len') - least(n_events, getvariable('max_len')) + 1:], lambda x: x = 0)) > 0
-    or list_count(list_filter(item_idx[:getvariable('max_len') - least(n_events, getvariable('max_len'))], lambda x: x <> 0)) > 0
+where list_count(list_filter(item_idx[getvariable('max_len') - least(n_events, getvariable('max_len')) + 1:], lambda x: x = pad_id())) > 0
+    or list_count(list_filter(item_idx[:getvariable('max_len') - least(n_events, getvariable('max_len'))], lambda x: x <> pad_id())) > 0
 union all
 select 'train', user_idx from train_sequences
-where list_count(list_filter(item_idx[getvariable('max_len') - n_events + 1:], lambda x: x = 0)) > 0
-    or list_count(list_filter(item_idx[:getvariable('max_len') - n_events], lambda x: x <> 0)) > 0;
+where list_count(list_filter(item_idx[getvariable('max_len') - n_events + 1:], lambda x: x = pad_id())) > 0
+    or list_count(list_filter(item_idx[:getvariable('max_len') - n_events], lambda x: x <> pad_id())) > 0;
 
 -- name: every_event_maps_back
 select e.user_idx, e.seq from events as e

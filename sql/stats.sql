@@ -2,17 +2,18 @@
 
 -- name: counts
 select
-    (select count(*) from raw_input) + (select count(*) from raw_rejects) as rows_read,
+    (select count(*) from staged) + (select count(*) from raw_rejects) as rows_read,
     (select count(*) from rejects) as rows_rejected,
-    (select count(*) from loaded) - (select count(*) from clean) as rows_duplicate,
+    (select count(*) from staged where reject_reason = 'ignored') as rows_ignored,
+    (select count(*) from staged where reject_reason is null) - (select count(*) from clean) as rows_duplicate,
     (select count(*) from clean) as rows_kept,
     (select count(*) from clean where is_repeat_view) as rows_collapsed,
     (select count(*) from events) as n_events,
     (select count(*) from users) as n_users,
     (select count(*) from items) as n_raw_items,
-    (select coalesce(max(item_idx), 1) - 1 from items) as n_items,
-    (select coalesce(max(brand_idx), 1) - 1 from brands) as n_brands,
-    (select coalesce(max(category_idx), 1) - 1 from categories) as n_categories,
+    (select coalesce(max(item_idx), unknown_id()) - unknown_id() from items) as n_items,
+    (select coalesce(max(brand_idx), unknown_id()) - unknown_id() from brands) as n_brands,
+    (select coalesce(max(category_idx), unknown_id()) - unknown_id() from categories) as n_categories,
     (select count(*) from events where is_session_start) as n_sessions,
     (select min(event_at) from events)::varchar as first_event_at,
     (select max(event_at) from events)::varchar as last_event_at,
@@ -21,10 +22,12 @@ select
 -- name: rejects_by_reason
 select reason, count(*) as n from rejects group by reason order by n desc, reason;
 
+-- name: ignored_by_value
+select ignored_value as value, count(*) as n from staged where reject_reason = 'ignored' group by 1 order by n desc, 1;
+
 -- name: events_by_type
 select
-    case event_type_id when 1 then 'view' when 2 then 'cart' when 3 then 'purchase' else 'remove_from_cart' end
-        as event_type,
+    event_type_name(event_type_id) as event_type,
     count(*) as n
 from events group by 1 order by 1;
 

@@ -92,15 +92,15 @@ def test_counts_add_up(tiny_prepared: prep.PrepareSummary) -> None:
 
 def test_load_keeps_every_line(tiny_db: duckdb.DuckDBPyConnection) -> None:
     # 23 lines split into the header's fields, one (line 17, eight fields) could not be
-    assert rows(tiny_db, "select count(*) from raw_input") == [(23,)]
+    assert rows(tiny_db, "select count(*) from staged") == [(23,)]
     assert rows(tiny_db, "select file_path, line, reason, raw from raw_rejects") == [
         (str(TINY), 17, "wrong field count",
          "2019-10-02 10:00:00 UTC,view,1001,2053013555631882655,electronics.smartphone,apple,100.00,200"),
     ]
     # record numbers count the parsed records in file order, without gaps
-    assert rows(tiny_db, "select min(record_no), max(record_no), count(distinct record_no) from raw_input") == [(1, 23, 23)]
+    assert rows(tiny_db, "select min(record_no), max(record_no), count(distinct record_no) from staged") == [(1, 23, 23)]
     # category_id is read as text: all 19 digits survive
-    assert rows(tiny_db, "select distinct category_id from raw_input where category_id is not null order by 1") == [
+    assert rows(tiny_db, "select distinct category_key from staged where category_key is not null order by 1") == [
         (CAT_PHONE,), (CAT_OTHER,),
     ]
 
@@ -125,7 +125,12 @@ def test_rejects_have_reason_and_line(tiny_db: duckdb.DuckDBPyConnection) -> Non
 
 
 def test_validate_types_the_valid_rows(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    # typed while read: the valid records of staged
+    tiny_db.execute("create view loaded as select * from staged where reject_reason is null")
     assert rows(tiny_db, "select count(*) from loaded") == [(19,)]  # 23 parsed - 4 invalid
+    assert rows(tiny_db, "select reject_reason, count(*) from staged group by 1 order by 1") == [
+        ("missing user_id", 1), ("negative price", 1), ("unknown event_type", 1), ("unparseable event_time", 1), (None, 19),
+    ]
     # a time without the " UTC" suffix is read as UTC too
     assert rows(tiny_db, "select event_at from loaded where user_key = '200' and item_key = '1003' order by 1") == [
         (datetime(2019, 10, 2, 9, 0),), (datetime(2019, 10, 2, 9, 50),),
@@ -138,21 +143,24 @@ def test_validate_types_the_valid_rows(tiny_db: duckdb.DuckDBPyConnection) -> No
 
 
 def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.DuckDBPyConnection) -> None:
-    assert rows(tiny_db, "select count(*), sum(copies) from clean") == [(18, 19)]
-    assert rows(tiny_db, "select user_key, event_type, item_key, event_at, copies from clean where copies > 1") == [
-        ("100", "cart", "1001", datetime(2019, 10, 1, 10, 2), 2),
+    # 19 valid rows, one exact duplicate (the cart of line 5) left out
+    assert rows(tiny_db, "select count(*) from clean") == [(18,)]
+    assert rows(tiny_db, "select user_key, item_key, event_at from clean where event_type_id = 2") == [
+        ("100", "1001", datetime(2019, 10, 1, 10, 2)),
     ]
     assert rows(tiny_db, "select user_key, item_key, event_at from clean where is_repeat_view") == [
         ("100", "1001", datetime(2019, 10, 1, 10, 1)),
     ]
     # not collapsed: the same item again after another item (user 300), or 21 hours later (user 400),
     # and a user's first event with no user_session (user 200)
-    assert rows(tiny_db, "select count(*) from clean where user_key = '300' and item_key = '1003' and event_type = 'view'") == [(2,)]
+    assert rows(tiny_db, "select count(*) from clean where user_key = '300' and item_key = '1003' and event_type_id = 1") == [(2,)]
     assert rows(tiny_db, "select count(*) from clean where user_key = '400' and not is_repeat_view") == [(2,)]
-    assert rows(tiny_db, "select event_at from clean where user_key = '200' and seq = 1 and not is_repeat_view") == [
+    assert rows(tiny_db, "select event_at from clean where user_key = '200' and is_user_start") == [
         (datetime(2019, 10, 2, 9, 0),),
     ]
-    assert rows(tiny_db, "select count(*) from clean where is_repeat_view is null") == [(0,)]
+    assert rows(tiny_db, "select count(*) from clean where is_repeat_view is null or is_user_start is null") == [(0,)]
+    # stored in the one order every later step reads: user, then time
+    assert rows(tiny_db, "select list(user_key) = list_sort(list(user_key)) from clean") == [(True,)]
 
 
 def test_sessionize_splits_by_gap_and_session_id(tiny_db: duckdb.DuckDBPyConnection) -> None:
@@ -352,6 +360,7 @@ def test_run_order_matches_sql_files() -> None:
 def test_audits_pass_on_synthetic_data(synth_prepared: prep.PrepareSummary) -> None:
     assert synth_prepared.audits == {name: 0 for name in named_queries("audits.sql")}
     con = open_prepared(synth_prepared.out)
+    con.execute((sql_dir() / "00_setup.sql").read_text())  # the id conventions the audits use
     con.execute("set variable max_len = ?", [SYNTH_CFG.max_len])
     for name, query in named_queries("audits.sql").items():
         assert con.execute(query).fetchall() == [], name
@@ -360,6 +369,7 @@ def test_audits_pass_on_synthetic_data(synth_prepared: prep.PrepareSummary) -> N
 def test_audits_catch_broken_data(synth_prepared: prep.PrepareSummary) -> None:
     """The audits are not vacuous: tampered tables make them return rows."""
     con = open_prepared(synth_prepared.out)
+    con.execute((sql_dir() / "00_setup.sql").read_text())
     con.execute("set variable max_len = ?", [SYNTH_CFG.max_len])
     audits = named_queries("audits.sql")
     for view in ("events", "sequences", "truth"):

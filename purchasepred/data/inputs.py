@@ -1,6 +1,7 @@
-"""Find and check raw input files before DuckDB reads them.
+"""Find and check raw input files, and map their columns and event values, before DuckDB reads them.
 
-Each problem becomes one :class:`InputError` line naming the file and what to do.
+A file's mapping is a preset (``--schema NAME``, or detected from the header for the two REES46
+forms) overlaid with the keys of the config's ``input:`` section. Each problem becomes one :class:`InputError` line naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -13,25 +14,69 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
+from purchasepred.config import InputConfig, SchemaName
 from purchasepred.errors import InputError
 
-REQUIRED = ("event_time", "event_type", "product_id", "user_id")
-OPTIONAL = ("category_id", "category_code", "brand", "price", "user_session")
-ITEM_ALIASES = {"item_id": "product_id"}
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv.gz", ".gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
+# The canonical columns every later step sees, keyed by the mapping's field name (``input.<field>``).
+CANONICAL = {
+    "time": "event_time",
+    "event_type": "event_type",
+    "item": "product_id",
+    "category": "category_id",
+    "category_code": "category_code",
+    "brand": "brand",
+    "price": "price",
+    "user": "user_id",
+    "session": "user_session",
+}
+REQUIRED_FIELDS = ("user", "item", "time", "event_type")
+# canonical event names in the order of their ids (1 view, 2 cart, 3 purchase, 4 remove_from_cart;
+# sql/00_setup.sql defines the same ids for SQL)
+EVENTS = ("view", "cart", "purchase", "remove_from_cart")
+TIME_FORMATS = ("iso", "unix_s", "unix_ms")
 
-@dataclass(frozen=True)
-class InputFile:
-    path: Path
-    format: Literal["csv", "parquet"]
-    schema: Literal["rees46", "competition"]
-    columns: tuple[str, ...]
-    """Canonical, lower-cased column names in file order (extra columns keep their own names)."""
-    size: int
+_REES46 = {
+    "time": "event_time", "event_type": "event_type", "item": "product_id", "category": "category_id",
+    "category_code": "category_code", "brand": "brand", "price": "price", "user": "user_id",
+    "session": "user_session", "time_format": "iso", "view": ["view"], "cart": ["cart"],
+    "purchase": ["purchase"], "remove_from_cart": ["remove_from_cart"], "ignore": [], "delimiter": ",",
+    "header": True, "columns": None,
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    # REES46 "multi category store" (Kaggle); told apart from the next one by its header
+    "rees46": _REES46,
+    # the competition export of it: item_id, no category_id
+    "competition": {**_REES46, "item": "item_id", "category": None},
+    # RetailRocket events.csv: timestamp (ms),visitorid,event,itemid,transactionid
+    "retailrocket": {
+        **_REES46, "time": "timestamp", "event_type": "event", "item": "itemid", "user": "visitorid",
+        "category": None, "category_code": None, "brand": None, "price": None, "session": None,
+        "time_format": "unix_ms", "view": ["view"], "cart": ["addtocart"], "purchase": ["transaction"],
+        "remove_from_cart": [],
+    },
+    # Taobao UserBehavior.csv (Tianchi 649): no header; pv/cart/fav/buy; unix seconds. fav is ignored
+    "taobao": {
+        **_REES46, "time": "timestamp", "event_type": "behavior_type", "item": "item_id", "user": "user_id",
+        "category": "category_id", "category_code": None, "brand": None, "price": None, "session": None,
+        "time_format": "unix_s", "view": ["pv"], "cart": ["cart"], "purchase": ["buy"], "remove_from_cart": [],
+        "ignore": ["fav"], "header": False,
+        "columns": ["user_id", "item_id", "category_id", "behavior_type", "timestamp"],
+    },
+    # Tianchi mobile recommendation 2014: behavior_type 1 browse, 2 favourite (ignored), 3 cart, 4 buy;
+    # time to the hour
+    "tianchi": {
+        **_REES46, "time": "time", "event_type": "behavior_type", "item": "item_id", "user": "user_id",
+        "category": "item_category", "category_code": None, "brand": None, "price": None, "session": None,
+        "time_format": "%Y-%m-%d %H", "view": ["1"], "cart": ["3"], "purchase": ["4"], "remove_from_cart": [],
+        "ignore": ["2"],
+    },
+}
+MAPPING_KEYS = tuple(_REES46)
 
 
 def expand(raw: list[str]) -> list[Path]:
@@ -69,25 +114,145 @@ def _open_text_head(path: Path, n_bytes: int = 1 << 16) -> bytes:
 
 
 def _canonical(name: str) -> str:
-    name = name.strip().strip('"').strip().lower()
-    return ITEM_ALIASES.get(name, name)
+    """A header name as the mapping matches it: trimmed, unquoted, lower case."""
+    return name.strip().strip('"').strip().lower()
 
 
-def _schema(columns: tuple[str, ...], raw_names: list[str], path: Path) -> Literal["rees46", "competition"]:
-    missing = [c for c in REQUIRED if c not in columns]
-    if missing:
-        shown = ["product_id (or item_id)" if c == "product_id" else c for c in missing]
+@dataclass(frozen=True)
+class Mapping:
+    """How one file's columns and event values become the canonical columns."""
+
+    schema: str
+    """The preset it starts from ("custom" when none)."""
+    columns: dict[str, str]
+    """Canonical column -> the file's own column name, for every mapped column the file has."""
+    time_format: str
+    events: dict[str, str]
+    """Raw event value (lower case) -> canonical event name, or "ignore"."""
+    delimiter: str
+    header: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "columns": self.columns, "time_format": self.time_format,
+                "events": self.events, "delimiter": self.delimiter, "header": self.header}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    format: Literal["csv", "parquet"]
+    schema: str
+    names: tuple[str, ...]
+    """The file's own column names in file order (from its header, or input.columns)."""
+    mapping: Mapping
+    size: int
+
+
+def check_input_config(icfg: InputConfig) -> None:
+    """Problems of the mapping that do not depend on a file: one InputError listing them all."""
+    problems = []
+    if icfg.schema is not None and icfg.schema not in PRESETS:
+        problems.append(f"input.schema {icfg.schema!r} is not a preset; choose one of {', '.join(PRESETS)}")
+    fmt = icfg.time_format
+    if fmt is not None and fmt not in TIME_FORMATS and "%" not in fmt:
+        problems.append(f"input.time_format {fmt!r} is not iso, unix_s, unix_ms or a strptime format such as '%Y-%m-%d %H:%M'")
+    if icfg.delimiter is not None and len(icfg.delimiter) != 1:
+        problems.append(f"input.delimiter must be one character, got {icfg.delimiter!r} (a tab is \"\\t\")")
+    seen: dict[str, str] = {}
+    for event in (*EVENTS, "ignore"):
+        for value in getattr(icfg, event) or []:
+            key = str(value).strip().lower()
+            if key in seen and seen[key] != event:
+                problems.append(f"event value {value!r} is mapped to both input.{seen[key]} and input.{event}")
+            seen[key] = event
+    for field in CANONICAL:
+        name = getattr(icfg, field)
+        if name is not None and not str(name).strip():
+            problems.append(f"input.{field} is empty; name a column or leave it unset")
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+def _detect(names: list[str]) -> str | None:
+    """The REES46 forms are told apart by the header; other schemas must be named."""
+    lower = {_canonical(n) for n in names}
+    if "product_id" in lower:
+        return "rees46"
+    if "item_id" in lower and "event_time" in lower:
+        return "competition"
+    return None
+
+
+def _explicit(icfg: InputConfig) -> dict[str, Any]:
+    return {k: getattr(icfg, k) for k in MAPPING_KEYS if getattr(icfg, k) is not None}
+
+
+def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt: str = "csv") -> tuple[Mapping, list[str]]:
+    """The mapping of one file: a preset (named, or detected from the REES46 header) overlaid with the
+    keys set in ``input:``. Returns it with the file's column names (``input.columns`` when headerless).
+    Every problem (a missing column, a required field unmapped) is an InputError before any work."""
+    given = _explicit(icfg)
+    base = icfg.schema or (_detect(names) if names is not None else None)
+    spec = dict(PRESETS[base]) if base else {**{k: None for k in CANONICAL}, **{
+        k: _REES46[k] for k in ("time_format", "delimiter", "header", "columns", "ignore", *EVENTS)}}
+    spec.update(given)
+    header = bool(spec["header"]) if fmt == "csv" else True
+    if not header:
+        if not spec["columns"]:
+            raise InputError(f"{path}: input.header is false but input.columns does not name the file's columns; "
+                             "set e.g. --set 'input.columns=[user_id,item_id,behavior_type,timestamp]'")
+        names = [str(c) for c in spec["columns"]]
+    elif names is None:
+        raise InputError(f"{path}: has no header to map; pass --schema or --set input.header=false with input.columns")
+    lower = [_canonical(n) for n in names]
+    if base is None and not any(k in given for k in CANONICAL):
+        missing = [c for c in ("event_time", "event_type", "product_id", "user_id") if c not in lower]
+        shown = ", ".join("product_id (or item_id)" if c == "product_id" else c for c in missing)
         raise InputError(
-            f"{path}: header lacks required column(s) {', '.join(shown)}; found {', '.join(raw_names) or 'nothing'}. "
-            "Expected the REES46 header event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
-        )
-    dupes = sorted({c for c in columns if columns.count(c) > 1})
-    if dupes:
-        raise InputError(f"{path}: header names column(s) {', '.join(dupes)} more than once; keep one of each")
-    return "competition" if "item_id" in [n.strip().strip('"').lower() for n in raw_names] else "rees46"
+            f"{path}: header lacks required column(s) {shown}; "
+            f"found {', '.join(names) or 'nothing'}. Expected the REES46 header event_time,event_type,product_id,"
+            f"category_id,category_code,brand,price,user_id,user_session; for another log name a preset with --schema "
+            f"({', '.join(PRESETS)}) or map its columns, e.g. --set input.user=COLUMN (see the README's input mapping)")
+    columns: dict[str, str] = {}
+    problems: list[str] = []
+    lacking: list[str] = []  # required columns of the preset that the header lacks
+    for field, canon in CANONICAL.items():
+        name = spec[field]
+        if name is None:
+            if field in REQUIRED_FIELDS:
+                problems.append(f"input.{field} is not mapped (required: which column is the {field})")
+            continue
+        hits = [i for i, n in enumerate(lower) if n == _canonical(str(name))]
+        if not hits:
+            if field in given:
+                problems.append(f"input.{field} names column {name!r}, which the file does not have")
+            elif field in REQUIRED_FIELDS:
+                lacking.append(str(name))
+            continue  # an optional column of the preset that this file lacks: absent (NULL)
+        if len(hits) > 1:
+            problems.append(f"column {name!r} (input.{field}) appears {len(hits)} times in the header; keep one")
+            continue
+        columns[canon] = names[hits[0]]
+    used = list(columns.values())
+    for raw in sorted({c for c in used if used.count(c) > 1}):
+        fields = [f for f, c in CANONICAL.items() if columns.get(c) == raw]
+        problems.append(f"column {raw!r} is mapped to more than one field ({', '.join('input.' + f for f in fields)})")
+    if lacking:
+        problems.insert(0, f"header lacks required column(s) {', '.join(lacking)}; the {base} schema needs them")
+    if problems:
+        found = f"; found {', '.join(names)}" if names else ""
+        raise InputError(f"{path}: " + "; ".join(problems) + found
+                         + f"; fix the input mapping (--schema {{{','.join(PRESETS)}}} or --set input.FIELD=COLUMN)")
+    events = {str(v).strip().lower(): e for e in (*EVENTS, "ignore") for v in spec[e] or []}
+    if not any(e in events.values() for e in EVENTS):
+        raise InputError(f"{path}: the mapping names no raw value for any event type; set e.g. --set 'input.view=[pv]'")
+    schema = base or "custom"
+    mapping = Mapping(schema=schema, columns=columns, time_format=str(spec["time_format"]), events=events,
+                      delimiter=str(spec["delimiter"]), header=header)
+    return mapping, names
 
 
-def inspect_csv(path: Path) -> InputFile:
+def inspect_csv(path: Path, icfg: InputConfig) -> InputFile:
     head = _open_text_head(path)
     if not head.strip():
         raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
@@ -100,12 +265,15 @@ def inspect_csv(path: Path) -> InputFile:
         header_line = first.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError:
         raise InputError(f"{path}: the header is not UTF-8 text; is this a CSV event log?") from None
-    raw_names = next(csv.reader(io.StringIO(header_line)), [])
-    columns = tuple(_canonical(n) for n in raw_names)
-    schema = _schema(columns, raw_names, path)
-    if not rest.strip(b"\r\n\t "):
+    header = PRESETS[icfg.schema]["header"] if icfg.schema else True
+    header = icfg.header if icfg.header is not None else header
+    delim = icfg.delimiter or (PRESETS[icfg.schema]["delimiter"] if icfg.schema else ",")
+    raw_names = next(csv.reader(io.StringIO(header_line), delimiter=delim), []) if header else None
+    mapping, names = resolve_mapping(icfg, raw_names, path)
+    if header and not rest.strip(b"\r\n\t "):
         raise InputError(f"{path}: has a header but no event rows; pass a log with data")
-    return InputFile(path=path, format="csv", schema=schema, columns=columns, size=path.stat().st_size)
+    return InputFile(path=path, format="csv", schema=mapping.schema, names=tuple(names), mapping=mapping,
+                     size=path.stat().st_size)
 
 
 def check_path(path: Path) -> None:
@@ -126,3 +294,6 @@ def duckdb_literal(path: Path | str) -> str:
 
 def is_parquet(path: Path) -> bool:
     return path.name.lower().endswith(PARQUET_SUFFIXES)
+
+
+assert tuple(PRESETS) == get_args(SchemaName), "config.SchemaName must list the presets"

@@ -1,9 +1,12 @@
 """`prepare`: run the SQL files of ``sql/`` in a fixed order on one DuckDB connection.
 
-raw files -> raw_input/raw_rejects -> rejects/loaded -> clean -> sessionized -> vocabularies ->
-events -> windows/truth -> sequences/train_sequences, then audits (queries that must return no
-rows), then Parquet tables and ``manifest.json`` in a temporary folder renamed into place only
-when complete. Values reach SQL as DuckDB variables (``set variable x = ?``), never as SQL text.
+raw files (typed and validated as they are read, through the input mapping) -> staged/raw_rejects ->
+rejects -> clean -> sessionized -> vocabularies -> events -> windows/truth -> sequences/train_sequences,
+then audits (queries that must return no rows), then Parquet tables and ``manifest.json`` in a
+temporary folder renamed into place only when complete. Values reach SQL as DuckDB variables
+(``set variable x = ?``), never as SQL text; the mapping's column names are bound too (the CSV
+reader's column struct) or quoted by DuckDB's own expression API (Parquet). Each step's seconds and
+rows go into the manifest's ``steps``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import Any
 import duckdb
 
 from purchasepred import __version__
-from purchasepred.config import PrepareConfig
+from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
-    InputFile, _canonical, _schema, check_path, duckdb_literal, expand, inspect_csv, is_parquet,
+    InputFile, check_input_config, check_path, duckdb_literal, expand, inspect_csv, is_parquet,
+    resolve_mapping,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -34,6 +38,8 @@ from purchasepred.resources import named_queries, sql_dir
 from purchasepred.fileio import sha256_file, to_json
 
 SCHEMA_VERSION = 1
+# manifest keys that measure a run rather than define the dataset: left out of content_hash
+RUN_KEYS = ("duration_s", "created_at", "content_hash", "steps", "memory_limit", "spill_bytes")
 
 # The run order. A test checks that it names every .sql file present.
 STEPS: list[tuple[str, str]] = [
@@ -55,6 +61,20 @@ OUTPUT_TABLES = (
     "sequences", "train_sequences", "rejects",
 )
 
+
+
+@dataclass
+class StepTimes:
+    """Seconds and output rows of each step, in run order (dbt's run results, for prepare)."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    spill_bytes: int = 0
+
+    def record(self, name: str, seconds: float, rows: int | None, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        self.steps.append({"step": name, "seconds": round(seconds, 3), "rows": rows})
+        if con is not None:
+            spilled = con.execute("select coalesce(sum(size), 0) from duckdb_temporary_files()").fetchone()[0]
+            self.spill_bytes = max(self.spill_bytes, int(spilled))
 
 
 @dataclass
@@ -80,21 +100,21 @@ def _rows(con: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, Any]]:
     return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
-def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection) -> list[InputFile]:
+def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfig) -> list[InputFile]:
+    """Every file's mapping, checked before any work: a missing column or an unmapped field is an error."""
     files = []
     for path in paths:
         check_path(path)
         if is_parquet(path):
-            _set(con, "input_path", str(path))
             _set(con, "input_glob", duckdb_literal(path))
             try:
                 names = [r["column_name"] for r in _rows(con, named_queries("stats.sql")["parquet_columns"])]
             except duckdb.Error as err:
                 raise InputError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
-            columns = tuple(_canonical(n) for n in names)
-            files.append(InputFile(path, "parquet", _schema(columns, names, path), columns, path.stat().st_size))
+            mapping, names = resolve_mapping(icfg, names, path, fmt="parquet")
+            files.append(InputFile(path, "parquet", mapping.schema, tuple(names), mapping, path.stat().st_size))
         else:
-            files.append(inspect_csv(path))
+            files.append(inspect_csv(path, icfg))
     return files
 
 
@@ -121,14 +141,19 @@ def prepare(
     step: Callable[[str], None] | None = None,
     now: datetime | None = None,
     need_buyers_in: tuple[str, ...] = (),
+    input_cfg: InputConfig | None = None,
 ) -> PrepareSummary:
     """Prepare a dataset folder from raw event files. Library entry point (no printing).
 
     ``need_buyers_in``: windows ("valid", "test") that a given --eval-days must leave with buyers who
-    have earlier events, else InputError (see :func:`purchasepred.data.windows.choose`)."""
+    have earlier events, else InputError (see :func:`purchasepred.data.windows.choose`).
+    ``input_cfg`` maps a store's own columns and event values (default: the REES46 forms, told apart
+    by their header)."""
     t0 = time.perf_counter()
     step = step or (lambda name: None)
+    input_cfg = input_cfg or InputConfig()
     out = Path(out)
+    check_input_config(input_cfg)
     _check_out(out, force)
     paths = expand(raw)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +165,7 @@ def prepare(
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             hashes = pool.submit(lambda: {str(p): sha256_file(p) for p in paths if p.is_file()})
-            manifest, audits = _run(paths, tmp, cfg, step, now or datetime.now(timezone.utc), need_buyers_in)
+            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now or datetime.now(timezone.utc), need_buyers_in)
             digests = hashes.result()
         manifest["inputs"] = [
             {"path": str(p), "size": p.stat().st_size, "sha256": digests[str(p)]} for p in paths
@@ -175,7 +200,7 @@ def _remove_stale_work_folders(out: Path) -> None:
 
 def _content_hash(manifest: dict[str, Any]) -> str:
     """Hash of what defines the dataset (inputs, settings, SQL, counts), not of when it was made."""
-    keep = {k: v for k, v in manifest.items() if k not in ("duration_s", "created_at", "content_hash")}
+    keep = {k: v for k, v in manifest.items() if k not in RUN_KEYS}
     keep["inputs"] = [{"sha256": i["sha256"], "size": i["size"]} for i in manifest.get("inputs", [])]
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -190,29 +215,66 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def memory_limit_bytes(limit: str) -> str:
+    """'50%' -> that share of this machine's RAM (or of the cgroup's limit, if lower) as 'NNNMB';
+    any other value is passed to DuckDB as it is."""
+    text = str(limit).strip()
+    if not text.endswith("%"):
+        return text
+    try:
+        share = float(text[:-1]) / 100
+    except ValueError:
+        raise InputError(f"--memory-limit {limit!r} is not a share of RAM; use e.g. 50% or a size such as 2GB") from None
+    if not 0 < share <= 1:
+        raise InputError(f"--memory-limit {limit!r} must be a share between 0% and 100%; use e.g. 50%")
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        cgroup = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if cgroup.isdigit():
+            total = min(total, int(cgroup))
+    except OSError:
+        pass
+    return f"{max(int(total * share) >> 20, 64)}MB"
+
+
+def _spill_dir(tmp: Path, cfg: PrepareConfig) -> Path:
+    if not cfg.temp_dir:
+        return tmp / "spill"
+    root = Path(cfg.temp_dir)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"--temp-dir {root} is a file; pass a folder for DuckDB's spill files")
+    return root / f"purchasepred-spill-{os.getpid()}"
+
+
 def _run(
-    paths: list[Path], tmp: Path, cfg: PrepareConfig, step: Callable[[str], None], now: datetime,
+    paths: list[Path], tmp: Path, cfg: PrepareConfig, icfg: InputConfig, step: Callable[[str], None], now: datetime,
     need_buyers_in: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    # an in-memory database (faster than a file) that still spills to tmp/spill under memory_limit
+    # an in-memory database (faster than a file) that still spills to temp_dir under memory_limit
     con = duckdb.connect(":memory:")
+    spill = _spill_dir(tmp, cfg)
+    times = StepTimes()
+    memory_limit = None
     try:
         con.execute("set TimeZone = 'UTC'")
-        _set(con, "temp_dir", str(tmp / "spill"))
+        _set(con, "temp_dir", str(spill))
         con.execute("set temp_directory = getvariable('temp_dir')")
         if cfg.memory_limit:
-            _set(con, "memory_limit", cfg.memory_limit)
+            memory_limit = memory_limit_bytes(cfg.memory_limit)
+            _set(con, "memory_limit", memory_limit)
             try:
                 con.execute("set memory_limit = getvariable('memory_limit')")
             except duckdb.Error as err:
-                raise InputError(f"--memory-limit {cfg.memory_limit!r} is not a size DuckDB understands ({_first_line(err)}); use e.g. 2GB") from None
+                raise InputError(f"--memory-limit {cfg.memory_limit!r} is not a size DuckDB understands ({_first_line(err)}); use e.g. 2GB or 50%") from None
         if cfg.threads:
             _set(con, "threads", cfg.threads)
             con.execute("set threads = getvariable('threads')")
         con.execute("set preserve_insertion_order = true")
 
         step("inspect inputs")
-        files = _inspect(paths, con)
+        t = time.perf_counter()
+        files = _inspect(paths, con, icfg)
+        times.record("inspect inputs", time.perf_counter() - t, len(files))
         _set(con, "session_gap_seconds", float(cfg.session_gap_minutes) * 60.0)
         _set(con, "min_item_count", int(cfg.min_item_count))
         _set(con, "max_len", int(cfg.max_len))
@@ -222,13 +284,15 @@ def _run(
         sql = {name: (sql_dir() / name).read_text() for _, name in STEPS}
         sql[LOAD_PARQUET] = (sql_dir() / LOAD_PARQUET).read_text()
         for name, filename in STEPS:
+            t = time.perf_counter()
             if name == "load":
-                for f in files:
+                for file_no, f in enumerate(files, start=1):
                     step(f"load {f.path.name}")
-                    _load_one(con, f, sql)
-                n_loaded = con.execute("select count(*) from raw_input").fetchone()[0]
-                if n_loaded == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
+                    _load_one(con, file_no, f, sql)
+                n_staged = con.execute("select count(*) from staged").fetchone()[0]
+                if n_staged == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
                     raise InputError(f"{', '.join(map(str, paths))}: no event rows could be read")
+                times.record(name, time.perf_counter() - t, n_staged, con)
                 continue
             step(name)
             if name == "split":  # windows.py picks (auto) or checks the window length 07_split.sql uses
@@ -241,48 +305,84 @@ def _run(
                 raise PurchasePredError(
                     f"prepare step {filename} failed: {_first_line(err)}; if memory ran out, lower --threads or set --memory-limit"
                 ) from None
+            times.record(name, time.perf_counter() - t, _step_rows(con, name), con)
             if name == "validate":
                 _check_some_valid(con, paths)
 
         step("audits")
+        t = time.perf_counter()
         audits = {name: len(con.execute(q).fetchall()) for name, q in named_queries("audits.sql").items()}
+        times.record("audits", time.perf_counter() - t, len(audits))
         failed = {k: v for k, v in audits.items() if v}
         if failed:
             raise DatasetError(f"prepared data failed audits {failed}; this is a bug, please report it with the input")
 
         step("write tables")
+        t = time.perf_counter()
         for table in OUTPUT_TABLES:
             # row groups of ~64 MB: the writer buffers one per thread, and list columns are wide
             con.table(table).write_parquet(str(tmp / f"{table}.parquet"), compression="snappy", row_group_size_bytes="64MB")
+        times.record("write tables", time.perf_counter() - t, len(OUTPUT_TABLES), con)
         manifest = _manifest(con, files, cfg, choice)
     finally:
         con.close()
-    shutil.rmtree(tmp / "spill", ignore_errors=True)
+        shutil.rmtree(spill, ignore_errors=True)
+    manifest["steps"] = times.steps
+    manifest["spill_bytes"] = times.spill_bytes
+    manifest["memory_limit"] = memory_limit
     return manifest, audits
 
 
-def _load_one(con: duckdb.DuckDBPyConnection, f: InputFile, sql: dict[str, str]) -> None:
+# what a step's line in the summary counts: the rows of the table it makes
+_STEP_ROWS = {
+    "validate": "select count(*) from rejects",
+    "clean": "select count(*) from clean",
+    "sessionize": "select count(*) from sessionized",
+    "vocab": "select count(*) from items",
+    "encode": "select count(*) from events",
+    "split": "select count(*) from truth",
+    "sequences": "select (select count(*) from sequences) + (select count(*) from train_sequences)",
+}
+
+
+def _step_rows(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
+    query = _STEP_ROWS.get(name)
+    return None if query is None else int(con.execute(query).fetchone()[0])
+
+
+def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: dict[str, str]) -> None:
+    m = f.mapping
+    _set(con, "input_file_no", file_no)
     _set(con, "input_path", str(f.path))
     _set(con, "input_glob", duckdb_literal(f.path))  # the reader opens exactly this file
+    _set(con, "time_format", m.time_format)
+    con.execute("set variable event_map = map(?, ?)", [list(m.events), list(m.events.values())])
+    _set(con, "input_delimiter", m.delimiter)
+    _set(con, "input_header", m.header)
+    # the file's columns in file order: mapped ones under their canonical name, the others extra_column_N
+    canonical = {raw: canon for canon, raw in m.columns.items()}
+    names = []
+    for i, raw in enumerate(f.names, start=1):
+        names.append(canonical.get(raw, f"extra_column_{i}"))
+    _set(con, "input_names", names)
+    con.execute("insert into input_files values (?, ?, ?)", [file_no, str(f.path), 1 if m.header and f.format == "csv" else 0])
     try:
         if f.format == "parquet":
+            rel = con.read_parquet(duckdb_literal(f.path))
+            rel.select(*[
+                duckdb.ColumnExpression(raw).cast(duckdb.sqltype("VARCHAR")).alias(name)
+                for raw, name in zip(f.names, names)
+            ]).create_view("parquet_columns", replace=True)
             con.execute(sql[LOAD_PARQUET])
         else:
-            extra = 0
-            columns = {}
-            for name in f.columns:
-                if name in columns or not name:
-                    extra += 1
-                    name = f"extra_column_{extra}"
-                columns[name] = "VARCHAR"
-            _set(con, "input_columns", columns)
+            _set(con, "input_columns", {name: "VARCHAR" for name in names})
             con.execute(sql["01_load_csv.sql"])
     except duckdb.Error as err:
         raise InputError(f"{f.path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
 
 
 def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
-    n_valid = con.execute("select count(*) from loaded").fetchone()[0]
+    n_valid = con.execute("select count(*) from staged where reject_reason is null").fetchone()[0]
     if n_valid:
         return
     reasons = _rows(con, named_queries("stats.sql")["rejects_by_reason"])
@@ -299,6 +399,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
     counts = _rows(con, q["counts"])[0]
     rejects = {r["reason"]: int(r["n"]) for r in _rows(con, q["rejects_by_reason"])}
     by_type = {r["event_type"]: int(r["n"]) for r in _rows(con, q["events_by_type"])}
+    ignored = {r["value"]: int(r["n"]) for r in _rows(con, q["ignored_by_value"])}
     windows = {r.pop("split"): r for r in _rows(con, q["windows"])}
     n_purchase = by_type.get("purchase", 0)
     manifest: dict[str, Any] = {
@@ -307,6 +408,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **{k: (int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in counts.items()},
         "rejects_by_reason": rejects,
+        "ignored_by_value": ignored,
         "events_by_type": by_type,
         "views_per_purchase": round(by_type.get("view", 0) / n_purchase, 2) if n_purchase else None,
         "windows": windows,
@@ -319,12 +421,21 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         },
         "eval_days_choice": choice.to_dict(),
         "input_schemas": sorted({f.schema for f in files}),
+        "input_mappings": _unique([f.mapping.to_dict() for f in files]),
         "sql_sha256": sql_hashes(),
         "tables": {t: f"{t}.parquet" for t in OUTPUT_TABLES},
     }
     manifest["warnings"] = choice.warnings + item_warnings(manifest, cfg.min_item_count)
-    assert manifest["rows_read"] == manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"], manifest
+    assert manifest["rows_read"] == (manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"]
+                                     + manifest["rows_ignored"]), manifest
     return manifest
+
+
+def _unique(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for item in items:
+        seen.setdefault(json.dumps(item, sort_keys=True), item)
+    return list(seen.values())
 
 
 def load_manifest(data: Path) -> dict[str, Any]:

@@ -1,0 +1,300 @@
+"""Any store's event log: the input mapping, its presets and its up-front checks.
+
+Hand-written fixtures of each preset (``tests/fixtures/tiny_<preset>.csv``) and, when the folder is
+there, the real logs in ``<repo>/../shared/data`` (see its SOURCES.md).
+
+* tiny_retailrocket.csv: 9 rows, times in ms; line 7 'click' (unknown), line 8 'not-a-time'.
+* tiny_taobao.csv: no header; line 3 'fav' (ignored by the preset), line 6 three fields, line 9 no user.
+* tiny_tianchi.csv: CRLF, no trailing newline, hour-only times; line 4 repeats line 3 exactly, line 5
+  is behavior_type 2 (favourite, ignored), line 8 is dated 2014-12-32.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, invoke, open_prepared, rows
+from purchasepred.config import InputConfig, PrepareConfig, load_config
+from purchasepred.data.inputs import PRESETS
+from purchasepred.data.prepare import load_manifest, prepare
+from purchasepred.errors import ConfigError, InputError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TAOBAO_REAL = SHARED / "taobao_userbehavior" / "UserBehavior_head.csv"
+TIANCHI_REAL = SHARED / "tianchi_mobile" / "user_behavior_sample.csv"
+RR = FIXTURES / "tiny_retailrocket.csv"
+TAOBAO = FIXTURES / "tiny_taobao.csv"
+TIANCHI = FIXTURES / "tiny_tianchi.csv"
+CFG = PrepareConfig(max_len=4, eval_days=1)
+CONTENT = ("events", "users", "items", "brands", "categories", "windows", "truth", "sequences", "train_sequences")
+
+
+def conserved(m: dict) -> bool:
+    return m["rows_read"] == m["rows_kept"] + m["rows_rejected"] + m["rows_duplicate"] + m["rows_ignored"]
+
+
+def same(a: Path, b: Path) -> bool:
+    con = duckdb.connect()
+    for t in CONTENT:
+        pa, pb = str(a / f"{t}.parquet"), str(b / f"{t}.parquet")
+        n = con.execute("select count(*) from (select * from read_parquet(?) except all select * from read_parquet(?))"
+                        " union all select count(*) from (select * from read_parquet(?) except all select * from read_parquet(?))",
+                        [pa, pb, pb, pa]).fetchall()
+        if n != [(0,), (0,)]:
+            return False
+    return True
+
+
+def test_retailrocket_preset(tmp_path: Path) -> None:
+    res = prepare([str(RR)], tmp_path / "p", CFG, input_cfg=InputConfig(schema="retailrocket"))
+    m = res.manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_ignored"], m["rows_kept"]) == (9, 2, 0, 0, 7)
+    assert conserved(m) and not any(res.audits.values())
+    assert m["rejects_by_reason"] == {"unknown event_type": 1, "unparseable event_time": 1}
+    assert m["events_by_type"] == {"cart": 1, "purchase": 2, "view": 4}
+    assert m["input_schemas"] == ["retailrocket"]
+    con = open_prepared(tmp_path / "p")
+    assert rows(con, "select line, reason, raw from rejects order by line") == [
+        (7, "unknown event_type", "1433224400000,992329,click,355908,"),
+        (8, "unparseable event_time", "not-a-time,992329,view,248676,"),
+    ]
+    # milliseconds since the epoch, UTC
+    assert rows(con, "select min(event_at) from events") == [(datetime(2015, 6, 2, 5, 2, 12, 117000),)]
+    assert rows(con, "select user_id from users order by user_idx") == [("111",), ("257597",), ("992329",)]
+    assert rows(con, "select count(*) from categories") == [(0,)]  # no category column: all unknown
+
+
+def test_taobao_preset_headerless_with_ignored_values(tmp_path: Path) -> None:
+    res = prepare([str(TAOBAO)], tmp_path / "p", CFG, input_cfg=InputConfig(schema="taobao"))
+    m = res.manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_ignored"], m["rows_kept"]) == (9, 2, 0, 1, 6)
+    assert conserved(m) and not any(res.audits.values())
+    assert m["ignored_by_value"] == {"fav": 1}
+    assert m["events_by_type"] == {"cart": 1, "purchase": 2, "view": 3}
+    con = open_prepared(tmp_path / "p")
+    # no header: line numbers count from the first line
+    assert rows(con, "select line, reason, raw from rejects order by line") == [
+        (6, "wrong field count", "1,2576651,149192"),
+        (9, "missing user_id", ",2268318,2520377,pv,1511600200"),
+    ]
+    assert rows(con, "select category from categories order by category") == [("2520377",), ("2520771",)]
+    assert rows(con, "select event_at from events where user_idx = 2 order by seq limit 1") == [(datetime(2017, 11, 24, 17, 21, 10),)]
+
+
+def test_taobao_without_its_ignore_rejects_fav(tmp_path: Path) -> None:
+    m = prepare([str(TAOBAO)], tmp_path / "p", CFG, input_cfg=InputConfig(schema="taobao", ignore=[])).manifest
+    assert (m["rows_rejected"], m["rows_ignored"]) == (3, 0)
+    assert m["rejects_by_reason"]["unknown event_type"] == 1
+    assert conserved(m)
+
+
+def test_tianchi_preset_crlf_hour_times(tmp_path: Path) -> None:
+    res = prepare([str(TIANCHI)], tmp_path / "p", CFG, input_cfg=InputConfig(schema="tianchi"))
+    m = res.manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_ignored"], m["rows_kept"]) == (9, 1, 1, 1, 6)
+    assert conserved(m) and not any(res.audits.values())
+    assert m["ignored_by_value"] == {"2": 1}
+    assert m["events_by_type"] == {"cart": 1, "purchase": 2, "view": 3}
+    con = open_prepared(tmp_path / "p")
+    assert rows(con, "select line, reason, raw from rejects") == [
+        (8, "unparseable event_time", "10001082,53616768,4,,9762,2014-12-32 15"),
+    ]
+    assert rows(con, "select max(event_at) from events") == [(datetime(2014, 12, 13, 10),)]
+
+
+def test_a_mapping_without_preset_equals_the_preset(tmp_path: Path) -> None:
+    """The taobao preset is nothing but a mapping: the same keys given by hand give the same dataset."""
+    spec = {k: v for k, v in PRESETS["taobao"].items()}
+    by_hand = InputConfig(**spec)
+    prepare([str(TAOBAO)], tmp_path / "preset", CFG, input_cfg=InputConfig(schema="taobao"))
+    m = prepare([str(TAOBAO)], tmp_path / "hand", CFG, input_cfg=by_hand).manifest
+    assert m["input_schemas"] == ["custom"]
+    assert same(tmp_path / "preset", tmp_path / "hand")
+
+
+def test_custom_mapping_delimiter_strptime_and_optional_columns(tmp_path: Path) -> None:
+    raw = tmp_path / "shop.csv"
+    raw.write_text(
+        "Kunde;Artikel;Zeit;Aktion;Preis;Extra\n"
+        "u1;a;01.10.2019 10:00;Ansicht;9,5;x\n"
+        "u1;a;01.10.2019 10:05;Kauf;10;x\n"
+        "u2;b;01.10.2019 11:00;ANSICHT;;x\n"
+        "u2;b;02.10.2019 11:00;Kauf;-1;x\n"
+        "u2;b;02.10.2019 12:00;Retoure;1;x\n"
+    )
+    icfg = InputConfig(user="kunde", item="Artikel", time="Zeit", event_type="Aktion", price="Preis",
+                       time_format="%d.%m.%Y %H:%M", view=["ansicht"], purchase=["Kauf"], ignore=["retoure"],
+                       delimiter=";")
+    res = prepare([str(raw)], tmp_path / "p", PrepareConfig(max_len=3, eval_days=0.5), input_cfg=icfg)
+    m = res.manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_ignored"], m["rows_kept"]) == (5, 2, 1, 2)
+    assert m["rejects_by_reason"] == {"negative price": 1, "unparseable price": 1}  # "9,5" is not a number
+    assert m["input_mappings"][0]["columns"] == {
+        "event_time": "Zeit", "event_type": "Aktion", "product_id": "Artikel", "price": "Preis", "user_id": "Kunde"}
+    con = open_prepared(tmp_path / "p")
+    assert rows(con, "select line, raw from rejects order by line") == [(2, "u1;a;01.10.2019 10:00;Ansicht;9,5;x"),
+                                                                        (5, "u2;b;02.10.2019 11:00;Kauf;-1;x")]
+
+
+def test_parquet_with_a_mapping_matches_csv(tmp_path: Path) -> None:
+    # a typed Parquet file (BIGINT timestamp) without the line whose time does not parse
+    pq = tmp_path / "rr.parquet"
+    con = duckdb.connect()
+    con.execute("copy (select timestamp::bigint as timestamp, * exclude (timestamp) from read_csv(?, all_varchar = true) "
+                "where timestamp <> 'not-a-time') to '" + str(pq).replace("'", "''") + "'", [str(RR)])
+    icfg = InputConfig(schema="retailrocket")
+    prepare([str(RR)], tmp_path / "csv", CFG, input_cfg=icfg)
+    m = prepare([str(pq)], tmp_path / "pq", CFG, input_cfg=icfg).manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_kept"]) == (8, 1, 7)
+    assert same(tmp_path / "pq", tmp_path / "csv")
+
+
+def test_rees46_outputs_unchanged_by_naming_the_preset(tiny_prepared, tmp_path: Path) -> None:
+    prepare([str(TINY)], tmp_path / "p", TINY_CFG, input_cfg=InputConfig(schema="rees46"))
+    assert same(tmp_path / "p", tiny_prepared.out)
+
+
+@pytest.mark.parametrize("icfg, needles", [
+    (InputConfig(schema="retailrocket", user="visitor"), ["input.user names column 'visitor'", "timestamp, visitorid"]),
+    (InputConfig(schema="retailrocket", brand="brand"), ["input.brand names column 'brand'"]),
+    (InputConfig(user="visitorid", item="itemid", time="timestamp"), ["input.event_type is not mapped"]),
+    (InputConfig(schema="retailrocket", session="visitorid"), ["mapped to more than one field"]),
+    (InputConfig(schema="retailrocket", time_format="epoch"), ["input.time_format 'epoch'"]),
+    (InputConfig(schema="retailrocket", view=["view"], cart=["view"]), ["mapped to both input.view and input.cart"]),
+])
+def test_bad_mappings_fail_before_any_work(tmp_path: Path, icfg: InputConfig, needles: list[str]) -> None:
+    out = tmp_path / "work" / "p"
+    with pytest.raises(InputError) as err:
+        prepare([str(RR)], out, CFG, input_cfg=icfg)
+    for needle in needles:
+        assert needle in str(err.value)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def synth_logs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A synthetic log long enough for the CLI's window checks, written as Taobao and RetailRocket files."""
+    from purchasepred.data.synth import generate
+
+    root = tmp_path_factory.mktemp("logs")
+    rees = root / "rees.csv"
+    generate(rees, rows=4_000, days=20, seed=3)
+    con = duckdb.connect()
+    con.execute("set TimeZone = 'UTC'")
+    src = con.read_csv(str(rees), all_varchar=True)  # noqa: F841 - read by the queries below
+    taobao, rr = root / "taobao.csv", root / "rr.csv"
+    con.execute("""copy (select user_id, product_id, category_id,
+                           case event_type when 'view' then 'pv' when 'purchase' then 'buy' else event_type end,
+                           epoch(event_time::timestamptz)::bigint
+                        from src where event_type <> 'remove_from_cart')
+                   to '""" + str(taobao).replace("'", "''") + "' (header false)")
+    con.execute("""copy (select (epoch(event_time::timestamptz) * 1000)::bigint as timestamp, user_id as visitorid,
+                           case event_type when 'cart' then 'addtocart' when 'purchase' then 'transaction' else event_type end
+                               as event, product_id as itemid, '' as transactionid
+                        from src where event_type <> 'remove_from_cart')
+                   to '""" + str(rr).replace("'", "''") + "' (header true)")
+    return taobao, rr
+
+
+def test_cli_schema_flag_and_set_mapping(tmp_path: Path, synth_logs: tuple[Path, Path]) -> None:
+    taobao, rr = synth_logs
+    result = invoke("prepare", taobao, "--schema", "taobao", "--out", tmp_path / "p", "--eval-days", "3")
+    assert result.exit_code == 0, result.output
+    m = load_manifest(tmp_path / "p")
+    assert m["input_schemas"] == ["taobao"] and m["rows_rejected"] == 0 and conserved(m)
+    result = invoke("prepare", rr, "--out", tmp_path / "q", "--eval-days", "3", "--set", "input.user=visitorid",
+                    "--set", "input.item=itemid", "--set", "input.time=timestamp", "--set", "input.event_type=event",
+                    "--set", "input.time_format=unix_ms", "--set", "input.cart=[addtocart]",
+                    "--set", "input.purchase=transaction")
+    assert result.exit_code == 0, result.output
+    assert load_manifest(tmp_path / "q")["input_schemas"] == ["custom"]
+    assert same(tmp_path / "q", _prepared(tmp_path / "r", rr, "retailrocket"))
+    # the same events in both files (only Taobao's has categories): the same event sequences
+    q = "select user_idx, seq, product_id, event_type_id, ts, session_no from read_parquet(?) order by all"
+    con = duckdb.connect()
+    assert con.execute(q, [str(tmp_path / "q" / "events.parquet")]).fetchall() == \
+        con.execute(q, [str(tmp_path / "p" / "events.parquet")]).fetchall()
+
+
+def _prepared(out: Path, path: Path, schema: str) -> Path:
+    prepare([str(path)], out, PrepareConfig(eval_days=3), input_cfg=InputConfig(schema=schema))
+    return out
+
+
+def test_cli_bad_mapping_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "work" / "p"
+    result = invoke("prepare", RR, "--out", out, "--schema", "retailrocket", "--set", "input.user=who")
+    clean_failure(result, str(RR), "input.user names column 'who'")
+    assert not out.exists() and not out.parent.exists()
+    with pytest.raises(ConfigError, match="input.schema"):
+        load_config(sets=["input.schema=amazon"])
+    result = invoke("prepare", TAOBAO, "--out", out)  # a headerless log needs its preset
+    clean_failure(result, str(TAOBAO), "--schema")
+
+
+@pytest.mark.skipif(not TAOBAO_REAL.is_file(), reason=f"{TAOBAO_REAL} is absent")
+def test_real_taobao_userbehavior(tmp_path: Path) -> None:
+    res = prepare([str(TAOBAO_REAL)], tmp_path / "p", PrepareConfig(eval_days=1), input_cfg=InputConfig(schema="taobao"))
+    m = res.manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_ignored"]) == (4_321, 0, 128)
+    assert m["ignored_by_value"] == {"fav": 128}
+    assert conserved(m) and not any(res.audits.values())
+    assert (m["rows_duplicate"], m["rows_kept"], m["rows_collapsed"], m["n_users"]) == (0, 4_193, 6, 43)
+    # 3,276 items in the file, 96 of them seen only in fav rows
+    assert m["n_raw_items"] == 3_180
+    assert m["events_by_type"] == {"cart": 190, "purchase": 77, "view": 3_920}
+    # the stray 2017-09-11 row of the original is kept (it is a valid time)
+    assert m["first_event_at"].startswith("2017-09-11")
+
+
+@pytest.mark.skipif(not TIANCHI_REAL.is_file(), reason=f"{TIANCHI_REAL} is absent")
+def test_real_tianchi_mobile(tmp_path: Path) -> None:
+    res = prepare([str(TIANCHI_REAL)], tmp_path / "p", PrepareConfig(eval_days=2), input_cfg=InputConfig(schema="tianchi"))
+    m = res.manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_ignored"]) == (1_999, 0, 18)
+    assert conserved(m) and not any(res.audits.values())
+    # 142 exact duplicate rows (hour-only times make them common); one of the 35 buys is one of them
+    assert (m["rows_duplicate"], m["rows_kept"], m["n_users"], m["n_raw_items"]) == (142, 1_839, 34, 1_680)
+    assert m["events_by_type"] == {"cart": 70, "purchase": 34, "view": 1_735}
+    assert (m["first_event_at"], m["last_event_at"]) == ("2014-11-18 10:00:00", "2014-12-18 23:00:00")
+
+
+# --------------------------------------------------------------------------------------------------
+# run settings: per-step results, memory limit as a share of RAM, the spill folder, a stable hash
+
+
+def test_steps_in_manifest_and_a_stable_content_hash(tmp_path: Path) -> None:
+    m = prepare([str(TINY)], tmp_path / "p", TINY_CFG, input_cfg=InputConfig()).manifest
+    names = [s["step"] for s in m["steps"]]
+    assert names == ["inspect inputs", "setup", "load", "validate", "clean", "sessionize", "vocab", "encode",
+                     "split", "sequences", "audits", "write tables"]
+    rows_of = {s["step"]: s["rows"] for s in m["steps"]}
+    assert (rows_of["load"], rows_of["validate"], rows_of["clean"], rows_of["sessionize"], rows_of["encode"]) == (23, 5, 18, 17, 17)
+    assert all(s["seconds"] >= 0 for s in m["steps"])
+    # the same input and settings give the same hash, whatever the timings; other settings another one
+    again = prepare([str(TINY)], tmp_path / "again", TINY_CFG).manifest
+    assert again["content_hash"] == m["content_hash"]
+    other = prepare([str(TINY)], tmp_path / "q", PrepareConfig(max_len=5, eval_days=1)).manifest
+    assert other["content_hash"] != m["content_hash"]
+
+
+def test_memory_limit_share_and_temp_dir(tmp_path: Path) -> None:
+    from purchasepred.data.prepare import memory_limit_bytes
+
+    assert memory_limit_bytes("2GB") == "2GB"
+    mb = int(memory_limit_bytes("50%")[:-2])
+    assert 64 <= mb and mb * 2 ** 20 <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.51
+    with pytest.raises(InputError, match="between 0% and 100%"):
+        memory_limit_bytes("150%")
+    spill = tmp_path / "spill"
+    m = prepare([str(TINY)], tmp_path / "p", PrepareConfig(max_len=4, eval_days=1, memory_limit="25%",
+                                                            temp_dir=str(spill))).manifest
+    assert m["memory_limit"].endswith("MB")
+    assert not spill.exists() or list(spill.iterdir()) == []  # its own subfolder is removed afterwards
+    result = invoke("prepare", TINY, "--out", tmp_path / "w" / "p", "--memory-limit", "lots%")
+    clean_failure(result, "lots%", "--memory-limit")
