@@ -1,11 +1,14 @@
-"""Quality on synth data: NDCG@10, HR@10 and MRR on the test window for popularity, history, the
-transformer and the blend (95% bootstrap intervals), at views-per-purchase 60 and 4000.
+"""Quality on synth data: NDCG@10, HR@10 and MRR on the test window for popularity, history,
+TIFU-KNN, the transformer, the blend and the two-stage ranker (95% bootstrap intervals), with the
+recall of each candidate generator, at views-per-purchase 60 and 4000. The targets count against
+the stronger of history and TIFU-KNN.
 
-Variants measure the design choices: the repeat path on/off, carts as a weaker purchase signal,
-and the purchase weight. Run by hand (CPU: tens of minutes for the default set):
+Variants (ablations) measure the design choices: the view loss on/off, the purchase weight
+(1, 10, 100 = default, 1000), the repeat path on/off, carts as a weaker purchase signal. Run by hand
+(CPU: tens of minutes for the default set; --set train.loss=sampled on a CPU):
 
     python benchmarks/bench_quality.py --rows 1000000 --vpp 60,4000
-    python benchmarks/bench_quality.py --rows 1000000 --vpp 60 --variants default,no_repeat,carts,pw1
+    python benchmarks/bench_quality.py --rows 1000000 --vpp 60 --variants default,no_view,pw1,pw10,pw1000,no_repeat,carts
 """
 
 from __future__ import annotations
@@ -27,7 +30,31 @@ VARIANTS = {
     "no_repeat": ["model.repeat_path=false"],
     "carts": ["train.cart_weight=30"],
     "pw1": ["train.purchase_weight=1"],
+    "pw10": ["train.purchase_weight=10"],
+    "pw1000": ["train.purchase_weight=1000"],
+    "no_view": ["train.view_weight=0"],
 }
+ROWS = ("popularity", "history", "tifu_knn", "transformer", "blend", "two_stage")
+
+
+def model_only_row(cfg, name: str, vpp: float, variant: str, train_s: float, summary, data: PreparedData) -> dict:
+    from purchasepred.eval.evaluate import build_window
+    from purchasepred.eval.protocol import evaluate_scorer
+    from purchasepred.eval.rankers import History, HistoryParams
+    from purchasepred.pipeline import load_run
+
+    run = load_run(cfg, name)
+    w = build_window(run.data, "test", cfg, run.model, run.device)
+    row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done,
+           "buyers": int(len(w.split.truth_users))}
+    for r, scorer in (("transformer", w.rankers["model"]),
+                      ("history", History(w.events, w.popularity, w.cutoff_ts, HistoryParams()))):
+        m = evaluate_scorer(scorer, w.split, [10], cfg.eval.bootstrap, cfg.eval.seed)
+        row[r] = {"ndcg@10": m["ndcg@10"], "ci": m["ndcg@10_ci"], "hr@10": m["hr@10"], "mrr": m["mrr"]}
+    t = row["transformer"]
+    print(f"| {vpp:g} | {variant} | {t['ndcg@10']:.4f} [{t['ci'][0]:.4f}, {t['ci'][1]:.4f}] | {t['hr@10']:.4f} | "
+          f"{t['mrr']:.4f} | {train_s:.0f}s |", flush=True)
+    return row
 
 
 def main() -> None:
@@ -40,6 +67,9 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/purchasepred-quality")
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra config overrides")
     p.add_argument("--json", default=None)
+    p.add_argument("--model-only", action="store_true",
+                   help="ablations: score only the transformer (and history with its default weights) on test, "
+                        "without the valid-window fits of the other rankers")
     args = p.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -68,24 +98,50 @@ def main() -> None:
             t0 = time.perf_counter()
             summary = Trainer(cfg, data, name).fit()
             train_s = time.perf_counter() - t0
+            if args.model_only:
+                results.append(model_only_row(cfg, name, vpp, variant, train_s, summary, data))
+                continue
             res = evaluate_run(cfg, name).result
             row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done,
                    "tokens_per_s": round(summary.tokens_per_s), "default": res["default"],
                    "buyers": res["model"]["users"], "purchases_in_data": data.manifest["events_by_type"].get("purchase", 0)}
-            for r, m in (("popularity", res["baselines"]["popularity"]), ("history", res["baselines"]["history"]),
-                         ("transformer", res["model"]), ("blend", res["blend"])):
-                row[r] = {"ndcg@10": m["ndcg@10"], "ci": m["ndcg@10_ci"], "hr@10": m["hr@10"], "mrr": m["mrr"]}
+            bodies = {"popularity": res["baselines"]["popularity"], "history": res["baselines"]["history"],
+                      "tifu_knn": res["baselines"]["tifu_knn"], "transformer": res["model"], "blend": res["blend"],
+                      "two_stage": res["two_stage"]}
+            for r, m in bodies.items():
+                row[r] = {"ndcg@10": m["ndcg@10"], "ci": m["ndcg@10_ci"], "hr@10": m["hr@10"], "mrr": m["mrr"],
+                          "new_items_ndcg@10": m["new_items"].get("ndcg@10")}
             d = res["default_metrics"]["ndcg@10"]
+            best = max(("history", "tifu_knn"), key=lambda r: row[r]["ndcg@10"])
+            default_row = row[{"model": "transformer"}.get(res["default"], res["default"])]
             row["default_vs_history"] = d / res["baselines"]["history"]["ndcg@10"] - 1
+            row["best_baseline"] = best
+            row["default_vs_best_baseline"] = d / row[best]["ndcg@10"] - 1
+            row["intervals_overlap"] = bool(default_row["ci"][0] <= row[best]["ci"][1])
+            row["candidates"] = res["candidates"]
+            row["two_stage_learners"] = res["two_stage_learners"]
             results.append(row)
             print(f"\nvpp {vpp:g}, {variant}: {data.manifest['events_by_type']}, buyers in test {row['buyers']}, "
                   f"train {train_s:.0f}s, {summary.tokens_per_s:,.0f} tokens/s")
             print(f"| ranker | NDCG@10 [95% CI] | HR@10 | MRR |\n|---|---|---|---|")
-            for r in ("popularity", "history", "transformer", "blend"):
+            for r in ROWS:
                 m = row[r]
                 print(f"| {r}{' (default)' if {'transformer': 'model'}.get(r, r) == res['default'] else ''} | "
                       f"{m['ndcg@10']:.4f} [{m['ci'][0]:.4f}, {m['ci'][1]:.4f}] | {m['hr@10']:.4f} | {m['mrr']:.4f} |")
-            print(f"default ({res['default']}) vs history: {row['default_vs_history'] * 100:+.1f}% NDCG@10", flush=True)
+            print(f"default ({res['default']}) vs history: {row['default_vs_history'] * 100:+.1f}% NDCG@10; vs the "
+                  f"stronger of history and TIFU-KNN ({best}): {row['default_vs_best_baseline'] * 100:+.1f}%, intervals "
+                  f"{'overlap' if row['intervals_overlap'] else 'do not overlap'}")
+            learners = res["two_stage_learners"]
+            if learners:
+                print(f"re-ranker learners (chosen on valid: {learners['chosen']}): valid out-of-fold NDCG@10 "
+                      f"{learners['valid_oof_ndcg@10']}, test NDCG@10 {learners['test_ndcg@10']}")
+            if res["candidates"]:
+                print("| generator | N | recall valid | recall test | candidates per user |\n|---|---|---|---|---|")
+                for g, v in res["candidates"]["valid"].items():
+                    if g != "users":
+                        t = res["candidates"]["test"][g]
+                        print(f"| {g} | {v['n'] or 'all'} | {v['recall']:.4f} | {t['recall']:.4f} | {t['mean_candidates']:.0f} |")
+            print(flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

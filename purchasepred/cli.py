@@ -424,7 +424,8 @@ def parse_ks(value: Optional[str]) -> Optional[list[int]]:
     return ks
 
 
-RANKER_ROWS = (("popularity", "baseline"), ("history", "baseline"), ("model", "transformer"), ("blend", "model"))
+RANKER_ROWS = (("popularity", "baseline"), ("history", "baseline"), ("tifu_knn", "baseline"), ("model", "transformer"),
+               ("blend", "model"), ("two_stage", "model"))
 
 
 def ranker_metrics(result: dict[str, Any], name: str) -> dict[str, Any]:
@@ -471,7 +472,20 @@ def metrics_tables(result: dict[str, Any]) -> list[Any]:
         main,
         ui.grid_table("by segment", bcols, brows),
         ui.grid_table("purchase_probability calibration", ["", "ECE", "Brier", "ECE raw", "Brier raw", "pairs"], crow),
+        *candidate_tables(result),
     ]
+
+
+def candidate_tables(result: dict[str, Any]) -> list[Any]:
+    """Recall of each candidate generator and of their union (the two-stage ranker's ceiling)."""
+    cands = result.get("candidates")
+    if not cands:
+        return []
+    windows = [w for w in cands if w != "valid"] + ["valid"]
+    rows = [[g, cands["valid"][g]["n"] or "all"]
+            + [f"{cands[w][g]['recall']:.3f} ({cands[w][g]['mean_candidates']:.0f})" for w in windows]
+            for g in cands["valid"] if g != "users"]
+    return [ui.grid_table("candidate recall (mean candidates per buyer)", ["generator", "N", *windows], rows)]
 
 
 def _overlap(a: list[Any], b: list[Any]) -> bool:

@@ -76,6 +76,8 @@ class TrainConfig:
     """Loss = view_loss + purchase_weight * purchase_loss (+ cart_weight * cart_loss)."""
     cart_weight: float = 0.0
     """Carts as a weaker purchase signal: weight of the loss on the next cart within the horizon."""
+    view_weight: float = 1.0
+    """Weight of the view loss (0: the purchase head learns from purchases alone; an ablation)."""
     loss: Literal["full", "sampled"] = "full"
     """Full softmax over the catalog, or sampled softmax with log-Q correction."""
     negatives: int = 1024
@@ -236,6 +238,7 @@ def _validate(cfg: Config) -> list[str]:
         (t.grad_clip >= 0, "train.grad_clip must be >= 0"),
         (t.purchase_weight >= 0, "train.purchase_weight must be >= 0 (got %s)" % t.purchase_weight),
         (t.cart_weight >= 0, "train.cart_weight must be >= 0"),
+        (t.view_weight >= 0, "train.view_weight must be >= 0"),
         (t.negatives >= 1, "train.negatives must be >= 1"),
         (t.patience >= 0, "train.patience must be >= 0"),
         (bool(e.k) and all(k >= 1 for k in e.k), "eval.k must be a list of integers >= 1"),

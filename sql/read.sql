@@ -43,3 +43,10 @@ select
     count(*) filter (where n <> getvariable('k') or n_distinct <> getvariable('k')) as bad_users,
     count(*) as n_users
 from per_user;
+
+-- name: events_before_detail
+-- events_before with the session and price bucket of each event (candidate generators, re-ranker features)
+select user_idx, item_idx, event_type_id, ts, session_no, price_bucket, category_idx
+from read_parquet(getvariable('path'))
+where event_at < getvariable('before_at') and item_idx > 1
+order by user_idx, seq;

@@ -31,7 +31,7 @@ from purchasepred.pipeline import evaluate_run, export_run
 from purchasepred.train.trainer import Trainer
 
 HEADER = "user_id,item_id,rank,score,source,purchase_probability"
-SOURCES = {"model", "blend", "history", "popularity"}
+SOURCES = {"model", "blend", "history", "popularity", "tifu_knn", "two_stage"}
 RUN = "E"
 
 
@@ -102,9 +102,9 @@ def test_metrics_json_has_models_baselines_blend_and_calibration(trained: Traine
     assert path == trained.root / "output" / RUN / "metrics_k5-10.json"  # not the default cutoffs: its own file
     saved = json.loads(path.read_text())
     assert {"model", "baselines", "blend", "default", "calibration"} <= saved.keys()
-    assert set(saved["baselines"]) == {"popularity", "history"}
+    assert set(saved["baselines"]) == {"popularity", "history", "tifu_knn"}
     n_buyers = len(trained.data.split("test").truth_users)
-    for body in (saved["model"], saved["blend"], saved["baselines"]["popularity"], saved["baselines"]["history"]):
+    for body in (saved["model"], saved["blend"], saved["two_stage"], *saved["baselines"].values()):
         assert {"ndcg@10", "hr@10", "mrr", "users", "ndcg@10_ci", "ndcg@5", "hr@5"} <= body.keys()
         assert body["users"] == n_buyers > 0
         assert 0 <= body["ndcg@10"] <= 1 and 0 <= body["hr@10"] <= 1 and 0 <= body["mrr"] <= 1
@@ -114,6 +114,13 @@ def test_metrics_json_has_models_baselines_blend_and_calibration(trained: Traine
         for segment in ("with_history", "without_history", "seen_items", "new_items"):
             assert "users" in body[segment], segment
         assert body["with_history"]["users"] + body["without_history"]["users"] == n_buyers
+    # the two-stage ranker's candidate recall on both windows, per generator and for the union
+    for window in ("valid", "test"):
+        recall = saved["candidates"][window]
+        assert 0 <= recall["own"]["recall"] <= recall["union"]["recall"] <= 1
+        assert recall["union"]["mean_candidates"] >= recall["popularity"]["mean_candidates"] > 0
+    learners = saved["two_stage_learners"]
+    assert set(learners["test_ndcg@10"]) == set(learners["valid_oof_ndcg@10"]) >= {"torch", "lightgbm"}
     assert saved["default"] in SOURCES
     calibration = saved["calibration"]
     for key in ("ece", "brier"):

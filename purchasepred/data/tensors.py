@@ -149,3 +149,7 @@ class PreparedData:
     def events_before(self, window_start: Any) -> dict[str, np.ndarray]:
         """Every event with a known item strictly before ``window_start`` (for baselines)."""
         return self._fetch("events_before", "events", before_at=window_start)
+
+    def events_before_detail(self, window_start: Any) -> dict[str, np.ndarray]:
+        """``events_before`` plus session_no, price_bucket and category_idx (two-stage ranking)."""
+        return self._fetch("events_before_detail", "events", before_at=window_start)

@@ -25,9 +25,15 @@ from purchasepred.eval.rankers import (
     Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, UserEvents,
     conversion_prior, fit_blend, fit_history,
 )
+from purchasepred.eval.candidates import recall
+from purchasepred.eval.rerank import (
+    FeatureBuilder, ListwiseMLP, Precomputed, TwoStage, ViewScorer, available_learners, fit_learner, load_learner,
+    out_of_fold, training_set,
+)
+from purchasepred.eval.tifu import TifuKNN, TifuParams, build_tifu, fit_tifu
 
-RANKERS = ("popularity", "history", "model", "blend")
-BASELINES = ("popularity", "history")
+RANKERS = ("popularity", "history", "model", "blend", "tifu_knn", "two_stage")
+BASELINES = ("popularity", "history", "tifu_knn")
 
 
 @dataclass
@@ -44,6 +50,9 @@ class ValidFit:
     popularity_calibration: Calibration | None = None
     default_reason: str = "best NDCG@10 on the valid window"
     settings: dict[str, Any] = field(default_factory=dict)  # fit_settings(cfg) of the fit
+    tifu: TifuParams | None = None
+    two_stage: dict[str, Any] | None = None
+    """The re-ranker: chosen learner, every learner fitted on valid, their out-of-fold valid NDCG@10."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +65,7 @@ class ValidFit:
             dataset_hash=d["dataset_hash"], checkpoint_sha256=d.get("checkpoint_sha256"),
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
             default_reason=d.get("default_reason", cls.default_reason), settings=d.get("settings", {}),
+            tifu=TifuParams(**d["tifu"]) if d.get("tifu") else None, two_stage=d.get("two_stage"),
         )
 
 
@@ -76,23 +86,64 @@ class Window:
     prior: torch.Tensor
     affinity: CategoryAffinity
     rankers: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, np.ndarray] = field(default_factory=dict)  # the events before the cutoff, with sessions
+    features: FeatureBuilder | None = None
 
 
 def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Module, device: torch.device,
                  fitted: ValidFit | None = None) -> Window:
     split = data.split(name)
-    raw = data.events_before(split.window_start)
+    raw = data.events_before_detail(split.window_start)
     ts = split.start_ts
     events = UserEvents(raw)
     popularity = Popularity(raw, data.vocab.n_items, ts, cfg.eval.popularity_days)
     w = Window(split, events, popularity, ts, conversion_prior(raw, data.vocab.n_items),
-               CategoryAffinity(events, data.items["category_idx"]))
+               CategoryAffinity(events, data.items["category_idx"]), raw=raw)
     w.rankers["popularity"] = popularity
     w.rankers["model"] = ModelScorer(model, split, popularity, device)
     if fitted is not None:
         w.rankers["history"] = History(events, popularity, ts, fitted.history)
         w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend, w.prior, w.affinity)
+        w.rankers["tifu_knn"] = Lazy(lambda: build_tifu(raw, data.vocab.n_items, ts, popularity.normalized,
+                                                        fitted.tifu or TifuParams()))
+        w.rankers["two_stage"] = Lazy(lambda: TwoStage(features(w, data, model, device, fitted.history),
+                                                        chosen_learner(fitted)))
     return w
+
+
+class Lazy:
+    """A ranker built on first use (export scores with one ranker; the others need not be built)."""
+
+    def __init__(self, build: Any) -> None:
+        self._build, self._ranker = build, None
+
+    def get(self) -> Any:
+        if self._ranker is None:
+            self._ranker = self._build()
+        return self._ranker
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.get()(users)
+
+
+def features(w: Window, data: PreparedData, model: torch.nn.Module, device: torch.device,
+             history: HistoryParams) -> FeatureBuilder:
+    """The re-ranker's candidates and features as of the window's cutoff (built once per window)."""
+    if w.features is None:
+        personal = History(w.events, w.popularity, w.cutoff_ts, history).personal
+        tifu = w.rankers.get("tifu_knn")
+        tifu = tifu.get() if isinstance(tifu, Lazy) else tifu
+        w.features = FeatureBuilder(w.raw, data.vocab.n_items, w.cutoff_ts, data.items["category_idx"], w.popularity.scores,
+                                    w.prior, personal, history.half_life_days, model=w.rankers["model"],
+                                    view_model=ViewScorer(model, w.split, w.popularity, device), tifu=tifu)
+    return w.features
+
+
+def chosen_learner(fitted: ValidFit) -> Any:
+    """The learner chosen on valid; a ValidFit made by hand without one gets a seeded, untrained MLP."""
+    if not fitted.two_stage:
+        return ListwiseMLP()
+    return load_learner(fitted.two_stage["learners"][fitted.two_stage["chosen"]])
 
 
 def _ndcg10(scorer: Any, split: SplitData) -> float:
@@ -118,6 +169,10 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     weights, scores["blend"] = fit_blend(
         lambda w: _ndcg10(Blend(valid.rankers["model"], history, w, valid.prior, valid.affinity), valid.split))
     valid.rankers["blend"] = Blend(valid.rankers["model"], history, weights, valid.prior, valid.affinity)
+    tifu_params, scores["tifu_knn"], vectors = fit_tifu(valid.raw, data.vocab.n_items, valid.cutoff_ts,
+                                                        valid.popularity.normalized, lambda s: _ndcg10(s, valid.split))
+    valid.rankers["tifu_knn"] = TifuKNN(vectors, valid.popularity.normalized, tifu_params.k, tifu_params.alpha)
+    two_stage, scores["two_stage"] = fit_two_stage(valid, data, model, device, params)
     n_buyers = len(valid.split.truth_users)
     if n_buyers < cfg.eval.min_valid_buyers:
         default = max(BASELINES, key=lambda r: (scores[r], -RANKERS.index(r)))
@@ -131,8 +186,28 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     fitted = ValidFit(history=params, blend=weights, default=default, default_reason=reason, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
                     checkpoint_sha256=checkpoint_sha256, settings=fit_settings(cfg),
-                    popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)))
+                    popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)),
+                    tifu=tifu_params, two_stage=two_stage)
     return fitted, valid
+
+
+def fit_two_stage(valid: Window, data: PreparedData, model: torch.nn.Module, device: torch.device,
+                  history: HistoryParams) -> tuple[dict[str, Any], float]:
+    """Fit every available learner on the valid buyers' candidates; choose by out-of-fold NDCG@10."""
+    fb = features(valid, data, model, device, history)
+    split = valid.split
+    ts = training_set(fb, split.truth_users, split.truth_items)
+    oof = {}
+    for kind in available_learners():
+        pred = out_of_fold(ts, kind)
+        oof[kind] = _ndcg10(Precomputed(ts.users, ts.rows, ts.items, pred, fb.pop_norm), split)
+    chosen = max(oof, key=lambda k: (oof[k], k == "lightgbm"))
+    learners = {kind: fit_learner(ts, kind) for kind in oof}
+    valid.rankers["two_stage"] = TwoStage(fb, learners[chosen])
+    fitted = {"chosen": chosen, "valid_oof_ndcg@10": oof,
+              "valid_recall": recall(fb.generator, split.truth_users, split.truth_items, split.n_relevant),
+              "learners": {kind: learner.to_dict() for kind, learner in learners.items()}}
+    return fitted, oof[chosen]
 
 
 def _seen_mask(window: Window) -> np.ndarray:
@@ -184,6 +259,19 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
             r[vname] = (evaluate_scorer(w.rankers[name], vsplit, ks, cfg.eval.bootstrap, cfg.eval.seed)
                         if len(vsplit.truth_users) else {"users": 0})
         results[name] = r
+    two_stage: dict[str, Any] = {}
+    candidates: dict[str, Any] = {}
+    if fitted.two_stage:
+        fb = features(w, data, model, device, fitted.history)
+        two_stage = {
+            "chosen": fitted.two_stage["chosen"],
+            "valid_oof_ndcg@10": fitted.two_stage["valid_oof_ndcg@10"],
+            f"{split}_ndcg@10": {
+                kind: evaluate_scorer(TwoStage(fb, load_learner(d)), w.split, [10], 0)["ndcg@10"]
+                for kind, d in fitted.two_stage["learners"].items()},
+        }
+        candidates = {"valid": fitted.two_stage["valid_recall"],
+                      split: recall(fb.generator, w.split.truth_users, w.split.truth_items, w.split.n_relevant)}
     calib = fitted.calibration
     y, score = calibration_pairs(w, fitted.default, cfg.export.k, seed=cfg.eval.seed)
     p = calib(score)
@@ -194,7 +282,9 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "k": ks,
         "model": results["model"],
         "blend": results["blend"],
-        "baselines": {"popularity": results["popularity"], "history": results["history"]},
+        "two_stage": results["two_stage"],
+        "baselines": {"popularity": results["popularity"], "history": results["history"],
+                      "tifu_knn": results["tifu_knn"]},
         "default": fitted.default,
         "default_reason": fitted.default_reason,
         "default_metrics": results[fitted.default],
@@ -204,6 +294,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "fitted_on_valid": {
             "history_params": asdict(fitted.history),
             "blend_weights": asdict(fitted.blend),
+            "tifu_params": asdict(fitted.tifu) if fitted.tifu else None,
             "valid_ndcg@10": fitted.valid_ndcg10,
         },
         "calibration": {
@@ -215,6 +306,8 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
             "bins": {"calibrated": reliability_bins(y, p), "raw": reliability_bins(y, p_raw)},
         },
         "window": {"start": str(w.split.window_start), "end": str(w.split.window_end)},
+        "candidates": candidates,
+        "two_stage_learners": two_stage,
     }
 
 

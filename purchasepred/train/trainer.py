@@ -149,6 +149,8 @@ def multitask_loss(
     h = encode(batch)  # (B, T, D)
     parts: dict[str, torch.Tensor] = {}
     b, p = torch.nonzero(batch["next_target"] > 0, as_tuple=True)
+    # computed even when train.view_weight is 0 (an ablation): every parameter then still takes part,
+    # as DistributedDataParallel requires, with a zero gradient through the view head
     parts["view"] = model.view_nll(h[b, p], batch["next_target"][b, p], sample) if len(b) else h.new_zeros(())
     for name, key in (("purchase", "purchase_target"), ("cart", "cart_target")):
         if name == "cart" and train_cfg.cart_weight == 0:
@@ -161,7 +163,7 @@ def multitask_loss(
         view, purchase, cart = (parts[name].float() * w for name, w in zip(LOSS_PARTS, part_weights))
     else:
         view, purchase, cart = (parts[name].float() for name in LOSS_PARTS)
-    loss = view + train_cfg.purchase_weight * purchase + train_cfg.cart_weight * cart
+    loss = train_cfg.view_weight * view + train_cfg.purchase_weight * purchase + train_cfg.cart_weight * cart
     return loss, parts
 
 
