@@ -25,6 +25,7 @@ from purchasepred.export.recommend import ExportSummary, export
 from purchasepred.fileio import check_new_output, write_json
 from purchasepred.runs import latest_run, load_model, pick_device, run_paths
 from purchasepred.checkpoint import read_metadata
+from purchasepred.train import distributed
 from purchasepred.train.trainer import EpochStats, Trainer, TrainSummary
 
 Log = Callable[[str], None]
@@ -173,9 +174,38 @@ def export_run(cfg: Config, run: str | None = None, out: Path | None = None, k: 
     loaded = load_run(cfg, name, data)
     target = Path(out) if out else loaded.out_dir / "recommendations.csv"
     check_new_output(target, force)
-    fitted = valid_fit(loaded, cfg, hooks)
-    return export(loaded.data, cfg, loaded.model, loaded.device, fitted, target, k or cfg.export.k,
-                  cfg.export.filter_seen if filter_seen is None else filter_seen, force, hooks.on_export)
+    # under torchrun: one process per rank (cuda:LOCAL_RANK on CUDA, gloo on CPU), each scoring a share
+    d, device = distributed.setup(loaded.device)
+    if device != loaded.device:
+        loaded.model.to(device)
+        loaded.device = device
+    finished = False
+    try:
+        fitted = _valid_fit_once(loaded, cfg, hooks, d)
+        summary = export(loaded.data, cfg, loaded.model, loaded.device, fitted, target, k or cfg.export.k,
+                         cfg.export.filter_seen if filter_seen is None else filter_seen, force, hooks.on_export, d)
+        finished = True
+        return summary
+    finally:
+        if finished:
+            distributed.teardown(d)
+        elif d.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _valid_fit_once(loaded: LoadedRun, cfg: Config, hooks: Hooks, d: distributed.Dist) -> ValidFit:
+    """Under torchrun rank 0 fits (and caches ranker.json) first; the other ranks then read its cache."""
+    if not d.enabled:
+        return valid_fit(loaded, cfg, hooks)
+    fitted, error = None, None
+    if d.is_main:
+        try:
+            fitted = valid_fit(loaded, cfg, hooks)
+        except BaseException as err:  # noqa: BLE001 - re-raised below, after the other ranks have heard of it
+            error = err
+    if distributed.any_rank(error is not None, d, loaded.device):
+        raise error or PurchasePredError("rank 0 could not fit the rankers on the valid window (see its error); nothing was exported")
+    return fitted if fitted is not None else valid_fit(loaded, cfg, hooks)
 
 
 # ------------------------------------------------------------------------------------------ run

@@ -8,7 +8,9 @@ groups (about a minute on a 2-core box) and run with ``python -m pytest -m distr
   (dropout 0, full softmax) within ``REL_TOL``; measured on this box: 1.2e-7 relative on losses,
   identical valid metrics;
 - rank 1's process writes nothing under the run folders (an audit hook records its writes);
-- SIGKILL of rank 1, then ``--resume`` on 2 processes, ends exactly like the uninterrupted run.
+- SIGKILL of rank 1, then ``--resume`` on 2 processes, ends exactly like the uninterrupted run;
+- ``export`` on 2 processes writes the rows of 1 process into the one CSV (the parts joined in rank
+  order, no part left), and a failing rank leaves no CSV and no parts.
 """
 
 from __future__ import annotations
@@ -164,6 +166,17 @@ if os.environ.get("RANK") is not None and os.environ.get("PP_WATCH"):
             os.write(_fd, (event + " " + os.fspath(path) + "\\n").encode())
 
     sys.addaudithook(_hook)
+
+if os.environ.get("RANK") is not None and os.environ.get("PP_FAIL_RANK") == os.environ["RANK"]:
+    _fail = os.environ["PP_FAIL_OPEN"]  # this rank's writes to a path containing it fail (a full disk)
+
+    def _fail_hook(event, args):
+        if event == "open" and args and isinstance(args[0], (str, os.PathLike)) and _fail in os.fspath(args[0]):
+            mode = args[1]
+            if isinstance(mode, str) and "w" in mode:
+                raise OSError(28, "No space left on device (injected)", os.fspath(args[0]))
+
+    sys.addaudithook(_fail_hook)
 '''
 
 
@@ -292,3 +305,52 @@ def test_sigkill_of_one_rank_then_resume_ends_like_an_uninterrupted_run(
     assert a["step"] == b["step"]
     for name in b["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+# ------------------------------------------------------------------------------ export under torchrun
+def torchrun_export(root: Path, out: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # "--": torchrun's own parser takes --run for an abbreviation of its --run-path and stops
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "purchasepred", "--",
+           "--quiet", "export", "--run", "one", "--out", str(out)]
+    for s in (*SETS, f"train.checkpoints_dir={root / 'checkpoints'}", f"train.output_dir={root / 'output'}"):
+        cmd += ["--set", s]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "hook"), *sys.path]), **(env or {})}
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _rows(path: Path) -> list[str]:
+    header, *rows = path.read_text().splitlines()
+    assert header == "user_id,item_id,rank,score,source,purchase_probability"
+    return rows
+
+
+@pytest.fixture(scope="module")
+def export_two(root: Path, one_process: dict[str, Any], hook: None) -> Path:
+    """2 ranks first: rank 0 fits the rankers (ranker.json) while rank 1 waits, then both score."""
+    out = root / "exports" / "two.csv"
+    done = torchrun_export(root, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.distributed
+def test_two_processes_export_the_rows_of_one(root: Path, export_two: Path) -> None:
+    from purchasepred.pipeline import export_run
+
+    one = export_run(make_cfg(root), "one", root / "exports" / "one.csv")
+    rows_one, rows_two = _rows(one.path), _rows(export_two)
+    assert len(rows_one) == one.users * one.k and len(set(r.split(",")[0] for r in rows_two)) == one.users
+    assert sorted(rows_two) == sorted(rows_one)
+    # parts are joined in rank order from the same user order: the same CSV as one process
+    assert rows_two == rows_one
+    assert sorted(p.name for p in export_two.parent.iterdir()) == ["one.csv", "two.csv"]  # no part, no temp file
+
+
+@pytest.mark.distributed
+def test_a_failing_rank_leaves_no_csv_and_no_parts(root: Path, export_two: Path) -> None:
+    out = root / "exports_failing" / "recs.csv"
+    done = torchrun_export(root, out, {"PP_FAIL_RANK": "1", "PP_FAIL_OPEN": ".recs.csv.part-1-of-2"})
+    assert done.returncode != 0
+    assert "No space left on device (injected)" in done.stderr  # rank 1's own error
+    assert "export failed on another rank" in done.stderr  # what rank 0 says
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []

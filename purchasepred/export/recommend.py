@@ -5,10 +5,18 @@ by the default ranker chosen on the valid window (model, blend, history or popul
 get the popularity list. Scores are computed for a batch of users at a time (``export.user_batch``
 x catalog floats), never for the whole users x items matrix. The CSV goes to a temporary file, is
 checked (every user present, exactly K distinct items each), and only then renamed into place.
+
+Under torchrun (``torchrun --nproc_per_node N -m purchasepred export ...``) each rank scores a
+contiguous share of the same user order into its own part file ``.<out>.part-<rank>-of-<N>`` beside
+the target (checked like the CSV); once every rank has written its part, rank 0 checks each part
+and their union and joins them, header once, into the one CSV (:func:`join_parts`). A failure on any
+rank reaches every rank: no target, no parts. Parts are joined in rank order, so the CSV lists users
+in the same order as one process.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +34,8 @@ from purchasepred.errors import PurchasePredError
 from purchasepred.fileio import atomic_path, check_new_output, make_parents, remove_empty
 from purchasepred.eval.protocol import top_k
 from purchasepred.eval.evaluate import ValidFit, build_window
+from purchasepred.train import distributed
+from purchasepred.train.distributed import Dist
 
 COLUMNS = ("user_id", "item_id", "rank", "score", "source", "purchase_probability")
 
@@ -44,7 +54,9 @@ class ExportSummary:
 
 def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: ValidFit,
            out: Path, k: int, filter_seen: bool, force: bool,
-           progress: Callable[[int, int], None] | None = None) -> ExportSummary:
+           progress: Callable[[int, int], None] | None = None, d: Dist = Dist()) -> ExportSummary:
+    """The checked CSV at ``out``. Under torchrun (``d.enabled``) every rank calls it with its own
+    ``d``; rank 0 returns the summary of the whole CSV, the other ranks that of their share."""
     t0 = time.perf_counter()
     n_catalog = data.vocab.n_items - FIRST_ID
     if k > n_catalog:
@@ -52,14 +64,15 @@ def export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torc
     check_new_output(out, force)
     created = make_parents(out)
     try:
-        return _export(data, cfg, model, device, fitted, out, k, filter_seen, progress, t0)
+        return _export(data, cfg, model, device, fitted, out, k, filter_seen, progress, t0, d)
     except BaseException:
         remove_empty(created)  # nothing partial: not even the folder made for --out
         raise
 
 
 def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, fitted: ValidFit,
-            out: Path, k: int, filter_seen: bool, progress: Callable[[int, int], None] | None, t0: float) -> ExportSummary:
+            out: Path, k: int, filter_seen: bool, progress: Callable[[int, int], None] | None, t0: float,
+            d: Dist = Dist()) -> ExportSummary:
     w = build_window(data, "all", cfg, model, device, fitted)
     users = data.users["user_idx"].astype(np.int64)
     user_ids = data.users["user_id"]
@@ -82,41 +95,110 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
     rows = w.split.rows_of(users)
     n_events[rows >= 0] = w.split.n_events[rows[rows >= 0]]
     order = np.argsort(n_events, kind="stable")
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(",".join(COLUMNS) + "\n")
-        for start in range(0, len(users), batch):
-            pick = order[start:start + batch]
-            u = users[pick]
-            # rows scored one by one over the catalog: the ranker's users, and under
-            # --filter-seen anyone with history; only these cost a users x catalog block
-            dense = warm[pick] & (use_ranker or filter_seen)
-            val = np.empty((len(u), k), dtype=np.float32)
-            top = np.empty((len(u), k), dtype=np.int64)
-            val[~dense], top[~dense] = pop_val, pop_top
-            if dense.any():
-                ud = u[dense]
-                scores = ranker(ud).float() if use_ranker else popularity(ud)
-                scores[:, :FIRST_ID] = float("-inf")
-                if filter_seen:
-                    rows, idx = w.events.ranges(ud)
-                    scores[torch.as_tensor(rows), torch.as_tensor(w.events.item[idx])] = float("-inf")
-                v, t = top_k(scores, k)
-                del scores
-                val[dense], top[dense] = v.numpy(), t.numpy()
-            if not np.isfinite(val).all():
-                # filter_seen removed too much for some user: fill from popularity, unseen first
-                val, top = _fill_from_popularity(val, top, popularity.scores.numpy())
-            source = np.where(dense & use_ranker, fitted.default, "popularity")
-            prob = np.where(source[:, None] == "popularity", fitted_pop(fitted, val), fitted.calibration(val))
-            for src in (fitted.default, "popularity"):
-                by_source[src] = by_source.get(src, 0) + int((source == src).sum())
-            _write_rows(fh, user_ids[pick], product[top], val, source, prob, k)
-            if progress:
-                progress(min(start + batch, len(users)), len(users))
-        fh.close()
-        _verify(tmp, len(users), k)
-    return ExportSummary(out, len(users), len(users) * k, k, {s: n for s, n in by_source.items() if n},
+    # under torchrun: this rank's contiguous share of that order, into its own part file
+    share = distributed.shard(torch.from_numpy(order), d).numpy()
+    target = part_path(out, d.rank, d.world_size) if d.enabled else out
+    try:
+        with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(",".join(COLUMNS) + "\n")
+            for start in range(0, len(share), batch):
+                pick = share[start:start + batch]
+                u = users[pick]
+                # rows scored one by one over the catalog: the ranker's users, and under
+                # --filter-seen anyone with history; only these cost a users x catalog block
+                dense = warm[pick] & (use_ranker or filter_seen)
+                val = np.empty((len(u), k), dtype=np.float32)
+                top = np.empty((len(u), k), dtype=np.int64)
+                val[~dense], top[~dense] = pop_val, pop_top
+                if dense.any():
+                    ud = u[dense]
+                    scores = ranker(ud).float() if use_ranker else popularity(ud)
+                    scores[:, :FIRST_ID] = float("-inf")
+                    if filter_seen:
+                        rows, idx = w.events.ranges(ud)
+                        scores[torch.as_tensor(rows), torch.as_tensor(w.events.item[idx])] = float("-inf")
+                    v, t = top_k(scores, k)
+                    del scores
+                    val[dense], top[dense] = v.numpy(), t.numpy()
+                if not np.isfinite(val).all():
+                    # filter_seen removed too much for some user: fill from popularity, unseen first
+                    val, top = _fill_from_popularity(val, top, popularity.scores.numpy())
+                source = np.where(dense & use_ranker, fitted.default, "popularity")
+                prob = np.where(source[:, None] == "popularity", fitted_pop(fitted, val), fitted.calibration(val))
+                for src in (fitted.default, "popularity"):
+                    by_source[src] = by_source.get(src, 0) + int((source == src).sum())
+                _write_rows(fh, user_ids[pick], product[top], val, source, prob, k)
+                if progress:
+                    progress(min(start + batch, len(share)), len(share))
+            fh.close()
+            _verify(tmp, len(share), k)
+    except BaseException:
+        if d.enabled:
+            _after_parts(out, k, False, len(share), by_source, d, device)  # tells the other ranks, removes this part
+        raise
+    if d.enabled:
+        n_users, by_source = _after_parts(out, k, True, len(share), by_source, d, device)
+    else:
+        n_users = len(users)
+    return ExportSummary(out, n_users, n_users * k, k, {s: n for s, n in by_source.items() if n},
                          time.perf_counter() - t0)
+
+
+def part_path(out: Path, rank: int, world_size: int) -> Path:
+    """The hidden part file of ``rank`` beside the target CSV ``out``."""
+    return out.with_name(f".{out.name}.part-{rank}-of-{world_size}")
+
+
+def _after_parts(out: Path, k: int, wrote: bool, n_share: int, by_source: dict[str, int], d: Dist,
+                 device: torch.device) -> tuple[int, dict[str, int]]:
+    """Every rank, once its part is written (``wrote``) or has failed: the users and sources of the
+    whole CSV, joined by rank 0. Any rank's failure becomes every rank's: parts removed, no target."""
+    mine = part_path(out, d.rank, d.world_size)
+    if distributed.any_rank(not wrote, d, device):  # also the barrier: every part is on disk after it
+        mine.unlink(missing_ok=True)
+        if not wrote:
+            return 0, {}  # the caller re-raises this rank's own error
+        raise PurchasePredError(f"export failed on another rank (see its error above); nothing was written to {out}")
+    shares = distributed.gather((n_share, by_source), d)
+    error: BaseException | None = None
+    if d.is_main:
+        try:
+            join_parts([part_path(out, r, d.world_size) for r in range(d.world_size)], [n for n, _ in shares], out, k)
+        except BaseException as err:  # noqa: BLE001 - re-raised below, after the other ranks have heard of it
+            error = err
+    if distributed.any_rank(error is not None, d, device):
+        mine.unlink(missing_ok=True)
+        raise error or PurchasePredError(f"rank 0 could not join the export parts (see its error); nothing was written to {out}")
+    if not d.is_main:
+        return n_share, by_source
+    total: dict[str, int] = {}
+    for _, part in shares:
+        for src, n in part.items():
+            total[src] = total.get(src, 0) + n
+    return sum(n for n, _ in shares), total
+
+
+def join_parts(parts: list[Path], n_users: list[int], out: Path, k: int) -> None:
+    """Check each part (``n_users[i]`` users, exactly ``k`` distinct items each), concatenate them
+    (header once) into a temporary file beside ``out``, check the union (every user exactly once)
+    and rename it over ``out``. The parts are removed whatever happens; on failure ``out`` is untouched."""
+    try:
+        for part, n in zip(parts, n_users, strict=True):
+            if not part.is_file():
+                raise PurchasePredError(f"export part {part} is missing; nothing was written to {out} (this is a bug, please report it)")
+            _verify(part, n, k)
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as dst:
+                for i, part in enumerate(parts):
+                    with open(part, "rb") as src:
+                        header = src.readline()
+                        if i == 0:
+                            dst.write(header)
+                        shutil.copyfileobj(src, dst, 1 << 24)
+            _verify(tmp, sum(n_users), k)
+    finally:
+        for part in parts:
+            part.unlink(missing_ok=True)
 
 
 def fitted_pop(fitted: ValidFit, scores: np.ndarray) -> np.ndarray:
