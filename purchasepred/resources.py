@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 _PKG = Path(__file__).resolve().parent
 
@@ -35,3 +36,8 @@ def named_queries(filename: str) -> dict[str, str]:
     text = (sql_dir() / filename).read_text()
     parts = _NAME.split(text)
     return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}
+
+
+def define_ids(con: Any) -> None:
+    """Define the id macros of ``sql/ids.sql`` (pad_id(), first_id(), purchase_id(), ...) on ``con``."""
+    con.execute((sql_dir() / "ids.sql").read_text())

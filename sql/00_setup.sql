@@ -1,26 +1,12 @@
--- setup: the id conventions and parsing rules, defined once and used by every later SQL file, and the
+-- setup: the parsing rules, defined once and used by every later SQL file, and the
 -- empty landing tables that each input file's load appends to.
 -- inputs: none. outputs: staged (grain: one record of one file, typed; reject_reason says why it is
 --   left out, NULL when valid), raw_rejects (grain: one line the CSV reader could not split into the
 --   file's fields), input_files (file_no -> file_path), optional_columns (an empty template).
 -- parameters (read when a macro runs): time_format, event_map, min_event_at, max_event_at.
 
--- ids shared by every table: 0 pads a sequence, 1 is an unknown or rare value, real ids start at 2
-create or replace macro pad_id() as 0;
-create or replace macro unknown_id() as 1;
-create or replace macro first_id() as 2;
-
--- event types: ids 1..4 (0 is padding); the names are the canonical event names of the input mapping
-create or replace macro view_id() as 1;
-create or replace macro cart_id() as 2;
-create or replace macro purchase_id() as 3;
-create or replace macro remove_from_cart_id() as 4;
-create or replace macro event_type_id(name) as case name
-    when 'view' then view_id() when 'cart' then cart_id() when 'purchase' then purchase_id()
-    when 'remove_from_cart' then remove_from_cart_id() end;
-create or replace macro event_type_name(id) as case id
-    when view_id() then 'view' when cart_id() then 'cart' when purchase_id() then 'purchase'
-    when remove_from_cart_id() then 'remove_from_cart' end;
+-- the id conventions (pad_id, unknown_id, first_id, view_id .. remove_from_cart_id, event_type_id,
+-- event_type_name) are macros in ids.sql, defined on every connection that reads or writes these tables
 
 -- left_pad(list, width): pad_id() on the left up to width (the padding of every sequence array;
 -- l[1:0] is an empty list of l's own type, so it serves INTEGER[] and BIGINT[] alike)

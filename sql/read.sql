@@ -24,7 +24,7 @@ select user_idx, user_id from read_parquet(getvariable('path')) order by user_id
 -- name: events_before
 -- the events a window's rankers may use: every event strictly before the window's start
 select user_idx, item_idx, event_type_id, ts from read_parquet(getvariable('path'))
-where event_at < getvariable('before_at') and item_idx > 1
+where event_at < getvariable('before_at') and item_idx >= first_id()
 order by user_idx, seq;
 
 -- name: export_check
@@ -48,5 +48,5 @@ from per_user;
 -- events_before with the session and price bucket of each event (candidate generators, re-ranker features)
 select user_idx, item_idx, event_type_id, ts, session_no, price_bucket, category_idx
 from read_parquet(getvariable('path'))
-where event_at < getvariable('before_at') and item_idx > 1
+where event_at < getvariable('before_at') and item_idx >= first_id()
 order by user_idx, seq;

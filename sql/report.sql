@@ -20,7 +20,7 @@ with recs as (
 ),
 
 catalog as (
-    select product_id from read_parquet(getvariable('items')) where item_idx > 1
+    select product_id from read_parquet(getvariable('items')) where item_idx >= first_id()
 ),
 
 touched as (
@@ -54,7 +54,7 @@ order by rows desc, source;
 with items as (
     select product_id, n_events, ntile(10) over (order by n_events desc, item_idx) as decile
     from read_parquet(getvariable('items'))
-    where item_idx > 1
+    where item_idx >= first_id()
 ),
 
 recs as (
@@ -87,7 +87,7 @@ with items as (
     select items.product_id, items.n_events, coalesce(nullif(categories.category_code, ''), items.category) as category
     from read_parquet(getvariable('items')) as items
     left join read_parquet(getvariable('categories')) as categories on categories.category_idx = items.category_idx
-    where items.item_idx > 1
+    where items.item_idx >= first_id()
 ),
 
 recs as (

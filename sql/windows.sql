@@ -22,7 +22,7 @@ with firsts as (
 select p.user_idx, epoch_us(p.event_at) as at_us, epoch_us(f.first_at) as first_us
 from events as p
 join firsts as f on f.user_idx = p.user_idx
-where p.event_type_id = 3
+where p.event_type_id = purchase_id()
 order by at_us, p.user_idx;
 
 -- name: eval_us

@@ -34,7 +34,7 @@ from purchasepred.data.inputs import (
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
-from purchasepred.resources import named_queries, sql_dir
+from purchasepred.resources import define_ids, named_queries, sql_dir
 from purchasepred.fileio import sha256_file, to_json
 
 SCHEMA_VERSION = 1
@@ -257,6 +257,7 @@ def _run(
     memory_limit = None
     try:
         con.execute("set TimeZone = 'UTC'")
+        define_ids(con)
         _set(con, "temp_dir", str(spill))
         con.execute("set temp_directory = getvariable('temp_dir')")
         if cfg.memory_limit:

@@ -18,7 +18,7 @@ import numpy as np
 
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest
-from purchasepred.resources import named_queries
+from purchasepred.resources import define_ids, named_queries
 from purchasepred.errors import DatasetError
 from purchasepred.data.features import FEATURES, FIRST_ID, PAD, Vocab
 
@@ -57,6 +57,7 @@ def reader_connection() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("set variable spill = ?", [str(Path(tempfile.gettempdir()) / "purchasepred-duckdb")])
     con.execute("set temp_directory = getvariable('spill')")
+    define_ids(con)
     return con
 
 

@@ -23,7 +23,7 @@ import duckdb
 import numpy as np
 
 from purchasepred.errors import InputError
-from purchasepred.resources import named_queries
+from purchasepred.resources import define_ids, named_queries
 
 SPLITS = ("valid", "test")
 LONG_LOG_DAYS = 28.0
@@ -163,6 +163,7 @@ class LogFacts:
 
 
 def load_facts(con: duckdb.DuckDBPyConnection) -> LogFacts:
+    define_ids(con)
     q = named_queries("windows.sql")
     first_us, last_us = con.execute(q["bounds"]).fetchone()
     users = con.execute(q["users"]).fetchnumpy()
