@@ -20,6 +20,8 @@ import gzip
 import json
 import re
 import shutil
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -663,3 +665,14 @@ def test_real_rees46_sample_exact_counts(tmp_path: Path) -> None:
     raw_cats = con.execute("select count(distinct category_id) from read_csv(?, all_varchar = true)", [str(files[0])]).fetchone()[0]
     assert rows(con, "select count(*) from categories") == [(raw_cats,)]
     json.dumps(m)  # the manifest is plain JSON
+
+
+def test_row_conservation_is_checked_even_under_python_O() -> None:
+    ok = {"rows_read": 10, "rows_kept": 6, "rows_rejected": 2, "rows_duplicate": 1, "rows_ignored": 1}
+    prep.check_conservation(ok)
+    with pytest.raises(DatasetError, match="lost track of rows: rows_read 11"):
+        prep.check_conservation({**ok, "rows_read": 11})
+    code = "import purchasepred.data.prepare as p; p.check_conservation({'rows_read': 2, 'rows_kept': 1, " \
+           "'rows_rejected': 0, 'rows_duplicate': 0, 'rows_ignored': 0})"
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0 and "lost track of rows" in out.stderr

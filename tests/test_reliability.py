@@ -529,7 +529,7 @@ HOSTILE = "we'ird; drop table x;--"
 def test_paths_with_quotes_and_semicolons_are_values_not_sql(tmp_path: Path) -> None:
     raw = tmp_path / f"{HOSTILE}.csv"
     shutil.copy(TINY, raw)
-    out = tmp_path / f"out'); drop table events; --"
+    out = tmp_path / "out'); drop table events; --"
     result = invoke("prepare", raw, "--out", out, "--eval-days", "1", "--max-len", "4")
     assert result.exit_code == 0, result.output
     m = json.loads((out / "manifest.json").read_text())

@@ -427,9 +427,18 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "tables": {t: f"{t}.parquet" for t in OUTPUT_TABLES},
     }
     manifest["warnings"] = choice.warnings + item_warnings(manifest, cfg.min_item_count)
-    assert manifest["rows_read"] == (manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"]
-                                     + manifest["rows_ignored"]), manifest
+    check_conservation(manifest)
     return manifest
+
+
+def check_conservation(manifest: dict[str, Any]) -> None:
+    """Every row read is kept, rejected, a duplicate or ignored: a real check, not an ``assert``
+    (``python -O`` strips those), so prepare refuses to finish a dataset that lost rows."""
+    parts = ("rows_kept", "rows_rejected", "rows_duplicate", "rows_ignored")
+    if manifest["rows_read"] != sum(manifest[p] for p in parts):
+        counts = ", ".join(f"{p} {manifest[p]:,}" for p in parts)
+        raise DatasetError(f"prepare lost track of rows: rows_read {manifest['rows_read']:,} but {counts}; "
+                           "nothing was written. Report this with the input file")
 
 
 def _unique(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -197,7 +197,8 @@ def fit_tifu(events: dict[str, np.ndarray], n_items: int, cutoff_ts: int, popula
             if score > best[1]:
                 best = (TifuParams(k=k, alpha=alpha, group_size=m, r_basket=rb, r_group=rg), score, vectors)
     params, score, vectors = best
-    assert vectors is not None
+    if vectors is None:  # the grid always scores its first point, so this cannot happen
+        raise RuntimeError("fit_tifu evaluated no parameters")
     return params, score, vectors
 
 
