@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def wait_for(predicate: Any, proc: subprocess.Popen, timeout: float = 60.0, what: str = "") -> None:
+    """Poll ``predicate`` until it holds; fail with the process's output if it ends or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the process ended (rc {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 # ------------------------------------------------------------------ a hostile checkpoint payload

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import invoke, clean_failure, TINY
+from conftest import invoke, clean_failure, wait_for, TINY
 from purchasepred.config import Config, PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
@@ -39,18 +39,6 @@ def child(*args: Any, cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", COLUMNS="200")
     return subprocess.Popen([sys.executable, "-m", "purchasepred", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate: Any, proc: subprocess.Popen, timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the process ended (rc {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def sha256(path: Path) -> str:

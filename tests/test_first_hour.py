@@ -19,13 +19,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import TINY, clean_failure, invoke
+from conftest import TINY, clean_failure, invoke, wait_for
 from purchasepred import cli
 from purchasepred.data.synth import generate
 
@@ -135,16 +134,6 @@ def test_the_four_headline_lines_run_verbatim_in_a_fresh_folder(raw: Path, tmp_p
 
 
 # ------------------------------------------------------------------ 2. Ctrl-C during run, then the printed command
-def wait_for(predicate: Any, proc: subprocess.Popen, timeout: float = 120.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the process ended (rc {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.mark.slow
@@ -156,7 +145,7 @@ def test_ctrl_c_during_run_exits_130_and_the_printed_command_finishes_the_run(ra
     proc = subprocess.Popen([str(BIN / words[0]), *words[1:]], cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     run_dir, out_dir = tmp_path / "checkpoints" / "r", tmp_path / "output" / "r"
-    wait_for(lambda: (run_dir / "last.pt").is_file(), proc, what="the first epoch's checkpoint")
+    wait_for(lambda: (run_dir / "last.pt").is_file(), proc, timeout=120.0, what="the first epoch's checkpoint")
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out[-2000:], err)
