@@ -526,10 +526,22 @@ def verdict(result: dict[str, Any]) -> str:
     else:
         first = (f"transformer {'beats' if m[key] > h[key] else 'does NOT beat'} the history baseline on NDCG@{k} "
                  f"({m[key]:.4f} {_ci(m, key)} vs {h[key]:.4f} {_ci(h, key)})")
-    d = result["default_metrics"][key]
-    diff = f"{(d / h[key] - 1) * 100:+.1f}% vs history" if h[key] else "history scores 0"
+    dm = result["default_metrics"]
+    d = dm[key]
     why = result.get("default_reason", "chosen on valid")
-    return f"{first}; default ranker '{result['default']}' ({why}) scores {d:.4f} ({diff})"
+    # the bar a learned default must clear: the stronger of history and TIFU-KNN, chosen on valid
+    on_valid = result.get("fitted_on_valid", {}).get("valid_ndcg@10", {})
+    strong = max((b for b in ("history", "tifu_knn") if b in result["baselines"]),
+                 key=lambda b: (on_valid.get(b, result["baselines"][b][key]), b == "history"))
+    sb = result["baselines"][strong]
+    if result["default"] == strong:
+        diff = "it is that baseline"
+    elif not sb[key]:
+        diff = f"{strong} scores 0"
+    else:
+        apart = "intervals apart" if not _overlap(dm.get(f"{key}_ci", [None, None]), sb[f"{key}_ci"]) else "intervals overlap"
+        diff = f"{(d / sb[key] - 1) * 100:+.1f}% vs {strong}, the stronger baseline on valid; {apart}"
+    return f"{first}; default ranker '{result['default']}' ({why}) scores {d:.4f} {_ci(dm, key)} ({diff})"
 
 
 @app.command()
