@@ -242,7 +242,7 @@ def test_verdict_claims_a_winner_only_when_the_intervals_are_apart(model: Any, h
 
 def test_verdict_measures_the_default_against_the_stronger_baseline_on_valid() -> None:
     r = _result((0.44, 0.43, 0.45), (0.38, 0.37, 0.39))
-    r["baselines"]["tifu_knn"] = {"ndcg@10": 0.42, "ndcg@10_ci": [0.41, 0.43]}
+    r["baselines"]["tifu_knn"] = {"ndcg@10": 0.42, "ndcg@10_ci": [0.40, 0.425]}
     r["fitted_on_valid"] = {"valid_ndcg@10": {"history": 0.30, "tifu_knn": 0.33}}
     text = cli.verdict(r)
     assert "+4.8% vs tifu_knn, the stronger baseline on valid; intervals apart" in text
