@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from purchasepred.config import Config, config_from_dict
-from purchasepred.data.features import Vocab
+from purchasepred.features import Vocab
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError
 from purchasepred.models.transformer import TransformerRecommender

@@ -1,4 +1,4 @@
--- ids: the id conventions of every prepared table, defined once (purchasepred/data/features.py holds the
+-- ids: the id conventions of every prepared table, defined once (purchasepred/features.py holds the
 -- same numbers for Python). Run on every DuckDB connection that writes or reads prepared tables
 -- (resources.define_ids), so no SQL file spells a bare 0, 1, 2 or 3.
 

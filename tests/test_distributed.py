@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from purchasepred.config import Config, ModelConfig, PrepareConfig, TrainConfig, load_config
-from purchasepred.data.features import Vocab
+from purchasepred.features import Vocab
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData

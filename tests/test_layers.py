@@ -1,8 +1,9 @@
 """The package's layers point one way: a module imports only from its own layer or lower ones.
 
-cli -> pipeline -> train / export / report -> runs -> checkpoint -> eval -> models -> data -> base (errors, resources,
-fileio, console, config). The model embeds the data layer's feature schema (``data/features.py``),
-so models sit above data; the data layer never imports the model, nor torch.
+cli -> pipeline -> train / export / report -> runs -> checkpoint -> eval -> data -> models -> base (errors,
+resources, fileio, console, config, features). The feature schema and id conventions
+(``features.py``) sit in the base, so the model and the data layer both read them without importing
+each other; the data layer never imports the model, nor torch.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "purchasepred"
 
 LAYERS = {
-    "purchasepred": 0, "errors": 0, "resources": 0, "fileio": 0, "console": 0, "config": 0,
-    "data": 1, "models": 2, "eval": 3, "checkpoint": 4, "runs": 4, "train": 4, "export": 4, "report": 4,
+    "purchasepred": 0, "errors": 0, "resources": 0, "fileio": 0, "console": 0, "config": 0, "features": 0,
+    "models": 1, "data": 2, "eval": 3, "checkpoint": 4, "runs": 4, "train": 4, "export": 4, "report": 4,
     "pipeline": 5, "cli": 6, "__main__": 6,
 }
 
@@ -71,7 +72,7 @@ def test_the_layer_check_catches_an_upward_import(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("module", ["purchasepred.data.prepare", "purchasepred.data.synth", "purchasepred.data.tensors",
-                                    "purchasepred.config", "purchasepred.fileio"])
+                                    "purchasepred.config", "purchasepred.fileio", "purchasepred.features"])
 def test_the_data_layer_loads_no_torch(module: str) -> None:
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('purchasepred.models')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,7 +14,7 @@ import torch
 from purchasepred.config import Config, ModelConfig
 from purchasepred.models import losses
 from purchasepred.models.losses import full_log_prob, linear_logsumexp, mean_nll, sampled_log_prob
-from purchasepred.data.features import FEATURES, N_EVENT_TYPES, N_GAP, N_HOUR, N_PRICE, N_WEEKDAY, Vocab
+from purchasepred.features import FEATURES, N_EVENT_TYPES, N_GAP, N_HOUR, N_PRICE, N_WEEKDAY, Vocab
 from purchasepred.models.transformer import SIDE_FEATURES, TransformerRecommender
 from purchasepred.train.trainer import multitask_loss
 

@@ -20,7 +20,7 @@ from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest
 from purchasepred.resources import define_ids, named_queries
 from purchasepred.errors import DatasetError
-from purchasepred.data.features import FEATURES, FIRST_ID, PAD, Vocab
+from purchasepred.features import FEATURES, FIRST_ID, PAD, Vocab
 
 SEQ_COLUMNS = (*FEATURES, "ts")
 TARGETS = ("next_target", "purchase_target", "cart_target")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from purchasepred.data.features import CART, FIRST_ID, PURCHASE, VIEW, per_event_type
+from purchasepred.features import CART, FIRST_ID, PURCHASE, VIEW, per_event_type
 
 GENERATORS = ("own", "cooc", "bought_after_viewed", "trending", "popularity", "model")
 TYPE_W = np.array(per_event_type(view=1.0, cart=3.0, purchase=10.0))

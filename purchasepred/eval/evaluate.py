@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from purchasepred.config import Config
-from purchasepred.data.features import FIRST_ID
+from purchasepred.features import FIRST_ID
 from purchasepred.data.tensors import PreparedData, SplitData
 from purchasepred.errors import DatasetError
 from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability, reliability_bins

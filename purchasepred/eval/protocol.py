@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from purchasepred.data.features import FIRST_ID
+from purchasepred.features import FIRST_ID
 from purchasepred.data.tensors import SplitData
 from purchasepred.eval.metrics import bootstrap_ci, hit_rate_at_k, ndcg_at_k, reciprocal_rank
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from purchasepred.data.features import CART, PURCHASE, VIEW, per_event_type
+from purchasepred.features import CART, PURCHASE, VIEW, per_event_type
 from purchasepred.data.tensors import SEQ_COLUMNS, SplitData
 from purchasepred.models.batching import trim_padding
 

@@ -31,7 +31,7 @@ import torch
 from purchasepred.eval.candidates import (
     GENERATORS, CandidateConfig, CandidateGenerator, Candidates, ItemGraph, before_cutoff, trending_scores,
 )
-from purchasepred.data.features import CART, PURCHASE, UNKNOWN, VIEW, per_event_type
+from purchasepred.features import CART, PURCHASE, UNKNOWN, VIEW, per_event_type
 from purchasepred.eval.rankers import ModelScorer
 from purchasepred.models.batching import trim_padding
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from purchasepred.data.features import PAD, per_event_type
+from purchasepred.features import PAD, per_event_type
 from purchasepred.eval.candidates import before_cutoff
 
 TYPE_WEIGHTS = np.array(per_event_type(view=1.0, cart=3.0, purchase=3.0))

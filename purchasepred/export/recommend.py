@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from purchasepred.config import Config
-from purchasepred.data.features import FIRST_ID
+from purchasepred.features import FIRST_ID
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.resources import named_queries
 from purchasepred.data.tensors import PreparedData, reader_connection

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from purchasepred.data.features import PAD
+from purchasepred.features import PAD
 
 
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from purchasepred.config import ModelConfig
-from purchasepred.data.features import (
+from purchasepred.features import (
     FEATURES, N_EVENT_TYPES, N_GAP, N_HOUR, N_PRICE, N_WEEKDAY, UNKNOWN, Vocab,
 )
 from purchasepred.models.losses import full_log_prob, mean_nll, sampled_log_prob

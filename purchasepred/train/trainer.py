@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from purchasepred.config import Config, PrepareConfig, TrainConfig, config_from_dict, dump_yaml
-from purchasepred.data.features import Vocab
+from purchasepred.features import Vocab
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, ConfigError, DatasetError
 from purchasepred.eval.protocol import Ranking, evaluate_scorer, metrics, rank

@@ -1,7 +1,8 @@
 """The feature schema of a prepared dataset: what every event token carries, and the id conventions.
 
-The SQL steps (``sql/06_encode.sql``) write these columns and ids; the model embeds them. Defined
-here, in the data layer, so that the data layer never imports the model (nor torch).
+The SQL steps (``sql/06_encode.sql``, ``sql/ids.sql``) write these columns and ids; the model
+embeds them. Defined in the base layer, so that the data layer and the model both read them without
+importing each other (and the data layer never loads torch).
 """
 
 from __future__ import annotations
