@@ -169,11 +169,9 @@ def export_run(cfg: Config, run: str | None = None, out: Path | None = None, k: 
                hooks: Hooks | None = None) -> ExportSummary:
     hooks = hooks or Hooks()
     name = resolve_run(cfg, run, hooks)
-    if out is not None:
-        check_new_output(Path(out), force)  # before loading and fitting, which take minutes on big data
+    target = Path(out) if out else run_paths(cfg, name)[1] / "recommendations.csv"
+    check_new_output(target, force)  # before loading and fitting, which take minutes on big data
     loaded = load_run(cfg, name, data)
-    target = Path(out) if out else loaded.out_dir / "recommendations.csv"
-    check_new_output(target, force)
     # under torchrun: one process per rank (cuda:LOCAL_RANK on CUDA, gloo on CPU), each scoring a share
     d, device = distributed.setup(loaded.device)
     if device != loaded.device:

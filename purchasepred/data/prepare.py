@@ -256,21 +256,7 @@ def _run(
     times = StepTimes()
     memory_limit = None
     try:
-        con.execute("set TimeZone = 'UTC'")
-        define_ids(con)
-        _set(con, "temp_dir", str(spill))
-        con.execute("set temp_directory = getvariable('temp_dir')")
-        if cfg.memory_limit:
-            memory_limit = memory_limit_bytes(cfg.memory_limit)
-            _set(con, "memory_limit", memory_limit)
-            try:
-                con.execute("set memory_limit = getvariable('memory_limit')")
-            except duckdb.Error as err:
-                raise InputError(f"--memory-limit {cfg.memory_limit!r} is not a size DuckDB understands ({_first_line(err)}); use e.g. 2GB or 50%") from None
-        if cfg.threads:
-            _set(con, "threads", cfg.threads)
-            con.execute("set threads = getvariable('threads')")
-        con.execute("set preserve_insertion_order = true")
+        memory_limit = _configure(con, cfg, spill)
 
         step("inspect inputs")
         t = time.perf_counter()
@@ -332,6 +318,27 @@ def _run(
     manifest["spill_bytes"] = times.spill_bytes
     manifest["memory_limit"] = memory_limit
     return manifest, audits
+
+
+def _configure(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, spill: Path) -> str | None:
+    """UTC, the id macros, the spill folder, the memory limit (returned as DuckDB reads it) and threads."""
+    con.execute("set TimeZone = 'UTC'")
+    define_ids(con)
+    _set(con, "temp_dir", str(spill))
+    con.execute("set temp_directory = getvariable('temp_dir')")
+    memory_limit = None
+    if cfg.memory_limit:
+        memory_limit = memory_limit_bytes(cfg.memory_limit)
+        _set(con, "memory_limit", memory_limit)
+        try:
+            con.execute("set memory_limit = getvariable('memory_limit')")
+        except duckdb.Error as err:
+            raise InputError(f"--memory-limit {cfg.memory_limit!r} is not a size DuckDB understands ({_first_line(err)}); use e.g. 2GB or 50%") from None
+    if cfg.threads:
+        _set(con, "threads", cfg.threads)
+        con.execute("set threads = getvariable('threads')")
+    con.execute("set preserve_insertion_order = true")
+    return memory_limit
 
 
 # what a step's line in the summary counts: the rows of the table it makes
