@@ -22,7 +22,7 @@ from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import CheckpointError, DatasetError, Interrupted, PurchasePredError
 from purchasepred.eval.evaluate import ValidFit, evaluate, fit_on_valid, fit_settings
 from purchasepred.export.recommend import ExportSummary, export
-from purchasepred.fileio import check_new_output, write_json
+from purchasepred.fileio import check_new_output, remove_empty, write_json
 from purchasepred.runs import latest_run, load_model, pick_device, run_paths
 from purchasepred.checkpoint import read_metadata
 from purchasepred.train import distributed
@@ -245,8 +245,9 @@ def run_all(cfg: Config, raw: list[str] | None, name: str, rows: int = 300_000, 
         for folder in existing:
             shutil.rmtree(folder)
     created_here = not resume
-    # the roots (checkpoints/, output/) this call creates go too when it fails
-    roots = [p for folder in (run_dir, out_dir) for p in reversed(folder.parents) if not p.exists()]
+    # the roots (checkpoints/, output/) this call creates go too when it fails: one chain per folder,
+    # as make_parents would list them, for fileio.remove_empty
+    roots = [[p for p in reversed(folder.parents) if not p.exists()] for folder in (run_dir, out_dir)]
     try:
         return _run_all(cfg, list(raw or []), name, rows, resume, run_dir, out_dir, hooks)
     except Interrupted as stop:
@@ -272,15 +273,12 @@ def _for_run(message: str, prepared: Path, raw: list[str] | None) -> str:
     return message.replace("prepare again with", "run again with").replace("prepare with", "run again with")
 
 
-def _remove_if(created_here: bool, roots: list[Path], *folders: Path) -> None:
+def _remove_if(created_here: bool, roots: list[list[Path]], *folders: Path) -> None:
     if created_here:
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
-        for root in sorted(set(roots), key=lambda p: len(p.parts), reverse=True):
-            try:
-                root.rmdir()  # only when empty
-            except OSError:
-                pass
+        for chain in roots:
+            remove_empty(chain)  # only the empty ones, deepest first
 
 
 def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool, run_dir: Path, out_dir: Path,
