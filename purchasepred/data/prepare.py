@@ -369,7 +369,9 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
     for i, raw in enumerate(f.names, start=1):
         names.append(canonical.get(raw, f"extra_column_{i}"))
     _set(con, "input_names", names)
-    con.execute("insert into input_files values (?, ?, ?)", [file_no, str(f.path), 1 if m.header and f.format == "csv" else 0])
+    # staged's rowids are contiguous in insertion order: this file's records start at its current size
+    con.execute("insert into input_files select ?, ?, ?, count(*) from staged",
+                [file_no, str(f.path), 1 if m.header and f.format == "csv" else 0])
     try:
         if f.format == "parquet":
             rel = con.read_parquet(duckdb_literal(f.path))
