@@ -1,8 +1,8 @@
 """--eval-days auto (the default) and the checks of a given value (purchasepred/data/windows.py).
 
-Oracles are independent of windows.py: the windows, truth and sequences tables that 07_split.sql and
-08_sequences.sql write. A buyer "with earlier events" in a window is a user in its truth who also has
-a row in its sequences (an event before the window's start).
+Oracles are independent of windows.py: the windows and truth tables that 07_split.sql writes and the
+sequences the loader cuts from events. A buyer "with earlier events" in a window is a user in its
+truth who also has a row in its sequences (an event before the window's start).
 """
 
 from __future__ import annotations
