@@ -206,11 +206,13 @@ def round_caps(counts: Any, limit: int) -> tuple[int, int, int]:
     return tuple(min(limit, -(-int(c) // CAP_ROUND) * CAP_ROUND) for c in counts)  # type: ignore[return-value]
 
 
-def compile_loss(loss_module: torch.nn.Module) -> torch.nn.Module:
+def compile_loss(loss_module: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
     """torch.compile of the loss module: encoder, heads and losses as one graph (their backward
     compiled with it). Shapes are static (``dynamic=False``): the batch width and the row caps are
-    fixed per epoch (see ``Trainer.epoch_caps``), so each new set of them compiles once."""
-    return torch.compile(loss_module, dynamic=False)  # type: ignore[return-value]
+    fixed per epoch (see ``Trainer.epoch_caps``), so each new set of them compiles once. ``mode`` is
+    torch.compile's (``reduce-overhead``: CUDA graphs, which fixed shapes allow; the benchmark's
+    ``--compile-mode``)."""
+    return torch.compile(loss_module, dynamic=False, mode=mode)  # type: ignore[return-value]
 
 
 LossFn = Callable[[dict[str, torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"],
@@ -291,10 +293,11 @@ class Trainer:
             while run.epoch < self.cfg.train.epochs:
                 self.model.train()
                 order = self.epoch_order(run.epoch)
+                on_device = order.to(self.device)  # one copy per epoch; each step slices it there
                 caps = self.epoch_caps(order) if self.compiled else None
                 epoch_started = time.perf_counter()
                 for batch_index in range(run.batch_in_epoch, self.steps_per_epoch):
-                    parts = self.step(run, *self.batch(order, batch_index, caps))
+                    parts = self.step(run, *self.batch(order, batch_index, caps, on_device))
                     report = run.batch_in_epoch % LOG_EVERY == 0 or run.batch_in_epoch == self.steps_per_epoch
                     if report and self.dist.is_main:
                         self.log_step(run, parts, epoch_started, on_step)
@@ -465,11 +468,14 @@ class Trainer:
         limit = min(self.cfg.train.batch_size, self.n_train) * self.train_data["item_idx"].shape[1]
         return round_caps(most, limit)
 
-    def batch(self, order: torch.Tensor, batch_index: int,
-              caps: tuple[int, int, int] | None = None) -> tuple[dict[str, torch.Tensor], StepRows]:
+    def batch(self, order: torch.Tensor, batch_index: int, caps: tuple[int, int, int] | None = None,
+              on_device: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], StepRows]:
         """This rank's share of a batch, and its target rows. Eager steps drop the left columns that
         are padding in every row and gather exactly their target rows; compiled steps keep the full
-        width and the epoch's ``caps``, so that their shapes stay fixed. Both read only host arrays."""
+        width and the epoch's ``caps``, so that their shapes stay fixed. Counts and width come from
+        host arrays; the rows are sliced out of ``on_device`` (``order`` copied to the device once
+        per epoch), so a step neither reads from nor waits on the device."""
+        on_device = on_device if on_device is not None else order.to(self.device)
         global_rows = self._global_rows(order, batch_index)
         rows = distributed.shard(global_rows, self.dist)
         mine: Any = tuple(int(x) for x in self.target_counts[rows.numpy()].sum(0))
@@ -478,7 +484,7 @@ class Trainer:
         if caps is None:
             first = int(self.lead_padding[rows.numpy()].min())
             first = 0 if first >= self.train_data["item_idx"].shape[1] else first  # no event at all: nothing to trim
-        index = rows.to(self.device)
+        index = distributed.shard(self._global_rows(on_device, batch_index), self.dist)
         batch = {k: v[index, first:] if first else v[index] for k, v in self.train_data.items()}
         return batch, StepRows(caps=caps if caps is not None else mine, mine=mine, total=total)
 
@@ -494,8 +500,10 @@ class Trainer:
         shares = None
         if self.dist.enabled:  # every rank knows the global batch's counts: no collective needed
             shares = distributed.row_shares(torch.tensor(rows.mine, dtype=torch.float32),
-                                            torch.tensor(rows.total, dtype=torch.float32),
-                                            self.dist.world_size).to(self.device)
+                                            torch.tensor(rows.total, dtype=torch.float32), self.dist.world_size)
+            if self.device.type == "cuda":  # pinned, so that the copy does not wait for the device
+                shares = shares.pin_memory()
+            shares = shares.to(self.device, non_blocking=True)
 
         def loss_fn(b: dict[str, torch.Tensor], s: tuple[torch.Tensor, torch.Tensor] | None):
             return self.loss_module(b, s, shares, rows.caps)
