@@ -8,6 +8,16 @@ F.cross_entropy. tokens/s counts every position of every sequence. Run by hand:
 
     python benchmarks/bench_train.py                       # CPU: 30k and 200k items, full and sampled
     python benchmarks/bench_train.py --device cuda --batch 1024 --bf16 --compile
+    python benchmarks/bench_train.py --baseline-tree ../main-before   # also another checkout's step, alternated
+
+purchasepred's side is the trainer's own step: ``train_step`` over ``MultitaskLoss`` with the target
+rows counted on the host per batch (``--rows counted``, what the trainer does; under ``--compile`` the
+most of any batch, rounded up, as the trainer does per epoch), or every position of the batch
+(``--rows all``: the fixed-shape variant that needs no counts, for comparison). ``--compile``
+compiles what the trainer compiles (encoder, heads and losses as one graph) and the reference's loss.
+``--baseline-tree DIR`` runs DIR's own copy of this benchmark (purchasepred side only) in a child
+process between the measurements, so that a change can be compared with the code before it in the
+same run; its line shows its tokens/s and the ratio of this tree to it.
 """
 
 from __future__ import annotations
@@ -15,15 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from purchasepred.config import ModelConfig, TrainConfig
 from purchasepred.models.transformer import FEATURES, TransformerRecommender, Vocab
-from purchasepred.train.trainer import multitask_loss, param_groups, train_step
+from purchasepred.train.trainer import TARGETS, MultitaskLoss, compile_loss, param_groups, round_caps, train_step
 
 
 def random_batch(b: int, t: int, n_items: int, device: torch.device, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -89,13 +105,19 @@ def run(kind: str, n_items: int, loss: str, args: argparse.Namespace, device: to
     if kind == "purchasepred":
         model = TransformerRecommender(ModelConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, dropout=0.1),
                                        Vocab(n_items, 64, 64), args.max_len).to(device)
-        fwd = torch.compile(model.encode) if args.compile else model.encode
-
-        def loss_fn(batch: dict[str, torch.Tensor], sample: tuple[torch.Tensor, torch.Tensor] | None):
-            return multitask_loss(model, fwd, batch, t_cfg, sample)
+        loss_module = MultitaskLoss(model, t_cfg)
+        loss_module = compile_loss(loss_module, args.compile_mode) if args.compile else loss_module
+        # target rows per batch, counted on the host before timing (the trainer reads them off host arrays)
+        counts = [tuple(int((b[key] > 0).sum()) for key in TARGETS) for b in batches]
+        if args.rows == "all":
+            caps = [None] * len(batches)
+        elif args.compile:  # one capacity for all batches, as the trainer's per-epoch caps
+            caps = [round_caps(np.max(counts, axis=0), args.batch * args.max_len)] * len(batches)
+        else:
+            caps = counts
     else:
         model = Reference(n_items, args.d_model, args.layers, args.heads, args.max_len).to(device)
-        ref = torch.compile(model.loss) if args.compile else model.loss
+        ref = torch.compile(model.loss, mode=args.compile_mode) if args.compile else model.loss
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-3, fused=device.type == "cuda")
     autocast = device.type == "cuda" and args.bf16
 
@@ -103,7 +125,9 @@ def run(kind: str, n_items: int, loss: str, args: argparse.Namespace, device: to
         neg = torch.multinomial(q, args.negatives, replacement=True) if loss == "sampled" else None
         batch = batches[i % len(batches)]
         if kind == "purchasepred":  # the trainer's own step
-            train_step(model, loss_fn, opt, batch, 1e-3, t_cfg, (neg, log_q) if neg is not None else None, autocast)
+            cap = caps[i % len(batches)]
+            train_step(model, lambda b, s: loss_module(b, s, None, cap), opt, batch, 1e-3, t_cfg,
+                       (neg, log_q) if neg is not None else None, autocast)
             return
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):  # the plain loop
             l = ref(batch, neg, log_q, 100.0)
@@ -130,6 +154,24 @@ def run(kind: str, n_items: int, loss: str, args: argparse.Namespace, device: to
     if device.type == "cuda":
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return out
+
+
+def run_tree(tree: Path, n_items: int, loss: str, args: argparse.Namespace) -> dict[str, float]:
+    """The purchasepred side as measured by another checkout's copy of this benchmark (child process,
+    that checkout's package first on the path)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tree.json"
+        cmd = [sys.executable, str(tree / "benchmarks" / "bench_train.py"), "--device", args.device, "--items", str(n_items),
+               "--losses", loss, "--skip-reference", "--json", str(out)]
+        for name in ("batch", "max_len", "d_model", "layers", "heads", "negatives", "steps", "warmup"):
+            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        cmd += ["--bf16"] * args.bf16 + ["--compile"] * args.compile
+        cmd += ["--compile-mode", args.compile_mode] if args.compile_mode else []
+        env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+        done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
+        if done.returncode != 0 or not out.is_file():
+            return {"tokens_per_s": math.nan, "error": (done.stderr.strip().splitlines() or ["failed"])[-1][:120]}
+        return json.loads(out.read_text())["rows"][0]["ours"]
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -160,23 +202,32 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="alternate both sides this many times; medians reported")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode for both sides (reduce-overhead: CUDA graphs)")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--rows", choices=("counted", "all"), default="counted",
+                   help="target rows the loss gathers: counted per batch (the trainer's way) or every position")
+    p.add_argument("--baseline-tree", type=Path, default=None,
+                   help="another checkout (e.g. a git worktree of main): measure its step too, alternated")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     rows = []
+    mode = f"/{args.compile_mode}" if args.compile_mode else ""
     print(f"device={device} batch={args.batch} max_len={args.max_len} d_model={args.d_model} layers={args.layers} "
-          f"bf16={args.bf16} compile={args.compile} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"repeats={args.repeats}")
-    print(f"{'items':>8} {'loss':>8} {'purchasepred tok/s':>20} {'reference tok/s':>18} {'ratio':>7}")
+          f"bf16={args.bf16} compile={args.compile}{mode} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"repeats={args.repeats} rows={args.rows}")
+    tree_cols = f" {'baseline-tree tok/s':>20} {'vs tree':>8}" if args.baseline_tree else ""
+    print(f"{'items':>8} {'loss':>8} {'purchasepred tok/s':>20} {'reference tok/s':>18} {'ratio':>7}{tree_cols}")
     for n_items in [int(x) for x in args.items.split(",")]:
         for loss in args.losses.split(","):
             logits_gb = args.batch * args.max_len * n_items * 4 * 3 / 1e9  # logits, their grad, softmax
-            ours_runs, ref_runs = [], []
+            ours_runs, ref_runs, tree_runs = [], [], []
             for _ in range(args.repeats):  # alternated, so that a busy neighbour slows both sides alike
                 ours_runs.append(run("purchasepred", n_items, loss, args, device))
+                if args.baseline_tree:
+                    tree_runs.append(run_tree(args.baseline_tree, n_items, loss, args))
                 if args.skip_reference:
                     ref_runs.append({"tokens_per_s": math.nan})
                 elif loss == "full" and device.type == "cpu" and logits_gb > 0.5 * _ram_gb():
@@ -185,9 +236,16 @@ def main() -> None:
                     ref_runs.append(run("reference", n_items, loss, args, device))
             ours, ref = _median(ours_runs), _median(ref_runs)
             ratio = ours["tokens_per_s"] / ref["tokens_per_s"] if ref["tokens_per_s"] == ref["tokens_per_s"] else math.nan
-            rows.append({"items": n_items, "loss": loss, "ours": ours, "reference": ref, "ratio": ratio})
+            row = {"items": n_items, "loss": loss, "ours": ours, "reference": ref, "ratio": ratio}
             note = f"  (reference: {ref['error']})" if "error" in ref else ""
-            print(f"{n_items:>8} {loss:>8} {ours['tokens_per_s']:>20,.0f} {ref['tokens_per_s']:>18,.0f} {ratio:>7.2f}{note}", flush=True)
+            tree_col = ""
+            if args.baseline_tree:
+                tree = _median(tree_runs)
+                row["baseline_tree"], row["vs_tree"] = tree, ours["tokens_per_s"] / tree["tokens_per_s"]
+                tree_col = f" {tree['tokens_per_s']:>20,.0f} {row['vs_tree']:>8.2f}"
+                note += f"  (baseline tree: {tree['error']})" if "error" in tree else ""
+            rows.append(row)
+            print(f"{n_items:>8} {loss:>8} {ours['tokens_per_s']:>20,.0f} {ref['tokens_per_s']:>18,.0f} {ratio:>7.2f}{tree_col}{note}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "rows": rows}, fh, indent=2)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The device check, run on a lent GPU machine by hand (one call): GPU tests, training throughput of
 # purchasepred against the plain PyTorch reference in the same run (bf16, batch 1024, d_model 128,
-# 2 layers, max_len 50; eager and compiled; 30k and 200k items, full and sampled softmax), the
+# 2 layers, max_len 50; eager, compiled, and compiled with CUDA graphs (reduce-overhead, which the
+# fixed-shape step allows); 30k and 200k items, full and sampled softmax), the
 # torchrun path on the GPU (NCCL, one process per GPU), the 2M x 200k export on the GPU, and the
 # quality benchmark trained on the GPU. Every section has its own time limit; results land in $OUT.
 # Issue 12's targets, read off bench_eager/bench_compile: ratio >= 1.0 eager and compiled, >= 5M
@@ -12,11 +13,14 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 NGPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
-timeout ${T_TESTS:-150} python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+# the GPU tests include a training step under torch.cuda.set_sync_debug_mode("error") (no host sync)
+timeout ${T_TESTS:-200} python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -8 | tee "$OUT/gpu_tests.txt"
 timeout ${T_EAGER:-120} python3 benchmarks/bench_train.py --device cuda --batch 1024 --bf16 --steps 10 --warmup 3 \
     --json "$OUT/bench_eager.json" 2>&1 | tee "$OUT/bench_eager.txt"
 timeout ${T_COMPILE:-150} python3 benchmarks/bench_train.py --device cuda --batch 1024 --bf16 --compile --items 200000 --steps 10 --warmup 3 \
     --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt"
+timeout ${T_CUDAGRAPHS:-150} python3 benchmarks/bench_train.py --device cuda --batch 1024 --bf16 --compile --compile-mode reduce-overhead \
+    --items 200000 --steps 10 --warmup 3 --json "$OUT/bench_cudagraphs.json" 2>&1 | tee "$OUT/bench_cudagraphs.txt"
 # torchrun on the GPU(s): a tiny synthetic dataset, NCCL, one process per GPU; metadata.json records world_size
 work=$(mktemp -d)
 timeout ${T_DDP:-150} bash -c "

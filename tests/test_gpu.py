@@ -13,7 +13,7 @@ from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.pipeline import evaluate_run, export_run
-from purchasepred.train.trainer import Trainer
+from purchasepred.train.trainer import RunState, Trainer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -54,3 +54,30 @@ def test_sampled_loss_on_cuda(dataset):
     ])
     summary = Trainer(cfg, PreparedData(dataset / "prepared"), "gpu-sampled").fit()
     assert summary.epochs_done == 1
+
+
+@pytest.mark.parametrize("loss, compile_", [("full", False), ("sampled", False), ("full", True)])
+def test_a_training_step_never_waits_for_the_device(dataset, loss, compile_):
+    """The trainer's whole step (batch slicing, negatives, forward, losses, backward, clipping, fused
+    AdamW, running sums) under torch.cuda.set_sync_debug_mode('error'), which turns every
+    synchronising call (a .item(), nonzero, a blocking copy) into an error."""
+    cfg = load_config(sets=[
+        "train.device=cuda", "train.bf16=true", f"train.compile={str(compile_).lower()}", f"train.loss={loss}",
+        f"train.checkpoints_dir={dataset / 'ck'}", f"train.output_dir={dataset / 'out'}",
+    ])
+    trainer = Trainer(cfg, PreparedData(dataset / "prepared"), f"gpu-sync-{loss}-{compile_}")
+    trainer._build()
+    assert trainer.compiled == compile_
+    run = RunState()
+    order = trainer.epoch_order(0)
+    on_device = order.to(trainer.device)
+    caps = trainer.epoch_caps(order) if compile_ else None
+    trainer.step(run, *trainer.batch(order, 0, caps, on_device))  # compilation and allocations first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(1, min(4, trainer.steps_per_epoch)):
+            trainer.step(run, *trainer.batch(order, i, caps, on_device))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(run.loss_sums).all()

@@ -29,7 +29,8 @@ from purchasepred.errors import CheckpointError, ConfigError, DatasetError, Purc
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred import checkpoint as ckpt
 from purchasepred.runs import load_model
-from purchasepred.train.trainer import Trainer, TrainSummary, lr_at, param_groups
+from purchasepred.models.batching import trim_padding
+from purchasepred.train.trainer import CAP_ROUND, TARGETS, Trainer, TrainSummary, lr_at, param_groups
 from conftest import Payload
 
 TINY = ["model.d_model=16", "model.n_layers=1", "train.batch_size=64", "train.device=cpu", "train.seed=3",
@@ -311,6 +312,34 @@ def test_other_training_settings_run(root: Path, data: PreparedData, name: str, 
     saved = yaml.safe_load((root / "checkpoints" / name / "config.yaml").read_text())
     assert saved["train"]["loss"] == ("sampled" if name == "sampled" else "full")
     assert saved["model"]["repeat_path"] == (name != "no-repeat")
+
+
+def test_steps_take_their_width_and_target_rows_from_host_arrays(root: Path, data: PreparedData) -> None:
+    """What Trainer.batch reads off host arrays (no device read-back) is what the batch holds: the
+    width trim_padding would cut to and each loss part's target count; compiled steps keep the full
+    width and the epoch's capacities, which cover every batch of the epoch."""
+    size = 4  # small batches, so that some of them are all short histories
+    trainer = Trainer(make_cfg(root, 1, f"train.batch_size={size}"), data, "host-rows")
+    trainer._build()
+    order = trainer.epoch_order(0)
+    trimmed = 0
+    for i in range(min(trainer.steps_per_epoch, 200)):
+        batch, rows = trainer.batch(order, i)
+        index = order[i * size:(i + 1) * size]
+        full = {k: v[index] for k, v in trainer.train_data.items()}
+        want = trim_padding(full)
+        assert set(batch) == set(want) and all(torch.equal(batch[k], want[k]) for k in want)
+        trimmed += batch["item_idx"].shape[1] < full["item_idx"].shape[1]
+        counts = tuple(int((full[key] > 0).sum()) for key in TARGETS)
+        assert rows.mine == rows.total == rows.caps == counts
+    assert trimmed > 0  # the data has short histories: the check above compared real cuts
+    caps = trainer.epoch_caps(order)
+    width = trainer.train_data["item_idx"].shape[1]
+    for i in range(trainer.steps_per_epoch):
+        batch, rows = trainer.batch(order, i, caps)
+        assert batch["item_idx"].shape[1] == width and rows.caps == caps
+        assert all(c >= m for c, m in zip(caps, rows.mine))
+    assert all(c % CAP_ROUND == 0 or c == size * width for c in caps)
 
 
 def _strict_json(text: str) -> object:

@@ -18,3 +18,23 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return batch
     first = int(real.any(0).to(torch.int8).argmax())
     return {k: v[:, first:] for k, v in batch.items()} if first > 0 else batch
+
+
+def target_rows(mask: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The True positions of a (B, T) mask as ``cap`` fixed-size rows: sequence index, position and
+    a 0/1 weight, each (cap,), in row-major order (the order of ``torch.nonzero``).
+
+    Slots past the last True position point at (0, 0) with weight 0. Shapes depend on ``cap`` only
+    and nothing is read back to the host, so a step keeps fixed shapes and never waits for the
+    device (``torch.nonzero`` does both). The k-th True position is where the running count first
+    reaches k (a ``searchsorted`` over the cumulative count). A mask with more than ``cap`` True
+    positions is an error (raised asynchronously on a GPU), never a silent truncation.
+    """
+    b, t = mask.shape
+    running = mask.reshape(-1).to(torch.long).cumsum(0)  # (B*T,) True positions up to each one
+    total = running[-1] if b * t else running.new_zeros(())
+    torch._assert_async(total <= cap, "more target rows than the step's capacity")
+    k = torch.arange(1, cap + 1, device=mask.device)
+    valid = k <= total
+    flat = torch.where(valid, torch.searchsorted(running, k), 0) if b * t else torch.zeros_like(k)
+    return flat // max(t, 1), flat % max(t, 1), valid

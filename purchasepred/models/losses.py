@@ -86,16 +86,19 @@ class _LinearLogSumExp(torch.autograd.Function):
 
 
 class _MeanLinearLogSumExp(torch.autograd.Function):
-    """mean_i logsumexp(h_i W^T + b): every gradient is computed in the forward pass (the loss is a
-    mean, so each row's weight is known: 1/N), backward only scales them. Three matrix products per
-    chunk, like the unfused F.cross_entropy(h @ W.T), but no (N, V) logits are ever kept."""
+    """sum_i m_i logsumexp(h_i W^T + b) / sum_i m_i for 0/1 row weights m (padding rows of a
+    fixed-size batch weigh 0): every gradient is computed in the forward pass (each row's weight
+    m_i / sum(m) is known), backward only scales them. Three matrix products per chunk, like the
+    unfused F.cross_entropy(h @ W.T), but no (N, V) logits are ever kept; the weights touch only
+    (C, D) and (C,) pieces (a 0/1 product is exact in any dtype), never the (C, V) blocks."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, chunk: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor, chunk: int) -> Tensor:  # type: ignore[override]
         n = h.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)
         cd = _compute_dtype(h, weight)
         hc, wc = h.to(cd), weight.to(cd)
+        m_acc, m_cd = mask.to(acc), mask.to(cd)
         total = torch.zeros((), device=h.device, dtype=acc)
         grad_h = torch.empty(h.shape, device=h.device, dtype=h.dtype)
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc)
@@ -103,6 +106,7 @@ class _MeanLinearLogSumExp(torch.autograd.Function):
         bias_c = bias.to(cd) if bias is not None else None
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
+            m = m_cd[start:stop, None]  # (C, 1)
             logits = torch.addmm(bias_c, hc[start:stop], wc.t()) if bias_c is not None else hc[start:stop] @ wc.t()
             # few passes over the (C, V) block, all in the compute dtype (bf16 under autocast):
             # max, one fused softmax (fp32 inside), and lse = max - log p(argmax), exact since p(argmax) >= 1/V
@@ -110,20 +114,21 @@ class _MeanLinearLogSumExp(torch.autograd.Function):
             probs = torch.softmax(logits, dim=-1)
             del logits
             p_top = probs.gather(1, arg[:, None]).squeeze(1).to(acc)
-            total += (top.to(acc) - torch.log(p_top)).sum()
-            grad_h[start:stop] = (probs @ wc).to(h.dtype)
-            grad_w.add_((probs.t() @ hc[start:stop]).to(acc))
+            total += ((top.to(acc) - torch.log(p_top)) * m_acc[start:stop]).sum()
+            grad_h[start:stop] = ((probs @ wc) * m).to(h.dtype)
+            grad_w.add_((probs.t() @ (hc[start:stop] * m)).to(acc))
             if grad_b is not None:
-                grad_b += probs.sum(0, dtype=acc)
-        # d mean / d logits = probs / n: scale the (small) results, not the (C, V) blocks
-        grad_h.div_(max(n, 1))
-        grad_w.div_(max(n, 1))
+                grad_b += (probs.t() @ m).squeeze(1).to(acc)
+        # d mean / d logits = m_i probs / sum(m): scale the (small) results, not the (C, V) blocks
+        n_rows = m_acc.sum().clamp(min=1)
+        grad_h.div_(n_rows.to(grad_h.dtype))
+        grad_w.div_(n_rows)
         if grad_b is not None:
-            grad_b.div_(max(n, 1))
+            grad_b.div_(n_rows)
         ctx.save_for_backward(grad_h, grad_w, grad_b if grad_b is not None else torch.empty(0))
         ctx.has_bias = bias is not None
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
-        return total / max(n, 1)
+        return total / n_rows
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
@@ -134,15 +139,28 @@ class _MeanLinearLogSumExp(torch.autograd.Function):
             (grad_w * g).to(ctx.dtypes[0]),
             (grad_b * g).to(ctx.dtypes[1]) if ctx.has_bias else None,
             None,
+            None,
         )
 
 
-def mean_nll(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of (N, D) rows against the full (V, D) catalog, fused and chunked."""
+def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """The mean of ``values`` (N,) over the rows where ``mask`` (N,) is set (all rows when None);
+    0 when no row is. A fixed-shape mean: no host sync, the row count stays on the device."""
+    if mask is None:
+        return values.mean() if values.shape[0] else values.new_zeros(())
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp(min=1)
+
+
+def mean_nll(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of (N, D) rows against the full (V, D) catalog, fused and chunked; with
+    ``mask`` (N,) the mean over the rows where it is set (rows outside it cost their compute only)."""
     if h.shape[0] == 0:
         return h.new_zeros((), dtype=torch.float32)
     chunk = _chunk_rows(h.shape[0], weight.shape[0], h.device)
-    return _MeanLinearLogSumExp.apply(h, weight, bias, chunk) - target_logits(h, weight, bias, targets).mean()
+    rows = mask if mask is not None else torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
+    lse = _MeanLinearLogSumExp.apply(h, weight, bias, rows, chunk)
+    return lse - masked_mean(target_logits(h, weight, bias, targets), rows)
 
 
 def linear_logsumexp(h: Tensor, weight: Tensor, bias: Tensor | None = None, chunk: int | None = None) -> Tensor:

@@ -27,7 +27,7 @@ from purchasepred.config import ModelConfig
 from purchasepred.features import (
     FEATURES, N_EVENT_TYPES, N_GAP, N_HOUR, N_PRICE, N_WEEKDAY, UNKNOWN, Vocab,
 )
-from purchasepred.models.losses import full_log_prob, mean_nll, sampled_log_prob
+from purchasepred.models.losses import full_log_prob, masked_mean, mean_nll, sampled_log_prob
 
 N_RECENCY = 26  # floor(log2(1 + seconds)), capped
 SIDE_FEATURES = tuple(f for f in FEATURES if f != "item_idx")  # embedded together by one fused lookup
@@ -141,11 +141,13 @@ class TransformerRecommender(nn.Module):
         return x.gather(1, back[:, :, None].expand(-1, -1, x.shape[-1]))
 
     # ----------------------------------------------------------------- heads
-    def view_nll(self, h: Tensor, targets: Tensor, sample: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Mean view loss over (N, D) rows (fused full softmax, or sampled)."""
+    def view_nll(self, h: Tensor, targets: Tensor, sample: tuple[Tensor, Tensor] | None = None,
+                 mask: Tensor | None = None) -> Tensor:
+        """Mean view loss over (N, D) rows (fused full softmax, or sampled); with ``mask`` (N,) the
+        mean over the rows where it is set (the padding rows of a fixed-size batch weigh 0)."""
         if sample is None:
-            return mean_nll(h, self.item.weight, self.view_bias, targets)
-        return -sampled_log_prob(h, self.item.weight, self.view_bias, targets, *sample).mean()
+            return mean_nll(h, self.item.weight, self.view_bias, targets, mask)
+        return -masked_mean(sampled_log_prob(h, self.item.weight, self.view_bias, targets, *sample), mask)
 
     def _repeat_log_alpha(self, h_rows: Tensor, seq: dict[str, Tensor], pos: Tensor) -> tuple[Tensor, Tensor]:
         """Pointer log-weights over the sequence for each row: (N, T), NEG where not allowed, and

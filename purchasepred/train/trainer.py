@@ -41,7 +41,8 @@ from purchasepred.errors import CheckpointError, ConfigError, DatasetError
 from purchasepred.eval.protocol import Ranking, evaluate_scorer, metrics, rank
 from purchasepred.eval.rankers import ModelScorer, Popularity
 from purchasepred.fileio import atomic_write_text, sha256_file, write_json
-from purchasepred.models.batching import trim_padding
+from purchasepred.models.batching import target_rows
+from purchasepred.models.losses import masked_mean
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.runs import pick_device, run_paths
 from purchasepred import checkpoint as ckpt
@@ -56,6 +57,7 @@ FEW_STEPS = 50  # fewer optimizer steps than this in a whole run: the summary sa
 ADAM_BETAS = (0.9, 0.98)
 LOSS_PARTS = ("view", "purchase", "cart")
 TARGETS = ("next_target", "purchase_target", "cart_target")  # the rows of each loss part
+CAP_ROUND = 64  # compiled steps: target rows gathered per loss part, rounded up to a multiple of this
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -139,26 +141,34 @@ class RunState:
 def multitask_loss(
     model: TransformerRecommender, encode: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     batch: dict[str, torch.Tensor], train_cfg: TrainConfig, sample: tuple[torch.Tensor, torch.Tensor] | None,
-    part_weights: torch.Tensor | None = None,
+    part_weights: torch.Tensor | None = None, caps: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """view_loss + purchase_weight * purchase_loss + cart_weight * cart_loss, and the parts.
 
-    ``encode`` is ``model.encode`` or its torch.compile'd version (the heads stay eager: their
-    row counts change every batch). ``part_weights`` (3,) scale the view, purchase and cart parts
-    (distributed training: this rank's share of the global batch, see ``distributed.row_shares``)."""
+    Each part is the mean over its target rows (positions where ``batch[key] > 0``), gathered into
+    a fixed number of rows per part: ``caps`` (view, purchase, cart), each at least the part's
+    target count in this batch (the trainer knows the counts on the host, see :class:`StepRows`);
+    None: every position of the batch. Rows past the targets weigh 0. Nothing here reads a value
+    back or makes a shape from one (no ``nonzero``, no boolean indexing): a step never waits for the
+    device, and under torch.compile forward and loss are one graph. ``encode`` is ``model.encode``.
+    ``part_weights`` (3,) scale the view, purchase and cart parts (distributed training: this
+    rank's share of the global batch, see ``distributed.row_shares``)."""
     h = encode(batch)  # (B, T, D)
+    b, t = batch["item_idx"].shape
+    caps = caps if caps is not None else (b * t,) * len(TARGETS)
     parts: dict[str, torch.Tensor] = {}
-    b, p = torch.nonzero(batch["next_target"] > 0, as_tuple=True)
-    # computed even when train.view_weight is 0 (an ablation): every parameter then still takes part,
-    # as DistributedDataParallel requires, with a zero gradient through the view head
-    parts["view"] = model.view_nll(h[b, p], batch["next_target"][b, p], sample) if len(b) else h.new_zeros(())
-    for name, key in (("purchase", "purchase_target"), ("cart", "cart_target")):
-        if name == "cart" and train_cfg.cart_weight == 0:
+    for name, key, cap in zip(LOSS_PARTS, TARGETS, caps):
+        if cap == 0 or (name == "cart" and train_cfg.cart_weight == 0):
             parts[name] = h.new_zeros(())
             continue
-        b, p = torch.nonzero(batch[key] > 0, as_tuple=True)
-        parts[name] = (-model.purchase_log_prob(h, b, p, batch, batch[key][b, p], sample).mean()
-                       if len(b) else h.new_zeros(()))
+        seq, pos, rows = target_rows(batch[key] > 0, cap)
+        targets = batch[key][seq, pos]
+        if name == "view":
+            # computed even when train.view_weight is 0 (an ablation): every parameter then still takes
+            # part, as DistributedDataParallel requires, with a zero gradient through the view head
+            parts[name] = model.view_nll(h[seq, pos], targets, sample, rows)
+        else:
+            parts[name] = -masked_mean(model.purchase_log_prob(h, seq, pos, batch, targets, sample), rows)
     if part_weights is not None:
         view, purchase, cart = (parts[name].float() * w for name, w in zip(LOSS_PARTS, part_weights))
     else:
@@ -169,16 +179,40 @@ def multitask_loss(
 
 class MultitaskLoss(torch.nn.Module):
     """:func:`multitask_loss` as a module, so that DistributedDataParallel can wrap it (DDP averages
-    the gradients of what its forward computes)."""
+    the gradients of what its forward computes) and torch.compile can take it whole."""
 
-    def __init__(self, model: TransformerRecommender, encode: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-                 train_cfg: TrainConfig) -> None:
+    def __init__(self, model: TransformerRecommender, train_cfg: TrainConfig) -> None:
         super().__init__()
-        self.model, self.encode, self.train_cfg = model, encode, train_cfg
+        self.model, self.train_cfg = model, train_cfg
 
     def forward(self, batch: dict[str, torch.Tensor], sample: tuple[torch.Tensor, torch.Tensor] | None,
-                part_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return multitask_loss(self.model, self.encode, batch, self.train_cfg, sample, part_weights)
+                part_weights: torch.Tensor | None = None, caps: tuple[int, int, int] | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return multitask_loss(self.model, self.model.encode, batch, self.train_cfg, sample, part_weights, caps)
+
+
+@dataclass(frozen=True)
+class StepRows:
+    """One step's target rows per loss part (view, purchase, cart), known on the host."""
+
+    caps: tuple[int, int, int]  # rows the loss gathers (at least ``mine``; the rest weigh 0)
+    mine: tuple[int, int, int]  # this rank's target rows
+    total: tuple[int, int, int]  # the global batch's (every rank's) target rows
+
+
+def round_caps(counts: Any, limit: int) -> tuple[int, int, int]:
+    """Row capacities for compiled steps: each count rounded up to a multiple of :data:`CAP_ROUND`
+    (fewer distinct shapes, fewer recompilations), at most ``limit`` (every position of a batch)."""
+    return tuple(min(limit, -(-int(c) // CAP_ROUND) * CAP_ROUND) for c in counts)  # type: ignore[return-value]
+
+
+def compile_loss(loss_module: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+    """torch.compile of the loss module: encoder, heads and losses as one graph (their backward
+    compiled with it). Shapes are static (``dynamic=False``): the batch width and the row caps are
+    fixed per epoch (see ``Trainer.epoch_caps``), so each new set of them compiles once. ``mode`` is
+    torch.compile's (``reduce-overhead``: CUDA graphs, which fixed shapes allow; the benchmark's
+    ``--compile-mode``)."""
+    return torch.compile(loss_module, dynamic=False, mode=mode)  # type: ignore[return-value]
 
 
 LossFn = Callable[[dict[str, torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"],
@@ -259,9 +293,11 @@ class Trainer:
             while run.epoch < self.cfg.train.epochs:
                 self.model.train()
                 order = self.epoch_order(run.epoch)
+                on_device = order.to(self.device)  # one copy per epoch; each step slices it there
+                caps = self.epoch_caps(order) if self.compiled else None
                 epoch_started = time.perf_counter()
                 for batch_index in range(run.batch_in_epoch, self.steps_per_epoch):
-                    parts = self.step(run, self.batch(order, batch_index))
+                    parts = self.step(run, *self.batch(order, batch_index, caps, on_device))
                     report = run.batch_in_epoch % LOG_EVERY == 0 or run.batch_in_epoch == self.steps_per_epoch
                     if report and self.dist.is_main:
                         self.log_step(run, parts, epoch_started, on_step)
@@ -309,6 +345,11 @@ class Trainer:
                 "no purchase is followed by a known item before the valid window: the purchase head cannot learn "
                 "(it is trained on nothing); the view head still trains"
             )
+        # per sequence, on the host: target rows of each loss part and leading padding columns, so that
+        # each step's row counts and width are known without reading anything back from the device
+        self.target_counts = np.stack([(np.asarray(arrays[key]) > 0).sum(1) for key in TARGETS], 1)
+        real = np.asarray(arrays["item_idx"]) != 0
+        self.lead_padding = np.where(real.any(1), real.argmax(1), real.shape[1])
         return {k: torch.as_tensor(v).to(self.device) for k, v in arrays.items()}
 
     def _check_valid_window(self) -> None:
@@ -337,16 +378,16 @@ class Trainer:
             param_groups(self.model, train_cfg.weight_decay), lr=train_cfg.lr, betas=ADAM_BETAS,
             fused=self.device.type == "cuda",
         )
-        self.encode = self.model.encode
-        if train_cfg.compile and self.device.type == "cuda":
-            self.encode = torch.compile(self.model.encode)  # type: ignore[assignment]
-        elif train_cfg.compile:
+        self.compiled = train_cfg.compile and self.device.type == "cuda"
+        if train_cfg.compile and not self.compiled:
             self.notes.append("--compile is used on CUDA only; running eagerly")
-        self.loss_module: torch.nn.Module = MultitaskLoss(self.model, self.encode, train_cfg)
+        self.loss_module: torch.nn.Module = MultitaskLoss(self.model, train_cfg)
         if self.dist.enabled:  # a head without rows in a rank's share leaves its parameters unused there
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
+        if self.compiled:  # encoder, heads and losses: one graph (fixed shapes: see batch())
+            self.loss_module = compile_loss(self.loss_module)
         self.train_data = self._tensors()
         # valid window: inputs, truth, popularity fallback for users with no input
         self.valid = self.data.split("valid")
@@ -407,17 +448,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        """The epoch's permutation of the training sequences (seeded by seed and epoch: resumable)."""
+        """The epoch's permutation of the training sequences (seeded by seed and epoch: resumable),
+        on the host."""
         seed = self.cfg.train.seed * 1000 + epoch
-        return torch.randperm(self.n_train, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        return torch.randperm(self.n_train, generator=torch.Generator().manual_seed(seed))
 
-    def batch(self, order: torch.Tensor, batch_index: int) -> dict[str, torch.Tensor]:
+    def _global_rows(self, order: torch.Tensor, batch_index: int) -> torch.Tensor:
         size = self.cfg.train.batch_size
-        rows = distributed.shard(order[batch_index * size:(batch_index + 1) * size], self.dist)
-        batch = {k: v[rows] for k, v in self.train_data.items()}
-        return batch if self.cfg.train.compile else trim_padding(batch)  # compiled graphs keep a fixed width
+        return order[batch_index * size:(batch_index + 1) * size]
 
-    def step(self, run: RunState, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def epoch_caps(self, order: torch.Tensor) -> tuple[int, int, int]:
+        """Compiled steps: the target rows gathered per loss part for the whole epoch, the most any of
+        its batches (this rank's share) holds, rounded up to :data:`CAP_ROUND` so that one graph
+        serves the epoch and, mostly, the next ones."""
+        most = np.zeros(len(TARGETS), dtype=np.int64)
+        for batch_index in range(self.steps_per_epoch):
+            rows = distributed.shard(self._global_rows(order, batch_index), self.dist).numpy()
+            most = np.maximum(most, self.target_counts[rows].sum(0))
+        limit = min(self.cfg.train.batch_size, self.n_train) * self.train_data["item_idx"].shape[1]
+        return round_caps(most, limit)
+
+    def batch(self, order: torch.Tensor, batch_index: int, caps: tuple[int, int, int] | None = None,
+              on_device: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], StepRows]:
+        """This rank's share of a batch, and its target rows. Eager steps drop the left columns that
+        are padding in every row and gather exactly their target rows; compiled steps keep the full
+        width and the epoch's ``caps``, so that their shapes stay fixed. Counts and width come from
+        host arrays; the rows are sliced out of ``on_device`` (``order`` copied to the device once
+        per epoch), so a step neither reads from nor waits on the device."""
+        on_device = on_device if on_device is not None else order.to(self.device)
+        global_rows = self._global_rows(order, batch_index)
+        rows = distributed.shard(global_rows, self.dist)
+        mine: Any = tuple(int(x) for x in self.target_counts[rows.numpy()].sum(0))
+        total: Any = tuple(int(x) for x in self.target_counts[global_rows.numpy()].sum(0))
+        first = 0
+        if caps is None:
+            first = int(self.lead_padding[rows.numpy()].min())
+            first = 0 if first >= self.train_data["item_idx"].shape[1] else first  # no event at all: nothing to trim
+        index = distributed.shard(self._global_rows(on_device, batch_index), self.dist)
+        batch = {k: v[index, first:] if first else v[index] for k, v in self.train_data.items()}
+        return batch, StepRows(caps=caps if caps is not None else mine, mine=mine, total=total)
+
+    def step(self, run: RunState, batch: dict[str, torch.Tensor], rows: StepRows) -> dict[str, torch.Tensor]:
         """:func:`train_step` at the schedule's learning rate, then the epoch's running sums."""
         train_cfg = self.cfg.train
         sample = None
@@ -427,12 +498,15 @@ class Trainer:
         lr = lr_at(run.step, self.total_steps, train_cfg.lr, train_cfg.warmup_frac, train_cfg.lr_floor)
         autocast = self.device.type == "cuda" and train_cfg.bf16
         shares = None
-        if self.dist.enabled:
-            rows = torch.stack([(batch[key] > 0).sum() for key in TARGETS]).float()
-            shares = distributed.row_shares(rows, distributed.sum_over_ranks(rows.clone(), self.dist), self.dist.world_size)
+        if self.dist.enabled:  # every rank knows the global batch's counts: no collective needed
+            shares = distributed.row_shares(torch.tensor(rows.mine, dtype=torch.float32),
+                                            torch.tensor(rows.total, dtype=torch.float32), self.dist.world_size)
+            if self.device.type == "cuda":  # pinned, so that the copy does not wait for the device
+                shares = shares.pin_memory()
+            shares = shares.to(self.device, non_blocking=True)
 
         def loss_fn(b: dict[str, torch.Tensor], s: tuple[torch.Tensor, torch.Tensor] | None):
-            return self.loss_module(b, s, shares)
+            return self.loss_module(b, s, shares, rows.caps)
 
         parts = train_step(self.model, loss_fn, self.optimizer, batch, lr, train_cfg, sample, autocast)
         losses = torch.stack([parts[name].float() for name in LOSS_PARTS])
