@@ -58,16 +58,47 @@ LOSS_PARTS = ("view", "purchase", "cart")
 TARGETS = ("next_target", "purchase_target", "cart_target")  # the rows of each loss part
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices of Linear layers only; never on embeddings, norms or biases."""
-    decay, no_decay = [], []
+# the parameters only the purchase head uses (the catalog projection and item appeal, the repeat
+# pointer and the gate); the encoder and the item table are shared with the view head
+PURCHASE_HEAD = ("buy_proj", "buy_bias", "repeat_q", "repeat_k", "repeat_bias", "gate")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Weight decay on matrices of Linear layers only; never on embeddings, norms or biases. Each
+    group's ``lr_scale`` multiplies the schedule's learning rate: with ``head_lr_scale`` != 1 the
+    purchase head's parameters (PURCHASE_HEAD) form two groups of their own with that scale."""
+    head = {id(p) for name, p in model.named_parameters() if name.split(".")[0] in PURCHASE_HEAD}
+    split = head_lr_scale != 1.0
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if isinstance(module, torch.nn.Linear) and name == "weight":
-                decay.append(p)
-            else:
-                no_decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decayed = isinstance(module, torch.nn.Linear) and name == "weight"
+            groups.setdefault((split and id(p) in head, decayed), []).append(p)
+    return [{"params": groups.get((in_head, decayed), []), "weight_decay": weight_decay if decayed else 0.0,
+             "lr_scale": head_lr_scale if in_head else 1.0}
+            for in_head in ((False, True) if split else (False,)) for decayed in (True, False)]
+
+
+def purchase_batches(carry: torch.Tensor, rest: torch.Tensor, n_carry: int, steps: int, batch: int, seed: int,
+                     epoch: int) -> torch.Tensor:
+    """Epoch ``epoch``'s row order: ``steps`` batches of ``batch`` rows, each holding ``n_carry`` rows
+    of ``carry`` (the chunks with purchase targets) and the others from ``rest``, in a seeded order
+    inside the batch. Each pool is read as an endless stream of seeded permutations, epoch after epoch,
+    so that every row of a pool comes once before any comes twice: the pool that gets more than its
+    share is oversampled, the other comes round more slowly. A function of (seed, epoch): resumable."""
+
+    def stream(pool: torch.Tensor, which: int, n: int) -> torch.Tensor:
+        start = epoch * n
+        first, last = start // len(pool), (start + n - 1) // len(pool)
+        perms = [pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed((seed * 2 + which) * 1_000_003 + r))]
+                 for r in range(first, last + 1)]
+        offset = start - first * len(pool)
+        return torch.cat(perms)[offset:offset + n]
+
+    rows = torch.cat([stream(carry, 0, steps * n_carry).view(steps, n_carry),
+                      stream(rest, 1, steps * (batch - n_carry)).view(steps, batch - n_carry)], 1)
+    mix = torch.rand(steps, batch, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).argsort(1)
+    return rows.gather(1, mix).flatten()
 
 
 def lr_at(step: int, total: int, peak: float, warmup_frac: float, floor: float = 0.05) -> float:
@@ -193,7 +224,7 @@ def train_step(
     """One optimizer step: set the learning rate, forward (bf16 autocast when asked), backward,
     clip, update. Returns the loss parts, detached, still on the device (no host sync)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     device_type = next(model.parameters()).device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
         loss, parts = loss_fn(batch, sample)
@@ -334,7 +365,7 @@ class Trainer:
         self.vocab: Vocab = self.data.vocab
         self.model = TransformerRecommender(self.cfg.model, self.vocab, self.data.max_len).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, train_cfg.weight_decay), lr=train_cfg.lr, betas=ADAM_BETAS,
+            param_groups(self.model, train_cfg.weight_decay, train_cfg.purchase_head_lr), lr=train_cfg.lr, betas=ADAM_BETAS,
             fused=self.device.type == "cuda",
         )
         self.encode = self.model.encode
@@ -353,6 +384,7 @@ class Trainer:
         self._check_valid_window()
         self.n_train = len(self.train_data["item_idx"])
         self.steps_per_epoch = math.ceil(self.n_train / train_cfg.batch_size)
+        self._purchase_pools()
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         if self.total_steps < FEW_STEPS:
             self.notes.append(
@@ -368,6 +400,23 @@ class Trainer:
         events = self.data.events_before(self.valid.window_start)
         cutoff_ts = int(self.valid.window_start.replace(tzinfo=timezone.utc).timestamp())
         self.popularity = Popularity(events, self.vocab.n_items, cutoff_ts, self.cfg.eval.popularity_days)
+
+    def _purchase_pools(self) -> None:
+        """With train.purchase_share: the chunks with and without purchase targets and the rows of each
+        batch drawn from the first. An epoch keeps its number of steps (the same compute as plain
+        batches), every batch full."""
+        self.carry: torch.Tensor | None = None
+        share, size = self.cfg.train.purchase_share, self.cfg.train.batch_size
+        if not share or self.n_train <= size:
+            return
+        has = (self.train_data["purchase_target"] > 0).any(1).cpu()
+        carry, rest = has.nonzero().squeeze(1), (~has).nonzero().squeeze(1)
+        if len(carry) == 0 or len(rest) == 0:
+            self.notes.append("train.purchase_share: every training chunk or none carries purchase targets; batches "
+                              "are plain random draws")
+            return
+        self.carry, self.rest = carry, rest
+        self.n_carry = min(max(round(share * size), 1), size - 1)
 
     def _refuse_existing_run(self) -> None:
         if (self.run_dir / "last.pt").exists() or (self.run_dir / "metadata.json").exists():
@@ -409,6 +458,9 @@ class Trainer:
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The epoch's permutation of the training sequences (seeded by seed and epoch: resumable)."""
         seed = self.cfg.train.seed * 1000 + epoch
+        if self.carry is not None:  # train.purchase_share: a share of every batch carries purchase targets
+            return purchase_batches(self.carry, self.rest, self.n_carry, self.steps_per_epoch, self.cfg.train.batch_size,
+                                    self.cfg.train.seed, epoch).to(self.device)
         return torch.randperm(self.n_train, generator=torch.Generator().manual_seed(seed)).to(self.device)
 
     def batch(self, order: torch.Tensor, batch_index: int) -> dict[str, torch.Tensor]:
@@ -638,6 +690,9 @@ class Trainer:
         saved = config_from_dict(payload["config"])
         if asdict(saved.model) != asdict(self.cfg.model):
             problems.append(f"model settings differ (checkpoint {asdict(saved.model)})")
+        for key in ("purchase_share", "purchase_head_lr"):  # they shape the epochs and the optimizer's groups
+            if getattr(saved.train, key) != getattr(self.cfg.train, key):
+                problems.append(f"train.{key} differs (checkpoint {getattr(saved.train, key)}, now {getattr(self.cfg.train, key)})")
         world_size = payload.get("world_size", 1)
         if world_size != self.dist.world_size:
             problems.append(
