@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                 "spill_bytes": limited["spill_bytes"], "steps": (limited["manifest"] or {}).get("steps"),
                 "error": limited["error"],
                 "same_counts": bool(m) and limited["manifest"] is not None and all(
-                    m[k] == limited["manifest"][k] for k in ("rows_kept", "n_events", "n_sessions", "n_train_sequences")),
+                    m[k] == limited["manifest"][k] for k in ("rows_kept", "n_events", "n_sessions", "n_users")),
                 "same_content_hash": bool(m) and limited["manifest"] is not None
                 and m["content_hash"] == limited["manifest"]["content_hash"],
             },

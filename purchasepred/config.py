@@ -346,8 +346,24 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects section.key=value, got '{item}' (example: --set train.lr=0.001)")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        out[key.strip()] = _set_value(raw)
     return out
+
+
+def _set_value(raw: str) -> Any:
+    """A --set value as YAML reads it when that is a number, boolean, null, list or a quoted string
+    (``"\\t"`` is a tab); any other text is taken as written: YAML would turn ``|`` into an empty block
+    and refuse ``%Y-%m-%d`` (a directive)."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and text[0] not in "'\"":
+        return text
+    return value
 
 
 def load_config(

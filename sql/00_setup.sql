@@ -2,7 +2,10 @@
 -- empty landing tables that each input file's load appends to.
 -- inputs: none. outputs: staged (grain: one record of one file, typed; reject_reason says why it is
 --   left out, NULL when valid), raw_rejects (grain: one line the CSV reader could not split into the
---   file's fields), input_files (file_no -> file_path), optional_columns (an empty template).
+--   file's fields), input_files (file_no -> file_path, header lines, and first_row: the rowid of the
+--   file's first record in staged), optional_columns (an empty template).
+-- staged is appended to in file order (preserve_insertion_order): a record's number in its file is
+-- its rowid - first_row + 1, with no row_number() window over the whole file.
 -- parameters (read when a macro runs): time_format, event_map, min_event_at, max_event_at.
 
 -- the id conventions (pad_id, unknown_id, first_id, view_id .. remove_from_cart_id, event_type_id,
@@ -16,15 +19,25 @@ create or replace macro left_pad(l, width) as list_resize(l[1:0], width - len(l)
 -- time_format: iso (ISO 8601, any time zone suffix), unix_s, unix_ms, or a strptime format
 create or replace macro epoch_to_timestamp(s) as
     case when s between -1e11 and 1e11 then to_timestamp(s)::timestamp end;
+-- (iso tries the two REES46 spellings with strptime first, which is several times faster than the
+-- general cast; anything else falls through to the cast)
 create or replace macro parse_time(t) as case getvariable('time_format')
-    when 'iso' then try_cast(trim(t) as timestamptz)::timestamp
+    when 'iso' then coalesce(
+        try_strptime(t, ['%Y-%m-%d %H:%M:%S UTC', '%Y-%m-%d %H:%M:%S']),
+        try_cast(trim(t) as timestamptz)::timestamp
+    )
     when 'unix_s' then epoch_to_timestamp(try_cast(trim(t) as double))
     when 'unix_ms' then epoch_to_timestamp(try_cast(trim(t) as double) / 1000)
     else try_strptime(trim(t), getvariable('time_format'))
 end;
 
--- the canonical event name of a raw event value (any case), 'ignore', or NULL when unmapped
-create or replace macro event_name(v) as getvariable('event_map')[lower(trim(v))];
+-- text without its surrounding spaces, NULL when empty (trim only where there is a space to trim:
+-- most values have none, and trim costs a copy of every value)
+create or replace macro clean_text(t) as nullif(case when contains(t, ' ') then trim(t) else t end, '');
+
+-- the canonical event name of a raw event value (any case), 'ignore', or NULL when unmapped (the
+-- mapping's keys are lower case: the value as written is looked up first)
+create or replace macro event_name(v) as coalesce(getvariable('event_map')[v], getvariable('event_map')[lower(trim(v))]);
 
 -- why a typed record is left out: 'ignored' (its event value is ignored by the mapping) or a reject
 -- reason; NULL when it is a valid event
@@ -42,8 +55,8 @@ create or replace macro reject_reason(event_name, user_key, item_key, event_at, 
 end;
 
 
--- typed_records(src): the view src (one file's records as text under canonical names, plus
--- record_no) typed and validated in one pass: the rows of staged. Rejected and ignored records keep
+-- typed_records(src): the view src (one file's records as text under canonical names, in file
+-- order) typed and validated in one pass: the rows of staged. Rejected and ignored records keep
 -- their text, fields in file order joined by the file's delimiter.
 create or replace macro typed_records(src) as table
 with filled as (
@@ -57,14 +70,14 @@ typed as (
         *,
         parse_time(event_time) as event_at,
         event_name(event_type) as event_name,
-        nullif(trim(product_id), '') as item_key,
-        nullif(trim(user_id), '') as user_key,
-        nullif(trim(user_session), '') as session_key,
-        nullif(trim(category_id), '') as category_key,
-        nullif(trim(category_code), '') as category_code_norm,
-        nullif(trim(brand), '') as brand_norm,
-        nullif(trim(price), '') as price_text,
-        try_cast(nullif(trim(price), '') as double) as price_value,
+        clean_text(product_id) as item_key,
+        clean_text(user_id) as user_key,
+        clean_text(user_session) as session_key,
+        clean_text(category_id) as category_key,
+        clean_text(category_code) as category_code_norm,
+        clean_text(brand) as brand_norm,
+        clean_text(price) as price_text,
+        try_cast(clean_text(price) as double) as price_value,
         [*columns(lambda c: list_contains(getvariable('input_names'), c))] as raw_fields
     from filled
 ),
@@ -72,7 +85,6 @@ typed as (
 final as (
     select
         getvariable('input_file_no') as file_no,
-        record_no,
         event_at,
         event_type_id(event_name)::tinyint as event_type_id,
         item_key,
@@ -98,7 +110,6 @@ select * from final;
 
 create or replace table staged (
     file_no integer,
-    record_no bigint,
     event_at timestamp,
     event_type_id tinyint,
     item_key varchar,
@@ -123,7 +134,8 @@ create or replace table raw_rejects (
 create or replace table input_files (
     file_no integer,
     file_path varchar,
-    header_lines integer
+    header_lines integer,
+    first_row bigint
 );
 
 -- the canonical text columns a file may lack: a load unions it by name so that they read as NULL

@@ -9,7 +9,7 @@
 --   characters escaped, for the reader), input_columns, input_names (the struct's names), input_header,
 --   input_delimiter, and those of the parsing macros of 00_setup.sql.
 create or replace temp view input_records as
-select *, row_number() over () as record_no  -- file order: the reader preserves it
+select *  -- in file order: the reader and the insert preserve it (rowid numbers the records)
 from read_csv(
     getvariable('input_glob'),
     header = getvariable('input_header'),

@@ -6,8 +6,7 @@
 -- parameters: input_file_no, input_names, input_delimiter (joins a rejected record's fields) and
 --   those of the parsing macros of 00_setup.sql.
 create or replace temp view input_records as
-select *, row_number() over () as record_no
-from parquet_columns;
+select * from parquet_columns;  -- in file order: rowid numbers the records
 
 insert into staged by name
 select * from typed_records('input_records');

@@ -15,12 +15,13 @@ structural_lines as (
 ),
 
 semantic as (
-    -- the line of a parsed record: record_no + the header + the structural rejects before it
+    -- the line of a parsed record: its number in the file (rowid - first_row + 1) + the header + the
+    -- structural rejects before it
     select
         f.file_path,
-        t.record_no + f.header_lines + (
+        t.rowid - f.first_row + 1 + f.header_lines + (
             select count(*) from structural_lines as s
-            where s.file_path = f.file_path and s.line - s.nth - f.header_lines < t.record_no
+            where s.file_path = f.file_path and s.line - s.nth - f.header_lines < t.rowid - f.first_row + 1
         ) as line,
         t.reject_reason as reason,
         t.raw

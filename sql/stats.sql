@@ -16,8 +16,7 @@ select
     (select coalesce(max(category_idx), unknown_id()) - unknown_id() from categories) as n_categories,
     (select count(*) from events where is_session_start) as n_sessions,
     (select min(event_at) from events)::varchar as first_event_at,
-    (select max(event_at) from events)::varchar as last_event_at,
-    (select count(*) from train_sequences) as n_train_sequences;
+    (select max(event_at) from events)::varchar as last_event_at;
 
 -- name: rejects_by_reason
 select reason, count(*) as n from rejects group by reason order by n desc, reason;
@@ -36,7 +35,7 @@ select
     w.split,
     w.window_start::varchar as window_start,
     w.window_end::varchar as window_end,
-    (select count(*) from sequences as s where s.split = w.split) as n_users_with_inputs,
+    (select count(*) from users as u where u.first_event_at < w.window_start) as n_users_with_inputs,
     (select count(distinct t.user_idx) from truth as t where t.split = w.split) as n_users_with_purchases,
     (select count(*) from truth as t where t.split = w.split) as n_purchased_pairs
 from windows as w

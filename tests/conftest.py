@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -15,7 +16,9 @@ from typer.testing import CliRunner
 from purchasepred.cli import app
 from purchasepred.config import PrepareConfig
 from purchasepred.data import prepare as prep
+from purchasepred.data.sequences import users_before
 from purchasepred.data.synth import SynthSummary, generate
+from purchasepred.data.tensors import SEQ_COLUMNS, SPLITS, TARGETS, PreparedData
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = FIXTURES / "tiny.csv"
@@ -30,11 +33,47 @@ STEP_TABLES = ("staged", "raw_rejects", "clean", "sessionized")
 
 
 def open_prepared(out: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per Parquet table of a prepared folder."""
+    """An in-memory DuckDB connection with one view per Parquet table of a prepared folder, and the
+    sequences the loader cuts from its events as the tables ``sequences`` and ``train_sequences``."""
     con = duckdb.connect()
     for path in sorted(Path(out).glob("*.parquet")):
         con.read_parquet(str(path)).create_view(path.stem)
+    if (Path(out) / "manifest.json").is_file():
+        add_loaded_sequences(con, PreparedData(out))
     return con
+
+
+def _insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
+    """Create ``table`` from equal-length columns (lists of scalars or of lists), bound as parameters."""
+    names = list(columns)
+    select = ", ".join(f"unnest(${i + 1}) as {name}" for i, name in enumerate(names))
+    con.execute(f"create table {table} as select {select}", [columns[n] for n in names])
+
+
+def add_loaded_sequences(con: duckdb.DuckDBPyConnection, data: PreparedData) -> None:
+    """``sequences`` (split, user_idx, n_events, last_event_at, one list column per token feature) and
+    ``train_sequences`` (user_idx, chunk, n_events, last_event_at, features and targets): exactly what
+    ``PreparedData.split`` and ``PreparedData.train_chunks`` return, as tables the tests query."""
+    at_us = data._events["at_us"]
+    split_cols: dict[str, list[Any]] = {k: [] for k in ("split", "user_idx", "n_events", "last_at_us", *SEQ_COLUMNS)}
+    for name in SPLITS:
+        s = data.split(name)
+        inputs = users_before(data._events["user_idx"], at_us, int(np.datetime64(s.window_start, "us").astype(np.int64)))
+        split_cols["split"] += [name] * len(s.user_idx)
+        split_cols["user_idx"] += s.user_idx.tolist()
+        split_cols["n_events"] += s.n_events.tolist()
+        split_cols["last_at_us"] += at_us[inputs.first_row + inputs.n_events - 1].tolist()
+        for c in SEQ_COLUMNS:
+            split_cols[c] += s.features[c].tolist()
+    _insert_columns(con, "sequences_raw", split_cols)
+    arrays, about = data.train_chunks("valid")
+    _insert_columns(con, "train_raw", {
+        "user_idx": about["user_idx"].tolist(), "chunk": about["chunk"].tolist(),
+        "n_events": about["n_events"].tolist(), "last_at_us": about["last_at_us"].tolist(),
+        **{c: arrays[c].tolist() for c in (*SEQ_COLUMNS, *TARGETS)},
+    })
+    for table, raw in (("sequences", "sequences_raw"), ("train_sequences", "train_raw")):
+        con.execute(f"create view {table} as select * exclude (last_at_us), make_timestamp(last_at_us) as last_event_at from {raw}")
 
 
 def rows(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> list[tuple]:

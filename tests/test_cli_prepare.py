@@ -231,5 +231,5 @@ def test_output_is_independent_of_input_location(dirs: tuple[Path, Path]) -> Non
     shutil.copy(TINY, copy)
     assert invoke(str(TINY), "--out", str(work / "a"), *TINY_ARGS).exit_code == 0
     assert invoke(str(copy), "--out", str(work / "b"), *TINY_ARGS).exit_code == 0
-    for table in ("events", "sequences", "train_sequences", "truth"):
+    for table in ("events", "windows", "truth"):
         assert (work / "a" / f"{table}.parquet").read_bytes() == (work / "b" / f"{table}.parquet").read_bytes()

@@ -154,6 +154,10 @@ def test_set_syntax() -> None:
     }
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_set(["prepare.max_len"])
+    # a strptime format is not valid YAML on its own ('%' starts a directive): it stays the text written
+    assert parse_set(["input.time_format=%Y-%m-%d %H:%M:%S", "input.delimiter=|"]) == {
+        "input.time_format": "%Y-%m-%d %H:%M:%S", "input.delimiter": "|",
+    }
     cfg = load_config(sets=["eval.k=5,10", "prepare.memory_limit=2GB", "prepare.threads=null"])
     assert (cfg.eval.k, cfg.prepare.memory_limit, cfg.prepare.threads) == ([5, 10], "2GB", None)
 

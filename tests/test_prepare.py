@@ -40,6 +40,7 @@ from purchasepred.config import PrepareConfig
 from purchasepred.data import prepare as prep
 from purchasepred.data.prepare import LOAD_PARQUET, QUERY_FILES, STEPS, named_queries, prepare
 from purchasepred.data.synth import generate
+from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import DatasetError
 from purchasepred.resources import define_ids, sql_dir
 
@@ -48,7 +49,7 @@ CAT_PHONE = "2053013555631882655"  # 19 digits, above 2**53: a float would chang
 CAT_OTHER = "2232732093077520756"
 
 # the event tables that must come out the same whatever the input format
-CONTENT_TABLES = ("events", "users", "items", "brands", "categories", "windows", "truth", "sequences", "train_sequences")
+CONTENT_TABLES = ("events", "users", "items", "brands", "categories", "windows", "truth")
 
 
 def same_tables(a: Path, b: Path, tables: tuple[str, ...] = CONTENT_TABLES) -> dict[str, int]:
@@ -86,10 +87,33 @@ def test_counts_add_up(tiny_prepared: prep.PrepareSummary) -> None:
     assert m["events_by_type"] == {"cart": 1, "purchase": 3, "remove_from_cart": 1, "view": 12}
     assert (m["n_users"], m["n_raw_items"], m["n_items"], m["n_brands"], m["n_categories"]) == (4, 4, 3, 2, 2)
     assert m["n_sessions"] == 9
-    assert m["n_train_sequences"] == 4
+    assert len(PreparedData(tiny_prepared.out).train()["item_idx"]) == 4  # training chunks with a target
     assert m["views_per_purchase"] == 4.0
     assert m["input_schemas"] == ["rees46"]
     assert tiny_prepared.audits and not any(tiny_prepared.audits.values())
+
+
+def test_reject_lines_in_a_file_of_many_row_groups(tmp_path: Path) -> None:
+    """Line numbers come from the records' order in staged: exact across row groups and threads."""
+    header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
+    bad = {5: "click", 150_001: "negative", 299_990: "fields", 299_999: "click"}
+    lines = [header]
+    for line in range(2, 300_002):
+        minute = line // 1000
+        kind, price = ("view", "1.00")
+        if bad.get(line) == "click":
+            kind = "click"
+        if bad.get(line) == "negative":
+            price = "-1.00"
+        row = f"2019-10-{1 + minute // 1440:02d} {minute // 60 % 24:02d}:{minute % 60:02d}:00 UTC,{kind},{line % 97},1,,,{price},{line % 501},"
+        lines.append(row + ",extra" if bad.get(line) == "fields" else row)
+    raw = tmp_path / "big.csv"
+    raw.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "p"
+    prepare([str(raw)], out, PrepareConfig(eval_days=0.5, threads=2))
+    got = rows(open_prepared(out), "select line, reason from rejects order by line")
+    assert got == [(5, "unknown event_type"), (150_001, "negative price"), (299_990, "wrong field count"),
+                   (299_999, "unknown event_type")]
 
 
 def test_load_keeps_every_line(tiny_db: duckdb.DuckDBPyConnection) -> None:
@@ -99,8 +123,6 @@ def test_load_keeps_every_line(tiny_db: duckdb.DuckDBPyConnection) -> None:
         (str(TINY), 17, "wrong field count",
          "2019-10-02 10:00:00 UTC,view,1001,2053013555631882655,electronics.smartphone,apple,100.00,200"),
     ]
-    # record numbers count the parsed records in file order, without gaps
-    assert rows(tiny_db, "select min(record_no), max(record_no), count(distinct record_no) from staged") == [(1, 23, 23)]
     # category_id is read as text: all 19 digits survive
     assert rows(tiny_db, "select distinct category_key from staged where category_key is not null order by 1") == [
         (CAT_PHONE,), (CAT_OTHER,),
@@ -286,7 +308,8 @@ def test_train_sequences_targets(tiny_db: duckdb.DuckDBPyConnection) -> None:
     assert rows(tiny_db, q) == [
         # next event 10-03 13:00 is past the valid start: no target at the last position
         (2, 0, 3, [0, 3, 3, 4], [0, 3, 4, 0], [0, 0, 0, 0], [0, 3, 0, 0]),
-        (3, 0, 4, [2, 3, 2, 1], [3, 2, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]),
+        # the rare item 1004 (unknown id 1) is nobody's target: 0 after item 2
+        (3, 0, 4, [2, 3, 2, 1], [3, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]),
         # 5 events before the valid window: chunk 0 is the most recent 4, chunk 1 the one before
         (4, 0, 4, [4, 2, 4, 2], [2, 4, 2, 0], [2, 2, 2, 0], [0, 0, 0, 0]),
         (4, 1, 1, [0, 0, 0, 2], [0, 0, 0, 4], [0, 0, 0, 2], [0, 0, 0, 0]),
@@ -373,16 +396,12 @@ def test_audits_catch_broken_data(synth_prepared: prep.PrepareSummary) -> None:
     """The audits are not vacuous: tampered tables make them return rows."""
     con = open_prepared(synth_prepared.out)
     define_ids(con)
-    con.execute("set variable max_len = ?", [SYNTH_CFG.max_len])
     audits = named_queries("audits.sql")
-    for view in ("events", "sequences", "truth"):
+    for view in ("events", "truth"):
         con.execute(f"drop view {view}")
     con.execute("create or replace table events as select * from read_parquet(?) union all "
                 "(select * from read_parquet(?) limit 1)", [str(synth_prepared.out / "events.parquet")] * 2)
     assert con.execute(audits["events_unique_key"]).fetchall()
-    con.execute("create or replace table sequences as select * replace "
-                "(list_reverse(item_idx) as item_idx) from read_parquet(?)", [str(synth_prepared.out / "sequences.parquet")])
-    assert con.execute(audits["padding_only_on_left"]).fetchall()
     con.execute("create or replace table truth as select * replace (first_purchase_at - interval 100 day as first_purchase_at) "
                 "from read_parquet(?)", [str(synth_prepared.out / "truth.parquet")])
     assert con.execute(audits["truth_inside_window"]).fetchall()
@@ -653,7 +672,7 @@ def test_real_rees46_sample_exact_counts(tmp_path: Path) -> None:
         "test": ("2019-10-01 02:21:11", 918, 150, 160),
         "all": ("2019-10-01 02:49:59.000001", 3_465, 0, 0),
     }
-    assert m["n_train_sequences"] == 167
+    assert len(PreparedData(res.out).train()["item_idx"]) == 167
     assert m["inputs"] == [{
         "path": str(files[0]), "size": 1_935_788,
         "sha256": "2e6cc28e401f817ec888cc3b68077743d9dc74e6b8ed1dec442de6d6b3ec5675",

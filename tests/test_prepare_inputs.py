@@ -31,7 +31,7 @@ RR = FIXTURES / "tiny_retailrocket.csv"
 TAOBAO = FIXTURES / "tiny_taobao.csv"
 TIANCHI = FIXTURES / "tiny_tianchi.csv"
 CFG = PrepareConfig(max_len=4, eval_days=1)
-CONTENT = ("events", "users", "items", "brands", "categories", "windows", "truth", "sequences", "train_sequences")
+CONTENT = ("events", "users", "items", "brands", "categories", "windows", "truth")
 
 
 def conserved(m: dict) -> bool:
@@ -272,7 +272,7 @@ def test_steps_in_manifest_and_a_stable_content_hash(tmp_path: Path) -> None:
     m = prepare([str(TINY)], tmp_path / "p", TINY_CFG, input_cfg=InputConfig()).manifest
     names = [s["step"] for s in m["steps"]]
     assert names == ["inspect inputs", "setup", "load", "validate", "clean", "sessionize", "vocab", "encode",
-                     "split", "sequences", "audits", "write tables"]
+                     "split", "audits", "write tables"]
     rows_of = {s["step"]: s["rows"] for s in m["steps"]}
     assert (rows_of["load"], rows_of["validate"], rows_of["clean"], rows_of["sessionize"], rows_of["encode"]) == (23, 5, 18, 17, 17)
     assert all(s["seconds"] >= 0 for s in m["steps"])

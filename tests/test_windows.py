@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import open_prepared, rows
 from purchasepred.cli import app
+from purchasepred.data.tensors import PreparedData
 from purchasepred.config import PrepareConfig
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import REES46_HEADER, generate
@@ -205,7 +206,7 @@ def test_no_training_pairs_before_valid(tmp_path: Path) -> None:
     line = one_error_line(cli("prepare", raw, "--out", tmp_path / "p", "--eval-days", "1"))
     assert "no user has two events before the valid window" in line and "0 users with two events" in line
     m = prepare([str(raw)], tmp_path / "q", PrepareConfig(eval_days=1)).manifest
-    assert m["n_train_sequences"] == 0
+    assert len(PreparedData(tmp_path / "q").train()["item_idx"]) == 0
     assert any("no user has two events before the valid window" in w for w in m["warnings"])
 
 

@@ -1,7 +1,7 @@
 """`prepare`: run the SQL files of ``sql/`` in a fixed order on one DuckDB connection.
 
 raw files (typed and validated as they are read, through the input mapping) -> staged/raw_rejects ->
-rejects -> clean -> sessionized -> vocabularies -> events -> windows/truth -> sequences/train_sequences,
+rejects -> clean -> sessionized -> vocabularies -> events (the sequence store) -> windows/truth,
 then audits (queries that must return no rows), then Parquet tables and ``manifest.json`` in a
 temporary folder renamed into place only when complete. Values reach SQL as DuckDB variables
 (``set variable x = ?``), never as SQL text; the mapping's column names are bound too (the CSV
@@ -37,7 +37,9 @@ from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import define_ids, named_queries, sql_dir
 from purchasepred.fileio import sha256_file, to_json
 
-SCHEMA_VERSION = 1
+# 2: no sequences / train_sequences tables. The events table, in (user_idx, seq) order, is the sequence
+# store; the loader cuts window inputs and training chunks (for any cutoff) from it (data/sequences.py).
+SCHEMA_VERSION = 2
 # manifest keys that measure a run rather than define the dataset: left out of content_hash
 RUN_KEYS = ("duration_s", "created_at", "content_hash", "steps", "memory_limit", "spill_bytes")
 
@@ -51,15 +53,11 @@ STEPS: list[tuple[str, str]] = [
     ("vocab", "05_vocab.sql"),
     ("encode", "06_encode.sql"),
     ("split", "07_split.sql"),
-    ("sequences", "08_sequences.sql"),
 ]
 LOAD_PARQUET = "01_load_parquet.sql"
 QUERY_FILES = ("audits.sql", "stats.sql", "windows.sql")
 
-OUTPUT_TABLES = (
-    "events", "users", "items", "brands", "categories", "windows", "truth",
-    "sequences", "train_sequences", "rejects",
-)
+OUTPUT_TABLES = ("events", "users", "items", "brands", "categories", "windows", "truth", "rejects")
 
 
 
@@ -264,7 +262,6 @@ def _run(
         times.record("inspect inputs", time.perf_counter() - t, len(files))
         _set(con, "session_gap_seconds", float(cfg.session_gap_minutes) * 60.0)
         _set(con, "min_item_count", int(cfg.min_item_count))
-        _set(con, "max_len", int(cfg.max_len))
         _set(con, "min_event_at", datetime(2000, 1, 1))
         _set(con, "max_event_at", (now + timedelta(days=1)).replace(tzinfo=None))
 
@@ -349,7 +346,6 @@ _STEP_ROWS = {
     "vocab": "select count(*) from items",
     "encode": "select count(*) from events",
     "split": "select count(*) from truth",
-    "sequences": "select (select count(*) from sequences) + (select count(*) from train_sequences)",
 }
 
 
@@ -373,7 +369,9 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
     for i, raw in enumerate(f.names, start=1):
         names.append(canonical.get(raw, f"extra_column_{i}"))
     _set(con, "input_names", names)
-    con.execute("insert into input_files values (?, ?, ?)", [file_no, str(f.path), 1 if m.header and f.format == "csv" else 0])
+    # staged's rowids are contiguous in insertion order: this file's records start at its current size
+    con.execute("insert into input_files select ?, ?, ?, count(*) from staged",
+                [file_no, str(f.path), 1 if m.header and f.format == "csv" else 0])
     try:
         if f.format == "parquet":
             rel = con.read_parquet(duckdb_literal(f.path))

@@ -18,6 +18,7 @@ import numpy as np
 
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest
+from purchasepred.data.sequences import NEVER, check_sorted, chunk_index, gather, targets, users_before, window_index
 from purchasepred.resources import define_ids, named_queries
 from purchasepred.errors import DatasetError
 from purchasepred.features import FEATURES, FIRST_ID, PAD, Vocab
@@ -78,12 +79,6 @@ class PreparedData:
         except duckdb.Error as err:
             raise DatasetError(f"{self.path}/{path_name}.parquet could not be read ({err}); prepare the dataset again") from None
 
-    @staticmethod
-    def _stack(column: np.ndarray, dtype: Any) -> np.ndarray:
-        if len(column) == 0:
-            return np.zeros((0, 0), dtype=dtype)
-        return np.stack(column).astype(dtype, copy=False)
-
     @cached_property
     def vocab(self) -> Vocab:
         m = self.manifest
@@ -111,18 +106,56 @@ class PreparedData:
     def users(self) -> dict[str, np.ndarray]:
         return self._fetch("users", "users")
 
-    def train(self) -> dict[str, np.ndarray]:
-        rows = self._fetch("train_sequences", "train_sequences")
-        out = {c: self._stack(rows[c], np.int64) for c in (*SEQ_COLUMNS, *TARGETS)}
-        for c in TARGETS:  # the unknown item 1 is not a target anyone can learn or rank
-            out[c][out[c] < FIRST_ID] = PAD
-        return out
+    @cached_property
+    def _events(self) -> dict[str, np.ndarray]:
+        """The events table as token columns in (user, position) order, read once."""
+        events = self._fetch("sequence_events", "events", never=int(NEVER))
+        why = check_sorted(events["user_idx"], events["seq"], events["at_us"])
+        if why:
+            raise DatasetError(f"{self.path}/events.parquet: {why}; prepare the dataset again")
+        return events
 
-    def split(self, name: str) -> SplitData:
+    def _window(self, name: str) -> dict[str, np.ndarray]:
         if name not in SPLITS:
             raise DatasetError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
-        window = self._fetch("split_window", "windows", split=name)
-        seq = self._fetch("split_sequences", "sequences", split=name)
+        return self._fetch("split_window", "windows", split=name)
+
+    def train(self, split: str = "valid") -> dict[str, np.ndarray]:
+        """Training chunks of every event strictly before ``split``'s window (valid: the events that
+        choose settings; test and all: the refits), with the targets that fall before it: each
+        (N, max_len), left-padded, ordered by user and chunk (chunk 0 the most recent)."""
+        return self.train_chunks(split)[0]
+
+    def train_chunks(self, split: str = "valid") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``train(split)`` and, per row, where it comes from: user_idx, chunk, n_events (real tokens)
+        and last_at_us (the time of its last event, in microseconds)."""
+        window = self._window(split)
+        events = self._events
+        start_us = int(window["window_start"][0].astype("datetime64[us]").astype(np.int64))
+        users = users_before(events["user_idx"], events["at_us"], start_us)
+        chunk_user, chunk_no, index = chunk_index(users, self.max_len)
+        eval_seconds = float(self.manifest["settings"]["eval_days"]) * 86400.0
+        per_event = targets(events, int(window["start_ts"][0]), eval_seconds)
+        out = {c: gather(per_event[c], index) for c in TARGETS}
+        # a chunk is a training row when it has something to predict
+        keep = ((out["next_target"] != PAD) | (out["purchase_target"] != PAD) | (out["cart_target"] != PAD)).any(axis=1)
+        index = index[keep]
+        out = {c: v[keep] for c, v in out.items()}
+        out.update({c: gather(events[c], index) for c in SEQ_COLUMNS})
+        for c in TARGETS:  # the unknown item 1 is not a target anyone can learn or rank
+            out[c][out[c] < FIRST_ID] = PAD
+        about = {
+            "user_idx": chunk_user[keep], "chunk": chunk_no[keep], "n_events": (index >= 0).sum(axis=1),
+            "last_at_us": events["at_us"][index[:, -1]] if len(index) else np.zeros(0, np.int64),
+        }
+        return out, about
+
+    def split(self, name: str) -> SplitData:
+        window = self._window(name)
+        events = self._events
+        start_us = int(window["window_start"][0].astype("datetime64[us]").astype(np.int64))
+        inputs = users_before(events["user_idx"], events["at_us"], start_us)
+        index = window_index(inputs, self.max_len)
         truth = self._fetch("split_truth", "truth", split=name)
         users, starts = np.unique(truth["user_idx"], return_index=True)
         counts = np.diff(np.append(starts, len(truth["user_idx"])))
@@ -138,9 +171,9 @@ class PreparedData:
             window_start=window["window_start"][0].astype("datetime64[us]").item(),
             window_end=window["window_end"][0].astype("datetime64[us]").item(),
             start_ts=int(window["start_ts"][0]),
-            user_idx=seq["user_idx"].astype(np.int64),
-            n_events=seq["n_events"].astype(np.int64),
-            features={c: self._stack(seq[c], np.int64) for c in SEQ_COLUMNS},
+            user_idx=inputs.user_idx,
+            n_events=inputs.n_events,
+            features={c: gather(events[c], index) for c in SEQ_COLUMNS},
             truth_users=users.astype(np.int64),
             truth_items=items,
             n_relevant=counts.astype(np.int64),

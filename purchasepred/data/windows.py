@@ -61,7 +61,7 @@ def _when(us: int) -> str:
 
 @dataclass(frozen=True)
 class Counts:
-    """What one window length gives (valid and test), as 07_split.sql and 08_sequences.sql will see it."""
+    """What one window length gives (valid and test), as 07_split.sql and the loader will see it."""
 
     days: float
     start_us: dict[str, int]

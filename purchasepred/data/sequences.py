@@ -1,0 +1,106 @@
+"""Padded sequence arrays cut from the events table when a dataset is loaded.
+
+The prepared ``events`` table is the sequence store: one row per token, ordered by user and position
+(``user_idx, seq``; a user's positions are in time order). A window's input sequence is a slice of
+its user's rows, so prepare stores no copy of the events per window or per training chunk; this
+module cuts the slices, for any cutoff, with index arithmetic (no Python loop over users):
+
+* :func:`window_index`: per user with events before the cutoff, the row numbers of the last
+  ``max_len`` of them, left-padded with -1;
+* :func:`chunk_index`: every event before the cutoff, cut into chunks of ``max_len`` from the most
+  recent one back (chunk 0 is the most recent), left-padded with -1;
+* :func:`targets`: per event, the training targets (next item, next purchase, next cart) that fall
+  before the cutoff;
+* :func:`gather`: a column at those row numbers, ``PAD`` where the index is -1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from purchasepred.features import PAD
+
+# a "never" time for events without a next event / purchase / cart: compares as after every cutoff
+NEVER = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class Users:
+    """Where each user's rows are in the sorted events, and how many precede a cutoff."""
+
+    user_idx: np.ndarray  # (U,) users with at least one event before the cutoff
+    first_row: np.ndarray  # (U,) the row of the user's first event
+    n_events: np.ndarray  # (U,) the user's events before the cutoff (all of them)
+
+
+def check_sorted(user_idx: np.ndarray, seq: np.ndarray, at_us: np.ndarray) -> str | None:
+    """Why the rows are not in (user, position) order with time non-decreasing in a user, or None."""
+    if len(user_idx) < 2:
+        return None
+    same = user_idx[1:] == user_idx[:-1]
+    if np.any(user_idx[1:] < user_idx[:-1]):
+        return "rows are not ordered by user_idx"
+    if np.any(same & (seq[1:] != seq[:-1] + 1)) or np.any(~same & (seq[1:] != 1)) or seq[0] != 1:
+        return "a user's seq is not 1, 2, 3, ... in row order"
+    if np.any(same & (at_us[1:] < at_us[:-1])):
+        return "a user's events are not in time order"
+    return None
+
+
+def users_before(user_idx: np.ndarray, at_us: np.ndarray, cutoff_us: int) -> Users:
+    """The users with events strictly before ``cutoff_us`` (a user's earlier events are a prefix of
+    their rows, since rows are in time order within a user)."""
+    if len(user_idx) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Users(empty, empty, empty)
+    users, first = np.unique(user_idx, return_index=True)
+    before = np.add.reduceat((at_us < cutoff_us).astype(np.int64), first)
+    keep = before > 0
+    return Users(users[keep].astype(np.int64), first[keep].astype(np.int64), before[keep])
+
+
+def window_index(users: Users, max_len: int) -> np.ndarray:
+    """(U, max_len) rows of each user's last ``max_len`` events before the cutoff, -1 on the left."""
+    end = users.first_row + users.n_events
+    index = end[:, None] - max_len + np.arange(max_len)[None, :]
+    return np.where(index >= users.first_row[:, None], index, -1)
+
+
+def chunk_index(users: Users, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every event before the cutoff in chunks of ``max_len``, the most recent chunk first:
+    (user of each chunk, chunk number, (C, max_len) rows left-padded with -1), ordered by user, chunk."""
+    n_chunks = -(-users.n_events // max_len)
+    chunk_user = np.repeat(users.user_idx, n_chunks)
+    starts = np.cumsum(n_chunks) - n_chunks
+    chunk_no = np.arange(int(n_chunks.sum()), dtype=np.int64) - np.repeat(starts, n_chunks)
+    end = np.repeat(users.first_row + users.n_events, n_chunks) - chunk_no * max_len
+    index = end[:, None] - max_len + np.arange(max_len)[None, :]
+    first = np.repeat(users.first_row, n_chunks)
+    return chunk_user, chunk_no, np.where(index >= first[:, None], index, -1)
+
+
+def targets(events: dict[str, np.ndarray], start_ts: int, eval_seconds: float) -> dict[str, np.ndarray]:
+    """Per event, what training predicts after it, PAD where there is none before ``start_ts``:
+    next_target (the next event's item), purchase_target and cart_target (the user's next purchase /
+    cart, if within ``eval_seconds`` of the event)."""
+    ts = events["ts"]
+
+    def within(item: np.ndarray, at: np.ndarray) -> np.ndarray:
+        return np.where((at < start_ts) & (at - ts <= eval_seconds), item, PAD)
+
+    return {
+        "next_target": np.where(events["next_ts"] < start_ts, events["next_item_idx"], PAD),
+        "purchase_target": within(events["next_purchase_item_idx"], events["next_purchase_ts"]),
+        "cart_target": within(events["next_cart_item_idx"], events["next_cart_ts"]),
+    }
+
+
+def gather(column: np.ndarray, index: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+    """``column`` at ``index`` (any shape), PAD where the index is -1."""
+    if column.size == 0:
+        return np.zeros(index.shape, dtype=dtype)
+    out = column[np.maximum(index, 0)].astype(dtype, copy=False)
+    out[index < 0] = PAD
+    return out

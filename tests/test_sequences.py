@@ -1,0 +1,93 @@
+"""Sequences cut from the events table when loading: windows, training chunks, targets, any cutoff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from purchasepred.data import prepare as prep
+from purchasepred.data.sequences import NEVER, check_sorted, chunk_index, gather, targets, users_before, window_index
+from purchasepred.data.tensors import SPLITS, PreparedData
+from purchasepred.errors import DatasetError
+from purchasepred.features import PAD
+
+# three users: 7 has 5 events (t = 10..14), 8 has 1 (t = 20), 9 has 2 (t = 30, 31)
+USER = np.array([7, 7, 7, 7, 7, 8, 9, 9])
+SEQ = np.array([1, 2, 3, 4, 5, 1, 1, 2])
+AT = np.array([10, 11, 12, 13, 14, 20, 30, 31])
+
+
+def test_window_index_takes_the_last_events_before_the_cutoff() -> None:
+    users = users_before(USER, AT, cutoff_us=31)  # user 9's second event is at the cutoff: not before
+    assert users.user_idx.tolist() == [7, 8, 9] and users.n_events.tolist() == [5, 1, 1]
+    assert window_index(users, 3).tolist() == [[2, 3, 4], [-1, -1, 5], [-1, -1, 6]]
+    only_early = users_before(USER, AT, cutoff_us=12)
+    assert only_early.user_idx.tolist() == [7] and window_index(only_early, 3).tolist() == [[-1, 0, 1]]
+    assert users_before(USER, AT, cutoff_us=10).user_idx.tolist() == []
+
+
+def test_chunks_run_back_from_the_most_recent_event() -> None:
+    users = users_before(USER, AT, cutoff_us=100)
+    chunk_user, chunk_no, index = chunk_index(users, 2)
+    assert chunk_user.tolist() == [7, 7, 7, 8, 9]
+    assert chunk_no.tolist() == [0, 1, 2, 0, 0]
+    assert index.tolist() == [[3, 4], [1, 2], [-1, 0], [-1, 5], [6, 7]]
+    column = np.array([11, 12, 13, 14, 15, 21, 31, 32])
+    assert gather(column, index).tolist() == [[14, 15], [12, 13], [PAD, 11], [PAD, 21], [31, 32]]
+
+
+def test_targets_stop_at_the_cutoff_and_the_horizon() -> None:
+    events = {
+        "ts": np.array([0, 5, 100]),
+        "next_item_idx": np.array([4, 5, PAD]), "next_ts": np.array([5, 100, NEVER]),
+        "next_purchase_item_idx": np.array([9, 9, PAD]), "next_purchase_ts": np.array([100, 100, NEVER]),
+        "next_cart_item_idx": np.array([3, PAD, PAD]), "next_cart_ts": np.array([5, NEVER, NEVER]),
+    }
+    t = targets(events, start_ts=100, eval_seconds=1000.0)
+    # the next event at 100 is at the cutoff: no target; the purchase at 100 as well
+    assert t["next_target"].tolist() == [4, PAD, PAD]
+    assert t["purchase_target"].tolist() == [PAD, PAD, PAD]
+    t = targets(events, start_ts=101, eval_seconds=96.0)  # the purchase is 100 s after event 0, 95 s after event 1
+    assert t["next_target"].tolist() == [4, 5, PAD]
+    assert t["purchase_target"].tolist() == [PAD, 9, PAD]
+    assert t["cart_target"].tolist() == [3, PAD, PAD]
+
+
+def test_check_sorted_names_what_is_wrong() -> None:
+    assert check_sorted(USER, SEQ, AT) is None
+    assert "ordered by user_idx" in check_sorted(USER[::-1], SEQ, AT)
+    assert "seq" in check_sorted(USER, np.array([1, 2, 4, 3, 5, 1, 1, 2]), AT)
+    assert "time order" in check_sorted(USER, SEQ, np.array([10, 11, 9, 13, 14, 20, 30, 31]))
+
+
+def test_every_cutoff_uses_only_earlier_events(synth_prepared: prep.PrepareSummary) -> None:
+    data = PreparedData(synth_prepared.out)
+    n_tokens = {}
+    for split in SPLITS:
+        window = data.split(split)
+        arrays = data.train(split)
+        assert len(arrays["item_idx"]) > 0
+        real = arrays["item_idx"] != PAD
+        assert arrays["ts"][real].max() < window.start_ts and window.features["ts"].max() < window.start_ts
+        for target in ("next_target", "purchase_target", "cart_target"):
+            assert not (arrays[target][~real] != PAD).any(), target  # no target on padding
+        n_tokens[split] = int(real.sum())
+    # each later cutoff sees more; before "all", every user with a next event to learn is in training
+    assert n_tokens["valid"] < n_tokens["test"] < n_tokens["all"] <= synth_prepared.manifest["n_events"]
+    _, about = data.train_chunks("all")
+    users, counts = np.unique(data._events["user_idx"], return_counts=True)
+    assert set(about["user_idx"].tolist()) == set(users[counts >= 2].tolist())
+
+
+def test_unsorted_events_are_refused(synth_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    out.mkdir()
+    for path in synth_prepared.out.iterdir():
+        (out / path.name).write_bytes(path.read_bytes())
+    duckdb.execute("copy (select * from read_parquet(?) order by seq, user_idx) to '" + str(out / "events.parquet") + "'",
+                   [str(synth_prepared.out / "events.parquet")])
+    with pytest.raises(DatasetError, match=r"events.parquet: rows are not ordered by user_idx; prepare the dataset again"):
+        PreparedData(out).train()
