@@ -25,7 +25,7 @@ from purchasepred.config import PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
-from purchasepred.pipeline import evaluate_run
+from purchasepred.pipeline import evaluate_run, refit_run
 from purchasepred.train.trainer import Trainer
 
 VARIANTS = {
@@ -45,20 +45,27 @@ VARIANTS = {
 ROWS = ("popularity", "history", "tifu_knn", "transformer", "blend", "two_stage")
 
 
-def model_only_row(cfg, name: str, vpp: float, variant: str, train_s: float, summary, data: PreparedData) -> dict:
-    """The transformer alone on valid (where a default is chosen) and on test, with 95% intervals."""
+def model_only_row(cfg, name: str, vpp: float, variant: str, train_s: float, summary, data: PreparedData,
+                   refit_s: dict[str, float] | None = None) -> dict:
+    """The transformer alone on valid (where a default is chosen) and on test, with 95% intervals;
+    after a refit also on test with the model refit before the test window (``transformer_refit``)."""
     from purchasepred.eval.evaluate import build_window
     from purchasepred.eval.protocol import evaluate_scorer
     from purchasepred.eval.rankers import History, HistoryParams
-    from purchasepred.pipeline import load_run
+    from purchasepred.pipeline import load_run, scoring_model
 
     run = load_run(cfg, name)
-    row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done}
+    row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done,
+           "refit_s": refit_s}
     for split in ("valid", "test"):
         w = build_window(run.data, split, cfg, run.model, run.device)
         row[f"{split}_buyers"] = int(len(w.split.truth_users))
-        for r, scorer in (("transformer", w.rankers["model"]),
-                          ("history", History(w.events, w.popularity, w.cutoff_ts, HistoryParams()))):
+        scorers = [("transformer", w.rankers["model"]),
+                   ("history", History(w.events, w.popularity, w.cutoff_ts, HistoryParams()))]
+        if refit_s and split == "test":
+            refit = build_window(run.data, split, cfg, scoring_model(run, "test")[0], run.device)
+            scorers.append(("transformer_refit", refit.rankers["model"]))
+        for r, scorer in scorers:
             m = evaluate_scorer(scorer, w.split, [10], cfg.eval.bootstrap, cfg.eval.seed)
             row.setdefault(r, {})[split] = {"ndcg@10": m["ndcg@10"], "ci": m["ndcg@10_ci"], "hr@10": m["hr@10"],
                                             "mrr": m["mrr"]}
@@ -66,6 +73,11 @@ def model_only_row(cfg, name: str, vpp: float, variant: str, train_s: float, sum
     print(f"| {vpp:g} | {variant} | {v['ndcg@10']:.4f} [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}] | "
           f"{t['ndcg@10']:.4f} [{t['ci'][0]:.4f}, {t['ci'][1]:.4f}] | {t['hr@10']:.4f} | {t['mrr']:.4f} | "
           f"{train_s:.0f}s |", flush=True)
+    if refit_s:
+        r = row["transformer_refit"]["test"]
+        print(f"| {vpp:g} | {variant}, refit before test | | {r['ndcg@10']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | "
+              f"{r['hr@10']:.4f} | {r['mrr']:.4f} | refit {refit_s['test']:.0f}s (test) + {refit_s['all']:.0f}s (all) |",
+              flush=True)
     return row
 
 
@@ -79,6 +91,9 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/purchasepred-quality")
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra config overrides")
     p.add_argument("--json", default=None)
+    p.add_argument("--refit", action="store_true",
+                   help="after training, refit on the events before the test window and on all events (as `run` does) "
+                        "and score the test window with the first; reports the refits' seconds")
     p.add_argument("--model-only", action="store_true",
                    help="ablations: score only the transformer (and history with its default weights) on test, "
                         "without the valid-window fits of the other rankers")
@@ -113,11 +128,18 @@ def main() -> None:
             t0 = time.perf_counter()
             summary = Trainer(cfg, data, name).fit()
             train_s = time.perf_counter() - t0
+            refit_s = None
+            if args.refit:
+                refit_s = {r.split: r.seconds for r in refit_run(cfg, name)}
+                print(f"refit {name}: {refit_s} s (training before the valid window: {train_s:.0f} s)", flush=True)
             if args.model_only:
-                results.append(model_only_row(cfg, name, vpp, variant, train_s, summary, data))
+                results.append(model_only_row(cfg, name, vpp, variant, train_s, summary, data, refit_s))
                 continue
+            t0 = time.perf_counter()
             res = evaluate_run(cfg, name).result
+            print(f"evaluate {name}: {time.perf_counter() - t0:.0f} s; test scored with {res['model_checkpoint']}", flush=True)
             row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done,
+                   "refit_s": refit_s, "test_model": res["model_checkpoint"],
                    "tokens_per_s": round(summary.tokens_per_s), "default": res["default"],
                    "buyers": res["model"]["users"], "purchases_in_data": data.manifest["events_by_type"].get("purchase", 0)}
             bodies = {"popularity": res["baselines"]["popularity"], "history": res["baselines"]["history"],

@@ -258,12 +258,30 @@ def with_prepared_settings(cfg: Config, settings: dict[str, Any]) -> Config:
     return replace(cfg, prepare=replace(cfg.prepare, **known))
 
 
-class Trainer:
-    """Trains a TransformerRecommender on a prepared dataset."""
+@dataclass
+class RefitSummary:
+    split: str  # 'test' or 'all': trained on every event before that window
+    checkpoint: Path
+    epochs: int
+    training_rows: int
+    steps: int
+    seconds: float
+    record: dict[str, Any]  # what metadata.json holds under refits.<split>
 
-    def __init__(self, cfg: Config, data: PreparedData, run_name: str) -> None:
+
+def refit_name(split: str) -> str:
+    """The checkpoint (stem) of the model refit on the events before ``split``'s window."""
+    return f"refit_{split}"
+
+
+class Trainer:
+    """Trains a TransformerRecommender on a prepared dataset: on the events before the valid window
+    (``fit``, which chooses the epochs on valid), or, for a refit, before the test window or on all
+    events (``train_split`` 'test' or 'all', :meth:`refit`)."""
+
+    def __init__(self, cfg: Config, data: PreparedData, run_name: str, train_split: str = "valid") -> None:
         self.cfg = with_prepared_settings(cfg, data.manifest.get("settings", {}))
-        self.data, self.run_name = data, run_name
+        self.data, self.run_name, self.train_split = data, run_name, train_split
         self.run_dir, self.out_dir = run_paths(cfg, run_name)
         self.dist, self.device = distributed.setup(pick_device(cfg.train.device))
         self.notes: list[str] = []
@@ -322,11 +340,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _tensors(self) -> dict[str, torch.Tensor]:
-        arrays = self.data.train()
+        arrays = self.data.train(self.train_split)
         n = len(arrays["item_idx"])
         if n == 0:
             raise DatasetError(
-                f"{self.data.path} has no training sequences before the valid window; the log is too short for "
+                f"{self.data.path} has no training sequences before the {self.train_split} window; the log is too short for "
                 f"--eval-days {self.data.manifest['settings']['eval_days']} (prepare again with a smaller --eval-days)"
             )
         if not self.data.manifest.get("events_by_type", {}).get("purchase"):
@@ -593,6 +611,62 @@ class Trainer:
             interrupted=interrupted, early_stopped=run.early_stopped_at is not None, notes=list(self.notes),
             history=run.history,
         )
+
+    # ------------------------------------------------------------------ refit
+    def refit(self, epochs: int, source: dict[str, Any],
+              on_epoch: Callable[[int, int], None] | None = None) -> RefitSummary:
+        """A fresh model trained on every event before ``train_split``'s window with the run's settings
+        and learning-rate schedule, stopped after ``epochs`` (the epoch chosen on valid): no valid
+        metrics (those events are now training data), no early stopping, no resume. Writes
+        ``refit_<split>.pt`` (model, config, vocabulary, dataset hash) and records it in metadata.json
+        under ``refits`` with ``source`` (the checkpoint and sha256 whose choices it repeats)."""
+        if self.train_split == "valid":
+            raise ValueError("a refit trains on the events before the test window or on all of them")
+        started = time.perf_counter()
+        self._build()
+        run, history = RunState(), []
+        for epoch in range(epochs):
+            self.model.train()
+            order = self.epoch_order(epoch)
+            epoch_started = time.perf_counter()
+            for batch_index in range(self.steps_per_epoch):
+                self.step(run, self.batch(order, batch_index))
+            seconds = time.perf_counter() - epoch_started
+            view, purchase, cart, tokens = run.loss_sums.tolist() if run.loss_sums is not None else [0.0] * 4
+            n = max(run.epoch_steps, 1)
+            history.append({"epoch": epoch + 1, "view_loss": view / n, "purchase_loss": purchase / n,
+                            "cart_loss": cart / n, "seconds": round(seconds, 3), "tokens_per_s": tokens / max(seconds, 1e-9)})
+            run.loss_sums, run.epoch_steps = None, 0
+            if on_epoch is not None:
+                on_epoch(epoch + 1, epochs)
+        window = self.data.split(self.train_split).window_start
+        name = refit_name(self.train_split) + ".pt"
+        record = {
+            "checkpoint": name, "epochs": epochs, "window_start": str(window),
+            "trained_on": f"every event before {window:%Y-%m-%d %H:%M:%S}, the start of the {self.train_split} window"
+                          if self.train_split == "test" else "every event of the dataset",
+            "training_rows": self.n_train, "steps": run.step, "planned_epochs": self.cfg.train.epochs,
+            "seconds": 0.0, "source": source, "history": history,
+        }
+        payload = {"model": self.model.state_dict(), "config": self.cfg.to_dict(), "vocab": asdict(self.vocab),
+                   "max_len": self.data.max_len, "dataset_hash": self.data.manifest["content_hash"],
+                   "refit": {k: v for k, v in record.items() if k != "history"}}
+        tmp, sha = ckpt.stage_checkpoint(self.run_dir / name, payload)
+        try:
+            meta = ckpt.read_metadata(self.run_dir)
+            meta.setdefault("checkpoints_pending", {})[name] = sha
+            ckpt.write_metadata(self.run_dir, meta)
+            ckpt.commit_checkpoint(tmp, self.run_dir / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        meta = ckpt.read_metadata(self.run_dir)
+        meta.setdefault("checkpoints", {})[name] = sha
+        meta.get("checkpoints_pending", {}).pop(name, None)
+        meta.setdefault("refits", {})[self.train_split] = record
+        ckpt.write_metadata(self.run_dir, meta)
+        distributed.teardown(self.dist)
+        return RefitSummary(self.train_split, self.run_dir / name, epochs, self.n_train, run.step, record["seconds"], record)
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self, run: RunState) -> dict[str, Any]:
