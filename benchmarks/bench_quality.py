@@ -4,11 +4,14 @@ recall of each candidate generator, at views-per-purchase 60 and 4000. The targe
 the stronger of history and TIFU-KNN.
 
 Variants (ablations) measure the design choices: the view loss on/off, the purchase weight
-(1, 10, 100 = default, 1000), the repeat path on/off, carts as a weaker purchase signal. Run by hand
+(1, 10, 100 = default, 1000), the repeat path on/off, carts as a weaker purchase signal, and the
+learning-rate strategy for rare purchase signals (batches that always carry purchase targets, the
+purchase head's own learning rate; --model-only reports them on valid and test). Run by hand
 (CPU: tens of minutes for the default set; --set train.loss=sampled on a CPU):
 
     python benchmarks/bench_quality.py --rows 1000000 --vpp 60,4000
     python benchmarks/bench_quality.py --rows 1000000 --vpp 60 --variants default,no_view,pw1,pw10,pw1000,no_repeat,carts
+    python benchmarks/bench_quality.py --rows 1000000 --vpp 60 --model-only --variants default,share50,head_lr3,share50_head_lr3
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from purchasepred.config import PrepareConfig, load_config
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
-from purchasepred.pipeline import evaluate_run
+from purchasepred.pipeline import evaluate_run, refit_run
 from purchasepred.train.trainer import Trainer
 
 VARIANTS = {
@@ -33,27 +36,48 @@ VARIANTS = {
     "pw10": ["train.purchase_weight=10"],
     "pw1000": ["train.purchase_weight=1000"],
     "no_view": ["train.view_weight=0"],
+    # the learning-rate strategy for rare purchase signals: batches that always carry purchase targets
+    # (half of every batch from the chunks with purchase targets), the purchase head's own learning rate
+    "share50": ["train.purchase_share=0.5"],
+    "head_lr3": ["train.purchase_head_lr=3"],
+    "share50_head_lr3": ["train.purchase_share=0.5", "train.purchase_head_lr=3"],
 }
 ROWS = ("popularity", "history", "tifu_knn", "transformer", "blend", "two_stage")
 
 
-def model_only_row(cfg, name: str, vpp: float, variant: str, train_s: float, summary, data: PreparedData) -> dict:
+def model_only_row(cfg, name: str, vpp: float, variant: str, train_s: float, summary, data: PreparedData,
+                   refit_s: dict[str, float] | None = None) -> dict:
+    """The transformer alone on valid (where a default is chosen) and on test, with 95% intervals;
+    after a refit also on test with the model refit before the test window (``transformer_refit``)."""
     from purchasepred.eval.evaluate import build_window
     from purchasepred.eval.protocol import evaluate_scorer
     from purchasepred.eval.rankers import History, HistoryParams
-    from purchasepred.pipeline import load_run
+    from purchasepred.pipeline import load_run, scoring_model
 
     run = load_run(cfg, name)
-    w = build_window(run.data, "test", cfg, run.model, run.device)
     row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done,
-           "buyers": int(len(w.split.truth_users))}
-    for r, scorer in (("transformer", w.rankers["model"]),
-                      ("history", History(w.events, w.popularity, w.cutoff_ts, HistoryParams()))):
-        m = evaluate_scorer(scorer, w.split, [10], cfg.eval.bootstrap, cfg.eval.seed)
-        row[r] = {"ndcg@10": m["ndcg@10"], "ci": m["ndcg@10_ci"], "hr@10": m["hr@10"], "mrr": m["mrr"]}
-    t = row["transformer"]
-    print(f"| {vpp:g} | {variant} | {t['ndcg@10']:.4f} [{t['ci'][0]:.4f}, {t['ci'][1]:.4f}] | {t['hr@10']:.4f} | "
-          f"{t['mrr']:.4f} | {train_s:.0f}s |", flush=True)
+           "refit_s": refit_s}
+    for split in ("valid", "test"):
+        w = build_window(run.data, split, cfg, run.model, run.device)
+        row[f"{split}_buyers"] = int(len(w.split.truth_users))
+        scorers = [("transformer", w.rankers["model"]),
+                   ("history", History(w.events, w.popularity, w.cutoff_ts, HistoryParams()))]
+        if refit_s and split == "test":
+            refit = build_window(run.data, split, cfg, scoring_model(run, "test")[0], run.device)
+            scorers.append(("transformer_refit", refit.rankers["model"]))
+        for r, scorer in scorers:
+            m = evaluate_scorer(scorer, w.split, [10], cfg.eval.bootstrap, cfg.eval.seed)
+            row.setdefault(r, {})[split] = {"ndcg@10": m["ndcg@10"], "ci": m["ndcg@10_ci"], "hr@10": m["hr@10"],
+                                            "mrr": m["mrr"]}
+    v, t = row["transformer"]["valid"], row["transformer"]["test"]
+    print(f"| {vpp:g} | {variant} | {v['ndcg@10']:.4f} [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}] | "
+          f"{t['ndcg@10']:.4f} [{t['ci'][0]:.4f}, {t['ci'][1]:.4f}] | {t['hr@10']:.4f} | {t['mrr']:.4f} | "
+          f"{train_s:.0f}s |", flush=True)
+    if refit_s:
+        r = row["transformer_refit"]["test"]
+        print(f"| {vpp:g} | {variant}, refit before test | | {r['ndcg@10']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | "
+              f"{r['hr@10']:.4f} | {r['mrr']:.4f} | refit {refit_s['test']:.0f}s (test) + {refit_s['all']:.0f}s (all) |",
+              flush=True)
     return row
 
 
@@ -67,10 +91,16 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/purchasepred-quality")
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra config overrides")
     p.add_argument("--json", default=None)
+    p.add_argument("--refit", action="store_true",
+                   help="after training, refit on the events before the test window and on all events (as `run` does) "
+                        "and score the test window with the first; reports the refits' seconds")
     p.add_argument("--model-only", action="store_true",
                    help="ablations: score only the transformer (and history with its default weights) on test, "
                         "without the valid-window fits of the other rankers")
     args = p.parse_args()
+    if args.model_only:
+        print("| vpp | variant | transformer valid NDCG@10 [95% CI] | test NDCG@10 [95% CI] | test HR@10 | test MRR | train |\n"
+              "|---|---|---|---|---|---|---|", flush=True)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     results = []
@@ -98,11 +128,18 @@ def main() -> None:
             t0 = time.perf_counter()
             summary = Trainer(cfg, data, name).fit()
             train_s = time.perf_counter() - t0
+            refit_s = None
+            if args.refit:
+                refit_s = {r.split: r.seconds for r in refit_run(cfg, name)}
+                print(f"refit {name}: {refit_s} s (training before the valid window: {train_s:.0f} s)", flush=True)
             if args.model_only:
-                results.append(model_only_row(cfg, name, vpp, variant, train_s, summary, data))
+                results.append(model_only_row(cfg, name, vpp, variant, train_s, summary, data, refit_s))
                 continue
+            t0 = time.perf_counter()
             res = evaluate_run(cfg, name).result
+            print(f"evaluate {name}: {time.perf_counter() - t0:.0f} s; test scored with {res['model_checkpoint']}", flush=True)
             row = {"vpp": vpp, "variant": variant, "train_s": round(train_s, 1), "epochs": summary.epochs_done,
+                   "refit_s": refit_s, "test_model": res["model_checkpoint"],
                    "tokens_per_s": round(summary.tokens_per_s), "default": res["default"],
                    "buyers": res["model"]["users"], "purchases_in_data": data.manifest["events_by_type"].get("purchase", 0)}
             bodies = {"popularity": res["baselines"]["popularity"], "history": res["baselines"]["history"],

@@ -571,6 +571,7 @@ def evaluate(
     for warning in done.result.get("warnings", []):
         ui.warn(warning)
     ui.info(verdict(done.result))
+    ui.info(f"{done.result['split']} window scored with {_model_line(done.result.get('model_checkpoint'))}")
     ui.info(f"metrics written to {done.path}")
 
 
@@ -653,12 +654,15 @@ def run_all(
     eval_days: Annotated[Optional[str], typer.Option(help=EVAL_DAYS_HELP + default("prepare.eval_days"))] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run of this name.", metavar="")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: training, then evaluate and export.", metavar="")] = False,
+    refit: Annotated[bool, typer.Option("--refit/--no-refit", help="After training chooses the epochs on valid, refit on "
+                                        "the events before the test window (the test numbers) and on all events (export).",
+                                        metavar="")] = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """prepare -> train -> evaluate -> export in one command, with one summary.
+    """prepare -> train -> refit -> evaluate -> export in one command, with one summary.
 
     Example: purchasepred run            (the bundled synthetic demo)
     """
@@ -670,9 +674,9 @@ def run_all(
                                "prepare.eval_days": eval_days}, set_)
     again = _command_line(["purchasepred", "run", *(raw or []), "--run-name", name], config, set_,
                           {"--rows": rows if not raw else None, "--epochs": epochs, "--purchase-weight": purchase_weight,
-                           "--eval-days": eval_days}, {"--resume": True})
+                           "--eval-days": eval_days}, {"--resume": True, "--no-refit": not refit})
     with ui.Bars(f"run {name}", cfg.train.epochs) as bars:
-        done = pipeline_run_all(cfg, raw, name, rows, force, resume, again, Hooks(**bars.hooks()))
+        done = pipeline_run_all(cfg, raw, name, rows, force, resume, again, Hooks(**bars.hooks()), refit)
     for note in done.train.notes:
         ui.warn(note)
     if done.prepared is not None:
@@ -692,6 +696,10 @@ def run_all(
         (f"test NDCG@{k0} popularity / history", f"{body['test']['popularity']:.4f} / {body['test']['history']:.4f}"),
         (f"test NDCG@{k0} transformer / blend", f"{body['test']['model']:.4f} / {body['test']['blend']:.4f}"),
         ("default ranker", f"{result['default']} ({result.get('default_reason', 'chosen on valid')})"),
+        ("test numbers from", _model_line(body["test_model"])),
+        ("recommendations from", _model_line(body["export_model"])),
+        ("refit seconds (test / all)", " / ".join(f"{body['refit_seconds'][s]:.0f}" for s in ("test", "all")
+                                                  if s in body["refit_seconds"]) if body["refit_seconds"] else "no refit"),
         ("metrics", str(done.evaluation.path)), ("recommendations", str(done.export.path)),
         ("checkpoint", str(done.train.checkpoint)), ("summary", str(done.summary_path)),
         ("report", str(done.report)),
@@ -699,6 +707,13 @@ def run_all(
     for warning in result.get("warnings", []):
         ui.warn(warning)
     ui.info(verdict(result))
+
+
+def _model_line(used: dict[str, Any] | None) -> str:
+    """'refit_test.pt, 2 epochs on every event before ...' from a metrics.json model_checkpoint."""
+    if not used:
+        return "-"
+    return f"{used['checkpoint']}, {used['epochs']} epoch(s) on {used['trained_on']}"
 
 
 def main() -> None:

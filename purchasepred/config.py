@@ -129,6 +129,12 @@ class TrainConfig:
     """Carts as a weaker purchase signal: weight of the loss on the next cart within the horizon."""
     view_weight: float = 1.0
     """Weight of the view loss (0: the purchase head learns from purchases alone; an ablation)."""
+    purchase_share: float = 0.0
+    """Share of every batch drawn from the training chunks that carry purchase targets (oversampled when
+    they are fewer; epochs keep their number of steps); 0: plain random batches."""
+    purchase_head_lr: float = 1.0
+    """Learning rate of the purchase head's own parameters (projection, item appeal, repeat path,
+    gate) as a multiple of train.lr, on the same schedule; the shared encoder and items keep train.lr."""
     loss: Literal["full", "sampled"] = "full"
     """Full softmax over the catalog, or sampled softmax with log-Q correction."""
     negatives: int = 1024
@@ -291,6 +297,8 @@ def _validate(cfg: Config) -> list[str]:
         (t.purchase_weight >= 0, "train.purchase_weight must be >= 0 (got %s)" % t.purchase_weight),
         (t.cart_weight >= 0, "train.cart_weight must be >= 0"),
         (t.view_weight >= 0, "train.view_weight must be >= 0"),
+        (0 <= t.purchase_share < 1, "train.purchase_share must be in [0, 1)"),
+        (t.purchase_head_lr > 0, "train.purchase_head_lr must be > 0"),
         (t.negatives >= 1, "train.negatives must be >= 1"),
         (t.patience >= 0, "train.patience must be >= 0"),
         (bool(e.k) and all(k >= 1 for k in e.k), "eval.k must be a list of integers >= 1"),

@@ -26,7 +26,7 @@ from purchasepred.fileio import check_new_output, remove_empty, write_json
 from purchasepred.runs import latest_run, load_model, pick_device, run_paths
 from purchasepred.checkpoint import read_metadata
 from purchasepred.train import distributed
-from purchasepred.train.trainer import EpochStats, Trainer, TrainSummary
+from purchasepred.train.trainer import EpochStats, RefitSummary, Trainer, TrainSummary
 
 Log = Callable[[str], None]
 
@@ -57,9 +57,16 @@ class LoadedRun:
     run_dir: Path
     out_dir: Path
     data: PreparedData
-    model: torch.nn.Module
+    model: torch.nn.Module  # the model trained before the valid window (best.pt, else last.pt)
     device: torch.device
     meta: dict[str, Any]
+    checkpoint: str = "best.pt"  # the file ``model`` was loaded from
+    train_cfg: Config | None = None  # the settings it was trained with
+
+
+def source_sha256(meta: dict[str, Any]) -> str | None:
+    """The sha256 of the checkpoint evaluate and export start from (best.pt, else last.pt)."""
+    return meta.get("checkpoints", {}).get("best.pt") or meta.get("checkpoints", {}).get("last.pt")
 
 
 def resolve_run(cfg: Config, run: str | None, hooks: Hooks | None = None) -> str:
@@ -90,14 +97,31 @@ def load_run(cfg: Config, run: str, data: Path | None = None) -> LoadedRun:
         raise CheckpointError(f"run {run!r} was trained on another dataset than {data_path}; {again}")
     device = pick_device(cfg.train.device)
     which = "best" if (run_dir / "best.pt").is_file() else "last"
-    model, _, meta = load_model(run_dir, which, dataset, device)
-    return LoadedRun(run, run_dir, out_dir, dataset, model, device, meta)
+    model, train_cfg, meta = load_model(run_dir, which, dataset, device)
+    return LoadedRun(run, run_dir, out_dir, dataset, model, device, meta, f"{which}.pt", train_cfg)
+
+
+def scoring_model(run: LoadedRun, split: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model that scores ``split`` ('valid', 'test', or 'all' for export), and what it was trained on.
+
+    The valid window is always scored by the model that chose the settings on it. The test window and
+    export use the model refit on the events before the test window / on all events, when the run has
+    one made from its current checkpoint (:func:`refit_run`); otherwise that same model."""
+    record = run.meta.get("refits", {}).get(split) if split in ("test", "all") else None
+    if record and record.get("source", {}).get("sha256") == source_sha256(run.meta):
+        model, _, _ = load_model(run.run_dir, record["checkpoint"].removesuffix(".pt"), run.data, run.device)
+        return model, {"checkpoint": record["checkpoint"], "refit": True, "epochs": record["epochs"],
+                       "trained_on": record["trained_on"]}
+    valid = run.data.split("valid").window_start
+    return run.model, {"checkpoint": run.checkpoint, "refit": False,
+                       "epochs": run.meta.get("best_epoch") if run.checkpoint == "best.pt" else run.meta.get("epochs_done"),
+                       "trained_on": f"every event before {valid:%Y-%m-%d %H:%M:%S}, the start of the valid window"}
 
 
 def valid_fit(run: LoadedRun, cfg: Config, hooks: Hooks | None = None) -> ValidFit:
     """The valid-window fit of a run, cached in output/<run>/ranker.json (refit when stale)."""
     path = run.out_dir / "ranker.json"
-    sha = run.meta.get("checkpoints", {}).get("best.pt") or run.meta.get("checkpoints", {}).get("last.pt")
+    sha = source_sha256(run.meta)
     if path.is_file():
         try:
             fitted = ValidFit.from_dict(json.loads(path.read_text()))
@@ -118,6 +142,32 @@ def train_run(cfg: Config, run_name: str, resume: bool = False, hooks: Hooks | N
     hooks = hooks or Hooks()
     trainer = Trainer(cfg, PreparedData(Path(cfg.train.data)), run_name)
     return trainer.fit(resume=resume, on_step=hooks.on_step, on_epoch=hooks.on_epoch)
+
+
+# ------------------------------------------------------------------------------------------ refit
+def refit_run(cfg: Config, run: str, hooks: Hooks | None = None, data: Path | None = None,
+              splits: tuple[str, ...] = ("test", "all")) -> list[RefitSummary]:
+    """Refit a trained run for the test numbers and for export: a fresh model with the run's settings,
+    trained for the number of epochs chosen on valid (its best epoch) on every event before the test
+    window ('test': what evaluate scores the test window with) and on every event ('all': what
+    export recommends with). Ranker weights, the re-ranker and the calibration stay fitted on valid."""
+    hooks = hooks or Hooks()
+    loaded = load_run(cfg, run, data)
+    meta = loaded.meta
+    epochs = meta.get("best_epoch") if loaded.checkpoint == "best.pt" else meta.get("epochs_done")
+    if not epochs:
+        raise CheckpointError(f"run {run!r} has no finished epoch whose choice a refit could repeat; train it first")
+    train_cfg = loaded.train_cfg or cfg
+    # the run's settings; where to write and which device: this command's
+    train_cfg.train.device, train_cfg.train.checkpoints_dir = cfg.train.device, cfg.train.checkpoints_dir
+    train_cfg.train.output_dir = cfg.train.output_dir
+    source = {"checkpoint": loaded.checkpoint, "sha256": source_sha256(meta), "best_epoch": epochs}
+    done = []
+    for split in splits:
+        hooks.stage(f"refit ({'events before the test window' if split == 'test' else 'all events'}, {epochs} epochs)")
+        done.append(Trainer(train_cfg, loaded.data, run, train_split=split).refit(epochs, source))
+        meta = read_metadata(loaded.run_dir)
+    return done
 
 
 # ------------------------------------------------------------------------------------------ evaluate
@@ -154,7 +204,9 @@ def evaluate_run(cfg: Config, run: str | None = None, split: str = "test", ks: l
     loaded = load_run(cfg, name, data)
     fitted = valid_fit(loaded, cfg, hooks)
     ks = ks or cfg.eval.k
-    result = evaluate(loaded.data, cfg, loaded.model, loaded.device, split, ks, fitted, hooks.log)
+    model, used = scoring_model(loaded, split)
+    result = evaluate(loaded.data, cfg, model, loaded.device, split, ks, fitted, hooks.log)
+    result["model_checkpoint"] = used
     result["run"] = name
     result["dataset"] = {"path": str(loaded.data.path), "content_hash": loaded.data.manifest["content_hash"]}
     result = rounded(result)
@@ -180,8 +232,10 @@ def export_run(cfg: Config, run: str | None = None, out: Path | None = None, k: 
     finished = False
     try:
         fitted = _valid_fit_once(loaded, cfg, hooks, d)
-        summary = export(loaded.data, cfg, loaded.model, loaded.device, fitted, target, k or cfg.export.k,
+        model, used = scoring_model(loaded, "all")
+        summary = export(loaded.data, cfg, model, loaded.device, fitted, target, k or cfg.export.k,
                          cfg.export.filter_seen if filter_seen is None else filter_seen, force, hooks.on_export, d)
+        summary.model_checkpoint = used
         finished = True
         return summary
     finally:
@@ -218,6 +272,7 @@ class RunSummary:
     summary_path: Path
     report: Path
     body: dict[str, Any] = field(default_factory=dict)
+    refits: list[RefitSummary] = field(default_factory=list)  # made by this call (none with refit=False)
 
 
 def _prepared_in(out_dir: Path) -> Path:
@@ -225,8 +280,13 @@ def _prepared_in(out_dir: Path) -> Path:
 
 
 def run_all(cfg: Config, raw: list[str] | None, name: str, rows: int = 300_000, force: bool = False,
-            resume: bool = False, resume_command: str = "", hooks: Hooks | None = None) -> RunSummary:
-    """synth (without ``raw``) -> prepare -> train -> evaluate -> export, all in ``output/<name>/``.
+            resume: bool = False, resume_command: str = "", hooks: Hooks | None = None,
+            refit: bool = True) -> RunSummary:
+    """synth (without ``raw``) -> prepare -> train -> refit -> evaluate -> export, all in ``output/<name>/``.
+
+    ``refit``: after training has chosen the epochs on valid, refit on the events before the test
+    window (the model whose test numbers evaluate reports) and on all events (the model export uses);
+    see :func:`refit_run`. Without it both use the model trained before the valid window.
 
     A failure removes the run's folders that this call created, so a retry needs no --force. An
     interrupt during training keeps them and raises :class:`Interrupted` with ``resume_command``
@@ -249,7 +309,7 @@ def run_all(cfg: Config, raw: list[str] | None, name: str, rows: int = 300_000, 
     # as make_parents would list them, for fileio.remove_empty
     roots = [[p for p in reversed(folder.parents) if not p.exists()] for folder in (run_dir, out_dir)]
     try:
-        return _run_all(cfg, list(raw or []), name, rows, resume, run_dir, out_dir, hooks)
+        return _run_all(cfg, list(raw or []), name, rows, resume, run_dir, out_dir, hooks, refit)
     except Interrupted as stop:
         stop.command = resume_command
         raise
@@ -282,7 +342,7 @@ def _remove_if(created_here: bool, roots: list[list[Path]], *folders: Path) -> N
 
 
 def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool, run_dir: Path, out_dir: Path,
-             hooks: Hooks) -> RunSummary:
+             hooks: Hooks, refit: bool = True) -> RunSummary:
     from purchasepred.data.synth import generate
 
     prepared = _prepared_in(out_dir)
@@ -310,18 +370,29 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
         summary = train_run(cfg, name, resume=resume, hooks=hooks)
     if summary.interrupted:
         raise Interrupted(f"training of run {name!r} was interrupted; checkpoint saved", "")
+    refits: list[RefitSummary] = []
+    if refit:
+        meta = read_metadata(run_dir)
+        current = meta.get("refits", {})
+        missing = tuple(split for split in ("test", "all")
+                        if current.get(split, {}).get("source", {}).get("sha256") != source_sha256(meta))
+        if missing:  # a resumed run keeps the refits it already made from the same model
+            refits = refit_run(cfg, name, hooks, splits=missing)
     hooks.stage("evaluate")
     evaluation = evaluate_run(cfg, name, "test", cfg.eval.k, hooks=hooks)
     hooks.stage("export")
     exported = export_run(cfg, name, hooks=hooks)
     result = evaluation.result
     k0 = result["k"][0]
+    recorded = read_metadata(run_dir).get("refits", {}) if refit else {}
     body = {
         "run": name, "inputs": inputs, "prepared": str(prepared),
         "rows_read": prep.manifest["rows_read"] if prep else None,
         "rows_rejected": prep.manifest["rows_rejected"] if prep else None,
         "epochs_done": summary.epochs_done, "best_valid_ndcg@10": summary.best_valid_ndcg10,
         "train_seconds": summary.seconds, "tokens_per_s": summary.tokens_per_s,
+        "refit_seconds": {split: recorded[split]["seconds"] for split in ("test", "all") if split in recorded} or None,
+        "test_model": result["model_checkpoint"], "export_model": exported.model_checkpoint,
         "test": {r: result[r][f"ndcg@{k0}"] if r in ("model", "blend") else result["baselines"][r][f"ndcg@{k0}"]
                  for r in ("popularity", "history", "model", "blend")},
         "default": result["default"], "metrics": str(evaluation.path), "recommendations": str(exported.path),
@@ -333,7 +404,7 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
     path = out_dir / "run_summary.json"
     write_json(path, body)
     report = build_report(cfg, [name]).path
-    return RunSummary(name, inputs, prep, summary, evaluation, exported, path, report, body)
+    return RunSummary(name, inputs, prep, summary, evaluation, exported, path, report, body, refits)
 
 
 def _finished_training(name: str, run_dir: Path, out_dir: Path, meta: dict[str, Any]) -> TrainSummary:

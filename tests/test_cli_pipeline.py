@@ -50,6 +50,12 @@ def test_run_on_a_tiny_synth_writes_metrics_recommendations_and_summary(work: Pa
     assert set(summary["test"]) == {"popularity", "history", "model", "blend"}
     assert summary["default"] == metrics["default"]
     assert summary["test"]["model"] == metrics["model"]["ndcg@10"]
+    # refit by default: the test numbers from the model refit before the test window, export from all events
+    assert metrics["model_checkpoint"]["checkpoint"] == "refit_test.pt" and metrics["model_checkpoint"]["refit"]
+    assert summary["test_model"] == metrics["model_checkpoint"]
+    assert summary["export_model"]["checkpoint"] == "refit_all.pt"
+    assert set(summary["refit_seconds"]) == {"test", "all"} and all(v > 0 for v in summary["refit_seconds"].values())
+    assert "refit_test.pt" in result.output and "refit_all.pt" in result.output
     assert Path(summary["recommendations"]).resolve() == (out / "recommendations.csv").resolve()
     with open(out / "recommendations.csv", newline="") as fh:
         assert next(csv.reader(fh)) == ["user_id", "item_id", "rank", "score", "source", "purchase_probability"]

@@ -323,3 +323,40 @@ def test_evaluate_and_export_are_deterministic(trained: Trained, metrics: tuple[
     export_run(trained.cfg, RUN, out=first)
     export_run(trained.cfg, RUN, out=second)
     assert first.read_bytes() == second.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ refit
+def test_refit_before_test_and_on_all_events_scores_the_test_window_and_export(trained: Trained) -> None:
+    from purchasepred.checkpoint import read_metadata, write_metadata
+    from purchasepred.pipeline import load_run, refit_run, scoring_model
+
+    root, cfg = trained.root, trained.cfg
+    shutil.copytree(root / "checkpoints" / RUN, root / "checkpoints" / "E-refit")
+    shutil.copytree(root / "output" / RUN, root / "output" / "E-refit", ignore=shutil.ignore_patterns("*.csv"))
+    done = refit_run(cfg, "E-refit")
+    run_dir = root / "checkpoints" / "E-refit"
+    meta = read_metadata(run_dir)
+    assert [r.split for r in done] == ["test", "all"] and set(meta["refits"]) == {"test", "all"}
+    assert all(r.epochs == meta["best_epoch"] and r.seconds > 0 and r.checkpoint.is_file() for r in done)
+    rows = {s: len(trained.data.train(s)["item_idx"]) for s in ("valid", "test", "all")}
+    # the test refit sees every event before the test window, the export refit every event
+    assert done[0].training_rows == rows["test"] > rows["valid"] and done[1].training_rows == rows["all"] > rows["test"]
+    assert meta["refits"]["test"]["source"]["sha256"] == meta["checkpoints"]["best.pt"]
+    loaded = load_run(cfg, "E-refit")
+    test_model, used = scoring_model(loaded, "test")
+    assert used["checkpoint"] == "refit_test.pt" and used["refit"] and used["epochs"] == meta["best_epoch"]
+    assert not torch.equal(test_model.item.weight, loaded.model.item.weight)  # a fresh model, not best.pt
+    assert scoring_model(loaded, "valid")[1]["checkpoint"] == "best.pt"  # valid: the model that chose on it
+    assert scoring_model(loaded, "all")[1]["checkpoint"] == "refit_all.pt"
+    # seeded: the same refit again gives the same weights
+    again = Trainer(loaded.train_cfg, trained.data, "E-refit", train_split="test")
+    again.refit(meta["best_epoch"], meta["refits"]["test"]["source"])
+    assert torch.equal(scoring_model(load_run(cfg, "E-refit"), "test")[0].item.weight, test_model.item.weight)
+    result = evaluate_run(cfg, "E-refit", "test", [10]).result
+    assert result["model_checkpoint"]["checkpoint"] == "refit_test.pt"
+    assert evaluate_run(cfg, "E-refit", "valid", [10]).result["model_checkpoint"]["checkpoint"] == "best.pt"
+    # refits made from another best.pt (the run was trained further) are not used
+    meta = read_metadata(run_dir)
+    meta["refits"]["test"]["source"]["sha256"] = "0" * 64
+    write_metadata(run_dir, meta)
+    assert scoring_model(load_run(cfg, "E-refit"), "test")[1]["checkpoint"] == "best.pt"

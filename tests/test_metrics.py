@@ -174,3 +174,31 @@ def test_a_metric_does_not_depend_on_the_other_cutoffs_asked_for() -> None:
     among = evaluate_scorer(scorer, split, [5, 10, 20], n_boot=0)
     assert alone["ndcg@10"] > 0
     assert alone["ndcg@10"] == among["ndcg@10"] and alone["hr@10"] == among["hr@10"]
+
+
+def test_purchase_subsets_from_one_ranking_equal_the_restricted_split_ranked_again() -> None:
+    from purchasepred.eval.protocol import restricted
+
+    g = torch.Generator().manual_seed(2)
+    table = torch.randint(0, 5, (40, 30), generator=g).float()  # per-user scores with ties
+
+    def scorer(users: np.ndarray) -> torch.Tensor:
+        return table[torch.as_tensor(users)].clone()
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(2, 30, size=(40, 3))
+    truth[rng.random((40, 3)) < 0.3] = -1  # padding
+    truth[5, 0] = -7  # a purchase of an item too rare to have an id
+    keep = rng.random((40, 3)) < 0.5
+    keep[7] = False  # a user left with no purchase in the subset
+    split = SplitData(
+        split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2), start_ts=1569888000,
+        user_idx=np.arange(40), n_events=np.ones(40, dtype=np.int64), features={},
+        truth_users=np.arange(40), truth_items=truth, n_relevant=(truth != -1).sum(1),
+    )
+    subsets = {"some": keep & (truth != -1), "none": np.zeros_like(keep)}
+    once = evaluate_scorer(scorer, split, [3, 10], n_boot=30, subsets=subsets)
+    again = evaluate_scorer(scorer, restricted(split, subsets["some"]), [3, 10], n_boot=30)
+    assert once["some"] == again and 0 < again["users"] < 40
+    assert once["none"] == {"users": 0}
+    assert {k: v for k, v in once.items() if k not in subsets} == evaluate_scorer(scorer, split, [3, 10], n_boot=30)

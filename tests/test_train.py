@@ -485,3 +485,55 @@ def test_a_checkpoint_written_before_the_loop_was_split_resumes_exactly(
     (run_dir / "metadata.json").write_text(json.dumps(meta))
     resumed = Trainer(make_cfg(root, 3), data, "legacy").fit(resume=True)
     assert _losses_and_valid(resumed.history) == _losses_and_valid(run_a.history)
+
+
+# ------------------------------------------------------------------------------ purchase batches, head lr
+def test_purchase_batches_give_every_batch_its_share_and_every_row_a_turn() -> None:
+    from purchasepred.train.trainer import purchase_batches
+
+    carry, rest = torch.arange(0, 30, 3), torch.tensor([i for i in range(30) if i % 3])  # 10 and 20 rows
+    epochs = [purchase_batches(carry, rest, n_carry=4, steps=4, batch=8, seed=1, epoch=e) for e in range(3)]
+    for order in epochs:
+        assert ((order.view(4, 8) % 3 == 0).sum(1) == 4).all()  # 4 rows with purchase targets in every batch
+    counts = torch.bincount(torch.cat(epochs), minlength=30)
+    # 48 carrier slots over 10 carriers, 48 other slots over 20 others: each pool in turns, none skipped
+    assert counts[carry].min() == 4 and counts[carry].max() == 5
+    assert counts[rest].min() == 2 and counts[rest].max() == 3
+    first = torch.bincount(epochs[0], minlength=30)
+    assert first[rest].max() == 1  # within one epoch no other row comes twice before all have come
+    assert torch.equal(epochs[1], purchase_batches(carry, rest, 4, 4, 8, 1, 1))  # a function of (seed, epoch)
+    assert not torch.equal(epochs[0], purchase_batches(carry, rest, 4, 4, 8, 2, 0))
+
+
+def test_purchase_share_puts_purchase_targets_in_every_batch(root: Path, data: PreparedData) -> None:
+    plain = Trainer(make_cfg(root, 1), data, "share-plain")
+    plain._build()
+    shared = Trainer(make_cfg(root, 1, "train.purchase_share=0.5"), data, "share-half")
+    shared._build()
+    has = (shared.train_data["purchase_target"] > 0).any(1)
+    order = shared.epoch_order(0)
+    size = shared.cfg.train.batch_size
+    per_batch = [int(has[order[i * size:(i + 1) * size]].sum()) for i in range(shared.steps_per_epoch)]
+    assert per_batch == [size // 2] * shared.steps_per_epoch
+    assert has.float().mean() < 0.5 and shared.steps_per_epoch == plain.steps_per_epoch  # the same compute
+    plain_order = plain.epoch_order(0)
+    assert sorted(plain_order.tolist()) == list(range(plain.n_train))  # the default: one random permutation
+
+
+def test_purchase_head_lr_scales_only_the_heads_own_parameters(root: Path, data: PreparedData, run_a: TrainSummary) -> None:
+    from purchasepred.train.trainer import PURCHASE_HEAD, train_step
+
+    trainer = Trainer(make_cfg(root, 1, "train.purchase_head_lr=4"), data, "head-lr")
+    trainer._build()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    groups = trainer.optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    for g in groups:
+        heads = {names[id(p)].split(".")[0] in PURCHASE_HEAD for p in g["params"]}
+        assert heads == {g["lr_scale"] == 4.0}, (g["lr_scale"], heads)
+    batch, rows = trainer.batch(trainer.epoch_order(0), 0)
+    train_step(trainer.model, lambda b, s: trainer.loss_module(b, s, None, rows.caps), trainer.optimizer, batch, 1e-3,
+               trainer.cfg.train)
+    assert {g["lr"] for g in groups} == {1e-3, 4e-3}
+    with pytest.raises(CheckpointError, match="purchase_head_lr differs"):  # run A has one group for all
+        Trainer(make_cfg(root, 4, "train.purchase_head_lr=2"), data, "A").fit(resume=True)

@@ -212,3 +212,62 @@ def test_top_n_mask_breaks_ties_by_item_id() -> None:
     assert top_n_mask(s, 3)[0].nonzero().flatten().tolist() == [2, 3, 6]
     assert top_n_mask(s, 4)[0].nonzero().flatten().tolist() == [2, 3, 4, 6]
     assert top_n_mask(s, 7)[0].nonzero().flatten().tolist() == [2, 3, 4, 5, 6]  # never an -inf item
+
+
+def test_top_n_is_the_set_of_the_tie_breaking_rule_on_random_ties() -> None:
+    from purchasepred.eval.candidates import top_n, top_n_mask
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 3, 8):
+        s = torch.randint(0, 4, (50, 12), generator=g).float()  # many ties across the boundary
+        s[s == 0] = float("-inf")  # rows with fewer than n finite scores too
+        s[0] = float("-inf")
+        # the rule written out: every score above the n-th, then the tied ones by item id; finite only
+        order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :n]
+        expected = torch.zeros_like(s, dtype=torch.bool).scatter_(1, order, True) & torch.isfinite(s)
+        assert torch.equal(top_n_mask(s, n), expected)
+        rows, items = top_n(s, n)
+        assert len(rows) == int(expected.sum())
+
+
+def test_the_view_head_from_the_shared_encoding_equals_its_own_scoring() -> None:
+    from datetime import datetime
+
+    from purchasepred.config import ModelConfig
+    from purchasepred.data.tensors import SEQ_COLUMNS, SplitData
+    from purchasepred.eval.rankers import ModelScorer, Popularity
+    from purchasepred.eval.rerank import ViewScorer
+    from purchasepred.features import Vocab
+    from purchasepred.models.batching import trim_padding
+    from purchasepred.models.transformer import TransformerRecommender
+
+    torch.manual_seed(0)
+    model = TransformerRecommender(ModelConfig(d_model=16, n_layers=1), Vocab(20, 5, 5), 6).eval()
+    rng = np.random.default_rng(0)
+    n_events = np.array([6, 2, 4, 1])
+    feats = {c: np.zeros((4, 6), dtype=np.int64) for c in SEQ_COLUMNS}
+    for r, n in enumerate(n_events):  # left-padded
+        for c in SEQ_COLUMNS:
+            high = {"item_idx": 20, "brand_idx": 5, "category_idx": 5, "event_type_id": 4}.get(c, 5)
+            feats[c][r, 6 - n:] = rng.integers(1, high, n) if c != "ts" else np.sort(rng.integers(1, 10**6, n))
+    split = SplitData(split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2),
+                      start_ts=1569888000, user_idx=np.array([2, 3, 5, 8]), n_events=n_events, features=feats,
+                      truth_users=np.array([2]), truth_items=np.array([[4]]), n_relevant=np.array([1]))
+    events = log([(2, 4, 1, 90, 1), (3, 5, 1, 91, 1), (5, 6, 3, 92, 2)])
+    pop = Popularity(events, 20, CUTOFF, 7.0)
+    users = np.array([8, 2, 9, 5, 3])  # user 9 has no input: popularity
+    both = ModelScorer(model, split, pop, torch.device("cpu"), view=True)
+    buy = both(users)
+    assert torch.equal(buy, ModelScorer(model, split, pop, torch.device("cpu"))(users))
+    view = ViewScorer(both)(users)
+    rows = split.rows_of(users)
+    with torch.no_grad():
+        for i, r in enumerate(rows):
+            if r < 0:
+                assert torch.equal(view[i], torch.log(pop.normalized + 1e-12))
+                continue
+            batch = trim_padding({c: torch.as_tensor(feats[c][r:r + 1]) for c in SEQ_COLUMNS})
+            h = model.encode(batch)[:, -1]
+            ref = torch.log_softmax(torch.addmm(model.view_bias, h, model.item.weight.t()).float(), -1)[0]
+            torch.testing.assert_close(view[i], ref, rtol=0, atol=1e-5)
+    assert ViewScorer(both)(users[:2]).shape == (2, 20)  # another batch: scored afresh

@@ -63,12 +63,30 @@ def before_cutoff(ts: np.ndarray, cutoff_ts: int) -> np.ndarray:
 def top_n_mask(scores: torch.Tensor, n: int) -> torch.Tensor:
     """(B, V) bool: each row's n best finite scores, ties at the boundary broken by the lower item id,
     so that the set does not depend on how topk orders equal values."""
-    kth = torch.topk(scores, n, dim=1).values[:, -1:]  # (B, 1)
-    above = scores > kth
-    tied = scores == kth
-    room = n - above.sum(1, keepdim=True)
-    take_tied = tied & (torch.cumsum(tied.int(), dim=1) <= room)
-    return (above | take_tied) & torch.isfinite(scores)
+    rows, items = top_n(scores, n)
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    mask[rows, items] = True
+    return mask
+
+
+def top_n(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, items) of each row's n best finite scores (the set of :func:`top_n_mask`), in no order.
+
+    ``torch.topk`` takes every score above the n-th and fills the rest from the scores tied with it,
+    in an order of its own; only rows where more are tied than it took are redone (the lowest ids)."""
+    vals, idx = torch.topk(scores, n, dim=1)  # (B, n)
+    kth = vals[:, -1:]
+    took = (vals == kth).sum(1)
+    redo = (((scores == kth).sum(1) > took) & torch.isfinite(kth[:, 0])).nonzero().squeeze(1)
+    if len(redo):
+        s, edge = scores[redo], kth[redo]
+        tied = s == edge
+        room = n - (s > edge).sum(1, keepdim=True)
+        take = (s > edge) | (tied & (torch.cumsum(tied.int(), dim=1) <= room))
+        idx[redo] = take.nonzero()[:, 1].view(len(redo), n)
+        vals[redo] = s.gather(1, idx[redo])
+    keep = torch.isfinite(vals)
+    return torch.arange(len(scores))[:, None].expand_as(idx)[keep], idx[keep]
 
 
 def _top_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, keep: int,
@@ -229,9 +247,14 @@ class CandidateGenerator:
                 continue
             m = mats[name]
             n = min(self.cfg.n(name), v - 2)
+            if name == "popularity":  # the same list for every user: chosen once
+                m = m[:1]
             masked = m.clone() if name in ("model", "popularity") else m.masked_fill(m <= 0, float("-inf"))
             masked[:, :FIRST_ID] = float("-inf")
-            bits |= top_n_mask(masked, n).int() << g
+            rows, items = top_n(masked, n)
+            if name == "popularity":
+                rows, items = torch.arange(b).repeat_interleave(len(items)), items.repeat(b)
+            bits[rows, items] |= 1 << g
         r, i = torch.nonzero(bits, as_tuple=True)  # row-major: sorted by row, then item
         scores = {name: m[r, i].numpy().astype(np.float32) for name, m in mats.items()}
         return Candidates(users, r.numpy(), i.numpy(), bits[r, i].numpy(), scores)

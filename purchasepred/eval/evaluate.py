@@ -7,7 +7,6 @@ only then applied to the test window. See :mod:`purchasepred.eval.protocol` for 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from purchasepred.errors import DatasetError
 from purchasepred.eval.calibration import Calibration, calibration_pairs, fit_platt, reliability, reliability_bins
 from purchasepred.eval.protocol import evaluate_scorer
 from purchasepred.eval.rankers import (
-    Blend, BlendWeights, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, UserEvents,
+    Blend, BlendWeights, CachedScorer, CategoryAffinity, History, HistoryParams, ModelScorer, Popularity, UserEvents,
     conversion_prior, fit_blend, fit_history,
 )
 from purchasepred.eval.candidates import recall
@@ -133,9 +132,10 @@ def features(w: Window, data: PreparedData, model: torch.nn.Module, device: torc
         personal = History(w.events, w.popularity, w.cutoff_ts, history).personal
         tifu = w.rankers.get("tifu_knn")
         tifu = tifu.get() if isinstance(tifu, Lazy) else tifu
+        heads = ModelScorer(model, w.split, w.popularity, device, view=True)  # both heads from one encoding
         w.features = FeatureBuilder(w.raw, data.vocab.n_items, w.cutoff_ts, data.items["category_idx"], w.popularity.scores,
-                                    w.prior, personal, history.half_life_days, model=w.rankers["model"],
-                                    view_model=ViewScorer(model, w.split, w.popularity, device), tifu=tifu)
+                                    w.prior, personal, history.half_life_days, model=heads,
+                                    view_model=ViewScorer(heads), tifu=tifu)
     return w.features
 
 
@@ -164,10 +164,12 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
                                      lambda s: _ndcg10(s, valid.split))
     history = History(valid.events, valid.popularity, valid.cutoff_ts, params)
     valid.rankers["history"] = history
+    model_scores = CachedScorer(valid.rankers["model"])  # scored once for the ~35 points of the blend's grid
     scores = {"popularity": _ndcg10(valid.popularity, valid.split), "history": hist_score,
-              "model": _ndcg10(valid.rankers["model"], valid.split)}
+              "model": _ndcg10(model_scores, valid.split)}
     weights, scores["blend"] = fit_blend(
-        lambda w: _ndcg10(Blend(valid.rankers["model"], history, w, valid.prior, valid.affinity), valid.split))
+        lambda w: _ndcg10(Blend(model_scores, history, w, valid.prior, valid.affinity), valid.split))
+    del model_scores
     valid.rankers["blend"] = Blend(valid.rankers["model"], history, weights, valid.prior, valid.affinity)
     tifu_params, scores["tifu_knn"], vectors = fit_tifu(valid.raw, data.vocab.n_items, valid.cutoff_ts,
                                                         valid.popularity.normalized, lambda s: _ndcg10(s, valid.split))
@@ -224,14 +226,6 @@ def _seen_mask(window: Window) -> np.ndarray:
     return seen & (split.truth_items >= FIRST_ID)
 
 
-def _restricted(split: SplitData, keep: np.ndarray) -> SplitData:
-    """The split with truth restricted to ``keep`` (users left with nothing are dropped)."""
-    n_keep = keep.sum(1)
-    users = n_keep > 0
-    items = np.where(keep, split.truth_items, -1)[users]
-    return dataclasses.replace(split, truth_users=split.truth_users[users], truth_items=items, n_relevant=n_keep[users])
-
-
 def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: torch.device, split: str,
              ks: list[int], fitted: ValidFit, log: Any = None) -> dict[str, Any]:
     """All rankers on ``split`` (valid or test) with breakdowns. Returns the metrics.json body."""
@@ -245,20 +239,14 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
     has_history = w.split.rows_of(w.split.truth_users) >= 0
     seen = _seen_mask(w)
     unknown = (w.split.truth_items < -1)
-    variants = {
-        "seen_items": _restricted(w.split, seen),
-        "new_items": _restricted(w.split, ~seen & ((w.split.truth_items >= FIRST_ID) | unknown)),
-    }
+    subsets = {"seen_items": seen, "new_items": ~seen & ((w.split.truth_items >= FIRST_ID) | unknown)}
     results: dict[str, Any] = {}
     for name in RANKERS:
         if log:
             log(f"scoring {name}")
-        r = evaluate_scorer(w.rankers[name], w.split, ks, cfg.eval.bootstrap, cfg.eval.seed,
-                            breakdowns={"with_history": has_history, "without_history": ~has_history})
-        for vname, vsplit in variants.items():
-            r[vname] = (evaluate_scorer(w.rankers[name], vsplit, ks, cfg.eval.bootstrap, cfg.eval.seed)
-                        if len(vsplit.truth_users) else {"users": 0})
-        results[name] = r
+        results[name] = evaluate_scorer(w.rankers[name], w.split, ks, cfg.eval.bootstrap, cfg.eval.seed,
+                                        breakdowns={"with_history": has_history, "without_history": ~has_history},
+                                        subsets=subsets)
     two_stage: dict[str, Any] = {}
     candidates: dict[str, Any] = {}
     if fitted.two_stage:

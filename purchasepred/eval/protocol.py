@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,18 @@ class Ranking:
     top: np.ndarray  # (U, K) item ids, best first
     top_scores: np.ndarray  # (U, K)
     best_rank: np.ndarray  # (U,) 1-based rank of the best bought item; 0 when none can be ranked
+    best_rank_in: dict[str, np.ndarray] = field(default_factory=dict)
+    """subset name -> (U,) the same rank over the bought items of that subset only (see ``rank``)."""
+
+
+def _best_rank(scores: torch.Tensor, t_scores: torch.Tensor) -> torch.Tensor:
+    """(B,) 1-based rank (ties share the average rank) of each row's best score among ``t_scores``
+    (B, M; -inf where not an item to rank); 0 for rows with none."""
+    s_best = t_scores.max(1, keepdim=True).values  # (B, 1)
+    greater = (scores > s_best).sum(1).float()
+    ties = (scores == s_best).sum(1).float() - 1
+    r = 1 + greater + ties / 2
+    return torch.where(torch.isfinite(t_scores).any(1), r, torch.zeros_like(r))
 
 
 def rank(
@@ -69,9 +82,15 @@ def rank(
     truth: np.ndarray | None = None,
     batch: int = 2048,
     exclude: Callable[[np.ndarray, torch.Tensor], None] | None = None,
+    subsets: dict[str, np.ndarray] | None = None,
 ) -> Ranking:
-    """Top-k items per user (and, with ``truth``, the rank of the best bought item)."""
+    """Top-k items per user (and, with ``truth``, the rank of the best bought item).
+
+    ``subsets``: name -> (U, M) bool masks over ``truth``; for each, the rank of the best bought item
+    among those kept (``best_rank_in``), from the same scores: a breakdown by purchase (seen or new
+    items) costs no second scoring."""
     tops, top_scores, best = [], [], []
+    best_in: dict[str, list[np.ndarray]] = {name: [] for name in subsets or {}}
     for start in range(0, len(users), batch):
         u = users[start:start + batch]
         scores = scorer(u).float()  # (B, V)
@@ -86,17 +105,17 @@ def rank(
             t = torch.as_tensor(truth[start:start + batch], device=scores.device)
             valid = t >= FIRST_ID
             t_scores = scores.gather(1, t.clamp(min=0)).masked_fill(~valid, float("-inf"))
-            s_best = t_scores.max(1, keepdim=True).values  # (B, 1)
-            greater = (scores > s_best).sum(1).float()
-            ties = (scores == s_best).sum(1).float() - 1
-            r = 1 + greater + ties / 2
-            best.append(torch.where(valid.any(1), r, torch.zeros_like(r)).cpu().numpy())
+            best.append(_best_rank(scores, t_scores).cpu().numpy())
+            for name, mask in (subsets or {}).items():
+                keep = torch.as_tensor(mask[start:start + batch], device=scores.device)
+                best_in[name].append(_best_rank(scores, t_scores.masked_fill(~keep, float("-inf"))).cpu().numpy())
     empty = np.zeros((0, k), dtype=np.int64)
     return Ranking(
         users=users,
         top=np.concatenate(tops) if tops else empty,
         top_scores=np.concatenate(top_scores) if top_scores else empty.astype(np.float32),
         best_rank=np.concatenate(best) if best else np.zeros(0),
+        best_rank_in={name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in best_in.items()},
     )
 
 
@@ -123,11 +142,32 @@ def _mean_and_ci(out: dict[str, Any], key: str, per_user: np.ndarray, n_boot: in
     out[f"{key}_ci"] = list(bootstrap_ci(per_user, n_boot, seed))
 
 
+def restricted(split: SplitData, keep: np.ndarray) -> SplitData:
+    """The split with truth restricted to ``keep`` (U, M) (users left with nothing are dropped)."""
+    n_keep = keep.sum(1)
+    users = n_keep > 0
+    items = np.where(keep, split.truth_items, -1)[users]
+    return dataclasses.replace(split, truth_users=split.truth_users[users], truth_items=items, n_relevant=n_keep[users])
+
+
 def evaluate_scorer(scorer: Scorer, split: SplitData, ks: list[int], n_boot: int = 1000, seed: int = 0,
-                    breakdowns: dict[str, np.ndarray] | None = None) -> dict[str, object]:
-    """Rank all items for every buyer in the window and compute the metrics (and breakdowns)."""
-    ranking = rank(scorer, split.truth_users, max(ks), truth=split.truth_items)
+                    breakdowns: dict[str, np.ndarray] | None = None,
+                    subsets: dict[str, np.ndarray] | None = None) -> dict[str, object]:
+    """Rank all items for every buyer in the window and compute the metrics (and breakdowns).
+
+    ``breakdowns``: name -> (U,) user masks; ``subsets``: name -> (U, M) masks over the purchases
+    (``truth_items``), each scored as the split restricted to them (:func:`restricted`: users left
+    without a purchase are dropped), from the one ranking."""
+    ranking = rank(scorer, split.truth_users, max(ks), truth=split.truth_items, subsets=subsets)
     result: dict[str, object] = metrics(ranking, split, ks, n_boot, seed)
     for name, mask in (breakdowns or {}).items():
         result[name] = metrics(ranking, split, ks, n_boot, seed, user_mask=mask) if mask.any() else {"users": 0}
+    for name, keep in (subsets or {}).items():
+        users = keep.sum(1) > 0
+        if not users.any():
+            result[name] = {"users": 0}
+            continue
+        part = Ranking(ranking.users[users], ranking.top[users], ranking.top_scores[users],
+                       ranking.best_rank_in[name][users])
+        result[name] = metrics(part, restricted(split, keep), ks, n_boot, seed)
     return result

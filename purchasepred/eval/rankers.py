@@ -18,7 +18,9 @@ All of them see only events strictly before the window they rank for.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +50,37 @@ class UserEvents:
         rows = np.repeat(np.arange(len(users)), lengths)
         offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return rows, np.repeat(lo, lengths) + offsets
+
+
+class ScoreCache:
+    """Score blocks kept by key up to ``max_bytes`` in all (beyond that, computed and not kept): a grid
+    search on the valid window asks for the same users' model scores or TIFU-KNN neighbour terms at
+    every grid point. Returned tensors are shared: callers must not modify them in place."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes, self.used = max_bytes, 0
+        self._blocks: dict[Any, torch.Tensor] = {}
+
+    def get(self, key: Any, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        hit = self._blocks.get(key)
+        if hit is None:
+            hit = compute()
+            size = hit.nelement() * hit.element_size()
+            if self.used + size <= self.max_bytes:
+                self._blocks[key] = hit
+                self.used += size
+        return hit
+
+
+class CachedScorer:
+    """``scorer``'s scores of each batch of users computed once (up to the cache's bytes); each call
+    returns a copy, which callers such as :class:`Blend` may modify in place."""
+
+    def __init__(self, scorer: Callable[[np.ndarray], torch.Tensor], cache: ScoreCache | None = None) -> None:
+        self.scorer, self.cache = scorer, cache or ScoreCache()
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.cache.get(users.tobytes(), lambda: self.scorer(users)).clone()
 
 
 class Popularity:
@@ -110,38 +143,62 @@ class History:
 
 
 class ModelScorer:
+    """(B, V) purchase log-probabilities at each user's last input event; popularity for users with no input.
+
+    With ``view=True`` every call also computes the view head's log-probabilities from the same
+    encoder states (one encoding for both heads) and keeps the last batch's for :meth:`view_scores`."""
+
     SUB_BATCH = 512
 
-    def __init__(self, model: torch.nn.Module, split: SplitData, popularity: Popularity, device: torch.device) -> None:
-        self.model, self.split, self.popularity, self.device = model, split, popularity, device
+    def __init__(self, model: torch.nn.Module, split: SplitData, popularity: Popularity, device: torch.device,
+                 view: bool = False) -> None:
+        self.model, self.split, self.popularity, self.device, self.view = model, split, popularity, device, view
         self.features = {c: torch.as_tensor(split.features[c]) for c in SEQ_COLUMNS}
+        self._last_view: tuple[bytes, torch.Tensor] | None = None
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        heads = self._heads(users, self.view)
+        if self.view:
+            self._last_view = (users.tobytes(), heads[1])
+        return heads[0]
+
+    def view_scores(self, users: np.ndarray) -> torch.Tensor:
+        """(B, V) log p(next viewed item): the last call's when it was for the same users."""
+        if self._last_view is not None and self._last_view[0] == users.tobytes():
+            return self._last_view[1]
+        return self._heads(users, True)[1]
 
     @torch.no_grad()
-    def __call__(self, users: np.ndarray) -> torch.Tensor:
+    def _heads(self, users: np.ndarray, view: bool) -> tuple[torch.Tensor, ...]:
         rows = self.split.rows_of(users)
         has = rows >= 0
         was_training = self.model.training
         self.model.eval()
         try:
             if has.all() and len(users) <= self.SUB_BATCH:  # the common export case: no copy
-                return self._score(rows)
-            out = torch.empty(len(users), len(self.popularity.scores))
+                return self._score(rows, view)
+            n_out = 2 if view else 1
+            outs = tuple(torch.empty(len(users), len(self.popularity.scores)) for _ in range(n_out))
             if not has.all():  # users with no input: the log of normalized popularity
-                out[torch.as_tensor(~has)] = torch.log(self.popularity.normalized + 1e-12)[None, :]
+                for out in outs:
+                    out[torch.as_tensor(~has)] = torch.log(self.popularity.normalized + 1e-12)[None, :]
             where = np.nonzero(has)[0]
             # short histories together, so that each sub-batch drops its all-padding columns
             order = where[np.argsort(self.split.n_events[rows[where]], kind="stable")]
             for start in range(0, len(order), self.SUB_BATCH):
-                pick = order[start:start + self.SUB_BATCH]
-                out[torch.as_tensor(pick)] = self._score(rows[pick])
-            return out
+                pick = torch.as_tensor(order[start:start + self.SUB_BATCH])
+                for out, part in zip(outs, self._score(rows[pick.numpy()], view)):
+                    out[pick] = part
+            return outs
         finally:
             self.model.train(was_training)
 
-    def _score(self, rows: np.ndarray) -> torch.Tensor:
+    def _score(self, rows: np.ndarray, view: bool) -> tuple[torch.Tensor, ...]:
         idx = torch.as_tensor(rows)
         batch = trim_padding({c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()})
-        return self.model.score_purchase(batch).float().cpu()
+        h = self.model.encode(batch)
+        buy = self.model.score_purchase(batch, h).float().cpu()
+        return (buy, self.model.score_view(h[:, -1]).cpu()) if view else (buy,)
 
 
 def conversion_prior(events: dict[str, np.ndarray], n_items: int, strength: float = 20.0) -> torch.Tensor:

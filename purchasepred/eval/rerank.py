@@ -33,7 +33,6 @@ from purchasepred.eval.candidates import (
 )
 from purchasepred.features import CART, PURCHASE, UNKNOWN, VIEW, per_event_type
 from purchasepred.eval.rankers import ModelScorer
-from purchasepred.models.batching import trim_padding
 
 FEATURES = (
     *(f"gen_{g}" for g in GENERATORS),
@@ -182,15 +181,15 @@ class FeatureBuilder:
         return c, x
 
 
-class ViewScorer(ModelScorer):
-    """The transformer's view head: (B, V) log p(next viewed item) at the last input event."""
+class ViewScorer:
+    """The transformer's view head: (B, V) log p(next viewed item) at the last input event, read from
+    a :class:`ModelScorer` made with ``view=True`` (the batch it just scored costs no second encoding)."""
 
-    def _score(self, rows: np.ndarray) -> torch.Tensor:
-        idx = torch.as_tensor(rows)
-        batch = trim_padding({c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()})
-        h = self.model.encode(batch)[:, -1]  # (B, D); left padding: the last column is the last event
-        logits = torch.addmm(self.model.view_bias, h, self.model.item.weight.t()).float()
-        return torch.log_softmax(logits, -1).cpu()
+    def __init__(self, scorer: ModelScorer) -> None:
+        self.scorer = scorer
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.scorer.view_scores(users)
 
 
 def _groups(rows: np.ndarray) -> np.ndarray:
@@ -228,7 +227,9 @@ class LambdaRankGBM:
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.booster.predict(x, num_threads=1).astype(np.float32) if len(x) else np.zeros(0, np.float32)
+        # rows are scored independently: every thread count gives the same predictions
+        return (self.booster.predict(x, num_threads=torch.get_num_threads()).astype(np.float32) if len(x)
+                else np.zeros(0, np.float32))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.booster.model_to_string()}

@@ -28,6 +28,7 @@ import torch
 
 from purchasepred.features import PAD, per_event_type
 from purchasepred.eval.candidates import before_cutoff
+from purchasepred.eval.rankers import ScoreCache
 
 TYPE_WEIGHTS = np.array(per_event_type(view=1.0, cart=3.0, purchase=3.0))
 POP_SCALE = 1e-6  # popularity in [0, 1e-6]: orders only what the two terms leave at zero
@@ -157,11 +158,18 @@ class TifuVectors:
 class TifuKNN:
     """alpha * personal + (1 - alpha) * mean of the k nearest users' vectors (+ popularity, far below)."""
 
-    def __init__(self, vectors: TifuVectors, popularity_normalized: torch.Tensor, k: int, alpha: float) -> None:
-        self.vectors, self.popularity, self.k, self.alpha = vectors, popularity_normalized, k, alpha
+    def __init__(self, vectors: TifuVectors, popularity_normalized: torch.Tensor, k: int, alpha: float,
+                 terms: ScoreCache | None = None) -> None:
+        """``terms``: a cache of neighbour terms shared by the points of a grid over alpha (same vectors)."""
+        self.vectors, self.popularity, self.k, self.alpha, self.terms = vectors, popularity_normalized, k, alpha, terms
 
     def neighbour_term(self, users: np.ndarray) -> torch.Tensor:
-        """(B, V) the mean of the k nearest users' vectors."""
+        """(B, V) the mean of the k nearest users' vectors (shared with the cache, if any: not to modify)."""
+        if self.terms is not None:
+            return self.terms.get((users.tobytes(), self.k), lambda: self._neighbour_term(users))
+        return self._neighbour_term(users)
+
+    def _neighbour_term(self, users: np.ndarray) -> torch.Tensor:
         nbr, sim = self.vectors.neighbours(users, self.k)
         has = (sim > 0).astype(np.float32)  # a neighbour with nothing in common contributes nothing
         return self.vectors.dense(nbr, has / self.k)
@@ -170,7 +178,7 @@ class TifuKNN:
         scores = self.vectors.dense(users).mul_(self.alpha)
         if self.alpha < 1.0:
             for s in range(0, len(users), TifuVectors.BLOCK):  # bounded (block x k) neighbour rows at a time
-                scores[s:s + TifuVectors.BLOCK].add_(self.neighbour_term(users[s:s + TifuVectors.BLOCK]).mul_(1.0 - self.alpha))
+                scores[s:s + TifuVectors.BLOCK].add_(self.neighbour_term(users[s:s + TifuVectors.BLOCK]).mul(1.0 - self.alpha))
         return scores.add_(POP_SCALE * self.popularity[None, :])
 
 
@@ -185,15 +193,16 @@ def fit_tifu(events: dict[str, np.ndarray], n_items: int, cutoff_ts: int, popula
              objective) -> tuple[TifuParams, float, TifuVectors]:
     """Grid search on the valid window; ``objective(scorer) -> NDCG@10``. Returns the best params,
     their score and the vectors built with them. Neighbours are found once per decay setting (for the
-    largest k; smaller k take a prefix)."""
+    largest k; smaller k take a prefix), and each k's neighbour term once for every alpha."""
     best: tuple[TifuParams, float, TifuVectors | None] = (TifuParams(), -1.0, None)
     for (m, rb, rg) in TIFU_GRID["decay"]:
         vectors = TifuVectors(events, n_items, cutoff_ts, m, rb, rg)
         vectors.k_hint = max(TIFU_GRID["k"])
+        terms = ScoreCache()  # each k's neighbour term once, for every alpha
         for k, alpha in itertools.product(TIFU_GRID["k"], TIFU_GRID["alpha"]):
             if alpha == 1.0 and k != TIFU_GRID["k"][0]:
                 continue  # without the neighbour term k changes nothing
-            score = objective(TifuKNN(vectors, popularity_normalized, k, alpha))
+            score = objective(TifuKNN(vectors, popularity_normalized, k, alpha, terms))
             if score > best[1]:
                 best = (TifuParams(k=k, alpha=alpha, group_size=m, r_basket=rb, r_group=rg), score, vectors)
     params, score, vectors = best

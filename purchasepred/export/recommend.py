@@ -48,6 +48,7 @@ class ExportSummary:
     k: int
     by_source: dict[str, int]
     seconds: float
+    model_checkpoint: dict[str, Any] | None = None  # the model that scored (set by pipeline.export_run)
 
 
 

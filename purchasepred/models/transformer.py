@@ -194,14 +194,20 @@ class TransformerRecommender(nn.Module):
         return torch.where(has_history, mixed, log_cat)
 
     @torch.no_grad()
-    def score_purchase(self, batch: dict[str, Tensor]) -> Tensor:
+    def score_view(self, h_last: Tensor) -> Tensor:
+        """(U, V) log p(next viewed item) from the hidden states (U, D) at the last position."""
+        return torch.log_softmax(torch.addmm(self.view_bias, h_last, self.item.weight.t()).float(), -1)
+
+    @torch.no_grad()
+    def score_purchase(self, batch: dict[str, Tensor], h: Tensor | None = None) -> Tensor:
         """(U, V) log p_buy(item) at each sequence's last position: the ranking scores.
 
         p = g p_repeat + (1 - g) p_catalog, where p_repeat is zero outside the user's own history:
         every other item scores log(1 - g) + log p_catalog (one in-place pass over the catalog), and
-        only the at most T history items get the exact mixture, scattered in.
+        only the at most T history items get the exact mixture, scattered in. ``h``: ``encode(batch)``
+        when the caller has it already (the view head reads the same states).
         """
-        h = self.encode(batch)
+        h = self.encode(batch) if h is None else h
         u, t, _ = h.shape
         h_last = h[:, -1]  # (U, D)
         scores = torch.addmm(self.buy_bias, self.buy_proj(h_last), self.item.weight.t()).float()  # (U, V)

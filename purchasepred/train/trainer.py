@@ -60,16 +60,47 @@ TARGETS = ("next_target", "purchase_target", "cart_target")  # the rows of each 
 CAP_ROUND = 64  # compiled steps: target rows gathered per loss part, rounded up to a multiple of this
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices of Linear layers only; never on embeddings, norms or biases."""
-    decay, no_decay = [], []
+# the parameters only the purchase head uses (the catalog projection and item appeal, the repeat
+# pointer and the gate); the encoder and the item table are shared with the view head
+PURCHASE_HEAD = ("buy_proj", "buy_bias", "repeat_q", "repeat_k", "repeat_bias", "gate")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Weight decay on matrices of Linear layers only; never on embeddings, norms or biases. Each
+    group's ``lr_scale`` multiplies the schedule's learning rate: with ``head_lr_scale`` != 1 the
+    purchase head's parameters (PURCHASE_HEAD) form two groups of their own with that scale."""
+    head = {id(p) for name, p in model.named_parameters() if name.split(".")[0] in PURCHASE_HEAD}
+    split = head_lr_scale != 1.0
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if isinstance(module, torch.nn.Linear) and name == "weight":
-                decay.append(p)
-            else:
-                no_decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decayed = isinstance(module, torch.nn.Linear) and name == "weight"
+            groups.setdefault((split and id(p) in head, decayed), []).append(p)
+    return [{"params": groups.get((in_head, decayed), []), "weight_decay": weight_decay if decayed else 0.0,
+             "lr_scale": head_lr_scale if in_head else 1.0}
+            for in_head in ((False, True) if split else (False,)) for decayed in (True, False)]
+
+
+def purchase_batches(carry: torch.Tensor, rest: torch.Tensor, n_carry: int, steps: int, batch: int, seed: int,
+                     epoch: int) -> torch.Tensor:
+    """Epoch ``epoch``'s row order: ``steps`` batches of ``batch`` rows, each holding ``n_carry`` rows
+    of ``carry`` (the chunks with purchase targets) and the others from ``rest``, in a seeded order
+    inside the batch. Each pool is read as an endless stream of seeded permutations, epoch after epoch,
+    so that every row of a pool comes once before any comes twice: the pool that gets more than its
+    share is oversampled, the other comes round more slowly. A function of (seed, epoch): resumable."""
+
+    def stream(pool: torch.Tensor, which: int, n: int) -> torch.Tensor:
+        start = epoch * n
+        first, last = start // len(pool), (start + n - 1) // len(pool)
+        perms = [pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed((seed * 2 + which) * 1_000_003 + r))]
+                 for r in range(first, last + 1)]
+        offset = start - first * len(pool)
+        return torch.cat(perms)[offset:offset + n]
+
+    rows = torch.cat([stream(carry, 0, steps * n_carry).view(steps, n_carry),
+                      stream(rest, 1, steps * (batch - n_carry)).view(steps, batch - n_carry)], 1)
+    mix = torch.rand(steps, batch, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).argsort(1)
+    return rows.gather(1, mix).flatten()
 
 
 def lr_at(step: int, total: int, peak: float, warmup_frac: float, floor: float = 0.05) -> float:
@@ -227,7 +258,7 @@ def train_step(
     """One optimizer step: set the learning rate, forward (bf16 autocast when asked), backward,
     clip, update. Returns the loss parts, detached, still on the device (no host sync)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     device_type = next(model.parameters()).device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
         loss, parts = loss_fn(batch, sample)
@@ -261,12 +292,30 @@ def with_prepared_settings(cfg: Config, settings: dict[str, Any]) -> Config:
     return replace(cfg, prepare=replace(cfg.prepare, **known))
 
 
-class Trainer:
-    """Trains a TransformerRecommender on a prepared dataset."""
+@dataclass
+class RefitSummary:
+    split: str  # 'test' or 'all': trained on every event before that window
+    checkpoint: Path
+    epochs: int
+    training_rows: int
+    steps: int
+    seconds: float
+    record: dict[str, Any]  # what metadata.json holds under refits.<split>
 
-    def __init__(self, cfg: Config, data: PreparedData, run_name: str) -> None:
+
+def refit_name(split: str) -> str:
+    """The checkpoint (stem) of the model refit on the events before ``split``'s window."""
+    return f"refit_{split}"
+
+
+class Trainer:
+    """Trains a TransformerRecommender on a prepared dataset: on the events before the valid window
+    (``fit``, which chooses the epochs on valid), or, for a refit, before the test window or on all
+    events (``train_split`` 'test' or 'all', :meth:`refit`)."""
+
+    def __init__(self, cfg: Config, data: PreparedData, run_name: str, train_split: str = "valid") -> None:
         self.cfg = with_prepared_settings(cfg, data.manifest.get("settings", {}))
-        self.data, self.run_name = data, run_name
+        self.data, self.run_name, self.train_split = data, run_name, train_split
         self.run_dir, self.out_dir = run_paths(cfg, run_name)
         self.dist, self.device = distributed.setup(pick_device(cfg.train.device))
         self.notes: list[str] = []
@@ -327,11 +376,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _tensors(self) -> dict[str, torch.Tensor]:
-        arrays = self.data.train()
+        arrays = self.data.train(self.train_split)
         n = len(arrays["item_idx"])
         if n == 0:
             raise DatasetError(
-                f"{self.data.path} has no training sequences before the valid window; the log is too short for "
+                f"{self.data.path} has no training sequences before the {self.train_split} window; the log is too short for "
                 f"--eval-days {self.data.manifest['settings']['eval_days']} (prepare again with a smaller --eval-days)"
             )
         if not self.data.manifest.get("events_by_type", {}).get("purchase"):
@@ -375,7 +424,7 @@ class Trainer:
         self.vocab: Vocab = self.data.vocab
         self.model = TransformerRecommender(self.cfg.model, self.vocab, self.data.max_len).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, train_cfg.weight_decay), lr=train_cfg.lr, betas=ADAM_BETAS,
+            param_groups(self.model, train_cfg.weight_decay, train_cfg.purchase_head_lr), lr=train_cfg.lr, betas=ADAM_BETAS,
             fused=self.device.type == "cuda",
         )
         self.compiled = train_cfg.compile and self.device.type == "cuda"
@@ -394,6 +443,7 @@ class Trainer:
         self._check_valid_window()
         self.n_train = len(self.train_data["item_idx"])
         self.steps_per_epoch = math.ceil(self.n_train / train_cfg.batch_size)
+        self._purchase_pools()
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         if self.total_steps < FEW_STEPS:
             self.notes.append(
@@ -409,6 +459,23 @@ class Trainer:
         events = self.data.events_before(self.valid.window_start)
         cutoff_ts = int(self.valid.window_start.replace(tzinfo=timezone.utc).timestamp())
         self.popularity = Popularity(events, self.vocab.n_items, cutoff_ts, self.cfg.eval.popularity_days)
+
+    def _purchase_pools(self) -> None:
+        """With train.purchase_share: the chunks with and without purchase targets and the rows of each
+        batch drawn from the first. An epoch keeps its number of steps (the same compute as plain
+        batches), every batch full."""
+        self.carry: torch.Tensor | None = None
+        share, size = self.cfg.train.purchase_share, self.cfg.train.batch_size
+        if not share or self.n_train <= size:
+            return
+        has = (self.train_data["purchase_target"] > 0).any(1).cpu()
+        carry, rest = has.nonzero().squeeze(1), (~has).nonzero().squeeze(1)
+        if len(carry) == 0 or len(rest) == 0:
+            self.notes.append("train.purchase_share: every training chunk or none carries purchase targets; batches "
+                              "are plain random draws")
+            return
+        self.carry, self.rest = carry, rest
+        self.n_carry = min(max(round(share * size), 1), size - 1)
 
     def _refuse_existing_run(self) -> None:
         if (self.run_dir / "last.pt").exists() or (self.run_dir / "metadata.json").exists():
@@ -451,6 +518,9 @@ class Trainer:
         """The epoch's permutation of the training sequences (seeded by seed and epoch: resumable),
         on the host."""
         seed = self.cfg.train.seed * 1000 + epoch
+        if self.carry is not None:  # train.purchase_share: a share of every batch carries purchase targets
+            return purchase_batches(self.carry, self.rest, self.n_carry, self.steps_per_epoch, self.cfg.train.batch_size,
+                                    self.cfg.train.seed, epoch)
         return torch.randperm(self.n_train, generator=torch.Generator().manual_seed(seed))
 
     def _global_rows(self, order: torch.Tensor, batch_index: int) -> torch.Tensor:
@@ -616,6 +686,64 @@ class Trainer:
             history=run.history,
         )
 
+    # ------------------------------------------------------------------ refit
+    def refit(self, epochs: int, source: dict[str, Any],
+              on_epoch: Callable[[int, int], None] | None = None) -> RefitSummary:
+        """A fresh model trained on every event before ``train_split``'s window with the run's settings
+        and learning-rate schedule, stopped after ``epochs`` (the epoch chosen on valid): no valid
+        metrics (those events are now training data), no early stopping, no resume. Writes
+        ``refit_<split>.pt`` (model, config, vocabulary, dataset hash) and records it in metadata.json
+        under ``refits`` with ``source`` (the checkpoint and sha256 whose choices it repeats)."""
+        if self.train_split == "valid":
+            raise ValueError("a refit trains on the events before the test window or on all of them")
+        started = time.perf_counter()
+        self._build()
+        run, history = RunState(), []
+        for epoch in range(epochs):
+            self.model.train()
+            order = self.epoch_order(epoch)
+            on_device = order.to(self.device)  # as in fit: one copy per epoch
+            caps = self.epoch_caps(order) if self.compiled else None
+            epoch_started = time.perf_counter()
+            for batch_index in range(self.steps_per_epoch):
+                self.step(run, *self.batch(order, batch_index, caps, on_device))
+            seconds = time.perf_counter() - epoch_started
+            view, purchase, cart, tokens = run.loss_sums.tolist() if run.loss_sums is not None else [0.0] * 4
+            n = max(run.epoch_steps, 1)
+            history.append({"epoch": epoch + 1, "view_loss": view / n, "purchase_loss": purchase / n,
+                            "cart_loss": cart / n, "seconds": round(seconds, 3), "tokens_per_s": tokens / max(seconds, 1e-9)})
+            run.loss_sums, run.epoch_steps = None, 0
+            if on_epoch is not None:
+                on_epoch(epoch + 1, epochs)
+        window = self.data.split(self.train_split).window_start
+        name = refit_name(self.train_split) + ".pt"
+        record = {
+            "checkpoint": name, "epochs": epochs, "window_start": str(window),
+            "trained_on": f"every event before {window:%Y-%m-%d %H:%M:%S}, the start of the {self.train_split} window"
+                          if self.train_split == "test" else "every event of the dataset",
+            "training_rows": self.n_train, "steps": run.step, "planned_epochs": self.cfg.train.epochs,
+            "seconds": 0.0, "source": source, "history": history,
+        }
+        payload = {"model": self.model.state_dict(), "config": self.cfg.to_dict(), "vocab": asdict(self.vocab),
+                   "max_len": self.data.max_len, "dataset_hash": self.data.manifest["content_hash"],
+                   "refit": {k: v for k, v in record.items() if k != "history"}}
+        tmp, sha = ckpt.stage_checkpoint(self.run_dir / name, payload)
+        try:
+            meta = ckpt.read_metadata(self.run_dir)
+            meta.setdefault("checkpoints_pending", {})[name] = sha
+            ckpt.write_metadata(self.run_dir, meta)
+            ckpt.commit_checkpoint(tmp, self.run_dir / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        meta = ckpt.read_metadata(self.run_dir)
+        meta.setdefault("checkpoints", {})[name] = sha
+        meta.get("checkpoints_pending", {}).pop(name, None)
+        meta.setdefault("refits", {})[self.train_split] = record
+        ckpt.write_metadata(self.run_dir, meta)
+        distributed.teardown(self.dist)
+        return RefitSummary(self.train_split, self.run_dir / name, epochs, self.n_train, run.step, record["seconds"], record)
+
     # ------------------------------------------------------------------ checkpoints
     def _payload(self, run: RunState) -> dict[str, Any]:
         """The checkpoint of ``run`` (called on every rank: it gathers each rank's RNG state)."""
@@ -712,6 +840,9 @@ class Trainer:
         saved = config_from_dict(payload["config"])
         if asdict(saved.model) != asdict(self.cfg.model):
             problems.append(f"model settings differ (checkpoint {asdict(saved.model)})")
+        for key in ("purchase_share", "purchase_head_lr"):  # they shape the epochs and the optimizer's groups
+            if getattr(saved.train, key) != getattr(self.cfg.train, key):
+                problems.append(f"train.{key} differs (checkpoint {getattr(saved.train, key)}, now {getattr(self.cfg.train, key)})")
         world_size = payload.get("world_size", 1)
         if world_size != self.dist.world_size:
             problems.append(
