@@ -172,6 +172,9 @@ class EvalConfig:
     ranker picked on a handful of buyers wins or loses by noise."""
     min_buyers: int = 30
     """With fewer buyers in the scored window, evaluate warns that its numbers are indicative."""
+    calibration_users: int = 50_000
+    """Users (a seeded sample of those with events before the window) whose top-K pairs fit and measure
+    the probability calibration: scoring them with the default ranker is most of evaluate's time."""
 
 
 @dataclass
@@ -306,6 +309,7 @@ def _validate(cfg: Config) -> list[str]:
         (e.popularity_days > 0, "eval.popularity_days must be > 0"),
         (e.min_valid_buyers >= 0, "eval.min_valid_buyers must be >= 0"),
         (e.min_buyers >= 0, "eval.min_buyers must be >= 0"),
+        (e.calibration_users >= 1, "eval.calibration_users must be >= 1"),
         (x.k >= 1, "export.k must be >= 1"),
         (x.user_batch >= 1, "export.user_batch must be >= 1"),
     ]

@@ -360,3 +360,19 @@ def test_refit_before_test_and_on_all_events_scores_the_test_window_and_export(t
     meta["refits"]["test"]["source"]["sha256"] = "0" * 64
     write_metadata(run_dir, meta)
     assert scoring_model(load_run(cfg, "E-refit"), "test")[1]["checkpoint"] == "best.pt"
+
+
+def test_a_smaller_calibration_sample_changes_only_the_calibration(trained: Trained, metrics: tuple[dict, Path]) -> None:
+    root = trained.root
+    shutil.copytree(root / "checkpoints" / RUN, root / "checkpoints" / "E-cal")
+    shutil.copytree(root / "output" / RUN, root / "output" / "E-cal", ignore=shutil.ignore_patterns("*.csv"))
+    cfg = copy.deepcopy(trained.cfg)
+    cfg.eval.calibration_users = 40
+    small = evaluate_run(cfg, "E-cal", "test", [5, 10]).result  # the cached valid fit is stale: fitted again
+    full = metrics[0]
+    k = trained.cfg.export.k
+    assert 0 < small["calibration"]["pairs"] <= 40 * k < full["calibration"]["pairs"]
+    fitted = json.loads((root / "output" / "E-cal" / "ranker.json").read_text())
+    assert fitted["settings"]["calibration_users"] == 40
+    for ranker in ("model", "blend", "two_stage"):
+        assert small[ranker] == full[ranker], ranker

@@ -31,12 +31,14 @@ class Calibration:
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
-def calibration_pairs(window: Any, ranker: str, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, scores) of the top-k items of (up to MAX_USERS) users with inputs before the window."""
+def calibration_pairs(window: Any, ranker: str, k: int, seed: int = 0,
+                      max_users: int = MAX_USERS) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of the top-k items of (a seeded sample of up to ``max_users``) users with
+    inputs before the window."""
     split = window.split
     users = split.user_idx
-    if len(users) > MAX_USERS:
-        users = np.sort(np.random.default_rng(seed).choice(users, MAX_USERS, replace=False))
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     ranking = rank(window.rankers[ranker], users, k)
     truth_row = {int(u): i for i, u in enumerate(split.truth_users)}
     labels = np.zeros(ranking.top.shape, dtype=np.float64)

@@ -71,7 +71,7 @@ class ValidFit:
 def fit_settings(cfg: Config) -> dict[str, Any]:
     """The settings a valid fit depends on: a cached fit made with others is stale."""
     return {"popularity_days": cfg.eval.popularity_days, "min_valid_buyers": cfg.eval.min_valid_buyers,
-            "seed": cfg.eval.seed, "export_k": cfg.export.k}
+            "seed": cfg.eval.seed, "export_k": cfg.export.k, "calibration_users": cfg.eval.calibration_users}
 
 
 @dataclass
@@ -183,12 +183,13 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     else:
         default = max(RANKERS, key=lambda r: (scores[r], -RANKERS.index(r)))
         reason = f"best NDCG@10 on the valid window's {n_buyers} buyers"
-    labels, scores_ = calibration_pairs(valid, default, cfg.export.k, seed=cfg.eval.seed)
+    labels, scores_ = calibration_pairs(valid, default, cfg.export.k, cfg.eval.seed, cfg.eval.calibration_users)
     calibration = fit_platt(labels, scores_)
     fitted = ValidFit(history=params, blend=weights, default=default, default_reason=reason, valid_ndcg10=scores,
                     calibration=calibration, dataset_hash=data.manifest["content_hash"],
                     checkpoint_sha256=checkpoint_sha256, settings=fit_settings(cfg),
-                    popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, seed=cfg.eval.seed)),
+                    popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, cfg.eval.seed,
+                                                                          cfg.eval.calibration_users)),
                     tifu=tifu_params, two_stage=two_stage)
     return fitted, valid
 
@@ -261,7 +262,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         candidates = {"valid": fitted.two_stage["valid_recall"],
                       split: recall(fb.generator, w.split.truth_users, w.split.truth_items, w.split.n_relevant)}
     calib = fitted.calibration
-    y, score = calibration_pairs(w, fitted.default, cfg.export.k, seed=cfg.eval.seed)
+    y, score = calibration_pairs(w, fitted.default, cfg.export.k, cfg.eval.seed, cfg.eval.calibration_users)
     p = calib(score)
     # uncalibrated: the score read as a probability (the model's log-probability, exponentiated)
     p_raw = np.clip(np.exp(np.minimum(score, 0.0)), 0.0, 1.0) if fitted.default in ("model", "blend") else np.clip(score / (score.max() or 1.0), 0.0, 1.0)
