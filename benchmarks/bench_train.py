@@ -248,7 +248,7 @@ def main() -> None:
             print(f"{n_items:>8} {loss:>8} {ours['tokens_per_s']:>20,.0f} {ref['tokens_per_s']:>18,.0f} {ratio:>7.2f}{tree_col}{note}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "rows": rows}, fh, indent=2)
+            json.dump({"args": vars(args), "rows": rows}, fh, indent=2, default=str)
 
 
 if __name__ == "__main__":
