@@ -1,30 +1,73 @@
--- clean: the one sort of prepare. Each user's events in a total order (time, then every other
+-- clean: the one sort of prepare, on integer codes. Text keys are replaced first by dense codes in
+-- their own sort order (so that sorting by a code sorts by the text it stands for) and the events are
+-- then sorted by fixed-width keys: several times cheaper than sorting, comparing and carrying the
+-- text through every later step. Each user's events are put in a total order (time, then every other
 -- column, so that the result does not depend on file order or thread count); exact duplicates, which
 -- that order puts next to each other, removed; consecutive repeats of the same view flagged. Later
 -- steps read this table in its stored order (streaming window passes, no further sort of the events
--- until the final order by their integer ids).
+-- until the final order by their integer ids) and turn codes back into text only in the small
+-- vocabulary tables and the events' product_id.
 -- inputs: staged (its valid events: reject_reason is NULL).
--- outputs: clean (grain: one distinct event, stored in the order above; exact duplicates are left out
---   and counted as the difference to staged's valid events). is_user_start marks a user's first event;
---   is_repeat_view a view that directly repeats the user's previous event, a view of the same item in
---   the same session within the gap (collapsed: counted, then left out of sessionized).
+-- outputs: user_keys (user_key -> user_code, 1.. in user_key order), item_keys, category_keys,
+--   category_codes, brand_keys (the same for each text column: every distinct non-NULL value of the
+--   valid events); clean (grain: one distinct event, stored in the order above, in codes; exact
+--   duplicates are left out and counted as the difference to staged's valid events). session_hash is
+--   the 64-bit hash of user_session (NULL where absent): sessions are only compared for equality and
+--   used as a tie-breaker, and a dictionary of the millions of sessions would cost more than the sort
+--   it saves (two different sessions of one user with equal 64-bit hashes: odds of about 1 in 10^19
+--   per pair). is_user_start marks a user's first event; is_repeat_view a view that directly repeats
+--   the user's previous event, a view of the same item in the same session within the gap
+--   (collapsed: counted, then left out of sessionized).
 -- parameters: session_gap_seconds.
+create or replace table user_keys as
+select user_key, (row_number() over (order by user_key))::integer as user_code
+from (select distinct user_key from staged where reject_reason is null);
+
+create or replace table item_keys as
+select item_key, (row_number() over (order by item_key))::integer as item_code
+from (select distinct item_key from staged where reject_reason is null);
+
+create or replace table category_keys as
+select category_key, (row_number() over (order by category_key))::integer as category_key_code
+from (select distinct category_key from staged where reject_reason is null and category_key is not null);
+
+create or replace table category_codes as
+select category_code, (row_number() over (order by category_code))::integer as category_code_code
+from (select distinct category_code from staged where reject_reason is null and category_code is not null);
+
+create or replace table brand_keys as
+select brand, (row_number() over (order by brand))::integer as brand_code
+from (select distinct brand from staged where reject_reason is null and brand is not null);
+
 create or replace table clean as
 with valid as (
     select
-        user_key, event_at, event_type_id, item_key, session_key, category_key, category_code, brand, price,
+        u.user_code,
+        s.event_at,
+        s.event_type_id,
+        i.item_code,
+        case when s.session_key is not null then hash(s.session_key) end as session_hash,
+        ck.category_key_code,
+        cc.category_code_code,
+        b.brand_code,
+        s.price,
         -- ties at the same time: view, cart, remove_from_cart, purchase
-        case event_type_id when view_id() then 1 when cart_id() then 2 when remove_from_cart_id() then 3 else 4 end
+        case s.event_type_id when view_id() then 1 when cart_id() then 2 when remove_from_cart_id() then 3 else 4 end
             as type_rank
-    from staged
-    where reject_reason is null
+    from staged as s
+    join user_keys as u using (user_key)
+    join item_keys as i using (item_key)
+    left join category_keys as ck using (category_key)
+    left join category_codes as cc using (category_code)
+    left join brand_keys as b using (brand)
+    where s.reject_reason is null
 ),
 
 ordered as (
     select *
     from valid
-    order by user_key, event_at, type_rank, item_key, session_key nulls first, category_key nulls first,
-        category_code nulls first, brand nulls first, price nulls first
+    order by user_code, event_at, type_rank, item_code, session_hash nulls first, category_key_code nulls first,
+        category_code_code nulls first, brand_code nulls first, price nulls first
 ),
 
 with_previous as (
@@ -32,28 +75,29 @@ with_previous as (
     select
         *,
         lag({
-            user_key: user_key, event_at: event_at, event_type_id: event_type_id, item_key: item_key,
-            session_key: session_key, category_key: category_key, category_code: category_code, brand: brand,
-            price: price
+            user_code: user_code, event_at: event_at, event_type_id: event_type_id, item_code: item_code,
+            session_hash: session_hash, category_key_code: category_key_code,
+            category_code_code: category_code_code, brand_code: brand_code, price: price
         }) over () as prev
     from ordered
 ),
 
 final as (
     select
-        user_key, event_at, event_type_id, item_key, session_key, category_key, category_code, brand, price,
-        prev.user_key is distinct from user_key as is_user_start,
+        user_code, event_at, event_type_id, item_code, session_hash, category_key_code, category_code_code,
+        brand_code, price,
+        prev.user_code is distinct from user_code as is_user_start,
         coalesce(
-            prev.user_key = user_key and event_type_id = view_id() and prev.event_type_id = view_id()
-            and item_key = prev.item_key and session_key is not distinct from prev.session_key
+            prev.user_code = user_code and event_type_id = view_id() and prev.event_type_id = view_id()
+            and item_code = prev.item_code and session_hash is not distinct from prev.session_hash
             and epoch(event_at) - epoch(prev.event_at) <= getvariable('session_gap_seconds'),
             false  -- a user's first event has no previous one: never a repeat (not NULL)
         ) as is_repeat_view
     from with_previous
     where prev is distinct from {
-        user_key: user_key, event_at: event_at, event_type_id: event_type_id, item_key: item_key,
-        session_key: session_key, category_key: category_key, category_code: category_code, brand: brand,
-        price: price
+        user_code: user_code, event_at: event_at, event_type_id: event_type_id, item_code: item_code,
+        session_hash: session_hash, category_key_code: category_key_code,
+        category_code_code: category_code_code, brand_code: brand_code, price: price
     }
 )
 

@@ -1,14 +1,16 @@
 -- sessionize: positions, gaps and sessions of each user's kept events, in streaming window passes
--- over clean's stored order (user, then time): no sort. A session is the raw user_session where
--- present, split further (and created where missing) by an inactivity gap. Window sums run over all
--- users at once; a user's own count is the running total minus its value before the user's first event.
+-- over clean's stored order (user, then time): no sort, and only fixed-width codes in the window
+-- rows. A session is the raw user_session where present, split further (and created where missing)
+-- by an inactivity gap. Window sums run over all users at once; a user's own count is the running
+-- total minus its value before the user's first event.
 -- inputs: clean (collapsed repeat views left out).
--- outputs: sessionized (grain: one event; key user_idx, seq; in clean's order) with user_idx (users
---   numbered in user_key order from first_id()), seq (1-based position in the user's history),
---   gap_seconds since the user's previous event, is_session_start, session_no (1-based within the
---   user), the user's next event (next_item_key, next_at) and running counts of purchases and carts
---   over the whole table (purchase_no, cart_no): the user's next purchase after an event is the
---   purchase numbered purchase_no + 1, if it is the same user's.
+-- outputs: sessionized (grain: one event; key user_idx, seq; in clean's order; text columns still as
+--   the codes of clean) with user_idx (users numbered in user_key order from first_id()), seq
+--   (1-based position in the user's history), gap_seconds since the user's previous event,
+--   is_session_start, session_no (1-based within the user), the user's next event (next_item_code,
+--   next_at) and running counts of purchases and carts over the whole table (purchase_no, cart_no):
+--   the user's next purchase after an event is the purchase numbered purchase_no + 1, if it is the
+--   same user's.
 -- parameters: session_gap_seconds.
 create or replace table sessionized as
 with kept as (
@@ -18,9 +20,8 @@ with kept as (
 running as (
     select
         *,
-        lag({user_key: user_key, event_at: event_at, session_key: session_key}) over () as prev,
-        lead({user_key: user_key, item_key: item_key, event_at: event_at}) over () as next,
-        sum(is_user_start::integer) over (rows between unbounded preceding and current row) as user_no,
+        lag({event_at: event_at, session_hash: session_hash}) over () as prev,
+        lead({user_code: user_code, item_code: item_code, event_at: event_at}) over () as next,
         count(*) over (rows between unbounded preceding and current row) as event_no,
         sum((event_type_id = purchase_id())::integer) over (rows between unbounded preceding and current row)
             as purchase_no,
@@ -36,7 +37,7 @@ flagged as (
         (
             is_user_start
             or epoch(event_at) - epoch(prev.event_at) > getvariable('session_gap_seconds')
-            or session_key is distinct from prev.session_key
+            or session_hash is distinct from prev.session_hash
         ) as is_session_start
     from running
 ),
@@ -60,15 +61,14 @@ numbered as (
 
 final as (
     select
-        user_key,
-        (user_no + first_id() - 1)::integer as user_idx,
+        (user_code + first_id() - 1)::integer as user_idx,
         event_no - events_before_user as seq,
-        event_at, event_type_id, item_key, session_key, category_key, category_code, brand, price,
+        event_at, event_type_id, item_code, category_key_code, category_code_code, brand_code, price,
         gap_seconds,
         is_session_start,
         (session_total - sessions_before_user)::integer as session_no,
-        case when next.user_key = user_key then next.item_key end as next_item_key,
-        case when next.user_key = user_key then next.event_at end as next_at,
+        case when next.user_code = user_code then next.item_code end as next_item_code,
+        case when next.user_code = user_code then next.event_at end as next_at,
         purchase_no,
         cart_no
     from numbered

@@ -1,46 +1,76 @@
 -- vocab: dense ids for users, items, brands and categories. 0 is padding and 1 is unknown / rare
 -- (seen fewer than min_item_count times); real ids start at 2, most frequent first, ties broken by
--- the raw id so that the numbering is deterministic.
--- inputs: sessionized.
+-- the raw id so that the numbering is deterministic. Counted on sessionized's codes, turned back into
+-- text through the key tables of 03_clean.sql (a code sorts like its text, so ordering by either is
+-- the same).
+-- inputs: sessionized, user_keys, item_keys, category_keys, category_codes, brand_keys.
 -- outputs: users (key user_idx; raw user_id), items (key item_key; item_idx may be 1 for rare items;
 --   with the item's latest brand, category, price), brands (key brand_idx), categories (key
---   category_idx; the category is category_id where present, else category_code).
--- Every table is ordered by its id and then its raw value, so that the files are byte-identical run to run.
+--   category_idx; the category is category_id where present, else category_code; its category_code
+--   the first one seen with it, in user and position order), and for 06_encode.sql the maps from
+--   codes to ids: item_ids (item_code -> item_idx, product_id), brand_ids (brand_code -> brand_idx),
+--   category_ids (the pair of category codes -> category_idx).
+-- Every output table is ordered by its id and then its raw value, so that the files are
+-- byte-identical run to run.
 -- parameters: min_item_count.
 create or replace table users as
 -- user_idx comes from sessionize (users in user_key order, from first_id())
-select
-    user_idx,
-    any_value(user_key) as user_id,
-    count(*) as n_events,
-    min(event_at) as first_event_at,
-    max(event_at) as last_event_at
-from sessionized
-group by user_idx
-order by user_idx;
-
-create or replace table brands as
 with counts as (
-    select brand, count(*) as n_events from sessionized where brand is not null group by brand
+    select user_idx, count(*) as n_events, min(event_at) as first_event_at, max(event_at) as last_event_at
+    from sessionized
+    group by user_idx
+)
+
+select c.user_idx, k.user_key as user_id, c.n_events, c.first_event_at, c.last_event_at
+from counts as c
+join user_keys as k on k.user_code = c.user_idx - first_id() + 1
+order by c.user_idx;
+
+create or replace table brand_ids as
+with counts as (
+    select brand_code, count(*) as n_events from sessionized where brand_code is not null group by brand_code
 )
 
 select
-    case when n_events >= getvariable('min_item_count')
-        then (row_number() over (order by n_events desc, brand) + first_id() - 1)::integer else unknown_id() end as brand_idx,
-    brand,
-    n_events
-from counts
-order by brand_idx, brand;
+    c.brand_code,
+    case when c.n_events >= getvariable('min_item_count')
+        then (row_number() over (order by c.n_events desc, c.brand_code) + first_id() - 1)::integer
+        else unknown_id() end as brand_idx,
+    k.brand,
+    c.n_events
+from counts as c
+join brand_keys as k using (brand_code);
+
+create or replace table brands as
+select brand_idx, brand, n_events from brand_ids order by brand_idx, brand;
+
+-- one row per pair of category codes that events carry, with the category text it stands for
+create or replace table category_pairs as
+with counts as (
+    select
+        category_key_code, category_code_code, count(*) as n_events,
+        min({'user': user_idx, 'seq': seq}) as first_seen
+    from sessionized
+    group by all
+)
+
+select
+    c.category_key_code,
+    c.category_code_code,
+    coalesce(k.category_key, cc.category_code) as category,
+    cc.category_code,
+    c.n_events,
+    c.first_seen
+from counts as c
+left join category_keys as k using (category_key_code)
+left join category_codes as cc using (category_code_code);
 
 create or replace table categories as
 with counts as (
-    select
-        coalesce(category_key, category_code) as category,
-        any_value(category_code) as category_code,
-        count(*) as n_events
-    from sessionized
-    where coalesce(category_key, category_code) is not null
-    group by 1
+    select category, arg_min(category_code, first_seen) as category_code, sum(n_events)::bigint as n_events
+    from category_pairs
+    where category is not null
+    group by category
 )
 
 select
@@ -52,42 +82,56 @@ select
 from counts
 order by category_idx, category;
 
-create or replace table items as
+create or replace table category_ids as
+select p.category_key_code, p.category_code_code, c.category_idx
+from category_pairs as p
+join categories as c using (category);
+
+create or replace table item_ids as
 with counts as (
     select
-        item_key,
+        item_code,
         count(*) as n_events,
         count(*) filter (where event_type_id = purchase_id()) as n_purchases,
-        -- the latest event's values; ties at the same time broken by user and position (deterministic)
-        arg_max(brand, {'at': event_at, 'user': user_key, 'seq': seq}) as brand,
-        arg_max(coalesce(category_key, category_code), {'at': event_at, 'user': user_key, 'seq': seq}) as category,
-        arg_max(price, {'at': event_at, 'user': user_key, 'seq': seq}) as price
+        -- the latest event's values (arg_max skips NULLs); ties at the same time broken by user and
+        -- position (deterministic)
+        arg_max(brand_code, {'at': event_at, 'user': user_idx, 'seq': seq}) as brand_code,
+        arg_max({'key': category_key_code, 'code': category_code_code}, {'at': event_at, 'user': user_idx, 'seq': seq})
+            filter (where category_key_code is not null or category_code_code is not null) as category_codes,
+        arg_max(price, {'at': event_at, 'user': user_idx, 'seq': seq}) as price
     from sessionized
-    group by item_key
+    group by item_code
 ),
 
 ranked as (
     select
         *,
         case when n_events >= getvariable('min_item_count')
-            then (row_number() over (order by n_events desc, item_key) + first_id() - 1)::integer else unknown_id() end as item_idx
+            then (row_number() over (order by n_events desc, item_code) + first_id() - 1)::integer else unknown_id() end as item_idx
     from counts
-),
-
-final as (
-    select
-        r.item_idx,
-        r.item_key as product_id,
-        r.n_events,
-        r.n_purchases,
-        coalesce(b.brand_idx, unknown_id()) as brand_idx,
-        coalesce(c.category_idx, unknown_id()) as category_idx,
-        r.brand,
-        r.category,
-        r.price
-    from ranked as r
-    left join brands as b on b.brand = r.brand
-    left join categories as c on c.category = r.category
 )
 
-select * from final order by item_idx, product_id;
+select
+    r.item_code,
+    r.item_idx,
+    k.item_key as product_id,
+    r.n_events,
+    r.n_purchases,
+    coalesce(b.brand_idx, unknown_id()) as brand_idx,
+    coalesce(c.category_idx, unknown_id()) as category_idx,
+    b.brand,
+    c.category,
+    r.price
+from ranked as r
+join item_keys as k using (item_code)
+left join brand_ids as b using (brand_code)
+left join category_pairs as p
+    on p.category_key_code is not distinct from r.category_codes.key
+    and p.category_code_code is not distinct from r.category_codes.code
+    and r.category_codes is not null
+left join categories as c on c.category = p.category;
+
+create or replace table items as
+select item_idx, product_id, n_events, n_purchases, brand_idx, category_idx, brand, category, price
+from item_ids
+order by item_idx, product_id;

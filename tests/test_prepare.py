@@ -166,39 +166,53 @@ def test_validate_types_the_valid_rows(tiny_db: duckdb.DuckDBPyConnection) -> No
     assert rows(tiny_db, "select count(*) from loaded where session_key is null") == [(4,)]
 
 
+def _text_views(con: duckdb.DuckDBPyConnection) -> None:
+    """clean and sessionized hold codes: these views add the user and item keys back."""
+    con.execute("""create or replace view clean_text as
+        select k.user_key, i.item_key, c.* from clean as c join user_keys as k using (user_code)
+        join item_keys as i using (item_code)""")
+    con.execute("""create or replace view sessionized_text as
+        select k.user_key, s.* from sessionized as s join user_keys as k on k.user_code = s.user_idx - 1""")
+
+
 def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.DuckDBPyConnection) -> None:
+    _text_views(tiny_db)
     # 19 valid rows, one exact duplicate (the cart of line 5) left out
-    assert rows(tiny_db, "select count(*) from clean") == [(18,)]
-    assert rows(tiny_db, "select user_key, item_key, event_at from clean where event_type_id = 2") == [
+    assert rows(tiny_db, "select count(*) from clean_text") == [(18,)]
+    assert rows(tiny_db, "select user_key, item_key, event_at from clean_text where event_type_id = 2") == [
         ("100", "1001", datetime(2019, 10, 1, 10, 2)),
     ]
-    assert rows(tiny_db, "select user_key, item_key, event_at from clean where is_repeat_view") == [
+    assert rows(tiny_db, "select user_key, item_key, event_at from clean_text where is_repeat_view") == [
         ("100", "1001", datetime(2019, 10, 1, 10, 1)),
     ]
     # not collapsed: the same item again after another item (user 300), or 21 hours later (user 400),
     # and a user's first event with no user_session (user 200)
-    assert rows(tiny_db, "select count(*) from clean where user_key = '300' and item_key = '1003' and event_type_id = 1") == [(2,)]
-    assert rows(tiny_db, "select count(*) from clean where user_key = '400' and not is_repeat_view") == [(2,)]
-    assert rows(tiny_db, "select event_at from clean where user_key = '200' and is_user_start") == [
+    assert rows(tiny_db, "select count(*) from clean_text where user_key = '300' and item_key = '1003' and event_type_id = 1") == [(2,)]
+    assert rows(tiny_db, "select count(*) from clean_text where user_key = '400' and not is_repeat_view") == [(2,)]
+    assert rows(tiny_db, "select event_at from clean_text where user_key = '200' and is_user_start") == [
         (datetime(2019, 10, 2, 9, 0),),
     ]
-    assert rows(tiny_db, "select count(*) from clean where is_repeat_view is null or is_user_start is null") == [(0,)]
+    assert rows(tiny_db, "select count(*) from clean_text where is_repeat_view is null or is_user_start is null") == [(0,)]
     # stored in the one order every later step reads: user, then time
-    assert rows(tiny_db, "select list(user_key) = list_sort(list(user_key)) from clean") == [(True,)]
+    assert rows(tiny_db, "select list(user_code) = list_sort(list(user_code)) from clean") == [(True,)]
+    # codes sort like the text they stand for
+    for table, key, code in (("user_keys", "user_key", "user_code"), ("item_keys", "item_key", "item_code")):
+        assert rows(tiny_db, f"select list({key} order by {code}) = list_sort(list({key})) from {table}") == [(True,)]
 
 
 def test_sessionize_splits_by_gap_and_session_id(tiny_db: duckdb.DuckDBPyConnection) -> None:
-    got = dict(rows(tiny_db, "select user_key, list(session_no order by seq) from sessionized group by 1"))
+    _text_views(tiny_db)
+    got = dict(rows(tiny_db, "select user_key, list(session_no order by seq) from sessionized_text group by 1"))
     assert got == {
         "100": [1, 1, 2, 3, 4, 4],  # 58 min inside s-a; s-b; s-c
         "200": [1, 1, 2, 2],  # no user_session: 10 min, then 40 min
         "300": [1, 1, 1, 1, 1],
         "400": [1, 2],  # same s-e, 21 hours apart
     }
-    assert rows(tiny_db, "select list(gap_seconds order by seq) from sessionized where user_key = '200'") == [
+    assert rows(tiny_db, "select list(gap_seconds order by seq) from sessionized_text where user_key = '200'") == [
         ([None, 600.0, 2400.0, 300.0],),
     ]
-    assert rows(tiny_db, "select list(seq order by seq) from sessionized where user_key = '100'") == [([1, 2, 3, 4, 5, 6],)]
+    assert rows(tiny_db, "select list(seq order by seq) from sessionized_text where user_key = '100'") == [([1, 2, 3, 4, 5, 6],)]
 
 
 def test_vocabularies(tiny_db: duckdb.DuckDBPyConnection) -> None:
