@@ -89,7 +89,9 @@ final as (
         event_type_id(event_name)::tinyint as event_type_id,
         item_key,
         user_key,
-        session_key,
+        -- sessions are only compared for equality (and break ties in the sort): a 64-bit hash instead
+        -- of the text, several times cheaper to store and sort
+        case when session_key is not null then hash(session_key) end as session_hash,
         category_key,
         category_code_norm as category_code,
         brand_norm as brand,
@@ -114,7 +116,7 @@ create or replace table staged (
     event_type_id tinyint,
     item_key varchar,
     user_key varchar,
-    session_key varchar,
+    session_hash ubigint,
     category_key varchar,
     category_code varchar,
     brand varchar,

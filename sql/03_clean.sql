@@ -12,7 +12,7 @@
 --   category_codes, brand_keys (the same for each text column: every distinct non-NULL value of the
 --   valid events); clean (grain: one distinct event, stored in the order above, in codes; exact
 --   duplicates are left out and counted as the difference to staged's valid events). session_hash is
---   the 64-bit hash of user_session (NULL where absent): sessions are only compared for equality and
+--   the 64-bit hash of user_session (NULL where absent; taken by the load): sessions are only compared for equality and
 --   used as a tie-breaker, and a dictionary of the millions of sessions would cost more than the sort
 --   it saves (two different sessions of one user with equal 64-bit hashes: odds of about 1 in 10^19
 --   per pair). is_user_start marks a user's first event; is_repeat_view a view that directly repeats
@@ -46,7 +46,7 @@ with valid as (
         s.event_at,
         s.event_type_id,
         i.item_code,
-        case when s.session_key is not null then hash(s.session_key) end as session_hash,
+        s.session_hash,
         ck.category_key_code,
         cc.category_code_code,
         b.brand_code,

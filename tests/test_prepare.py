@@ -163,7 +163,7 @@ def test_validate_types_the_valid_rows(tiny_db: duckdb.DuckDBPyConnection) -> No
     assert rows(tiny_db, "select category_key, category_code, brand, price from loaded where item_key = '1004'") == [
         (None, None, None, 0.0),
     ]
-    assert rows(tiny_db, "select count(*) from loaded where session_key is null") == [(4,)]
+    assert rows(tiny_db, "select count(*) from loaded where session_hash is null") == [(4,)]
 
 
 def _text_views(con: duckdb.DuckDBPyConnection) -> None:
