@@ -88,18 +88,26 @@ from category_pairs as p
 join categories as c using (category);
 
 create or replace table item_ids as
-with counts as (
+with keyed as (
+    -- one integer that orders events by time, then user and position (unique per event): the
+    -- "latest" below; several times cheaper to compare than a struct of the three
+    select
+        *,
+        (epoch_us(event_at)::hugeint << 64) + (user_idx::hugeint << 32) + seq as latest_key
+    from sessionized
+),
+
+counts as (
     select
         item_code,
         count(*) as n_events,
         count(*) filter (where event_type_id = purchase_id()) as n_purchases,
-        -- the latest event's values (arg_max skips NULLs); ties at the same time broken by user and
-        -- position (deterministic)
-        arg_max(brand_code, {'at': event_at, 'user': user_idx, 'seq': seq}) as brand_code,
-        arg_max({'key': category_key_code, 'code': category_code_code}, {'at': event_at, 'user': user_idx, 'seq': seq})
+        -- the latest event's values (arg_max skips NULLs)
+        arg_max(brand_code, latest_key) as brand_code,
+        arg_max({'key': category_key_code, 'code': category_code_code}, latest_key)
             filter (where category_key_code is not null or category_code_code is not null) as category_codes,
-        arg_max(price, {'at': event_at, 'user': user_idx, 'seq': seq}) as price
-    from sessionized
+        arg_max(price, latest_key) as price
+    from keyed
     group by item_code
 ),
 

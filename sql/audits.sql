@@ -3,7 +3,12 @@
 -- loading are checked by data/sequences.py and the tests.)
 
 -- name: events_unique_key
-select user_idx, seq, count(*) as n from events group by user_idx, seq having count(*) > 1;
+-- each event's (user_idx, seq) is greater than the one stored before it: the key is unique and the
+-- table is in the order the loader reads (one streaming pass instead of a group by)
+select user_idx, seq from (
+    select user_idx, seq, lag({user_idx: user_idx, seq: seq}) over () as prev from events
+)
+where prev is not null and prev >= {user_idx: user_idx, seq: seq};
 
 -- name: events_ids_in_range
 select e.* from events as e

@@ -416,6 +416,10 @@ def test_audits_catch_broken_data(synth_prepared: prep.PrepareSummary) -> None:
     con.execute("create or replace table events as select * from read_parquet(?) union all "
                 "(select * from read_parquet(?) limit 1)", [str(synth_prepared.out / "events.parquet")] * 2)
     assert con.execute(audits["events_unique_key"]).fetchall()
+    # no duplicate, but out of the (user_idx, seq) order the loader reads
+    con.execute("create or replace table events as select * from read_parquet(?) order by user_idx, seq desc",
+                [str(synth_prepared.out / "events.parquet")])
+    assert con.execute(audits["events_unique_key"]).fetchall()
     con.execute("create or replace table truth as select * replace (first_purchase_at - interval 100 day as first_purchase_at) "
                 "from read_parquet(?)", [str(synth_prepared.out / "truth.parquet")])
     assert con.execute(audits["truth_inside_window"]).fetchall()
