@@ -2,7 +2,8 @@
 -- over clean's stored order (user, then time): no sort, and only fixed-width codes in the window
 -- rows. A session is the raw user_session where present, split further (and created where missing)
 -- by an inactivity gap. Window sums run over all users at once; a user's own count is the running
--- total minus its value before the user's first event.
+-- total minus its value before the user's first event. Running counts are count(*) filter (...): a
+-- BIGINT, where sum() of integers would be a HUGEINT, twice as wide and slower in every later pass.
 -- inputs: clean (collapsed repeat views left out).
 -- outputs: sessionized (grain: one event; key user_idx, seq; in clean's order; text columns still as
 --   the codes of clean) with user_idx (users numbered in user_key order from first_id()), seq
@@ -23,9 +24,9 @@ running as (
         lag({event_at: event_at, session_hash: session_hash}) over () as prev,
         lead({user_code: user_code, item_code: item_code, event_at: event_at}) over () as next,
         count(*) over (rows between unbounded preceding and current row) as event_no,
-        sum((event_type_id = purchase_id())::integer) over (rows between unbounded preceding and current row)
+        count(*) filter (where event_type_id = purchase_id()) over (rows between unbounded preceding and current row)
             as purchase_no,
-        sum((event_type_id = cart_id())::integer) over (rows between unbounded preceding and current row)
+        count(*) filter (where event_type_id = cart_id()) over (rows between unbounded preceding and current row)
             as cart_no
     from kept
 ),
@@ -45,7 +46,7 @@ flagged as (
 sessions as (
     select
         *,
-        sum(is_session_start::integer) over (rows between unbounded preceding and current row) as session_total,
+        count(*) filter (where is_session_start) over (rows between unbounded preceding and current row) as session_total,
         max(case when is_user_start then event_no - 1 end) over (rows between unbounded preceding and current row)
             as events_before_user
     from flagged
