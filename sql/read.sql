@@ -3,17 +3,10 @@
 
 -- name: sequence_events
 -- every event as one token, in the stored (user_idx, seq) order: the sequence store that training
--- chunks and window inputs are cut from when loading (data/sequences.py). A missing next event,
--- purchase or cart reads as item pad_id() at time `never`, after every cutoff.
+-- chunks, their targets and window inputs are cut from when loading (data/sequences.py)
 select
     user_idx, seq, epoch_us(event_at) as at_us,
-    item_idx, brand_idx, category_idx, event_type_id, price_bucket, hour_id, weekday_id, gap_bucket, ts,
-    coalesce(next_item_idx, pad_id()) as next_item_idx,
-    coalesce(next_ts, getvariable('never')) as next_ts,
-    coalesce(next_purchase_item_idx, pad_id()) as next_purchase_item_idx,
-    coalesce(next_purchase_ts, getvariable('never')) as next_purchase_ts,
-    coalesce(next_cart_item_idx, pad_id()) as next_cart_item_idx,
-    coalesce(next_cart_ts, getvariable('never')) as next_cart_ts
+    item_idx, brand_idx, category_idx, event_type_id, price_bucket, hour_id, weekday_id, gap_bucket, ts
 from read_parquet(getvariable('path'));
 
 -- name: split_truth

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 from conftest import (
@@ -39,9 +40,11 @@ from conftest import (
 from purchasepred.config import PrepareConfig
 from purchasepred.data import prepare as prep
 from purchasepred.data.prepare import LOAD_PARQUET, QUERY_FILES, STEPS, named_queries, prepare
+from purchasepred.data.sequences import NEVER
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import DatasetError
+from purchasepred.features import PAD
 from purchasepred.resources import define_ids, sql_dir
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rees46_multicat"
@@ -263,18 +266,26 @@ def test_encode_events(tiny_db: duckdb.DuckDBPyConnection) -> None:
         from events order by user_idx, seq""")
     assert got == EVENTS_GOLDEN
     assert rows(tiny_db, "select ts, product_id from events where user_idx = 2 and seq = 1") == [(1569924000, "1001")]
-    # training targets carried by each event: next event, next purchase, next cart (item, time)
-    assert rows(tiny_db, """
-        select seq, next_item_idx, next_purchase_item_idx, next_purchase_ts, next_cart_item_idx
-        from events where user_idx = 2 order by seq""") == [
-        (1, 3, 4, 1570107600, 3),
-        (2, 4, 4, 1570107600, None),
-        (3, 4, 4, 1570107600, None),
-        (4, 3, 3, 1570273500, None),
-        (5, 3, 3, 1570273500, None),
-        (6, None, None, None, None),
-    ]
+
     assert rows(tiny_db, "select sum(session_no::integer = session_no) from events") == [(17,)]
+
+
+def test_loader_finds_each_events_next_event_purchase_and_cart(tiny_prepared: prep.PrepareSummary) -> None:
+    """The training targets' sources (next event, next purchase, next cart: item and time), found when
+    loading from the events rows (PAD at NEVER where there is none)."""
+    ev = PreparedData(tiny_prepared.out)._events
+    rows_ = np.flatnonzero(ev["user_idx"] == 2)
+    got = list(zip(ev["seq"][rows_].tolist(), ev["next_item_idx"][rows_].tolist(), ev["next_purchase_item_idx"][rows_].tolist(),
+                   ev["next_purchase_ts"][rows_].tolist(), ev["next_cart_item_idx"][rows_].tolist()))
+    assert got == [
+        (1, 3, 4, 1570107600, 3),
+        (2, 4, 4, 1570107600, PAD),
+        (3, 4, 4, 1570107600, PAD),
+        (4, 3, 3, 1570273500, PAD),
+        (5, 3, 3, 1570273500, PAD),
+        (6, PAD, PAD, NEVER, PAD),
+    ]
+    assert ev["next_ts"][rows_[-1]] == NEVER
 
 
 def test_split_windows_and_truth(tiny_prepared: prep.PrepareSummary, tiny_db: duckdb.DuckDBPyConnection) -> None:

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from purchasepred.data import prepare as prep
-from purchasepred.data.sequences import NEVER, check_sorted, chunk_index, gather, targets, users_before, window_index
+from purchasepred.data.sequences import (
+    NEVER, check_sorted, chunk_index, gather, next_events, targets, users_before, window_index,
+)
 from purchasepred.data.tensors import SPLITS, PreparedData
 from purchasepred.errors import DatasetError
-from purchasepred.features import PAD
+from purchasepred.features import CART, PAD, PURCHASE, VIEW
 
 # three users: 7 has 5 events (t = 10..14), 8 has 1 (t = 20), 9 has 2 (t = 30, 31)
 USER = np.array([7, 7, 7, 7, 7, 8, 9, 9])
@@ -54,6 +56,24 @@ def test_targets_stop_at_the_cutoff_and_the_horizon() -> None:
     assert t["next_target"].tolist() == [4, 5, PAD]
     assert t["purchase_target"].tolist() == [PAD, 9, PAD]
     assert t["cart_target"].tolist() == [3, PAD, PAD]
+
+
+def test_next_events_stay_within_the_user() -> None:
+    """Each row's next event, next purchase and next cart of the same user (a purchase's next purchase
+    is the one after it), PAD at NEVER where the user has none."""
+    user = np.array([7, 7, 7, 7, 8, 8, 9])
+    item = np.array([10, 11, 12, 13, 20, 21, 30])
+    ts = np.array([1, 2, 3, 4, 5, 6, 7])
+    kind = np.array([VIEW, PURCHASE, CART, PURCHASE, VIEW, CART, PURCHASE])
+    got = next_events(user, item, ts, kind)
+    assert got["next_item_idx"].tolist() == [11, 12, 13, PAD, 21, PAD, PAD]
+    assert got["next_ts"].tolist() == [2, 3, 4, NEVER, 6, NEVER, NEVER]
+    # user 7's purchases are rows 1 and 3; user 9's purchase (row 6) is not user 8's next purchase
+    assert got["next_purchase_item_idx"].tolist() == [11, 13, 13, PAD, PAD, PAD, PAD]
+    assert got["next_purchase_ts"].tolist() == [2, 4, 4, NEVER, NEVER, NEVER, NEVER]
+    assert got["next_cart_item_idx"].tolist() == [12, 12, PAD, PAD, 21, PAD, PAD]
+    empty = next_events(*(np.zeros(0, dtype=np.int64),) * 4)
+    assert all(v.shape == (0,) for v in empty.values())
 
 
 def test_check_sorted_names_what_is_wrong() -> None:

@@ -39,7 +39,9 @@ from purchasepred.fileio import sha256_file, to_json
 
 # 2: no sequences / train_sequences tables. The events table, in (user_idx, seq) order, is the sequence
 # store; the loader cuts window inputs and training chunks (for any cutoff) from it (data/sequences.py).
-SCHEMA_VERSION = 2
+# 3: events has no next_* columns (next event, purchase and cart): the loader finds them from the
+# rows (data/sequences.next_events), which costs less than prepare's joins, sort and storage.
+SCHEMA_VERSION = 3
 # manifest keys that measure a run rather than define the dataset: left out of content_hash
 RUN_KEYS = ("duration_s", "created_at", "content_hash", "steps", "memory_limit", "spill_bytes")
 

@@ -9,6 +9,8 @@ module cuts the slices, for any cutoff, with index arithmetic (no Python loop ov
   ``max_len`` of them, left-padded with -1;
 * :func:`chunk_index`: every event before the cutoff, cut into chunks of ``max_len`` from the most
   recent one back (chunk 0 is the most recent), left-padded with -1;
+* :func:`next_events`: per event, the same user's next event, next purchase and next cart (item and
+  time), found once when loading (prepare stores no copy of them);
 * :func:`targets`: per event, the training targets (next item, next purchase, next cart) that fall
   before the cutoff;
 * :func:`gather`: a column at those row numbers, ``PAD`` where the index is -1.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from purchasepred.features import PAD
+from purchasepred.features import CART, PAD, PURCHASE
 
 # a "never" time for events without a next event / purchase / cart: compares as after every cutoff
 NEVER = np.iinfo(np.int64).max
@@ -79,6 +81,30 @@ def chunk_index(users: Users, max_len: int) -> tuple[np.ndarray, np.ndarray, np.
     index = end[:, None] - max_len + np.arange(max_len)[None, :]
     first = np.repeat(users.first_row, n_chunks)
     return chunk_user, chunk_no, np.where(index >= first[:, None], index, -1)
+
+
+def next_events(user_idx: np.ndarray, item_idx: np.ndarray, ts: np.ndarray, event_type_id: np.ndarray) -> dict[str, np.ndarray]:
+    """Per event (rows in user, position order), the same user's next event, next purchase and next
+    cart after it: ``next_item_idx`` / ``next_ts``, ``next_purchase_item_idx`` / ``next_purchase_ts``,
+    ``next_cart_item_idx`` / ``next_cart_ts``; PAD at time NEVER where there is none. A purchase's own
+    next purchase is the one after it."""
+    n = len(user_idx)
+    rows = np.arange(n, dtype=np.int64)
+    out: dict[str, np.ndarray] = {}
+    found = [("next", rows + 1)]
+    for name, type_id in (("next_purchase", PURCHASE), ("next_cart", CART)):
+        at = np.flatnonzero(event_type_id == type_id)
+        # the first row of that type after each row (n where there is none)
+        after = np.searchsorted(at, rows, side="right")
+        found.append((name, np.append(at, n)[after]))
+    for name, row in found:
+        ok = row < n
+        safe = np.where(ok, row, 0)
+        if n:
+            ok &= user_idx[safe] == user_idx
+        out[f"{name}_item_idx"] = np.where(ok, item_idx[safe] if n else PAD, PAD).astype(np.int64)
+        out[f"{name}_ts"] = np.where(ok, ts[safe] if n else NEVER, NEVER).astype(np.int64)
+    return out
 
 
 def targets(events: dict[str, np.ndarray], start_ts: int, eval_seconds: float) -> dict[str, np.ndarray]:
