@@ -1,13 +1,21 @@
 -- stats: named queries whose single row goes into manifest.json and the prepare summary.
 
--- name: counts
+-- name: counts_input
+-- taken after clean, before staged is dropped
 select
     (select count(*) from staged) + (select count(*) from raw_rejects) as rows_read,
     (select count(*) from rejects) as rows_rejected,
     (select count(*) from staged where reject_reason = 'ignored') as rows_ignored,
-    (select count(*) from staged where reject_reason is null) - (select count(*) from clean) as rows_duplicate,
+    (select count(*) from staged where reject_reason is null) as rows_valid;
+
+-- name: counts_clean
+-- taken after sessionize, before clean is dropped
+select
     (select count(*) from clean) as rows_kept,
-    (select count(*) from clean where is_repeat_view) as rows_collapsed,
+    (select count(*) from clean where is_repeat_view) as rows_collapsed;
+
+-- name: counts
+select
     (select count(*) from events) as n_events,
     (select count(*) from users) as n_users,
     (select count(*) from items) as n_raw_items,
@@ -22,6 +30,7 @@ select
 select reason, count(*) as n from rejects group by reason order by n desc, reason;
 
 -- name: ignored_by_value
+-- taken after clean, before staged is dropped
 select ignored_value as value, count(*) as n from staged where reject_reason = 'ignored' group by 1 order by n desc, 1;
 
 -- name: events_by_type

@@ -60,6 +60,10 @@ LOAD_PARQUET = "01_load_parquet.sql"
 QUERY_FILES = ("audits.sql", "stats.sql", "windows.sql")
 
 OUTPUT_TABLES = ("events", "users", "items", "brands", "categories", "windows", "truth", "rejects")
+# Intermediate tables that no step after the named one reads: dropped when it is done (the manifest's
+# counts of them taken first), so that the sorts and joins after it have the memory, and the spill
+# folder, to themselves. A table in OUTPUT_TABLES is kept (the golden tests write the intermediate ones).
+DONE_WITH = {"clean": ("staged",), "sessionize": ("clean",), "encode": ("sessionized", "user_keys", "item_keys")}
 
 
 
@@ -269,6 +273,8 @@ def _run(
 
         sql = {name: (sql_dir() / name).read_text() for _, name in STEPS}
         sql[LOAD_PARQUET] = (sql_dir() / LOAD_PARQUET).read_text()
+        stats = named_queries("stats.sql")
+        before_drop: dict[str, Any] = {}
         for name, filename in STEPS:
             t = time.perf_counter()
             if name == "load":
@@ -294,6 +300,14 @@ def _run(
             times.record(name, time.perf_counter() - t, _step_rows(con, name), con)
             if name == "validate":
                 _check_some_valid(con, paths)
+            if name == "clean":
+                before_drop.update(_rows(con, stats["counts_input"])[0])
+                before_drop["ignored_by_value"] = {r["value"]: int(r["n"]) for r in _rows(con, stats["ignored_by_value"])}
+            if name == "sessionize":
+                before_drop.update(_rows(con, stats["counts_clean"])[0])
+            for table in DONE_WITH.get(name, ()):
+                if table not in OUTPUT_TABLES:
+                    con.execute(f"drop table {table}")  # names from DONE_WITH above, not input
 
         step("audits")
         t = time.perf_counter()
@@ -309,7 +323,7 @@ def _run(
             # row groups of ~64 MB: the writer buffers one per thread, and list columns are wide
             con.table(table).write_parquet(str(tmp / f"{table}.parquet"), compression="snappy", row_group_size_bytes="64MB")
         times.record("write tables", time.perf_counter() - t, len(OUTPUT_TABLES), con)
-        manifest = _manifest(con, files, cfg, choice)
+        manifest = _manifest(con, files, cfg, choice, before_drop)
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
@@ -402,12 +416,17 @@ def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None
     )
 
 
-def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: PrepareConfig, choice: Choice) -> dict[str, Any]:
+def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: PrepareConfig, choice: Choice,
+              before_drop: dict[str, Any]) -> dict[str, Any]:
+    """``before_drop``: the counts of the intermediate tables, taken before they were dropped."""
     q = named_queries("stats.sql")
-    counts = _rows(con, q["counts"])[0]
+    kept = {k: int(before_drop[k]) for k in ("rows_read", "rows_rejected", "rows_ignored")}
+    kept["rows_duplicate"] = int(before_drop["rows_valid"]) - int(before_drop["rows_kept"])
+    kept.update({k: int(before_drop[k]) for k in ("rows_kept", "rows_collapsed")})
+    counts = {**kept, **_rows(con, q["counts"])[0]}
     rejects = {r["reason"]: int(r["n"]) for r in _rows(con, q["rejects_by_reason"])}
     by_type = {r["event_type"]: int(r["n"]) for r in _rows(con, q["events_by_type"])}
-    ignored = {r["value"]: int(r["n"]) for r in _rows(con, q["ignored_by_value"])}
+    ignored = before_drop["ignored_by_value"]
     windows = {r.pop("split"): r for r in _rows(con, q["windows"])}
     n_purchase = by_type.get("purchase", 0)
     manifest: dict[str, Any] = {
