@@ -40,7 +40,7 @@ from conftest import (
 from purchasepred.config import PrepareConfig
 from purchasepred.data import prepare as prep
 from purchasepred.data.prepare import LOAD_PARQUET, QUERY_FILES, STEPS, named_queries, prepare
-from purchasepred.data.sequences import NEVER
+from purchasepred.data.sequences import NEVER, follow
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import DatasetError
@@ -275,8 +275,12 @@ def test_loader_finds_each_events_next_event_purchase_and_cart(tiny_prepared: pr
     loading from the events rows (PAD at NEVER where there is none)."""
     ev = PreparedData(tiny_prepared.out)._events
     rows_ = np.flatnonzero(ev["user_idx"] == 2)
-    got = list(zip(ev["seq"][rows_].tolist(), ev["next_item_idx"][rows_].tolist(), ev["next_purchase_item_idx"][rows_].tolist(),
-                   ev["next_purchase_ts"][rows_].tolist(), ev["next_cart_item_idx"][rows_].tolist()))
+
+    def at(rows: str, column: str, missing: int) -> list[int]:
+        return follow(ev[rows][rows_], ev[column], missing).tolist()
+
+    got = list(zip(ev["seq"][rows_].tolist(), at("next_row", "item_idx", PAD), at("next_purchase_row", "item_idx", PAD),
+                   at("next_purchase_row", "ts", NEVER), at("next_cart_row", "item_idx", PAD)))
     assert got == [
         (1, 3, 4, 1570107600, 3),
         (2, 4, 4, 1570107600, PAD),
@@ -285,7 +289,7 @@ def test_loader_finds_each_events_next_event_purchase_and_cart(tiny_prepared: pr
         (5, 3, 3, 1570273500, PAD),
         (6, PAD, PAD, NEVER, PAD),
     ]
-    assert ev["next_ts"][rows_[-1]] == NEVER
+    assert at("next_row", "ts", NEVER)[-1] == NEVER
 
 
 def test_split_windows_and_truth(tiny_prepared: prep.PrepareSummary, tiny_db: duckdb.DuckDBPyConnection) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from purchasepred.data import prepare as prep
 from purchasepred.data.sequences import (
-    NEVER, check_sorted, chunk_index, gather, next_events, targets, users_before, window_index,
+    NEVER, check_sorted, chunk_index, follow, gather, next_rows, targets, users_before, window_index,
 )
 from purchasepred.data.tensors import SPLITS, PreparedData
 from purchasepred.errors import DatasetError
@@ -42,38 +42,39 @@ def test_chunks_run_back_from_the_most_recent_event() -> None:
 
 
 def test_targets_stop_at_the_cutoff_and_the_horizon() -> None:
+    # one user: a view of item 3 at 0, a cart of item 4 at 5, a purchase of item 9 at 100
     events = {
-        "ts": np.array([0, 5, 100]),
-        "next_item_idx": np.array([4, 5, PAD]), "next_ts": np.array([5, 100, NEVER]),
-        "next_purchase_item_idx": np.array([9, 9, PAD]), "next_purchase_ts": np.array([100, 100, NEVER]),
-        "next_cart_item_idx": np.array([3, PAD, PAD]), "next_cart_ts": np.array([5, NEVER, NEVER]),
+        "ts": np.array([0, 5, 100]), "item_idx": np.array([3, 4, 9]),
+        "next_row": np.array([1, 2, -1]), "next_purchase_row": np.array([2, 2, -1]),
+        "next_cart_row": np.array([1, -1, -1]),
     }
     t = targets(events, start_ts=100, eval_seconds=1000.0)
     # the next event at 100 is at the cutoff: no target; the purchase at 100 as well
     assert t["next_target"].tolist() == [4, PAD, PAD]
     assert t["purchase_target"].tolist() == [PAD, PAD, PAD]
+    assert t["cart_target"].tolist() == [4, PAD, PAD]
     t = targets(events, start_ts=101, eval_seconds=96.0)  # the purchase is 100 s after event 0, 95 s after event 1
-    assert t["next_target"].tolist() == [4, 5, PAD]
+    assert t["next_target"].tolist() == [4, 9, PAD]
     assert t["purchase_target"].tolist() == [PAD, 9, PAD]
-    assert t["cart_target"].tolist() == [3, PAD, PAD]
+    assert t["cart_target"].tolist() == [4, PAD, PAD]
 
 
-def test_next_events_stay_within_the_user() -> None:
+def test_next_rows_stay_within_the_user() -> None:
     """Each row's next event, next purchase and next cart of the same user (a purchase's next purchase
-    is the one after it), PAD at NEVER where the user has none."""
+    is the one after it), -1 where the user has none; follow() reads a column through them."""
     user = np.array([7, 7, 7, 7, 8, 8, 9])
     item = np.array([10, 11, 12, 13, 20, 21, 30])
-    ts = np.array([1, 2, 3, 4, 5, 6, 7])
     kind = np.array([VIEW, PURCHASE, CART, PURCHASE, VIEW, CART, PURCHASE])
-    got = next_events(user, item, ts, kind)
-    assert got["next_item_idx"].tolist() == [11, 12, 13, PAD, 21, PAD, PAD]
-    assert got["next_ts"].tolist() == [2, 3, 4, NEVER, 6, NEVER, NEVER]
+    got = next_rows(user, kind)
+    assert got["next_row"].tolist() == [1, 2, 3, -1, 5, -1, -1]
     # user 7's purchases are rows 1 and 3; user 9's purchase (row 6) is not user 8's next purchase
-    assert got["next_purchase_item_idx"].tolist() == [11, 13, 13, PAD, PAD, PAD, PAD]
-    assert got["next_purchase_ts"].tolist() == [2, 4, 4, NEVER, NEVER, NEVER, NEVER]
-    assert got["next_cart_item_idx"].tolist() == [12, 12, PAD, PAD, 21, PAD, PAD]
-    empty = next_events(*(np.zeros(0, dtype=np.int64),) * 4)
+    assert got["next_purchase_row"].tolist() == [1, 3, 3, -1, -1, -1, -1]
+    assert got["next_cart_row"].tolist() == [2, 2, -1, -1, 5, -1, -1]
+    assert got["next_row"].dtype == np.int32
+    assert follow(got["next_purchase_row"], item, PAD).tolist() == [11, 13, 13, PAD, PAD, PAD, PAD]
+    empty = next_rows(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     assert all(v.shape == (0,) for v in empty.values())
+    assert follow(np.array([-1]), np.zeros(0, dtype=np.int64), NEVER).tolist() == [NEVER]
 
 
 def test_check_sorted_names_what_is_wrong() -> None:

@@ -64,6 +64,7 @@ OUTPUT_TABLES = ("events", "users", "items", "brands", "categories", "windows", 
 # counts of them taken first), so that the sorts and joins after it have the memory, and the spill
 # folder, to themselves. A table in OUTPUT_TABLES is kept (the golden tests write the intermediate ones).
 DONE_WITH = {"clean": ("staged",), "sessionize": ("clean",), "encode": ("sessionized", "user_keys", "item_keys")}
+DROP = {table: f"drop table {table}" for tables in DONE_WITH.values() for table in tables}  # our names, not input
 
 
 
@@ -307,7 +308,7 @@ def _run(
                 before_drop.update(_rows(con, stats["counts_clean"])[0])
             for table in DONE_WITH.get(name, ()):
                 if table not in OUTPUT_TABLES:
-                    con.execute(f"drop table {table}")  # names from DONE_WITH above, not input
+                    con.execute(DROP[table])
 
         step("audits")
         t = time.perf_counter()

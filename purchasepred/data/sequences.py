@@ -9,8 +9,8 @@ module cuts the slices, for any cutoff, with index arithmetic (no Python loop ov
   ``max_len`` of them, left-padded with -1;
 * :func:`chunk_index`: every event before the cutoff, cut into chunks of ``max_len`` from the most
   recent one back (chunk 0 is the most recent), left-padded with -1;
-* :func:`next_events`: per event, the same user's next event, next purchase and next cart (item and
-  time), found once when loading (prepare stores no copy of them);
+* :func:`next_rows`: per event, the row of the same user's next event, next purchase and next cart,
+  found once when loading (prepare stores no copy of them);
 * :func:`targets`: per event, the training targets (next item, next purchase, next cart) that fall
   before the cutoff;
 * :func:`gather`: a column at those row numbers, ``PAD`` where the index is -1.
@@ -83,43 +83,52 @@ def chunk_index(users: Users, max_len: int) -> tuple[np.ndarray, np.ndarray, np.
     return chunk_user, chunk_no, np.where(index >= first[:, None], index, -1)
 
 
-def next_events(user_idx: np.ndarray, item_idx: np.ndarray, ts: np.ndarray, event_type_id: np.ndarray) -> dict[str, np.ndarray]:
-    """Per event (rows in user, position order), the same user's next event, next purchase and next
-    cart after it: ``next_item_idx`` / ``next_ts``, ``next_purchase_item_idx`` / ``next_purchase_ts``,
-    ``next_cart_item_idx`` / ``next_cart_ts``; PAD at time NEVER where there is none. A purchase's own
-    next purchase is the one after it."""
+def next_rows(user_idx: np.ndarray, event_type_id: np.ndarray) -> dict[str, np.ndarray]:
+    """Per event (rows in user, position order), the row of the same user's next event, next purchase
+    and next cart after it, -1 where there is none: ``next_row``, ``next_purchase_row``,
+    ``next_cart_row`` (a purchase's own next purchase is the one after it). Row numbers rather than
+    copies of items and times: 4 bytes per event each below 2**31 rows, where six int64 columns of
+    items and times took 48."""
     n = len(user_idx)
+    dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64
     rows = np.arange(n, dtype=np.int64)
-    out: dict[str, np.ndarray] = {}
-    found = [("next", rows + 1)]
-    for name, type_id in (("next_purchase", PURCHASE), ("next_cart", CART)):
+    found = {"next_row": rows + 1}
+    for name, type_id in (("next_purchase_row", PURCHASE), ("next_cart_row", CART)):
         at = np.flatnonzero(event_type_id == type_id)
         # the first row of that type after each row (n where there is none)
-        after = np.searchsorted(at, rows, side="right")
-        found.append((name, np.append(at, n)[after]))
-    for name, row in found:
+        found[name] = np.append(at, n)[np.searchsorted(at, rows, side="right")]
+    out: dict[str, np.ndarray] = {}
+    for name, row in found.items():
         ok = row < n
-        safe = np.where(ok, row, 0)
         if n:
-            ok &= user_idx[safe] == user_idx
-        out[f"{name}_item_idx"] = np.where(ok, item_idx[safe] if n else PAD, PAD).astype(np.int64)
-        out[f"{name}_ts"] = np.where(ok, ts[safe] if n else NEVER, NEVER).astype(np.int64)
+            ok &= user_idx[np.where(ok, row, 0)] == user_idx
+        out[name] = np.where(ok, row, -1).astype(dtype)
     return out
+
+
+def follow(rows: np.ndarray, column: np.ndarray, missing: int) -> np.ndarray:
+    """``column`` at ``rows``, ``missing`` where the row is -1."""
+    if column.size == 0:
+        return np.full(rows.shape, missing, dtype=np.int64)
+    return np.where(rows >= 0, column[np.maximum(rows, 0)], missing)
 
 
 def targets(events: dict[str, np.ndarray], start_ts: int, eval_seconds: float) -> dict[str, np.ndarray]:
     """Per event, what training predicts after it, PAD where there is none before ``start_ts``:
     next_target (the next event's item), purchase_target and cart_target (the user's next purchase /
-    cart, if within ``eval_seconds`` of the event)."""
-    ts = events["ts"]
+    cart, if within ``eval_seconds`` of the event). ``events`` holds item_idx, ts and the rows of
+    :func:`next_rows`."""
+    ts, item = events["ts"], events["item_idx"]
 
-    def within(item: np.ndarray, at: np.ndarray) -> np.ndarray:
-        return np.where((at < start_ts) & (at - ts <= eval_seconds), item, PAD)
+    def within(rows: np.ndarray) -> np.ndarray:
+        at = follow(rows, ts, NEVER)
+        return np.where((at < start_ts) & (at - ts <= eval_seconds), follow(rows, item, PAD), PAD)
 
+    next_at = follow(events["next_row"], ts, NEVER)
     return {
-        "next_target": np.where(events["next_ts"] < start_ts, events["next_item_idx"], PAD),
-        "purchase_target": within(events["next_purchase_item_idx"], events["next_purchase_ts"]),
-        "cart_target": within(events["next_cart_item_idx"], events["next_cart_ts"]),
+        "next_target": np.where(next_at < start_ts, follow(events["next_row"], item, PAD), PAD),
+        "purchase_target": within(events["next_purchase_row"]),
+        "cart_target": within(events["next_cart_row"]),
     }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest
-from purchasepred.data.sequences import check_sorted, chunk_index, gather, next_events, targets, users_before, window_index
+from purchasepred.data.sequences import check_sorted, chunk_index, gather, next_rows, targets, users_before, window_index
 from purchasepred.resources import define_ids, named_queries
 from purchasepred.errors import DatasetError
 from purchasepred.features import FEATURES, FIRST_ID, PAD, Vocab
@@ -108,13 +108,13 @@ class PreparedData:
 
     @cached_property
     def _events(self) -> dict[str, np.ndarray]:
-        """The events table as token columns in (user, position) order, read once, with each event's
-        next event, purchase and cart (the training targets' sources)."""
+        """The events table as token columns in (user, position) order, read once, with the rows of
+        each event's next event, purchase and cart (the training targets' sources)."""
         events = self._fetch("sequence_events", "events")
         why = check_sorted(events["user_idx"], events["seq"], events["at_us"])
         if why:
             raise DatasetError(f"{self.path}/events.parquet: {why}; prepare the dataset again")
-        events.update(next_events(events["user_idx"], events["item_idx"], events["ts"], events["event_type_id"]))
+        events.update(next_rows(events["user_idx"], events["event_type_id"]))
         return events
 
     def _window(self, name: str) -> dict[str, np.ndarray]:
