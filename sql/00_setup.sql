@@ -89,9 +89,10 @@ final as (
         event_type_id(event_name)::tinyint as event_type_id,
         item_key,
         user_key,
-        -- sessions are only compared for equality (and break ties in the sort): a 64-bit hash instead
-        -- of the text, several times cheaper to store and sort
-        case when session_key is not null then hash(session_key) end as session_hash,
+        -- sessions are only compared for equality (and break ties in the sort): the 128-bit md5 of
+        -- the text instead of the text, cheaper to store and sort; md5 is a fixed function, so the
+        -- order of tied events is the same on every DuckDB version and platform (hash() is not)
+        case when session_key is not null then md5_number(session_key) end as session_hash,
         category_key,
         category_code_norm as category_code,
         brand_norm as brand,
@@ -116,7 +117,7 @@ create or replace table staged (
     event_type_id tinyint,
     item_key varchar,
     user_key varchar,
-    session_hash ubigint,
+    session_hash uhugeint,
     category_key varchar,
     category_code varchar,
     brand varchar,

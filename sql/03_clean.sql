@@ -1,23 +1,25 @@
 -- clean: the one sort of prepare, on integer codes. Text keys are replaced first by dense codes in
--- their own sort order (so that sorting by a code sorts by the text it stands for) and the events are
--- then sorted by fixed-width keys: several times cheaper than sorting, comparing and carrying the
--- text through every later step. Each user's events are put in a total order (time, then every other
--- column, so that the result does not depend on file order or thread count); exact duplicates, which
--- that order puts next to each other, removed; consecutive repeats of the same view flagged. Later
--- steps read this table in its stored order (streaming window passes, no further sort of the events
--- until the final order by their integer ids) and turn codes back into text only in the small
--- vocabulary tables and the events' product_id.
+-- their own sort order (sorting by a code sorts by the text it stands for; user_session is the
+-- exception, below), then the events are sorted by fixed-width keys: several times cheaper than
+-- sorting, comparing and carrying the text through every later step. Each user's events are put in a
+-- total order (time, then every other column, so that the result does not depend on file order or
+-- thread count); exact duplicates, which that order puts next to each other, removed; consecutive
+-- repeats of the same view flagged. Later steps read this table in its stored order (streaming
+-- window passes, no further sort of the events until the final order by their integer ids) and turn
+-- codes back into text only in the small vocabulary tables and the events' product_id.
 -- inputs: staged (its valid events: reject_reason is NULL).
 -- outputs: user_keys (user_key -> user_code, 1.. in user_key order), item_keys, category_keys,
 --   category_codes, brand_keys (the same for each text column: every distinct non-NULL value of the
 --   valid events); clean (grain: one distinct event, stored in the order above, in codes; exact
 --   duplicates are left out and counted as the difference to staged's valid events). session_hash is
---   the 64-bit hash of user_session (NULL where absent; taken by the load): sessions are only compared for equality and
---   used as a tie-breaker, and a dictionary of the millions of sessions would cost more than the sort
---   it saves (two different sessions of one user with equal 64-bit hashes: odds of about 1 in 10^19
---   per pair). is_user_start marks a user's first event; is_repeat_view a view that directly repeats
---   the user's previous event, a view of the same item in the same session within the gap
---   (collapsed: counted, then left out of sessionized).
+--   the 128-bit md5 of user_session (NULL where absent; taken by the load): sessions are only
+--   compared for equality and used as the last tie-breakers, and a dictionary of the millions of
+--   sessions would cost more than the sort it saves. Events of one user at the same time, of the same
+--   type and item, in different sessions are therefore ordered by their sessions' md5, not by the
+--   sessions' text: a fixed order that depends only on the values (not on file order, threads or
+--   DuckDB's version). is_user_start marks a user's first event; is_repeat_view a view that
+--   directly repeats the user's previous event, a view of the same item in the same session within
+--   the gap (collapsed: counted, then left out of sessionized).
 -- parameters: session_gap_seconds.
 create or replace table user_keys as
 select user_key, (row_number() over (order by user_key))::integer as user_code

@@ -652,6 +652,31 @@ def test_competition_schema_parquet_and_synth(tmp_path: Path) -> None:
     assert res.manifest["n_categories"] >= 1
 
 
+def test_ties_across_sessions_follow_the_values_not_the_file(tmp_path: Path) -> None:
+    """One user's views of one item at the same second in sessions a and b, then a view of it in a 10 s
+    later: the tie is broken by the sessions' md5 (a fixed function of the value), so the result is
+    the same whatever the file order, and a repeat view is collapsed only when it follows its own
+    session's view."""
+    header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+    lines = [
+        "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,1.0,u1,a\n",
+        "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,1.0,u1,b\n",
+        "2020-01-01 10:00:10 UTC,view,1,10,a.b,x,1.0,u1,a\n",
+        "2020-01-03 10:02:00 UTC,purchase,2,11,,y,2.0,u2,s2\n",
+    ]
+    got = []
+    for i, order in enumerate((lines, lines[::-1], [lines[1], lines[3], lines[0], lines[2]])):
+        raw = tmp_path / f"ties{i}.csv"
+        raw.write_text(header + "".join(order))
+        m = prepare([str(raw)], tmp_path / f"p{i}", PrepareConfig(eval_days=1, min_item_count=1)).manifest
+        con = open_prepared(tmp_path / f"p{i}")
+        got.append((m["rows_collapsed"], m["n_events"], m["n_sessions"],
+                    rows(con, "select seq, session_no, is_session_start from events where user_idx = 2 order by seq")))
+    assert got[0] == got[1] == got[2]
+    # md5('a') sorts before md5('b'): a, b, a; the last view follows b's view, so nothing is collapsed
+    assert got[0] == (0, 4, 4, [(1, 1, True), (2, 2, True), (3, 3, True)])
+
+
 def test_extra_columns_quotes_and_time_zones(tmp_path: Path) -> None:
     """Unknown extra columns are ignored; quoted fields keep commas and quotes; offsets become UTC."""
     raw = tmp_path / "odd.csv"

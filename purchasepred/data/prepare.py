@@ -40,7 +40,9 @@ from purchasepred.fileio import sha256_file, to_json
 # 2: no sequences / train_sequences tables. The events table, in (user_idx, seq) order, is the sequence
 # store; the loader cuts window inputs and training chunks (for any cutoff) from it (data/sequences.py).
 # 3: events has no next_* columns (next event, purchase and cart): the loader finds them from the
-# rows (data/sequences.next_events), which costs less than prepare's joins, sort and storage.
+# rows (data/sequences.next_rows), which costs less than prepare's joins, sort and storage. And a
+# user's events at the same time, of the same type and item, in different sessions are ordered by the
+# sessions' md5 instead of their text (03_clean.sql sorts on codes and hashes, not on text).
 SCHEMA_VERSION = 3
 # manifest keys that measure a run rather than define the dataset: left out of content_hash
 RUN_KEYS = ("duration_s", "created_at", "content_hash", "steps", "memory_limit", "spill_bytes")
