@@ -40,7 +40,7 @@ from conftest import (
 from purchasepred.config import PrepareConfig
 from purchasepred.data import prepare as prep
 from purchasepred.data.prepare import LOAD_PARQUET, QUERY_FILES, STEPS, named_queries, prepare
-from purchasepred.data.sequences import NEVER, follow
+from purchasepred.data.sequences import NEVER, gather
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import DatasetError
@@ -277,7 +277,7 @@ def test_loader_finds_each_events_next_event_purchase_and_cart(tiny_prepared: pr
     rows_ = np.flatnonzero(ev["user_idx"] == 2)
 
     def at(rows: str, column: str, missing: int) -> list[int]:
-        return follow(ev[rows][rows_], ev[column], missing).tolist()
+        return gather(ev[column], ev[rows][rows_], missing=missing).tolist()
 
     got = list(zip(ev["seq"][rows_].tolist(), at("next_row", "item_idx", PAD), at("next_purchase_row", "item_idx", PAD),
                    at("next_purchase_row", "ts", NEVER), at("next_cart_row", "item_idx", PAD)))

@@ -10,7 +10,7 @@ import pytest
 
 from purchasepred.data import prepare as prep
 from purchasepred.data.sequences import (
-    NEVER, check_sorted, chunk_index, follow, gather, next_rows, targets, users_before, window_index,
+    NEVER, check_sorted, chunk_index, gather, next_rows, targets, users_before, window_index,
 )
 from purchasepred.data.tensors import SPLITS, PreparedData
 from purchasepred.errors import DatasetError
@@ -61,7 +61,7 @@ def test_targets_stop_at_the_cutoff_and_the_horizon() -> None:
 
 def test_next_rows_stay_within_the_user() -> None:
     """Each row's next event, next purchase and next cart of the same user (a purchase's next purchase
-    is the one after it), -1 where the user has none; follow() reads a column through them."""
+    is the one after it), -1 where the user has none; gather() reads a column through them."""
     user = np.array([7, 7, 7, 7, 8, 8, 9])
     item = np.array([10, 11, 12, 13, 20, 21, 30])
     kind = np.array([VIEW, PURCHASE, CART, PURCHASE, VIEW, CART, PURCHASE])
@@ -71,10 +71,10 @@ def test_next_rows_stay_within_the_user() -> None:
     assert got["next_purchase_row"].tolist() == [1, 3, 3, -1, -1, -1, -1]
     assert got["next_cart_row"].tolist() == [2, 2, -1, -1, 5, -1, -1]
     assert got["next_row"].dtype == np.int32
-    assert follow(got["next_purchase_row"], item, PAD).tolist() == [11, 13, 13, PAD, PAD, PAD, PAD]
+    assert gather(item, got["next_purchase_row"]).tolist() == [11, 13, 13, PAD, PAD, PAD, PAD]
     empty = next_rows(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     assert all(v.shape == (0,) for v in empty.values())
-    assert follow(np.array([-1]), np.zeros(0, dtype=np.int64), NEVER).tolist() == [NEVER]
+    assert gather(np.zeros(0, dtype=np.int64), np.array([-1]), missing=NEVER).tolist() == [NEVER]
 
 
 def test_check_sorted_names_what_is_wrong() -> None:

@@ -106,13 +106,6 @@ def next_rows(user_idx: np.ndarray, event_type_id: np.ndarray) -> dict[str, np.n
     return out
 
 
-def follow(rows: np.ndarray, column: np.ndarray, missing: int) -> np.ndarray:
-    """``column`` at ``rows``, ``missing`` where the row is -1."""
-    if column.size == 0:
-        return np.full(rows.shape, missing, dtype=np.int64)
-    return np.where(rows >= 0, column[np.maximum(rows, 0)], missing)
-
-
 def targets(events: dict[str, np.ndarray], start_ts: int, eval_seconds: float) -> dict[str, np.ndarray]:
     """Per event, what training predicts after it, PAD where there is none before ``start_ts``:
     next_target (the next event's item), purchase_target and cart_target (the user's next purchase /
@@ -121,21 +114,21 @@ def targets(events: dict[str, np.ndarray], start_ts: int, eval_seconds: float) -
     ts, item = events["ts"], events["item_idx"]
 
     def within(rows: np.ndarray) -> np.ndarray:
-        at = follow(rows, ts, NEVER)
-        return np.where((at < start_ts) & (at - ts <= eval_seconds), follow(rows, item, PAD), PAD)
+        at = gather(ts, rows, missing=NEVER)
+        return np.where((at < start_ts) & (at - ts <= eval_seconds), gather(item, rows), PAD)
 
-    next_at = follow(events["next_row"], ts, NEVER)
+    next_at = gather(ts, events["next_row"], missing=NEVER)
     return {
-        "next_target": np.where(next_at < start_ts, follow(events["next_row"], item, PAD), PAD),
+        "next_target": np.where(next_at < start_ts, gather(item, events["next_row"]), PAD),
         "purchase_target": within(events["next_purchase_row"]),
         "cart_target": within(events["next_cart_row"]),
     }
 
 
-def gather(column: np.ndarray, index: np.ndarray, dtype: type = np.int64) -> np.ndarray:
-    """``column`` at ``index`` (any shape), PAD where the index is -1."""
+def gather(column: np.ndarray, index: np.ndarray, dtype: type = np.int64, missing: int = PAD) -> np.ndarray:
+    """``column`` at ``index`` (any shape), ``missing`` (PAD unless given) where the index is -1."""
     if column.size == 0:
-        return np.zeros(index.shape, dtype=dtype)
+        return np.full(index.shape, missing, dtype=dtype)
     out = column[np.maximum(index, 0)].astype(dtype, copy=False)
-    out[index < 0] = PAD
+    out[index < 0] = missing
     return out
