@@ -276,7 +276,6 @@ def _run(
 
         sql = {name: (sql_dir() / name).read_text() for _, name in STEPS}
         sql[LOAD_PARQUET] = (sql_dir() / LOAD_PARQUET).read_text()
-        stats = named_queries("stats.sql")
         before_drop: dict[str, Any] = {}
         for name, filename in STEPS:
             t = time.perf_counter()
@@ -303,14 +302,7 @@ def _run(
             times.record(name, time.perf_counter() - t, _step_rows(con, name), con)
             if name == "validate":
                 _check_some_valid(con, paths)
-            if name == "clean":
-                before_drop.update(_rows(con, stats["counts_input"])[0])
-                before_drop["ignored_by_value"] = {r["value"]: int(r["n"]) for r in _rows(con, stats["ignored_by_value"])}
-            if name == "sessionize":
-                before_drop.update(_rows(con, stats["counts_clean"])[0])
-            for table in DONE_WITH.get(name, ()):
-                if table not in OUTPUT_TABLES:
-                    con.execute(DROP[table])
+            before_drop.update(_count_and_drop(con, name))
 
         step("audits")
         t = time.perf_counter()
@@ -366,6 +358,22 @@ _STEP_ROWS = {
     "encode": "select count(*) from events",
     "split": "select count(*) from truth",
 }
+
+
+def _count_and_drop(con: duckdb.DuckDBPyConnection, step: str) -> dict[str, Any]:
+    """After ``step``: the manifest's counts of the tables it is the last reader of, then those tables
+    dropped (DONE_WITH), unless they are outputs."""
+    stats = named_queries("stats.sql")
+    counts: dict[str, Any] = {}
+    if step == "clean":
+        counts.update(_rows(con, stats["counts_input"])[0])
+        counts["ignored_by_value"] = {r["value"]: int(r["n"]) for r in _rows(con, stats["ignored_by_value"])}
+    if step == "sessionize":
+        counts.update(_rows(con, stats["counts_clean"])[0])
+    for table in DONE_WITH.get(step, ()):
+        if table not in OUTPUT_TABLES:
+            con.execute(DROP[table])
+    return counts
 
 
 def _step_rows(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
