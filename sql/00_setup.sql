@@ -77,8 +77,7 @@ typed as (
         clean_text(category_code) as category_code_norm,
         clean_text(brand) as brand_norm,
         clean_text(price) as price_text,
-        try_cast(clean_text(price) as double) as price_value,
-        [*columns(lambda c: list_contains(getvariable('input_names'), c))] as raw_fields
+        try_cast(clean_text(price) as double) as price_value
     from filled
 ),
 
@@ -98,13 +97,18 @@ final as (
         brand_norm as brand,
         price_value as price,
         reject_reason,
-        -- the record as the file wrote it, its fields in file order (kept for rejected and ignored ones)
-        case when reject_reason is not null then array_to_string(
-            list_transform(raw_fields, lambda v: coalesce(v, '')), getvariable('input_delimiter'))
+        -- the record as the file wrote it, its fields in file order (kept for rejected and ignored ones;
+        -- built only for them: CASE evaluates its branch only on the rows that take it)
+        case has_raw when true then array_to_string(
+            list_transform([*columns(lambda c: list_contains(getvariable('input_names'), c))], lambda v: coalesce(v, '')),
+            getvariable('input_delimiter'))
         end as raw,
         case when reject_reason = 'ignored' then lower(trim(event_type)) end as ignored_value
     from (
-        select *, reject_reason(event_name, user_key, item_key, event_at, price_text, price_value) as reject_reason
+        select
+            *,
+            reject_reason(event_name, user_key, item_key, event_at, price_text, price_value) as reject_reason,
+            reject_reason is not null as has_raw  -- (*COLUMNS() below cannot sit beside an operator)
         from typed
     )
 )

@@ -1,4 +1,5 @@
--- vocab: dense ids for users, items, brands and categories. 0 is padding and 1 is unknown / rare
+-- vocab: dense ids for users, items, brands and categories (counted on the kept events: collapsed
+-- repeat views are left out). 0 is padding and 1 is unknown / rare
 -- (seen fewer than min_item_count times); real ids start at 2, most frequent first, ties broken by
 -- the raw id so that the numbering is deterministic. Counted on sessionized's codes, turned back into
 -- text through the key tables of 03_clean.sql (a code sorts like its text, so ordering by either is
@@ -18,6 +19,7 @@ create or replace table users as
 with counts as (
     select user_idx, count(*) as n_events, min(event_at) as first_event_at, max(event_at) as last_event_at
     from sessionized
+    where not is_repeat_view
     group by user_idx
 )
 
@@ -28,7 +30,7 @@ order by c.user_idx;
 
 create or replace table brand_ids as
 with counts as (
-    select brand_code, count(*) as n_events from sessionized where brand_code is not null group by brand_code
+    select brand_code, count(*) as n_events from sessionized where brand_code is not null and not is_repeat_view group by brand_code
 )
 
 select
@@ -51,6 +53,7 @@ with counts as (
         category_key_code, category_code_code, count(*) as n_events,
         min({'user': user_idx, 'seq': seq}) as first_seen
     from sessionized
+    where not is_repeat_view
     group by all
 )
 
@@ -95,6 +98,7 @@ with keyed as (
         *,
         (epoch_us(event_at)::hugeint << 64) + (user_idx::hugeint << 32) + seq as latest_key
     from sessionized
+    where not is_repeat_view
 ),
 
 counts as (

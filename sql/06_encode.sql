@@ -35,6 +35,7 @@ with joined as (
     left join category_ids as c
         on c.category_key_code is not distinct from s.category_key_code
         and c.category_code_code is not distinct from s.category_code_code
+    where not s.is_repeat_view
 )
 
 select * from joined order by user_idx, seq;

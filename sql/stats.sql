@@ -1,7 +1,7 @@
 -- stats: named queries whose single row goes into manifest.json and the prepare summary.
 
 -- name: counts_input
--- taken after clean, before staged is dropped
+-- taken after sessionize, before staged is dropped
 select
     (select count(*) from staged) + (select count(*) from raw_rejects) as rows_read,
     (select count(*) from rejects) as rows_rejected,
@@ -9,10 +9,10 @@ select
     (select count(*) from staged where reject_reason is null) as rows_valid;
 
 -- name: counts_clean
--- taken after sessionize, before clean is dropped
+-- taken after sessionize: its rows are the distinct events, the collapsed repeat views among them
 select
-    (select count(*) from clean) as rows_kept,
-    (select count(*) from clean where is_repeat_view) as rows_collapsed;
+    (select count(*) from sessionized) as rows_kept,
+    (select count(*) from sessionized where is_repeat_view) as rows_collapsed;
 
 -- name: counts
 select
@@ -30,7 +30,7 @@ select
 select reason, count(*) as n from rejects group by reason order by n desc, reason;
 
 -- name: ignored_by_value
--- taken after clean, before staged is dropped
+-- taken after sessionize, before staged is dropped
 select ignored_value as value, count(*) as n from staged where reject_reason = 'ignored' group by 1 order by n desc, 1;
 
 -- name: events_by_type

@@ -17,6 +17,7 @@ With min_item_count 2, items are numbered by frequency: 1003 (7 events) -> 2, 10
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 import shutil
@@ -170,12 +171,14 @@ def test_validate_types_the_valid_rows(tiny_db: duckdb.DuckDBPyConnection) -> No
 
 
 def _text_views(con: duckdb.DuckDBPyConnection) -> None:
-    """clean and sessionized hold codes: these views add the user and item keys back."""
+    """sessionized holds codes: these views add the user and item keys back, to all its distinct events
+    (clean_text, collapsed repeat views included) and to the kept ones (sessionized_text)."""
     con.execute("""create or replace view clean_text as
-        select k.user_key, i.item_key, c.* from clean as c join user_keys as k using (user_code)
+        select k.user_key, i.item_key, c.* from sessionized as c join user_keys as k on k.user_code = c.user_idx - 1
         join item_keys as i using (item_code)""")
     con.execute("""create or replace view sessionized_text as
-        select k.user_key, s.* from sessionized as s join user_keys as k on k.user_code = s.user_idx - 1""")
+        select k.user_key, s.* from sessionized as s join user_keys as k on k.user_code = s.user_idx - 1
+        where not s.is_repeat_view""")
 
 
 def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.DuckDBPyConnection) -> None:
@@ -197,7 +200,11 @@ def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.Duc
     ]
     assert rows(tiny_db, "select count(*) from clean_text where is_repeat_view is null or is_user_start is null") == [(0,)]
     # stored in the one order every later step reads: user, then time
-    assert rows(tiny_db, "select list(user_code) = list_sort(list(user_code)) from clean") == [(True,)]
+    assert rows(tiny_db, "select list(user_idx) = list_sort(list(user_idx)) from sessionized") == [(True,)]
+    # a collapsed view has no place in the user's history
+    assert rows(tiny_db, "select seq, session_no, gap_seconds, is_session_start from sessionized where is_repeat_view") == [
+        (None, None, None, None),
+    ]
     # codes sort like the text they stand for
     for table, key, code in (("user_keys", "user_key", "user_code"), ("item_keys", "item_key", "item_code")):
         assert rows(tiny_db, f"select list({key} order by {code}) = list_sort(list({key})) from {table}") == [(True,)]
@@ -675,6 +682,39 @@ def test_ties_across_sessions_follow_the_values_not_the_file(tmp_path: Path) -> 
     assert got[0] == got[1] == got[2]
     # md5('a') sorts before md5('b'): a, b, a; the last view follows b's view, so nothing is collapsed
     assert got[0] == (0, 4, 4, [(1, 1, True), (2, 2, True), (3, 3, True)])
+
+
+def test_ties_the_short_sort_key_leaves_are_sorted_by_every_column(tmp_path: Path) -> None:
+    """Three views of one item by one user at the same second in the same session, at three prices:
+    the short sort key cannot order them, so prepare sorts by every column. Whatever the file order,
+    the cheapest comes first and is kept; the other two repeat it and are collapsed."""
+    header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+    lines = [
+        "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,3.0,u1,a\n",
+        "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,1.0,u1,a\n",
+        "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,2.0,u1,a\n",
+    ]
+    tail = "2020-01-03 10:02:00 UTC,purchase,2,11,,y,2.0,u2,s2\n"
+    got = set()
+    for i, order in enumerate(itertools.permutations(lines)):
+        raw = tmp_path / f"ties{i}.csv"
+        raw.write_text(header + "".join(order) + tail)
+        m = prepare([str(raw)], tmp_path / f"p{i}", PrepareConfig(eval_days=1, min_item_count=1)).manifest
+        con = open_prepared(tmp_path / f"p{i}")
+        got.add((m["rows_collapsed"], m["n_events"], rows(con, "select product_id, price from items order by product_id")[0]))
+    assert got == {(2, 2, ("1", 1.0))}
+
+
+def test_the_exact_sort_gives_the_short_keys_order_where_that_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sorting by every column refines the short key: on data where the short key leaves no tie, both
+    give the same tables."""
+    fast = prepare([str(TINY)], tmp_path / "fast", TINY_CFG).manifest
+    monkeypatch.setattr(prep, "_short_key_left_ties", lambda con: True)
+    exact = prepare([str(TINY)], tmp_path / "exact", TINY_CFG).manifest
+    assert exact["content_hash"] == fast["content_hash"]
+    for table in prep.OUTPUT_TABLES:
+        a, b = (duckdb.connect().read_parquet(str(d / f"{table}.parquet")).fetchall() for d in (tmp_path / "fast", tmp_path / "exact"))
+        assert a == b, table
 
 
 def test_extra_columns_quotes_and_time_zones(tmp_path: Path) -> None:

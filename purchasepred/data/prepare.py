@@ -59,14 +59,16 @@ STEPS: list[tuple[str, str]] = [
     ("split", "07_split.sql"),
 ]
 LOAD_PARQUET = "01_load_parquet.sql"
-QUERY_FILES = ("audits.sql", "stats.sql", "windows.sql")
+QUERY_FILES = ("audits.sql", "stats.sql", "windows.sql", "exact_order.sql")
 
 OUTPUT_TABLES = ("events", "users", "items", "brands", "categories", "windows", "truth", "rejects")
 # Intermediate tables that no step after the named one reads: dropped when it is done (the manifest's
 # counts of them taken first), so that the sorts and joins after it have the memory, and the spill
 # folder, to themselves. A table in OUTPUT_TABLES is kept (the golden tests write the intermediate ones).
-DONE_WITH = {"clean": ("staged",), "sessionize": ("clean",), "encode": ("sessionized", "user_keys", "item_keys")}
+DONE_WITH = {"sessionize": ("staged",), "encode": ("sessionized", "user_keys", "item_keys")}
 DROP = {table: f"drop table {table}" for tables in DONE_WITH.values() for table in tables}  # our names, not input
+# 03_clean.sql packs an event's type and item code into one 4-byte sort key: item codes stay below this
+MAX_ITEMS = 1 << 30
 
 
 
@@ -299,6 +301,12 @@ def _run(
                 raise PurchasePredError(
                     f"prepare step {filename} failed: {_first_line(err)}; if memory ran out, lower --threads or set --memory-limit"
                 ) from None
+            if name == "clean":
+                _check_item_count(con, paths)
+            if name == "sessionize" and _short_key_left_ties(con):
+                # two different events the short sort key could not order: sort by every column instead
+                con.execute(named_queries("exact_order.sql")["exact_order"])
+                con.execute(sql[filename])
             times.record(name, time.perf_counter() - t, _step_rows(con, name), con)
             if name == "validate":
                 _check_some_valid(con, paths)
@@ -352,8 +360,8 @@ def _configure(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, spill: Path) 
 # what a step's line in the summary counts: the rows of the table it makes
 _STEP_ROWS = {
     "validate": "select count(*) from rejects",
-    "clean": "select count(*) from clean",
-    "sessionize": "select count(*) from sessionized",
+    "clean": "select (select count(*) from user_keys) + (select count(*) from item_keys)",
+    "sessionize": "select count(*) from sessionized where not is_repeat_view",
     "vocab": "select count(*) from items",
     "encode": "select count(*) from events",
     "split": "select count(*) from truth",
@@ -365,10 +373,9 @@ def _count_and_drop(con: duckdb.DuckDBPyConnection, step: str) -> dict[str, Any]
     dropped (DONE_WITH), unless they are outputs."""
     stats = named_queries("stats.sql")
     counts: dict[str, Any] = {}
-    if step == "clean":
+    if step == "sessionize":
         counts.update(_rows(con, stats["counts_input"])[0])
         counts["ignored_by_value"] = {r["value"]: int(r["n"]) for r in _rows(con, stats["ignored_by_value"])}
-    if step == "sessionize":
         counts.update(_rows(con, stats["counts_clean"])[0])
     for table in DONE_WITH.get(step, ()):
         if table not in OUTPUT_TABLES:
@@ -412,6 +419,18 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
             con.execute(sql["01_load_csv.sql"])
     except duckdb.Error as err:
         raise InputError(f"{f.path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
+
+
+def _short_key_left_ties(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether 03_clean.sql's short sort key left two different events of a user in no fixed order."""
+    return bool(con.execute("select bool_or(tie_conflict) from sessionized").fetchone()[0])
+
+
+def _check_item_count(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
+    n_items = con.execute("select count(*) from item_keys").fetchone()[0]
+    if n_items >= MAX_ITEMS:
+        raise InputError(f"{', '.join(map(str, paths))}: {n_items:,} distinct item ids, more than prepare handles "
+                         f"({MAX_ITEMS - 1:,}); check that the item column is mapped to the item id")
 
 
 def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
