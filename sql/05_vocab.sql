@@ -4,7 +4,7 @@
 -- the raw id so that the numbering is deterministic. Counted on sessionized's codes, turned back into
 -- text through the key tables of 03_clean.sql (a code sorts like its text, so ordering by either is
 -- the same).
--- inputs: sessionized, user_keys, item_keys, category_keys, category_codes, brand_keys.
+-- inputs: sessionized (its kept events), user_keys, item_keys, category_keys, category_codes, brand_keys.
 -- outputs: users (key user_idx; raw user_id), items (key item_key; item_idx may be 1 for rare items;
 --   with the item's latest brand, category, price), brands (key brand_idx), categories (key
 --   category_idx; the category is category_id where present, else category_code; its category_code

@@ -1,5 +1,5 @@
 -- encode: one row per event with dense ids and the features the model reads.
--- inputs: sessionized (user_idx, seq, sessions; text columns as codes), item_ids, brand_ids,
+-- inputs: sessionized (its kept events: user_idx, seq, sessions; text columns as codes), item_ids, brand_ids,
 --   category_ids (the maps from codes to ids of 05_vocab.sql).
 -- outputs: events (grain: one event; key user_idx, seq; ordered by user_idx, seq, so that the files are byte-identical run to run):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
