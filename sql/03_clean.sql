@@ -50,8 +50,8 @@ select
     -- below 2^30: prepare checks), in one 4-byte key
     ((case s.event_type_id when view_id() then 0 when cart_id() then 1 when remove_from_cart_id() then 2 else 3 end)::uinteger << 30)
         | i.item_code::uinteger as type_item,
-    -- the session's md5, its top 31 bits (+ 1; 0 for no session): sorts like the whole md5, nulls first
-    coalesce((s.session_hash >> 97)::integer + 1, 0) as session_prefix
+    -- the session's md5, its top 30 bits (+ 1, at most 2^30; 0 for no session): sorts like the whole md5, nulls first
+    coalesce((s.session_hash >> 98)::integer + 1, 0) as session_prefix
 from staged as s
 join user_keys as u using (user_key)
 join item_keys as i using (item_key)
@@ -63,7 +63,7 @@ where s.reject_reason is null;
 -- The order: user, time, type, item, session, then every other column, so that the result depends on
 -- neither file order nor thread count. The sort compares only the first five, 24 bytes in all: DuckDB
 -- sorts keys of up to 24 bytes about twice as fast as wider ones. Two events of one user at the same
--- time, of the same type and item, whose sessions agree in their top 31 bits but which differ in a
+-- time, of the same type and item, whose sessions agree in their top 30 bits but which differ in a
 -- later column are left in no fixed order by that key: 04_sessionize.sql flags such neighbours
 -- (tie_conflict), and prepare then sorts again by every column (exact_order.sql), which gives the
 -- same order wherever the short key already decides it.

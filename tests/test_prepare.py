@@ -684,6 +684,23 @@ def test_ties_across_sessions_follow_the_values_not_the_file(tmp_path: Path) -> 
     assert got[0] == (0, 4, 4, [(1, 1, True), (2, 2, True), (3, 3, True)])
 
 
+def test_the_short_sort_key_holds_the_extreme_values() -> None:
+    """The packed parts of the sort key stay in range at their extremes: a session md5 of all ones
+    (its prefix must not overflow INTEGER), the largest item code under the limit prepare checks, and
+    a purchase (the highest type rank), next to a view with no session (prefix 0)."""
+    con = duckdb.connect()
+    define_ids(con)
+    con.execute((sql_dir() / "00_setup.sql").read_text())
+    con.execute("""insert into staged (file_no, event_at, event_type_id, item_key, user_key, session_hash)
+        values (1, timestamp '2020-01-01 10:00:00', purchase_id(), 'b', 'u', 340282366920938463463374607431768211455::uhugeint),
+               (1, timestamp '2020-01-01 10:00:00', view_id(), 'a', 'u', null)""")
+    con.execute((sql_dir() / "03_clean.sql").read_text())
+    got = rows(con, "select item_code, type_item, session_prefix from sorted_events")
+    assert got == [(1, 1, 0), (2, (3 << 30) | 2, 1 << 30)]
+    # the item code fills the 30 bits below the type rank
+    assert prep.MAX_ITEMS == 1 << 30
+
+
 def test_ties_the_short_sort_key_leaves_are_sorted_by_every_column(tmp_path: Path) -> None:
     """Three views of one item by one user at the same second in the same session, at three prices:
     the short sort key cannot order them, so prepare sorts by every column. Whatever the file order,
