@@ -44,7 +44,7 @@ from purchasepred.data.prepare import LOAD_PARQUET, QUERY_FILES, STEPS, named_qu
 from purchasepred.data.sequences import NEVER, gather
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
-from purchasepred.errors import DatasetError
+from purchasepred.errors import DatasetError, InputError
 from purchasepred.features import PAD
 from purchasepred.resources import define_ids, sql_dir
 
@@ -699,6 +699,15 @@ def test_the_short_sort_key_holds_the_extreme_values() -> None:
     assert got == [(1, 1, 0), (2, (3 << 30) | 2, 1 << 30)]
     # the item code fills the 30 bits below the type rank
     assert prep.MAX_ITEMS == 1 << 30
+
+
+def test_more_items_than_the_sort_key_holds_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item column with more distinct values than the packed sort key holds stops prepare with one
+    line naming the file and the count, and leaves nothing behind."""
+    monkeypatch.setattr(prep, "MAX_ITEMS", 4)  # the tiny fixture has 4 items
+    with pytest.raises(InputError, match=r"tiny\.csv: 4 distinct item ids, more than prepare handles \(3\)"):
+        prepare([str(TINY)], tmp_path / "p", TINY_CFG)
+    assert not (tmp_path / "p").exists()
 
 
 def test_ties_the_short_sort_key_leaves_are_sorted_by_every_column(tmp_path: Path) -> None:

@@ -297,16 +297,16 @@ def _run(
                 _set(con, "eval_seconds", float(choice.days) * 86400.0)
             try:
                 con.execute(sql[filename])
+                if name == "sessionize" and _short_key_left_ties(con):
+                    # two different events the short sort key could not order: sort by every column instead
+                    con.execute(named_queries("exact_order.sql")["exact_order"])
+                    con.execute(sql[filename])
             except duckdb.Error as err:
                 raise PurchasePredError(
                     f"prepare step {filename} failed: {_first_line(err)}; if memory ran out, lower --threads or set --memory-limit"
                 ) from None
             if name == "clean":
                 _check_item_count(con, paths)
-            if name == "sessionize" and _short_key_left_ties(con):
-                # two different events the short sort key could not order: sort by every column instead
-                con.execute(named_queries("exact_order.sql")["exact_order"])
-                con.execute(sql[filename])
             times.record(name, time.perf_counter() - t, _step_rows(con, name), con)
             if name == "validate":
                 _check_some_valid(con, paths)
