@@ -152,6 +152,25 @@ def test_features_are_computed_from_events_before_the_cutoff_only() -> None:
     assert abs(own5[col["days_since_touch"]] - 6.0) < 1e-3  # last touched on day 94, the window starts on day 100
 
 
+def test_training_set_with_carts_grades_purchases_over_carts_and_adds_the_carters() -> None:
+    from purchasepred.eval.rerank import training_set, training_set_with_carts
+
+    fb = builder(log(BASE))
+    buyers, bought = np.array([2]), np.array([[5, -1]])
+    # user 2 carted item 7 and the item it bought; user 3 only carted item 6
+    cart_users, cart_items = np.array([2, 2, 3]), np.array([7, 5, 6])
+    ts = training_set_with_carts(fb, buyers, bought, cart_users, cart_items)
+    assert ts.users.tolist() == [2, 3]
+    label = {(int(ts.users[r]), int(i)): float(y) for r, i, y in zip(ts.rows, ts.items, ts.y)}
+    assert label[(2, 5)] == 2.0 and label[(2, 7)] == 1.0 and label[(3, 6)] == 1.0
+    assert sorted(label.values()).count(2.0) == 1 and sorted(label.values()).count(1.0) == 2
+    # the buyers' candidates and features are those of the purchase-only set
+    plain = training_set(fb, buyers, bought)
+    mine = ts.rows == 0
+    assert np.array_equal(plain.items, ts.items[mine]) and np.array_equal(plain.x, ts.x[mine])
+    assert np.array_equal(plain.y > 0, ts.y[mine] == 2.0)
+
+
 def planted(seed: int = 0, users: int = 120, per_user: int = 15):
     """Candidates where the label follows 'own' and 'cooc' with noise."""
     from purchasepred.eval.rerank import FEATURES, TrainingSet
@@ -177,7 +196,7 @@ def test_both_learners_learn_a_planted_signal_out_of_fold_and_round_trip() -> No
     col = {f: i for i, f in enumerate(FEATURES)}
     kinds = available_learners()
     assert "torch" in kinds
-    for kind in kinds:
+    for kind in kinds:  # (lightgbm_carts fits graded labels; here they are 0/1, its lists the same)
         pred = out_of_fold(ts, kind)
         # the bought item's rank among its user's candidates, out of fold: far better than chance (8)
         ranks = [1 + (pred[ts.rows == u] > pred[(ts.rows == u) & (ts.y > 0)][0]).sum() for u in range(len(ts.users))]

@@ -21,7 +21,7 @@ from purchasepred.data.prepare import load_manifest
 from purchasepred.data.sequences import check_sorted, chunk_index, gather, next_rows, targets, users_before, window_index
 from purchasepred.resources import define_ids, named_queries
 from purchasepred.errors import DatasetError
-from purchasepred.features import FEATURES, FIRST_ID, PAD, Vocab
+from purchasepred.features import CART, FEATURES, FIRST_ID, PAD, Vocab
 
 SEQ_COLUMNS = (*FEATURES, "ts")
 TARGETS = ("next_target", "purchase_target", "cart_target")
@@ -181,6 +181,16 @@ class PreparedData:
             n_relevant=counts.astype(np.int64),
         )
         return data
+
+    def carts_in(self, split: SplitData) -> tuple[np.ndarray, np.ndarray]:
+        """(user_idx, item_idx) of the carts inside ``split``'s window, of items with an id, by users with
+        events before it (the users a ranker scores): a weaker label than a purchase."""
+        e = self._events
+        start_us = int(np.datetime64(split.window_start, "us").astype(np.int64))
+        end_us = int(np.datetime64(split.window_end, "us").astype(np.int64))
+        keep = ((e["at_us"] >= start_us) & (e["at_us"] < end_us) & (e["event_type_id"] == CART)
+                & (e["item_idx"] >= FIRST_ID) & np.isin(e["user_idx"], split.user_idx))
+        return e["user_idx"][keep].astype(np.int64), e["item_idx"][keep].astype(np.int64)
 
     def events_before(self, window_start: Any) -> dict[str, np.ndarray]:
         """Every event with a known item strictly before ``window_start`` (for baselines)."""

@@ -27,7 +27,7 @@ from purchasepred.eval.rankers import (
 from purchasepred.eval.candidates import recall
 from purchasepred.eval.rerank import (
     FeatureBuilder, ListwiseMLP, Precomputed, TwoStage, ViewScorer, available_learners, fit_learner, load_learner,
-    out_of_fold, training_set,
+    labels_of, out_of_fold, training_set, training_set_with_carts,
 )
 from purchasepred.eval.tifu import TifuKNN, TifuParams, build_tifu, fit_tifu
 
@@ -199,13 +199,18 @@ def fit_two_stage(valid: Window, data: PreparedData, model: torch.nn.Module, dev
     """Fit every available learner on the valid buyers' candidates; choose by out-of-fold NDCG@10."""
     fb = features(valid, data, model, device, history)
     split = valid.split
-    ts = training_set(fb, split.truth_users, split.truth_items)
+    sets = {"purchases": training_set(fb, split.truth_users, split.truth_items)}
+    kinds = available_learners()
+    if any(labels_of(k) == "carts" for k in kinds):
+        sets["carts"] = training_set_with_carts(fb, split.truth_users, split.truth_items, *data.carts_in(split))
     oof = {}
-    for kind in available_learners():
+    for kind in kinds:
+        ts = sets[labels_of(kind)]
         pred = out_of_fold(ts, kind)
+        # scored on the valid buyers' purchases only, whatever the learner was fitted on
         oof[kind] = _ndcg10(Precomputed(ts.users, ts.rows, ts.items, pred, fb.pop_norm), split)
     chosen = max(oof, key=lambda k: (oof[k], k == "lightgbm"))
-    learners = {kind: fit_learner(ts, kind) for kind in oof}
+    learners = {kind: fit_learner(sets[labels_of(kind)], kind) for kind in oof}
     valid.rankers["two_stage"] = TwoStage(fb, learners[chosen])
     fitted = {"chosen": chosen, "valid_oof_ndcg@10": oof,
               "valid_recall": recall(fb.generator, split.truth_users, split.truth_items, split.n_relevant),

@@ -291,7 +291,14 @@ class ListwiseMLP:
         return m
 
 
-LEARNERS = {"lightgbm": LambdaRankGBM, "torch": ListwiseMLP}
+class LambdaRankGBMCarts(LambdaRankGBM):
+    """LightGBM's LambdaRank fitted on graded labels (``training_set_with_carts``): purchase 2, cart 1."""
+
+    kind = "lightgbm_carts"
+    labels = "carts"
+
+
+LEARNERS = {"lightgbm": LambdaRankGBM, "torch": ListwiseMLP, "lightgbm_carts": LambdaRankGBMCarts}
 
 
 def load_learner(d: dict[str, Any]) -> Any:
@@ -354,6 +361,28 @@ def training_set(features: FeatureBuilder, users: np.ndarray, truth: np.ndarray,
     return TrainingSet(users, *(np.concatenate([p[i] for p in parts]) for i in range(4)))
 
 
+def training_set_with_carts(features: FeatureBuilder, buyers: np.ndarray, bought: np.ndarray, cart_users: np.ndarray,
+                            cart_items: np.ndarray, batch: int = 512) -> TrainingSet:
+    """Like ``training_set``, with graded labels: 2 = bought in the window, 1 = put in the cart there but
+    not bought, 0 = neither; its users are the buyers and the users who only carted (more lists to
+    learn from where purchases are rare). ``cart_users, cart_items``: one (user, item) per cart."""
+    carters = np.setdiff1d(np.unique(cart_users), buyers)
+    users = np.concatenate([buyers, carters])
+    order = np.argsort(users, kind="stable")
+    users = users[order]
+    purchases = np.concatenate([bought, np.full((len(carters), bought.shape[1]), -1, bought.dtype)])[order]
+    ts = training_set(features, users, purchases, batch)
+    if len(users) == 0:
+        return ts
+    # a candidate is carted when its (row, item) is among the carts' (row, item)
+    at = np.searchsorted(users, cart_users)
+    known = (at < len(users)) & (users[np.minimum(at, len(users) - 1)] == cart_users)
+    span = np.int64(max(int(ts.items.max(initial=0)), int(cart_items.max(initial=0))) + 1)
+    carted = np.isin(ts.rows.astype(np.int64) * span + ts.items, at[known].astype(np.int64) * span + cart_items[known])
+    ts.y = np.where(ts.y > 0, 2.0, np.where(carted, 1.0, 0.0)).astype(np.float32)
+    return ts
+
+
 def _with_positives(ts: TrainingSet, keep_user: np.ndarray) -> np.ndarray:
     """Pairs of the kept users that have at least one positive candidate (others teach a ranker nothing)."""
     pos_users = np.zeros(len(ts.users), dtype=bool)
@@ -386,4 +415,9 @@ def fit_learner(ts: TrainingSet, kind: str) -> Any:
 
 
 def available_learners() -> list[str]:
-    return [k for k in LEARNERS if k != "lightgbm" or LambdaRankGBM.available()]
+    return [k for k, cls in LEARNERS.items() if not issubclass(cls, LambdaRankGBM) or LambdaRankGBM.available()]
+
+
+def labels_of(kind: str) -> str:
+    """Which training set a learner fits: "purchases" (label = bought) or "carts" (graded, with carts)."""
+    return getattr(LEARNERS[kind], "labels", "purchases")
