@@ -15,20 +15,26 @@
 --   is_user_start marks a user's first event (never a collapsed one). A session
 --   is the raw user_session where present, split further (and created where missing) by an inactivity
 --   gap. tie_conflict marks an event that the short sort key could not order against the one before
---   it (prepare then sorts by every column and runs this file again). (Each event's next event,
+--   it (prepare then sorts by every column and runs this file again); the view kept_events, its
+--   rows without the collapsed views. (Each event's next event,
 --   purchase and cart are found when loading: data/sequences.py.)
 -- parameters: session_gap_seconds.
 create or replace table sessionized as
-with with_previous as (
-    -- the previous row of the sort, whoever's it is
+with as_rows as (
+    -- every column of the sort in one value, to compare a row with the one before it
     select
         *,
-        lag({
+        {
             user_code: user_code, event_at: event_at, type_item: type_item, session_prefix: session_prefix,
             session_hash: session_hash, category_key_code: category_key_code,
             category_code_code: category_code_code, brand_code: brand_code, price: price
-        }) over () as prev
+        } as this
     from sorted_events
+),
+
+with_previous as (
+    -- the previous row of the sort, whoever's it is
+    select *, lag(this) over () as prev from as_rows
 ),
 
 distinct_events as (
@@ -49,11 +55,7 @@ distinct_events as (
         -- the kept events is the latest kept event's
         case when not is_repeat_view then (user_code::hugeint << 64) + epoch_us(event_at) end as kept_at_key
     from with_previous
-    where prev is distinct from {
-        user_code: user_code, event_at: event_at, type_item: type_item, session_prefix: session_prefix,
-        session_hash: session_hash, category_key_code: category_key_code,
-        category_code_code: category_code_code, brand_code: brand_code, price: price
-    }
+    where prev is distinct from this
 ),
 
 running as (
@@ -118,3 +120,7 @@ final as (
 )
 
 select * from final;
+
+-- the kept events, what vocab and encode read (the collapsed repeat views stay in sessionized only to be counted)
+create or replace temp view kept_events as
+select * exclude (is_repeat_view, tie_conflict) from sessionized where not is_repeat_view;

@@ -1,10 +1,10 @@
 -- vocab: dense ids for users, items, brands and categories (counted on the kept events: collapsed
 -- repeat views are left out). 0 is padding and 1 is unknown / rare
 -- (seen fewer than min_item_count times); real ids start at 2, most frequent first, ties broken by
--- the raw id so that the numbering is deterministic. Counted on sessionized's codes, turned back into
+-- the raw id so that the numbering is deterministic. Counted on the kept events' codes, turned back into
 -- text through the key tables of 03_clean.sql (a code sorts like its text, so ordering by either is
 -- the same).
--- inputs: sessionized (its kept events), user_keys, item_keys, category_keys, category_codes, brand_keys.
+-- inputs: kept_events, user_keys, item_keys, category_keys, category_codes, brand_keys.
 -- outputs: users (key user_idx; raw user_id), items (key item_key; item_idx may be 1 for rare items;
 --   with the item's latest brand, category, price), brands (key brand_idx), categories (key
 --   category_idx; the category is category_id where present, else category_code; its category_code
@@ -18,8 +18,7 @@ create or replace table users as
 -- user_idx comes from sessionize (users in user_key order, from first_id())
 with counts as (
     select user_idx, count(*) as n_events, min(event_at) as first_event_at, max(event_at) as last_event_at
-    from sessionized
-    where not is_repeat_view
+    from kept_events
     group by user_idx
 )
 
@@ -30,7 +29,7 @@ order by c.user_idx;
 
 create or replace table brand_ids as
 with counts as (
-    select brand_code, count(*) as n_events from sessionized where brand_code is not null and not is_repeat_view group by brand_code
+    select brand_code, count(*) as n_events from kept_events where brand_code is not null group by brand_code
 )
 
 select
@@ -52,8 +51,7 @@ with counts as (
     select
         category_key_code, category_code_code, count(*) as n_events,
         min({'user': user_idx, 'seq': seq}) as first_seen
-    from sessionized
-    where not is_repeat_view
+    from kept_events
     group by all
 )
 
@@ -97,8 +95,7 @@ with keyed as (
     select
         *,
         (epoch_us(event_at)::hugeint << 64) + (user_idx::hugeint << 32) + seq as latest_key
-    from sessionized
-    where not is_repeat_view
+    from kept_events
 ),
 
 counts as (

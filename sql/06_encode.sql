@@ -1,5 +1,5 @@
 -- encode: one row per event with dense ids and the features the model reads.
--- inputs: sessionized (its kept events: user_idx, seq, sessions; text columns as codes), item_ids, brand_ids,
+-- inputs: kept_events (04_sessionize.sql: user_idx, seq, sessions; text columns as codes), item_ids, brand_ids,
 --   category_ids (the maps from codes to ids of 05_vocab.sql).
 -- outputs: events (grain: one event; key user_idx, seq; ordered by user_idx, seq, so that the files are byte-identical run to run):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
@@ -29,13 +29,12 @@ with joined as (
             else least(2 + floor(log2(1 + s.gap_seconds)), 27) end::tinyint as gap_bucket,
         s.session_no,
         s.is_session_start
-    from sessionized as s
+    from kept_events as s
     join item_ids as i using (item_code)
     left join brand_ids as b using (brand_code)
     left join category_ids as c
         on c.category_key_code is not distinct from s.category_key_code
         and c.category_code_code is not distinct from s.category_code_code
-    where not s.is_repeat_view
 )
 
 select * from joined order by user_idx, seq;

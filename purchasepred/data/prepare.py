@@ -361,7 +361,7 @@ def _configure(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, spill: Path) 
 _STEP_ROWS = {
     "validate": "select count(*) from rejects",
     "clean": "select (select count(*) from user_keys) + (select count(*) from item_keys)",
-    "sessionize": "select count(*) from sessionized where not is_repeat_view",
+    "sessionize": "select count(*) from kept_events",
     "vocab": "select count(*) from items",
     "encode": "select count(*) from events",
     "split": "select count(*) from truth",
