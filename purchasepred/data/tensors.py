@@ -188,9 +188,10 @@ class PreparedData:
         e = self._events
         start_us = int(np.datetime64(split.window_start, "us").astype(np.int64))
         end_us = int(np.datetime64(split.window_end, "us").astype(np.int64))
-        keep = ((e["at_us"] >= start_us) & (e["at_us"] < end_us) & (e["event_type_id"] == CART)
-                & (e["item_idx"] >= FIRST_ID) & np.isin(e["user_idx"], split.user_idx))
-        return e["user_idx"][keep].astype(np.int64), e["item_idx"][keep].astype(np.int64)
+        at = np.flatnonzero((e["at_us"] >= start_us) & (e["at_us"] < end_us) & (e["event_type_id"] == CART)
+                            & (e["item_idx"] >= FIRST_ID))
+        at = at[np.isin(e["user_idx"][at], split.user_idx)]  # on the few carts, not on every event
+        return e["user_idx"][at].astype(np.int64), e["item_idx"][at].astype(np.int64)
 
     def events_before(self, window_start: Any) -> dict[str, np.ndarray]:
         """Every event with a known item strictly before ``window_start`` (for baselines)."""

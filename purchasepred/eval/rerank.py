@@ -202,6 +202,7 @@ class LambdaRankGBM:
     """LightGBM's LambdaRank (optimises NDCG@10 directly)."""
 
     kind = "lightgbm"
+    labels = "purchases"  # the training set it fits (labels_of)
     ROUNDS = 200
     PARAMS = dict(objective="lambdarank", learning_rate=0.05, num_leaves=31, min_data_in_leaf=20,
                   bagging_fraction=0.8, bagging_freq=1, feature_fraction=0.8, lambdarank_truncation_level=20,
@@ -246,6 +247,7 @@ class ListwiseMLP:
     (full batch, AdamW, a fixed number of steps; seeded)."""
 
     kind = "torch"
+    labels = "purchases"
     HIDDEN, STEPS, LR = 64, 300, 0.01
 
     def __init__(self) -> None:
@@ -420,4 +422,4 @@ def available_learners() -> list[str]:
 
 def labels_of(kind: str) -> str:
     """Which training set a learner fits: "purchases" (label = bought) or "carts" (graded, with carts)."""
-    return getattr(LEARNERS[kind], "labels", "purchases")
+    return LEARNERS[kind].labels
