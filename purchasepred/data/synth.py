@@ -471,6 +471,9 @@ def _simulate(rng: np.random.Generator, rows: int, margin: float, vpp: float, da
         "session": sess_of_view[vidx].astype(np.int32),
         "session_user": sess_user,
         "n_users": nu,
+        # hidden state, for benchmarks/oracle_synth.py (not written to the file)
+        "pref": pref,
+        "n_pref": n_pref,
     }
 
 
