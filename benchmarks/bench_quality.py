@@ -42,7 +42,7 @@ VARIANTS = {
     "head_lr3": ["train.purchase_head_lr=3"],
     "share50_head_lr3": ["train.purchase_share=0.5", "train.purchase_head_lr=3"],
 }
-ROWS = ("popularity", "history", "tifu_knn", "transformer", "blend", "two_stage")
+ROWS = ("popularity", "history", "tifu_knn", "transformer", "blend", "propensity", "two_stage")
 
 
 def model_only_row(cfg, name: str, vpp: float, variant: str, train_s: float, summary, data: PreparedData,
@@ -144,7 +144,7 @@ def main() -> None:
                    "buyers": res["model"]["users"], "purchases_in_data": data.manifest["events_by_type"].get("purchase", 0)}
             bodies = {"popularity": res["baselines"]["popularity"], "history": res["baselines"]["history"],
                       "tifu_knn": res["baselines"]["tifu_knn"], "transformer": res["model"], "blend": res["blend"],
-                      "two_stage": res["two_stage"]}
+                      "propensity": res["propensity"], "two_stage": res["two_stage"]}
             for r, m in bodies.items():
                 row[r] = {"ndcg@10": m["ndcg@10"], "ci": m["ndcg@10_ci"], "hr@10": m["hr@10"], "mrr": m["mrr"],
                           "new_items_ndcg@10": m["new_items"].get("ndcg@10")}

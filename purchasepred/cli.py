@@ -446,7 +446,7 @@ def parse_ks(value: Optional[str]) -> Optional[list[int]]:
 
 
 RANKER_ROWS = (("popularity", "baseline"), ("history", "baseline"), ("tifu_knn", "baseline"), ("model", "transformer"),
-               ("blend", "model"), ("two_stage", "model"))
+               ("blend", "model"), ("propensity", "model"), ("two_stage", "model"))
 
 
 def ranker_metrics(result: dict[str, Any], name: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from purchasepred.pipeline import evaluate_run, export_run
 from purchasepred.train.trainer import Trainer
 
 HEADER = "user_id,item_id,rank,score,source,purchase_probability"
-SOURCES = {"model", "blend", "history", "popularity", "tifu_knn", "two_stage"}
+SOURCES = {"model", "blend", "history", "popularity", "tifu_knn", "propensity", "two_stage"}
 RUN = "E"
 
 
@@ -104,7 +104,7 @@ def test_metrics_json_has_models_baselines_blend_and_calibration(trained: Traine
     assert {"model", "baselines", "blend", "default", "calibration"} <= saved.keys()
     assert set(saved["baselines"]) == {"popularity", "history", "tifu_knn"}
     n_buyers = len(trained.data.split("test").truth_users)
-    for body in (saved["model"], saved["blend"], saved["two_stage"], *saved["baselines"].values()):
+    for body in (saved["model"], saved["blend"], saved["two_stage"], saved["propensity"], *saved["baselines"].values()):
         assert {"ndcg@10", "hr@10", "mrr", "users", "ndcg@10_ci", "ndcg@5", "hr@5"} <= body.keys()
         assert body["users"] == n_buyers > 0
         assert 0 <= body["ndcg@10"] <= 1 and 0 <= body["hr@10"] <= 1 and 0 <= body["mrr"] <= 1
@@ -299,6 +299,35 @@ def test_export_into_a_read_only_folder_fails_clearly(trained: Trained, tmp_path
         folder.chmod(0o700)
 
 
+def test_export_with_the_propensity_ranker_as_the_default(trained: Trained, metrics: tuple[dict, Path],
+                                                           tmp_path: Path) -> None:
+    """Whatever wins on valid, the funnel ranker can be the default: export ranks with it, fitted on valid."""
+    from purchasepred.eval.evaluate import build_window
+    from purchasepred.eval.propensity import Propensity, PropensityParams
+
+    root = trained.root
+    shutil.copytree(root / "checkpoints" / RUN, root / "checkpoints" / "E-prop")
+    shutil.copytree(root / "output" / RUN, root / "output" / "E-prop", ignore=shutil.ignore_patterns("*.csv"))
+    path = root / "output" / "E-prop" / "ranker.json"
+    fitted = json.loads(path.read_text())
+    assert set(fitted["propensity"]) == set(PropensityParams.__dataclass_fields__)
+    fitted["default"] = "propensity"
+    path.write_text(json.dumps(fitted))
+    out = export_run(trained.cfg, "E-prop", out=tmp_path / "recs.csv").path
+    rows = check_export(out, trained.data, k=10)
+    assert "propensity" in {r["source"] for r in rows} <= {"propensity", "popularity"}
+    # the top item of a warm user is the ranker's, as of the end of the data, with the parameters fitted on valid
+    data = trained.data
+    cut = data.split("all")
+    ranker = Propensity(data.events_before_detail(cut.window_start), data.vocab.n_items, data.items["category_idx"],
+                        cut.start_ts, PropensityParams(**fitted["propensity"]))
+    first = next(r for r in rows if r["source"] == "propensity" and r["rank"] == "1")
+    uidx = int(data.users["user_idx"][list(data.users["user_id"]).index(first["user_id"])])
+    scores = ranker(np.array([uidx]))[0]
+    scores[:2] = float("-inf")
+    assert data.items["product_id"][int(scores.argmax())] == first["item_id"]
+
+
 def test_cold_users_get_the_popularity_list(trained: Trained, exported: Path, metrics: tuple[dict, Path]) -> None:
     """Users with no event on an item that has an id get popularity; the others the default ranker."""
     data, default = trained.data, metrics[0]["default"]
@@ -374,5 +403,5 @@ def test_a_smaller_calibration_sample_changes_only_the_calibration(trained: Trai
     assert 0 < small["calibration"]["pairs"] <= 40 * k < full["calibration"]["pairs"]
     fitted = json.loads((root / "output" / "E-cal" / "ranker.json").read_text())
     assert fitted["settings"]["calibration_users"] == 40
-    for ranker in ("model", "blend", "two_stage"):
+    for ranker in ("model", "blend", "propensity", "two_stage"):
         assert small[ranker] == full[ranker], ranker

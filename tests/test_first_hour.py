@@ -264,7 +264,7 @@ def test_few_valid_buyers_make_the_stronger_baseline_the_default(in_work: dict[s
     assert result.exit_code == 0, result.output
     m = json.loads((in_work["root"] / "output" / "a" / "metrics.json").read_text())
     valid = m["fitted_on_valid"]["valid_ndcg@10"]
-    assert max(valid, key=valid.get) in ("model", "blend", "two_stage"), "a learned ranker must win on valid for this to test anything"
+    assert max(valid, key=valid.get) in ("model", "blend", "propensity", "two_stage"), "a learned ranker must win on valid for this to test anything"
     assert m["default"] == max(("popularity", "history", "tifu_knn"), key=lambda r: valid[r])
     assert f"only {n} valid buyers" in m["default_reason"] and "eval.min_valid_buyers = 50" in m["default_reason"]
     assert m["default_reason"] in " ".join(result.stdout.split())  # the summary says so
@@ -276,7 +276,7 @@ def test_min_valid_buyers_zero_lets_a_learned_ranker_be_the_default(in_work: dic
     assert result.exit_code == 0, result.output
     m = json.loads((in_work["root"] / "output" / "a" / "metrics.json").read_text())
     valid = m["fitted_on_valid"]["valid_ndcg@10"]
-    assert m["default"] == max(valid, key=valid.get) and m["default"] in ("model", "blend", "two_stage")
+    assert m["default"] == max(valid, key=valid.get) and m["default"] in ("model", "blend", "propensity", "two_stage")
     assert m["default_reason"].startswith("best NDCG@10")
 
 

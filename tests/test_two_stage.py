@@ -135,8 +135,11 @@ def builder(events: dict[str, np.ndarray], n_items: int = 20):
     pop = torch.zeros(n_items)
     pop[12], pop[10] = 2.0, 1.0
     personal = tifu(events, k=1, alpha=1.0, n_items=n_items).vectors.dense
+    from purchasepred.eval.propensity import Propensity
+
     return FeatureBuilder(events, n_items, CUTOFF, np.full(n_items, 2), pop, torch.zeros(n_items), personal, 7.0,
-                          tifu=tifu(events, k=1, alpha=0.5, n_items=n_items))
+                          tifu=tifu(events, k=1, alpha=0.5, n_items=n_items),
+                          propensity=Propensity(events, n_items, np.full(n_items, 2), CUTOFF))
 
 
 def test_features_are_computed_from_events_before_the_cutoff_only() -> None:
@@ -150,6 +153,12 @@ def test_features_are_computed_from_events_before_the_cutoff_only() -> None:
     own5 = xa[(ca.rows == 0) & (ca.items == 5)][0]
     assert own5[col["n_purchases"]] > 0 and own5[col["n_views"]] > 0 and own5[col["in_last_session"]] == 1
     assert abs(own5[col["days_since_touch"]] - 6.0) < 1e-3  # last touched on day 94, the window starts on day 100
+    # the funnel ranker proposes candidates, and its score against the user's best is a feature (<= 0, 0 at the best)
+    from purchasepred.eval.candidates import GENERATORS
+
+    assert ((ca.flags >> GENERATORS.index("propensity")) & 1).any()
+    p = xa[:, col["propensity"]]
+    assert (p <= 0).all() and all(p[ca.rows == r].max() == 0 for r in range(len(users)))
 
 
 def test_training_set_with_carts_grades_purchases_over_carts_and_adds_the_carters() -> None:

@@ -12,7 +12,9 @@ its recall is the ceiling of any re-ranker.
   share of that item's viewers, seeded the same way (TIFU-KNN's neighbour idea, item side);
 - ``trending``: items whose recent counts grow, in the categories the user shops in;
 - ``popularity``: the global popularity list;
-- ``model``: the transformer purchase head's top-n (only when a model scorer is given).
+- ``model``: the transformer purchase head's top-n (only when a model scorer is given);
+- ``propensity``: the purchase-funnel ranker's top-n (:mod:`purchasepred.eval.propensity`; only when
+  one is given).
 
 Candidates are returned as flat (row, item) arrays sorted by row then item id, with one bit per
 generator that proposed the pair: no dense users x items matrix outlives a batch.
@@ -28,7 +30,7 @@ import torch
 
 from purchasepred.features import CART, FIRST_ID, PURCHASE, VIEW, per_event_type
 
-GENERATORS = ("own", "cooc", "bought_after_viewed", "trending", "popularity", "model")
+GENERATORS = ("own", "cooc", "bought_after_viewed", "trending", "popularity", "model", "propensity")
 TYPE_W = np.array(per_event_type(view=1.0, cart=3.0, purchase=10.0))
 
 
@@ -40,6 +42,7 @@ class CandidateConfig:
     trending: int = 20
     popularity: int = 20
     model: int = 40
+    propensity: int = 40
     neighbours: int = 30
     """Neighbours kept per item in the item-to-item tables."""
     session_cap: int = 20
@@ -218,14 +221,17 @@ class Candidates:
 class CandidateGenerator:
     """The generators of one window. ``personal(users) -> (B, V)`` is the user's own history score,
     ``affinity_share(users) -> (B, V)`` the share of the user's events in each item's category,
-    ``model`` an optional scorer returning (B, V) purchase log-probabilities."""
+    ``model`` an optional scorer returning (B, V) purchase log-probabilities, ``propensity`` an optional
+    scorer returning (B, V) positive expected purchases."""
 
     def __init__(self, graph: ItemGraph, personal: Any, affinity_share: Any, trending: np.ndarray,
-                 popularity: torch.Tensor, cfg: CandidateConfig, model: Any = None) -> None:
+                 popularity: torch.Tensor, cfg: CandidateConfig, model: Any = None, propensity: Any = None) -> None:
         self.graph, self.personal, self.affinity_share, self.cfg, self.model = graph, personal, affinity_share, cfg, model
+        self.propensity = propensity
         self.trending = torch.as_tensor(trending, dtype=torch.float32)
         self.popularity = popularity
-        self.generators = tuple(g for g in GENERATORS if g != "model" or model is not None)
+        given = {"model": model is not None, "propensity": propensity is not None}
+        self.generators = tuple(g for g in GENERATORS if given.get(g, True))
 
     def score_matrices(self, users: np.ndarray) -> dict[str, torch.Tensor]:
         """generator -> (B, V) its scores (items 0 and 1 never proposed)."""
@@ -236,6 +242,8 @@ class CandidateGenerator:
                "popularity": self.popularity[None, :].expand(len(users), -1)}
         if self.model is not None:
             out["model"] = self.model(users).float()
+        if self.propensity is not None:
+            out["propensity"] = self.propensity(users).float()
         return out
 
     def __call__(self, users: np.ndarray) -> Candidates:
@@ -249,7 +257,7 @@ class CandidateGenerator:
             n = min(self.cfg.n(name), v - 2)
             if name == "popularity":  # the same list for every user: chosen once
                 m = m[:1]
-            masked = m.clone() if name in ("model", "popularity") else m.masked_fill(m <= 0, float("-inf"))
+            masked = m.clone() if name in ("model", "popularity", "propensity") else m.masked_fill(m <= 0, float("-inf"))
             masked[:, :FIRST_ID] = float("-inf")
             rows, items = top_n(masked, n)
             if name == "popularity":

@@ -29,9 +29,10 @@ from purchasepred.eval.rerank import (
     FeatureBuilder, ListwiseMLP, Precomputed, TwoStage, ViewScorer, available_learners, fit_learner, load_learner,
     labels_of, out_of_fold, training_set, training_set_with_carts,
 )
+from purchasepred.eval.propensity import Propensity, PropensityParams, fit_propensity
 from purchasepred.eval.tifu import TifuKNN, TifuParams, build_tifu, fit_tifu
 
-RANKERS = ("popularity", "history", "model", "blend", "tifu_knn", "two_stage")
+RANKERS = ("popularity", "history", "model", "blend", "tifu_knn", "propensity", "two_stage")
 BASELINES = ("popularity", "history", "tifu_knn")
 
 
@@ -52,6 +53,7 @@ class ValidFit:
     tifu: TifuParams | None = None
     two_stage: dict[str, Any] | None = None
     """The re-ranker: chosen learner, every learner fitted on valid, their out-of-fold valid NDCG@10."""
+    propensity: PropensityParams | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,12 +67,19 @@ class ValidFit:
             popularity_calibration=Calibration(**d["popularity_calibration"]) if d.get("popularity_calibration") else None,
             default_reason=d.get("default_reason", cls.default_reason), settings=d.get("settings", {}),
             tifu=TifuParams(**d["tifu"]) if d.get("tifu") else None, two_stage=d.get("two_stage"),
+            propensity=PropensityParams(**d["propensity"]) if d.get("propensity") else None,
         )
+
+
+FIT_VERSION = 2
+"""Bumped when the rankers fitted on valid change (a ranker added, the re-ranker's features): a cached
+fit of an older version is stale."""
 
 
 def fit_settings(cfg: Config) -> dict[str, Any]:
     """The settings a valid fit depends on: a cached fit made with others is stale."""
-    return {"popularity_days": cfg.eval.popularity_days, "min_valid_buyers": cfg.eval.min_valid_buyers,
+    return {"fit_version": FIT_VERSION,
+            "popularity_days": cfg.eval.popularity_days, "min_valid_buyers": cfg.eval.min_valid_buyers,
             "seed": cfg.eval.seed, "export_k": cfg.export.k, "calibration_users": cfg.eval.calibration_users}
 
 
@@ -105,6 +114,8 @@ def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Mod
         w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend, w.prior, w.affinity)
         w.rankers["tifu_knn"] = Lazy(lambda: build_tifu(raw, data.vocab.n_items, ts, popularity.normalized,
                                                         fitted.tifu or TifuParams()))
+        w.rankers["propensity"] = Propensity(raw, data.vocab.n_items, data.items["category_idx"], ts,
+                                             fitted.propensity or PropensityParams())
         w.rankers["two_stage"] = Lazy(lambda: TwoStage(features(w, data, model, device, fitted.history),
                                                         chosen_learner(fitted)))
     return w
@@ -135,7 +146,7 @@ def features(w: Window, data: PreparedData, model: torch.nn.Module, device: torc
         heads = ModelScorer(model, w.split, w.popularity, device, view=True)  # both heads from one encoding
         w.features = FeatureBuilder(w.raw, data.vocab.n_items, w.cutoff_ts, data.items["category_idx"], w.popularity.scores,
                                     w.prior, personal, history.half_life_days, model=heads,
-                                    view_model=ViewScorer(heads), tifu=tifu)
+                                    view_model=ViewScorer(heads), tifu=tifu, propensity=w.rankers.get("propensity"))
     return w.features
 
 
@@ -174,6 +185,10 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
     tifu_params, scores["tifu_knn"], vectors = fit_tifu(valid.raw, data.vocab.n_items, valid.cutoff_ts,
                                                         valid.popularity.normalized, lambda s: _ndcg10(s, valid.split))
     valid.rankers["tifu_knn"] = TifuKNN(vectors, valid.popularity.normalized, tifu_params.k, tifu_params.alpha)
+    category = data.items["category_idx"]
+    propensity, scores["propensity"] = fit_propensity(valid.raw, data.vocab.n_items, category, valid.cutoff_ts,
+                                                      lambda s: _ndcg10(s, valid.split))
+    valid.rankers["propensity"] = Propensity(valid.raw, data.vocab.n_items, category, valid.cutoff_ts, propensity)
     two_stage, scores["two_stage"] = fit_two_stage(valid, data, model, device, params)
     n_buyers = len(valid.split.truth_users)
     if n_buyers < cfg.eval.min_valid_buyers:
@@ -190,7 +205,7 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
                     checkpoint_sha256=checkpoint_sha256, settings=fit_settings(cfg),
                     popularity_calibration=fit_platt(*calibration_pairs(valid, "popularity", cfg.export.k, cfg.eval.seed,
                                                                           cfg.eval.calibration_users)),
-                    tifu=tifu_params, two_stage=two_stage)
+                    tifu=tifu_params, two_stage=two_stage, propensity=propensity)
     return fitted, valid
 
 
@@ -277,6 +292,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
         "model": results["model"],
         "blend": results["blend"],
         "two_stage": results["two_stage"],
+        "propensity": results["propensity"],
         "baselines": {"popularity": results["popularity"], "history": results["history"],
                       "tifu_knn": results["tifu_knn"]},
         "default": fitted.default,
@@ -289,6 +305,7 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
             "history_params": asdict(fitted.history),
             "blend_weights": asdict(fitted.blend),
             "tifu_params": asdict(fitted.tifu) if fitted.tifu else None,
+            "propensity_params": asdict(fitted.propensity) if fitted.propensity else None,
             "valid_ndcg@10": fitted.valid_ndcg10,
         },
         "calibration": {

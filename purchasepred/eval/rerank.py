@@ -3,7 +3,8 @@
 Features of each (user, candidate) pair, computed as of a cutoff from the events strictly before it:
 which generators proposed it and their scores (own history score, co-occurrence, bought-after-
 viewed, trending, popularity, the transformer's purchase log-probability), the transformer's view
-log-probability, the user's history on the item by event type (half-life-decayed and raw counts of
+log-probability, the purchase-funnel ranker's score against the user's best
+(:mod:`purchasepred.eval.propensity`), the user's history on the item by event type (half-life-decayed and raw counts of
 views, carts, purchases; days since the last touch; touched in the last session), the item's
 smoothed conversion rate, popularity and its trend, purchases so far, the item's price bucket
 against the user's usual one, the user's share of events in the item's category, the TIFU-KNN
@@ -40,7 +41,7 @@ FEATURES = (
     "decayed_views", "decayed_carts", "decayed_purchases", "n_views", "n_carts", "n_purchases",
     "days_since_touch", "in_last_session",
     "item_conversion", "item_popularity", "item_trend", "item_purchases",
-    "price_vs_user", "abs_price_vs_user", "category_share", "tifu_neighbours", "user_events",
+    "price_vs_user", "abs_price_vs_user", "category_share", "tifu_neighbours", "user_events", "propensity",
 )
 NEVER_DAYS = 60.0  # days_since_touch of an item never touched
 BELOW = -1000.0  # non-candidates score BELOW + popularity in [0, 1]: under every candidate
@@ -59,14 +60,15 @@ class FeatureBuilder:
     ``raw``: the events before the cutoff (user_idx, item_idx, event_type_id, ts, session_no,
     price_bucket, category_idx); ``personal(users) -> (B, V)`` the history ranker's own-item score;
     ``model`` / ``view_model``: optional (B, V) purchase and view log-probability scorers;
-    ``tifu``: an optional TIFU-KNN ranker whose neighbour term becomes a feature."""
+    ``tifu``: an optional TIFU-KNN ranker whose neighbour term becomes a feature; ``propensity``: an
+    optional purchase-funnel ranker, a candidate generator and a feature."""
 
     CACHE = 8  # batches of features kept (evaluate asks for the same buyers once per learner)
 
     def __init__(self, raw: dict[str, np.ndarray], n_items: int, cutoff_ts: int, item_category: np.ndarray,
                  popularity: torch.Tensor, conversion: torch.Tensor, personal: Any, half_life_days: float,
                  cfg: CandidateConfig = CandidateConfig(), model: Any = None, view_model: Any = None,
-                 tifu: Any = None) -> None:
+                 tifu: Any = None, propensity: Any = None) -> None:
         keep = before_cutoff(raw["ts"], cutoff_ts)
         ev = {k: np.asarray(v)[keep].astype(np.int64) for k, v in raw.items()}
         order = np.lexsort((ev["ts"], ev["user_idx"]))
@@ -94,7 +96,7 @@ class FeatureBuilder:
         n_ev = np.bincount(e["item_idx"], minlength=n_items)
         self.item_price = (np.bincount(e["item_idx"], weights=e["price_bucket"], minlength=n_items) / np.maximum(n_ev, 1)).astype(np.float32)
         self.generator = CandidateGenerator(ItemGraph(e, n_items, cutoff_ts, cfg), personal, self.category_share,
-                                            trend_now, self.popularity, cfg, model)
+                                            trend_now, self.popularity, cfg, model, propensity)
         self._cache: dict[bytes, tuple[Candidates, np.ndarray]] = {}
 
     def _user_ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +180,11 @@ class FeatureBuilder:
         if self.tifu is not None:
             x[:, col["tifu_neighbours"]] = np.log1p(100.0 * self.tifu.neighbour_term(users)[c.rows, c.items].numpy())
         x[:, col["user_events"]] = np.log1p(n_user[c.rows])
+        if "propensity" in c.scores:  # log of the score over the user's best candidate's (<= 0)
+            p = c.scores["propensity"].astype(np.float64)
+            best = np.zeros(len(users))
+            np.maximum.at(best, c.rows, p)
+            x[:, col["propensity"]] = np.log(np.maximum(p, 1e-30) / np.maximum(best[c.rows], 1e-30))
         return c, x
 
 

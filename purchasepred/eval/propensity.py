@@ -1,0 +1,142 @@
+"""The purchase funnel as a ranker: P(buy i) = P(the user views i) x P(buy | view of i).
+
+A ranker with a handful of parameters, fitted on the valid window, for the regime where purchases are
+too rare for a learned ranker to find this structure on its own (a few thousand views per purchase):
+
+- **Which items the user will look at next.** With weight ``revisit``, an item the user looked at
+  before (each past event weighted by its type, and by how recent it is among the user's events:
+  the k-th event back from the newest weighs ``sqrt(k + 1) - sqrt(k)`` over ``sqrt(n)``, or all alike),
+  and otherwise a fresh pick: a category from the user's own category shares (weight
+  ``category_share``, the rest by global popularity), then an item by its views in that category.
+- **Whether a view of it ends in a purchase.** The item's carts and purchases per view, shrunk towards
+  the store's rate with ``prior_events`` pseudo-events (carts are drawn by the same appeal as
+  purchases, and there are more of them: at 4000 views per purchase the purchases alone cannot
+  separate items), times the user's interest: 1 + the user's views of the item so far, capped at
+  ``interest_cap``.
+
+Only events strictly before the cutoff are used. Scores are expected purchases up to a per-user
+factor, so they order items within a user; they are not probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from purchasepred.eval.candidates import before_cutoff
+from purchasepred.features import CART, PURCHASE, UNKNOWN, VIEW, per_event_type
+
+
+@dataclass(frozen=True)
+class PropensityParams:
+    revisit: float = 0.22
+    """Share of a user's next views that go back to items of their own history."""
+    category_share: float = 0.85
+    """Share of a fresh view that follows the user's own categories (the rest: global category popularity)."""
+    interest_cap: int = 5
+    """A purchase per view grows with 1 + the user's earlier views of the item, up to 1 + this."""
+    prior_events: float = 1.0
+    """Pseudo-events (carts and purchases) shrinking an item's rate per view towards the store's."""
+    recency: str = "sqrt"
+    """How a past event's weight falls with its place back from the newest: 'sqrt' or 'uniform'."""
+    cart_weight: float = 1.0
+    """Weight of a past cart or purchase against a view in the revisit term."""
+
+
+PROPENSITY_GRID: dict[str, tuple[Any, ...]] = {
+    "revisit": (0.1, 0.22, 0.35, 0.5),
+    "category_share": (0.7, 0.85, 0.95),
+    "interest_cap": (2, 5, 10),
+    "prior_events": (0.5, 1.0, 2.0, 5.0, 20.0),
+    "recency": ("sqrt", "uniform"),
+    "cart_weight": (1.0, 3.0),
+}
+
+
+class Propensity:
+    """(B, V) expected purchases of every item, up to a per-user factor, from the events before ``cutoff_ts``.
+
+    ``events``: arrays user_idx, item_idx, event_type_id, ts (any order; ties in time keep their order)."""
+
+    def __init__(self, events: dict[str, np.ndarray], n_items: int, item_category: np.ndarray, cutoff_ts: int,
+                 params: PropensityParams = PropensityParams()) -> None:
+        if params.recency not in ("sqrt", "uniform"):
+            raise ValueError(f"recency must be 'sqrt' or 'uniform', got {params.recency!r}")
+        keep = before_cutoff(events["ts"], cutoff_ts)
+        user = np.asarray(events["user_idx"])[keep].astype(np.int64)
+        item = np.asarray(events["item_idx"])[keep].astype(np.int64)
+        etype = np.asarray(events["event_type_id"])[keep].astype(np.int64)
+        ts = np.asarray(events["ts"])[keep].astype(np.int64)
+        order = np.lexsort((ts, user))  # stable: each user's events in time order
+        self.user, self.item, self.etype = user[order], item[order], etype[order]
+        self.n_items, self.params = n_items, params
+        self.category = np.asarray(item_category, dtype=np.int64)
+        self.n_categories = int(self.category.max()) + 1 if len(self.category) else 2
+        views = np.bincount(item[etype == VIEW], minlength=n_items).astype(np.float64)
+        acted = np.bincount(item[(etype == CART) | (etype == PURCHASE)], minlength=n_items).astype(np.float64)
+        rate = (acted.sum() + 1.0) / (views.sum() + 1.0)
+        self.conversion = (acted + params.prior_events) / (views + params.prior_events / rate)
+        known = self.category != UNKNOWN
+        cat_views = np.bincount(self.category, weights=views * known, minlength=self.n_categories)
+        self.category_popularity = cat_views / max(cat_views.sum(), 1e-12)
+        # an item's share of its category's views (+0.1 each, so that unseen items are not impossible)
+        smoothed = views + 0.1
+        self.in_category = smoothed / np.bincount(self.category, weights=smoothed, minlength=self.n_categories)[self.category]
+        self.type_weight = np.array(per_event_type(view=1.0, cart=params.cart_weight, purchase=params.cart_weight))
+
+    def _ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.searchsorted(self.user, users, "left")
+        hi = np.searchsorted(self.user, users, "right")
+        lengths = hi - lo
+        rows = np.repeat(np.arange(len(users)), lengths)
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return rows, np.repeat(lo, lengths) + offsets
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        p = self.params
+        b, v, c = len(users), self.n_items, self.n_categories
+        rows, idx = self._ranges(users)
+        item, etype = self.item[idx], self.etype[idx]
+        n = np.bincount(rows, minlength=b)
+        back = (np.cumsum(n)[rows] - 1) - np.arange(len(rows))  # 0 = the user's newest event
+        if p.recency == "sqrt":
+            place = np.sqrt(back + 1.0) - np.sqrt(back)
+        else:
+            place = np.ones(len(rows))
+        w = place * self.type_weight[etype]
+        w = w / np.maximum(np.bincount(rows, weights=w, minlength=b), 1e-12)[rows]
+        revisit = np.bincount(rows * v + item, weights=w, minlength=b * v).reshape(b, v)
+        is_view = etype == VIEW
+        seen = np.bincount(rows[is_view] * v + item[is_view], minlength=b * v).reshape(b, v)
+        known = self.category[item] != UNKNOWN
+        share = np.bincount(rows[known] * c + self.category[item[known]], minlength=b * c).reshape(b, c).astype(np.float64)
+        total = share.sum(1, keepdims=True)
+        own = np.divide(share, total, out=np.zeros_like(share), where=total > 0)
+        cat_w = np.where(total > 0, p.category_share * own + (1 - p.category_share) * self.category_popularity,
+                         self.category_popularity)
+        fresh = cat_w[:, self.category] * self.in_category[None, :]
+        has = (n > 0)[:, None]
+        view_p = np.where(has, p.revisit * revisit + (1 - p.revisit) * fresh, fresh)
+        score = view_p * (1.0 + np.minimum(seen, p.interest_cap)) * self.conversion[None, :]
+        return torch.as_tensor(score, dtype=torch.float32)
+
+
+def fit_propensity(events: dict[str, np.ndarray], n_items: int, item_category: np.ndarray, cutoff_ts: int,
+                   objective: Callable[[Propensity], float]) -> tuple[PropensityParams, float]:
+    """Coordinate ascent over PROPENSITY_GRID on the valid window (two sweeps, from the defaults);
+    ``objective(ranker) -> NDCG@10``."""
+    best = PropensityParams()
+    best_score = objective(Propensity(events, n_items, item_category, cutoff_ts, best))
+    for _ in range(2):
+        for name, values in PROPENSITY_GRID.items():
+            for value in values:
+                cand = PropensityParams(**{**asdict(best), name: value})
+                if cand == best:
+                    continue
+                score = objective(Propensity(events, n_items, item_category, cutoff_ts, cand))
+                if score > best_score:
+                    best, best_score = cand, score
+    return best, best_score
