@@ -26,7 +26,6 @@ Example (after `benchmarks/bench_quality.py --rows 1000000 --vpp 60 --workdir /t
 from __future__ import annotations
 
 import argparse
-import math
 from datetime import datetime
 from pathlib import Path
 

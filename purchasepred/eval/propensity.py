@@ -21,7 +21,8 @@ factor, so they order items within a user; they are not probabilities.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
