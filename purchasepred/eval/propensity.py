@@ -20,8 +20,8 @@ factor, so they order items within a user; they are not probabilities.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
