@@ -81,6 +81,42 @@ def model_only_row(cfg, name: str, vpp: float, variant: str, train_s: float, sum
     return row
 
 
+def train(cfg, data: PreparedData, name: str, run_dir: Path, work: Path, refit: bool):
+    """Train the run from scratch (and refit it, as `run` does): (summary, training seconds, refit seconds)."""
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+        shutil.rmtree(work / "output" / name, ignore_errors=True)
+    t0 = time.perf_counter()
+    summary = Trainer(cfg, data, name).fit()
+    train_s = time.perf_counter() - t0
+    refit_s = None
+    if refit:
+        refit_s = {r.split: r.seconds for r in refit_run(cfg, name)}
+        print(f"refit {name}: {refit_s} s (training before the valid window: {train_s:.0f} s)", flush=True)
+    return summary, train_s, refit_s
+
+
+def reused(run_dir: Path, refit: bool):
+    """A trained run's (summary, training seconds, refit seconds) from its metadata."""
+    from types import SimpleNamespace
+
+    from purchasepred.checkpoint import read_metadata
+
+    meta = read_metadata(run_dir)
+    # the valid-window fit is what a change to the rankers changes: never reuse it
+    (run_dir.parent.parent / "output" / run_dir.name / "ranker.json").unlink(missing_ok=True)
+    epochs = meta["epochs"]
+    summary = SimpleNamespace(epochs_done=meta["epochs_done"],
+                              tokens_per_s=sum(e["tokens_per_s"] for e in epochs) / max(len(epochs), 1))
+    recorded = meta.get("refits", {})
+    if refit and not {"test", "all"} <= recorded.keys():
+        raise SystemExit(f"--reuse --refit: {run_dir} has no recorded refits; run without --reuse")
+    refit_s = {split: recorded[split]["seconds"] for split in ("test", "all")} if refit else None
+    return summary, meta["timings"]["train_s"], refit_s
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -94,6 +130,10 @@ def main() -> None:
     p.add_argument("--refit", action="store_true",
                    help="after training, refit on the events before the test window and on all events (as `run` does) "
                         "and score the test window with the first; reports the refits' seconds")
+    p.add_argument("--reuse", action="store_true",
+                   help="score the run already trained in --workdir under these settings (its checkpoints and, with "
+                        "--refit, its refits) instead of training it again: for a change to the rankers, which leaves "
+                        "the transformer as it was; its training seconds are the recorded ones")
     p.add_argument("--model-only", action="store_true",
                    help="ablations: score only the transformer (and history with its default weights) on test, "
                         "without the valid-window fits of the other rankers")
@@ -120,18 +160,11 @@ def main() -> None:
                 *VARIANTS[variant], *args.sets,
             ])
             run_dir = work / "checkpoints" / name
-            if run_dir.exists():
-                import shutil
-
-                shutil.rmtree(run_dir)
-                shutil.rmtree(work / "output" / name, ignore_errors=True)
-            t0 = time.perf_counter()
-            summary = Trainer(cfg, data, name).fit()
-            train_s = time.perf_counter() - t0
-            refit_s = None
-            if args.refit:
-                refit_s = {r.split: r.seconds for r in refit_run(cfg, name)}
-                print(f"refit {name}: {refit_s} s (training before the valid window: {train_s:.0f} s)", flush=True)
+            if args.reuse and (run_dir / "metadata.json").is_file():
+                summary, train_s, refit_s = reused(run_dir, args.refit)
+                print(f"reusing the trained run {run_dir} (trained {train_s:.0f} s; refits {refit_s})", flush=True)
+            else:
+                summary, train_s, refit_s = train(cfg, data, name, run_dir, work, args.refit)
             if args.model_only:
                 results.append(model_only_row(cfg, name, vpp, variant, train_s, summary, data, refit_s))
                 continue

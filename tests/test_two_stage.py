@@ -220,6 +220,35 @@ def test_both_learners_learn_a_planted_signal_out_of_fold_and_round_trip() -> No
         assert p[1] > p[0], kind
 
 
+def test_the_funnel_learner_starts_from_the_propensity_score() -> None:
+    import pytest
+
+    from purchasepred.eval.rerank import FEATURES, LambdaRankGBM, LambdaRankOnFunnel, fit_learner, out_of_fold
+
+    if not LambdaRankGBM.available():
+        pytest.skip("lightgbm is not installed")
+    ts = planted(users=12)
+    col = FEATURES.index("propensity")
+    # the label follows the propensity score alone, and there are too few lists for trees to find it
+    rng = np.random.default_rng(1)
+    ts.y[:] = 0.0
+    for u in range(len(ts.users)):
+        sel = np.flatnonzero(ts.rows == u)
+        p = np.exp(3.0 * ts.x[sel, col]) / np.exp(3.0 * ts.x[sel, col]).sum()
+        ts.y[sel[rng.choice(len(sel), p=p)]] = 1.0
+
+    def mean_rank(pred: np.ndarray) -> float:
+        return float(np.mean([1 + (pred[ts.rows == u] > pred[(ts.rows == u) & (ts.y > 0)][0]).sum()
+                              for u in range(len(ts.users))]))
+
+    assert mean_rank(out_of_fold(ts, "lightgbm_funnel")) < mean_rank(out_of_fold(ts, "lightgbm_carts"))
+    learner = fit_learner(ts, "lightgbm_funnel")
+    assert isinstance(learner, LambdaRankOnFunnel)
+    # its score is the trees' correction plus the propensity feature
+    raw = learner.booster.predict(ts.x[:20])
+    assert np.allclose(learner.predict(ts.x[:20]), raw + ts.x[:20, col], atol=1e-5)
+
+
 def test_two_stage_puts_every_candidate_above_every_other_item() -> None:
     from purchasepred.eval.rerank import ListwiseMLP, TwoStage
 

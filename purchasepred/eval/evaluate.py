@@ -71,7 +71,7 @@ class ValidFit:
         )
 
 
-FIT_VERSION = 2
+FIT_VERSION = 3
 """Bumped when the rankers fitted on valid change (a ranker added, the re-ranker's features): a cached
 fit of an older version is stale."""
 

@@ -307,7 +307,30 @@ class LambdaRankGBMCarts(LambdaRankGBM):
     labels = "carts"
 
 
-LEARNERS = {"lightgbm": LambdaRankGBM, "torch": ListwiseMLP, "lightgbm_carts": LambdaRankGBMCarts}
+class LambdaRankOnFunnel(LambdaRankGBMCarts):
+    """LightGBM's LambdaRank on graded labels, boosted from the propensity ranker's score (its log against
+    the user's best candidate, as LightGBM's init_score): the trees learn corrections to the purchase
+    funnel instead of rebuilding it from a few hundred lists. Without a propensity ranker the feature is
+    0 and this is ``lightgbm_carts``."""
+
+    kind = "lightgbm_funnel"
+    BASE = FEATURES.index("propensity")
+    ROUNDS = 40
+
+    def fit(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> LambdaRankOnFunnel:
+        import lightgbm as lgb
+
+        train = lgb.Dataset(x, label=y.astype(np.int32), group=_groups(rows), feature_name=list(FEATURES),
+                            init_score=x[:, self.BASE].astype(np.float64), free_raw_data=True)
+        self.booster = lgb.train(self.PARAMS, train, num_boost_round=self.ROUNDS)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return super().predict(x) + x[:, self.BASE] if len(x) else np.zeros(0, np.float32)
+
+
+LEARNERS = {"lightgbm": LambdaRankGBM, "torch": ListwiseMLP, "lightgbm_carts": LambdaRankGBMCarts,
+            "lightgbm_funnel": LambdaRankOnFunnel}
 
 
 def load_learner(d: dict[str, Any]) -> Any:
