@@ -87,6 +87,8 @@ class Propensity:
         smoothed = views + 0.1
         self.in_category = smoothed / np.bincount(self.category, weights=smoothed, minlength=self.n_categories)[self.category]
         self.type_weight = np.array(per_event_type(view=1.0, cart=params.cart_weight, purchase=params.cart_weight))
+        self._category_t = torch.as_tensor(self.category)
+        self._fresh_item = torch.as_tensor(self.in_category * self.conversion, dtype=torch.float32)
 
     def _ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo = np.searchsorted(self.user, users, "left")
@@ -103,26 +105,27 @@ class Propensity:
         item, etype = self.item[idx], self.etype[idx]
         n = np.bincount(rows, minlength=b)
         back = (np.cumsum(n)[rows] - 1) - np.arange(len(rows))  # 0 = the user's newest event
-        if p.recency == "sqrt":
-            place = np.sqrt(back + 1.0) - np.sqrt(back)
-        else:
-            place = np.ones(len(rows))
+        place = np.sqrt(back + 1.0) - np.sqrt(back) if p.recency == "sqrt" else np.ones(len(rows))
         w = place * self.type_weight[etype]
         w = w / np.maximum(np.bincount(rows, weights=w, minlength=b), 1e-12)[rows]
-        revisit = np.bincount(rows * v + item, weights=w, minlength=b * v).reshape(b, v)
-        is_view = etype == VIEW
-        seen = np.bincount(rows[is_view] * v + item[is_view], minlength=b * v).reshape(b, v)
         known = self.category[item] != UNKNOWN
         share = np.bincount(rows[known] * c + self.category[item[known]], minlength=b * c).reshape(b, c).astype(np.float64)
         total = share.sum(1, keepdims=True)
         own = np.divide(share, total, out=np.zeros_like(share), where=total > 0)
         cat_w = np.where(total > 0, p.category_share * own + (1 - p.category_share) * self.category_popularity,
                          self.category_popularity)
-        fresh = cat_w[:, self.category] * self.in_category[None, :]
-        has = (n > 0)[:, None]
-        view_p = np.where(has, p.revisit * revisit + (1 - p.revisit) * fresh, fresh)
-        score = view_p * (1.0 + np.minimum(seen, p.interest_cap)) * self.conversion[None, :]
-        return torch.as_tensor(score, dtype=torch.float32)
+        cat_w *= np.where(n > 0, 1.0 - p.revisit, 1.0)[:, None]  # a cold user's views are all fresh picks
+        # one dense (B, V) float32 block, like the other rankers': the fresh pick, times the rate per view
+        score = torch.as_tensor(cat_w.astype(np.float32))[:, self._category_t]
+        score.mul_(self._fresh_item[None, :])
+        # the (user, item) pairs the user touched: the revisit term, and the interest on both terms
+        uniq, inv = np.unique(rows * v + item, return_inverse=True)
+        revisit = np.bincount(inv, weights=w, minlength=len(uniq))
+        seen = np.bincount(inv, weights=(etype == VIEW).astype(np.float64), minlength=len(uniq))
+        pr, pi = torch.as_tensor(uniq // v), torch.as_tensor(uniq % v)
+        touched = score[pr, pi].double().numpy() + p.revisit * revisit * self.conversion[uniq % v]
+        score[pr, pi] = torch.as_tensor(touched * (1.0 + np.minimum(seen, p.interest_cap)), dtype=torch.float32)
+        return score
 
 
 def fit_propensity(events: dict[str, np.ndarray], n_items: int, item_category: np.ndarray, cutoff_ts: int,
