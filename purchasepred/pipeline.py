@@ -393,8 +393,8 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
         "train_seconds": summary.seconds, "tokens_per_s": summary.tokens_per_s,
         "refit_seconds": {split: recorded[split]["seconds"] for split in ("test", "all") if split in recorded} or None,
         "test_model": result["model_checkpoint"], "export_model": exported.model_checkpoint,
-        "test": {r: result[r][f"ndcg@{k0}"] if r in ("model", "blend") else result["baselines"][r][f"ndcg@{k0}"]
-                 for r in ("popularity", "history", "model", "blend")},
+        "test": {r: (result["baselines"][r] if r in result["baselines"] else result[r])[f"ndcg@{k0}"]
+                 for r in ("popularity", "history", "tifu_knn", "model", "blend", "propensity", "two_stage")},
         "default": result["default"], "metrics": str(evaluation.path), "recommendations": str(exported.path),
     }
     hooks.stage("report")

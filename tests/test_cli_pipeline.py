@@ -47,7 +47,8 @@ def test_run_on_a_tiny_synth_writes_metrics_recommendations_and_summary(work: Pa
     assert {"model", "baselines", "blend", "default", "calibration"} <= metrics.keys()
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["run"] == "t" and summary["epochs_done"] == 1
-    assert set(summary["test"]) == {"popularity", "history", "model", "blend"}
+    assert set(summary["test"]) == {"popularity", "history", "tifu_knn", "model", "blend", "propensity", "two_stage"}
+    assert summary["test"][summary["default"]] == metrics["default_metrics"]["ndcg@10"]
     assert summary["default"] == metrics["default"]
     assert summary["test"]["model"] == metrics["model"]["ndcg@10"]
     # refit by default: the test numbers from the model refit before the test window, export from all events

@@ -33,7 +33,7 @@ def by_hand(rows: list[tuple[int, int, int, int]], user: int, p: PropensityParam
     views = {i: sum(1 for r in rows if r[1] == i and r[2] == VIEW) for i in range(6)}
     acted = {i: sum(1 for r in rows if r[1] == i and r[2] in (CART, PURCHASE)) for i in range(6)}
     rate = (sum(acted.values()) + 1) / (sum(views.values()) + 1)
-    cat_views = {c: sum(views[i] for i in range(6) if CATEGORY[i] == c and c != 1) for c in range(4)}
+    cat_views = {c: sum(views[i] for i in range(6) if CATEGORY[i] == c) for c in range(4)}
     in_cat = {i: (views[i] + 0.1) / sum(views[j] + 0.1 for j in range(6) if CATEGORY[j] == CATEGORY[i]) for i in range(6)}
     mine = sorted((r for r in rows if r[0] == user), key=lambda r: r[3])
     n = len(mine)
@@ -73,6 +73,19 @@ def test_the_newest_event_weighs_most_with_sqrt_recency() -> None:
     assert s[5] > s[4] > s[3] > s[2] > 0
     flat = Propensity(log(rows), 6, CATEGORY, CUTOFF, PropensityParams(revisit=1.0, prior_events=1e9, recency="uniform"))
     assert torch.allclose(flat(np.array([2]))[0, 2:], torch.full((4,), float(flat(np.array([2]))[0, 2])))
+
+
+def test_a_log_without_categories_picks_fresh_items_by_their_views() -> None:
+    rows = [(u, 2 + u % 4, VIEW, u) for u in range(2, 30)] + [(40, 3, VIEW, 1)]
+    unknown = np.array([0, 1, 1, 1, 1, 1])  # every item in the unknown category
+    ranker = Propensity(log(rows), 6, unknown, CUTOFF, PropensityParams(prior_events=1e9))  # one rate for all
+    views = np.bincount(log(rows)["item_idx"], minlength=6)[2:]
+    cold = ranker(np.array([99]))[0, 2:]
+    assert torch.equal(torch.argsort(cold, descending=True, stable=True),
+                       torch.as_tensor(np.argsort(-views, kind="stable")))
+    assert (cold > 0).all()
+    warm = ranker(np.array([40]))[0, 2:]
+    assert warm.argmax() == 1 and (warm > 0).all()  # its own item first, then the others by their views
 
 
 def test_propensity_ignores_events_at_or_after_the_cutoff() -> None:

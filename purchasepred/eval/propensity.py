@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from purchasepred.eval.candidates import before_cutoff
-from purchasepred.features import CART, PURCHASE, UNKNOWN, VIEW, per_event_type
+from purchasepred.features import CART, PURCHASE, VIEW, per_event_type
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,9 @@ class Propensity:
         acted = np.bincount(item[(etype == CART) | (etype == PURCHASE)], minlength=n_items).astype(np.float64)
         rate = (acted.sum() + 1.0) / (views.sum() + 1.0)
         self.conversion = (acted + params.prior_events) / (views + params.prior_events / rate)
-        known = self.category != UNKNOWN
-        cat_views = np.bincount(self.category, weights=views * known, minlength=self.n_categories)
+        # items without a (known) category form one more category: a log without categories gets the
+        # global item popularity as its fresh pick
+        cat_views = np.bincount(self.category, weights=views, minlength=self.n_categories)
         self.category_popularity = cat_views / max(cat_views.sum(), 1e-12)
         # an item's share of its category's views (+0.1 each, so that unseen items are not impossible)
         smoothed = views + 0.1
@@ -108,8 +109,7 @@ class Propensity:
         place = np.sqrt(back + 1.0) - np.sqrt(back) if p.recency == "sqrt" else np.ones(len(rows))
         w = place * self.type_weight[etype]
         w = w / np.maximum(np.bincount(rows, weights=w, minlength=b), 1e-12)[rows]
-        known = self.category[item] != UNKNOWN
-        share = np.bincount(rows[known] * c + self.category[item[known]], minlength=b * c).reshape(b, c).astype(np.float64)
+        share = np.bincount(rows * c + self.category[item], minlength=b * c).reshape(b, c).astype(np.float64)
         total = share.sum(1, keepdims=True)
         own = np.divide(share, total, out=np.zeros_like(share), where=total > 0)
         cat_w = np.where(total > 0, p.category_share * own + (1 - p.category_share) * self.category_popularity,
