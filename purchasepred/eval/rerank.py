@@ -235,18 +235,20 @@ class LambdaRankGBM:
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.booster is None:  # fitted on no list with a purchase: nothing learned, every pair alike
+            return np.zeros(len(x), np.float32)
         # rows are scored independently: every thread count gives the same predictions
         return (self.booster.predict(x, num_threads=torch.get_num_threads()).astype(np.float32) if len(x)
                 else np.zeros(0, np.float32))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": self.booster.model_to_string()}
+        return {"kind": self.kind, "model": self.booster.model_to_string() if self.booster is not None else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LambdaRankGBM:
         import lightgbm as lgb
 
-        return cls(lgb.Booster(model_str=d["model"]))
+        return cls(lgb.Booster(model_str=d["model"]) if d["model"] is not None else None)
 
 
 class ListwiseMLP:
@@ -442,7 +444,12 @@ def out_of_fold(ts: TrainingSet, kind: str) -> np.ndarray:
 
 
 def fit_learner(ts: TrainingSet, kind: str) -> Any:
+    """The learner fitted on every user with a positive candidate; with none (no valid buyer's purchase
+    among its candidates: a tiny log) it stays unfitted: the LambdaRank learners score every pair
+    alike (the funnel learner: by the propensity score), the MLP by its seeded initial weights."""
     train = _with_positives(ts, np.ones(len(ts.users), dtype=bool))
+    if not train.any():
+        return LEARNERS[kind]()
     return LEARNERS[kind]().fit(ts.x[train], ts.y[train], ts.rows[train])
 
 
