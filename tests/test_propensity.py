@@ -129,3 +129,11 @@ def test_fit_propensity_climbs_to_the_objectives_best_grid_point() -> None:
 def test_an_unknown_recency_is_refused() -> None:
     with pytest.raises(ValueError, match="recency"):
         Propensity(log(ROWS), 6, CATEGORY, CUTOFF, PropensityParams(recency="linear"))
+
+
+def test_with_params_scores_like_a_ranker_built_with_them() -> None:
+    other = PropensityParams(revisit=0.5, interest_cap=2, prior_events=20.0, recency="uniform", cart_weight=3.0)
+    base = Propensity(log(ROWS), 6, CATEGORY, CUTOFF)
+    users = np.array([2, 3, 9])
+    assert torch.equal(base.with_params(other)(users), Propensity(log(ROWS), 6, CATEGORY, CUTOFF, other)(users))
+    assert base.params == PropensityParams()  # the base is left as it was

@@ -20,6 +20,7 @@ factor, so they order items within a user; they are not probabilities.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -64,8 +65,6 @@ class Propensity:
 
     def __init__(self, events: dict[str, np.ndarray], n_items: int, item_category: np.ndarray, cutoff_ts: int,
                  params: PropensityParams = PropensityParams()) -> None:
-        if params.recency not in ("sqrt", "uniform"):
-            raise ValueError(f"recency must be 'sqrt' or 'uniform', got {params.recency!r}")
         keep = before_cutoff(events["ts"], cutoff_ts)
         user = np.asarray(events["user_idx"])[keep].astype(np.int64)
         item = np.asarray(events["item_idx"])[keep].astype(np.int64)
@@ -73,13 +72,12 @@ class Propensity:
         ts = np.asarray(events["ts"])[keep].astype(np.int64)
         order = np.lexsort((ts, user))  # stable: each user's events in time order
         self.user, self.item, self.etype = user[order], item[order], etype[order]
-        self.n_items, self.params = n_items, params
+        self.n_items = n_items
         self.category = np.asarray(item_category, dtype=np.int64)
         self.n_categories = int(self.category.max()) + 1 if len(self.category) else 2
         views = np.bincount(item[etype == VIEW], minlength=n_items).astype(np.float64)
-        acted = np.bincount(item[(etype == CART) | (etype == PURCHASE)], minlength=n_items).astype(np.float64)
-        rate = (acted.sum() + 1.0) / (views.sum() + 1.0)
-        self.conversion = (acted + params.prior_events) / (views + params.prior_events / rate)
+        self._views = views
+        self._acted = np.bincount(item[(etype == CART) | (etype == PURCHASE)], minlength=n_items).astype(np.float64)
         # items without a (known) category form one more category: a log without categories gets the
         # global item popularity as its fresh pick
         cat_views = np.bincount(self.category, weights=views, minlength=self.n_categories)
@@ -87,9 +85,23 @@ class Propensity:
         # an item's share of its category's views (+0.1 each, so that unseen items are not impossible)
         smoothed = views + 0.1
         self.in_category = smoothed / np.bincount(self.category, weights=smoothed, minlength=self.n_categories)[self.category]
-        self.type_weight = np.array(per_event_type(view=1.0, cart=params.cart_weight, purchase=params.cart_weight))
         self._category_t = torch.as_tensor(self.category)
+        self._set_params(params)
+
+    def _set_params(self, params: PropensityParams) -> None:
+        if params.recency not in ("sqrt", "uniform"):
+            raise ValueError(f"recency must be 'sqrt' or 'uniform', got {params.recency!r}")
+        self.params = params
+        rate = (self._acted.sum() + 1.0) / (self._views.sum() + 1.0)
+        self.conversion = (self._acted + params.prior_events) / (self._views + params.prior_events / rate)
+        self.type_weight = np.array(per_event_type(view=1.0, cart=params.cart_weight, purchase=params.cart_weight))
         self._fresh_item = torch.as_tensor(self.in_category * self.conversion, dtype=torch.float32)
+
+    def with_params(self, params: PropensityParams) -> Propensity:
+        """The same log under other parameters (the events are sorted and counted once: a grid search's case)."""
+        other = copy.copy(self)
+        other._set_params(params)
+        return other
 
     def _ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo = np.searchsorted(self.user, users, "left")
@@ -133,14 +145,15 @@ def fit_propensity(events: dict[str, np.ndarray], n_items: int, item_category: n
     """Coordinate ascent over PROPENSITY_GRID on the valid window (two sweeps, from the defaults);
     ``objective(ranker) -> NDCG@10``."""
     best = PropensityParams()
-    best_score = objective(Propensity(events, n_items, item_category, cutoff_ts, best))
+    base = Propensity(events, n_items, item_category, cutoff_ts, best)
+    best_score = objective(base)
     for _ in range(2):
         for name, values in PROPENSITY_GRID.items():
             for value in values:
                 cand = PropensityParams(**{**asdict(best), name: value})
                 if cand == best:
                     continue
-                score = objective(Propensity(events, n_items, item_category, cutoff_ts, cand))
+                score = objective(base.with_params(cand))
                 if score > best_score:
                     best, best_score = cand, score
     return best, best_score
