@@ -33,7 +33,7 @@ def by_hand(rows: list[tuple[int, int, int, int]], user: int, p: PropensityParam
     views = {i: sum(1 for r in rows if r[1] == i and r[2] == VIEW) for i in range(6)}
     acted = {i: sum(1 for r in rows if r[1] == i and r[2] in (CART, PURCHASE)) for i in range(6)}
     rate = (sum(acted.values()) + 1) / (sum(views.values()) + 1)
-    cat_views = {c: sum(views[i] for i in range(6) if CATEGORY[i] == c) for c in range(4)}
+    cat_views = {c: sum(views[i] + 0.1 for i in range(6) if CATEGORY[i] == c) for c in range(4)}
     in_cat = {i: (views[i] + 0.1) / sum(views[j] + 0.1 for j in range(6) if CATEGORY[j] == CATEGORY[i]) for i in range(6)}
     mine = sorted((r for r in rows if r[0] == user), key=lambda r: r[3])
     n = len(mine)
@@ -73,6 +73,14 @@ def test_the_newest_event_weighs_most_with_sqrt_recency() -> None:
     assert s[5] > s[4] > s[3] > s[2] > 0
     flat = Propensity(log(rows), 6, CATEGORY, CUTOFF, PropensityParams(revisit=1.0, prior_events=1e9, recency="uniform"))
     assert torch.allclose(flat(np.array([2]))[0, 2:], torch.full((4,), float(flat(np.array([2]))[0, 2])))
+
+
+def test_a_category_nobody_viewed_is_not_impossible() -> None:
+    # items 4 and 5 (category 3) were only bought, never viewed; a cold user and a log of purchases only
+    rows = [(2, 2, VIEW, 1), (2, 3, VIEW, 2), (3, 4, PURCHASE, 3)]
+    assert (Propensity(log(rows), 6, CATEGORY, CUTOFF)(np.array([9]))[0, 2:] > 0).all()
+    bought = [(2, 2, PURCHASE, 1), (3, 5, PURCHASE, 2)]
+    assert (Propensity(log(bought), 6, CATEGORY, CUTOFF)(np.array([9]))[0, 2:] > 0).all()
 
 
 def test_a_log_without_categories_picks_fresh_items_by_their_views() -> None:
@@ -119,7 +127,8 @@ def test_fit_propensity_climbs_to_the_objectives_best_grid_point() -> None:
         seen.append(p)
         return -abs(p.revisit - 0.35) - abs(p.prior_events - 5.0) / 10 + (p.recency == "uniform")
 
-    best, score = fit_propensity(events, 6, CATEGORY, CUTOFF, objective)
+    ranker, score = fit_propensity(events, 6, CATEGORY, CUTOFF, objective)
+    best = ranker.params
     assert (best.revisit, best.prior_events, best.recency) == (0.35, 5.0, "uniform")
     tried = list(seen)
     assert score == max(objective(Propensity(events, 6, CATEGORY, CUTOFF, p)) for p in tried)

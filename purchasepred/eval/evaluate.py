@@ -114,8 +114,8 @@ def build_window(data: PreparedData, name: str, cfg: Config, model: torch.nn.Mod
         w.rankers["blend"] = Blend(w.rankers["model"], w.rankers["history"], fitted.blend, w.prior, w.affinity)
         w.rankers["tifu_knn"] = Lazy(lambda: build_tifu(raw, data.vocab.n_items, ts, popularity.normalized,
                                                         fitted.tifu or TifuParams()))
-        w.rankers["propensity"] = Propensity(raw, data.vocab.n_items, data.items["category_idx"], ts,
-                                             fitted.propensity or PropensityParams())
+        w.rankers["propensity"] = Lazy(lambda: Propensity(raw, data.vocab.n_items, data.items["category_idx"], ts,
+                                                          fitted.propensity or PropensityParams()))
         w.rankers["two_stage"] = Lazy(lambda: TwoStage(features(w, data, model, device, fitted.history),
                                                         chosen_learner(fitted)))
     return w
@@ -186,9 +186,9 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
                                                         valid.popularity.normalized, lambda s: _ndcg10(s, valid.split))
     valid.rankers["tifu_knn"] = TifuKNN(vectors, valid.popularity.normalized, tifu_params.k, tifu_params.alpha)
     category = data.items["category_idx"]
-    propensity, scores["propensity"] = fit_propensity(valid.raw, data.vocab.n_items, category, valid.cutoff_ts,
-                                                      lambda s: _ndcg10(s, valid.split))
-    valid.rankers["propensity"] = Propensity(valid.raw, data.vocab.n_items, category, valid.cutoff_ts, propensity)
+    valid.rankers["propensity"], scores["propensity"] = fit_propensity(
+        valid.raw, data.vocab.n_items, category, valid.cutoff_ts, lambda s: _ndcg10(s, valid.split))
+    propensity = valid.rankers["propensity"].params
     two_stage, scores["two_stage"] = fit_two_stage(valid, data, model, device, params)
     n_buyers = len(valid.split.truth_users)
     if n_buyers < cfg.eval.min_valid_buyers:
@@ -285,7 +285,14 @@ def evaluate(data: PreparedData, cfg: Config, model: torch.nn.Module, device: to
     y, score = calibration_pairs(w, fitted.default, cfg.export.k, cfg.eval.seed, cfg.eval.calibration_users)
     p = calib(score)
     # uncalibrated: the score read as a probability (the model's log-probability, exponentiated)
-    p_raw = np.clip(np.exp(np.minimum(score, 0.0)), 0.0, 1.0) if fitted.default in ("model", "blend") else np.clip(score / (score.max() or 1.0), 0.0, 1.0)
+    # (a log-probability is exponentiated; non-negative scores are scaled by their maximum; other scores,
+    # such as a re-ranker's, go through a sigmoid)
+    if fitted.default in ("model", "blend"):
+        p_raw = np.clip(np.exp(np.minimum(score, 0.0)), 0.0, 1.0)
+    elif len(score) and score.min() < 0:
+        p_raw = 1.0 / (1.0 + np.exp(-np.clip(score, -50.0, 50.0)))
+    else:
+        p_raw = np.clip(score / (score.max() or 1.0), 0.0, 1.0)
     return {
         "split": split,
         "k": ks,

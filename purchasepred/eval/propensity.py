@@ -78,12 +78,13 @@ class Propensity:
         views = np.bincount(item[etype == VIEW], minlength=n_items).astype(np.float64)
         self._views = views
         self._acted = np.bincount(item[(etype == CART) | (etype == PURCHASE)], minlength=n_items).astype(np.float64)
-        # items without a (known) category form one more category: a log without categories gets the
-        # global item popularity as its fresh pick
-        cat_views = np.bincount(self.category, weights=views, minlength=self.n_categories)
-        self.category_popularity = cat_views / max(cat_views.sum(), 1e-12)
-        # an item's share of its category's views (+0.1 each, so that unseen items are not impossible)
+        # views + 0.1 per item, so that no item or category is impossible (a category nobody viewed yet,
+        # a log of purchases only); items without a (known) category form one more category: a log
+        # without categories gets the global item popularity as its fresh pick
         smoothed = views + 0.1
+        cat_views = np.bincount(self.category, weights=smoothed, minlength=self.n_categories)
+        self.category_popularity = cat_views / max(cat_views.sum(), 1e-12)
+        # an item's share of its category's views
         self.in_category = smoothed / np.bincount(self.category, weights=smoothed, minlength=self.n_categories)[self.category]
         self._category_t = torch.as_tensor(self.category)
         self._set_params(params)
@@ -107,7 +108,7 @@ class Propensity:
         lo = np.searchsorted(self.user, users, "left")
         hi = np.searchsorted(self.user, users, "right")
         lengths = hi - lo
-        rows = np.repeat(np.arange(len(users)), lengths)
+        rows = np.repeat(np.arange(len(users), dtype=np.int64), lengths)
         offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return rows, np.repeat(lo, lengths) + offsets
 
@@ -141,9 +142,9 @@ class Propensity:
 
 
 def fit_propensity(events: dict[str, np.ndarray], n_items: int, item_category: np.ndarray, cutoff_ts: int,
-                   objective: Callable[[Propensity], float]) -> tuple[PropensityParams, float]:
+                   objective: Callable[[Propensity], float]) -> tuple[Propensity, float]:
     """Coordinate ascent over PROPENSITY_GRID on the valid window (two sweeps, from the defaults);
-    ``objective(ranker) -> NDCG@10``."""
+    ``objective(ranker) -> NDCG@10``. Returns the best ranker (its ``params``) and its score."""
     best = PropensityParams()
     base = Propensity(events, n_items, item_category, cutoff_ts, best)
     best_score = objective(base)
@@ -156,4 +157,4 @@ def fit_propensity(events: dict[str, np.ndarray], n_items: int, item_category: n
                 score = objective(base.with_params(cand))
                 if score > best_score:
                     best, best_score = cand, score
-    return best, best_score
+    return base.with_params(best), best_score

@@ -436,9 +436,8 @@ def out_of_fold(ts: TrainingSet, kind: str) -> np.ndarray:
     for f in (0, 1):
         train = _with_positives(ts, fold != f)
         test = fold[ts.rows] == f
-        if not train.any():
-            continue
-        learner = LEARNERS[kind]().fit(ts.x[train], ts.y[train], ts.rows[train])
+        # a fold with nothing to learn from is scored as fit_learner would leave the learner: unfitted
+        learner = LEARNERS[kind]().fit(ts.x[train], ts.y[train], ts.rows[train]) if train.any() else LEARNERS[kind]()
         pred[test] = learner.predict(ts.x[test])
     return pred
 
