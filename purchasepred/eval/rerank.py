@@ -12,10 +12,11 @@ neighbour term and how active the user is.
 
 The re-ranker is fitted on the **valid** window (buyers of that window, their candidates, label =
 bought in the window) and applied to the test window and, for export, as of the end of the data.
-Two learners are tried: LightGBM's LambdaRank (optional dependency ``lightgbm``) and a small listwise
-MLP in torch (ListNet softmax cross-entropy per user). Each is scored out of fold on valid (users
-split in two halves by id, each half ranked by the learner fitted on the other); the better one is
-refitted on all valid buyers and kept. Items that are not candidates rank below every candidate,
+Four learners are tried: LightGBM's LambdaRank (optional dependency ``lightgbm``) on purchases, the
+same on graded labels with carts, the same boosted from the propensity ranker's score, and a small
+listwise MLP in torch (ListNet softmax cross-entropy per user). Each is scored out of fold on valid
+(users split in two halves by id, each half ranked by the learner fitted on the other); the best one
+is refitted on all valid buyers and kept. Items that are not candidates rank below every candidate,
 by popularity.
 """
 
