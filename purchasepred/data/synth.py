@@ -334,11 +334,28 @@ def _calibrated_probs(w: np.ndarray, bins: np.ndarray, n_bins: int, mask: np.nda
 
 def _simulate(rng: np.random.Generator, rows: int, margin: float, vpp: float, days: int,
               start: datetime, n_users_target: int, cat: dict) -> dict:
-    n_items = cat["n_items"]
-    window = days * 86400
     # purchases = V / vpp, carts ~ 2 * purchases
     n_views_target = int(math.ceil(rows * margin / (1.0 + 3.0 / vpp))) + 1
+    sess = _sessions(rng, n_views_target, n_users_target, days, start)
+    view_item, pref, n_pref = _view_items(rng, sess, cat)
+    vidx, etime, etype = _purchases(rng, sess, view_item, cat, vpp)
+    return {
+        "time": etime,
+        "type": etype,
+        "item": view_item[vidx].astype(np.int32),
+        "session": sess["sess_of_view"][vidx].astype(np.int32),
+        "session_user": sess["sess_user"],
+        "n_users": sess["nu"],
+        # hidden state, for benchmarks/oracle_synth.py (not written to the file)
+        "pref": pref,
+        "n_pref": n_pref,
+    }
 
+
+def _sessions(rng: np.random.Generator, n_views_target: int, n_users_target: int, days: int,
+              start: datetime) -> dict:
+    """Sessions (lengths, users, start times) and every view's session, position and time."""
+    window = days * 86400
     # sessions and their lengths (in views)
     p_geo = 1.0 / _MEAN_SESSION_VIEWS
     chunks: list[np.ndarray] = []
@@ -391,7 +408,16 @@ def _simulate(rng: np.random.Generator, rows: int, margin: float, vpp: float, da
     acc = np.maximum.accumulate(t_raw - d + sess_user * big)
     sess_start = acc - sess_user * big + d
     view_time = sess_start[sess_of_view] + view_off
+    return {"sess_user": sess_user, "sess_of_view": sess_of_view, "sess_first": sess_first, "pos": pos,
+            "user_first_sess": user_first_sess, "view_time": view_time, "n_views": n_views, "n_sess": n_sess,
+            "nu": nu}
 
+
+def _view_items(rng: np.random.Generator, sess: dict, cat: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every view's item (fresh picks or copies of earlier views), and the users' preferred categories."""
+    sess_user, sess_of_view, sess_first = sess["sess_user"], sess["sess_of_view"], sess["sess_first"]
+    pos, user_first_sess = sess["pos"], sess["user_first_sess"]
+    n_views, n_sess, nu = sess["n_views"], sess["n_sess"], sess["nu"]
     # --- items of views: fresh picks or copies of earlier views (same session / same user)
     u_of_view = sess_user[sess_of_view]
     first_view_of_user = sess_first[user_first_sess]
@@ -430,7 +456,14 @@ def _simulate(rng: np.random.Generator, rows: int, margin: float, vpp: float, da
     item_tab[fresh] = fitem
     view_item = item_tab[src]
     del item_tab, src
+    return view_item, pref, n_pref
 
+
+def _purchases(rng: np.random.Generator, sess: dict, view_item: np.ndarray, cat: dict,
+               vpp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Carts and purchases drawn from the views: (source view of every event, times, types)."""
+    n_items, n_views, view_time = cat["n_items"], sess["n_views"], sess["view_time"]
+    u_of_view = sess["sess_user"][sess["sess_of_view"]]
     # prior views of the same item by the same user (views are ordered by user, then time)
     key = u_of_view * n_items + view_item
     korder = np.argsort(key, kind="stable")
@@ -464,17 +497,7 @@ def _simulate(rng: np.random.Generator, rows: int, margin: float, vpp: float, da
         np.zeros(n_views, np.uint8), np.ones(buy_idx.size + ab_idx.size, np.uint8),
         np.full(buy_idx.size, 2, np.uint8),
     ))
-    return {
-        "time": etime,
-        "type": etype,
-        "item": view_item[vidx].astype(np.int32),
-        "session": sess_of_view[vidx].astype(np.int32),
-        "session_user": sess_user,
-        "n_users": nu,
-        # hidden state, for benchmarks/oracle_synth.py (not written to the file)
-        "pref": pref,
-        "n_pref": n_pref,
-    }
+    return vidx, etime, etype
 
 
 # --- CSV writing -----------------------------------------------------------------------
