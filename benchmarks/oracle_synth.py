@@ -40,19 +40,11 @@ K = 10
 
 def hidden_state(rows: int, vpp: float, days: int, seed: int, items: int | None) -> dict:
     """The generator's catalogue, events and hidden per-user state for these settings (same draws as generate)."""
-    n_items = int(items) if items is not None else max(200, rows // 250)
-    n_cats = max(10, n_items // 150)
-    n_brands = max(10, n_items // 40)
-    n_users = max(50, rows // 20)
+    n_items, n_cats, n_brands, n_users = synth.sizes(rows, items)
     rng = np.random.default_rng([int(seed), 1])
     cat = synth._catalogue(rng, n_items, n_cats, n_brands)
-    margin = synth._ROWS_MARGIN
     start = datetime(2019, 10, 1)
-    for attempt in range(20):
-        ev = synth._simulate(np.random.default_rng([int(seed), 2, attempt]), rows, margin, vpp, days, start, n_users, cat)
-        if ev["time"].size >= rows:
-            break
-        margin *= 1.25
+    ev = synth.simulate_events(seed, rows, vpp, days, start, n_users, cat)
     order = np.argsort(ev["time"], kind="stable")[:rows]
     user_ids = synth._unique_ints(rng, ev["n_users"], 510_000_000, 600_000_000)  # _string_tables' first draw
     return {

@@ -124,20 +124,7 @@ def generate(
     """
     t0 = time.perf_counter()
     out = Path(out)
-    if isinstance(rows, bool) or int(rows) != rows or rows < 100:
-        raise ValueError(f"rows must be an integer >= 100, got {rows!r}")
-    rows = int(rows)
-    try:
-        vpp = float(views_per_purchase)
-    except (TypeError, ValueError):
-        vpp = float("nan")
-    if not math.isfinite(vpp) or vpp < 1:
-        raise ValueError(f"views_per_purchase must be a finite number >= 1, got {views_per_purchase!r}")
-    if isinstance(days, bool) or int(days) != days or days < 1:
-        raise ValueError(f"days must be an integer >= 1, got {days!r}")
-    days = int(days)
-    if schema not in ("rees46", "competition"):
-        raise ValueError(f"schema must be 'rees46' or 'competition', got {schema!r}")
+    rows, vpp, days = _checked(rows, views_per_purchase, days, schema, items)
     if start.tzinfo is not None:
         start = start.astimezone(timezone.utc).replace(tzinfo=None)
     start = start.replace(microsecond=0)
@@ -146,27 +133,11 @@ def generate(
         if progress is not None:
             progress(msg)
 
-    if items is not None and (isinstance(items, bool) or int(items) != items or items < 10):
-        raise ValueError(f"items must be an integer >= 10, got {items!r}")
-    n_items = int(items) if items is not None else max(200, rows // 250)
-    n_cats = max(10, n_items // 150)
-    n_brands = max(10, n_items // 40)
-    n_users = max(50, rows // 20)
-
+    n_items, n_cats, n_brands, n_users = sizes(rows, items)
     say(f"catalogue: {n_items:,} items, {n_cats:,} categories, {n_brands:,} brands")
     rng = np.random.default_rng([int(seed), 1])
     cat = _catalogue(rng, n_items, n_cats, n_brands)
-
-    margin = _ROWS_MARGIN
-    for attempt in range(20):
-        say(f"simulating ~{int(rows * margin):,} events for ~{n_users:,} users")
-        ev_rng = np.random.default_rng([int(seed), 2, attempt])
-        ev = _simulate(ev_rng, rows, margin, vpp, days, start, n_users, cat)
-        if ev["time"].size >= rows:
-            break
-        margin *= 1.25
-    else:  # pragma: no cover - would need an absurd shortfall 20 times in a row
-        raise RuntimeError("synthetic generator could not reach the requested row count")
+    ev = simulate_events(seed, rows, vpp, days, start, n_users, cat, say)
 
     # global time order (stable: generation order breaks ties), keep the first `rows`
     order = np.argsort(ev["time"], kind="stable")[:rows]
@@ -201,6 +172,45 @@ def generate(
         f"in {summary.seconds:.1f}s"
     )
     return summary
+
+
+def _checked(rows: int, views_per_purchase: float, days: int, schema: str, items: int | None) -> tuple[int, float, int]:
+    """generate's arguments checked (one clear ValueError each) and normalised: (rows, vpp, days)."""
+    if isinstance(rows, bool) or int(rows) != rows or rows < 100:
+        raise ValueError(f"rows must be an integer >= 100, got {rows!r}")
+    try:
+        vpp = float(views_per_purchase)
+    except (TypeError, ValueError):
+        vpp = float("nan")
+    if not math.isfinite(vpp) or vpp < 1:
+        raise ValueError(f"views_per_purchase must be a finite number >= 1, got {views_per_purchase!r}")
+    if isinstance(days, bool) or int(days) != days or days < 1:
+        raise ValueError(f"days must be an integer >= 1, got {days!r}")
+    if schema not in ("rees46", "competition"):
+        raise ValueError(f"schema must be 'rees46' or 'competition', got {schema!r}")
+    if items is not None and (isinstance(items, bool) or int(items) != items or items < 10):
+        raise ValueError(f"items must be an integer >= 10, got {items!r}")
+    return int(rows), vpp, int(days)
+
+
+def sizes(rows: int, items: int | None = None) -> tuple[int, int, int, int]:
+    """(items, categories, brands, users) of a log of ``rows`` rows (``items`` overrides the catalogue size)."""
+    n_items = int(items) if items is not None else max(200, rows // 250)
+    return n_items, max(10, n_items // 150), max(10, n_items // 40), max(50, rows // 20)
+
+
+def simulate_events(seed: int, rows: int, vpp: float, days: int, start: datetime, n_users: int, cat: dict,
+                    say: Callable[[str], None] = lambda msg: None) -> dict:
+    """The simulated events (at least ``rows``, in generation order) and the hidden state behind them:
+    ``_simulate`` with a margin of extra rows, grown and drawn again (a new seed) on a shortfall."""
+    margin = _ROWS_MARGIN
+    for attempt in range(20):
+        say(f"simulating ~{int(rows * margin):,} events for ~{n_users:,} users")
+        ev = _simulate(np.random.default_rng([int(seed), 2, attempt]), rows, margin, vpp, days, start, n_users, cat)
+        if ev["time"].size >= rows:
+            return ev
+        margin *= 1.25
+    raise RuntimeError("synthetic generator could not reach the requested row count")  # pragma: no cover
 
 
 # --- catalogue -------------------------------------------------------------------------
