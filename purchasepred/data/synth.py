@@ -246,42 +246,9 @@ def _catalogue(rng: np.random.Generator, n_items: int, n_cats: int, n_brands: in
     within[last] = 1.0
     item_cdf = item_cat + within
 
-    # category ids / codes
-    cat_ids = _unique_ints(rng, n_cats, 2_053_013_552_000_000_000, 2_053_013_560_000_000_000)
-    codes_2 = [f"{a}.{b}" for a in _TOP for b in _MID]
-    codes_3 = [f"{a}.{b}.{c}" for a in _TOP for b in _MID for c in _LEAF]
-    space = codes_2 + codes_3
-    pick = rng.choice(len(space), size=n_cats, replace=n_cats > len(space))
-    # prefer short (2-level) codes a bit more often than their share of the space
-    short = rng.random(n_cats) < 0.4
-    pick = np.where(short, pick % len(codes_2), pick)
-    empty_code = rng.random(n_cats) < 0.35
-    cat_codes = ["" if empty_code[c] else space[int(pick[c])] for c in range(n_cats)]
+    cat_ids, cat_codes = _category_codes(rng, n_cats)
 
-    # brands: each has a home category (every category gets at least one), sized like categories
-    home = np.concatenate(
-        (np.arange(n_cats), rng.choice(n_cats, size=n_brands - n_cats, p=cat_size / cat_size.sum()))
-    )
-    home.sort(kind="stable")
-    brand_first = np.searchsorted(home, np.arange(n_cats))
-    brand_count = np.bincount(home, minlength=n_cats)
-    local = brand_first[item_cat] + np.floor(
-        brand_count[item_cat] * rng.random(n_items) ** 2
-    ).astype(np.int64)
-    anywhere = rng.integers(0, n_brands, n_items)
-    item_brand = np.where(rng.random(n_items) < 0.85, local, anywhere)
-    item_brand[rng.random(n_items) < 0.15] = -1  # empty brand
-    n_space = len(_SYLLABLES) ** 2 + len(_SYLLABLES) ** 3
-    bpick = rng.choice(n_space, size=min(n_brands, n_space), replace=False)
-    names = []
-    s = len(_SYLLABLES)
-    for k in bpick.tolist():
-        if k < s * s:
-            names.append(_SYLLABLES[k // s] + _SYLLABLES[k % s])
-        else:
-            k -= s * s
-            names.append(_SYLLABLES[k // (s * s)] + _SYLLABLES[(k // s) % s] + _SYLLABLES[k % s])
-    names += [f"brand{k}" for k in range(len(names), n_brands)]
+    item_brand, names = _brands(rng, n_items, n_brands, item_cat, cat_size)
 
     # prices: lognormal around a category level, 2 decimals, ~1% zero
     cat_level = np.exp(rng.normal(math.log(60.0), 1.0, n_cats))
@@ -308,6 +275,52 @@ def _catalogue(rng: np.random.Generator, n_items: int, n_cats: int, n_brands: in
         "cat_codes": cat_codes,
         "appeal": appeal,
     }
+
+
+def _category_codes(rng: np.random.Generator, n_cats: int) -> tuple[np.ndarray, list[str]]:
+    """Category ids and their category_code text (some empty), drawn from the code space."""
+    cat_ids = _unique_ints(rng, n_cats, 2_053_013_552_000_000_000, 2_053_013_560_000_000_000)
+    codes_2 = [f"{a}.{b}" for a in _TOP for b in _MID]
+    codes_3 = [f"{a}.{b}.{c}" for a in _TOP for b in _MID for c in _LEAF]
+    space = codes_2 + codes_3
+    pick = rng.choice(len(space), size=n_cats, replace=n_cats > len(space))
+    # prefer short (2-level) codes a bit more often than their share of the space
+    short = rng.random(n_cats) < 0.4
+    pick = np.where(short, pick % len(codes_2), pick)
+    empty_code = rng.random(n_cats) < 0.35
+    cat_codes = ["" if empty_code[c] else space[int(pick[c])] for c in range(n_cats)]
+    return cat_ids, cat_codes
+
+
+def _brands(rng: np.random.Generator, n_items: int, n_brands: int, item_cat: np.ndarray,
+            cat_size: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Each item's brand (-1: none) and the brand names."""
+    n_cats = len(cat_size)
+    # brands: each has a home category (every category gets at least one), sized like categories
+    home = np.concatenate(
+        (np.arange(n_cats), rng.choice(n_cats, size=n_brands - n_cats, p=cat_size / cat_size.sum()))
+    )
+    home.sort(kind="stable")
+    brand_first = np.searchsorted(home, np.arange(n_cats))
+    brand_count = np.bincount(home, minlength=n_cats)
+    local = brand_first[item_cat] + np.floor(
+        brand_count[item_cat] * rng.random(n_items) ** 2
+    ).astype(np.int64)
+    anywhere = rng.integers(0, n_brands, n_items)
+    item_brand = np.where(rng.random(n_items) < 0.85, local, anywhere)
+    item_brand[rng.random(n_items) < 0.15] = -1  # empty brand
+    n_space = len(_SYLLABLES) ** 2 + len(_SYLLABLES) ** 3
+    bpick = rng.choice(n_space, size=min(n_brands, n_space), replace=False)
+    names = []
+    s = len(_SYLLABLES)
+    for k in bpick.tolist():
+        if k < s * s:
+            names.append(_SYLLABLES[k // s] + _SYLLABLES[k % s])
+        else:
+            k -= s * s
+            names.append(_SYLLABLES[k // (s * s)] + _SYLLABLES[(k // s) % s] + _SYLLABLES[k % s])
+    names += [f"brand{k}" for k in range(len(names), n_brands)]
+    return item_brand, names
 
 
 # --- events ----------------------------------------------------------------------------
