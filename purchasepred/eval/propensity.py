@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from purchasepred.eval.candidates import before_cutoff
+from purchasepred.eval.rankers import UserEvents, coordinate_ascent
 from purchasepred.features import CART, PURCHASE, VIEW, per_event_type
 
 
@@ -71,7 +72,8 @@ class Propensity:
         etype = np.asarray(events["event_type_id"])[keep].astype(np.int64)
         ts = np.asarray(events["ts"])[keep].astype(np.int64)
         order = np.lexsort((ts, user))  # stable: each user's events in time order
-        self.user, self.item, self.etype = user[order], item[order], etype[order]
+        self.events = UserEvents({"user_idx": user[order], "item_idx": item[order], "event_type_id": etype[order],
+                                  "ts": ts[order]})
         self.n_items = n_items
         self.category = np.asarray(item_category, dtype=np.int64)
         self.n_categories = int(self.category.max()) + 1 if len(self.category) else 2
@@ -104,19 +106,11 @@ class Propensity:
         other._set_params(params)
         return other
 
-    def _ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lo = np.searchsorted(self.user, users, "left")
-        hi = np.searchsorted(self.user, users, "right")
-        lengths = hi - lo
-        rows = np.repeat(np.arange(len(users), dtype=np.int64), lengths)
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return rows, np.repeat(lo, lengths) + offsets
-
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         p = self.params
         b, v, c = len(users), self.n_items, self.n_categories
-        rows, idx = self._ranges(users)
-        item, etype = self.item[idx], self.etype[idx]
+        rows, idx = self.events.ranges(users)
+        item, etype = self.events.item[idx], self.events.etype[idx]
         n = np.bincount(rows, minlength=b)
         back = (np.cumsum(n)[rows] - 1) - np.arange(len(rows))  # 0 = the user's newest event
         place = np.sqrt(back + 1.0) - np.sqrt(back) if p.recency == "sqrt" else np.ones(len(rows))
@@ -145,16 +139,6 @@ def fit_propensity(events: dict[str, np.ndarray], n_items: int, item_category: n
                    objective: Callable[[Propensity], float]) -> tuple[Propensity, float]:
     """Coordinate ascent over PROPENSITY_GRID on the valid window (two sweeps, from the defaults);
     ``objective(ranker) -> NDCG@10``. Returns the best ranker (its ``params``) and its score."""
-    best = PropensityParams()
-    base = Propensity(events, n_items, item_category, cutoff_ts, best)
-    best_score = objective(base)
-    for _ in range(2):
-        for name, values in PROPENSITY_GRID.items():
-            for value in values:
-                cand = PropensityParams(**{**asdict(best), name: value})
-                if cand == best:
-                    continue
-                score = objective(base.with_params(cand))
-                if score > best_score:
-                    best, best_score = cand, score
-    return base.with_params(best), best_score
+    base = Propensity(events, n_items, item_category, cutoff_ts)
+    best, score = coordinate_ascent(base.params, PROPENSITY_GRID, lambda p: objective(base.with_params(p)))
+    return base.with_params(best), score
