@@ -231,9 +231,13 @@ class LambdaRankGBM:
         import lightgbm as lgb
 
         train = lgb.Dataset(x, label=y.astype(np.int32), group=_groups(rows), feature_name=list(FEATURES),
-                            free_raw_data=True)
+                            init_score=self._base(x), free_raw_data=True)
         self.booster = lgb.train(self.PARAMS, train, num_boost_round=self.ROUNDS)
         return self
+
+    def _base(self, x: np.ndarray) -> np.ndarray | None:
+        """The score boosting starts from (LightGBM's init_score; None: 0)."""
+        return None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         if self.booster is None:  # fitted on no list with a purchase: nothing learned, every pair alike
@@ -320,13 +324,8 @@ class LambdaRankOnFunnel(LambdaRankGBMCarts):
     BASE = FEATURES.index("propensity")
     ROUNDS = 40
 
-    def fit(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> LambdaRankOnFunnel:
-        import lightgbm as lgb
-
-        train = lgb.Dataset(x, label=y.astype(np.int32), group=_groups(rows), feature_name=list(FEATURES),
-                            init_score=x[:, self.BASE].astype(np.float64), free_raw_data=True)
-        self.booster = lgb.train(self.PARAMS, train, num_boost_round=self.ROUNDS)
-        return self
+    def _base(self, x: np.ndarray) -> np.ndarray:
+        return x[:, self.BASE].astype(np.float64)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return super().predict(x) + x[:, self.BASE] if len(x) else np.zeros(0, np.float32)
@@ -435,11 +434,8 @@ def out_of_fold(ts: TrainingSet, kind: str) -> np.ndarray:
     fold = fold_of(ts.users)
     pred = np.zeros(len(ts.rows), dtype=np.float32)
     for f in (0, 1):
-        train = _with_positives(ts, fold != f)
         test = fold[ts.rows] == f
-        # a fold with nothing to learn from is scored as fit_learner would leave the learner: unfitted
-        learner = LEARNERS[kind]().fit(ts.x[train], ts.y[train], ts.rows[train]) if train.any() else LEARNERS[kind]()
-        pred[test] = learner.predict(ts.x[test])
+        pred[test] = _fit_on(ts, kind, fold != f).predict(ts.x[test])
     return pred
 
 
@@ -447,7 +443,13 @@ def fit_learner(ts: TrainingSet, kind: str) -> Any:
     """The learner fitted on every user with a positive candidate; with none (no valid buyer's purchase
     among its candidates: a tiny log) it stays unfitted: the LambdaRank learners score every pair
     alike (the funnel learner: by the propensity score), the MLP by its seeded initial weights."""
-    train = _with_positives(ts, np.ones(len(ts.users), dtype=bool))
+    return _fit_on(ts, kind, np.ones(len(ts.users), dtype=bool))
+
+
+def _fit_on(ts: TrainingSet, kind: str, keep_user: np.ndarray) -> Any:
+    """A ``kind`` learner fitted on the kept users that have a positive candidate; unfitted when none has
+    (out of fold too: a fold is scored as the learner that would be kept)."""
+    train = _with_positives(ts, keep_user)
     if not train.any():
         return LEARNERS[kind]()
     return LEARNERS[kind]().fit(ts.x[train], ts.y[train], ts.rows[train])
