@@ -146,3 +146,10 @@ def test_with_params_scores_like_a_ranker_built_with_them() -> None:
     users = np.array([2, 3, 9])
     assert torch.equal(base.with_params(other)(users), Propensity(log(ROWS), 6, CATEGORY, CUTOFF, other)(users))
     assert base.params == PropensityParams()  # the base is left as it was
+
+
+def test_the_order_events_come_in_does_not_matter() -> None:
+    shuffled = [ROWS[i] for i in np.random.default_rng(0).permutation(len(ROWS))]
+    users = np.array([2, 3, 9])
+    assert torch.equal(Propensity(log(shuffled), 6, CATEGORY, CUTOFF)(users),
+                       Propensity(log(ROWS), 6, CATEGORY, CUTOFF)(users))

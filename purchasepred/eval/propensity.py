@@ -71,9 +71,11 @@ class Propensity:
         item = np.asarray(events["item_idx"])[keep].astype(np.int64)
         etype = np.asarray(events["event_type_id"])[keep].astype(np.int64)
         ts = np.asarray(events["ts"])[keep].astype(np.int64)
-        order = np.lexsort((ts, user))  # stable: each user's events in time order
-        self.events = UserEvents({"user_idx": user[order], "item_idx": item[order], "event_type_id": etype[order],
-                                  "ts": ts[order]})
+        in_order = np.all((user[1:] > user[:-1]) | ((user[1:] == user[:-1]) & (ts[1:] >= ts[:-1])))
+        if not in_order:  # (a prepared window's events come by user and time: no sort then)
+            order = np.lexsort((ts, user))  # stable: each user's events in time order
+            user, item, etype, ts = user[order], item[order], etype[order], ts[order]
+        self.events = UserEvents({"user_idx": user, "item_idx": item, "event_type_id": etype, "ts": ts})
         self.n_items = n_items
         self.category = np.asarray(item_category, dtype=np.int64)
         self.n_categories = int(self.category.max()) + 1 if len(self.category) else 2
