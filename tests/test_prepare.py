@@ -393,6 +393,66 @@ def test_progress_callback_names_every_step(tmp_path: Path) -> None:
     assert "audits" in seen
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_the_input_hash_runs_at_the_lowest_priority_and_only_its_own_thread_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import os
+    import threading
+
+    priorities: dict[str, set[int]] = {}
+    real_step = prep.InputHashes._step
+
+    def spy(self: prep.InputHashes) -> bool:
+        name = threading.current_thread().name
+        priorities.setdefault(name, set()).add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real_step(self)
+
+    monkeypatch.setattr(prep.InputHashes, "_step", spy)
+    monkeypatch.setattr(prep.InputHashes, "BLOCK", 64)  # many blocks: the thread hashes some of them
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    m = prepare([str(TINY)], tmp_path / "p", TINY_CFG).manifest
+    assert priorities["purchasepred-input-sha256"] == {19}
+    assert priorities.get(threading.current_thread().name, {before}) == {before}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    assert m["inputs"][0]["sha256"] == hashlib.sha256(TINY.read_bytes()).hexdigest()
+
+
+def test_finish_hashes_in_the_callers_thread_what_the_background_thread_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background thread that never gets the CPU (here: one that is never started) does not hold up
+    prepare: finish() hashes every file itself, across block and file boundaries."""
+    import hashlib
+    import threading
+
+    files = [tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "empty.csv"]
+    for i, f in enumerate(files[:2]):
+        f.write_bytes(bytes(range(256)) * (40 + i) + b"tail")
+    files[2].write_bytes(b"")
+    monkeypatch.setattr(threading.Thread, "start", lambda self: None)
+    monkeypatch.setattr(threading.Thread, "join", lambda self, timeout=None: None)
+    monkeypatch.setattr(prep.InputHashes, "BLOCK", 1000)
+    hashes = prep.InputHashes(files + [tmp_path / "missing.csv"])
+    assert hashes.finish() == {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    hashes.close()
+
+
+def test_a_read_error_in_the_hash_thread_is_raised_by_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "a.csv"
+    f.write_bytes(b"x" * 10_000)
+
+    def broken(self: prep.InputHashes) -> bool:
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(prep.InputHashes, "_step", broken)
+    hashes = prep.InputHashes([f])
+    with pytest.raises(OSError, match="disk went away"):
+        hashes.finish()
+    hashes.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # the run order and the audits
 
