@@ -41,3 +41,15 @@ def named_queries(filename: str) -> dict[str, str]:
 def define_ids(con: Any) -> None:
     """Define the id macros of ``sql/ids.sql`` (pad_id(), first_id(), purchase_id(), ...) on ``con``."""
     con.execute((sql_dir() / "ids.sql").read_text())
+
+
+def connect() -> Any:
+    """An in-memory DuckDB connection as this package opens them all: without DuckDB's own progress
+    bar, which it draws on stdout for any statement over 2 s when called from a script (commands show
+    their steps through rich; library calls print nothing), and with the id macros."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    con.execute("set enable_progress_bar = false")
+    define_ids(con)
+    return con

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -417,6 +418,29 @@ def test_the_input_hash_runs_at_the_lowest_priority_and_only_its_own_thread_does
     assert priorities.get(threading.current_thread().name, {before}) == {before}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
     assert m["inputs"][0]["sha256"] == hashlib.sha256(TINY.read_bytes()).hexdigest()
+
+
+def test_prepare_turns_duckdbs_progress_bar_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare() is a library call that prints nothing, but DuckDB draws a progress bar on stdout for
+    each statement that runs over 2 s when its setting is on (as it is in a script): prepare's
+    connection has it off from its configuration on."""
+    real_connect, real_configure = duckdb.connect, prep._configure
+    seen: list[bool] = []
+
+    def connect(*args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+        con = real_connect(*args, **kwargs)
+        con.execute("set enable_progress_bar = true")
+        return con
+
+    def configure(con: duckdb.DuckDBPyConnection, *args: Any) -> str | None:
+        limit = real_configure(con, *args)
+        seen.append(con.execute("select current_setting('enable_progress_bar')").fetchone()[0])
+        return limit
+
+    monkeypatch.setattr(prep.duckdb, "connect", connect)
+    monkeypatch.setattr(prep, "_configure", configure)
+    prepare([str(TINY)], tmp_path / "p", TINY_CFG)
+    assert seen == [False]
 
 
 def test_finish_hashes_in_the_callers_thread_what_the_background_thread_left(

@@ -35,7 +35,7 @@ from purchasepred.data.inputs import (
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
-from purchasepred.resources import define_ids, named_queries, sql_dir
+from purchasepred.resources import connect, named_queries, sql_dir
 from purchasepred.fileio import to_json
 
 # 2: no sequences / train_sequences tables. The events table, in (user_idx, seq) order, is the sequence
@@ -340,7 +340,7 @@ def _run(
     need_buyers_in: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], dict[str, int]]:
     # an in-memory database (faster than a file) that still spills to temp_dir under memory_limit
-    con = duckdb.connect(":memory:")
+    con = connect()
     spill = _spill_dir(tmp, cfg)
     times = StepTimes()
     memory_limit = None
@@ -417,9 +417,8 @@ def _run(
 
 
 def _configure(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, spill: Path) -> str | None:
-    """UTC, the id macros, the spill folder, the memory limit (returned as DuckDB reads it) and threads."""
+    """UTC, the spill folder, the memory limit (returned as DuckDB reads it) and threads."""
     con.execute("set TimeZone = 'UTC'")
-    define_ids(con)
     _set(con, "temp_dir", str(spill))
     con.execute("set temp_directory = getvariable('temp_dir')")
     memory_limit = None

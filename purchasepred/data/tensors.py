@@ -19,7 +19,7 @@ import numpy as np
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest
 from purchasepred.data.sequences import check_sorted, chunk_index, gather, next_rows, targets, users_before, window_index
-from purchasepred.resources import define_ids, named_queries
+from purchasepred.resources import connect, named_queries
 from purchasepred.errors import DatasetError
 from purchasepred.features import CART, FEATURES, FIRST_ID, PAD, Vocab
 
@@ -55,10 +55,9 @@ class SplitData:
 def reader_connection() -> duckdb.DuckDBPyConnection:
     """A DuckDB connection for reading; if it ever spills, it does so in the system temp folder
     (DuckDB's default would be ``.tmp`` in the working directory)."""
-    con = duckdb.connect()
+    con = connect()
     con.execute("set variable spill = ?", [str(Path(tempfile.gettempdir()) / "purchasepred-duckdb")])
     con.execute("set temp_directory = getvariable('spill')")
-    define_ids(con)
     return con
 
 

@@ -33,7 +33,7 @@ import yaml
 from purchasepred import __version__
 from purchasepred.config import Config
 from purchasepred.data.inputs import duckdb_literal
-from purchasepred.resources import define_ids, named_queries
+from purchasepred.resources import connect, named_queries
 from purchasepred.errors import PurchasePredError
 from purchasepred.fileio import atomic_write_bytes, check_new_output, make_parents
 from purchasepred.report import figures as figs
@@ -260,8 +260,7 @@ class Figures:
 
 
 def _con(run: RunFiles, q: dict[str, str]) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    define_ids(con)
+    con = connect()
     prepared = run.prepared or Path(".")
     tables = (run.manifest.body if run.manifest else {}).get("tables", {})
     for name in ("events", "items", "users", "categories"):
