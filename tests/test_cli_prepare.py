@@ -91,6 +91,15 @@ def test_happy_path(dirs: tuple[Path, Path]) -> None:
         "rows read": "24", "rejected": "5", "exact duplicates removed": "1", "kept": "18", "users": "4", "sessions": "9"}
     assert {r: int(table[f"rejected: {r}"]) for r in m["rejects_by_reason"]} == m["rejects_by_reason"]
     assert re.fullmatch(r"\d+\.\d", table["seconds"]), table["seconds"]
+    # each step's line: seconds, rows where the step makes a table, its peak memory on Linux
+    for st in m["steps"]:
+        line = table[f"step {st['step']}"]
+        assert line.startswith(f"{st['seconds']:.2f} s"), line
+        assert ("rows" in line) == (st["rows"] is not None), line
+        if st["rows"] is not None:
+            assert f"{st['rows']:,} rows" in line, line
+        if st["peak_rss_mb"] is not None:
+            assert f"peak {st['peak_rss_mb']:,} MB" in line, line
 
 
 def test_quiet_and_flags_reach_the_config(dirs: tuple[Path, Path]) -> None:

@@ -644,6 +644,10 @@ def _files(root: Path, skip: tuple[str, ...] = ()) -> dict[str, int]:
 
 
 def test_run_writes_only_inside_its_output_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # matplotlib (the report's figures) builds its per-user font cache in the home folder the first
+    # time a process imports it: that is matplotlib's, not a file of the run, so it is built here
+    # first (the test passed or failed by whether an earlier test had imported matplotlib)
+    import matplotlib.font_manager  # noqa: F401
     work, home, temp = tmp_path / "work", tmp_path / "home", tmp_path / "temp"
     for folder in (work, home, temp):
         folder.mkdir()

@@ -73,18 +73,83 @@ MAX_ITEMS = 1 << 30
 
 
 
+def _rss_bytes() -> int | None:
+    """This process's resident memory now (Linux's /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:  # a spill file DuckDB removed meanwhile
+                pass
+    return total
+
+
+class StepPeaks:
+    """The peak resident memory and spill (bytes in the spill folder) of the step that runs, sampled
+    every ``every`` seconds by a thread; ``take`` hands them over at the end of a step and starts
+    again for the next one."""
+
+    def __init__(self, spill: Path, every: float = 0.1) -> None:
+        self._spill = spill
+        self._every = every
+        self._lock = threading.Lock()
+        self._rss: int | None = None
+        self._spilled = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="purchasepred-step-peaks", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            self.sample()
+
+    def sample(self) -> None:
+        rss, spilled = _rss_bytes(), _folder_bytes(self._spill)
+        with self._lock:
+            if rss is not None:
+                self._rss = max(self._rss or 0, rss)
+            self._spilled = max(self._spilled, spilled)
+
+    def take(self) -> tuple[int | None, int]:
+        """(peak resident bytes or None, peak spill bytes) since the last take."""
+        self.sample()
+        with self._lock:
+            peaks = (self._rss, self._spilled)
+            self._rss, self._spilled = None, 0
+        return peaks
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @dataclass
 class StepTimes:
-    """Seconds and output rows of each step, in run order (dbt's run results, for prepare)."""
+    """Seconds, output rows, peak memory and spill of each step, in run order (dbt's run results, for
+    prepare)."""
 
     steps: list[dict[str, Any]] = field(default_factory=list)
     spill_bytes: int = 0
+    peaks: StepPeaks | None = None
 
     def record(self, name: str, seconds: float, rows: int | None, con: duckdb.DuckDBPyConnection | None = None) -> None:
-        self.steps.append({"step": name, "seconds": round(seconds, 3), "rows": rows})
+        rss, spilled = self.peaks.take() if self.peaks is not None else (None, 0)
         if con is not None:
-            spilled = con.execute("select coalesce(sum(size), 0) from duckdb_temporary_files()").fetchone()[0]
-            self.spill_bytes = max(self.spill_bytes, int(spilled))
+            now = con.execute("select coalesce(sum(size), 0) from duckdb_temporary_files()").fetchone()[0]
+            spilled = max(spilled, int(now))
+        self.spill_bytes = max(self.spill_bytes, spilled)
+        self.steps.append({"step": name, "seconds": round(seconds, 3), "rows": rows,
+                           "peak_rss_mb": None if rss is None else round(rss / 2**20),
+                           "spill_mb": round(spilled / 2**20)})
 
 
 @dataclass
@@ -342,7 +407,7 @@ def _run(
     # an in-memory database (faster than a file) that still spills to temp_dir under memory_limit
     con = connect()
     spill = _spill_dir(tmp, cfg)
-    times = StepTimes()
+    times = StepTimes(peaks=StepPeaks(spill))
     memory_limit = None
     try:
         memory_limit = _configure(con, cfg, spill)
@@ -408,6 +473,7 @@ def _run(
         times.record("write tables", time.perf_counter() - t, len(OUTPUT_TABLES), con)
         manifest = _manifest(con, files, cfg, choice, before_drop)
     finally:
+        times.peaks.close()
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
     manifest["steps"] = times.steps
