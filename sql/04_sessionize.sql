@@ -1,25 +1,93 @@
--- sessionize: one streaming pass over the sorted events (03_clean.sql's sorted_events): exact
--- duplicates left out, repeat views flagged, then positions, gaps and sessions of each user's kept
--- events. No table of the sorted events is stored in between: the window passes read the sort's output
--- directly, and only fixed-width codes travel through them. Window sums run over all users at once;
--- a user's own count is the running total minus its value before the user's first event. Running
--- counts use count(*) (filter (...)): a BIGINT, where sum() of integers would be a HUGEINT.
--- inputs: sorted_events.
--- outputs: sessionized (grain: one distinct event, in the sort's order; exact duplicates are left out
---   and counted as the difference to staged's valid events; text columns as the codes of 03_clean.sql):
---   is_repeat_view marks a view that directly repeats the user's previous event (a view of the same
---   item in the same session within the gap): it is collapsed, kept in this table only to be counted,
---   and every column below is NULL on it. The kept events have user_idx (users numbered in user_key
---   order from first_id()), seq (1-based position in the user's kept history), gap_seconds since the
---   user's previous kept event, is_session_start and session_no (1-based within the user);
---   is_user_start marks a user's first event (never a collapsed one). A session
---   is the raw user_session where present, split further (and created where missing) by an inactivity
---   gap. tie_conflict marks an event that the short sort key could not order against the one before
---   it (prepare then sorts by every column and runs this file again); the view kept_events, its
---   rows without the collapsed views. (Each event's next event,
---   purchase and cart are found when loading: data/sequences.py.)
--- parameters: session_gap_seconds.
-create or replace table sessionized as
+-- sessionize: sort each user's valid events in codes and make one streaming pass over them:
+-- exact duplicates left out, repeat views flagged, then positions, gaps and sessions of each user's
+-- kept events. The users are cut into shards, ranges of user keys, that prepare sessionizes side by
+-- side on as many connections as DuckDB has threads (each sets its own shard_first_user_key and
+-- shard_last_user_key and runs the query "shard"; a small input is one shard): DuckDB runs a streaming
+-- window, and everything after it in the same pipeline, on one thread, which on 8M rows was about 3 s
+-- of the step's 4.5 s with the other cores idle. Every value is per user, so the shards' rows are the
+-- same as one pass's. No table of the sorted events is stored in between: the window passes read the
+-- sort's output directly, and only fixed-width codes travel through them. Window sums run over all of
+-- a shard's users at once; a user's own count is the running total minus its value before the user's
+-- first event. Running counts use count(*) (filter (...)): a BIGINT, where sum() of integers would be
+-- a HUGEINT.
+-- inputs: staged and the key tables of 03_clean.sql.
+-- outputs: sessionized (grain: one distinct event, each shard's rows in the sort's order, the shards
+--   in no fixed order; exact duplicates are left out and counted as the difference to staged's valid
+--   events; text columns as the codes of 03_clean.sql): is_repeat_view marks a view that directly
+--   repeats the user's previous event (a view of the same item in the same session within the gap):
+--   it is collapsed, kept in this table only to be counted, and every column below is NULL on it.
+--   The kept events have user_idx (users numbered in user_key order from first_id()), seq (1-based
+--   position in the user's kept history), gap_seconds since the user's previous kept event,
+--   is_session_start and session_no (1-based within the user); is_user_start marks a user's first
+--   event (never a collapsed one). A session is the raw user_session where present, split further
+--   (and created where missing) by an inactivity gap. tie_conflict marks an event that the short sort
+--   key could not order against the one before it (prepare then sorts by every column and runs the
+--   shards again); the view kept_events, its rows without the collapsed views. (Each event's next
+--   event, purchase and cart are found when loading: data/sequences.py.) The views coded and
+--   sorted_events are the shard's events in codes, unsorted and sorted (exact_order.sql may replace
+--   sorted_events).
+-- parameters: session_gap_seconds, shard_first_user_key, shard_last_user_key (per connection).
+
+-- name: define
+create or replace table sessionized (
+    user_idx integer,
+    seq bigint,
+    event_at timestamp,
+    event_type_id tinyint,
+    item_code integer,
+    category_key_code integer,
+    category_code_code integer,
+    brand_code integer,
+    price double,
+    gap_seconds double,
+    is_session_start boolean,
+    session_no integer,
+    is_user_start boolean,
+    is_repeat_view boolean,
+    tie_conflict boolean
+);
+
+-- the shard's valid events in codes, each with its place in the one sort of prepare (sorted_events)
+create or replace view coded as
+select
+    u.user_code,
+    s.event_at,
+    s.event_type_id,
+    i.item_code,
+    s.session_hash,
+    ck.category_key_code,
+    cc.category_code_code,
+    b.brand_code,
+    s.price,
+    -- ties at the same time: view, cart, remove_from_cart, purchase; then the item (item codes are
+    -- below 2^30: prepare checks), in one 4-byte key
+    ((case s.event_type_id when view_id() then 0 when cart_id() then 1 when remove_from_cart_id() then 2 else 3 end)::uinteger << 30)
+        | i.item_code::uinteger as type_item,
+    -- the session's md5, its top 30 bits (+ 1, at most 2^30; 0 for no session): sorts like the whole md5, nulls first
+    coalesce((s.session_hash >> 98)::integer + 1, 0) as session_prefix
+from staged as s
+join user_keys as u using (user_key)
+join item_keys as i using (item_key)
+left join category_keys as ck using (category_key)
+left join category_codes as cc using (category_code)
+left join brand_keys as b using (brand)
+where s.reject_reason is null
+    -- the shard's users: a range of user keys, the same as a range of user codes (codes follow the
+    -- keys' order); on the staged rows, so that only the shard's rows are joined and sorted
+    and s.user_key between getvariable('shard_first_user_key') and getvariable('shard_last_user_key');
+
+-- The order: user, time, type, item, session, then every other column, so that the result depends on
+-- neither file order nor thread count. The sort compares only the first five, 24 bytes in all: DuckDB
+-- sorts keys of up to 24 bytes about twice as fast as wider ones. Two events of one user at the same
+-- time, of the same type and item, whose sessions agree in their top 30 bits but which differ in a
+-- later column are left in no fixed order by that key: sessionize_shard below flags such neighbours
+-- (tie_conflict), and prepare then sorts again by every column (exact_order.sql), which gives the
+-- same order wherever the short key already decides it.
+create or replace view sorted_events as
+select * from coded order by user_code, event_at, type_item, session_prefix;
+
+-- one shard's pass over its sorted events
+create or replace view sessionize_shard as
 with as_rows as (
     -- every column of the sort in one value, to compare a row with the one before it
     select
@@ -49,8 +117,11 @@ distinct_events as (
             and epoch(event_at) - epoch(prev.event_at) <= getvariable('session_gap_seconds'),
             false  -- a user's first event has no previous one: never a repeat (not NULL)
         ) as is_repeat_view,
-        prev.user_code = user_code and prev.event_at = event_at and prev.type_item = type_item
-            and prev.session_prefix = session_prefix as tie_conflict,
+        coalesce(
+            prev.user_code = user_code and prev.event_at = event_at and prev.type_item = type_item
+            and prev.session_prefix = session_prefix,
+            false  -- a shard's first row has no previous one
+        ) as tie_conflict,
         -- (user, time) packed in one number that only grows along the sort: its running maximum over
         -- the kept events is the latest kept event's
         case when not is_repeat_view then (user_code::hugeint << 64) + epoch_us(event_at) end as kept_at_key
@@ -122,5 +193,9 @@ final as (
 select * from final;
 
 -- the kept events, what vocab and encode read (the collapsed repeat views stay in sessionized only to be counted)
-create or replace temp view kept_events as
+create or replace view kept_events as
 select * exclude (is_repeat_view, tie_conflict) from sessionized where not is_repeat_view;
+
+-- name: shard
+insert into sessionized by name
+select * from sessionize_shard;

@@ -47,7 +47,7 @@ from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import DatasetError, InputError
 from purchasepred.features import PAD
-from purchasepred.resources import define_ids, sql_dir
+from purchasepred.resources import define_ids, named_queries, sql_dir
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rees46_multicat"
 CAT_PHONE = "2053013555631882655"  # 19 digits, above 2**53: a float would change it
@@ -815,6 +815,9 @@ def test_the_short_sort_key_holds_the_extreme_values() -> None:
         values (1, timestamp '2020-01-01 10:00:00', purchase_id(), 'b', 'u', 340282366920938463463374607431768211455::uhugeint),
                (1, timestamp '2020-01-01 10:00:00', view_id(), 'a', 'u', null)""")
     con.execute((sql_dir() / "03_clean.sql").read_text())
+    con.execute(named_queries("04_sessionize.sql")["define"])
+    con.execute("set variable shard_first_user_key = 'u'")
+    con.execute("set variable shard_last_user_key = 'u'")
     got = rows(con, "select item_code, type_item, session_prefix from sorted_events")
     assert got == [(1, 1, 0), (2, (3 << 30) | 2, 1 << 30)]
     # the item code fills the 30 bits below the type rank
@@ -849,6 +852,46 @@ def test_ties_the_short_sort_key_leaves_are_sorted_by_every_column(tmp_path: Pat
         con = open_prepared(tmp_path / f"p{i}")
         got.add((m["rows_collapsed"], m["n_events"], rows(con, "select product_id, price from items order by product_id")[0]))
     assert got == {(2, 2, ("1", 1.0))}
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_sessionize_in_shards_gives_the_same_dataset(synth_csv, synth_prepared: prep.PrepareSummary, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """Users cut into shards sessionized side by side (forced here on 20k rows) give the same tables
+    and counts as one pass; each shard ran on a connection of its own, and covered its own users."""
+    path, _ = synth_csv
+    monkeypatch.setattr(prep, "MIN_SHARD_ROWS", 1000)
+    seen: list[list[tuple[str, str]]] = []
+    real = prep._user_shards
+    monkeypatch.setattr(prep, "_user_shards", lambda con: seen.append(real(con)) or seen[-1])
+    cfg = PrepareConfig(max_len=SYNTH_CFG.max_len, eval_days=SYNTH_CFG.eval_days, threads=threads)
+    m = prepare([str(path)], tmp_path / "p", cfg).manifest
+    assert len(seen) == 1 and len(seen[0]) == threads
+    firsts, lasts = zip(*seen[0])
+    assert list(firsts[1:]) == sorted(firsts[1:]) and all(a < b for a, b in zip(lasts, firsts[1:]))
+    assert same_tables(tmp_path / "p", synth_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+    counts = ("rows_kept", "rows_collapsed", "rows_duplicate", "n_events", "n_sessions", "n_users")
+    assert {k: m[k] for k in counts} == {k: synth_prepared.manifest[k] for k in counts}
+    assert m["content_hash"] == synth_prepared.manifest["content_hash"]
+
+
+def test_ties_are_sorted_by_every_column_in_every_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tie of test_ties_the_short_sort_key_leaves_are_sorted_by_every_column in the second of two
+    shards: the exact sort is redone for all shards, and the tie is settled the same way."""
+    monkeypatch.setattr(prep, "MIN_SHARD_ROWS", 1)
+    header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+    raw = tmp_path / "ties.csv"
+    raw.write_text(header + "2020-01-03 10:02:00 UTC,purchase,2,11,,y,2.0,u0,s2\n"
+                   + "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,3.0,u1,a\n"
+                   + "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,1.0,u1,a\n"
+                   + "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,2.0,u1,a\n")
+    calls: list[int] = []
+    real = prep._run_shards
+    monkeypatch.setattr(prep, "_run_shards", lambda con, q, shards: calls.append(len(shards)) or real(con, q, shards))
+    m = prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=1, min_item_count=1, threads=2)).manifest
+    assert calls == [2, 2]  # the short key's pass, then the exact one
+    assert (m["rows_collapsed"], m["n_events"]) == (2, 2)
+    assert rows(open_prepared(tmp_path / "p"), "select product_id, price from items order by product_id")[0] == ("1", 1.0)
 
 
 def test_the_exact_sort_gives_the_short_keys_order_where_that_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

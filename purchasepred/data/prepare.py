@@ -19,6 +19,7 @@ import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -441,10 +442,9 @@ def _run(
                 cfg = replace(cfg, eval_days=choice.days)
                 _set(con, "eval_seconds", float(choice.days) * 86400.0)
             try:
-                con.execute(sql[filename])
-                if name == "sessionize" and _short_key_left_ties(con):
-                    # two different events the short sort key could not order: sort by every column instead
-                    con.execute(named_queries("exact_order.sql")["exact_order"])
+                if name == "sessionize":
+                    _sessionize(con)
+                else:
                     con.execute(sql[filename])
             except duckdb.Error as err:
                 raise PurchasePredError(
@@ -564,6 +564,66 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
             con.execute(sql["01_load_csv.sql"])
     except duckdb.Error as err:
         raise InputError(f"{f.path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
+
+
+# sessionize cuts the users into as many shards as DuckDB has threads, but no more than one per this
+# many valid rows (a shard costs a connection and a thread, worth it only on enough rows)
+MIN_SHARD_ROWS = 1_000_000
+
+
+def _sessionize(con: duckdb.DuckDBPyConnection) -> None:
+    """04_sessionize.sql: its views and an empty ``sessionized`` once, then its query "shard" for each
+    shard of users, side by side (see the file). Where the short sort key left two different events
+    of a user tied, all again with the order by every column (exact_order.sql)."""
+    q = named_queries(dict(STEPS)["sessionize"])
+    shards = _user_shards(con)
+    con.execute(q["define"])
+    _run_shards(con, q["shard"], shards)
+    if _short_key_left_ties(con):
+        con.execute(q["define"])
+        con.execute(named_queries("exact_order.sql")["exact_order"])
+        _run_shards(con, q["shard"], shards)
+
+
+def _user_shards(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """The shards' (first, last) user keys: ranges of about as many users each, in key order."""
+    threads = int(con.execute("select current_setting('threads')").fetchone()[0])
+    n_valid = con.execute("select count(*) from staged where reject_reason is null").fetchone()[0]
+    n = max(1, min(threads, n_valid // MIN_SHARD_ROWS))
+    return [tuple(r) for r in con.execute(
+        "select min(user_key), max(user_key) from (select user_key, ntile(?) over (order by user_code) as shard "
+        "from user_keys) group by shard order by shard", [n]).fetchall()]
+
+
+def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[str, str]]) -> None:
+    """``query`` once per shard: on ``con`` itself for one shard, else each on a connection of its own
+    to the same database (a cursor, with this connection's session settings and variables) in a
+    thread of its own. A shard's error is raised here."""
+    if len(shards) == 1:
+        _set(con, "shard_first_user_key", shards[0][0])
+        _set(con, "shard_last_user_key", shards[0][1])
+        con.execute(query)
+        return
+    session = con.execute(
+        "select current_setting('TimeZone'), getvariable('session_gap_seconds')").fetchone()
+    cursors = [con.cursor() for _ in shards]
+
+    def one(cur: duckdb.DuckDBPyConnection, first: str, last: str) -> None:
+        cur.execute("set enable_progress_bar = false")
+        _set(cur, "time_zone", session[0])
+        cur.execute("set TimeZone = getvariable('time_zone')")
+        _set(cur, "session_gap_seconds", session[1])
+        _set(cur, "shard_first_user_key", first)
+        _set(cur, "shard_last_user_key", last)
+        cur.execute(query)
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(shards)) as pool:
+            for future in [pool.submit(one, cur, *shard) for cur, shard in zip(cursors, shards)]:
+                future.result()
+    finally:
+        for cur in cursors:
+            cur.close()
 
 
 def _short_key_left_ties(con: duckdb.DuckDBPyConnection) -> bool:
