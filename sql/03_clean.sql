@@ -1,7 +1,7 @@
--- clean: text keys to dense integer codes, and the events' one sort order. Each text key is replaced
--- by a dense code in the text's own sort order (sorting by a code sorts by the text it stands for;
--- user_session is the exception, below), so that the sort, and every later step, compares and carries
--- fixed-width integers instead of text: several times cheaper. Codes turn back into text only in the
+-- clean: text keys to dense integer codes. Each text key is replaced by a dense code in the text's
+-- own sort order (sorting by a code sorts by the text it stands for; user_session is the exception,
+-- below), so that 04_sessionize.sql's sort, and every later step, compares and carries fixed-width
+-- integers instead of text: several times cheaper. Codes turn back into text only in the
 -- small vocabulary tables and the events' product_id.
 -- inputs: staged (its valid events: reject_reason is NULL).
 -- outputs: user_keys (user_key -> user_code, 1.. in user_key order), item_keys, category_keys,

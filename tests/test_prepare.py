@@ -201,6 +201,7 @@ def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.Duc
     ]
     assert rows(tiny_db, "select count(*) from clean_text where is_repeat_view is null or is_user_start is null") == [(0,)]
     # stored in the one order every later step reads: user, then time
+    # one shard (a small input): its rows in the sort's order (shards would come in no fixed order)
     assert rows(tiny_db, "select list(user_idx) = list_sort(list(user_idx)) from sessionized") == [(True,)]
     # a collapsed view has no place in the user's history
     assert rows(tiny_db, "select seq, session_no, gap_seconds, is_session_start from sessionized where is_repeat_view") == [
@@ -868,11 +869,31 @@ def test_sessionize_in_shards_gives_the_same_dataset(synth_csv, synth_prepared: 
     m = prepare([str(path)], tmp_path / "p", cfg).manifest
     assert len(seen) == 1 and len(seen[0]) == threads
     firsts, lasts = zip(*seen[0])
-    assert list(firsts[1:]) == sorted(firsts[1:]) and all(a < b for a, b in zip(lasts, firsts[1:]))
+    keys = rows(open_prepared(synth_prepared.out), "select min(user_id), max(user_id) from users")[0]
+    assert (firsts[0], lasts[-1]) == keys  # the shards cover every user, in key order, without overlap
+    assert all(f <= last for f, last in zip(firsts, lasts)) and all(a < b for a, b in zip(lasts, firsts[1:]))
     assert same_tables(tmp_path / "p", synth_prepared.out) == {t: 0 for t in CONTENT_TABLES}
     counts = ("rows_kept", "rows_collapsed", "rows_duplicate", "n_events", "n_sessions", "n_users")
     assert {k: m[k] for k in counts} == {k: synth_prepared.manifest[k] for k in counts}
     assert m["content_hash"] == synth_prepared.manifest["content_hash"]
+
+
+def test_a_failing_shard_stops_the_others_and_threads_stay_capped() -> None:
+    """One shard fails at once while another has billions of rows to count: the other is interrupted
+    (its row is never inserted), the error is raised, and DuckDB's threads are back to what they were;
+    while the shards ran, threads was lowered so that the shards' own threads stay within it."""
+    con = duckdb.connect()
+    con.execute("set threads = 3")
+    con.execute("set variable session_gap_seconds = 1.0")
+    con.execute("create table counted (n bigint, threads varchar)")
+    query = ("insert into counted select count(*), current_setting('threads') from range(case when "
+             "getvariable('shard_first_user_key') = 'b' then error('boom')::bigint else 20000000000 end)")
+    with pytest.raises(duckdb.Error, match="boom"):
+        prep._run_shards(con, query, [("a", "a"), ("b", "b")])
+    assert rows(con, "select count(*) from counted") == [(0,)]
+    assert rows(con, "select current_setting('threads')") == [(3,)]
+    prep._run_shards(con, "insert into counted select 0, current_setting('threads')", [("a", "a"), ("b", "b")])
+    assert rows(con, "select threads from counted") == [("2",), ("2",)]
 
 
 def test_ties_are_sorted_by_every_column_in_every_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

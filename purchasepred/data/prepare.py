@@ -19,7 +19,7 @@ import shutil
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -44,7 +44,7 @@ from purchasepred.fileio import to_json
 # 3: events has no next_* columns (next event, purchase and cart): the loader finds them from the
 # rows (data/sequences.next_rows), which costs less than prepare's joins, sort and storage. And a
 # user's events at the same time, of the same type and item, in different sessions are ordered by the
-# sessions' md5 instead of their text (03_clean.sql sorts on codes and hashes, not on text).
+# sessions' md5 instead of their text (04_sessionize.sql sorts on codes and hashes, not on text).
 SCHEMA_VERSION = 3
 # manifest keys that measure a run rather than define the dataset: left out of content_hash
 RUN_KEYS = ("duration_s", "created_at", "content_hash", "steps", "memory_limit", "spill_bytes")
@@ -69,7 +69,7 @@ OUTPUT_TABLES = ("events", "users", "items", "brands", "categories", "windows", 
 # folder, to themselves. A table in OUTPUT_TABLES is kept (the golden tests write the intermediate ones).
 DONE_WITH = {"sessionize": ("staged",), "encode": ("sessionized", "user_keys", "item_keys")}
 DROP = {table: f"drop table {table}" for tables in DONE_WITH.values() for table in tables}  # our names, not input
-# 03_clean.sql packs an event's type and item code into one 4-byte sort key: item codes stay below this
+# 04_sessionize.sql packs an event's type and item code into one 4-byte sort key: item codes stay below this
 MAX_ITEMS = 1 << 30
 
 
@@ -598,15 +598,19 @@ def _user_shards(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
 def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[str, str]]) -> None:
     """``query`` once per shard: on ``con`` itself for one shard, else each on a connection of its own
     to the same database (a cursor, with this connection's session settings and variables) in a
-    thread of its own. A shard's error is raised here."""
+    thread of its own. The first shard's error (or Ctrl-C) interrupts the others and is raised here.
+
+    Each thread that runs a query works on it beside DuckDB's ``threads - 1`` shared workers, so while
+    N shards run, ``threads`` is lowered by N - 1 (at least 1): --threads stays the cap on busy
+    threads."""
     if len(shards) == 1:
         _set(con, "shard_first_user_key", shards[0][0])
         _set(con, "shard_last_user_key", shards[0][1])
         con.execute(query)
         return
     session = con.execute(
-        "select current_setting('TimeZone'), getvariable('session_gap_seconds')").fetchone()
-    cursors = [con.cursor() for _ in shards]
+        "select current_setting('TimeZone'), getvariable('session_gap_seconds'), current_setting('threads')").fetchone()
+    threads = int(session[2])
 
     def one(cur: duckdb.DuckDBPyConnection, first: str, last: str) -> None:
         cur.execute("set enable_progress_bar = false")
@@ -617,17 +621,31 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
         _set(cur, "shard_last_user_key", last)
         cur.execute(query)
 
+    cursors: list[duckdb.DuckDBPyConnection] = []
+    _set(con, "shard_threads", max(1, threads - len(shards) + 1))
+    con.execute("set threads = getvariable('shard_threads')")
     try:
+        cursors = [con.cursor() for _ in shards]
         with ThreadPoolExecutor(max_workers=len(shards)) as pool:
-            for future in [pool.submit(one, cur, *shard) for cur, shard in zip(cursors, shards)]:
-                future.result()
+            futures = [pool.submit(one, cur, *shard) for cur, shard in zip(cursors, shards)]
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    if future in done and future.exception() is not None:
+                        raise future.exception()
+            except BaseException:
+                for cur in cursors:
+                    cur.interrupt()
+                raise
     finally:
         for cur in cursors:
             cur.close()
+        _set(con, "shard_threads", threads)
+        con.execute("set threads = getvariable('shard_threads')")
 
 
 def _short_key_left_ties(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether 03_clean.sql's short sort key left two different events of a user in no fixed order."""
+    """Whether 04_sessionize.sql's short sort key left two different events of a user in no fixed order."""
     return bool(con.execute("select bool_or(tie_conflict) from sessionized").fetchone()[0])
 
 
