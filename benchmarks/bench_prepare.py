@@ -35,7 +35,9 @@ from typing import Any
 
 import duckdb
 
+from purchasepred.cli import step_line
 from purchasepred.data.synth import generate
+from purchasepred.fileio import folder_bytes
 
 
 def synth_file(rows: int, seed: int, views_per_purchase: float, days: int, cache_dir: Path) -> tuple[Path, float | None]:
@@ -115,17 +117,6 @@ def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, fl
     return seconds
 
 
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            try:
-                total += (Path(dirpath) / name).stat().st_size
-            except OSError:
-                pass
-    return total
-
-
 def _vm_hwm_kb(pid: int) -> int:
     """The peak resident set size of a live process in kB (Linux /proc), 0 where unavailable."""
     try:
@@ -150,7 +141,7 @@ def run_prepare(path: Path, out: Path, extra: list[str], temp_dir: Path) -> dict
 
     def poll() -> None:
         while not done.wait(0.2):
-            peak[0] = max(peak[0], _folder_bytes(temp_dir))
+            peak[0] = max(peak[0], folder_bytes(temp_dir))
             hwm_kb[0] = max(hwm_kb[0], _vm_hwm_kb(proc.pid))
 
     watcher = threading.Thread(target=poll, daemon=True)
@@ -179,19 +170,10 @@ def run_prepare(path: Path, out: Path, extra: list[str], temp_dir: Path) -> dict
 
 
 def steps_line(run: dict[str, Any]) -> str:
-    """'load 4.4 s 2,101 MB, sessionize 4.9 s 2,215 MB 812 MB spilled, ...': each step's seconds, peak
-    RSS and the spill folder's peak size while it ran, from the manifest (steps under 0.05 s left out)."""
+    """Each step of the run's manifest as the prepare summary shows it (seconds, rows, peak RSS, spill),
+    steps under 0.05 s left out."""
     m = run["manifest"] or {}
-    parts = []
-    for s in m.get("steps", []):
-        if s["seconds"] >= 0.05:
-            text = f"{s['step']} {s['seconds']:.1f} s"
-            if s.get("peak_rss_mb") is not None:
-                text += f" {s['peak_rss_mb']:,} MB"
-            if s.get("spill_mb"):
-                text += f" {s['spill_mb']:,} MB spilled"
-            parts.append(text)
-    return ", ".join(parts)
+    return "; ".join(f"{s['step']} {step_line(s)}" for s in m.get("steps", []) if s["seconds"] >= 0.05)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -352,12 +352,12 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     for split, w in m["windows"].items():
         rows.append((f"window {split}", f"{_when(w['window_start'])} .. {_when(w['window_end'])}  "
                      f"users with inputs {w['n_users_with_inputs']:,}, buyers {w['n_users_with_purchases']:,}"))
-    rows += [(f"  step {s['step']}", _step_line(s)) for s in m.get("steps", [])]
+    rows += [(f"  step {s['step']}", step_line(s)) for s in m.get("steps", [])]
     rows.append(("seconds", f"{seconds:.1f}"))
     return ui.summary_table(f"prepare -> {out}", rows)
 
 
-def _step_line(s: dict[str, Any]) -> str:
+def step_line(s: dict[str, Any]) -> str:
     """'4.41 s, 8,000,000 rows, peak 2,101 MB, spilled 812 MB' (what a manifest's step has of these)."""
     parts = [f"{s['seconds']:.2f} s"]
     if s.get("rows") is not None:

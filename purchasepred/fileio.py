@@ -27,6 +27,19 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def folder_bytes(folder: Path) -> int:
+    """The bytes of every file under ``folder`` (0 when it does not exist); a file removed while it is
+    walked (a spill file DuckDB dropped meanwhile) counts as 0."""
+    total = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
 def tmp_path(path: Path) -> Path:
     """The hidden temporary name beside ``path`` that this process writes before renaming."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")

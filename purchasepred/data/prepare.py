@@ -37,7 +37,7 @@ from purchasepred.data.inputs import (
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import connect, named_queries, sql_dir
-from purchasepred.fileio import to_json
+from purchasepred.fileio import folder_bytes, to_json
 
 # 2: no sequences / train_sequences tables. The events table, in (user_idx, seq) order, is the sequence
 # store; the loader cuts window inputs and training chunks (for any cutoff) from it (data/sequences.py).
@@ -83,17 +83,6 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_size
-            except OSError:  # a spill file DuckDB removed meanwhile
-                pass
-    return total
-
-
 class StepPeaks:
     """The peak resident memory and spill (bytes in the spill folder) of the step that runs, sampled
     every ``every`` seconds by a thread; ``take`` hands them over at the end of a step and starts
@@ -114,7 +103,7 @@ class StepPeaks:
             self.sample()
 
     def sample(self) -> None:
-        rss, spilled = _rss_bytes(), _folder_bytes(self._spill)
+        rss, spilled = _rss_bytes(), folder_bytes(self._spill)
         with self._lock:
             if rss is not None:
                 self._rss = max(self._rss or 0, rss)
@@ -603,11 +592,6 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
     Each thread that runs a query works on it beside DuckDB's ``threads - 1`` shared workers, so while
     N shards run, ``threads`` is lowered by N - 1 (at least 1): --threads stays the cap on busy
     threads."""
-    if len(shards) == 1:
-        _set(con, "shard_first_user_key", shards[0][0])
-        _set(con, "shard_last_user_key", shards[0][1])
-        con.execute(query)
-        return
     session = con.execute(
         "select current_setting('TimeZone'), getvariable('session_gap_seconds'), current_setting('threads')").fetchone()
     threads = int(session[2])
@@ -621,6 +605,9 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
         _set(cur, "shard_last_user_key", last)
         cur.execute(query)
 
+    if len(shards) == 1:
+        one(con, *shards[0])
+        return
     cursors: list[duckdb.DuckDBPyConnection] = []
     _set(con, "shard_threads", max(1, threads - len(shards) + 1))
     con.execute("set threads = getvariable('shard_threads')")
