@@ -596,6 +596,8 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
         "select current_setting('TimeZone'), getvariable('session_gap_seconds'), current_setting('threads')").fetchone()
     threads = int(session[2])
 
+    stop = threading.Event()
+
     def one(cur: duckdb.DuckDBPyConnection, first: str, last: str) -> None:
         cur.execute("set enable_progress_bar = false")
         _set(cur, "time_zone", session[0])
@@ -603,7 +605,8 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
         _set(cur, "session_gap_seconds", session[1])
         _set(cur, "shard_first_user_key", first)
         _set(cur, "shard_last_user_key", last)
-        cur.execute(query)
+        if not stop.is_set():
+            cur.execute(query)
 
     if len(shards) == 1:
         one(con, *shards[0])
@@ -621,8 +624,14 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
                     if future in done and future.exception() is not None:
                         raise future.exception()
             except BaseException:
-                for cur in cursors:
-                    cur.interrupt()
+                # an interrupt reaches only a query already running: a shard still setting up would
+                # start after it, so interrupt until every shard has stopped
+                stop.set()
+                while True:
+                    for cur in cursors:
+                        cur.interrupt()
+                    if not wait(futures, timeout=0.05).not_done:
+                        break
                 raise
     finally:
         for cur in cursors:
