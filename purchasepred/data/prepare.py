@@ -411,7 +411,8 @@ def _run(
         _set(con, "min_event_at", datetime(2000, 1, 1))
         _set(con, "max_event_at", (now + timedelta(days=1)).replace(tzinfo=None))
 
-        sql = {name: (sql_dir() / name).read_text() for _, name in STEPS}
+        # (sessionize runs the named queries of its file: _sessionize)
+        sql = {name: (sql_dir() / name).read_text() for step, name in STEPS if step != "sessionize"}
         sql[LOAD_PARQUET] = (sql_dir() / LOAD_PARQUET).read_text()
         before_drop: dict[str, Any] = {}
         for name, filename in STEPS:
