@@ -1,15 +1,19 @@
 -- encode: one row per event with dense ids and the features the model reads.
 -- inputs: kept_events (04_sessionize.sql: user_idx, seq, sessions; text columns as codes), item_ids, brand_ids,
 --   category_ids (the maps from codes to ids of 05_vocab.sql).
--- outputs: events (grain: one event; key user_idx, seq; ordered by user_idx, seq, so that the files are byte-identical run to run):
+-- outputs: the view encoded_events (grain: one event; key user_idx, seq; ordered by user_idx, seq, so
+--   that the files are byte-identical run to run), which prepare writes straight to events.parquet (no
+--   table of the events is stored: every later step reads the file, through the view events below):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
 --   price_bucket 1 unknown or zero, else 2 + floor(2 * log2(1 + price)) capped at 31;
 --   hour_id 1..24, weekday_id 1..7 (ISO, Monday = 1);
 --   gap_bucket 1 for the user's first event, else 2 + floor(log2(1 + seconds since previous)) capped at 27;
 --   ts (epoch seconds). The training targets (each event's next event, purchase and cart) are found
 --   from these rows when loading (data/sequences.py), so the table stores no copy of them.
--- parameters: none.
-create or replace table events as
+-- parameters: events_file (the events.parquet prepare wrote, for the view events).
+
+-- name: define
+create or replace view encoded_events as
 with joined as (
     select
         s.user_idx,
@@ -38,3 +42,7 @@ with joined as (
 )
 
 select * from joined order by user_idx, seq;
+
+-- name: events
+-- the written events, what split, the audits and the manifest read
+create or replace view events as select * from read_parquet(getvariable('events_file'));

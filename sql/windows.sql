@@ -1,27 +1,24 @@
--- windows: named queries over the encoded events that purchasepred/data/windows.py reads to choose
+-- windows: named queries over the encoded events (and their users, 05_vocab.sql's table: a user's
+-- first_event_at is the first of its events, read there instead of grouping every event) that purchasepred/data/windows.py reads to choose
 -- --eval-days (or to check a given one) before 07_split.sql runs. Times are epoch microseconds, as
 -- 07_split.sql computes its windows on event_at at microsecond precision.
 
 -- name: bounds
-select epoch_us(min(event_at)) as first_us, epoch_us(max(event_at)) as last_us from events;
+select epoch_us(min(first_event_at)) as first_us, epoch_us(max(last_event_at)) as last_us from users;
 
--- name: users
--- per user: the first event, and the second (the first training pair ends there), null if none
-select
-    epoch_us(min(event_at)) as first_us,
-    epoch_us(min(event_at) filter (where seq = 2)) as second_us
-from events
-group by user_idx;
+-- name: user_first
+-- each user's first event
+select epoch_us(first_event_at) as first_us from users;
+
+-- name: user_second
+-- each user's second event (the first training pair ends there), for the users with two or more
+select epoch_us(event_at) as second_us from events where seq = 2;
 
 -- name: purchases
 -- every purchase, with the time of its buyer's first event
-with firsts as (
-    select user_idx, min(event_at) as first_at from events group by user_idx
-)
-
-select p.user_idx, epoch_us(p.event_at) as at_us, epoch_us(f.first_at) as first_us
+select p.user_idx, epoch_us(p.event_at) as at_us, epoch_us(u.first_event_at) as first_us
 from events as p
-join firsts as f on f.user_idx = p.user_idx
+join users as u on u.user_idx = p.user_idx
 where p.event_type_id = purchase_id()
 order by at_us, p.user_idx;
 

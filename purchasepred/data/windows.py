@@ -166,14 +166,12 @@ def load_facts(con: duckdb.DuckDBPyConnection) -> LogFacts:
     define_ids(con)
     q = named_queries("windows.sql")
     first_us, last_us = con.execute(q["bounds"]).fetchone()
-    users = con.execute(q["users"]).fetchnumpy()
+    first = con.execute(q["user_first"]).fetchnumpy()["first_us"]
+    second = con.execute(q["user_second"]).fetchnumpy()["second_us"]
     purchases = con.execute(q["purchases"]).fetchnumpy()
-    second = users["second_us"]
-    if np.ma.isMaskedArray(second):  # users with one event have no second one (NULL): drop them, not as 0
-        second = second.compressed()
     return LogFacts(
         first_us=int(first_us), last_us=int(last_us),
-        user_first=np.sort(np.asarray(users["first_us"], dtype=np.int64)),
+        user_first=np.sort(np.asarray(first, dtype=np.int64)),
         user_second=np.sort(np.asarray(second, dtype=np.int64)),
         p_user=np.asarray(purchases["user_idx"], dtype=np.int64),
         p_at=np.asarray(purchases["at_us"], dtype=np.int64),
@@ -244,7 +242,7 @@ class Choice:
 
 
 def choose(con: duckdb.DuckDBPyConnection, requested: float | str, need: tuple[str, ...], where: str) -> Choice:
-    """The window length to split with, from the ``events`` table on ``con``.
+    """The window length to split with, from the ``events`` and ``users`` tables on ``con``.
 
     ``auto`` must find usable windows or raise an InputError with the facts and how much more data it
     takes. A given number is kept; what is wrong with its windows is an InputError for the windows in
