@@ -34,10 +34,10 @@ select reason, count(*) as n from rejects group by reason order by n desc, reaso
 select ignored_value as value, count(*) as n from staged where reject_reason = 'ignored' group by 1 order by n desc, 1;
 
 -- name: events_by_type
-select
-    event_type_name(event_type_id) as event_type,
-    count(*) as n
-from events group by 1 order by 1;
+-- (grouped on the id, named after: naming each of millions of events cost twice the count)
+select event_type_name(event_type_id) as event_type, n
+from (select event_type_id, count(*) as n from events group by event_type_id)
+order by event_type;
 
 -- name: windows
 select
