@@ -1,7 +1,8 @@
--- windows: named queries over the encoded events (and their users, 05_vocab.sql's table: a user's
--- first_event_at is the first of its events, read there instead of grouping every event) that purchasepred/data/windows.py reads to choose
--- --eval-days (or to check a given one) before 07_split.sql runs. Times are epoch microseconds, as
--- 07_split.sql computes its windows on event_at at microsecond precision.
+-- windows: named queries that purchasepred/data/windows.py reads to choose --eval-days (or to check a
+-- given one) before 07_split.sql runs, over the encoded events and their users (05_vocab.sql's table:
+-- a user's first_event_at is the first of its events, read there instead of grouping every event).
+-- Times are epoch microseconds, as 07_split.sql computes its windows on event_at at microsecond
+-- precision.
 
 -- name: bounds
 select epoch_us(min(first_event_at)) as first_us, epoch_us(max(last_event_at)) as last_us from users;
