@@ -4,8 +4,10 @@ For each --rows size, a synthetic REES46 log is generated (or reused, cached und
 in one run:
 
 1. the baselines, in this process after one warm-up read (so every side sees a warm page cache):
-   DuckDB's bare ``select count(*) from read_csv(path)`` and a scan that reads every column;
-2. ``purchasepred prepare`` end to end in a child process under the default memory settings: wall
+   DuckDB's bare ``select count(*) from read_csv(path)`` and a scan that reads every column, each
+   --baseline-repeats times (default 3), alternating, their medians used for the ratios;
+2. ``purchasepred prepare`` end to end in a child process under the default memory settings (--repeats
+   times, default 1; the median run is the one reported): wall
    seconds, peak RSS (the child's own VmHWM, polled), peak bytes spilled (the size of its
    --temp-dir, polled), and the per-step seconds from its manifest;
 3. the same with ``--memory-limit`` (default 1GB);
@@ -51,18 +53,22 @@ def synth_file(rows: int, seed: int, views_per_purchase: float, days: int, cache
     return path, time.perf_counter() - t0
 
 
-def bare_scan(path: Path, threads: int | None) -> tuple[float, float, int]:
-    """Seconds of ``count(*)`` (the issue's baseline) and of a scan that materialises every column."""
+def bare_scan(path: Path, threads: int | None, repeats: int = 3) -> tuple[list[float], list[float], int]:
+    """Seconds of ``count(*)`` (the issue's baseline) and of a scan that materialises every column,
+    ``repeats`` times each, alternating (both move by 10-20% from run to run on a shared box: the
+    ratios use their medians)."""
     con = duckdb.connect()
     if threads:
         con.execute("set threads = ?", [threads])
-    con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()  # warm-up
-    t0 = time.perf_counter()
-    n = con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()[0][0]
-    count_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    con.execute("select max(columns(*)) from read_csv(?)", [str(path)]).fetchall()
-    full_s = time.perf_counter() - t0
+    n = con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()[0][0]  # warm-up
+    count_s, full_s = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()
+        count_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        con.execute("select max(columns(*)) from read_csv(?)", [str(path)]).fetchall()
+        full_s.append(time.perf_counter() - t0)
     con.close()
     return count_s, full_s, int(n)
 
@@ -115,6 +121,15 @@ def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, fl
     con.close()
     (temp_dir / "floor.parquet").unlink(missing_ok=True)
     return seconds
+
+
+def median(xs: list[float]) -> float:
+    """The lower middle of the sorted values (one of the runs, not an average of two)."""
+    return sorted(xs)[(len(xs) - 1) // 2]
+
+
+def _runs(xs: list[float]) -> str:
+    return "median of " + ", ".join(f"{x:.2f}" for x in xs) if len(xs) > 1 else "one run"
 
 
 def _vm_hwm_kb(pid: int) -> int:
@@ -188,6 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-days", type=float, default=7.0)
+    ap.add_argument("--baseline-repeats", type=int, default=3,
+                    help="runs of count(*) and of the full scan, alternating; the ratios use their medians (default 3)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of prepare under the default memory settings; the ratios use their median (default 1)")
     ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "purchasepred-bench",
                     help="where the synthetic logs are cached between runs")
     ap.add_argument("--delete-input", action="store_true", help="delete each synthetic log after its runs")
@@ -203,19 +222,27 @@ def main(argv: list[str] | None = None) -> None:
         extra = ["--eval-days", str(args.eval_days)] + (["--threads", str(args.threads)] if args.threads else [])
         work = Path(tempfile.mkdtemp(prefix="bench-prepare-", dir=args.cache_dir))
         try:
-            count_s, full_s, n = bare_scan(path, args.threads)
-            print(f"  count(*) {count_s:.2f} s ({n:,} rows); every column read {full_s:.2f} s", flush=True)
+            count_runs, full_runs, n = bare_scan(path, args.threads, max(1, args.baseline_repeats))
+            count_s, full_s = median(count_runs), median(full_runs)
+            print(f"  count(*) {count_s:.2f} s ({n:,} rows; {_runs(count_runs)}); every column read {full_s:.2f} s "
+                  f"({_runs(full_runs)})", flush=True)
             floor = None
             if not args.no_floor:
                 (work / "spill-floor").mkdir()
                 floor = floor_steps(path, args.threads, work / "spill-floor")
                 print(f"  floor {sum(floor.values()):.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in floor.items()),
                       flush=True)
-            plain = run_prepare(path, work / "plain", extra, work / "spill-plain")
-            print(f"  prepare (default memory): {plain['seconds']:.1f} s, peak RSS {plain['rss_mb']:,.0f} MB, "
-                  f"spill {plain['spill_bytes'] / 1e9:.2f} GB" + (f"  FAILED {plain['error']}" if plain["error"] else ""),
-                  flush=True)
-            print(f"    steps: {steps_line(plain)}", flush=True)
+            runs = []
+            for i in range(max(1, args.repeats)):
+                shutil.rmtree(work / "plain", ignore_errors=True)
+                runs.append(run_prepare(path, work / "plain", extra, work / "spill-plain"))
+                plain = runs[-1]
+                print(f"  prepare (default memory): {plain['seconds']:.1f} s, peak RSS {plain['rss_mb']:,.0f} MB, "
+                      f"spill {plain['spill_bytes'] / 1e9:.2f} GB" + (f"  FAILED {plain['error']}" if plain["error"] else ""),
+                      flush=True)
+                print(f"    steps: {steps_line(plain)}", flush=True)
+            prepare_runs = [r["seconds"] for r in runs]
+            plain = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]  # the median run (lower middle)
             limited = None
             if not args.no_limited:
                 shutil.rmtree(work / "plain", ignore_errors=True)
@@ -232,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         m = plain["manifest"] or {}
         results.append({
             "rows": n, "input_mb": size_mb, "count_s": count_s, "full_scan_s": full_s,
+            "count_runs_s": count_runs, "full_scan_runs_s": full_runs, "prepare_runs_s": prepare_runs,
             "prepare_s": plain["seconds"], "prepare_duration_s": m.get("duration_s"), "memory_limit": m.get("memory_limit"),
             "ratio_count": plain["seconds"] / count_s, "ratio_full": plain["seconds"] / full_s,
             "floor": floor, "floor_s": None if floor is None else sum(floor.values()),
