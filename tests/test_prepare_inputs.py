@@ -277,6 +277,8 @@ def test_steps_in_manifest_and_a_stable_content_hash(tmp_path: Path) -> None:
     rows_of = {s["step"]: s["rows"] for s in m["steps"]}
     # clean counts the user and item keys it codes; sessionize the kept events
     assert (rows_of["load"], rows_of["validate"], rows_of["clean"], rows_of["sessionize"], rows_of["encode"]) == (23, 5, 8, 17, 17)
+    # encode writes events.parquet itself: the step "write tables" writes the seven other tables
+    assert rows_of["write tables"] == 7 and (tmp_path / "p" / "events.parquet").is_file()
     assert all(s["seconds"] >= 0 for s in m["steps"])
     # the same input and settings give the same hash, whatever the timings; other settings another one
     again = prepare([str(TINY)], tmp_path / "again", TINY_CFG).manifest

@@ -461,10 +461,10 @@ def _run(
 
         step("write tables")
         t = time.perf_counter()
-        for table in OUTPUT_TABLES:
-            if table not in WRITTEN_BY_STEPS:
-                _write_parquet(con, table, tmp / f"{table}.parquet")
-        times.record("write tables", time.perf_counter() - t, len(OUTPUT_TABLES), con)
+        written = [table for table in OUTPUT_TABLES if table not in WRITTEN_BY_STEPS]
+        for table in written:
+            _write_parquet(con, table, tmp / f"{table}.parquet")
+        times.record("write tables", time.perf_counter() - t, len(written), con)
         manifest = _manifest(con, files, cfg, choice, before_drop)
     finally:
         times.peaks.close()
