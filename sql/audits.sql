@@ -5,10 +5,11 @@
 -- name: events_unique_key
 -- each event's (user_idx, seq) is greater than the one stored before it: the key is unique and the
 -- table is in the order the loader reads (one streaming pass instead of a group by)
+-- (two scalar lags: 0.07-0.08 s at 8M rows against 0.11-0.12 s for one lag of a struct of the two)
 select user_idx, seq from (
-    select user_idx, seq, lag({user_idx: user_idx, seq: seq}) over () as prev from events
+    select user_idx, seq, lag(user_idx) over () as prev_user_idx, lag(seq) over () as prev_seq from events
 )
-where prev is not null and prev >= {user_idx: user_idx, seq: seq};
+where prev_user_idx > user_idx or (prev_user_idx = user_idx and prev_seq >= seq);
 
 -- name: events_ids_in_range
 -- (the key of each bad event, not e.*: every column of events.parquet read cost 4x the ids it checks)
