@@ -433,17 +433,7 @@ def _run(
                 choice = choose(con, cfg.eval_days, need_buyers_in, ", ".join(map(str, paths)))
                 cfg = replace(cfg, eval_days=choice.days)
                 _set(con, "eval_seconds", float(choice.days) * 86400.0)
-            try:
-                if name == "sessionize":
-                    _sessionize(con)
-                elif name == "encode":
-                    _encode(con, tmp)
-                else:
-                    con.execute(sql[filename])
-            except duckdb.Error as err:
-                raise PurchasePredError(
-                    f"prepare step {filename} failed: {_first_line(err)}; if memory ran out, lower --threads or set --memory-limit"
-                ) from None
+            _run_step(con, name, filename, sql, tmp)
             if name == "clean":
                 _check_item_count(con, paths)
             times.record(name, time.perf_counter() - t, _step_rows(con, name), con)
@@ -474,6 +464,22 @@ def _run(
     manifest["spill_bytes"] = times.spill_bytes
     manifest["memory_limit"] = memory_limit
     return manifest, audits
+
+
+def _run_step(con: duckdb.DuckDBPyConnection, name: str, filename: str, sql: dict[str, str], tmp: Path) -> None:
+    """One step after the load: its SQL file (sessionize and encode through their own functions), a
+    DuckDB error turned into one line that names the file."""
+    try:
+        if name == "sessionize":
+            _sessionize(con)
+        elif name == "encode":
+            _encode(con, tmp)
+        else:
+            con.execute(sql[filename])
+    except duckdb.Error as err:
+        raise PurchasePredError(
+            f"prepare step {filename} failed: {_first_line(err)}; if memory ran out, lower --threads or set --memory-limit"
+        ) from None
 
 
 def _configure(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, spill: Path) -> str | None:
@@ -593,7 +599,7 @@ def _encode(con: duckdb.DuckDBPyConnection, tmp: Path) -> None:
 
 def _write_parquet(con: duckdb.DuckDBPyConnection, source: str, path: Path) -> None:
     """The table or view ``source`` (our name, not input) to ``path``, in its order. Row groups of
-    ~64 MB: the writer buffers one per thread, and list columns are wide."""
+    ~64 MB: the writer buffers one per thread."""
     con.table(source).write_parquet(str(path), compression="snappy", row_group_size_bytes="64MB")
 
 
