@@ -175,12 +175,8 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
                                      lambda s: _ndcg10(s, valid.split))
     history = History(valid.events, valid.popularity, valid.cutoff_ts, params)
     valid.rankers["history"] = history
-    model_scores = CachedScorer(valid.rankers["model"])  # scored once for the ~35 points of the blend's grid
-    scores = {"popularity": _ndcg10(valid.popularity, valid.split), "history": hist_score,
-              "model": _ndcg10(model_scores, valid.split)}
-    weights, scores["blend"] = fit_blend(
-        lambda w: _ndcg10(Blend(model_scores, history, w, valid.prior, valid.affinity), valid.split))
-    del model_scores
+    scores = {"popularity": _ndcg10(valid.popularity, valid.split), "history": hist_score}
+    scores["model"], weights, scores["blend"] = _fit_blend_on(valid, history)
     valid.rankers["blend"] = Blend(valid.rankers["model"], history, weights, valid.prior, valid.affinity)
     tifu_params, scores["tifu_knn"], vectors = fit_tifu(valid.raw, data.vocab.n_items, valid.cutoff_ts,
                                                         valid.popularity.normalized, lambda s: _ndcg10(s, valid.split))
@@ -207,6 +203,16 @@ def fit_on_valid(data: PreparedData, cfg: Config, model: torch.nn.Module, device
                                                                           cfg.eval.calibration_users)),
                     tifu=tifu_params, two_stage=two_stage, propensity=propensity)
     return fitted, valid
+
+
+def _fit_blend_on(valid: Window, history: History) -> tuple[float, BlendWeights, float]:
+    """The model's NDCG@10 on valid, and the blend's weights and NDCG@10. The model's scores are computed
+    once for the ~35 points of the blend's grid, and freed when this returns."""
+    model_scores = CachedScorer(valid.rankers["model"])
+    model_ndcg = _ndcg10(model_scores, valid.split)
+    weights, blend_ndcg = fit_blend(
+        lambda w: _ndcg10(Blend(model_scores, history, w, valid.prior, valid.affinity), valid.split))
+    return model_ndcg, weights, blend_ndcg
 
 
 def fit_two_stage(valid: Window, data: PreparedData, model: torch.nn.Module, device: torch.device,
