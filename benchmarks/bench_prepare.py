@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  floor {sum(floor.values()):.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in floor.items()),
                       flush=True)
             runs = []
-            for i in range(max(1, args.repeats)):
+            for _ in range(max(1, args.repeats)):
                 shutil.rmtree(work / "plain", ignore_errors=True)
                 runs.append(run_prepare(path, work / "plain", extra, work / "spill-plain"))
                 plain = runs[-1]
@@ -291,10 +291,10 @@ def main(argv: list[str] | None = None) -> None:
                       f"{lim['spill_bytes'] / 1e9:.2f}" if lim else "-"])
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
     print()
-    print(" | ".join(h.rjust(w) for h, w in zip(header, widths)))
+    print(" | ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     print("-|-".join("-" * w for w in widths))
     for row in table:
-        print(" | ".join(v.rjust(w) for v, w in zip(row, widths)))
+        print(" | ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
     print(f"\ncores {os.cpu_count()}, threads {args.threads or 'all'}; prepare s is the child's wall time "
           "(interpreter start and imports included); the default memory limit is "
           f"{results[0]['memory_limit'] if results else '?'}")

@@ -193,7 +193,7 @@ def main() -> None:
             results.append(row)
             print(f"\nvpp {vpp:g}, {variant}: {data.manifest['events_by_type']}, buyers in test {row['buyers']}, "
                   f"train {train_s:.0f}s, {summary.tokens_per_s:,.0f} tokens/s")
-            print(f"| ranker | NDCG@10 [95% CI] | HR@10 | MRR |\n|---|---|---|---|")
+            print("| ranker | NDCG@10 [95% CI] | HR@10 | MRR |\n|---|---|---|---|")
             for r in ROWS:
                 m = row[r]
                 print(f"| {r}{' (default)' if {'transformer': 'model'}.get(r, r) == res['default'] else ''} | "

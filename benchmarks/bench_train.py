@@ -130,9 +130,9 @@ def run(kind: str, n_items: int, loss: str, args: argparse.Namespace, device: to
                        (neg, log_q) if neg is not None else None, autocast)
             return
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):  # the plain loop
-            l = ref(batch, neg, log_q, 100.0)
+            step_loss = ref(batch, neg, log_q, 100.0)
         opt.zero_grad(set_to_none=True)
-        l.backward()
+        step_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
@@ -231,7 +231,8 @@ def main() -> None:
                 if args.skip_reference:
                     ref_runs.append({"tokens_per_s": math.nan})
                 elif loss == "full" and device.type == "cpu" and logits_gb > 0.5 * _ram_gb():
-                    ref_runs.append({"tokens_per_s": math.nan, "error": f"needs ~{logits_gb:.0f} GB for its logits, more than half of RAM ({_ram_gb():.0f} GB)"})
+                    ref_runs.append({"tokens_per_s": math.nan,
+                                     "error": f"needs ~{logits_gb:.0f} GB for its logits, more than half of RAM ({_ram_gb():.0f} GB)"})
                 else:
                     ref_runs.append(run("reference", n_items, loss, args, device))
             ours, ref = _median(ours_runs), _median(ref_runs)
@@ -245,7 +246,8 @@ def main() -> None:
                 tree_col = f" {tree['tokens_per_s']:>20,.0f} {row['vs_tree']:>8.2f}"
                 note += f"  (baseline tree: {tree['error']})" if "error" in tree else ""
             rows.append(row)
-            print(f"{n_items:>8} {loss:>8} {ours['tokens_per_s']:>20,.0f} {ref['tokens_per_s']:>18,.0f} {ratio:>7.2f}{tree_col}{note}", flush=True)
+            print(f"{n_items:>8} {loss:>8} {ours['tokens_per_s']:>20,.0f} {ref['tokens_per_s']:>18,.0f} {ratio:>7.2f}"
+                  f"{tree_col}{note}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "rows": rows}, fh, indent=2, default=str)

@@ -97,7 +97,7 @@ def oracle_scores(h: dict, users: np.ndarray, start_ts: int, use: set[str], prio
     out = np.zeros((users.size, n_items))
     # the mixture of a test-week view's sources among views that are not same-session copies
     p_copy = synth._P_USER_REVISIT if "recency" in use or "copy" in use else 0.0
-    for r, (u, a, b) in enumerate(zip(users, starts, ends)):
+    for r, (u, a, b) in enumerate(zip(users, starts, ends, strict=True)):
         items = hv_item[a:b]
         e = items.size
         prior = np.bincount(items, minlength=n_items)
@@ -153,7 +153,7 @@ def main() -> None:
     n_rel = (truth_m >= 0).sum(1)
     # the mapping is right when the generator's own purchases in the window are the truth
     in_win = (h["time"] >= start_ts) & (h["type"] == 2)
-    gen_pairs = set(zip(h["user"][in_win].tolist(), h["item"][in_win].tolist()))
+    gen_pairs = set(zip(h["user"][in_win].tolist(), h["item"][in_win].tolist(), strict=True))
     truth_pairs = {(u, i) for u, items in by_user.items() for i in items}
     print(f"{args.split}: {users.size:,} buyers, {len(truth_pairs):,} (user, item) purchases; "
           f"all in the generator's window: {truth_pairs <= gen_pairs}")

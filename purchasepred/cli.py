@@ -217,7 +217,8 @@ def synth(
     views_per_purchase: Annotated[float, typer.Option(help="Views per purchase (real REES46 ~60; the headline case 4000).")] = 60.0,
     days: Annotated[int, typer.Option(help="Days the log spans.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic for a seed).")] = 0,
-    schema: Annotated[SynthSchema, typer.Option(help="rees46 (product_id, category_id) or competition (item_id, no category_id).")] = SynthSchema.rees46,
+    schema: Annotated[SynthSchema, typer.Option(
+        help="rees46 (product_id, category_id) or competition (item_id, no category_id).")] = SynthSchema.rees46,
     items: Annotated[Optional[int], typer.Option(help="Catalogue size \\[default: about one item per 250 rows].")] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -270,14 +271,21 @@ def runs_trained_on(cfg: Config, data: Path) -> list[str]:
 def prepare(
     raw: Annotated[list[str], typer.Argument(help="Raw event files or globs (.csv, .csv.gz, .parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Prepared dataset folder to create.")] = Path("prepared"),
-    session_gap: Annotated[Optional[float], typer.Option(help="Minutes of inactivity that start a new session." + default("prepare.session_gap_minutes"))] = None,
+    session_gap: Annotated[Optional[float], typer.Option(
+        help="Minutes of inactivity that start a new session." + default("prepare.session_gap_minutes"))] = None,
     max_len: Annotated[Optional[int], typer.Option(help="Events per sequence." + default("prepare.max_len"))] = None,
-    min_item_count: Annotated[Optional[int], typer.Option(help="Items seen fewer times become 'unknown'." + default("prepare.min_item_count"))] = None,
+    min_item_count: Annotated[Optional[int], typer.Option(
+        help="Items seen fewer times become 'unknown'." + default("prepare.min_item_count"))] = None,
     eval_days: Annotated[Optional[str], typer.Option(help=EVAL_DAYS_HELP + default("prepare.eval_days"))] = None,
-    memory_limit: Annotated[Optional[str], typer.Option(help="DuckDB memory limit: a share of RAM such as 50% or a size such as 1GB; spills to --temp-dir beyond." + default("prepare.memory_limit"))] = None,
+    memory_limit: Annotated[Optional[str], typer.Option(
+        help="DuckDB memory limit: a share of RAM such as 50% or a size such as 1GB; spills to --temp-dir beyond."
+        + default("prepare.memory_limit"))] = None,
     threads: Annotated[Optional[int], typer.Option(help="DuckDB threads \\[default: all cores].")] = None,
-    temp_dir: Annotated[Optional[Path], typer.Option(help="Folder for DuckDB's spill files \\[default: a hidden folder next to --out].")] = None,
-    schema: Annotated[Optional[InputSchema], typer.Option(help="Input preset (rees46 and competition are also detected by header); map any other log with --set input.user=COLUMN ... (README: input mapping).")] = None,
+    temp_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder for DuckDB's spill files \\[default: a hidden folder next to --out].")] = None,
+    schema: Annotated[Optional[InputSchema], typer.Option(
+        help="Input preset (rees46 and competition are also detected by header); map any other log with "
+        "--set input.user=COLUMN ... (README: input mapping).")] = None,
     force: ForceOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -385,8 +393,10 @@ def _config_line(cfg: Config, name: str) -> str:
 @handle_errors
 def train(
     data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder." + default("train.data"))] = None,
-    purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss." + default("train.purchase_weight"))] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Total epochs (with --resume: the total to reach)." + default("train.epochs"))] = None,
+    purchase_weight: Annotated[Optional[float], typer.Option(
+        help="Weight of the purchase loss." + default("train.purchase_weight"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Total epochs (with --resume: the total to reach)." + default("train.epochs"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per step." + default("train.batch_size"))] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate." + default("train.lr"))] = None,
     device: Annotated[Optional[Device], typer.Option(help="cuda > mps > cpu for auto." + default("train.device"))] = None,
@@ -593,7 +603,8 @@ def export(
     run: RunOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="CSV to write \\[default: output/RUN/recommendations.csv].")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Items per user." + default("export.k"))] = None,
-    filter_seen: Annotated[bool, typer.Option("--filter-seen", help="Leave out items the user already interacted with.", metavar="")] = False,
+    filter_seen: Annotated[bool, typer.Option(
+        "--filter-seen", help="Leave out items the user already interacted with.", metavar="")] = False,
     force: ForceOpt = False,
     data: DataOpt = None,
     config: ConfigOpt = None,
@@ -628,7 +639,8 @@ def export_table(summary: Any) -> Any:
 def report(
     run: Annotated[list[str], typer.Option("--run", help="Run name (repeatable: several runs side by side).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default output/RUN/report.html).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a purchasepred report.", metavar="")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite an existing --out that is not a purchasepred report.", metavar="")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
@@ -661,10 +673,12 @@ def run_all(
     run_name: Annotated[Optional[str], typer.Option(help="Run name \\[default: 'demo' without RAW, else a timestamp].")] = None,
     rows: Annotated[int, typer.Option(help="Demo dataset rows (without RAW).")] = 300_000,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs." + default("train.epochs"))] = None,
-    purchase_weight: Annotated[Optional[float], typer.Option(help="Weight of the purchase loss." + default("train.purchase_weight"))] = None,
+    purchase_weight: Annotated[Optional[float], typer.Option(
+        help="Weight of the purchase loss." + default("train.purchase_weight"))] = None,
     eval_days: Annotated[Optional[str], typer.Option(help=EVAL_DAYS_HELP + default("prepare.eval_days"))] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run of this name.", metavar="")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: training, then evaluate and export.", metavar="")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run: training, then evaluate and export.", metavar="")] = False,
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="After training chooses the epochs on valid, refit on "
                                         "the events before the test window (the test numbers) and on all events (export).",
                                         metavar="")] = True,

@@ -54,7 +54,8 @@ def load_model(run_dir: Path, which: str = "best", data: PreparedData | None = N
                device: torch.device | None = None) -> tuple[TransformerRecommender, Config, dict[str, Any]]:
     """Load a trained model for evaluation/export (weights-only, sha256-checked)."""
     if not run_dir.is_dir():
-        raise CheckpointError(f"run {run_dir.name} does not exist in {run_dir.parent}; train it first: purchasepred train --run-name {run_dir.name}")
+        raise CheckpointError(f"run {run_dir.name} does not exist in {run_dir.parent}; "
+                              f"train it first: purchasepred train --run-name {run_dir.name}")
     meta = ckpt.read_metadata(run_dir)
     name = f"{which}.pt"
     payload = ckpt.load_checkpoint(run_dir / name, ckpt.accepted_sha256(meta, name))

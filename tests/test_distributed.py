@@ -75,17 +75,17 @@ def test_weighted_shard_losses_average_to_the_global_batch_gradient() -> None:
               for s in shards]
     total = sum(counts)
     averaged = [torch.zeros_like(g) for g in whole]
-    for shard, rows in zip(shards, counts):
+    for shard, rows in zip(shards, counts, strict=True):
         shares = distributed.row_shares(rows, total, world)
-        for acc, g in zip(averaged, grads(multitask_loss(model, model.encode, shard, train_cfg, None, shares)[0])):
+        for acc, g in zip(averaged, grads(multitask_loss(model, model.encode, shard, train_cfg, None, shares)[0]), strict=True):
             acc += g / world  # what DDP's all-reduce does
     unweighted = [torch.zeros_like(g) for g in whole]
     for shard in shards:
-        for acc, g in zip(unweighted, grads(multitask_loss(model, model.encode, shard, train_cfg, None)[0])):
+        for acc, g in zip(unweighted, grads(multitask_loss(model, model.encode, shard, train_cfg, None)[0]), strict=True):
             acc += g / world
-    for a, b in zip(averaged, whole):  # the loss parts are summed in float32, hence not 1e-12
+    for a, b in zip(averaged, whole, strict=True):  # the loss parts are summed in float32, hence not 1e-12
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    assert any(not torch.allclose(a, b, rtol=1e-2) for a, b in zip(unweighted, whole))  # a mean of means is not it
+    assert any(not torch.allclose(a, b, rtol=1e-2) for a, b in zip(unweighted, whole, strict=True))  # a mean of means is not it
 
 
 def test_row_shares_give_nothing_to_a_part_without_rows() -> None:
@@ -219,7 +219,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
     assert two_processes["world_size"] == 2 and one_process["world_size"] == 1
     assert len(two_processes["epochs"]) == len(one_process["epochs"]) == EPOCHS
     worst = 0.0
-    for got, want in zip(two_processes["epochs"], one_process["epochs"]):
+    for got, want in zip(two_processes["epochs"], one_process["epochs"], strict=True):
         for key in ("view_loss", "purchase_loss"):
             assert got[key] == pytest.approx(want[key], rel=REL_TOL), (got["epoch"], key)
             worst = max(worst, abs(got[key] - want[key]) / abs(want[key]))

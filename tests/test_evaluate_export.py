@@ -133,7 +133,7 @@ def test_metrics_json_has_models_baselines_blend_and_calibration(trained: Traine
 def test_truth_is_distinct_items_per_buyer(trained: Trained) -> None:
     for name in ("valid", "test"):
         split = trained.data.split(name)
-        for items, n in zip(split.truth_items, split.n_relevant):
+        for items, n in zip(split.truth_items, split.n_relevant, strict=True):
             real = items[items != -1]
             assert len(real) == len(set(real.tolist())) == n
 
@@ -302,7 +302,6 @@ def test_export_into_a_read_only_folder_fails_clearly(trained: Trained, tmp_path
 def test_export_with_the_propensity_ranker_as_the_default(trained: Trained, metrics: tuple[dict, Path],
                                                            tmp_path: Path) -> None:
     """Whatever wins on valid, the funnel ranker can be the default: export ranks with it, fitted on valid."""
-    from purchasepred.eval.evaluate import build_window
     from purchasepred.eval.propensity import Propensity, PropensityParams
 
     root = trained.root
@@ -333,7 +332,7 @@ def test_cold_users_get_the_popularity_list(trained: Trained, exported: Path, me
     data, default = trained.data, metrics[0]["default"]
     events = data.events_before(data.split("all").window_start)
     warm_users = set(np.unique(events["user_idx"]).tolist())
-    cold = {str(uid) for uidx, uid in zip(data.users["user_idx"], data.users["user_id"]) if int(uidx) not in warm_users}
+    cold = {str(uid) for uidx, uid in zip(data.users["user_idx"], data.users["user_id"], strict=True) if int(uidx) not in warm_users}
     _, rows = read_csv(exported)
     lists: dict[str, list[str]] = defaultdict(list)
     for r in rows:

@@ -87,7 +87,7 @@ def assert_ends_like_the_reference(run_dir: Path, reference: TrainSummary) -> No
     assert valid_metrics(meta["epochs"]) == valid_metrics(ref["epochs"])
     assert meta["best_valid_ndcg@10"] == ref["best_valid_ndcg@10"] == reference.best_valid_ndcg10
     assert meta["best_epoch"] == ref["best_epoch"]
-    for got, want in zip(meta["epochs"], ref["epochs"]):
+    for got, want in zip(meta["epochs"], ref["epochs"], strict=True):
         for key in ("view_loss", "purchase_loss"):
             assert got[key] == pytest.approx(want[key], rel=1e-6), (got["epoch"], key)
     for name in ("last.pt", "best.pt"):

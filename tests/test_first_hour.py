@@ -264,7 +264,8 @@ def test_few_valid_buyers_make_the_stronger_baseline_the_default(in_work: dict[s
     assert result.exit_code == 0, result.output
     m = json.loads((in_work["root"] / "output" / "a" / "metrics.json").read_text())
     valid = m["fitted_on_valid"]["valid_ndcg@10"]
-    assert max(valid, key=valid.get) in ("model", "blend", "propensity", "two_stage"), "a learned ranker must win on valid for this to test anything"
+    assert max(valid, key=valid.get) in ("model", "blend", "propensity", "two_stage"), \
+        "a learned ranker must win on valid for this to test anything"
     assert m["default"] == max(("popularity", "history", "tifu_knn"), key=lambda r: valid[r])
     assert f"only {n} valid buyers" in m["default_reason"] and "eval.min_valid_buyers = 50" in m["default_reason"]
     assert m["default_reason"] in " ".join(result.stdout.split())  # the summary says so

@@ -224,7 +224,7 @@ def test_mean_nll_is_the_mean_cross_entropy(chunk: int | None, monkeypatch: pyte
     torch.testing.assert_close(out, ref)
     grads = torch.autograd.grad(3.0 * out, (h, w, b))  # a non-unit upstream gradient
     refs = torch.autograd.grad(3.0 * ref, (h, w, b))
-    for a, r in zip(grads, refs):
+    for a, r in zip(grads, refs, strict=True):
         torch.testing.assert_close(a, r)
     assert torch.autograd.gradcheck(lambda h, w, b: mean_nll(h, w, b, y), (h, w, b))
     assert torch.autograd.gradcheck(lambda h, w: mean_nll(h, w, None, y), (h, w))
@@ -327,15 +327,15 @@ def test_fused_side_lookup_equals_the_separate_tables_and_leaves_padding_rows_al
     batch["brand_idx"][0, 5] = 0  # a real event with a missing brand: adds nothing
     side = torch.stack([batch[k] for k in SIDE_FEATURES], -1)
     tables = [model._side_table(k) for k in SIDE_FEATURES]
-    separate = sum(table(batch[k]) for k, table in zip(SIDE_FEATURES, tables))
+    separate = sum(table(batch[k]) for k, table in zip(SIDE_FEATURES, tables, strict=True))
     fused = model.side_embedding(side)
     torch.testing.assert_close(fused, separate, rtol=1e-12, atol=1e-12)
     upstream = torch.randn(fused.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     (fused * upstream).sum().backward()
     fused_grads = [t.weight.grad.clone() for t in tables]
     model.zero_grad(set_to_none=True)
-    (sum(table(batch[k]) for k, table in zip(SIDE_FEATURES, tables)) * upstream).sum().backward()
-    for table, got in zip(tables, fused_grads):
+    (sum(table(batch[k]) for k, table in zip(SIDE_FEATURES, tables, strict=True)) * upstream).sum().backward()
+    for table, got in zip(tables, fused_grads, strict=True):
         torch.testing.assert_close(got, table.weight.grad, rtol=1e-12, atol=1e-12)
         assert not got[0].any()  # id 0 (padding / missing) learns nothing
     assert set(SIDE_FEATURES) | {"item_idx"} == set(FEATURES)

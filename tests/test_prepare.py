@@ -41,7 +41,7 @@ from conftest import (
 )
 from purchasepred.config import PrepareConfig
 from purchasepred.data import prepare as prep
-from purchasepred.data.prepare import LOAD_PARQUET, QUERY_FILES, STEPS, named_queries, prepare
+from purchasepred.data.prepare import LOAD_PARQUET, QUERY_FILES, STEPS, prepare
 from purchasepred.data.sequences import NEVER, gather
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
@@ -110,7 +110,8 @@ def test_reject_lines_in_a_file_of_many_row_groups(tmp_path: Path) -> None:
             kind = "click"
         if bad.get(line) == "negative":
             price = "-1.00"
-        row = f"2019-10-{1 + minute // 1440:02d} {minute // 60 % 24:02d}:{minute % 60:02d}:00 UTC,{kind},{line % 97},1,,,{price},{line % 501},"
+        row = (f"2019-10-{1 + minute // 1440:02d} {minute // 60 % 24:02d}:{minute % 60:02d}:00 UTC,"
+               f"{kind},{line % 97},1,,,{price},{line % 501},")
         lines.append(row + ",extra" if bad.get(line) == "fields" else row)
     raw = tmp_path / "big.csv"
     raw.write_text("\n".join(lines) + "\n")
@@ -232,7 +233,8 @@ def test_vocabularies(tiny_db: duckdb.DuckDBPyConnection) -> None:
         (2, "100", 6), (3, "200", 4), (4, "300", 5), (5, "400", 2),
     ]
     # most frequent first (not raw id order); the item seen once shares the unknown id 1
-    assert rows(tiny_db, "select item_idx, product_id, n_events, n_purchases, brand_idx, category_idx from items order by n_events desc") == [
+    query = "select item_idx, product_id, n_events, n_purchases, brand_idx, category_idx from items order by n_events desc"
+    assert rows(tiny_db, query) == [
         (2, "1003", 7, 1, 1, 3),
         (3, "1001", 5, 1, 2, 2),
         (4, "1002", 4, 1, 3, 2),
@@ -289,7 +291,7 @@ def test_loader_finds_each_events_next_event_purchase_and_cart(tiny_prepared: pr
         return gather(ev[column], ev[rows][rows_], missing=missing).tolist()
 
     got = list(zip(ev["seq"][rows_].tolist(), at("next_row", "item_idx", PAD), at("next_purchase_row", "item_idx", PAD),
-                   at("next_purchase_row", "ts", NEVER), at("next_cart_row", "item_idx", PAD)))
+                   at("next_purchase_row", "ts", NEVER), at("next_cart_row", "item_idx", PAD), strict=True))
     assert got == [
         (1, 3, 4, 1570107600, 3),
         (2, 4, 4, 1570107600, PAD),
@@ -868,10 +870,10 @@ def test_sessionize_in_shards_gives_the_same_dataset(synth_csv, synth_prepared: 
     cfg = PrepareConfig(max_len=SYNTH_CFG.max_len, eval_days=SYNTH_CFG.eval_days, threads=threads)
     m = prepare([str(path)], tmp_path / "p", cfg).manifest
     assert len(seen) == 1 and len(seen[0]) == threads
-    firsts, lasts = zip(*seen[0])
+    firsts, lasts = zip(*seen[0], strict=True)
     keys = rows(open_prepared(synth_prepared.out), "select min(user_id), max(user_id) from users")[0]
     assert (firsts[0], lasts[-1]) == keys  # the shards cover every user, in key order, without overlap
-    assert all(f <= last for f, last in zip(firsts, lasts)) and all(a < b for a, b in zip(lasts, firsts[1:]))
+    assert all(f <= last for f, last in zip(firsts, lasts, strict=True)) and all(a < b for a, b in zip(lasts[:-1], firsts[1:], strict=True))
     assert same_tables(tmp_path / "p", synth_prepared.out) == {t: 0 for t in CONTENT_TABLES}
     counts = ("rows_kept", "rows_collapsed", "rows_duplicate", "n_events", "n_sessions", "n_users")
     assert {k: m[k] for k in counts} == {k: synth_prepared.manifest[k] for k in counts}
@@ -880,8 +882,9 @@ def test_sessionize_in_shards_gives_the_same_dataset(synth_csv, synth_prepared: 
 
 def test_a_failing_shard_stops_the_others_and_threads_stay_capped() -> None:
     """One shard fails at once while another has billions of rows to sum: the other is interrupted
-    (its row is never inserted, even when it had not started its query yet), the error is raised, and DuckDB's threads are back to what they were;
-    while the shards ran, threads was lowered so that the shards' own threads stay within it."""
+    (its row is never inserted, even when it had not started its query yet), the error is raised, and
+    DuckDB's threads are back to what they were; while the shards ran, threads was lowered so that the
+    shards' own threads stay within it."""
     con = duckdb.connect()
     con.execute("set threads = 3")
     con.execute("set variable session_gap_seconds = 1.0")

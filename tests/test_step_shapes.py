@@ -65,7 +65,7 @@ def test_mean_nll_with_a_mask_is_the_mean_over_its_rows() -> None:
     out = mean_nll(h, w, b, y, mask)
     ref = F.cross_entropy(h[mask] @ w.t() + b, y[mask])
     torch.testing.assert_close(out, ref)
-    for a, r in zip(torch.autograd.grad(2.5 * out, (h, w, b)), torch.autograd.grad(2.5 * ref, (h, w, b))):
+    for a, r in zip(torch.autograd.grad(2.5 * out, (h, w, b)), torch.autograd.grad(2.5 * ref, (h, w, b)), strict=True):
         torch.testing.assert_close(a, r)  # rows outside the mask get exactly zero gradient
     assert torch.autograd.gradcheck(lambda h, w, b: mean_nll(h, w, b, y, mask), (h, w, b))
     none = mean_nll(h, w, b, y, torch.zeros(10, dtype=torch.bool))  # no target row: 0, and no gradient
@@ -237,7 +237,8 @@ def test_a_compiled_step_matches_the_eager_step() -> None:
     eager, compiled = MultitaskLoss(eager_model, cfg), compile_loss(MultitaskLoss(compiled_model, cfg))
     batches = [_batch(purchases=True, seed=s) for s in (11, 12, 13)]
     caps = round_caps(torch.tensor([_counts(b) for b in batches]).amax(0).tolist(), batches[0]["item_idx"].numel())
-    want, got = _grads(eager_model, eager(batches[0], None, None, caps)[0]), _grads(compiled_model, compiled(batches[0], None, None, caps)[0])
+    want = _grads(eager_model, eager(batches[0], None, None, caps)[0])
+    got = _grads(compiled_model, compiled(batches[0], None, None, caps)[0])
     for name, g in want.items():
         torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6, msg=name)
     # (parameters are not compared after Adam steps: repeat_k.bias has an exactly-zero gradient in

@@ -8,6 +8,7 @@ copy of its folder.
 
 from __future__ import annotations
 
+import itertools
 import hashlib
 import json
 import math
@@ -171,7 +172,7 @@ def test_resume_after_an_epoch_ends_like_an_uninterrupted_run(
     b = torch.load(root / "checkpoints" / "B" / "last.pt", weights_only=True)
     _assert_same_state(a["model"], b["model"])
     assert a["step"] == b["step"]
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
     meta = json.loads((root / "checkpoints" / "B" / "metadata.json").read_text())
     assert meta["epochs_done"] == 3 and len(meta["epochs"]) == 3
@@ -203,7 +204,7 @@ def test_resume_from_the_middle_of_an_epoch(root: Path, run_a: TrainSummary,
     assert resumed.epochs_done == 3 and not resumed.interrupted
     same_valid = [json.dumps(h["valid"], sort_keys=True) for h in resumed.history]
     assert same_valid == [json.dumps(h["valid"], sort_keys=True) for h in run_a.history]
-    for got, want in zip(resumed.history, run_a.history):
+    for got, want in zip(resumed.history, run_a.history, strict=True):
         for key in ("view_loss", "purchase_loss", "cart_loss"):
             assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), (got["epoch"], key)
     a = torch.load(root / "checkpoints" / "A" / "last.pt", weights_only=True)
@@ -338,7 +339,7 @@ def test_steps_take_their_width_and_target_rows_from_host_arrays(root: Path, dat
     for i in range(trainer.steps_per_epoch):
         batch, rows = trainer.batch(order, i, caps)
         assert batch["item_idx"].shape[1] == width and rows.caps == caps
-        assert all(c >= m for c, m in zip(caps, rows.mine))
+        assert all(c >= m for c, m in zip(caps, rows.mine, strict=True))
     assert all(c % CAP_ROUND == 0 or c == size * width for c in caps)
 
 
@@ -368,8 +369,8 @@ def test_lr_warmup_then_cosine() -> None:
     total, peak = 100, 1.0
     lrs = [lr_at(s, total, peak, 0.1) for s in range(total + 1)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[10] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))  # warmup rises
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then decays
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10], strict=True))  # warmup rises
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # then decays
     assert lrs[total] == pytest.approx(0.05) and min(lrs) > 0
 
 

@@ -170,7 +170,7 @@ def test_training_set_with_carts_grades_purchases_over_carts_and_adds_the_carter
     cart_users, cart_items = np.array([2, 2, 3]), np.array([7, 5, 6])
     ts = training_set_with_carts(fb, buyers, bought, cart_users, cart_items)
     assert ts.users.tolist() == [2, 3]
-    label = {(int(ts.users[r]), int(i)): float(y) for r, i, y in zip(ts.rows, ts.items, ts.y)}
+    label = {(int(ts.users[r]), int(i)): float(y) for r, i, y in zip(ts.rows, ts.items, ts.y, strict=True)}
     assert label[(2, 5)] == 2.0 and label[(2, 7)] == 1.0 and label[(3, 6)] == 1.0
     assert sorted(label.values()).count(2.0) == 1 and sorted(label.values()).count(1.0) == 2
     # the buyers' candidates and features are those of the purchase-only set

@@ -1,7 +1,8 @@
 """Find and check raw input files, and map their columns and event values, before DuckDB reads them.
 
 A file's mapping is a preset (``--schema NAME``, or detected from the header for the two REES46
-forms) overlaid with the keys of the config's ``input:`` section. Each problem becomes one :class:`InputError` line naming the file and what to do.
+forms) overlaid with the keys of the config's ``input:`` section. Each problem becomes one :class:`InputError` line
+naming the file and what to do.
 """
 
 from __future__ import annotations

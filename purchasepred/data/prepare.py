@@ -164,7 +164,7 @@ def _set(con: duckdb.DuckDBPyConnection, name: str, value: Any) -> None:
 def _rows(con: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, Any]]:
     cur = con.execute(query)
     cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row)) for row in cur.fetchall()]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfig) -> list[InputFile]:
@@ -494,7 +494,8 @@ def _configure(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, spill: Path) 
         try:
             con.execute("set memory_limit = getvariable('memory_limit')")
         except duckdb.Error as err:
-            raise InputError(f"--memory-limit {cfg.memory_limit!r} is not a size DuckDB understands ({_first_line(err)}); use e.g. 2GB or 50%") from None
+            raise InputError(f"--memory-limit {cfg.memory_limit!r} is not a size DuckDB understands ({_first_line(err)}); "
+                             "use e.g. 2GB or 50%") from None
     if cfg.threads:
         _set(con, "threads", cfg.threads)
         con.execute("set threads = getvariable('threads')")
@@ -556,7 +557,7 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
             rel = con.read_parquet(duckdb_literal(f.path))
             rel.select(*[
                 duckdb.ColumnExpression(raw).cast(duckdb.sqltype("VARCHAR")).alias(name)
-                for raw, name in zip(f.names, names)
+                for raw, name in zip(f.names, names, strict=True)
             ]).create_view("parquet_columns", replace=True)
             con.execute(sql[LOAD_PARQUET])
         else:
@@ -646,7 +647,7 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
     try:
         cursors = [con.cursor() for _ in shards]
         with ThreadPoolExecutor(max_workers=len(shards)) as pool:
-            futures = [pool.submit(one, cur, *shard) for cur, shard in zip(cursors, shards)]
+            futures = [pool.submit(one, cur, *shard) for cur, shard in zip(cursors, shards, strict=True)]
             try:
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)
                 for future in futures:

@@ -188,7 +188,7 @@ class ModelScorer:
             order = where[np.argsort(self.split.n_events[rows[where]], kind="stable")]
             for start in range(0, len(order), self.SUB_BATCH):
                 pick = torch.as_tensor(order[start:start + self.SUB_BATCH])
-                for out, part in zip(outs, self._score(rows[pick.numpy()], view)):
+                for out, part in zip(outs, self._score(rows[pick.numpy()], view), strict=True):
                     out[pick] = part
             return outs
         finally:

@@ -95,7 +95,8 @@ class FeatureBuilder:
         self.item_trend = np.log((r + 1.0) / (b + 1.0)).astype(np.float32)
         self.item_purchases = np.log1p(np.bincount(e["item_idx"][e["event_type_id"] == PURCHASE], minlength=n_items)).astype(np.float32)
         n_ev = np.bincount(e["item_idx"], minlength=n_items)
-        self.item_price = (np.bincount(e["item_idx"], weights=e["price_bucket"], minlength=n_items) / np.maximum(n_ev, 1)).astype(np.float32)
+        price_sum = np.bincount(e["item_idx"], weights=e["price_bucket"], minlength=n_items)
+        self.item_price = (price_sum / np.maximum(n_ev, 1)).astype(np.float32)
         self.generator = CandidateGenerator(ItemGraph(e, n_items, cutoff_ts, cfg), personal, self.category_share,
                                             trend_now, self.popularity, cfg, model, propensity)
         self._cache: dict[bytes, tuple[Candidates, np.ndarray]] = {}

@@ -226,7 +226,7 @@ def _write_rows(fh: Any, user_ids: np.ndarray, items: np.ndarray, scores: np.nda
                 prob: np.ndarray, k: int) -> None:
     ranks = [str(r) for r in range(1, k + 1)]
     lines = []
-    for u, its, sc, src, pr in zip(user_ids, items, scores, source, prob):
+    for u, its, sc, src, pr in zip(user_ids, items, scores, source, prob, strict=True):
         us = _csv_field(str(u))
         for r in range(k):
             lines.append(f"{us},{_csv_field(str(its[r]))},{ranks[r]},{sc[r]:.6g},{src},{pr[r]:.6g}")

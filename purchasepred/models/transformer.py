@@ -3,8 +3,9 @@ head, a purchase head and an explicit repeat path.
 
 Each event is one token: item + brand + category + event type + price bucket + hour + weekday +
 gap bucket + position embeddings. The seven side features are looked up at once: their tables,
-concatenated, are read by one ``embedding_bag`` sum with offsets (id 0 weighted 0, as padding). Sequences are left-padded with 0; an event attends to itself and
-to earlier events only (never to padding).
+concatenated, are read by one ``embedding_bag`` sum with offsets (id 0 weighted 0, as padding).
+Sequences are left-padded with 0; an event attends to itself and to earlier events only (never to
+padding).
 
 Heads (all scored against the one item embedding table, so every score is over the full catalog):
 - view: the next event's item, ``h_t @ E^T + b_view``.

@@ -272,7 +272,7 @@ def _con(run: RunFiles, q: dict[str, str]) -> duckdb.DuckDBPyConnection:
 def _records(con: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, Any]]:
     cur = con.execute(query)
     cols = [c[0] for c in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
 # ------------------------------------------------------------------ sections

@@ -61,7 +61,7 @@ def funnel(stages: list[tuple[str, int, str]]) -> bytes:
     ax.barh(y, values, color=[colors[k] for _, _, k in stages], height=0.65)
     ax.set_yticks(y, [s for s, _, _ in stages])
     top = max(values + [1])
-    for yi, v in zip(y, values):
+    for yi, v in zip(y, values, strict=True):
         ax.text(v + top * 0.01, yi, f"{v:,}", va="center", fontsize=8)
     ax.set_xlim(0, top * 1.15)
     ax.set_xlabel("rows")
@@ -99,7 +99,7 @@ def losses(epochs: list[dict[str, Any]], steps: list[dict[str, Any]], resumes: l
              if any(_finite(e.get(f"{t}_loss")) and e.get(f"{t}_loss") for e in epochs)
              or any(_finite(s.get(f"{t}_loss")) and s.get(f"{t}_loss") for s in steps)] or ["view", "purchase"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(WIDTH, 3.0), layout="constrained", squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         key = f"{task}_loss"
         sx = [s["x"] for s in steps if _finite(s.get(key))]
         sy = [s[key] for s in steps if _finite(s.get(key))]
@@ -163,7 +163,7 @@ def rankers(metrics: dict[str, dict[str, Any]], keys: list[str], title_of: dict[
     plt = _plt()
     names = list(metrics)
     fig, axes = plt.subplots(1, len(keys), figsize=(WIDTH, 3.3), layout="constrained", squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=True):
         for i, name in enumerate(names):
             m = metrics[name]
             v = m.get(key)
@@ -287,7 +287,7 @@ def sources(rows: list[dict[str, Any]]) -> bytes:
     ax.barh(y, users, color=["#9e9e9e" if r["source"] == "popularity" else "#1f77b4" for r in rows], height=0.6)
     ax.set_yticks(y, [r["source"] for r in rows])
     top = max(users + [1])
-    for yi, v in zip(y, users):
+    for yi, v in zip(y, users, strict=True):
         ax.text(v + top * 0.01, yi, f"{v:,}", va="center", fontsize=8)
     ax.set_xlim(0, top * 1.15)
     ax.set_xlabel("users")
@@ -300,11 +300,11 @@ def runs_curves(curves: dict[str, dict[str, list[tuple[float, float]]]], panels:
     """One panel per (key, y label); in each, one line per run. ``curves[run][key]`` is [(epoch, value)]."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(WIDTH, 3.0), layout="constrained", squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
         for i, (run, c) in enumerate(curves.items()):
             pts = [(x, y) for x, y in c.get(key, []) if _finite(y)]
             if pts:
-                ax.plot(*zip(*pts), "o-", markersize=3.5, color=MODEL_COLORS[i % len(MODEL_COLORS)], label=run)
+                ax.plot(*zip(*pts, strict=True), "o-", markersize=3.5, color=MODEL_COLORS[i % len(MODEL_COLORS)], label=run)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
     axes[0][0].legend(frameon=False)

@@ -188,7 +188,7 @@ def multitask_loss(
     b, t = batch["item_idx"].shape
     caps = caps if caps is not None else (b * t,) * len(TARGETS)
     parts: dict[str, torch.Tensor] = {}
-    for name, key, cap in zip(LOSS_PARTS, TARGETS, caps):
+    for name, key, cap in zip(LOSS_PARTS, TARGETS, caps, strict=True):
         if cap == 0 or (name == "cart" and train_cfg.cart_weight == 0):
             parts[name] = h.new_zeros(())
             continue
@@ -201,7 +201,7 @@ def multitask_loss(
         else:
             parts[name] = -masked_mean(model.purchase_log_prob(h, seq, pos, batch, targets, sample), rows)
     if part_weights is not None:
-        view, purchase, cart = (parts[name].float() * w for name, w in zip(LOSS_PARTS, part_weights))
+        view, purchase, cart = (parts[name].float() * w for name, w in zip(LOSS_PARTS, part_weights, strict=True))
     else:
         view, purchase, cart = (parts[name].float() for name in LOSS_PARTS)
     loss = train_cfg.view_weight * view + train_cfg.purchase_weight * purchase + train_cfg.cart_weight * cart
@@ -845,9 +845,11 @@ class Trainer:
                 problems.append(f"train.{key} differs (checkpoint {getattr(saved.train, key)}, now {getattr(self.cfg.train, key)})")
         world_size = payload.get("world_size", 1)
         if world_size != self.dist.world_size:
+            again = (f"torchrun --nproc_per_node {world_size} -m purchasepred train ... --resume" if world_size > 1
+                     else "purchasepred train ... --resume without torchrun")
             problems.append(
                 f"it was trained by {world_size} process(es) and this is {self.dist.world_size} (a run resumes exactly "
-                f"only on as many: {'torchrun --nproc_per_node ' + str(world_size) + ' -m purchasepred train ... --resume' if world_size > 1 else 'purchasepred train ... --resume without torchrun'})"
+                f"only on as many: {again})"
             )
         if problems:
             raise CheckpointError(
