@@ -313,7 +313,7 @@ def prepare(
     try:
         with ui.steps("prepare") as step:
             summary = run_prepare(raw, out, cfg.prepare, force=force, step=step, need_buyers_in=("valid",),
-                                  input_cfg=cfg.input)
+                                  input_cfg=cfg.input, step_progress=step.progress)
     except BaseException:
         remove_empty(created)  # nothing partial: not even the empty parent folders of --out
         raise

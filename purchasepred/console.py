@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+import threading
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,21 +63,40 @@ def make_progress(transient: bool = False) -> Progress:
     )
 
 
+class StepLines:
+    """A progress line per step. ``step(name)`` marks the previous step done and starts a line for
+    ``name``; ``step.progress(name, percent)``, from any thread, shows how far step ``name`` is, while
+    it is still the current one (a late report of a finished step is dropped). A done step's line
+    keeps its time, not its last percent."""
+
+    def __init__(self, progress: Progress, title: str) -> None:
+        self._progress, self._title = progress, title
+        self._lock = threading.Lock()
+        self._name: str | None = None
+        self._status = ""  # the status the step started with, put back when it is done
+        self._task: Any = None
+
+    def __call__(self, name: str, status: str = "") -> None:
+        with self._lock:
+            if self._task is not None:
+                self._progress.update(self._task, completed=1, status=self._status)
+            self._name, self._status = name or None, status
+            self._task = self._progress.add_task(f"{self._title}: {name}", total=1, status=status) if name else None
+
+    def progress(self, name: str, percent: float) -> None:
+        with self._lock:
+            if self._task is not None and self._name == name:
+                self._progress.update(self._task, status=f"{percent:3.0f}%")
+
+
 @contextmanager
-def steps(title: str) -> Iterator[Any]:
-    """A progress line per step: yields ``step(name)`` that marks the previous step done."""
+def steps(title: str) -> Iterator[StepLines]:
+    """A progress line per step: yields a :class:`StepLines`, called with each step's name."""
     with Progress(
         SpinnerColumn(), TextColumn("[progress.description]{task.description}"), TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"), console=console, disable=_state["quiet"],
     ) as progress:
-        current: dict[str, Any] = {}
-
-        def step(name: str, status: str = "") -> None:
-            if "id" in current:
-                progress.update(current["id"], completed=1)
-            if name:
-                current["id"] = progress.add_task(f"{title}: {name}", total=1, status=status)
-
+        step = StepLines(progress, title)
         yield step
         step("")
 
@@ -131,6 +151,7 @@ class Bars:
         self.title, self.epochs = title, epochs
         self.progress = make_progress()
         self._stage: Any = None
+        self._lock = threading.Lock()  # stage() and detail() (prepare's progress thread)
         self._epoch: tuple[int, Any] | None = None
         self._export: Any = None
 
@@ -143,17 +164,24 @@ class Bars:
         self.progress.stop()
 
     def hooks(self) -> dict[str, Any]:
-        return {"log": self.log, "step": self.stage, "on_step": self.on_step, "on_epoch": self.on_epoch,
-                "on_export": self.on_export}
+        return {"log": self.log, "step": self.stage, "detail": self.detail, "on_step": self.on_step,
+                "on_epoch": self.on_epoch, "on_export": self.on_export}
 
     def log(self, msg: str) -> None:
         if not _state["quiet"]:
             self.progress.console.print(msg, soft_wrap=True)
 
     def stage(self, name: str) -> None:
-        if self._stage is not None:
-            self.progress.update(self._stage, total=1, completed=1)
-        self._stage = self.progress.add_task(f"{self.title}: {name}", total=None, status="") if name else None
+        with self._lock:
+            if self._stage is not None:
+                self.progress.update(self._stage, total=1, completed=1, status="")
+            self._stage = self.progress.add_task(f"{self.title}: {name}", total=None, status="") if name else None
+
+    def detail(self, text: str) -> None:
+        """What the current stage is doing now (prepare's step and its percent), from any thread."""
+        with self._lock:
+            if self._stage is not None:
+                self.progress.update(self._stage, status=text)
 
     def on_step(self, s: dict[str, Any]) -> None:
         if self._epoch is None or self._epoch[0] != s["epoch"]:

@@ -37,6 +37,7 @@ class Hooks:
 
     log: Log | None = None
     step: Callable[[str], None] | None = None
+    detail: Callable[[str], None] | None = None  # what the current stage is doing now; may come from another thread
     on_step: Callable[[dict[str, Any]], None] | None = None
     on_epoch: Callable[[EpochStats], None] | None = None
     on_export: Callable[[int, int], None] | None = None
@@ -48,6 +49,10 @@ class Hooks:
     def stage(self, name: str) -> None:
         if self.step:
             self.step(name)
+
+    def now(self, text: str) -> None:
+        if self.detail:
+            self.detail(text)
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -356,7 +361,8 @@ def _run_all(cfg: Config, inputs: list[str], name: str, rows: int, resume: bool,
             inputs = [str(demo)]
         hooks.stage("prepare")
         prep = prepare(inputs, prepared, cfg.prepare, force=False, need_buyers_in=("valid", "test"),
-                       input_cfg=cfg.input)  # run scores test
+                       input_cfg=cfg.input,  # run scores test
+                       step=hooks.now, step_progress=lambda name, percent: hooks.now(f"{name} {percent:3.0f}%"))
         n_items = prep.manifest["n_items"]
         if n_items < cfg.export.k:  # export would refuse it, after training: say so now
             raise DatasetError(f"{prepared} has {n_items} items with an id, fewer than the {cfg.export.k} recommendations "

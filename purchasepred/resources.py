@@ -43,13 +43,20 @@ def define_ids(con: Any) -> None:
     con.execute((sql_dir() / "ids.sql").read_text())
 
 
+def quiet_progress(con: Any) -> None:
+    """DuckDB's progress tracked on ``con`` but not drawn (see :func:`connect`)."""
+    con.execute("set enable_progress_bar = true")
+    con.execute("set enable_progress_bar_print = false")
+
+
 def connect() -> Any:
-    """An in-memory DuckDB connection as this package opens them all: without DuckDB's own progress
-    bar, which it draws on stdout for any statement over 2 s when called from a script (commands show
-    their steps through rich; library calls print nothing), and with the id macros."""
+    """An in-memory DuckDB connection as this package opens them all: DuckDB's progress tracked (its
+    ``query_progress``, which prepare's steps report) but never drawn (DuckDB draws a bar on stdout for
+    any statement over 2 s when called from a script; commands show their steps through rich, library
+    calls print nothing), and with the id macros."""
     import duckdb
 
     con = duckdb.connect(":memory:")
-    con.execute("set enable_progress_bar = false")
+    quiet_progress(con)
     define_ids(con)
     return con

@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -423,27 +424,80 @@ def test_the_input_hash_runs_at_the_lowest_priority_and_only_its_own_thread_does
     assert m["inputs"][0]["sha256"] == hashlib.sha256(TINY.read_bytes()).hexdigest()
 
 
-def test_prepare_turns_duckdbs_progress_bar_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_tracks_duckdbs_progress_but_never_draws_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """prepare() is a library call that prints nothing, but DuckDB draws a progress bar on stdout for
-    each statement that runs over 2 s when its setting is on (as it is in a script): prepare's
-    connection has it off from its configuration on."""
-    real_connect, real_configure = duckdb.connect, prep._configure
-    seen: list[bool] = []
+    each statement that runs over 2 s when its settings say so (as they do in a script): prepare's
+    connection and every shard's have drawing off, and tracking on (StepProgress reads it)."""
+    real_connect, real_configure, real_cursor = duckdb.connect, prep._configure, prep.quiet_progress
+    seen: list[tuple[bool, bool]] = []
 
     def connect(*args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
         con = real_connect(*args, **kwargs)
-        con.execute("set enable_progress_bar = true")
+        con.execute("set enable_progress_bar = false")  # both the other way round: connect() must set them
+        con.execute("set enable_progress_bar_print = true")
         return con
+
+    def settings(con: duckdb.DuckDBPyConnection) -> tuple[bool, bool]:
+        return con.execute("select current_setting('enable_progress_bar'), current_setting('enable_progress_bar_print')").fetchone()
 
     def configure(con: duckdb.DuckDBPyConnection, *args: Any) -> str | None:
         limit = real_configure(con, *args)
-        seen.append(con.execute("select current_setting('enable_progress_bar')").fetchone()[0])
+        seen.append(settings(con))
         return limit
 
-    monkeypatch.setattr(prep.duckdb, "connect", connect)
+    def quiet_progress(con: duckdb.DuckDBPyConnection) -> None:
+        real_cursor(con)
+        seen.append(settings(con))
+
+    monkeypatch.setattr(duckdb, "connect", connect)
     monkeypatch.setattr(prep, "_configure", configure)
-    prepare([str(TINY)], tmp_path / "p", TINY_CFG)
-    assert seen == [False]
+    monkeypatch.setattr(prep, "quiet_progress", quiet_progress)  # the shards' cursors
+    monkeypatch.setattr(prep, "MIN_SHARD_ROWS", 1)
+    prepare([str(TINY)], tmp_path / "p", replace(TINY_CFG, threads=2))
+    assert len(seen) == 3 and set(seen) == {(True, False)}, seen
+
+
+class _FakeProgress:
+    """A connection whose query_progress() returns the given values in turn, then raises as a closed one does."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = list(values)
+
+    def query_progress(self) -> float:
+        if not self.values:
+            raise duckdb.ConnectionException("Connection already closed!")
+        return self.values.pop(0)
+
+
+def test_step_progress_reports_each_whole_point_of_the_current_step() -> None:
+    """StepProgress (sampled by hand here: its thread waits an hour) reports the step it measures,
+    only when the percent grew by a whole point (-1, no query, is no news); shards count as the mean of
+    the highest value each has shown (a closed one keeps its last); a step with nothing to watch and a
+    closed StepProgress report nothing."""
+    got: list[tuple[str, float]] = []
+    progress = prep.StepProgress(lambda name, percent: got.append((name, percent)), every=3600)
+    try:
+        progress.start("load a.csv", [_FakeProgress([-1, 10, 10.5, 30, -1])])
+        for _ in range(5):
+            progress.sample()
+        assert got == [("load a.csv", 10), ("load a.csv", 30)]
+
+        progress.start("clean", [])
+        progress.sample()
+        assert got[2:] == []
+
+        got.clear()
+        main = _FakeProgress([])
+        progress.start("sessionize", [main])
+        progress.watch([_FakeProgress([20, 80]), _FakeProgress([-1, 40, 100])])
+        for _ in range(3):
+            progress.sample()
+        assert got == [("sessionize", 10), ("sessionize", 60), ("sessionize", 90)]
+        progress.watch([_FakeProgress([100])])
+    finally:
+        progress.close()
+    progress.sample()  # (as a late read would be)
+    assert len(got) == 3
 
 
 def test_each_step_has_its_peak_memory_and_spill(tiny_prepared: prep.PrepareSummary) -> None:
@@ -911,7 +965,8 @@ def test_ties_are_sorted_by_every_column_in_every_shard(tmp_path: Path, monkeypa
                    + "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,2.0,u1,a\n")
     calls: list[int] = []
     real = prep._run_shards
-    monkeypatch.setattr(prep, "_run_shards", lambda con, q, shards: calls.append(len(shards)) or real(con, q, shards))
+    monkeypatch.setattr(prep, "_run_shards",
+                        lambda con, q, shards, progress=None: calls.append(len(shards)) or real(con, q, shards, progress))
     m = prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=1, min_item_count=1, threads=2)).manifest
     assert calls == [2, 2]  # the short key's pass, then the exact one
     assert (m["rows_collapsed"], m["n_events"]) == (2, 2)
@@ -1006,3 +1061,22 @@ def test_row_conservation_is_checked_even_under_python_O() -> None:
            "'rows_rejected': 0, 'rows_duplicate': 0, 'rows_ignored': 0})"
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
     assert out.returncode != 0 and "lost track of rows" in out.stderr
+
+
+def test_prepare_reports_how_far_its_long_steps_are(synth_csv: tuple[Path, Any], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With DuckDB's progress read every 0.5 ms, prepare of the 20k-row log reports percents for its
+    long steps (loading the file, sessionize, encode) under the names its step callback gave them,
+    growing within each step, and none for any other step."""
+    monkeypatch.setattr(prep, "PROGRESS_EVERY", 0.0005)
+    path, _ = synth_csv
+    steps: list[str] = []
+    got: list[tuple[str, float]] = []
+    prepare([str(path)], tmp_path / "p", SYNTH_CFG, step=steps.append,
+            step_progress=lambda name, percent: got.append((name, percent)))
+    assert got, "no progress reported"
+    names = {name for name, _ in got}
+    assert names <= {f"load {path.name}", "sessionize", "encode"} and names <= set(steps), names
+    for name in names:
+        percents = [p for n, p in got if n == name]
+        assert all(0 < p <= 100 for p in percents) and percents == sorted(set(percents)), (name, percents)

@@ -36,7 +36,7 @@ from purchasepred.data.inputs import (
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
-from purchasepred.resources import connect, named_queries, sql_dir
+from purchasepred.resources import connect, named_queries, quiet_progress, sql_dir
 from purchasepred.fileio import folder_bytes, to_json
 
 # 2: no sequences / train_sequences tables. The events table, in (user_idx, seq) order, is the sequence
@@ -124,6 +124,62 @@ class StepPeaks:
         self._thread.join()
 
 
+class StepProgress:
+    """How far the running step is: DuckDB's own estimate for the query each watched connection runs
+    (``query_progress``, 0-100; -1 when a connection runs none), read by a thread every ``every``
+    seconds and handed to ``report(step, percent)`` whenever it has grown by a whole point. Watched are
+    only the steps that are one long query (WATCHED): a step of several statements would show its first
+    statement's progress. Several connections (sessionize's shards) count as the mean of the highest
+    value each has shown. Reports name the step they measure and come from that thread; none comes
+    after ``close``."""
+
+    def __init__(self, report: Callable[[str, float], None], every: float = 0.5) -> None:
+        self._report = report
+        self._every = every
+        self._lock = threading.Lock()
+        self._name: str | None = None
+        self._conns: list[duckdb.DuckDBPyConnection] = []
+        self._seen: list[float] = []  # per connection: the highest progress it has shown, -1 before any
+        self._last = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="purchasepred-step-progress", daemon=True)
+        self._thread.start()
+
+    def start(self, name: str, conns: list[duckdb.DuckDBPyConnection]) -> None:
+        """From now on, measure step ``name`` on ``conns``."""
+        with self._lock:
+            self._name, self._conns, self._seen, self._last = name, list(conns), [-1.0] * len(conns), 0.0
+
+    def watch(self, conns: list[duckdb.DuckDBPyConnection]) -> None:
+        """Measure the same step on other connections (the shards' own)."""
+        with self._lock:
+            self._conns, self._seen = list(conns), [-1.0] * len(conns)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            self.sample()
+
+    def sample(self) -> None:
+        with self._lock:
+            if self._name is None or not self._conns:
+                return
+            for i, con in enumerate(self._conns):
+                try:
+                    self._seen[i] = max(self._seen[i], float(con.query_progress()))
+                except duckdb.Error:  # a shard's connection, closed when the shards are done
+                    pass
+            percent = min(100.0, sum(max(v, 0.0) for v in self._seen) / len(self._seen))
+            if percent >= self._last + 1:
+                self._last = percent
+                self._report(self._name, percent)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            self._name = None
+
+
 @dataclass
 class StepTimes:
     """Seconds, output rows, peak memory and spill of each step, in run order (dbt's run results, for
@@ -209,8 +265,12 @@ def prepare(
     now: datetime | None = None,
     need_buyers_in: tuple[str, ...] = (),
     input_cfg: InputConfig | None = None,
+    step_progress: Callable[[str, float], None] | None = None,
 ) -> PrepareSummary:
     """Prepare a dataset folder from raw event files. Library entry point (no printing).
+
+    ``step(name)`` is called as each step starts; ``step_progress(name, percent)``, from a thread of
+    its own, as the long steps (loading a file, sessionize, encode) move on (see StepProgress).
 
     ``need_buyers_in``: windows ("valid", "test") that a given --eval-days must leave with buyers who
     have earlier events, else InputError (see :func:`purchasepred.data.windows.choose`).
@@ -232,7 +292,8 @@ def prepare(
     try:
         hashes = InputHashes(paths)
         try:
-            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now or datetime.now(timezone.utc), need_buyers_in)
+            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now or datetime.now(timezone.utc), need_buyers_in,
+                                    step_progress)
             digests = hashes.finish()
         finally:
             hashes.close()
@@ -394,12 +455,13 @@ def _spill_dir(tmp: Path, cfg: PrepareConfig) -> Path:
 
 def _run(
     paths: list[Path], tmp: Path, cfg: PrepareConfig, icfg: InputConfig, step: Callable[[str], None], now: datetime,
-    need_buyers_in: tuple[str, ...] = (),
+    need_buyers_in: tuple[str, ...] = (), step_progress: Callable[[str, float], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     # an in-memory database (faster than a file) that still spills to temp_dir under memory_limit
     con = connect()
     spill = _spill_dir(tmp, cfg)
     times = StepTimes(peaks=StepPeaks(spill))
+    progress = StepProgress(step_progress or (lambda name, percent: None), PROGRESS_EVERY)
     memory_limit = None
     try:
         memory_limit = _configure(con, cfg, spill)
@@ -422,6 +484,7 @@ def _run(
             if name == "load":
                 for file_no, f in enumerate(files, start=1):
                     step(f"load {f.path.name}")
+                    progress.start(f"load {f.path.name}", [con])
                     _load_one(con, file_no, f, sql)
                 n_staged = con.execute("select count(*) from staged").fetchone()[0]
                 if n_staged == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
@@ -429,11 +492,12 @@ def _run(
                 times.record(name, time.perf_counter() - t, n_staged, con)
                 continue
             step(name)
+            progress.start(name, [con] if name in WATCHED else [])
             if name == "split":  # windows.py picks (auto) or checks the window length 07_split.sql uses
                 choice = choose(con, cfg.eval_days, need_buyers_in, ", ".join(map(str, paths)))
                 cfg = replace(cfg, eval_days=choice.days)
                 _set(con, "eval_seconds", float(choice.days) * 86400.0)
-            _run_step(con, name, filename, sql, tmp)
+            _run_step(con, name, filename, sql, tmp, progress)
             if name == "clean":
                 _check_item_count(con, paths)
             times.record(name, time.perf_counter() - t, _step_rows(con, name), con)
@@ -457,6 +521,7 @@ def _run(
         times.record("write tables", time.perf_counter() - t, len(written), con)
         manifest = _manifest(con, files, cfg, choice, before_drop)
     finally:
+        progress.close()
         times.peaks.close()
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
@@ -466,12 +531,13 @@ def _run(
     return manifest, audits
 
 
-def _run_step(con: duckdb.DuckDBPyConnection, name: str, filename: str, sql: dict[str, str], tmp: Path) -> None:
+def _run_step(con: duckdb.DuckDBPyConnection, name: str, filename: str, sql: dict[str, str], tmp: Path,
+              progress: StepProgress) -> None:
     """One step after the load: its SQL file (sessionize and encode through their own functions), a
     DuckDB error turned into one line that names the file."""
     try:
         if name == "sessionize":
-            _sessionize(con)
+            _sessionize(con, progress)
         elif name == "encode":
             _encode(con, tmp)
         else:
@@ -567,23 +633,30 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
         raise InputError(f"{f.path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
 
 
+# seconds between two reads of DuckDB's progress while a step runs
+PROGRESS_EVERY = 0.5
+
+# the steps that are one long query on prepare's connection (per input file; per shard, on the shards'
+# own connections): the ones whose DuckDB progress StepProgress reports
+WATCHED = ("sessionize", "encode")
+
 # sessionize cuts the users into as many shards as DuckDB has threads, but no more than one per this
 # many valid rows (a shard costs a connection and a thread, worth it only on enough rows)
 MIN_SHARD_ROWS = 1_000_000
 
 
-def _sessionize(con: duckdb.DuckDBPyConnection) -> None:
+def _sessionize(con: duckdb.DuckDBPyConnection, progress: StepProgress | None = None) -> None:
     """04_sessionize.sql: its views and an empty ``sessionized`` once, then its query "shard" for each
     shard of users, side by side (see the file). Where the short sort key left two different events
     of a user tied, all again with the order by every column (exact_order.sql)."""
     q = named_queries(dict(STEPS)["sessionize"])
     shards = _user_shards(con)
     con.execute(q["define"])
-    _run_shards(con, q["shard"], shards)
+    _run_shards(con, q["shard"], shards, progress)
     if _short_key_left_ties(con):
         con.execute(q["define"])
         con.execute(named_queries("exact_order.sql")["exact_order"])
-        _run_shards(con, q["shard"], shards)
+        _run_shards(con, q["shard"], shards, progress)
 
 
 def _encode(con: duckdb.DuckDBPyConnection, tmp: Path) -> None:
@@ -614,7 +687,8 @@ def _user_shards(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
         "from user_keys) group by shard order by shard", [n]).fetchall()]
 
 
-def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[str, str]]) -> None:
+def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[str, str]],
+                progress: StepProgress | None = None) -> None:
     """``query`` once per shard: on ``con`` itself for one shard, else each on a connection of its own
     to the same database (a cursor, with this connection's session settings and variables) in a
     thread of its own. The first shard's error (or Ctrl-C) interrupts the others and is raised here.
@@ -629,7 +703,7 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
     stop = threading.Event()
 
     def one(cur: duckdb.DuckDBPyConnection, first: str, last: str) -> None:
-        cur.execute("set enable_progress_bar = false")
+        quiet_progress(cur)
         _set(cur, "time_zone", session[0])
         cur.execute("set TimeZone = getvariable('time_zone')")
         _set(cur, "session_gap_seconds", session[1])
@@ -646,6 +720,8 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
     con.execute("set threads = getvariable('shard_threads')")
     try:
         cursors = [con.cursor() for _ in shards]
+        if progress is not None:
+            progress.watch(cursors)
         with ThreadPoolExecutor(max_workers=len(shards)) as pool:
             futures = [pool.submit(one, cur, *shard) for cur, shard in zip(cursors, shards, strict=True)]
             try:
@@ -664,6 +740,8 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
                         break
                 raise
     finally:
+        if progress is not None:  # (before the cursors close: no sample reads a closing one)
+            progress.watch([con])
         for cur in cursors:
             cur.close()
         _set(con, "shard_threads", threads)

@@ -1,0 +1,42 @@
+"""The live step lines of prepare and run: a step's percent reaches its own line only."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.progress import Progress, TextColumn
+
+from purchasepred import console as ui
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description} {task.fields[status]}"), console=Console(file=io.StringIO()))
+
+
+def test_a_steps_percent_shows_on_its_line_until_it_is_done() -> None:
+    progress = _progress()
+    step = ui.StepLines(progress, "prepare")
+    step("load a.csv")
+    step.progress("load a.csv", 41.6)
+    assert [(t.description, t.fields["status"]) for t in progress.tasks] == [("prepare: load a.csv", " 42%")]
+    step("clean")
+    step.progress("load a.csv", 97)  # a late report of the step before: dropped
+    step.progress("clean", 50)
+    step("")
+    assert [(t.description, t.fields["status"], t.finished) for t in progress.tasks] == [
+        ("prepare: load a.csv", "", True),  # a done step keeps its time, not its last percent
+        ("prepare: clean", "", True),
+    ]
+
+
+def test_run_shows_what_its_current_stage_is_doing() -> None:
+    bars = ui.Bars("run demo")
+    bars.progress = _progress()
+    bars.stage("prepare")
+    bars.detail("load demo.csv  37%")
+    assert [(t.description, t.fields["status"]) for t in bars.progress.tasks] == [("run demo: prepare", "load demo.csv  37%")]
+    bars.stage("train")
+    bars.detail("x")
+    assert [(t.description, t.fields["status"]) for t in bars.progress.tasks] == [
+        ("run demo: prepare", ""), ("run demo: train", "x")]
