@@ -112,3 +112,33 @@ def test_unsorted_events_are_refused(synth_prepared: prep.PrepareSummary, tmp_pa
                    [str(synth_prepared.out / "events.parquet")])
     with pytest.raises(DatasetError, match=r"events.parquet: rows are not ordered by user_idx; prepare the dataset again"):
         PreparedData(out).train()
+
+
+def test_inputs_keep_their_stored_width_and_the_model_sees_int64(synth_prepared: prep.PrepareSummary) -> None:
+    """Window inputs and training rows are kept as events.parquet stores them (ids int32, the small
+    features int8; 25 and 37 bytes a token instead of 72 and 96 as int64): ModelScorer and the trainer
+    widen each batch, so the scores equal those of an all-int64 copy of the same inputs."""
+    import dataclasses
+
+    import torch
+
+    from purchasepred.config import ModelConfig
+    from purchasepred.eval.rankers import ModelScorer, Popularity
+    from purchasepred.models.transformer import TransformerRecommender
+
+    data = PreparedData(synth_prepared.out)
+    split = data.split("valid")
+    widths = {c: v.dtype for c, v in split.features.items()}
+    assert widths["item_idx"] == np.int32 and widths["hour_id"] == np.int8 and widths["ts"] == np.int64, widths
+    arrays = data.train("valid")
+    assert arrays["item_idx"].dtype == np.int32 and arrays["event_type_id"].dtype == np.int8
+    assert all(arrays[t].dtype == np.int32 for t in ("next_target", "purchase_target", "cart_target"))
+
+    torch.manual_seed(0)
+    model = TransformerRecommender(ModelConfig(d_model=16, n_layers=1), data.vocab, data.max_len).eval()
+    events = data.events_before(split.window_start)
+    pop = Popularity(events, data.vocab.n_items, split.start_ts, 7.0)
+    wide = dataclasses.replace(split, features={c: v.astype(np.int64) for c, v in split.features.items()})
+    users = split.user_idx[:300]
+    assert torch.equal(ModelScorer(model, split, pop, torch.device("cpu"))(users),
+                       ModelScorer(model, wide, pop, torch.device("cpu"))(users))

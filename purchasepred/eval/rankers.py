@@ -196,7 +196,8 @@ class ModelScorer:
 
     def _score(self, rows: np.ndarray, view: bool) -> tuple[torch.Tensor, ...]:
         idx = torch.as_tensor(rows)
-        batch = trim_padding({c: t[idx].to(self.device, non_blocking=True) for c, t in self.features.items()})
+        # (the inputs are stored narrow: PreparedData.split; the model takes int64 ids)
+        batch = trim_padding({c: t[idx].to(self.device, torch.long, non_blocking=True) for c, t in self.features.items()})
         h = self.model.encode(batch)
         buy = self.model.score_purchase(batch, h).float().cpu()
         return (buy, self.model.score_view(h[:, -1]).cpu()) if view else (buy,)

@@ -555,7 +555,9 @@ class Trainer:
             first = int(self.lead_padding[rows.numpy()].min())
             first = 0 if first >= self.train_data["item_idx"].shape[1] else first  # no event at all: nothing to trim
         index = distributed.shard(self._global_rows(on_device, batch_index), self.dist)
-        batch = {k: v[index, first:] if first else v[index] for k, v in self.train_data.items()}
+        # (stored narrow, PreparedData.train_chunks; the model and the losses take int64: .long() copies
+        # only the batch)
+        batch = {k: (v[index, first:] if first else v[index]).long() for k, v in self.train_data.items()}
         return batch, StepRows(caps=caps if caps is not None else mine, mine=mine, total=total)
 
     def step(self, run: RunState, batch: dict[str, torch.Tensor], rows: StepRows) -> dict[str, torch.Tensor]:
