@@ -23,6 +23,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -493,11 +495,34 @@ def test_step_progress_reports_each_whole_point_of_the_current_step() -> None:
         for _ in range(3):
             progress.sample()
         assert got == [("sessionize", 10), ("sessionize", 60), ("sessionize", 90)]
+        progress.watch([_FakeProgress([50])])  # the second pass over the shards counts from 0 again
+        progress.sample()
+        assert got[3:] == [("sessionize", 50)]
         progress.watch([_FakeProgress([100])])
     finally:
         progress.close()
     progress.sample()  # (as a late read would be)
-    assert len(got) == 3
+    assert len(got) == 4
+
+
+def test_a_failing_progress_report_ends_the_reports_not_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report that raises (a caller's callback, the display) stops the thread quietly: no exception
+    reaches threading's hook (which would print a traceback into the live display), close() returns."""
+    escaped: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+    calls: list[float] = []
+
+    def report(name: str, percent: float) -> None:
+        calls.append(percent)
+        raise RuntimeError("display gone")
+
+    progress = prep.StepProgress(report, every=0.001)
+    progress.start("load a.csv", [_FakeProgress([float(i) for i in range(1, 10_000)])])
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    progress.close()
+    assert calls[:1] == [1.0] and len(calls) == 1 and escaped == []
 
 
 def test_each_step_has_its_peak_memory_and_spill(tiny_prepared: prep.PrepareSummary) -> None:

@@ -151,13 +151,17 @@ class StepProgress:
             self._name, self._conns, self._seen, self._last = name, list(conns), [-1.0] * len(conns), 0.0
 
     def watch(self, conns: list[duckdb.DuckDBPyConnection]) -> None:
-        """Measure the same step on other connections (the shards' own)."""
+        """Measure the same step on other connections, from 0 again: sessionize's pass over its shards
+        (run twice when the short sort key left ties), and nothing between the passes."""
         with self._lock:
-            self._conns, self._seen = list(conns), [-1.0] * len(conns)
+            self._conns, self._seen, self._last = list(conns), [-1.0] * len(conns), 0.0
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._every):
-            self.sample()
+        try:
+            while not self._stop.wait(self._every):
+                self.sample()
+        except Exception:  # noqa: BLE001
+            return  # a failing report (a caller's callback, the display) ends the reports, never the prepare
 
     def sample(self) -> None:
         with self._lock:
@@ -483,16 +487,16 @@ def _run(
             t = time.perf_counter()
             if name == "load":
                 for file_no, f in enumerate(files, start=1):
+                    progress.start(f"load {f.path.name}", [con])  # (first: no report of the step before follows)
                     step(f"load {f.path.name}")
-                    progress.start(f"load {f.path.name}", [con])
                     _load_one(con, file_no, f, sql)
                 n_staged = con.execute("select count(*) from staged").fetchone()[0]
                 if n_staged == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
                     raise InputError(f"{', '.join(map(str, paths))}: no event rows could be read")
                 times.record(name, time.perf_counter() - t, n_staged, con)
                 continue
+            progress.start(name, [con] if name in WATCHED else [])  # (first, as for the load)
             step(name)
-            progress.start(name, [con] if name in WATCHED else [])
             if name == "split":  # windows.py picks (auto) or checks the window length 07_split.sql uses
                 choice = choose(con, cfg.eval_days, need_buyers_in, ", ".join(map(str, paths)))
                 cfg = replace(cfg, eval_days=choice.days)
@@ -636,9 +640,9 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
 # seconds between two reads of DuckDB's progress while a step runs
 PROGRESS_EVERY = 0.5
 
-# the steps that are one long query on prepare's connection (per input file; per shard, on the shards'
-# own connections): the ones whose DuckDB progress StepProgress reports
-WATCHED = ("sessionize", "encode")
+# the steps that are one long query on prepare's connection (besides each input file's load): the ones
+# whose DuckDB progress StepProgress reports; sessionize's pass over its shards is watched by _run_shards
+WATCHED = ("encode",)
 
 # sessionize cuts the users into as many shards as DuckDB has threads, but no more than one per this
 # many valid rows (a shard costs a connection and a thread, worth it only on enough rows)
@@ -713,7 +717,13 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
             cur.execute(query)
 
     if len(shards) == 1:
-        one(con, *shards[0])
+        if progress is not None:
+            progress.watch([con])
+        try:
+            one(con, *shards[0])
+        finally:
+            if progress is not None:
+                progress.watch([])
         return
     cursors: list[duckdb.DuckDBPyConnection] = []
     _set(con, "shard_threads", max(1, threads - len(shards) + 1))
@@ -741,7 +751,7 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
                 raise
     finally:
         if progress is not None:  # (before the cursors close: no sample reads a closing one)
-            progress.watch([con])
+            progress.watch([])
         for cur in cursors:
             cur.close()
         _set(con, "shard_threads", threads)
