@@ -479,18 +479,18 @@ def test_step_progress_reports_each_whole_point_of_the_current_step() -> None:
     got: list[tuple[str, float]] = []
     progress = prep.StepProgress(lambda name, percent: got.append((name, percent)), every=3600)
     try:
-        progress.start("load a.csv", [_FakeProgress([-1, 10, 10.5, 30, -1])])
+        progress.start("load a.csv")
+        progress.watch([_FakeProgress([-1, 10, 10.5, 30, -1])])
         for _ in range(5):
             progress.sample()
         assert got == [("load a.csv", 10), ("load a.csv", 30)]
 
-        progress.start("clean", [])
+        progress.start("clean")
         progress.sample()
         assert got[2:] == []
 
         got.clear()
-        main = _FakeProgress([])
-        progress.start("sessionize", [main])
+        progress.start("sessionize")
         progress.watch([_FakeProgress([20, 80]), _FakeProgress([-1, 40, 100])])
         for _ in range(3):
             progress.sample()
@@ -506,7 +506,7 @@ def test_step_progress_reports_each_whole_point_of_the_current_step() -> None:
 
 
 def test_a_failing_progress_report_ends_the_reports_not_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A report that raises (a caller's callback, the display) stops the thread quietly: no exception
+    """A report that raises (a caller's callback, the display) ends the reports quietly: no exception
     reaches threading's hook (which would print a traceback into the live display), close() returns."""
     escaped: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
@@ -517,7 +517,8 @@ def test_a_failing_progress_report_ends_the_reports_not_the_run(monkeypatch: pyt
         raise RuntimeError("display gone")
 
     progress = prep.StepProgress(report, every=0.001)
-    progress.start("load a.csv", [_FakeProgress([float(i) for i in range(1, 10_000)])])
+    progress.start("load a.csv")
+    progress.watch([_FakeProgress([float(i) for i in range(1, 10_000)])])
     deadline = time.monotonic() + 5
     while not calls and time.monotonic() < deadline:
         time.sleep(0.01)

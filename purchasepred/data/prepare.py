@@ -85,24 +85,42 @@ def _rss_bytes() -> int | None:
         return None
 
 
-class StepPeaks:
-    """The peak resident memory and spill (bytes in the spill folder) of the step that runs, sampled
-    every ``every`` seconds by a thread; ``take`` hands them over at the end of a step and starts
-    again for the next one."""
+class _Sampler:
+    """A daemon thread that calls ``sample()`` every ``every`` seconds, from ``_start_sampling`` (called
+    by a subclass once its state is set) until ``close``."""
 
-    def __init__(self, spill: Path, every: float = 0.1) -> None:
-        self._spill = spill
+    def __init__(self, every: float, name: str) -> None:
         self._every = every
         self._lock = threading.Lock()
-        self._rss: int | None = None
-        self._spilled = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="purchasepred-step-peaks", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _start_sampling(self) -> None:
         self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._every):
             self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class StepPeaks(_Sampler):
+    """The peak resident memory and spill (bytes in the spill folder) of the step that runs, sampled
+    every ``every`` seconds by a thread; ``take`` hands them over at the end of a step and starts
+    again for the next one."""
+
+    def __init__(self, spill: Path, every: float = 0.1) -> None:
+        super().__init__(every, "purchasepred-step-peaks")
+        self._spill = spill
+        self._rss: int | None = None
+        self._spilled = 0
+        self._start_sampling()
 
     def sample(self) -> None:
         rss, spilled = _rss_bytes(), folder_bytes(self._spill)
@@ -119,53 +137,45 @@ class StepPeaks:
             self._rss, self._spilled = None, 0
         return peaks
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
-
-class StepProgress:
+class StepProgress(_Sampler):
     """How far the running step is: DuckDB's own estimate for the query each watched connection runs
     (``query_progress``, 0-100; -1 when a connection runs none), read by a thread every ``every``
     seconds and handed to ``report(step, percent)`` whenever it has grown by a whole point. Watched are
-    only the steps that are one long query (WATCHED): a step of several statements would show its first
-    statement's progress. Several connections (sessionize's shards) count as the mean of the highest
-    value each has shown. Reports name the step they measure and come from that thread; none comes
-    after ``close``."""
+    only the long queries: a file's load, sessionize's pass over its shards, encode's write, each
+    watched (``watch``) where it runs; a step of several statements would show its first statement's
+    progress. Several connections (the shards) count as the mean of the highest value each has shown.
+    Reports name the step they measure and come from that thread; none comes after ``close``, nor
+    after a report that raised (a caller's callback, the display: it ends the reports, never the
+    prepare)."""
 
     def __init__(self, report: Callable[[str, float], None], every: float = 0.5) -> None:
-        self._report = report
-        self._every = every
-        self._lock = threading.Lock()
+        super().__init__(every, "purchasepred-step-progress")
+        self._report: Callable[[str, float], None] | None = report
         self._name: str | None = None
         self._conns: list[duckdb.DuckDBPyConnection] = []
         self._seen: list[float] = []  # per connection: the highest progress it has shown, -1 before any
         self._last = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="purchasepred-step-progress", daemon=True)
-        self._thread.start()
+        self._start_sampling()
 
-    def start(self, name: str, conns: list[duckdb.DuckDBPyConnection]) -> None:
-        """From now on, measure step ``name`` on ``conns``."""
+    def start(self, name: str) -> None:
+        """From now on, step ``name`` runs, with nothing watched yet."""
         with self._lock:
-            self._name, self._conns, self._seen, self._last = name, list(conns), [-1.0] * len(conns), 0.0
+            self._name = name
+            self._watch([])
 
     def watch(self, conns: list[duckdb.DuckDBPyConnection]) -> None:
-        """Measure the same step on other connections, from 0 again: sessionize's pass over its shards
-        (run twice when the short sort key left ties), and nothing between the passes."""
+        """Measure the current step on ``conns``, from 0 (sessionize's second, exact-order pass over its
+        shards counts again); ``[]`` when its long query is done."""
         with self._lock:
-            self._conns, self._seen, self._last = list(conns), [-1.0] * len(conns), 0.0
+            self._watch(conns)
 
-    def _loop(self) -> None:
-        try:
-            while not self._stop.wait(self._every):
-                self.sample()
-        except Exception:  # noqa: BLE001
-            return  # a failing report (a caller's callback, the display) ends the reports, never the prepare
+    def _watch(self, conns: list[duckdb.DuckDBPyConnection]) -> None:
+        self._conns, self._seen, self._last = list(conns), [-1.0] * len(conns), 0.0
 
     def sample(self) -> None:
         with self._lock:
-            if self._name is None or not self._conns:
+            if self._name is None or not self._conns or self._report is None:
                 return
             for i, con in enumerate(self._conns):
                 try:
@@ -175,11 +185,13 @@ class StepProgress:
             percent = min(100.0, sum(max(v, 0.0) for v in self._seen) / len(self._seen))
             if percent >= self._last + 1:
                 self._last = percent
-                self._report(self._name, percent)
+                try:
+                    self._report(self._name, percent)
+                except Exception:  # noqa: BLE001 (see the class: no more reports)
+                    self._report = None
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().close()
         with self._lock:
             self._name = None
 
@@ -487,15 +499,16 @@ def _run(
             t = time.perf_counter()
             if name == "load":
                 for file_no, f in enumerate(files, start=1):
-                    progress.start(f"load {f.path.name}", [con])  # (first: no report of the step before follows)
+                    progress.start(f"load {f.path.name}")  # (first: no report of the step before follows)
                     step(f"load {f.path.name}")
+                    progress.watch([con])
                     _load_one(con, file_no, f, sql)
                 n_staged = con.execute("select count(*) from staged").fetchone()[0]
                 if n_staged == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
                     raise InputError(f"{', '.join(map(str, paths))}: no event rows could be read")
                 times.record(name, time.perf_counter() - t, n_staged, con)
                 continue
-            progress.start(name, [con] if name in WATCHED else [])  # (first, as for the load)
+            progress.start(name)  # (first, as for the load)
             step(name)
             if name == "split":  # windows.py picks (auto) or checks the window length 07_split.sql uses
                 choice = choose(con, cfg.eval_days, need_buyers_in, ", ".join(map(str, paths)))
@@ -543,7 +556,7 @@ def _run_step(con: duckdb.DuckDBPyConnection, name: str, filename: str, sql: dic
         if name == "sessionize":
             _sessionize(con, progress)
         elif name == "encode":
-            _encode(con, tmp)
+            _encode(con, tmp, progress)
         else:
             con.execute(sql[filename])
     except duckdb.Error as err:
@@ -640,9 +653,9 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
 # seconds between two reads of DuckDB's progress while a step runs
 PROGRESS_EVERY = 0.5
 
-# the steps that are one long query on prepare's connection (besides each input file's load): the ones
-# whose DuckDB progress StepProgress reports; sessionize's pass over its shards is watched by _run_shards
-WATCHED = ("encode",)
+def _watch_nothing(conns: list[duckdb.DuckDBPyConnection]) -> None:
+    """StepProgress.watch where no progress is reported (a direct call of a step's function)."""
+
 
 # sessionize cuts the users into as many shards as DuckDB has threads, but no more than one per this
 # many valid rows (a shard costs a connection and a thread, worth it only on enough rows)
@@ -663,14 +676,17 @@ def _sessionize(con: duckdb.DuckDBPyConnection, progress: StepProgress | None = 
         _run_shards(con, q["shard"], shards, progress)
 
 
-def _encode(con: duckdb.DuckDBPyConnection, tmp: Path) -> None:
+def _encode(con: duckdb.DuckDBPyConnection, tmp: Path, progress: StepProgress | None = None) -> None:
     """06_encode.sql: its ordered view of the events written straight to events.parquet, then the view
     ``events`` over that file for the steps after it (a table of 7M events stored only to be written
     and scanned a few times cost 0.3-0.4 s more at 8M rows, and its memory)."""
     q = named_queries(dict(STEPS)["encode"])
     con.execute(q["define"])
     events_file = tmp / "events.parquet"
+    watch = progress.watch if progress is not None else _watch_nothing
+    watch([con])
     _write_parquet(con, "encoded_events", events_file)
+    watch([])
     _set(con, "events_file", str(events_file))
     con.execute(q["events"])
 
@@ -705,6 +721,7 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
     threads = int(session[2])
 
     stop = threading.Event()
+    watch = progress.watch if progress is not None else _watch_nothing
 
     def one(cur: duckdb.DuckDBPyConnection, first: str, last: str) -> None:
         quiet_progress(cur)
@@ -717,21 +734,18 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
             cur.execute(query)
 
     if len(shards) == 1:
-        if progress is not None:
-            progress.watch([con])
+        watch([con])
         try:
             one(con, *shards[0])
         finally:
-            if progress is not None:
-                progress.watch([])
+            watch([])
         return
     cursors: list[duckdb.DuckDBPyConnection] = []
     _set(con, "shard_threads", max(1, threads - len(shards) + 1))
     con.execute("set threads = getvariable('shard_threads')")
     try:
         cursors = [con.cursor() for _ in shards]
-        if progress is not None:
-            progress.watch(cursors)
+        watch(cursors)
         with ThreadPoolExecutor(max_workers=len(shards)) as pool:
             futures = [pool.submit(one, cur, *shard) for cur, shard in zip(cursors, shards, strict=True)]
             try:
@@ -750,8 +764,7 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
                         break
                 raise
     finally:
-        if progress is not None:  # (before the cursors close: no sample reads a closing one)
-            progress.watch([])
+        watch([])  # (before the cursors close: no sample reads a closing one)
         for cur in cursors:
             cur.close()
         _set(con, "shard_threads", threads)
