@@ -23,8 +23,9 @@ select
     (select coalesce(max(brand_idx), unknown_id()) - unknown_id() from brands) as n_brands,
     (select coalesce(max(category_idx), unknown_id()) - unknown_id() from categories) as n_categories,
     (select count(*) from events where is_session_start) as n_sessions,
-    (select min(event_at) from events)::varchar as first_event_at,
-    (select max(event_at) from events)::varchar as last_event_at;
+    -- the log's bounds from each user's first and last event (as windows.sql's bounds), not every event
+    (select min(first_event_at) from users)::varchar as first_event_at,
+    (select max(last_event_at) from users)::varchar as last_event_at;
 
 -- name: rejects_by_reason
 select reason, count(*) as n from rejects group by reason order by n desc, reason;
