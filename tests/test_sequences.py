@@ -10,7 +10,7 @@ import pytest
 
 from purchasepred.data import prepare as prep
 from purchasepred.data.sequences import (
-    NEVER, check_sorted, chunk_index, gather, next_rows, targets, users_before, window_index,
+    NEVER, WindowInputs, check_sorted, chunk_index, gather, next_rows, targets, users_before, window_index,
 )
 from purchasepred.data.tensors import SPLITS, PreparedData
 from purchasepred.errors import DatasetError
@@ -29,6 +29,23 @@ def test_window_index_takes_the_last_events_before_the_cutoff() -> None:
     only_early = users_before(USER, AT, cutoff_us=12)
     assert only_early.user_idx.tolist() == [7] and window_index(only_early, 3).tolist() == [[-1, 0, 1]]
     assert users_before(USER, AT, cutoff_us=10).user_idx.tolist() == []
+
+
+def test_window_inputs_cut_a_batch_of_users_from_the_events() -> None:
+    users = users_before(USER, AT, cutoff_us=31)
+    item = np.array([70, 71, 72, 73, 74, 80, 90, 91], dtype=np.int32)
+    inputs = WindowInputs({"item_idx": item, "ts": AT}, users, 3)
+    # the whole column, as window_index cuts it, in the stored width
+    assert inputs["item_idx"].tolist() == [[72, 73, 74], [PAD, PAD, 80], [PAD, PAD, 90]]
+    assert inputs["item_idx"].dtype == np.int32 and list(inputs) == ["item_idx", "ts"] and len(inputs) == 2
+    # a batch: any users, in any order, each row the same as in the whole column
+    batch = inputs.take(np.array([2, 0]))
+    assert batch["item_idx"].tolist() == [[PAD, PAD, 90], [72, 73, 74]] and batch["ts"].tolist() == [[0, 0, 30], [12, 13, 14]]
+    # arrays given whole (as tests build them) read back unchanged
+    whole = {"item_idx": np.array([[0, 5, 6], [0, 0, 7]]), "ts": np.array([[0, 1, 2], [0, 0, 3]])}
+    padded = WindowInputs.padded(whole)
+    assert all(np.array_equal(padded[c], v) for c, v in whole.items())
+    assert padded.take(np.array([1]))["item_idx"].tolist() == [[0, 0, 7]]
 
 
 def test_chunks_run_back_from_the_most_recent_event() -> None:
@@ -93,6 +110,8 @@ def test_every_cutoff_uses_only_earlier_events(synth_prepared: prep.PrepareSumma
         assert len(arrays["item_idx"]) > 0
         real = arrays["item_idx"] != PAD
         assert arrays["ts"][real].max() < window.start_ts and window.features["ts"].max() < window.start_ts
+        # a window keeps no padded copy of its inputs: they are cut from the events' own columns
+        assert all(np.shares_memory(v, data._events[c]) for c, v in window.features.columns.items())
         for target in ("next_target", "purchase_target", "cart_target"):
             assert not (arrays[target][~real] != PAD).any(), target  # no target on padding
         n_tokens[split] = int(real.sum())

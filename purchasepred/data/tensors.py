@@ -18,7 +18,9 @@ import numpy as np
 
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest
-from purchasepred.data.sequences import check_sorted, chunk_index, gather, next_rows, targets, users_before, window_index
+from purchasepred.data.sequences import (
+    WindowInputs, check_sorted, chunk_index, gather, next_rows, targets, users_before,
+)
 from purchasepred.resources import connect, named_queries
 from purchasepred.errors import DatasetError
 from purchasepred.features import CART, FEATURES, FIRST_ID, PAD, Vocab
@@ -38,10 +40,14 @@ class SplitData:
     start_ts: int  # window_start in unix seconds: the cutoff every ranker counts ages from
     user_idx: np.ndarray  # (U,) users with at least one event before the window
     n_events: np.ndarray  # (U,) events before the window (all of them, not only the last max_len)
-    features: dict[str, np.ndarray]  # each (U, L)
+    features: WindowInputs  # each (U, L), cut a batch of users at a time (a dict of arrays is wrapped)
     truth_users: np.ndarray  # (Ut,) users with at least one purchase in the window
     truth_items: np.ndarray  # (Ut, M) item ids, -1 padding; rare items get unique ids < -1 (never hit)
     n_relevant: np.ndarray  # (Ut,) distinct products bought
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.features, WindowInputs):
+            self.features = WindowInputs.padded(self.features)
 
     def rows_of(self, users: np.ndarray) -> np.ndarray:
         """The row of each user in ``user_idx`` (the users with inputs), -1 for users without."""
@@ -59,13 +65,6 @@ def reader_connection() -> duckdb.DuckDBPyConnection:
     con.execute("set variable spill = ?", [str(Path(tempfile.gettempdir()) / "purchasepred-duckdb")])
     con.execute("set temp_directory = getvariable('spill')")
     return con
-
-
-def _inputs(events: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
-    """The model's input columns at ``index`` (rows of events, -1 for padding), each in its stored width:
-    ids int32, the small features int8, ts int64, 25 bytes a token instead of 72 as int64 (1.5 GB less
-    at 638k users x 50 events). ModelScorer and the trainer widen each batch to int64."""
-    return {c: gather(events[c], index, dtype=events[c].dtype) for c in SEQ_COLUMNS}
 
 
 class PreparedData:
@@ -149,7 +148,9 @@ class PreparedData:
         keep = ((out["next_target"] != PAD) | (out["purchase_target"] != PAD) | (out["cart_target"] != PAD)).any(axis=1)
         index = index[keep]
         out = {c: v[keep] for c, v in out.items()}
-        out.update(_inputs(events, index))  # (37 bytes a token with the targets, instead of 96 as int64)
+        # the inputs in their stored widths: ids int32, the small features int8, ts int64 (37 bytes a token
+        # with the targets, instead of 96 as int64); the trainer widens each batch to int64
+        out.update({c: gather(events[c], index, dtype=events[c].dtype) for c in SEQ_COLUMNS})
         for c in TARGETS:  # the unknown item 1 is not a target anyone can learn or rank
             out[c][out[c] < FIRST_ID] = PAD
         about = {
@@ -163,7 +164,6 @@ class PreparedData:
         events = self._events
         start_us = int(window["window_start"][0].astype("datetime64[us]").astype(np.int64))
         inputs = users_before(events["user_idx"], events["at_us"], start_us)
-        index = window_index(inputs, self.max_len)
         truth = self._fetch("split_truth", "truth", split=name)
         users, starts = np.unique(truth["user_idx"], return_index=True)
         counts = np.diff(np.append(starts, len(truth["user_idx"])))
@@ -181,7 +181,7 @@ class PreparedData:
             start_ts=int(window["start_ts"][0]),
             user_idx=inputs.user_idx,
             n_events=inputs.n_events,
-            features=_inputs(events, index),
+            features=WindowInputs({c: events[c] for c in SEQ_COLUMNS}, inputs, self.max_len),
             truth_users=users.astype(np.int64),
             truth_items=items,
             n_relevant=counts.astype(np.int64),

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from purchasepred.features import CART, PURCHASE, VIEW, per_event_type
-from purchasepred.data.tensors import SEQ_COLUMNS, SplitData
+from purchasepred.data.tensors import SplitData
 from purchasepred.models.batching import trim_padding
 
 POPULARITY_WEIGHTS = np.array(per_event_type(view=1.0, cart=3.0, purchase=10.0))
@@ -154,7 +154,6 @@ class ModelScorer:
     def __init__(self, model: torch.nn.Module, split: SplitData, popularity: Popularity, device: torch.device,
                  view: bool = False) -> None:
         self.model, self.split, self.popularity, self.device, self.view = model, split, popularity, device, view
-        self.features = {c: torch.as_tensor(split.features[c]) for c in SEQ_COLUMNS}
         self._last_view: tuple[bytes, torch.Tensor] | None = None
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
@@ -195,9 +194,9 @@ class ModelScorer:
             self.model.train(was_training)
 
     def _score(self, rows: np.ndarray, view: bool) -> tuple[torch.Tensor, ...]:
-        idx = torch.as_tensor(rows)
-        # (the inputs are stored narrow: PreparedData.split; the model takes int64 ids)
-        batch = trim_padding({c: t[idx].to(self.device, torch.long, non_blocking=True) for c, t in self.features.items()})
+        # the batch's inputs, cut from the events in their stored widths (WindowInputs); the model takes int64 ids
+        batch = trim_padding({c: torch.from_numpy(v).to(self.device, torch.long, non_blocking=True)
+                              for c, v in self.split.features.take(rows).items()})
         h = self.model.encode(batch)
         buy = self.model.score_purchase(batch, h).float().cpu()
         return (buy, self.model.score_view(h[:, -1]).cpu()) if view else (buy,)
