@@ -10,7 +10,7 @@ import pytest
 
 from purchasepred.data import prepare as prep
 from purchasepred.data.sequences import (
-    NEVER, WindowInputs, check_sorted, chunk_index, gather, next_rows, targets, users_before, window_index,
+    NEVER, PaddedRows, check_sorted, chunk_ranges, cut_index, gather, next_rows, targets, users_before,
 )
 from purchasepred.data.tensors import SPLITS, PreparedData
 from purchasepred.errors import DatasetError
@@ -22,6 +22,10 @@ SEQ = np.array([1, 2, 3, 4, 5, 1, 1, 2])
 AT = np.array([10, 11, 12, 13, 14, 20, 30, 31])
 
 
+def window_index(users, max_len: int) -> np.ndarray:
+    return cut_index(users.first_row, users.first_row + users.n_events, max_len)
+
+
 def test_window_index_takes_the_last_events_before_the_cutoff() -> None:
     users = users_before(USER, AT, cutoff_us=31)  # user 9's second event is at the cutoff: not before
     assert users.user_idx.tolist() == [7, 8, 9] and users.n_events.tolist() == [5, 1, 1]
@@ -31,11 +35,11 @@ def test_window_index_takes_the_last_events_before_the_cutoff() -> None:
     assert users_before(USER, AT, cutoff_us=10).user_idx.tolist() == []
 
 
-def test_window_inputs_cut_a_batch_of_users_from_the_events() -> None:
+def test_padded_rows_cut_a_batch_of_sequences_from_the_events() -> None:
     users = users_before(USER, AT, cutoff_us=31)
     item = np.array([70, 71, 72, 73, 74, 80, 90, 91], dtype=np.int32)
-    inputs = WindowInputs({"item_idx": item, "ts": AT}, users, 3)
-    # the whole column, as window_index cuts it, in the stored width
+    inputs = PaddedRows({"item_idx": item, "ts": AT}, users.first_row, users.first_row + users.n_events, 3)
+    # the whole column, as cut_index cuts it, in the stored width
     assert inputs["item_idx"].tolist() == [[72, 73, 74], [PAD, PAD, 80], [PAD, PAD, 90]]
     assert inputs["item_idx"].dtype == np.int32 and list(inputs) == ["item_idx", "ts"] and len(inputs) == 2
     # a batch: any users, in any order, each row the same as in the whole column
@@ -43,14 +47,20 @@ def test_window_inputs_cut_a_batch_of_users_from_the_events() -> None:
     assert batch["item_idx"].tolist() == [[PAD, PAD, 90], [72, 73, 74]] and batch["ts"].tolist() == [[0, 0, 30], [12, 13, 14]]
     # arrays given whole (as tests build them) read back unchanged
     whole = {"item_idx": np.array([[0, 5, 6], [0, 0, 7]]), "ts": np.array([[0, 1, 2], [0, 0, 3]])}
-    padded = WindowInputs.padded(whole)
+    padded = PaddedRows.whole(whole)
     assert all(np.array_equal(padded[c], v) for c, v in whole.items())
     assert padded.take(np.array([1]))["item_idx"].tolist() == [[0, 0, 7]]
+    # per sequence: the events it holds, and how many of them a per-event mask marks
+    assert (inputs.end - inputs.start()).tolist() == [3, 1, 1]
+    assert inputs.count(item % 2 == 0).tolist() == [2, 1, 1]  # 72, 74 | 80 | 90
+    kept = inputs.subset(np.array([False, True, True]))
+    assert kept.n_sequences == 2 and kept["item_idx"].tolist() == [[PAD, PAD, 80], [PAD, PAD, 90]]
 
 
 def test_chunks_run_back_from_the_most_recent_event() -> None:
     users = users_before(USER, AT, cutoff_us=100)
-    chunk_user, chunk_no, index = chunk_index(users, 2)
+    chunk_user, chunk_no, first, end = chunk_ranges(users, 2)
+    index = cut_index(first, end, 2)
     assert chunk_user.tolist() == [7, 7, 7, 8, 9]
     assert chunk_no.tolist() == [0, 1, 2, 0, 0]
     assert index.tolist() == [[3, 4], [1, 2], [-1, 0], [-1, 5], [6, 7]]

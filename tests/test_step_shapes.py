@@ -12,13 +12,15 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from purchasepred.config import TrainConfig
-from purchasepred.models.batching import target_rows
+from purchasepred.data.sequences import PaddedRows
+from purchasepred.models.batching import DeviceRows, target_rows
 from purchasepred.models.losses import mean_nll, sampled_log_prob
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.train.trainer import (
@@ -47,6 +49,27 @@ def test_target_rows_refuse_more_targets_than_slots() -> None:
     mask[0, 1] = mask[2, 3] = mask[2, 0] = True
     with pytest.raises(RuntimeError, match="capacity"):
         target_rows(mask, 2)
+
+
+def test_device_rows_cut_the_same_sequences_as_the_host() -> None:
+    """DeviceRows (the trainer's batches, cut where the columns live) against PaddedRows (the host's cut)
+    on random ranges, with and without left columns dropped."""
+    rng = np.random.default_rng(0)
+    n_events, width = 200, 6
+    columns = {"item_idx": rng.integers(2, 50, n_events).astype(np.int32), "hour_id": rng.integers(1, 25, n_events).astype(np.int8),
+               "ts": np.sort(rng.integers(0, 10**9, n_events))}
+    end = rng.integers(1, n_events + 1, 40)
+    first = np.maximum(end - rng.integers(1, 2 * width, 40), 0)
+    host = PaddedRows(columns, first, end, width)
+    device = DeviceRows(columns, host.start(), end, width, torch.device("cpu"))
+    assert device.n_sequences == 40 and device.width == width
+    for first_col in (0, 2):
+        index = torch.as_tensor(rng.permutation(40)[:16])
+        got = device.take(index, first_col)
+        want = host.take(index.numpy())
+        assert set(got) == set(want)
+        for c, v in want.items():
+            assert got[c].dtype == torch.int64 and torch.equal(got[c], torch.from_numpy(v[:, first_col:]).long()), c
 
 
 def test_round_caps() -> None:

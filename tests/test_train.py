@@ -323,11 +323,12 @@ def test_steps_take_their_width_and_target_rows_from_host_arrays(root: Path, dat
     trainer = Trainer(make_cfg(root, 1, f"train.batch_size={size}"), data, "host-rows")
     trainer._build()
     order = trainer.epoch_order(0)
+    host = data.train(trainer.train_split)  # the same chunks, cut on the host (PaddedRows)
     trimmed = 0
     for i in range(min(trainer.steps_per_epoch, 200)):
         batch, rows = trainer.batch(order, i)
         index = order[i * size:(i + 1) * size]
-        full = {k: v[index] for k, v in trainer.train_data.items()}
+        full = {k: torch.from_numpy(v).long() for k, v in host.take(index.numpy()).items()}
         want = trim_padding(full)
         assert set(batch) == set(want) and all(torch.equal(batch[k], want[k]) for k in want)
         trimmed += batch["item_idx"].shape[1] < full["item_idx"].shape[1]
@@ -335,7 +336,7 @@ def test_steps_take_their_width_and_target_rows_from_host_arrays(root: Path, dat
         assert rows.mine == rows.total == rows.caps == counts
     assert trimmed > 0  # the data has short histories: the check above compared real cuts
     caps = trainer.epoch_caps(order)
-    width = trainer.train_data["item_idx"].shape[1]
+    width = trainer.train_data.width
     for i in range(trainer.steps_per_epoch):
         batch, rows = trainer.batch(order, i, caps)
         assert batch["item_idx"].shape[1] == width and rows.caps == caps
@@ -511,7 +512,7 @@ def test_purchase_share_puts_purchase_targets_in_every_batch(root: Path, data: P
     plain._build()
     shared = Trainer(make_cfg(root, 1, "train.purchase_share=0.5"), data, "share-half")
     shared._build()
-    has = (shared.train_data["purchase_target"] > 0).any(1)
+    has = torch.from_numpy((data.train(shared.train_split)["purchase_target"] > 0).any(1))
     order = shared.epoch_order(0)
     size = shared.cfg.train.batch_size
     per_batch = [int(has[order[i * size:(i + 1) * size]].sum()) for i in range(shared.steps_per_epoch)]

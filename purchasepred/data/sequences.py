@@ -5,17 +5,18 @@ The prepared ``events`` table is the sequence store: one row per token, ordered 
 its user's rows, so prepare stores no copy of the events per window or per training chunk; this
 module cuts the slices, for any cutoff, with index arithmetic (no Python loop over users):
 
-* :func:`window_index`: per user with events before the cutoff, the row numbers of the last
-  ``max_len`` of them, left-padded with -1;
-* :class:`WindowInputs`: a window's padded model inputs, cut from the events for a batch of users at
-  a time (no (users x max_len) copy of every column is kept);
-* :func:`chunk_index`: every event before the cutoff, cut into chunks of ``max_len`` from the most
-  recent one back (chunk 0 is the most recent), left-padded with -1;
+* :func:`users_before`: per user with events before the cutoff, their first row and how many (a
+  window's input is the last ``max_len`` of them);
+* :func:`chunk_ranges`: every event before the cutoff, cut into chunks of ``max_len`` from the most
+  recent one back (chunk 0 is the most recent);
+* :class:`PaddedRows`: such sequences (a window's inputs, the training chunks) cut into left-padded
+  arrays a batch at a time from the events' own columns (no padded copy of every column is kept);
 * :func:`next_rows`: per event, the row of the same user's next event, next purchase and next cart,
   found once when loading (prepare stores no copy of them);
 * :func:`targets`: per event, the training targets (next item, next purchase, next cart) that fall
   before the cutoff;
-* :func:`gather`: a column at those row numbers, ``PAD`` where the index is -1.
+* :func:`cut_index` and :func:`gather`: the row numbers of a sequence, -1 for its padding, and a
+  column at those rows, ``PAD`` where the index is -1.
 """
 
 from __future__ import annotations
@@ -66,61 +67,79 @@ def users_before(user_idx: np.ndarray, at_us: np.ndarray, cutoff_us: int) -> Use
     return Users(users[keep].astype(np.int64), first[keep].astype(np.int64), before[keep])
 
 
-def window_index(users: Users, max_len: int) -> np.ndarray:
-    """(U, max_len) rows of each user's last ``max_len`` events before the cutoff, -1 on the left."""
-    end = users.first_row + users.n_events
+def cut_index(first: np.ndarray, end: np.ndarray, max_len: int) -> np.ndarray:
+    """(N, max_len) row numbers of the last ``max_len`` rows of each range ``[first, end)``, -1 on the left."""
     index = end[:, None] - max_len + np.arange(max_len)[None, :]
-    return np.where(index >= users.first_row[:, None], index, -1)
+    return np.where(index >= first[:, None], index, -1)
 
 
-class WindowInputs(Mapping[str, np.ndarray]):
-    """A window's model inputs: per user, the last ``max_len`` events before the cutoff, left-padded
-    with PAD, each column in its stored width. :meth:`take` cuts them for a batch of users from the
-    events' own columns, so a window keeps 24 bytes per user instead of every column padded to
-    ``max_len`` for every user (25 bytes a token: 1.3 GB at 1M users x 50). ``inputs[c]`` is every
-    user's (U, max_len) column, cut when asked."""
+def chunk_ranges(users: Users, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every event before the cutoff in chunks of ``max_len``, the most recent chunk first: (user of each
+    chunk, chunk number, the user's first row, the chunk's end row, exclusive), ordered by user, chunk.
+    Chunk i is the last ``max_len`` rows of ``[first[i], end[i])`` (:func:`cut_index`)."""
+    n_chunks = -(-users.n_events // max_len)
+    chunk_user = np.repeat(users.user_idx, n_chunks)
+    starts = np.cumsum(n_chunks) - n_chunks
+    chunk_no = np.arange(int(n_chunks.sum()), dtype=np.int64) - np.repeat(starts, n_chunks)
+    end = np.repeat(users.first_row + users.n_events, n_chunks) - chunk_no * max_len
+    return chunk_user, chunk_no, np.repeat(users.first_row, n_chunks), end
 
-    def __init__(self, columns: Mapping[str, np.ndarray], users: Users, max_len: int) -> None:
-        self.columns, self.users, self.max_len = dict(columns), users, max_len
+
+class PaddedRows(Mapping[str, np.ndarray]):
+    """Sequences of events cut on demand from the events' own columns: sequence i is the last
+    ``max_len`` rows of ``[first[i], end[i])``, PAD on the left, each column in its stored width.
+    :meth:`take` cuts a batch of sequences; nothing keeps every sequence padded to ``max_len`` (a
+    window's inputs, 25 bytes a token, were 1.3 GB at 1M users x 50; the training chunks, 37 bytes a
+    token with their targets, about 20 GB for the whole REES46 log): 16 bytes per sequence instead.
+    ``rows[c]`` is column c of every sequence, (N, max_len), cut when asked."""
+
+    def __init__(self, columns: Mapping[str, np.ndarray], first: np.ndarray, end: np.ndarray, max_len: int) -> None:
+        self.columns, self.first, self.end, self.max_len = dict(columns), first, end, max_len
 
     @classmethod
-    def padded(cls, arrays: Mapping[str, np.ndarray]) -> WindowInputs:
-        """Inputs given whole as (U, L) left-padded arrays (as tests build them): row r is user r."""
+    def whole(cls, arrays: Mapping[str, np.ndarray]) -> PaddedRows:
+        """Sequences given whole as (N, L) left-padded arrays (as tests build them): sequence i is row i."""
         n, width = next(iter(arrays.values())).shape if arrays else (0, 0)
-        users = Users(np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) * width, np.full(n, width, dtype=np.int64))
-        return cls({c: v.reshape(-1) for c, v in arrays.items()}, users, width)
+        first = np.arange(n, dtype=np.int64) * width
+        return cls({c: v.reshape(-1) for c, v in arrays.items()}, first, first + width, width)
 
-    def _index(self, rows: np.ndarray) -> np.ndarray:
-        u = self.users
-        return window_index(Users(u.user_idx[rows], u.first_row[rows], u.n_events[rows]), self.max_len)
+    @property
+    def n_sequences(self) -> int:
+        return len(self.end)
+
+    def start(self) -> np.ndarray:
+        """(N,) the first row each sequence holds (``end - start`` events, at most max_len)."""
+        return np.maximum(self.first, self.end - self.max_len)
+
+    def count(self, per_event: np.ndarray) -> np.ndarray:
+        """(N,) how many events each sequence holds where ``per_event`` (one bool per event) is true."""
+        totals = np.concatenate([[0], np.cumsum(per_event, dtype=np.int64)])
+        return totals[self.end] - totals[self.start()]
+
+    def subset(self, keep: np.ndarray) -> PaddedRows:
+        """The sequences where ``keep`` is true (or at those positions), over the same columns."""
+        return PaddedRows(self.columns, self.first[keep], self.end[keep], self.max_len)
+
+    def index(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(B, max_len) event rows of the sequences at ``rows`` (every sequence when None), -1 on the left."""
+        if rows is None:
+            return cut_index(self.first, self.end, self.max_len)
+        return cut_index(self.first[rows], self.end[rows], self.max_len)
 
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Every column for the users at ``rows`` (positions in ``users``): each (len(rows), max_len)."""
-        index = self._index(np.asarray(rows, dtype=np.int64))
+        """Every column of the sequences at ``rows``: each (len(rows), max_len)."""
+        index = self.index(np.asarray(rows, dtype=np.int64))
         return {c: gather(v, index, dtype=v.dtype) for c, v in self.columns.items()}
 
     def __getitem__(self, column: str) -> np.ndarray:
         v = self.columns[column]
-        return gather(v, self._index(np.arange(len(self.users.user_idx))), dtype=v.dtype)
+        return gather(v, self.index(), dtype=v.dtype)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.columns)
 
     def __len__(self) -> int:
         return len(self.columns)
-
-
-def chunk_index(users: Users, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every event before the cutoff in chunks of ``max_len``, the most recent chunk first:
-    (user of each chunk, chunk number, (C, max_len) rows left-padded with -1), ordered by user, chunk."""
-    n_chunks = -(-users.n_events // max_len)
-    chunk_user = np.repeat(users.user_idx, n_chunks)
-    starts = np.cumsum(n_chunks) - n_chunks
-    chunk_no = np.arange(int(n_chunks.sum()), dtype=np.int64) - np.repeat(starts, n_chunks)
-    end = np.repeat(users.first_row + users.n_events, n_chunks) - chunk_no * max_len
-    index = end[:, None] - max_len + np.arange(max_len)[None, :]
-    first = np.repeat(users.first_row, n_chunks)
-    return chunk_user, chunk_no, np.where(index >= first[:, None], index, -1)
 
 
 def next_rows(user_idx: np.ndarray, event_type_id: np.ndarray) -> dict[str, np.ndarray]:

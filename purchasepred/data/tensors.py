@@ -19,7 +19,7 @@ import numpy as np
 from purchasepred.data.inputs import duckdb_literal
 from purchasepred.data.prepare import load_manifest
 from purchasepred.data.sequences import (
-    WindowInputs, check_sorted, chunk_index, gather, next_rows, targets, users_before,
+    PaddedRows, check_sorted, chunk_ranges, next_rows, targets, users_before,
 )
 from purchasepred.resources import connect, named_queries
 from purchasepred.errors import DatasetError
@@ -40,14 +40,14 @@ class SplitData:
     start_ts: int  # window_start in unix seconds: the cutoff every ranker counts ages from
     user_idx: np.ndarray  # (U,) users with at least one event before the window
     n_events: np.ndarray  # (U,) events before the window (all of them, not only the last max_len)
-    features: WindowInputs  # each (U, L), cut a batch of users at a time (a dict of arrays is wrapped)
+    features: PaddedRows  # each (U, L), cut a batch of users at a time (a dict of (U, L) arrays is wrapped)
     truth_users: np.ndarray  # (Ut,) users with at least one purchase in the window
     truth_items: np.ndarray  # (Ut, M) item ids, -1 padding; rare items get unique ids < -1 (never hit)
     n_relevant: np.ndarray  # (Ut,) distinct products bought
 
     def __post_init__(self) -> None:
-        if not isinstance(self.features, WindowInputs):
-            self.features = WindowInputs.padded(self.features)
+        if not isinstance(self.features, PaddedRows):
+            self.features = PaddedRows.whole(self.features)
 
     def rows_of(self, users: np.ndarray) -> np.ndarray:
         """The row of each user in ``user_idx`` (the users with inputs), -1 for users without."""
@@ -127,37 +127,40 @@ class PreparedData:
             raise DatasetError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
         return self._fetch("split_window", "windows", split=name)
 
-    def train(self, split: str = "valid") -> dict[str, np.ndarray]:
+    def train(self, split: str = "valid") -> PaddedRows:
         """Training chunks of every event strictly before ``split``'s window (valid: the events that
-        choose settings; test and all: the refits), with the targets that fall before it: each
-        (N, max_len), left-padded, ordered by user and chunk (chunk 0 the most recent)."""
+        choose settings; test and all: the refits), with the targets that fall before it: each column
+        (N, max_len), left-padded, ordered by user and chunk (chunk 0 the most recent), cut a batch
+        of chunks at a time (:class:`PaddedRows`)."""
         return self.train_chunks(split)[0]
 
-    def train_chunks(self, split: str = "valid") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """``train(split)`` and, per row, where it comes from: user_idx, chunk, n_events (real tokens)
+    def train_chunks(self, split: str = "valid") -> tuple[PaddedRows, dict[str, np.ndarray]]:
+        """``train(split)`` and, per chunk, where it comes from: user_idx, chunk, n_events (real tokens)
         and last_at_us (the time of its last event, in microseconds)."""
         window = self._window(split)
         events = self._events
         start_us = int(window["window_start"][0].astype("datetime64[us]").astype(np.int64))
         users = users_before(events["user_idx"], events["at_us"], start_us)
-        chunk_user, chunk_no, index = chunk_index(users, self.max_len)
+        chunk_user, chunk_no, first, end = chunk_ranges(users, self.max_len)
         eval_seconds = float(self.manifest["settings"]["eval_days"]) * 86400.0
         per_event = targets(events, int(window["start_ts"][0]), eval_seconds)
-        out = {c: gather(per_event[c], index, dtype=np.int32) for c in TARGETS}  # item ids: int32 (as stored)
+        # the inputs in their stored widths (ids int32, the small features int8, ts int64) and the targets
+        # as int32 item ids, per event: a chunk is cut from them when a batch needs it (the trainer
+        # widens each batch to int64)
+        columns = {c: per_event[c].astype(np.int32) for c in TARGETS}
+        columns.update({c: events[c] for c in SEQ_COLUMNS})
+        chunks = PaddedRows(columns, first, end, self.max_len)
         # a chunk is a training row when it has something to predict
-        keep = ((out["next_target"] != PAD) | (out["purchase_target"] != PAD) | (out["cart_target"] != PAD)).any(axis=1)
-        index = index[keep]
-        out = {c: v[keep] for c, v in out.items()}
-        # the inputs in their stored widths: ids int32, the small features int8, ts int64 (37 bytes a token
-        # with the targets, instead of 96 as int64); the trainer widens each batch to int64
-        out.update({c: gather(events[c], index, dtype=events[c].dtype) for c in SEQ_COLUMNS})
+        keep = chunks.count((columns["next_target"] != PAD) | (columns["purchase_target"] != PAD)
+                            | (columns["cart_target"] != PAD)) > 0
         for c in TARGETS:  # the unknown item 1 is not a target anyone can learn or rank
-            out[c][out[c] < FIRST_ID] = PAD
+            columns[c][columns[c] < FIRST_ID] = PAD
+        chunks = chunks.subset(keep)
         about = {
-            "user_idx": chunk_user[keep], "chunk": chunk_no[keep], "n_events": (index >= 0).sum(axis=1),
-            "last_at_us": events["at_us"][index[:, -1]] if len(index) else np.zeros(0, np.int64),
+            "user_idx": chunk_user[keep], "chunk": chunk_no[keep], "n_events": chunks.end - chunks.start(),
+            "last_at_us": events["at_us"][chunks.end - 1],
         }
-        return out, about
+        return chunks, about
 
     def split(self, name: str) -> SplitData:
         window = self._window(name)
@@ -181,7 +184,8 @@ class PreparedData:
             start_ts=int(window["start_ts"][0]),
             user_idx=inputs.user_idx,
             n_events=inputs.n_events,
-            features=WindowInputs({c: events[c] for c in SEQ_COLUMNS}, inputs, self.max_len),
+            features=PaddedRows({c: events[c] for c in SEQ_COLUMNS}, inputs.first_row, inputs.first_row + inputs.n_events,
+                                self.max_len),
             truth_users=users.astype(np.int64),
             truth_items=items,
             n_relevant=counts.astype(np.int64),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from purchasepred.features import PAD
@@ -38,3 +40,29 @@ def target_rows(mask: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tenso
     valid = k <= total
     flat = torch.where(valid, torch.searchsorted(running, k), 0) if b * t else torch.zeros_like(k)
     return flat // max(t, 1), flat % max(t, 1), valid
+
+
+class DeviceRows:
+    """Left-padded sequences cut on the device from per-event columns (data.sequences.PaddedRows with
+    its arrays moved there): sequence i is the event rows ``[start[i], end[i])``, at most ``width`` of
+    them, PAD on the left. A batch is cut where the columns live, from a device index, so a step
+    neither copies its batch from the host nor waits for it; the device holds each column once per
+    event and 16 bytes per sequence, not every sequence padded to ``width``."""
+
+    def __init__(self, columns: dict[str, Any], start: Any, end: Any, width: int, device: torch.device) -> None:
+        self.columns = {c: torch.as_tensor(v).to(device) for c, v in columns.items()}
+        self.start, self.end = torch.as_tensor(start).to(device), torch.as_tensor(end).to(device)
+        self.width = width
+        self._offsets = torch.arange(width, device=device)
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.end)
+
+    def take(self, index: torch.Tensor, first: int = 0) -> dict[str, torch.Tensor]:
+        """Every column of the sequences at ``index`` as int64 (what the model and the losses take),
+        each (len(index), width - first): the ``first`` left columns, padding in every row, left out."""
+        rows = self.end[index][:, None] - self.width + self._offsets[None, first:]
+        pad = rows < self.start[index][:, None]
+        rows = rows.clamp(min=0)
+        return {c: v[rows].long().masked_fill_(pad, PAD) for c, v in self.columns.items()}

@@ -41,7 +41,7 @@ from purchasepred.errors import CheckpointError, ConfigError, DatasetError
 from purchasepred.eval.protocol import Ranking, evaluate_scorer, metrics, rank
 from purchasepred.eval.rankers import ModelScorer, Popularity
 from purchasepred.fileio import atomic_write_text, sha256_file, write_json
-from purchasepred.models.batching import target_rows
+from purchasepred.models.batching import DeviceRows, target_rows
 from purchasepred.models.losses import masked_mean
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.runs import pick_device, run_paths
@@ -375,31 +375,29 @@ class Trainer:
         return report and distributed.any_rank(self._stop_requested, self.dist, self.device)
 
     # ------------------------------------------------------------------ setup
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        arrays = self.data.train(self.train_split)
-        n = len(arrays["item_idx"])
-        if n == 0:
+    def _tensors(self) -> DeviceRows:
+        chunks = self.data.train(self.train_split)
+        if chunks.n_sequences == 0:
             raise DatasetError(
                 f"{self.data.path} has no training sequences before the {self.train_split} window; the log is too short for "
                 f"--eval-days {self.data.manifest['settings']['eval_days']} (prepare again with a smaller --eval-days)"
             )
+        # per sequence, on the host: target rows of each loss part and leading padding columns, so that
+        # each step's row counts and width are known without reading anything back from the device
+        self.target_counts = np.stack([chunks.count(chunks.columns[key] > 0) for key in TARGETS], 1)
+        self.lead_padding = chunks.max_len - (chunks.end - chunks.start())
         if not self.data.manifest.get("events_by_type", {}).get("purchase"):
             self.notes.append(
                 f"{self.data.path} has no purchase events at all: only the view head (next item) is trained; "
                 "the purchase head cannot learn and evaluate/export cannot fit anything (they need purchases in the "
                 "valid window); prepare a log that contains purchases"
             )
-        elif not (arrays["purchase_target"] > 0).any():
+        elif not self.target_counts[:, TARGETS.index("purchase_target")].any():
             self.notes.append(
                 "no purchase is followed by a known item before the valid window: the purchase head cannot learn "
                 "(it is trained on nothing); the view head still trains"
             )
-        # per sequence, on the host: target rows of each loss part and leading padding columns, so that
-        # each step's row counts and width are known without reading anything back from the device
-        self.target_counts = np.stack([(np.asarray(arrays[key]) > 0).sum(1) for key in TARGETS], 1)
-        real = np.asarray(arrays["item_idx"]) != 0
-        self.lead_padding = np.where(real.any(1), real.argmax(1), real.shape[1])
-        return {k: torch.as_tensor(v).to(self.device) for k, v in arrays.items()}
+        return DeviceRows(chunks.columns, chunks.start(), chunks.end, chunks.max_len, self.device)
 
     def _check_valid_window(self) -> None:
         """Refuse, before any training, a dataset whose valid window evaluate could never fit on."""
@@ -441,7 +439,7 @@ class Trainer:
         # valid window: inputs, truth, popularity fallback for users with no input
         self.valid = self.data.split("valid")
         self._check_valid_window()
-        self.n_train = len(self.train_data["item_idx"])
+        self.n_train = self.train_data.n_sequences
         self.steps_per_epoch = math.ceil(self.n_train / train_cfg.batch_size)
         self._purchase_pools()
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
@@ -468,7 +466,7 @@ class Trainer:
         share, size = self.cfg.train.purchase_share, self.cfg.train.batch_size
         if not share or self.n_train <= size:
             return
-        has = (self.train_data["purchase_target"] > 0).any(1).cpu()
+        has = torch.as_tensor(self.target_counts[:, TARGETS.index("purchase_target")] > 0)
         carry, rest = has.nonzero().squeeze(1), (~has).nonzero().squeeze(1)
         if len(carry) == 0 or len(rest) == 0:
             self.notes.append("train.purchase_share: every training chunk or none carries purchase targets; batches "
@@ -535,7 +533,7 @@ class Trainer:
         for batch_index in range(self.steps_per_epoch):
             rows = distributed.shard(self._global_rows(order, batch_index), self.dist).numpy()
             most = np.maximum(most, self.target_counts[rows].sum(0))
-        limit = min(self.cfg.train.batch_size, self.n_train) * self.train_data["item_idx"].shape[1]
+        limit = min(self.cfg.train.batch_size, self.n_train) * self.train_data.width
         return round_caps(most, limit)
 
     def batch(self, order: torch.Tensor, batch_index: int, caps: tuple[int, int, int] | None = None,
@@ -553,11 +551,9 @@ class Trainer:
         first = 0
         if caps is None:
             first = int(self.lead_padding[rows.numpy()].min())
-            first = 0 if first >= self.train_data["item_idx"].shape[1] else first  # no event at all: nothing to trim
+            first = 0 if first >= self.train_data.width else first  # no event at all: nothing to trim
         index = distributed.shard(self._global_rows(on_device, batch_index), self.dist)
-        # (stored narrow, PreparedData.train_chunks; the model and the losses take int64: .long() copies
-        # only the batch)
-        batch = {k: (v[index, first:] if first else v[index]).long() for k, v in self.train_data.items()}
+        batch = self.train_data.take(index, first)
         return batch, StepRows(caps=caps if caps is not None else mine, mine=mine, total=total)
 
     def step(self, run: RunState, batch: dict[str, torch.Tensor], rows: StepRows) -> dict[str, torch.Tensor]:
