@@ -107,6 +107,25 @@ def test_rank_shares_cover_the_global_batch_once() -> None:
     assert torch.cat(parts).tolist() == rows.tolist() and [len(p) for p in parts] == [3, 2, 2]
 
 
+def test_no_rank_gets_an_empty_share_of_a_batch() -> None:
+    """A last global batch of fewer rows than ranks would leave a rank an empty batch (the model takes
+    none): epoch_steps leaves that batch out; every other batch, and every batch of one process, stays."""
+    from purchasepred.train.trainer import epoch_steps
+
+    for world_size in (1, 2, 3, 8):
+        for n_train in range(1, 60):
+            size = 16
+            steps = epoch_steps(n_train, size, world_size)
+            order = torch.arange(n_train)
+            shares = [[distributed.shard(order[i * size:(i + 1) * size], distributed.Dist(rank=r, world_size=world_size))
+                       for r in range(world_size)] for i in range(steps)]
+            if n_train >= world_size:
+                assert all(len(s) > 0 for batch in shares for s in batch), (world_size, n_train)
+            left_out = n_train - steps * size if steps * size < n_train else 0
+            assert left_out < world_size, (world_size, n_train)  # at most a few rows, never a whole batch
+    assert epoch_steps(33, 16, 1) == 3 and epoch_steps(33, 16, 2) == 2 and epoch_steps(34, 16, 2) == 3
+
+
 # ------------------------------------------------------------------------------ data and runs
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:

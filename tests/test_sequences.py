@@ -55,6 +55,15 @@ def test_padded_rows_cut_a_batch_of_sequences_from_the_events() -> None:
     assert inputs.count(item % 2 == 0).tolist() == [2, 1, 1]  # 72, 74 | 80 | 90
     kept = inputs.subset(np.array([False, True, True]))
     assert kept.n_sequences == 2 and kept["item_idx"].tolist() == [[PAD, PAD, 80], [PAD, PAD, 90]]
+    # a window's inputs are one sequence per user
+    from datetime import datetime
+
+    from purchasepred.data.tensors import SplitData
+
+    with pytest.raises(ValueError, match="2 input sequences for 3 users"):
+        SplitData(split="test", window_start=datetime(2019, 10, 1), window_end=datetime(2019, 10, 2), start_ts=0,
+                  user_idx=np.arange(3), n_events=np.ones(3), features=whole, truth_users=np.zeros(0),
+                  truth_items=np.zeros((0, 1)), n_relevant=np.zeros(0))
 
 
 def test_chunks_run_back_from_the_most_recent_event() -> None:

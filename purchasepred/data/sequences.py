@@ -90,7 +90,9 @@ class PaddedRows(Mapping[str, np.ndarray]):
     ``max_len`` rows of ``[first[i], end[i])``, PAD on the left, each column in its stored width.
     :meth:`take` cuts a batch of sequences; nothing keeps every sequence padded to ``max_len`` (a
     window's inputs, 25 bytes a token, were 1.3 GB at 1M users x 50; the training chunks, 37 bytes a
-    token with their targets, about 20 GB for the whole REES46 log): 16 bytes per sequence instead.
+    token with their targets, about 20 GB for the whole REES46 log): 16 bytes per sequence instead,
+    over columns of one value per event (the events' own arrays; the training targets add 12 bytes
+    per event, for every event).
     ``rows[c]`` is column c of every sequence, (N, max_len), cut when asked."""
 
     def __init__(self, columns: Mapping[str, np.ndarray], first: np.ndarray, end: np.ndarray, max_len: int) -> None:

@@ -40,7 +40,7 @@ class SplitData:
     start_ts: int  # window_start in unix seconds: the cutoff every ranker counts ages from
     user_idx: np.ndarray  # (U,) users with at least one event before the window
     n_events: np.ndarray  # (U,) events before the window (all of them, not only the last max_len)
-    features: PaddedRows  # each (U, L), cut a batch of users at a time (a dict of (U, L) arrays is wrapped)
+    features: PaddedRows  # SEQ_COLUMNS, each (U, L), cut a batch of users at a time (a dict of (U, L) arrays is wrapped)
     truth_users: np.ndarray  # (Ut,) users with at least one purchase in the window
     truth_items: np.ndarray  # (Ut, M) item ids, -1 padding; rare items get unique ids < -1 (never hit)
     n_relevant: np.ndarray  # (Ut,) distinct products bought
@@ -48,6 +48,8 @@ class SplitData:
     def __post_init__(self) -> None:
         if not isinstance(self.features, PaddedRows):
             self.features = PaddedRows.whole(self.features)
+        if self.features.columns and self.features.n_sequences != len(self.user_idx):
+            raise ValueError(f"{self.features.n_sequences} input sequences for {len(self.user_idx)} users")
 
     def rows_of(self, users: np.ndarray) -> np.ndarray:
         """The row of each user in ``user_idx`` (the users with inputs), -1 for users without."""

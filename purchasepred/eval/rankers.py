@@ -194,7 +194,7 @@ class ModelScorer:
             self.model.train(was_training)
 
     def _score(self, rows: np.ndarray, view: bool) -> tuple[torch.Tensor, ...]:
-        # the batch's inputs, cut from the events in their stored widths (WindowInputs); the model takes int64 ids
+        # the batch's inputs, cut from the events in their stored widths (PaddedRows); the model takes int64 ids
         batch = trim_padding({c: torch.from_numpy(v).to(self.device, torch.long, non_blocking=True)
                               for c, v in self.split.features.take(rows).items()})
         h = self.model.encode(batch)

@@ -103,6 +103,16 @@ def purchase_batches(carry: torch.Tensor, rest: torch.Tensor, n_carry: int, step
     return rows.gather(1, mix).flatten()
 
 
+def epoch_steps(n_train: int, batch_size: int, world_size: int = 1) -> int:
+    """Steps per epoch over ``n_train`` sequences, the last batch short. Under torchrun a last batch of
+    fewer rows than ranks would leave a rank an empty share, which the model cannot take: that batch
+    is left out (a different few rows each epoch: the order is reshuffled)."""
+    steps = math.ceil(n_train / batch_size)
+    if world_size > 1 and n_train > batch_size and 0 < n_train % batch_size < world_size:
+        steps -= 1
+    return steps
+
+
 def lr_at(step: int, total: int, peak: float, warmup_frac: float, floor: float = 0.05) -> float:
     """Linear warmup to ``peak``, then cosine decay to ``floor * peak`` at step ``total``."""
     warmup = max(1, int(total * warmup_frac))
@@ -385,6 +395,7 @@ class Trainer:
         # per sequence, on the host: target rows of each loss part and leading padding columns, so that
         # each step's row counts and width are known without reading anything back from the device
         self.target_counts = np.stack([chunks.count(chunks.columns[key] > 0) for key in TARGETS], 1)
+        # (the left columns before a chunk's first event: every event has an item id >= 1, audits.sql)
         self.lead_padding = chunks.max_len - (chunks.end - chunks.start())
         if not self.data.manifest.get("events_by_type", {}).get("purchase"):
             self.notes.append(
@@ -440,8 +451,10 @@ class Trainer:
         self.valid = self.data.split("valid")
         self._check_valid_window()
         self.n_train = self.train_data.n_sequences
-        self.steps_per_epoch = math.ceil(self.n_train / train_cfg.batch_size)
         self._purchase_pools()
+        # (purchase_share batches are always full)
+        self.steps_per_epoch = epoch_steps(self.n_train, train_cfg.batch_size,
+                                           1 if self.carry is not None else self.dist.world_size)
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         if self.total_steps < FEW_STEPS:
             self.notes.append(
