@@ -287,7 +287,8 @@ def test_encode_events(tiny_db: duckdb.DuckDBPyConnection) -> None:
 def test_loader_finds_each_events_next_event_purchase_and_cart(tiny_prepared: prep.PrepareSummary) -> None:
     """The training targets' sources (next event, next purchase, next cart: item and time), found when
     loading from the events rows (PAD at NEVER where there is none)."""
-    ev = PreparedData(tiny_prepared.out)._events
+    data = PreparedData(tiny_prepared.out)
+    ev = {**data._events, **data._next_rows}
     rows_ = np.flatnonzero(ev["user_idx"] == 2)
 
     def at(rows: str, column: str, missing: int) -> list[int]:

@@ -115,14 +115,19 @@ class PreparedData:
 
     @cached_property
     def _events(self) -> dict[str, np.ndarray]:
-        """The events table as token columns in (user, position) order, read once, with the rows of
-        each event's next event, purchase and cart (the training targets' sources)."""
+        """The events table as token columns in (user, position) order, read once."""
         events = self._fetch("sequence_events", "events")
         why = check_sorted(events["user_idx"], events["seq"], events["at_us"])
         if why:
             raise DatasetError(f"{self.path}/events.parquet: {why}; prepare the dataset again")
-        events.update(next_rows(events["user_idx"], events["event_type_id"]))
         return events
+
+    @cached_property
+    def _next_rows(self) -> dict[str, np.ndarray]:
+        """The rows of each event's next event, purchase and cart (the training targets' sources), found
+        when training first asks: evaluate and export need none of them (12 bytes per event)."""
+        events = self._events
+        return next_rows(events["user_idx"], events["event_type_id"])
 
     def _window(self, name: str) -> dict[str, np.ndarray]:
         if name not in SPLITS:
@@ -145,7 +150,7 @@ class PreparedData:
         users = users_before(events["user_idx"], events["at_us"], start_us)
         chunk_user, chunk_no, first, end = chunk_ranges(users, self.max_len)
         eval_seconds = float(self.manifest["settings"]["eval_days"]) * 86400.0
-        per_event = targets(events, int(window["start_ts"][0]), eval_seconds)
+        per_event = targets({**events, **self._next_rows}, int(window["start_ts"][0]), eval_seconds)
         # the inputs in their stored widths (ids int32, the small features int8, ts int64) and the targets
         # as int32 item ids, per event: a chunk is cut from them when a batch needs it (the trainer
         # widens each batch to int64)
