@@ -153,3 +153,25 @@ def test_the_order_events_come_in_does_not_matter() -> None:
     users = np.array([2, 3, 9])
     assert torch.equal(Propensity(log(shuffled), 6, CATEGORY, CUTOFF)(users),
                        Propensity(log(ROWS), 6, CATEGORY, CUTOFF)(users))
+
+
+def test_user_events_keep_the_stored_widths_and_share_sorted_arrays() -> None:
+    """UserEvents over a prepared window's arrays (user and item int32, type int8: already in user
+    order) keeps them as they are, no int64 copy; it finds the same ranges as over int64 copies, for
+    int64 users too; unsorted arrays are sorted by user, stably."""
+    from purchasepred.eval.rankers import UserEvents
+
+    wide = log(ROWS + [(9, 1, VIEW, 7), (9, 3, CART, 8)])
+    narrow = {"user_idx": wide["user_idx"].astype(np.int32), "item_idx": wide["item_idx"].astype(np.int32),
+              "event_type_id": wide["event_type_id"].astype(np.int8), "ts": wide["ts"]}
+    events = UserEvents(narrow)
+    assert all(getattr(events, a) is narrow[c] for a, c in (("user", "user_idx"), ("item", "item_idx"), ("etype", "event_type_id")))
+    users = np.array([9, 4, 2, 3], dtype=np.int64)  # 4 has no event
+    rows, idx = events.ranges(users)
+    rows_w, idx_w = UserEvents(wide).ranges(users)
+    assert rows.tolist() == rows_w.tolist() == [0, 0, 2, 2, 2, 3, 3, 3, 3, 3] and idx.tolist() == idx_w.tolist()
+    assert events.item[idx].dtype == np.int32 and (rows * 100 + events.item[idx]).dtype == np.int64  # batch keys widen
+    shuffled = {c: v[::-1].copy() for c, v in narrow.items()}
+    back = UserEvents(shuffled)
+    assert back.user.tolist() == sorted(narrow["user_idx"].tolist())
+    assert back.ts[back.user == 3].tolist() == [5, 4, 3, 2, 1]  # stable: the given order within a user

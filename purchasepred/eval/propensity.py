@@ -67,10 +67,9 @@ class Propensity:
     def __init__(self, events: dict[str, np.ndarray], n_items: int, item_category: np.ndarray, cutoff_ts: int,
                  params: PropensityParams = PropensityParams()) -> None:
         keep = before_cutoff(events["ts"], cutoff_ts)
-        user = np.asarray(events["user_idx"])[keep].astype(np.int64)
-        item = np.asarray(events["item_idx"])[keep].astype(np.int64)
-        etype = np.asarray(events["event_type_id"])[keep].astype(np.int64)
-        ts = np.asarray(events["ts"])[keep].astype(np.int64)
+        # (in their own widths, and no copy when every event is before the cutoff, as in a prepared window)
+        columns = [np.asarray(events[c]) for c in ("user_idx", "item_idx", "event_type_id", "ts")]
+        user, item, etype, ts = columns if keep.all() else [c[keep] for c in columns]
         in_order = np.all((user[1:] > user[:-1]) | ((user[1:] == user[:-1]) & (ts[1:] >= ts[:-1])))
         if not in_order:  # (a prepared window's events come by user and time: no sort then)
             order = np.lexsort((ts, user))  # stable: each user's events in time order

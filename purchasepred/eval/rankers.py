@@ -33,17 +33,32 @@ POPULARITY_WEIGHTS = np.array(per_event_type(view=1.0, cart=3.0, purchase=10.0))
 
 
 class UserEvents:
-    """Events sorted by user, with the index ranges of a batch of users."""
+    """Events sorted by user, with the index ranges of a batch of users. The columns keep the widths
+    they come in (a prepared window's: user and item int32, type int8, ts int64), and are the caller's
+    own arrays when these are already in user order, as a prepared window's are: no int64 copy of
+    every event (32 bytes an event). Arithmetic on a batch's items widens with its int64 rows."""
 
     def __init__(self, events: dict[str, np.ndarray]) -> None:
-        order = np.argsort(events["user_idx"], kind="stable")
-        self.user = events["user_idx"][order].astype(np.int64)
-        self.item = events["item_idx"][order].astype(np.int64)
-        self.etype = events["event_type_id"][order].astype(np.int64)
-        self.ts = events["ts"][order].astype(np.int64)
+        columns = [np.asarray(events[c]) for c in ("user_idx", "item_idx", "event_type_id", "ts")]
+        user = columns[0]
+        if len(user) > 1 and np.any(user[1:] < user[:-1]):
+            order = np.argsort(user, kind="stable")
+            columns = [c[order] for c in columns]
+        self.user, self.item, self.etype, self.ts = columns
+
+    def as_user_dtype(self, users: np.ndarray) -> np.ndarray:
+        """``users`` in the width of ``user``: np.searchsorted would otherwise convert every event's
+        user to the wider type on each call (15 ms at 12M events, against 0.6 ms)."""
+        users = np.asarray(users)
+        if users.dtype == self.user.dtype:
+            return users
+        if len(users) and np.iinfo(self.user.dtype).max < users.max():
+            return users  # (an id beyond the stored width: no event has it; the slow path finds none)
+        return users.astype(self.user.dtype)
 
     def ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, event indices) of every event of ``users``: rows index into ``users``."""
+        users = self.as_user_dtype(users)
         lo = np.searchsorted(self.user, users, "left")
         hi = np.searchsorted(self.user, users, "right")
         lengths = hi - lo
