@@ -32,7 +32,7 @@ from purchasepred.features import Vocab
 from purchasepred.data.prepare import prepare
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
-from purchasepred.errors import CheckpointError
+from purchasepred.errors import CheckpointError, DatasetError
 from purchasepred.models.transformer import TransformerRecommender
 from purchasepred.train import distributed
 from purchasepred.train.trainer import Trainer, multitask_loss
@@ -113,17 +113,18 @@ def test_no_rank_gets_an_empty_share_of_a_batch() -> None:
     from purchasepred.train.trainer import epoch_steps
 
     for world_size in (1, 2, 3, 8):
-        for n_train in range(1, 60):
+        for n_train in range(world_size, 60):
             size = 16
             steps = epoch_steps(n_train, size, world_size)
             order = torch.arange(n_train)
             shares = [[distributed.shard(order[i * size:(i + 1) * size], distributed.Dist(rank=r, world_size=world_size))
                        for r in range(world_size)] for i in range(steps)]
-            if n_train >= world_size:
-                assert all(len(s) > 0 for batch in shares for s in batch), (world_size, n_train)
+            assert all(len(s) > 0 for batch in shares for s in batch), (world_size, n_train)
             left_out = n_train - steps * size if steps * size < n_train else 0
             assert left_out < world_size, (world_size, n_train)  # at most a few rows, never a whole batch
     assert epoch_steps(33, 16, 1) == 3 and epoch_steps(33, 16, 2) == 2 and epoch_steps(34, 16, 2) == 3
+    with pytest.raises(DatasetError, match=r"^2 training sequence\(s\) for 3 processes: .*--nproc_per_node 2 or fewer"):
+        epoch_steps(2, 16, 3)
 
 
 # ------------------------------------------------------------------------------ data and runs

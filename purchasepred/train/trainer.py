@@ -106,7 +106,11 @@ def purchase_batches(carry: torch.Tensor, rest: torch.Tensor, n_carry: int, step
 def epoch_steps(n_train: int, batch_size: int, world_size: int = 1) -> int:
     """Steps per epoch over ``n_train`` sequences, the last batch short. Under torchrun a last batch of
     fewer rows than ranks would leave a rank an empty share, which the model cannot take: that batch
-    is left out (a different few rows each epoch: the order is reshuffled)."""
+    is left out (a different few rows each epoch: the order is reshuffled). Fewer sequences than ranks
+    cannot give every rank one: refused."""
+    if n_train < world_size:
+        raise DatasetError(f"{n_train} training sequence(s) for {world_size} processes: each process needs at least one; "
+                           f"run torchrun with --nproc_per_node {max(n_train, 1)} or fewer, or prepare a longer log")
     steps = math.ceil(n_train / batch_size)
     if world_size > 1 and n_train > batch_size and 0 < n_train % batch_size < world_size:
         steps -= 1
