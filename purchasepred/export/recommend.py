@@ -80,9 +80,7 @@ def _export(data: PreparedData, cfg: Config, model: torch.nn.Module, device: tor
     product = data.items["product_id"]
     ranker = w.rankers[fitted.default]
     popularity = w.popularity
-    lo = np.searchsorted(w.events.user, w.events.as_user_dtype(users), "left")
-    hi = np.searchsorted(w.events.user, w.events.as_user_dtype(users), "right")
-    warm = hi > lo
+    warm = w.events.has_events(users)
     use_ranker = fitted.default != "popularity"
     by_source = {fitted.default: 0, "popularity": 0}
     batch = cfg.export.user_batch

@@ -57,6 +57,7 @@ FEW_STEPS = 50  # fewer optimizer steps than this in a whole run: the summary sa
 ADAM_BETAS = (0.9, 0.98)
 LOSS_PARTS = ("view", "purchase", "cart")
 TARGETS = ("next_target", "purchase_target", "cart_target")  # the rows of each loss part
+PURCHASE_PART = TARGETS.index("purchase_target")
 CAP_ROUND = 64  # compiled steps: target rows gathered per loss part, rounded up to a multiple of this
 
 
@@ -407,7 +408,7 @@ class Trainer:
                 "the purchase head cannot learn and evaluate/export cannot fit anything (they need purchases in the "
                 "valid window); prepare a log that contains purchases"
             )
-        elif not self.target_counts[:, TARGETS.index("purchase_target")].any():
+        elif not self.target_counts[:, PURCHASE_PART].any():
             self.notes.append(
                 "no purchase is followed by a known item before the valid window: the purchase head cannot learn "
                 "(it is trained on nothing); the view head still trains"
@@ -483,7 +484,7 @@ class Trainer:
         share, size = self.cfg.train.purchase_share, self.cfg.train.batch_size
         if not share or self.n_train <= size:
             return
-        has = torch.as_tensor(self.target_counts[:, TARGETS.index("purchase_target")] > 0)
+        has = torch.as_tensor(self.target_counts[:, PURCHASE_PART] > 0)
         carry, rest = has.nonzero().squeeze(1), (~has).nonzero().squeeze(1)
         if len(carry) == 0 or len(rest) == 0:
             self.notes.append("train.purchase_share: every training chunk or none carries purchase targets; batches "
