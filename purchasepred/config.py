@@ -86,6 +86,9 @@ class InputConfig:
     """Raw event values left out and counted (rows_ignored); any other unmapped value is a reject."""
     delimiter: str | None = None
     """Field delimiter of CSV files (default ',')."""
+    decimal_separator: str | None = None
+    """Decimal mark of prices written as text: '.' (default) or ','; with ',' the digits before it may
+    be grouped in threes by '.' (1.234,56)."""
     header: bool | None = None
     """Whether CSV files start with a header line (default true)."""
     columns: list[str] | None = None

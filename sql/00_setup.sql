@@ -6,7 +6,7 @@
 --   file's first record in staged), optional_columns (an empty template).
 -- staged is appended to in file order (preserve_insertion_order): a record's number in its file is
 -- its rowid - first_row + 1, with no row_number() window over the whole file.
--- parameters (read when a macro runs): time_format, event_map, min_event_at, max_event_at.
+-- parameters (read when a macro runs): time_format, decimal_separator, event_map, min_event_at, max_event_at.
 
 -- the id conventions (pad_id, unknown_id, first_id, view_id .. remove_from_cart_id, event_type_id,
 -- event_type_name) are macros in ids.sql, defined on every connection that reads or writes these tables
@@ -29,6 +29,16 @@ create or replace macro parse_time(t) as case getvariable('time_format')
     when 'unix_s' then epoch_to_timestamp(try_cast(trim(t) as double))
     when 'unix_ms' then epoch_to_timestamp(try_cast(trim(t) as double) / 1000)
     else try_strptime(trim(t), getvariable('time_format'))
+end;
+
+-- parse_price(t): a price written as text as DOUBLE, NULL when it does not parse, by the mapping's
+-- decimal_separator: '.' reads any number DuckDB reads ('12.5', '1e3'); ',' reads a decimal comma, the
+-- digits before it optionally grouped in threes by '.' ('12,5', '1.234,56', '1.234'); any other '.' does
+-- not parse ('12.5' in such a log is a typo or another column, never silently twelve and a half)
+create or replace macro parse_price(t) as case getvariable('decimal_separator')
+    when ',' then case when regexp_full_match(t, '[-+]?([0-9]+|[0-9]{1,3}(\.[0-9]{3})+)(,[0-9]+)?')
+        then try_cast(replace(replace(t, '.', ''), ',', '.') as double) end
+    else try_cast(t as double)
 end;
 
 -- text without its surrounding spaces, NULL when empty (trim only where there is a space to trim:
@@ -77,7 +87,7 @@ typed as (
         clean_text(category_code) as category_code_norm,
         clean_text(brand) as brand_norm,
         clean_text(price) as price_text,
-        try_cast(clean_text(price) as double) as price_value
+        parse_price(clean_text(price)) as price_value
     from filled
 ),
 

@@ -52,4 +52,4 @@ from windows as w
 order by w.window_start;
 
 -- name: parquet_columns
-select column_name from (describe select * from read_parquet(getvariable('input_glob')));
+select column_name, column_type from (describe select * from read_parquet(getvariable('input_glob')));

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -142,6 +143,45 @@ def test_custom_mapping_delimiter_strptime_and_optional_columns(tmp_path: Path) 
                                                                         (5, "u2;b;02.10.2019 11:00;Kauf;-1;x")]
 
 
+def test_decimal_comma_prices(tmp_path: Path) -> None:
+    # one event per item, so that each item's price is the one its line wrote
+    lines = [("a", "9,5"), ("b", "1.234,56"), ("c", "1.234"), ("d", "12"), ("e", "+0,25"), ("f", "12.5"),
+             ("g", "1,2,3"), ("h", "12.34,5"), ("i", "1e3"), ("j", "-1,5"), ("k", "")]
+    raw = tmp_path / "shop.csv"
+    raw.write_text("Kunde;Artikel;Zeit;Aktion;Preis\n" + "".join(
+        f"u{i % 3};{item};2019-10-0{1 + i % 2} 1{i % 10}:00:00;Kauf;{price}\n" for i, (item, price) in enumerate(lines)))
+    icfg = InputConfig(user="Kunde", item="Artikel", time="Zeit", event_type="Aktion", price="Preis",
+                       purchase=["Kauf"], delimiter=";", decimal_separator=",")
+    res = prepare([str(raw)], tmp_path / "p", PrepareConfig(max_len=3, eval_days=0.5, min_item_count=1), input_cfg=icfg)
+    m = res.manifest
+    assert m["rejects_by_reason"] == {"unparseable price": 4, "negative price": 1}
+    assert m["input_mappings"][0]["decimal_separator"] == ","
+    con = open_prepared(tmp_path / "p")
+    assert [r[0] for r in rows(con, "select raw from rejects order by line")] == [
+        "u2;f;2019-10-02 15:00:00;Kauf;12.5", "u0;g;2019-10-01 16:00:00;Kauf;1,2,3",
+        "u1;h;2019-10-02 17:00:00;Kauf;12.34,5", "u2;i;2019-10-01 18:00:00;Kauf;1e3", "u0;j;2019-10-02 19:00:00;Kauf;-1,5"]
+    assert dict(rows(con, "select product_id, price from items")) == {
+        "a": 9.5, "b": 1234.56, "c": 1234.0, "d": 12.0, "e": 0.25, "k": None}
+    # the default '.' reads the same file as before: '9,5' and '-1,5' do not parse, '12.5' and '1e3' do
+    m = prepare([str(raw)], tmp_path / "dot", PrepareConfig(max_len=3, eval_days=0.5, min_item_count=1),
+                input_cfg=replace(icfg, decimal_separator=None)).manifest
+    assert m["rejects_by_reason"] == {"unparseable price": 6}
+    assert m["input_mappings"][0]["decimal_separator"] == "."
+
+
+def test_a_typed_parquet_price_ignores_the_decimal_comma(tmp_path: Path) -> None:
+    # the mapping's decimal comma is for prices written as text; a DOUBLE column reads as it is
+    pq = tmp_path / "rr.parquet"
+    con = duckdb.connect()
+    con.execute("copy (select *, 1.5::double as price from read_csv(?, all_varchar = true) where timestamp <> 'not-a-time') "
+                "to '" + str(pq).replace("'", "''") + "'", [str(RR)])
+    icfg = InputConfig(schema="retailrocket", price="price", decimal_separator=",")
+    m = prepare([str(pq)], tmp_path / "pq", CFG, input_cfg=icfg).manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_kept"]) == (8, 1, 7)
+    assert m["input_mappings"][0]["decimal_separator"] == "."
+    assert {r[0] for r in rows(open_prepared(tmp_path / "pq"), "select price from items")} == {1.5}
+
+
 def test_parquet_with_a_mapping_matches_csv(tmp_path: Path) -> None:
     # a typed Parquet file (BIGINT timestamp) without the line whose time does not parse
     pq = tmp_path / "rr.parquet"
@@ -167,6 +207,7 @@ def test_rees46_outputs_unchanged_by_naming_the_preset(tiny_prepared, tmp_path: 
     (InputConfig(schema="retailrocket", session="visitorid"), ["mapped to more than one field"]),
     (InputConfig(schema="retailrocket", time_format="epoch"), ["input.time_format 'epoch'"]),
     (InputConfig(schema="retailrocket", view=["view"], cart=["view"]), ["mapped to both input.view and input.cart"]),
+    (InputConfig(schema="retailrocket", decimal_separator=";"), ["input.decimal_separator must be '.' or ','"]),
 ])
 def test_bad_mappings_fail_before_any_work(tmp_path: Path, icfg: InputConfig, needles: list[str]) -> None:
     out = tmp_path / "work" / "p"

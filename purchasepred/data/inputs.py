@@ -40,13 +40,14 @@ REQUIRED_FIELDS = ("user", "item", "time", "event_type")
 # sql/00_setup.sql defines the same ids for SQL)
 EVENTS = ("view", "cart", "purchase", "remove_from_cart")
 TIME_FORMATS = ("iso", "unix_s", "unix_ms")
+DECIMAL_SEPARATORS = (".", ",")
 
 _REES46 = {
     "time": "event_time", "event_type": "event_type", "item": "product_id", "category": "category_id",
     "category_code": "category_code", "brand": "brand", "price": "price", "user": "user_id",
     "session": "user_session", "time_format": "iso", "view": ["view"], "cart": ["cart"],
     "purchase": ["purchase"], "remove_from_cart": ["remove_from_cart"], "ignore": [], "delimiter": ",",
-    "header": True, "columns": None,
+    "decimal_separator": ".", "header": True, "columns": None,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # REES46 "multi category store" (Kaggle); told apart from the next one by its header
@@ -132,10 +133,13 @@ class Mapping:
     """Raw event value (lower case) -> canonical event name, or "ignore"."""
     delimiter: str
     header: bool
+    decimal_separator: str = "."
+    """Of prices written as text (a Parquet file's numeric price column is always read with '.')."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": self.schema, "columns": self.columns, "time_format": self.time_format,
-                "events": self.events, "delimiter": self.delimiter, "header": self.header}
+                "events": self.events, "delimiter": self.delimiter, "decimal_separator": self.decimal_separator,
+                "header": self.header}
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,9 @@ def check_input_config(icfg: InputConfig) -> None:
         problems.append(f"input.time_format {fmt!r} is not iso, unix_s, unix_ms or a strptime format such as '%Y-%m-%d %H:%M'")
     if icfg.delimiter is not None and len(icfg.delimiter) != 1:
         problems.append(f"input.delimiter must be one character, got {icfg.delimiter!r} (a tab is \"\\t\")")
+    if icfg.decimal_separator is not None and icfg.decimal_separator not in DECIMAL_SEPARATORS:
+        problems.append(f"input.decimal_separator must be '.' or ',', got {icfg.decimal_separator!r} "
+                        "(quote it: --set 'input.decimal_separator=\",\"')")
     seen: dict[str, str] = {}
     for event in (*EVENTS, "ignore"):
         for value in getattr(icfg, event) or []:
@@ -195,7 +202,7 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     given = _explicit(icfg)
     base = icfg.schema or (_detect(names) if names is not None else None)
     spec = dict(PRESETS[base]) if base else {**{k: None for k in CANONICAL}, **{
-        k: _REES46[k] for k in ("time_format", "delimiter", "header", "columns", "ignore", *EVENTS)}}
+        k: _REES46[k] for k in ("time_format", "delimiter", "decimal_separator", "header", "columns", "ignore", *EVENTS)}}
     spec.update(given)
     header = bool(spec["header"]) if fmt == "csv" else True
     if not header:
@@ -249,7 +256,7 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
         raise InputError(f"{path}: the mapping names no raw value for any event type; set e.g. --set 'input.view=[pv]'")
     schema = base or "custom"
     mapping = Mapping(schema=schema, columns=columns, time_format=str(spec["time_format"]), events=events,
-                      delimiter=str(spec["delimiter"]), header=header)
+                      delimiter=str(spec["delimiter"]), header=header, decimal_separator=str(spec["decimal_separator"]))
     return mapping, names
 
 

@@ -247,10 +247,15 @@ def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfi
         if is_parquet(path):
             _set(con, "input_glob", duckdb_literal(path))
             try:
-                names = [r["column_name"] for r in _rows(con, named_queries("stats.sql")["parquet_columns"])]
+                described = _rows(con, named_queries("stats.sql")["parquet_columns"])
             except duckdb.Error as err:
                 raise InputError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
+            names = [r["column_name"] for r in described]
             mapping, names = resolve_mapping(icfg, names, path, fmt="parquet")
+            price = mapping.columns.get("price")
+            if price is not None and next(r["column_type"] for r in described if r["column_name"] == price) != "VARCHAR":
+                # a typed price reads as text with '.' whatever the mapping says of prices written as text
+                mapping = replace(mapping, decimal_separator=".")
             files.append(InputFile(path, "parquet", mapping.schema, tuple(names), mapping, path.stat().st_size))
         else:
             files.append(inspect_csv(path, icfg))
@@ -623,6 +628,7 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
     _set(con, "input_path", str(f.path))
     _set(con, "input_glob", duckdb_literal(f.path))  # the reader opens exactly this file
     _set(con, "time_format", m.time_format)
+    _set(con, "decimal_separator", m.decimal_separator)
     con.execute("set variable event_map = map(?, ?)", [list(m.events), list(m.events.values())])
     _set(con, "input_delimiter", m.delimiter)
     _set(con, "input_header", m.header)
