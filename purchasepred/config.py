@@ -85,7 +85,7 @@ class InputConfig:
     ignore: list[str] | None = None
     """Raw event values left out and counted (rows_ignored); any other unmapped value is a reject."""
     delimiter: str | None = None
-    """Field delimiter of CSV files (default ',')."""
+    """Field delimiter of CSV files (default ',', a tab for .tsv and .tab files)."""
     decimal_separator: str | None = None
     """Decimal mark of prices written as text: '.' (default) or ','; with ',' the digits before it may
     be grouped in threes by '.' (1.234,56)."""

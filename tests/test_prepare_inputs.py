@@ -195,6 +195,22 @@ def test_parquet_with_a_mapping_matches_csv(tmp_path: Path) -> None:
     assert same(tmp_path / "pq", tmp_path / "csv")
 
 
+def test_a_tsv_file_is_tab_separated_and_another_delimiter_is_named(tiny_prepared, tmp_path: Path) -> None:
+    # tiny.csv has no quoted field: the same rows with tabs
+    text = TINY.read_text()
+    assert '"' not in text
+    (tmp_path / "tiny.tsv").write_text(text.replace(",", "\t"))
+    prepare([str(tmp_path / "tiny.tsv")], tmp_path / "tsv", TINY_CFG)
+    assert same(tmp_path / "tsv", tiny_prepared.out)
+    # a semicolon file read with the default comma: the one-line error says what to set
+    (tmp_path / "tiny.csv").write_text(text.replace(",", ";"))
+    with pytest.raises(InputError) as err:
+        prepare([str(tmp_path / "tiny.csv")], tmp_path / "semi", TINY_CFG)
+    assert "header lacks required column(s)" in str(err.value)
+    assert str(err.value).endswith("""the header is one column with ',' but splits on ';': set --set 'input.delimiter=";"'""")
+    assert "\n" not in str(err.value)
+
+
 def test_rees46_outputs_unchanged_by_naming_the_preset(tiny_prepared, tmp_path: Path) -> None:
     prepare([str(TINY)], tmp_path / "p", TINY_CFG, input_cfg=InputConfig(schema="rees46"))
     assert same(tmp_path / "p", tiny_prepared.out)

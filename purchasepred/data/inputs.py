@@ -13,7 +13,7 @@ import gzip
 import io
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -21,6 +21,10 @@ from purchasepred.config import InputConfig, SchemaName
 from purchasepred.errors import InputError
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv.gz", ".gz")
+# files whose delimiter is a tab unless input.delimiter says otherwise
+TAB_SUFFIXES = (".tsv", ".tsv.gz", ".tab", ".tab.gz")
+# delimiters a one-column header is checked for, to say which one the file seems to use
+OTHER_DELIMITERS = {"\t": '"\\t"', ";": '";"', "|": '"|"'}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 # The canonical columns every later step sees, keyed by the mapping's field name (``input.<field>``).
@@ -275,13 +279,32 @@ def inspect_csv(path: Path, icfg: InputConfig) -> InputFile:
         raise InputError(f"{path}: the header is not UTF-8 text; is this a CSV event log?") from None
     header = PRESETS[icfg.schema]["header"] if icfg.schema else True
     header = icfg.header if icfg.header is not None else header
+    if icfg.delimiter is None and path.name.lower().endswith(TAB_SUFFIXES):
+        icfg = replace(icfg, delimiter="\t")
     delim = icfg.delimiter or (PRESETS[icfg.schema]["delimiter"] if icfg.schema else ",")
     raw_names = next(csv.reader(io.StringIO(header_line), delimiter=delim), []) if header else None
-    mapping, names = resolve_mapping(icfg, raw_names, path)
+    try:
+        mapping, names = resolve_mapping(icfg, raw_names, path)
+    except InputError as err:
+        hint = _delimiter_hint(raw_names, delim) if raw_names is not None else None
+        if hint is None:
+            raise
+        raise InputError(f"{err}; {hint}") from None
     if header and not rest.strip(b"\r\n\t "):
         raise InputError(f"{path}: has a header but no event rows; pass a log with data")
     return InputFile(path=path, format="csv", schema=mapping.schema, names=tuple(names), mapping=mapping,
                      size=path.stat().st_size)
+
+
+def _delimiter_hint(names: list[str], delim: str) -> str | None:
+    """What to set when a header read with ``delim`` is one column that another delimiter splits."""
+    if len(names) != 1:
+        return None
+    for other, quoted in OTHER_DELIMITERS.items():
+        if other != delim and other in names[0]:
+            return (f"the header is one column with {delim!r} but splits on {other!r}: "
+                    f"set --set 'input.delimiter={quoted}'")
+    return None
 
 
 def check_path(path: Path) -> None:
