@@ -86,6 +86,8 @@ class InputConfig:
     """Raw event values left out and counted (rows_ignored); any other unmapped value is a reject."""
     delimiter: str | None = None
     """Field delimiter of CSV files (default ',', a tab for .tsv and .tab files)."""
+    encoding: str | None = None
+    """Text encoding of CSV files: utf-8 (default), latin-1 or utf-16 (either byte order; a BOM is optional)."""
     decimal_separator: str | None = None
     """Decimal mark of prices written as text: '.' (default) or ','; with ',' the digits before it may
     be grouped in threes by '.' (1.234,56)."""

@@ -4,10 +4,12 @@
 --   file order: mapped ones by their canonical name (event_time, event_type, product_id, category_id,
 --   category_code, brand, price, user_id, user_session), the others extra_column_N.
 -- outputs: rows appended to staged (typed; rejected and ignored records keep their raw text);
---   lines with the wrong field count or invalid UTF-8 appended to raw_rejects with their line number.
+--   lines with the wrong field count or invalid text (in the file's encoding) appended to raw_rejects
+--   with their line number.
 -- parameters: input_file_no, input_path (recorded in rejects), input_glob (the same path with glob
 --   characters escaped, for the reader), input_columns, input_names (the struct's names), input_header,
---   input_delimiter, and those of the parsing macros of 00_setup.sql.
+--   input_delimiter, input_encoding (utf-8, latin-1 or utf-16), and those of the parsing macros of
+--   00_setup.sql.
 create or replace temp view input_records as
 select *  -- in file order: the reader and the insert preserve it (rowid numbers the records)
 from read_csv(
@@ -15,6 +17,7 @@ from read_csv(
     header = getvariable('input_header'),
     auto_detect = false,
     delim = getvariable('input_delimiter'),
+    encoding = getvariable('input_encoding'),
     quote = '"',
     escape = '"',
     columns = getvariable('input_columns'),
@@ -33,7 +36,7 @@ select
     line,
     case
         when any_value(error_type) in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'wrong field count'
-        when any_value(error_type) = 'INVALID ENCODING' then 'invalid utf-8'
+        when any_value(error_type) = 'INVALID ENCODING' then 'invalid ' || getvariable('input_encoding')
         else 'malformed csv: ' || lower(any_value(error_type))
     end as reason,
     trim(any_value(csv_line), chr(13) || chr(10)) as raw  -- the reader keeps a stray newline with CRLF files

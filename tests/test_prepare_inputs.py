@@ -211,6 +211,78 @@ def test_a_tsv_file_is_tab_separated_and_another_delimiter_is_named(tiny_prepare
     assert "\n" not in str(err.value)
 
 
+def test_latin1_and_utf16_files_read_as_their_utf8_copy(tmp_path: Path) -> None:
+    text = TINY.read_text().replace("apple", "\u00e4pfel").replace("electronics", "\u00e9lectronique")
+    assert "\u00e4pfel" in text
+    (tmp_path / "utf8.csv").write_bytes(text.encode("utf-8"))
+    (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
+    (tmp_path / "utf16.csv").write_bytes(text.encode("utf-16-le"))  # no byte order mark
+    (tmp_path / "utf16bom.csv").write_bytes(b"\xff\xfe" + text.encode("utf-16-le"))
+    prepare([str(tmp_path / "utf8.csv")], tmp_path / "utf8", TINY_CFG)
+    for name, encoding, recorded in (("latin1", "latin-1", "latin-1"), ("utf16", "utf-16", "utf-16"),
+                                     ("utf16bom", "UTF16", "utf-16")):
+        m = prepare([str(tmp_path / f"{name}.csv")], tmp_path / name, TINY_CFG,
+                    input_cfg=InputConfig(encoding=encoding)).manifest
+        assert m["input_mappings"][0]["encoding"] == recorded
+        assert same(tmp_path / name, tmp_path / "utf8"), name
+    assert rows(open_prepared(tmp_path / "latin1"), "select brand from brands where brand like '%pfel'") == [("\u00e4pfel",)]
+
+
+def test_a_file_in_another_encoding_says_which_to_set(tmp_path: Path) -> None:
+    text = TINY.read_text().replace("apple", "\u00e4pfel")
+    cases = {
+        "utf16.csv": (b"\xff\xfe" + text.encode("utf-16-le"), None, "UTF-16 text; set --set input.encoding=utf-16"),
+        "utf16be.csv": (text.encode("utf-16-be"), "utf-16", "UTF-16 big-endian text, which prepare does not read"),
+        "utf8.csv": (text.encode("utf-8"), "utf-16", "input.encoding is utf-16 but the file is not UTF-16 text"),
+        "latin1.csv": (text.encode("latin-1"), None, "if the file is Latin-1 (ISO-8859-1) text, pass --set input.encoding=latin-1"),
+    }
+    for name, (data, encoding, needle) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        out = tmp_path / "work" / name
+        if name == "latin1.csv":  # the header is ASCII: some lines are rejected, and the manifest warns
+            m = prepare([str(tmp_path / name)], out, TINY_CFG).manifest
+            n = m["rejects_by_reason"]["invalid utf-8"]
+            assert n == text.count("\u00e4pfel") and f"{n:,} line(s) rejected as invalid utf-8; {needle}" in m["warnings"]
+            continue
+        with pytest.raises(InputError) as err:
+            prepare([str(tmp_path / name)], out, TINY_CFG, input_cfg=InputConfig(encoding=encoding))
+        assert needle in str(err.value) and str(err.value).startswith(str(tmp_path / name)), name
+        assert not out.exists()
+
+
+def _packed(kind: str, data: bytes, inner: str) -> bytes:
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    if kind == "zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(inner, data)
+        return buf.getvalue()
+    return {"xz": lzma.compress, "bz2": bz2.compress, "gzip": gzip.compress,
+            "zstd": lambda d: b"\x28\xb5\x2f\xfd" + d, "7z": lambda d: b"7z\xbc\xaf\x27\x1c" + d}[kind](data)
+
+
+@pytest.mark.parametrize("name, kind, needle", [
+    ("events.zip", "zip", "a ZIP archive; unzip it first (unzip {path}) and pass the CSV file(s) inside"),
+    ("events.csv.xz", "xz", "an xz-compressed file; decompress it first (xz -dk {path})"),
+    ("events.csv.bz2", "bz2", "a bzip2-compressed file; decompress it first (bunzip2 -k {path})"),
+    ("events.csv.zst", "zstd", "a zstd-compressed file; decompress it first (zstd -d {path})"),
+    ("events.7z", "7z", "a 7-Zip archive; extract it first (7z x {path})"),
+    ("events.csv", "gzip", "gzip-compressed data in a file whose name does not end in .gz; rename it to {path}.gz"),
+])
+def test_an_archive_or_other_compression_says_what_to_do(tmp_path: Path, name: str, kind: str, needle: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(_packed(kind, TINY.read_bytes(), "tiny.csv"))
+    with pytest.raises(InputError) as err:
+        prepare([str(path)], tmp_path / "work" / "p", TINY_CFG)
+    assert str(err.value).startswith(f"{path}: " + needle.format(path=path))
+    assert not (tmp_path / "work" / "p").exists()
+
+
 def test_rees46_outputs_unchanged_by_naming_the_preset(tiny_prepared, tmp_path: Path) -> None:
     prepare([str(TINY)], tmp_path / "p", TINY_CFG, input_cfg=InputConfig(schema="rees46"))
     assert same(tmp_path / "p", tiny_prepared.out)
@@ -224,6 +296,7 @@ def test_rees46_outputs_unchanged_by_naming_the_preset(tiny_prepared, tmp_path: 
     (InputConfig(schema="retailrocket", time_format="epoch"), ["input.time_format 'epoch'"]),
     (InputConfig(schema="retailrocket", view=["view"], cart=["view"]), ["mapped to both input.view and input.cart"]),
     (InputConfig(schema="retailrocket", decimal_separator=";"), ["input.decimal_separator must be '.' or ','"]),
+    (InputConfig(schema="retailrocket", encoding="cp1252"), ["input.encoding 'cp1252' is not one prepare reads"]),
 ])
 def test_bad_mappings_fail_before_any_work(tmp_path: Path, icfg: InputConfig, needles: list[str]) -> None:
     out = tmp_path / "work" / "p"

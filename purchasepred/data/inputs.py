@@ -45,13 +45,15 @@ REQUIRED_FIELDS = ("user", "item", "time", "event_type")
 EVENTS = ("view", "cart", "purchase", "remove_from_cart")
 TIME_FORMATS = ("iso", "unix_s", "unix_ms")
 DECIMAL_SEPARATORS = (".", ",")
+# CSV text encodings DuckDB's reader decodes itself (UTF-16: little-endian only)
+ENCODINGS = ("utf-8", "latin-1", "utf-16")
 
 _REES46 = {
     "time": "event_time", "event_type": "event_type", "item": "product_id", "category": "category_id",
     "category_code": "category_code", "brand": "brand", "price": "price", "user": "user_id",
     "session": "user_session", "time_format": "iso", "view": ["view"], "cart": ["cart"],
     "purchase": ["purchase"], "remove_from_cart": ["remove_from_cart"], "ignore": [], "delimiter": ",",
-    "decimal_separator": ".", "header": True, "columns": None,
+    "encoding": "utf-8", "decimal_separator": ".", "header": True, "columns": None,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # REES46 "multi category store" (Kaggle); told apart from the next one by its header
@@ -108,6 +110,27 @@ def expand(raw: list[str]) -> list[Path]:
     return unique
 
 
+# compressed files and archives that prepare does not read, by their first bytes (a pattern): what to do instead
+_DECOMPRESS = "decompress it first ({tool}) or compress the CSV with gzip, which prepare reads as it is"
+ARCHIVES = {
+    rb"PK\x03\x04": "a ZIP archive; unzip it first (unzip {path}) and pass the CSV file(s) inside, e.g. 'folder/*.csv'",
+    rb"7z\xbc\xaf\x27\x1c": "a 7-Zip archive; extract it first (7z x {path}) and pass the CSV file(s) inside",
+    rb"\xfd7zXZ\x00": "an xz-compressed file; " + _DECOMPRESS.replace("{tool}", "xz -dk {path}"),
+    rb"BZh[1-9]1AY&SY": "a bzip2-compressed file; " + _DECOMPRESS.replace("{tool}", "bunzip2 -k {path}"),
+    rb"\x28\xb5\x2f\xfd": "a zstd-compressed file; " + _DECOMPRESS.replace("{tool}", "zstd -d {path}"),
+    # (a .gz name is read decompressed: only another name gets here)
+    rb"\x1f\x8b": "gzip-compressed data in a file whose name does not end in .gz; rename it to {path}.gz and pass that",
+}
+
+
+def encoding_name(name: str) -> str | None:
+    """The ENCODINGS key for a spelling of it ('UTF8', 'latin1', 'ISO-8859-1', 'UTF-16'), None when unknown."""
+    key = name.strip().lower().replace("_", "-")
+    aliases = {"utf8": "utf-8", "latin1": "latin-1", "iso-8859-1": "latin-1", "iso8859-1": "latin-1", "utf16": "utf-16"}
+    key = aliases.get(key, key)
+    return key if key in ENCODINGS else None
+
+
 def _open_text_head(path: Path, n_bytes: int = 1 << 16) -> bytes:
     try:
         if path.name.endswith(".gz"):
@@ -139,11 +162,13 @@ class Mapping:
     header: bool
     decimal_separator: str = "."
     """Of prices written as text (a Parquet file's numeric price column is always read with '.')."""
+    encoding: str = "utf-8"
+    """Of a CSV file's text (one of ENCODINGS)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": self.schema, "columns": self.columns, "time_format": self.time_format,
                 "events": self.events, "delimiter": self.delimiter, "decimal_separator": self.decimal_separator,
-                "header": self.header}
+                "encoding": self.encoding, "header": self.header}
 
 
 @dataclass(frozen=True)
@@ -167,6 +192,9 @@ def check_input_config(icfg: InputConfig) -> None:
         problems.append(f"input.time_format {fmt!r} is not iso, unix_s, unix_ms or a strptime format such as '%Y-%m-%d %H:%M'")
     if icfg.delimiter is not None and len(icfg.delimiter) != 1:
         problems.append(f"input.delimiter must be one character, got {icfg.delimiter!r} (a tab is \"\\t\")")
+    if icfg.encoding is not None and encoding_name(icfg.encoding) is None:
+        problems.append(f"input.encoding {icfg.encoding!r} is not one prepare reads; use {', '.join(ENCODINGS)} "
+                        "(or convert the file to UTF-8 first, e.g. iconv -f CP1252 -t UTF-8)")
     if icfg.decimal_separator is not None and icfg.decimal_separator not in DECIMAL_SEPARATORS:
         problems.append(f"input.decimal_separator must be '.' or ',', got {icfg.decimal_separator!r} "
                         "(quote it: --set 'input.decimal_separator=\",\"')")
@@ -206,7 +234,7 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     given = _explicit(icfg)
     base = icfg.schema or (_detect(names) if names is not None else None)
     spec = dict(PRESETS[base]) if base else {**{k: None for k in CANONICAL}, **{
-        k: _REES46[k] for k in ("time_format", "delimiter", "decimal_separator", "header", "columns", "ignore", *EVENTS)}}
+        k: _REES46[k] for k in ("time_format", "delimiter", "encoding", "decimal_separator", "header", "columns", "ignore", *EVENTS)}}
     spec.update(given)
     header = bool(spec["header"]) if fmt == "csv" else True
     if not header:
@@ -260,7 +288,8 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
         raise InputError(f"{path}: the mapping names no raw value for any event type; set e.g. --set 'input.view=[pv]'")
     schema = base or "custom"
     mapping = Mapping(schema=schema, columns=columns, time_format=str(spec["time_format"]), events=events,
-                      delimiter=str(spec["delimiter"]), header=header, decimal_separator=str(spec["decimal_separator"]))
+                      delimiter=str(spec["delimiter"]), header=header, decimal_separator=str(spec["decimal_separator"]),
+                      encoding=encoding_name(str(spec["encoding"])) or "utf-8")
     return mapping, names
 
 
@@ -268,15 +297,35 @@ def inspect_csv(path: Path, icfg: InputConfig) -> InputFile:
     head = _open_text_head(path)
     if not head.strip():
         raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
-    if b"\x00" in head:
-        raise InputError(f"{path}: binary data, not a CSV text file (NUL bytes); pass a .csv, .csv.gz or .parquet event log")
-    if head.startswith(b"\xef\xbb\xbf"):
-        head = head[3:]
-    first, _, rest = head.partition(b"\n")
-    try:
-        header_line = first.decode("utf-8").rstrip("\r")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: the header is not UTF-8 text; is this a CSV event log?") from None
+    encoding = encoding_name(icfg.encoding or "utf-8") or "utf-8"
+    order = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}.get(head[:2]) or _utf16_order(head)
+    if order == "utf-16-be":  # DuckDB's reader decodes little-endian UTF-16 only (big-endian read as no rows)
+        raise InputError(f"{path}: UTF-16 big-endian text, which prepare does not read; convert it to UTF-8 first "
+                         "(iconv -f UTF-16BE -t UTF-8)")
+    if order is not None and encoding != "utf-16":
+        raise InputError(f"{path}: UTF-16 text; set --set input.encoding=utf-16 (or convert it to UTF-8)")
+    if encoding == "utf-16":
+        if order is None:
+            raise InputError(f"{path}: input.encoding is utf-16 but the file is not UTF-16 text (no byte order mark, "
+                             "no NUL in every other byte); leave input.encoding unset for UTF-8")
+        # (a cut at the end of the head may split a character: only the lines before it are read)
+        text = head.decode("utf-16-le", errors="replace").removeprefix("\ufeff")
+        first, _, rest_text = text.partition("\n")
+        header_line, rest = first.rstrip("\r"), rest_text.encode("utf-8")
+    else:
+        archive = next((hint for magic, hint in ARCHIVES.items() if re.match(magic, head)), None)
+        if archive is not None:
+            raise InputError(f"{path}: {archive.format(path=path)}")
+        if b"\x00" in head:
+            raise InputError(f"{path}: binary data, not a CSV text file (NUL bytes); pass a .csv, .csv.gz or .parquet event log")
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:]
+        first, _, rest = head.partition(b"\n")
+        try:
+            header_line = first.decode(encoding).rstrip("\r")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: the header is not UTF-8 text; if the file is Latin-1 (ISO-8859-1) text set "
+                             "--set input.encoding=latin-1, else convert it to UTF-8 (is this a CSV event log?)") from None
     header = PRESETS[icfg.schema]["header"] if icfg.schema else True
     header = icfg.header if icfg.header is not None else header
     if icfg.delimiter is None and path.name.lower().endswith(TAB_SUFFIXES):
@@ -294,6 +343,20 @@ def inspect_csv(path: Path, icfg: InputConfig) -> InputFile:
         raise InputError(f"{path}: has a header but no event rows; pass a log with data")
     return InputFile(path=path, format="csv", schema=mapping.schema, names=tuple(names), mapping=mapping,
                      size=path.stat().st_size)
+
+
+def _utf16_order(head: bytes) -> str | None:
+    """'utf-16-le' or 'utf-16-be' when ``head`` (no BOM) looks like UTF-16 text of mostly ASCII characters
+    (a NUL in every other byte), else None."""
+    sample = head[:4096]
+    if len(sample) < 4:
+        return None
+    odd, even = sample[1::2], sample[0::2]
+    if odd.count(0) > 0.9 * len(odd) and even.count(0) < 0.1 * len(even):
+        return "utf-16-le"
+    if even.count(0) > 0.9 * len(even) and odd.count(0) < 0.1 * len(odd):
+        return "utf-16-be"
+    return None
 
 
 def _delimiter_hint(names: list[str], delim: str) -> str | None:

@@ -631,6 +631,7 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
     _set(con, "decimal_separator", m.decimal_separator)
     con.execute("set variable event_map = map(?, ?)", [list(m.events), list(m.events.values())])
     _set(con, "input_delimiter", m.delimiter)
+    _set(con, "input_encoding", m.encoding)
     _set(con, "input_header", m.header)
     # the file's columns in file order: mapped ones under their canonical name, the others extra_column_N
     canonical = {raw: canon for canon, raw in m.columns.items()}
@@ -797,9 +798,20 @@ def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None
     shown = ", ".join(f"{r['reason']} {r['n']}" for r in reasons[:4])
     first = con.execute("select file_path, line, reason from rejects order by file_path, line limit 1").fetchone()
     where = f"; first at {first[0]} line {first[1]}: {first[2]}" if first else ""
+    hint = f"; {LATIN1_HINT}" if any(r["reason"] == "invalid utf-8" for r in reasons) else ""
     raise InputError(
-        f"{', '.join(map(str, paths))}: no valid rows (rejected: {shown}){where}; fix the input or check its schema"
+        f"{', '.join(map(str, paths))}: no valid rows (rejected: {shown}){where}; fix the input or check its schema{hint}"
     )
+
+
+# what to say when lines are rejected as invalid UTF-8 (a store's export in a Western European code page)
+LATIN1_HINT = "if the file is Latin-1 (ISO-8859-1) text, pass --set input.encoding=latin-1"
+
+
+def encoding_warnings(manifest: dict[str, Any]) -> list[str]:
+    """A warning when lines were rejected as invalid UTF-8: most likely the whole file is in another encoding."""
+    n = manifest["rejects_by_reason"].get("invalid utf-8", 0)
+    return [f"{n:,} line(s) rejected as invalid utf-8; {LATIN1_HINT}"] if n else []
 
 
 def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: PrepareConfig, choice: Choice,
@@ -838,7 +850,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "sql_sha256": sql_hashes(),
         "tables": {t: f"{t}.parquet" for t in OUTPUT_TABLES},
     }
-    manifest["warnings"] = choice.warnings + item_warnings(manifest, cfg.min_item_count)
+    manifest["warnings"] = choice.warnings + item_warnings(manifest, cfg.min_item_count) + encoding_warnings(manifest)
     check_conservation(manifest)
     return manifest
 
