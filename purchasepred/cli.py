@@ -338,7 +338,8 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
         ("rows read", m["rows_read"]),
         ("rejected", m["rows_rejected"]),
     ]
-    rows += [(f"  rejected: {reason}", n) for reason, n in m["rejects_by_reason"].items()]
+    examples = m.get("reject_examples", {})
+    rows += [(f"  rejected: {reason}", _with_examples(n, examples.get(reason))) for reason, n in m["rejects_by_reason"].items()]
     if m.get("rows_ignored"):
         rows.append(("ignored (by the mapping)", m["rows_ignored"]))
         rows += [(f"  ignored: {value}", n) for value, n in m["ignored_by_value"].items()]
@@ -363,6 +364,14 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     rows += [(f"  step {s['step']}", step_line(s)) for s in m.get("steps", [])]
     rows.append(("seconds", f"{seconds:.1f}"))
     return ui.summary_table(f"prepare -> {out}", rows)
+
+
+def _with_examples(n: int, values: dict[str, int] | None) -> Any:
+    """A reject count, with its commonest failing values when there are any: "1,200 (e.g. 'wishlist' 1,000, 'x' 200)"."""
+    if not values:
+        return n
+    shown = ", ".join(f"{v[:40]!r} {k:,}" for v, k in list(values.items())[:3])
+    return f"{n:,} (e.g. {shown})"
 
 
 def step_line(s: dict[str, Any]) -> str:
@@ -428,7 +437,10 @@ def train(
         "train.loss": _value(loss), "train.negatives": negatives, "train.compile": True if compile_ else None,
     }, set_)
     name = _run_name(run_name)
-    ui.info(f"[bold]resolved config[/] (run {name}):\n{dump_yaml(cfg)}" if _state["debug"] else _config_line(cfg, name))
+    if _state["debug"]:
+        ui.info(f"[bold]resolved config[/] (run {ui.escape(name)}):\n{ui.escape(dump_yaml(cfg))}", markup=True)
+    else:
+        ui.info(_config_line(cfg, name))
     with ui.Bars(f"train {name}", cfg.train.epochs) as bars:
         summary = train_run(cfg, name, resume, Hooks(**bars.hooks()))
     for note in summary.notes:

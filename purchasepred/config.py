@@ -73,7 +73,8 @@ class InputConfig:
     price: str | None = None
     """Column of the price (optional)."""
     time_format: str | None = None
-    """iso (ISO 8601 text, time zone optional), unix_s, unix_ms, or a strptime format such as '%Y-%m-%d %H'."""
+    """iso (ISO 8601 text, time zone optional), unix_s, unix_ms, unix_us, unix_ns (epoch seconds, milli-, micro-,
+    nanoseconds), or a strptime format such as '%Y-%m-%d %H'."""
     view: list[str] | None = None
     """Raw event values that mean a view (any case)."""
     cart: list[str] | None = None

@@ -16,7 +16,7 @@
 create or replace macro left_pad(l, width) as list_resize(l[1:0], width - len(l), pad_id()) || l;
 
 -- parse_time(text): the event time as UTC TIMESTAMP, NULL when it does not parse, in the mapping's
--- time_format: iso (ISO 8601, any time zone suffix), unix_s, unix_ms, or a strptime format
+-- time_format: iso (ISO 8601, any time zone suffix), unix_s, unix_ms, unix_us, unix_ns, or a strptime format
 create or replace macro epoch_to_timestamp(s) as
     case when s between -1e11 and 1e11 then to_timestamp(s)::timestamp end;
 -- (iso tries the two REES46 spellings with strptime first, which is several times faster than the
@@ -28,6 +28,8 @@ create or replace macro parse_time(t) as case getvariable('time_format')
     )
     when 'unix_s' then epoch_to_timestamp(try_cast(trim(t) as double))
     when 'unix_ms' then epoch_to_timestamp(try_cast(trim(t) as double) / 1000)
+    when 'unix_us' then epoch_to_timestamp(try_cast(trim(t) as double) / 1000000)
+    when 'unix_ns' then epoch_to_timestamp(try_cast(trim(t) as double) / 1000000000)
     else try_strptime(trim(t), getvariable('time_format'))
 end;
 
@@ -113,7 +115,16 @@ final as (
             list_transform([*columns(lambda c: list_contains(getvariable('input_names'), c))], lambda v: coalesce(v, '')),
             getvariable('input_delimiter'))
         end as raw,
-        case when reject_reason = 'ignored' then lower(trim(event_type)) end as ignored_value
+        case when reject_reason = 'ignored' then lower(trim(event_type)) end as ignored_value,
+        -- the text of the field a rejected record failed on (what the summary shows and a hint reads)
+        case reject_reason
+            when 'unparseable event_time' then trim(event_time)
+            when 'event_time out of range' then trim(event_time)
+            when 'unknown event_type' then trim(event_type)
+            when 'unparseable price' then price_text
+            when 'non-finite price' then price_text
+            when 'negative price' then price_text
+        end as bad_value
     from (
         select
             *,
@@ -138,7 +149,8 @@ create or replace table staged (
     price double,
     reject_reason varchar,
     raw varchar,
-    ignored_value varchar
+    ignored_value varchar,
+    bad_value varchar
 );
 
 create or replace table raw_rejects (

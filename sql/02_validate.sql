@@ -1,12 +1,13 @@
 -- validate: collect every rejected line, with its file, line number and reason.
 -- inputs: staged (reject_reason set by the load: NULL for a valid event, 'ignored' for a record whose
 --   event value the mapping ignores), raw_rejects, input_files.
--- outputs: rejects (grain: one rejected line; file_path, line, reason, raw text). Every record read
---   is in exactly one of rejects, the ignored records of staged, or its valid events.
+-- outputs: rejects (grain: one rejected line; file_path, line, reason, raw text, and value: the text of
+--   the field it failed on, NULL for a missing id and for lines the reader could not split). Every
+--   record read is in exactly one of rejects, the ignored records of staged, or its valid events.
 -- parameters: none.
 create or replace table rejects as
 with structural as (
-    select file_path, line, reason, raw from raw_rejects
+    select file_path, line, reason, raw, null::varchar as value from raw_rejects
 ),
 
 structural_lines as (
@@ -24,7 +25,8 @@ semantic as (
             where s.file_path = f.file_path and s.line - s.nth - f.header_lines < t.rowid - f.first_row + 1
         ) as line,
         t.reject_reason as reason,
-        t.raw
+        t.raw,
+        t.bad_value as value
     from staged as t
     join input_files as f using (file_no)
     where t.reject_reason <> 'ignored'

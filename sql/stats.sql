@@ -30,6 +30,20 @@ select
 -- name: rejects_by_reason
 select reason, count(*) as n from rejects group by reason order by n desc, reason;
 
+-- name: reject_examples
+-- the commonest failing values of each reason (up to 5; missing ids and unsplittable lines have none);
+-- ties (every time that fails is often a value of its own) in the order of their md5, a fixed spread
+-- over the file rather than its smallest values
+with counted as (
+    select reason, value, count(*) as n from rejects where value is not null group by reason, value
+),
+
+ranked as (
+    select *, row_number() over (partition by reason order by n desc, md5(value), value) as rank from counted
+)
+
+select reason, value, n from ranked where rank <= 5 order by reason, rank;
+
 -- name: ignored_by_value
 -- taken after sessionize, before staged is dropped
 select ignored_value as value, count(*) as n from staged where reject_reason = 'ignored' group by 1 order by n desc, 1;

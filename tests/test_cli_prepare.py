@@ -89,7 +89,12 @@ def test_happy_path(dirs: tuple[Path, Path]) -> None:
     table = {k.strip(): v.strip() for k, v in re.findall(r"^│ +(\S.*?) +│ +(.*?) │$", result.stdout, re.M)}
     assert {k: table.get(k) for k in ("rows read", "rejected", "exact duplicates removed", "kept", "users", "sessions")} == {
         "rows read": "24", "rejected": "5", "exact duplicates removed": "1", "kept": "18", "users": "4", "sessions": "9"}
-    assert {r: int(table[f"rejected: {r}"]) for r in m["rejects_by_reason"]} == m["rejects_by_reason"]
+    assert {r: int(table[f"rejected: {r}"].split()[0]) for r in m["rejects_by_reason"]} == m["rejects_by_reason"]
+    # with the failing field's commonest values where it has one (not a missing id, not a wrong field count)
+    assert m["reject_examples"] == {"negative price": {"-2.00": 1}, "unknown event_type": {"click": 1},
+                                   "unparseable event_time": {"yesterday": 1}}
+    assert table["rejected: negative price"] == "1 (e.g. '-2.00' 1)"
+    assert table["rejected: unknown event_type"] == "1 (e.g. 'click' 1)"
     assert re.fullmatch(r"\d+\.\d", table["seconds"]), table["seconds"]
     # each step's line: seconds, rows where the step makes a table, its peak memory on Linux
     for st in m["steps"]:

@@ -283,6 +283,81 @@ def test_an_archive_or_other_compression_says_what_to_do(tmp_path: Path, name: s
     assert not (tmp_path / "work" / "p").exists()
 
 
+@pytest.mark.parametrize("values, expected", [
+    (["1570000000", "1570000123.5"], "unix_s"), (["1570000000123"], "unix_ms"), (["1570000000123456"], "unix_us"),
+    (["1570000000123456789"], "unix_ns"), (["1570000000", "1570000000123"], None), (["15700"], None),
+    (["13.10.2019 10:00"], "%d.%m.%Y %H:%M"), (["13/10/2019 10:00:00"], "%d/%m/%Y %H:%M:%S"),
+    (["10/13/2019 10:00:00", "10/12/2019 09:00:00"], "%m/%d/%Y %H:%M:%S"), (["10/13/2019 1:05 PM"], "%m/%d/%Y %I:%M %p"),
+    (["20191013100000"], "%Y%m%d%H%M%S"), (["yesterday"], None), ([" "], None),
+])
+def test_guess_time_format(values: list[str], expected: str | None) -> None:
+    from purchasepred.data.inputs import guess_time_format
+
+    assert guess_time_format(values) == expected
+
+
+def test_reject_hints_name_the_key_that_fixes_them() -> None:
+    from purchasepred.data.inputs import reject_hint
+
+    assert "--set 'input.view=[wishlist]'" in reject_hint("unknown event_type", ["wishlist", "share"])
+    assert reject_hint("unparseable event_time", ["1570000000123"]).endswith("--set 'input.time_format=\"unix_ms\"'")
+    both = reject_hint("unparseable event_time", ["10/12/2019 10:00:00"])  # day and month both <= 12
+    assert '"%d/%m/%Y %H:%M:%S"' in both and '"%m/%d/%Y %H:%M:%S" if the month comes first' in both
+    assert "or the strptime format" in reject_hint("unparseable event_time", ["the third of October"])
+    assert reject_hint("event_time out of range", ["1570000000"]).endswith("--set input.time_format=unix_s")
+    assert reject_hint("event_time out of range", ["1999-12-31 23:59:59"]) is None  # a real time, only old
+    assert reject_hint("unparseable price", ["9,99", "1.234,56"]).endswith("--set input.decimal_separator=,")
+    assert reject_hint("unparseable price", ["cheap"]) is None
+    assert reject_hint("negative price", ["-1"]) is None and reject_hint("unknown event_type", []) is None
+
+
+def test_rejects_keep_the_failing_value_and_fixable_reasons_warn(tmp_path: Path) -> None:
+    raw = tmp_path / "shop.csv"
+    lines = ["Kunde;Artikel;Zeit;Aktion;Preis"]
+    for i in range(60):
+        action = ("Ansicht", "Kauf", "Merkliste", "Ansicht", "Teilen", "Merkliste")[i % 6]
+        price = ("9,99", "12", "1.234,56")[i % 3]
+        lines.append(f"u{i % 5};A{i % 7};2019-10-{1 + i % 9:02d} 1{i % 10}:00:00;{action};{price}")
+    lines.append("u1;A1;2019-10-09 23:00:00;Kauf;-3")  # fixable by no key: no warning
+    raw.write_text("\n".join(lines) + "\n")
+    icfg = InputConfig(user="Kunde", item="Artikel", time="Zeit", event_type="Aktion", price="Preis",
+                       view=["Ansicht"], purchase=["Kauf"], delimiter=";")
+    m = prepare([str(raw)], tmp_path / "p", PrepareConfig(max_len=3, eval_days=1, min_item_count=1), input_cfg=icfg).manifest
+    # (an unknown event is rejected for that before its price is read: the price rejects are all '9,99')
+    assert m["rejects_by_reason"] == {"unknown event_type": 30, "unparseable price": 20, "negative price": 1}
+    assert m["reject_examples"] == {"unknown event_type": {"Merkliste": 20, "Teilen": 10},
+                                    "unparseable price": {"9,99": 20}, "negative price": {"-3": 1}}
+    warned = [w for w in m["warnings"] if "rejected" in w]
+    assert len(warned) == 2
+    assert warned[0].startswith("30 line(s) rejected: unknown event_type; event values 'Merkliste', 'Teilen' are not in the")
+    assert warned[1].startswith("20 line(s) rejected: unparseable price; prices such as") and "decimal_separator=," in warned[1]
+    con = open_prepared(tmp_path / "p")
+    assert rows(con, "select line, reason, value from rejects where line in (4, 62) order by line") == [
+        (4, "unknown event_type", "Merkliste"), (62, "negative price", "-3")]
+
+
+def test_no_valid_rows_names_the_time_format_to_set(tmp_path: Path) -> None:
+    raw = tmp_path / "shop.csv"
+    raw.write_text("user,item,time,event\n" + "".join(f"u{i},i{i},{13 + i % 9}.10.2019 10:{i:02d},view\n" for i in range(20)))
+    with pytest.raises(InputError) as err:
+        prepare([str(raw)], tmp_path / "p", CFG, input_cfg=InputConfig(user="user", item="item", time="time", event_type="event"))
+    assert "no valid rows (rejected: unparseable event_time 20)" in str(err.value)
+    assert str(err.value).endswith("""read with --set 'input.time_format="%d.%m.%Y %H:%M"'""")
+
+
+def test_epoch_micro_and_nanoseconds_read_as_milliseconds(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    for unit, scale in (("us", 1000), ("ns", 1_000_000)):
+        con.execute("copy (select case when timestamp = 'not-a-time' then timestamp else (timestamp::bigint * ?)::varchar end "
+                    "as timestamp, * exclude (timestamp) from read_csv(?, all_varchar = true)) to '"
+                    + str(tmp_path / f"rr_{unit}.csv").replace("'", "''") + "'", [scale, str(RR)])
+    prepare([str(RR)], tmp_path / "ms", CFG, input_cfg=InputConfig(schema="retailrocket"))
+    for unit in ("us", "ns"):
+        m = prepare([str(tmp_path / f"rr_{unit}.csv")], tmp_path / unit, CFG,
+                    input_cfg=InputConfig(schema="retailrocket", time_format=f"unix_{unit}")).manifest
+        assert m["rows_kept"] == 7 and same(tmp_path / unit, tmp_path / "ms"), unit
+
+
 def test_rees46_outputs_unchanged_by_naming_the_preset(tiny_prepared, tmp_path: Path) -> None:
     prepare([str(TINY)], tmp_path / "p", TINY_CFG, input_cfg=InputConfig(schema="rees46"))
     assert same(tmp_path / "p", tiny_prepared.out)

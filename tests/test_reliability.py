@@ -396,10 +396,9 @@ def _prepared_row(tmp: Path, line: bytes) -> tuple[Any, dict[str, Any], Path]:
     result = invoke("prepare", raw, "--out", tmp / "out", "--eval-days", "1", "--max-len", "4")
     assert result.exit_code == 0, result.output
     m = json.loads((tmp / "out" / "manifest.json").read_text())
-    # the only warning: a line of bytes that are not UTF-8 names the encoding a Latin-1 file needs
-    latin1 = ["warning: 1 line(s) rejected as invalid utf-8; if the file is Latin-1 (ISO-8859-1) text, pass "
-              "--set input.encoding=latin-1"] if "invalid utf-8" in m["rejects_by_reason"] else []
-    assert "Traceback" not in result.output and result.stderr.strip().splitlines() == latin1
+    # nothing on stderr but the manifest's warnings (the row is 1 of 41: a fixable reason names its key)
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"warning: {w}" for w in m["warnings"]]
     return result, m, raw
 
 
@@ -422,6 +421,12 @@ def test_a_bad_row_is_rejected_alone_with_file_line_and_reason(case: str, tmp_pa
     assert raw_text.startswith(line.decode("utf-8", "replace").split(",")[0])
     assert rows(con, "select count(*) from events where product_id = '777'") == [(0,)]
     assert f"rejected: {expected}" in result.stdout  # the summary names the reason and its count
+    # the warnings: the Latin-1 hint for bytes that are not UTF-8, the key that fixes a fixable reason
+    hints = {"invalid utf-8": "pass --set input.encoding=latin-1", "unknown event_type": "'click' are not in the mapping",
+             "unparseable event_time": "event times such as 'the third of October': set input.time_format to"}
+    assert [w for w in m["warnings"] if "rejected" in w] == (
+        [] if expected not in hints or case == "empty event_type" else [w for w in m["warnings"] if hints[expected] in w])
+    assert len([w for w in m["warnings"] if "rejected" in w]) == (expected in hints and case != "empty event_type")
 
 
 # ------------------------------------------------------------------------------------------------ file-level, accepted

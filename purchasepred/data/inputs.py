@@ -43,7 +43,7 @@ REQUIRED_FIELDS = ("user", "item", "time", "event_type")
 # canonical event names in the order of their ids (1 view, 2 cart, 3 purchase, 4 remove_from_cart;
 # sql/00_setup.sql defines the same ids for SQL)
 EVENTS = ("view", "cart", "purchase", "remove_from_cart")
-TIME_FORMATS = ("iso", "unix_s", "unix_ms")
+TIME_FORMATS = ("iso", "unix_s", "unix_ms", "unix_us", "unix_ns")
 DECIMAL_SEPARATORS = (".", ",")
 # CSV text encodings DuckDB's reader decodes itself (UTF-16: little-endian only)
 ENCODINGS = ("utf-8", "latin-1", "utf-16")
@@ -189,7 +189,7 @@ def check_input_config(icfg: InputConfig) -> None:
         problems.append(f"input.schema {icfg.schema!r} is not a preset; choose one of {', '.join(PRESETS)}")
     fmt = icfg.time_format
     if fmt is not None and fmt not in TIME_FORMATS and "%" not in fmt:
-        problems.append(f"input.time_format {fmt!r} is not iso, unix_s, unix_ms or a strptime format such as '%Y-%m-%d %H:%M'")
+        problems.append(f"input.time_format {fmt!r} is not {', '.join(TIME_FORMATS)} or a strptime format such as '%Y-%m-%d %H:%M'")
     if icfg.delimiter is not None and len(icfg.delimiter) != 1:
         problems.append(f"input.delimiter must be one character, got {icfg.delimiter!r} (a tab is \"\\t\")")
     if icfg.encoding is not None and encoding_name(icfg.encoding) is None:
@@ -367,6 +367,66 @@ def _delimiter_hint(names: list[str], delim: str) -> str | None:
         if other != delim and other in names[0]:
             return (f"the header is one column with {delim!r} but splits on {other!r}: "
                     f"set --set 'input.delimiter={quoted}'")
+    return None
+
+
+# strptime formats a hint tries on event times that did not parse (day-first before month-first)
+_TIME_FORMAT_GUESSES = (
+    "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y",
+    "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %I:%M %p", "%m/%d/%Y",
+    "%d-%m-%Y %H:%M:%S", "%d-%m-%Y %H:%M", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y%m%d%H%M%S", "%Y%m%d %H:%M:%S",
+    "%d %b %Y %H:%M:%S", "%b %d %Y %H:%M:%S", "%d %b %Y %H:%M", "%Y-%m-%d %H",
+)
+# epoch units by the number of digits before the point (times from 2001 to 2286)
+_EPOCH_DIGITS = {10: "unix_s", 13: "unix_ms", 16: "unix_us", 19: "unix_ns"}
+
+
+def guess_time_format(values: list[str]) -> str | None:
+    """The input.time_format that reads every one of ``values`` (event times that did not parse), or None."""
+    values = [v.strip() for v in values if v and v.strip()]
+    if not values:
+        return None
+    if all(re.fullmatch(r"\d+(\.\d+)?", v) for v in values):
+        units = {_EPOCH_DIGITS.get(len(v.split(".")[0])) for v in values}
+        if len(units) == 1 and None not in units:
+            return units.pop()
+    return next((fmt for fmt in _TIME_FORMAT_GUESSES if _all_parse(values, fmt)), None)
+
+
+def _all_parse(values: list[str], fmt: str) -> bool:
+    from datetime import datetime
+
+    try:
+        for v in values:
+            datetime.strptime(v.strip(), fmt)
+    except ValueError:
+        return False
+    return True
+
+
+def reject_hint(reason: str, values: list[str]) -> str | None:
+    """What to set when lines fail for ``reason`` with these field values (the commonest first), or None."""
+    if not values:
+        return None
+    shown = ", ".join(repr(v) for v in values[:3])
+    if reason == "unknown event_type":
+        return (f"event values {shown} are not in the mapping: name each, e.g. --set 'input.view=[{values[0]}]' "
+                "(or input.cart, input.purchase, input.remove_from_cart), or leave them out with --set 'input.ignore=[...]'")
+    if reason == "event_time out of range":  # a time read in the wrong epoch unit (unix_s as unix_ms: 1970)
+        fmt = guess_time_format(values)
+        return f"event times such as {shown} read with --set input.time_format={fmt}" if fmt in TIME_FORMATS else None
+    if reason == "unparseable event_time":
+        fmt = guess_time_format(values)
+        if fmt is not None:
+            hint = f"event times such as {shown} read with --set 'input.time_format=\"{fmt}\"'"
+            swapped = fmt.replace("%d", "%_").replace("%m", "%d").replace("%_", "%m")
+            if swapped != fmt and swapped in _TIME_FORMAT_GUESSES and _all_parse(values, swapped):
+                hint += f" (or \"{swapped}\" if the month comes first: these examples fit both)"
+            return hint
+        return (f"event times such as {shown}: set input.time_format to {', '.join(TIME_FORMATS)} or the strptime "
+                "format they are written in, e.g. '%d.%m.%Y %H:%M'")
+    if reason == "unparseable price" and any(re.fullmatch(r"[-+]?(\d+|\d{1,3}(\.\d{3})+),\d+", v) for v in values):
+        return f"prices such as {shown} have a decimal comma: --set input.decimal_separator=,"
     return None
 
 

@@ -31,7 +31,7 @@ import duckdb
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
-    InputFile, check_input_config, check_path, duckdb_literal, expand, inspect_csv, is_parquet,
+    InputFile, check_input_config, check_path, duckdb_literal, expand, inspect_csv, is_parquet, reject_hint,
     resolve_mapping,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
@@ -45,7 +45,9 @@ from purchasepred.fileio import folder_bytes, to_json
 # rows (data/sequences.next_rows), which costs less than prepare's joins, sort and storage. And a
 # user's events at the same time, of the same type and item, in different sessions are ordered by the
 # sessions' md5 instead of their text (04_sessionize.sql sorts on codes and hashes, not on text).
-SCHEMA_VERSION = 3
+# 4: rejects has a value column, the text of the field a line failed on (the manifest's reject_examples
+# and the hints read it); no other table changed.
+SCHEMA_VERSION = 4
 # manifest keys that measure a run rather than define the dataset: left out of content_hash
 RUN_KEYS = ("duration_s", "created_at", "content_hash", "steps", "memory_limit", "spill_bytes")
 
@@ -798,7 +800,10 @@ def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None
     shown = ", ".join(f"{r['reason']} {r['n']}" for r in reasons[:4])
     first = con.execute("select file_path, line, reason from rejects order by file_path, line limit 1").fetchone()
     where = f"; first at {first[0]} line {first[1]}: {first[2]}" if first else ""
-    hint = f"; {LATIN1_HINT}" if any(r["reason"] == "invalid utf-8" for r in reasons) else ""
+    examples = _reject_examples(con)
+    hints = [LATIN1_HINT] if any(r["reason"] == "invalid utf-8" for r in reasons) else []
+    hints += [h for h in (reject_hint(r["reason"], list(examples.get(r["reason"], {}))) for r in reasons[:2]) if h]
+    hint = "".join(f"; {h}" for h in hints)
     raise InputError(
         f"{', '.join(map(str, paths))}: no valid rows (rejected: {shown}){where}; fix the input or check its schema{hint}"
     )
@@ -812,6 +817,29 @@ def encoding_warnings(manifest: dict[str, Any]) -> list[str]:
     """A warning when lines were rejected as invalid UTF-8: most likely the whole file is in another encoding."""
     n = manifest["rejects_by_reason"].get("invalid utf-8", 0)
     return [f"{n:,} line(s) rejected as invalid utf-8; {LATIN1_HINT}"] if n else []
+
+
+# a reason with a hint (inputs.reject_hint) warns when at least this share of the rows read failed for it
+HINT_SHARE = 0.01
+
+
+def reject_warnings(manifest: dict[str, Any]) -> list[str]:
+    """A warning for each reject reason that at least HINT_SHARE of the rows read failed for and that a
+    mapping key can fix (an unmapped event value, a time format, a decimal comma), naming the key."""
+    out = []
+    for reason, n in manifest["rejects_by_reason"].items():
+        hint = reject_hint(reason, list(manifest["reject_examples"].get(reason, {})))
+        if hint and n >= HINT_SHARE * manifest["rows_read"]:
+            out.append(f"{n:,} line(s) rejected: {reason}; {hint}")
+    return out
+
+
+def _reject_examples(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
+    """reason -> {value: lines}: the commonest failing field values of each reason (stats.sql)."""
+    examples: dict[str, dict[str, int]] = {}
+    for r in _rows(con, named_queries("stats.sql")["reject_examples"]):
+        examples.setdefault(r["reason"], {})[r["value"]] = int(r["n"])
+    return examples
 
 
 def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: PrepareConfig, choice: Choice,
@@ -833,6 +861,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **{k: (int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in counts.items()},
         "rejects_by_reason": rejects,
+        "reject_examples": _reject_examples(con),
         "ignored_by_value": ignored,
         "events_by_type": by_type,
         "views_per_purchase": round(by_type.get("view", 0) / n_purchase, 2) if n_purchase else None,
@@ -850,7 +879,8 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "sql_sha256": sql_hashes(),
         "tables": {t: f"{t}.parquet" for t in OUTPUT_TABLES},
     }
-    manifest["warnings"] = choice.warnings + item_warnings(manifest, cfg.min_item_count) + encoding_warnings(manifest)
+    manifest["warnings"] = (choice.warnings + item_warnings(manifest, cfg.min_item_count) + encoding_warnings(manifest)
+                            + reject_warnings(manifest))
     check_conservation(manifest)
     return manifest
 
