@@ -438,7 +438,7 @@ def train(
     }, set_)
     name = _run_name(run_name)
     if _state["debug"]:
-        ui.info(f"[bold]resolved config[/] (run {ui.escape(name)}):\n{ui.escape(dump_yaml(cfg))}", markup=True)
+        ui.info(f" (run {name}):\n{dump_yaml(cfg)}", bold="resolved config")
     else:
         ui.info(_config_line(cfg, name))
     with ui.Bars(f"train {name}", cfg.train.epochs) as bars:

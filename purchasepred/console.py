@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,8 +20,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(stderr=False, highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 _state = {"quiet": False}
 
@@ -34,35 +34,36 @@ def is_quiet() -> bool:
     return _state["quiet"]
 
 
-# Messages are text, not rich markup: a square bracket in one (--set 'input.view=[pv]', a path such as
-# logs[1].csv, a mapping's list) is printed as it is, not taken for a style tag and dropped.
+# Messages, table cells and progress lines are text, not rich markup or emoji codes: a square bracket
+# (--set 'input.view=[pv]', a path such as logs[1].csv, a mapping's list), a trailing backslash or a
+# ':ok:' in one is printed as it is (rich would drop the first as a style tag and replace the last).
 
 
-def info(msg: str, markup: bool = False) -> None:
-    """``markup=True`` for a message that styles itself (its variable parts escaped by the caller)."""
+def info(msg: str, bold: str = "") -> None:
+    """``msg`` after ``bold`` (a title, printed in bold)."""
     if not _state["quiet"]:
-        console.print(msg if markup else escape(msg))
+        console.print(Text.assemble((bold, "bold"), msg))
 
 
 def error(msg: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
+    err_console.print(Text.assemble(("error:", "bold red"), " ", msg), soft_wrap=True)
 
 
 def warn(msg: str) -> None:
     """A warning the user must see: on stderr, also under --quiet."""
-    err_console.print(f"[bold yellow]warning:[/] {escape(msg)}", soft_wrap=True)
+    err_console.print(Text.assemble(("warning:", "bold yellow"), " ", msg), soft_wrap=True)
 
 
 def make_progress(transient: bool = False) -> Progress:
     """One progress factory for every command; disabled under --quiet or without a terminal."""
     return Progress(
         SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
         console=console,
         transient=transient,
         disable=_state["quiet"],
@@ -85,10 +86,9 @@ class StepLines:
     def __call__(self, name: str, status: str = "") -> None:
         with self._lock:
             if self._task is not None:
-                self._progress.update(self._task, completed=1, status=escape(self._status))
+                self._progress.update(self._task, completed=1, status=self._status)
             self._name, self._status = name or None, status
-            self._task = (self._progress.add_task(escape(f"{self._title}: {name}"), total=1, status=escape(status))
-                          if name else None)
+            self._task = self._progress.add_task(f"{self._title}: {name}", total=1, status=status) if name else None
 
     def progress(self, name: str, percent: float) -> None:
         with self._lock:
@@ -100,8 +100,8 @@ class StepLines:
 def steps(title: str) -> Iterator[StepLines]:
     """A progress line per step: yields a :class:`StepLines`, called with each step's name."""
     with Progress(
-        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"), console=console, disable=_state["quiet"],
+        SpinnerColumn(), TextColumn("{task.description}", style="progress.description", markup=False),
+        TimeElapsedColumn(), TextColumn("{task.fields[status]}", markup=False), console=console, disable=_state["quiet"],
     ) as progress:
         step = StepLines(progress, title)
         yield step
@@ -110,7 +110,7 @@ def steps(title: str) -> Iterator[StepLines]:
 
 def _table(title: str, **kwargs: Any) -> Table:
     """A table at least as wide as its title (up to the console), so that the title is not broken mid-path."""
-    return Table(title=escape(title), title_justify="left", min_width=min(len(title), console.width), **kwargs)
+    return Table(title=Text(title), title_justify="left", min_width=min(len(title), console.width), **kwargs)
 
 
 def summary_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
@@ -118,16 +118,16 @@ def summary_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     for key, value in rows:
-        table.add_row(escape(str(key)), escape(_fmt(value)))
+        table.add_row(Text(str(key)), Text(_fmt(value)))
     return table
 
 
 def grid_table(title: str, columns: list[str], rows: Iterable[list[Any]]) -> Table:
     table = _table(title)
     for i, col in enumerate(columns):
-        table.add_column(escape(col), justify="left" if i == 0 else "right")
+        table.add_column(Text(col), justify="left" if i == 0 else "right")
     for row in rows:
-        table.add_row(*[escape(_fmt(v)) for v in row])
+        table.add_row(*[Text(_fmt(v)) for v in row])
     return table
 
 
@@ -176,19 +176,19 @@ class Bars:
 
     def log(self, msg: str) -> None:
         if not _state["quiet"]:
-            self.progress.console.print(escape(msg), soft_wrap=True)
+            self.progress.console.print(Text(msg), soft_wrap=True)
 
     def stage(self, name: str) -> None:
         with self._lock:
             if self._stage is not None:
                 self.progress.update(self._stage, total=1, completed=1, status="")
-            self._stage = self.progress.add_task(escape(f"{self.title}: {name}"), total=None, status="") if name else None
+            self._stage = self.progress.add_task(f"{self.title}: {name}", total=None, status="") if name else None
 
     def detail(self, text: str) -> None:
         """What the current stage is doing now (prepare's step and its percent), from any thread."""
         with self._lock:
             if self._stage is not None:
-                self.progress.update(self._stage, status=escape(text))
+                self.progress.update(self._stage, status=text)
 
     def on_step(self, s: dict[str, Any]) -> None:
         if self._epoch is None or self._epoch[0] != s["epoch"]:

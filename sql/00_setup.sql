@@ -35,10 +35,11 @@ end;
 
 -- parse_price(t): a price written as text as DOUBLE, NULL when it does not parse, by the mapping's
 -- decimal_separator: '.' reads any number DuckDB reads ('12.5', '1e3'); ',' reads a decimal comma, the
--- digits before it optionally grouped in threes by '.' ('12,5', '1.234,56', '1.234'); any other '.' does
--- not parse ('12.5' in such a log is a typo or another column, never silently twelve and a half)
+-- digits before it optionally grouped in threes by '.' ('12,5', '1.234,56', '1.234'; a group never
+-- starts the number with 0: '0.500' does not parse); any other '.' does not parse ('12.5' in such a
+-- log is a typo or another column, never silently twelve and a half)
 create or replace macro parse_price(t) as case getvariable('decimal_separator')
-    when ',' then case when regexp_full_match(t, '[-+]?([0-9]+|[0-9]{1,3}(\.[0-9]{3})+)(,[0-9]+)?')
+    when ',' then case when regexp_full_match(t, '[-+]?([0-9]+|[1-9][0-9]{0,2}(\.[0-9]{3})+)(,[0-9]+)?')
         then try_cast(replace(replace(t, '.', ''), ',', '.') as double) end
     else try_cast(t as double)
 end;
@@ -120,7 +121,7 @@ final as (
         case reject_reason
             when 'unparseable event_time' then trim(event_time)
             when 'event_time out of range' then trim(event_time)
-            when 'unknown event_type' then trim(event_type)
+            when 'unknown event_type' then nullif(trim(event_type), '')
             when 'unparseable price' then price_text
             when 'non-finite price' then price_text
             when 'negative price' then price_text

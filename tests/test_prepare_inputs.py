@@ -146,7 +146,7 @@ def test_custom_mapping_delimiter_strptime_and_optional_columns(tmp_path: Path) 
 def test_decimal_comma_prices(tmp_path: Path) -> None:
     # one event per item, so that each item's price is the one its line wrote
     lines = [("a", "9,5"), ("b", "1.234,56"), ("c", "1.234"), ("d", "12"), ("e", "+0,25"), ("f", "12.5"),
-             ("g", "1,2,3"), ("h", "12.34,5"), ("i", "1e3"), ("j", "-1,5"), ("k", "")]
+             ("g", "1,2,3"), ("h", "12.34,5"), ("i", "1e3"), ("j", "-1,5"), ("k", ""), ("l", "0.500"), ("m", "1.234.567,8")]
     raw = tmp_path / "shop.csv"
     raw.write_text("Kunde;Artikel;Zeit;Aktion;Preis\n" + "".join(
         f"u{i % 3};{item};2019-10-0{1 + i % 2} 1{i % 10}:00:00;Kauf;{price}\n" for i, (item, price) in enumerate(lines)))
@@ -154,18 +154,19 @@ def test_decimal_comma_prices(tmp_path: Path) -> None:
                        purchase=["Kauf"], delimiter=";", decimal_separator=",")
     res = prepare([str(raw)], tmp_path / "p", PrepareConfig(max_len=3, eval_days=0.5, min_item_count=1), input_cfg=icfg)
     m = res.manifest
-    assert m["rejects_by_reason"] == {"unparseable price": 4, "negative price": 1}
+    assert m["rejects_by_reason"] == {"unparseable price": 5, "negative price": 1}  # 0.500: a group never leads with 0
     assert m["input_mappings"][0]["decimal_separator"] == ","
     con = open_prepared(tmp_path / "p")
     assert [r[0] for r in rows(con, "select raw from rejects order by line")] == [
         "u2;f;2019-10-02 15:00:00;Kauf;12.5", "u0;g;2019-10-01 16:00:00;Kauf;1,2,3",
-        "u1;h;2019-10-02 17:00:00;Kauf;12.34,5", "u2;i;2019-10-01 18:00:00;Kauf;1e3", "u0;j;2019-10-02 19:00:00;Kauf;-1,5"]
+        "u1;h;2019-10-02 17:00:00;Kauf;12.34,5", "u2;i;2019-10-01 18:00:00;Kauf;1e3", "u0;j;2019-10-02 19:00:00;Kauf;-1,5",
+        "u2;l;2019-10-02 11:00:00;Kauf;0.500"]
     assert dict(rows(con, "select product_id, price from items")) == {
-        "a": 9.5, "b": 1234.56, "c": 1234.0, "d": 12.0, "e": 0.25, "k": None}
-    # the default '.' reads the same file as before: '9,5' and '-1,5' do not parse, '12.5' and '1e3' do
+        "a": 9.5, "b": 1234.56, "c": 1234.0, "d": 12.0, "e": 0.25, "k": None, "m": 1234567.8}
+    # the default '.' reads the same file as before: '9,5', '-1,5' and '1.234.567,8' do not parse, '12.5', '1e3' do
     m = prepare([str(raw)], tmp_path / "dot", PrepareConfig(max_len=3, eval_days=0.5, min_item_count=1),
                 input_cfg=replace(icfg, decimal_separator=None)).manifest
-    assert m["rejects_by_reason"] == {"unparseable price": 6}
+    assert m["rejects_by_reason"] == {"unparseable price": 7}
     assert m["input_mappings"][0]["decimal_separator"] == "."
 
 
@@ -209,6 +210,15 @@ def test_a_tsv_file_is_tab_separated_and_another_delimiter_is_named(tiny_prepare
     assert "header lacks required column(s)" in str(err.value)
     assert str(err.value).endswith("""the header is one column with ',' but splits on ';': set --set 'input.delimiter=";"'""")
     assert "\n" not in str(err.value)
+    # a .tsv that is really comma-separated: the same hint, for the comma
+    (tmp_path / "comma.tsv").write_text(text)
+    with pytest.raises(InputError) as err:
+        prepare([str(tmp_path / "comma.tsv")], tmp_path / "comma", TINY_CFG)
+    assert str(err.value).endswith("""the header is one column with '\\t' but splits on ',': set --set 'input.delimiter=","'""")
+
+
+def _rejects(out: Path) -> list[tuple]:
+    return rows(open_prepared(out), "select line, reason, raw, value from rejects order by line")
 
 
 def test_latin1_and_utf16_files_read_as_their_utf8_copy(tmp_path: Path) -> None:
@@ -219,21 +229,34 @@ def test_latin1_and_utf16_files_read_as_their_utf8_copy(tmp_path: Path) -> None:
     (tmp_path / "utf16.csv").write_bytes(text.encode("utf-16-le"))  # no byte order mark
     (tmp_path / "utf16bom.csv").write_bytes(b"\xff\xfe" + text.encode("utf-16-le"))
     prepare([str(tmp_path / "utf8.csv")], tmp_path / "utf8", TINY_CFG)
+    rejected = _rejects(tmp_path / "utf8")
+    assert len(rejected) == 5  # tiny.csv's rejects: the same lines, reasons, text and values in every encoding
     for name, encoding, recorded in (("latin1", "latin-1", "latin-1"), ("utf16", "utf-16", "utf-16"),
-                                     ("utf16bom", "UTF16", "utf-16")):
-        m = prepare([str(tmp_path / f"{name}.csv")], tmp_path / name, TINY_CFG,
-                    input_cfg=InputConfig(encoding=encoding)).manifest
+                                     ("utf16bom", "UTF16", "utf-16"), ("utf16bom", None, "utf-16")):
+        out = tmp_path / f"{name}-{encoding}"
+        m = prepare([str(tmp_path / f"{name}.csv")], out, TINY_CFG, input_cfg=InputConfig(encoding=encoding)).manifest
         assert m["input_mappings"][0]["encoding"] == recorded
-        assert same(tmp_path / name, tmp_path / "utf8"), name
-    assert rows(open_prepared(tmp_path / "latin1"), "select brand from brands where brand like '%pfel'") == [("\u00e4pfel",)]
+        assert same(out, tmp_path / "utf8"), name
+        assert _rejects(out) == rejected, name
+    assert rows(open_prepared(tmp_path / "latin1-latin-1"), "select brand from brands where brand like '%pfel'") == [
+        ("\u00e4pfel",)]
+    # a UTF-8 and a UTF-16 file together, input.encoding unset: each read in its own (UTF-16 is detected)
+    m = prepare([str(tmp_path / "utf8.csv"), str(tmp_path / "utf16.csv")], tmp_path / "both", TINY_CFG).manifest
+    assert [mp["encoding"] for mp in m["input_mappings"]] == ["utf-8", "utf-16"]
+    assert m["rows_read"] == 2 * load_manifest(tmp_path / "utf8")["rows_read"]
 
 
 def test_a_file_in_another_encoding_says_which_to_set(tmp_path: Path) -> None:
     text = TINY.read_text().replace("apple", "\u00e4pfel")
     cases = {
-        "utf16.csv": (b"\xff\xfe" + text.encode("utf-16-le"), None, "UTF-16 text; set --set input.encoding=utf-16"),
+        "utf16.csv": (b"\xff\xfe" + text.encode("utf-16-le"), "utf-8", "UTF-16 text, but input.encoding is utf-8"),
         "utf16be.csv": (text.encode("utf-16-be"), "utf-16", "UTF-16 big-endian text, which prepare does not read"),
         "utf8.csv": (text.encode("utf-8"), "utf-16", "input.encoding is utf-16 but the file is not UTF-16 text"),
+        "utf8-as-latin1.csv": (text.encode("utf-8"), "latin-1", "UTF-8 text (its non-ASCII bytes are valid UTF-8), but "
+                               "input.encoding is latin-1, which would garble it"),
+        "bom-as-latin1.csv": (b"\xef\xbb\xbf" + TINY.read_bytes(), "latin-1", "UTF-8 text (it starts with a UTF-8 byte order mark)"),
+        "broken-utf16.csv": (text.encode("utf-16-le").replace("\u00e4".encode("utf-16-le"), b"\x00\xd8", 1), "utf-16",
+                             "not valid UTF-16 throughout"),
         "latin1.csv": (text.encode("latin-1"), None, "if the file is Latin-1 (ISO-8859-1) text, pass --set input.encoding=latin-1"),
     }
     for name, (data, encoding, needle) in cases.items():
@@ -309,6 +332,14 @@ def test_reject_hints_name_the_key_that_fixes_them() -> None:
     assert reject_hint("unparseable price", ["9,99", "1.234,56"]).endswith("--set input.decimal_separator=,")
     assert reject_hint("unparseable price", ["cheap"]) is None
     assert reject_hint("negative price", ["-1"]) is None and reject_hint("unknown event_type", []) is None
+    assert reject_hint("unparseable price", ["1,234", "2,500"]) is None  # a US thousand, or a decimal comma?
+    assert reject_hint("unparseable price", ["1,234", "9,99"]).endswith("--set input.decimal_separator=,")
+    # never the format the mapping already has (a time that is only in the future, a broken one)
+    assert reject_hint("event_time out of range", ["1900000000000"], ("unix_ms",)) is None
+    assert reject_hint("unparseable event_time", ["1570000000123"], ("unix_ms",)) is None
+    # the value is quoted for the shell; an empty value gives no hint
+    assert "--set 'input.view=[it'\"'\"'s]'" in reject_hint("unknown event_type", ["it's"])
+    assert reject_hint("unknown event_type", ["", " "]) is None
 
 
 def test_rejects_keep_the_failing_value_and_fixable_reasons_warn(tmp_path: Path) -> None:
@@ -334,6 +365,23 @@ def test_rejects_keep_the_failing_value_and_fixable_reasons_warn(tmp_path: Path)
     con = open_prepared(tmp_path / "p")
     assert rows(con, "select line, reason, value from rejects where line in (4, 62) order by line") == [
         (4, "unknown event_type", "Merkliste"), (62, "negative price", "-3")]
+
+
+def test_a_reason_under_one_percent_of_the_rows_does_not_warn(tmp_path: Path) -> None:
+    raw = tmp_path / "shop.csv"
+    good = [f"u{i % 9},A{i % 7},2019-10-{1 + i % 9:02d} 1{i % 10}:00:00,{('view', 'purchase')[i % 2]}" for i in range(120)]
+    raw.write_text("user,item,time,event\n" + "\n".join(good + ["u1,A1,2019-10-09 23:00:00,wishlist"]) + "\n")
+    icfg = InputConfig(user="user", item="item", time="time", event_type="event")
+    cfg = PrepareConfig(max_len=3, eval_days=1, min_item_count=1)
+    m = prepare([str(raw)], tmp_path / "p", cfg, input_cfg=icfg).manifest
+    assert m["rejects_by_reason"] == {"unknown event_type": 1} and m["reject_examples"] == {"unknown event_type": {"wishlist": 1}}
+    assert not [w for w in m["warnings"] if "rejected" in w]  # 1 of 121 rows: under 1%
+    raw.write_text("user,item,time,event\n" + "\n".join(good[:90] + ["u1,A1,2019-10-09 23:00:00,wishlist"]) + "\n")
+    m = prepare([str(raw)], tmp_path / "p", cfg, force=True, input_cfg=icfg).manifest  # 1 of 91: over 1%
+    assert [w for w in m["warnings"] if "rejected" in w] == [
+        "1 line(s) rejected: unknown event_type; event values 'wishlist' are not in the mapping: name each, e.g. --set "
+        "'input.view=[wishlist]' (or input.cart, input.purchase, input.remove_from_cart), or leave them out with "
+        "--set 'input.ignore=[...]'"]
 
 
 def test_no_valid_rows_names_the_time_format_to_set(tmp_path: Path) -> None:

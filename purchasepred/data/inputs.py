@@ -7,11 +7,14 @@ naming the file and what to do.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import gzip
 import io
+import json
 import re
+import shlex
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +27,7 @@ CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv.gz", ".gz")
 # files whose delimiter is a tab unless input.delimiter says otherwise
 TAB_SUFFIXES = (".tsv", ".tsv.gz", ".tab", ".tab.gz")
 # delimiters a one-column header is checked for, to say which one the file seems to use
-OTHER_DELIMITERS = {"\t": '"\\t"', ";": '";"', "|": '"|"'}
+OTHER_DELIMITERS = {"\t": '"\\t"', ";": '";"', "|": '"|"', ",": '","'}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 # The canonical columns every later step sees, keyed by the mapping's field name (``input.<field>``).
@@ -45,6 +48,7 @@ REQUIRED_FIELDS = ("user", "item", "time", "event_type")
 EVENTS = ("view", "cart", "purchase", "remove_from_cart")
 TIME_FORMATS = ("iso", "unix_s", "unix_ms", "unix_us", "unix_ns")
 DECIMAL_SEPARATORS = (".", ",")
+UTF8_BOM = b"\xef\xbb\xbf"
 # CSV text encodings DuckDB's reader decodes itself (UTF-16: little-endian only)
 ENCODINGS = ("utf-8", "latin-1", "utf-16")
 
@@ -297,28 +301,39 @@ def inspect_csv(path: Path, icfg: InputConfig) -> InputFile:
     head = _open_text_head(path)
     if not head.strip():
         raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
-    encoding = encoding_name(icfg.encoding or "utf-8") or "utf-8"
+    archive = next((hint for magic, hint in ARCHIVES.items() if re.match(magic, head)), None)
+    if archive is not None:
+        raise InputError(f"{path}: {archive.format(path=path)}")
     order = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}.get(head[:2]) or _utf16_order(head)
     if order == "utf-16-be":  # DuckDB's reader decodes little-endian UTF-16 only (big-endian read as no rows)
         raise InputError(f"{path}: UTF-16 big-endian text, which prepare does not read; convert it to UTF-8 first "
                          "(iconv -f UTF-16BE -t UTF-8)")
-    if order is not None and encoding != "utf-16":
-        raise InputError(f"{path}: UTF-16 text; set --set input.encoding=utf-16 (or convert it to UTF-8)")
-    if encoding == "utf-16":
-        if order is None:
+    if icfg.encoding is None:  # UTF-16 is told by its byte order mark or its NULs, per file; else UTF-8
+        encoding = "utf-16" if order else "utf-8"
+        icfg = replace(icfg, encoding=encoding)
+    else:
+        encoding = encoding_name(icfg.encoding) or "utf-8"
+        if order is not None and encoding != "utf-16":
+            raise InputError(f"{path}: UTF-16 text, but input.encoding is {encoding}; leave input.encoding unset "
+                             "(UTF-16 files are detected) or set it to utf-16")
+        if encoding == "utf-16" and order is None:
             raise InputError(f"{path}: input.encoding is utf-16 but the file is not UTF-16 text (no byte order mark, "
                              "no NUL in every other byte); leave input.encoding unset for UTF-8")
+    if encoding == "utf-16":
         # (a cut at the end of the head may split a character: only the lines before it are read)
         text = head.decode("utf-16-le", errors="replace").removeprefix("\ufeff")
         first, _, rest_text = text.partition("\n")
         header_line, rest = first.rstrip("\r"), rest_text.encode("utf-8")
     else:
-        archive = next((hint for magic, hint in ARCHIVES.items() if re.match(magic, head)), None)
-        if archive is not None:
-            raise InputError(f"{path}: {archive.format(path=path)}")
         if b"\x00" in head:
             raise InputError(f"{path}: binary data, not a CSV text file (NUL bytes); pass a .csv, .csv.gz or .parquet event log")
-        if head.startswith(b"\xef\xbb\xbf"):
+        bom = head.startswith(UTF8_BOM)
+        if encoding == "latin-1" and (bom or _non_ascii_utf8(head)):
+            why = "it starts with a UTF-8 byte order mark" if bom else "its non-ASCII bytes are valid UTF-8"
+            raise InputError(f"{path}: UTF-8 text ({why}), but input.encoding is latin-1, which would garble it; leave "
+                             "input.encoding unset for it (to prepare it with Latin-1 files, convert those first: "
+                             "iconv -f LATIN1 -t UTF-8)")
+        if bom:
             head = head[3:]
         first, _, rest = head.partition(b"\n")
         try:
@@ -343,6 +358,18 @@ def inspect_csv(path: Path, icfg: InputConfig) -> InputFile:
         raise InputError(f"{path}: has a header but no event rows; pass a log with data")
     return InputFile(path=path, format="csv", schema=mapping.schema, names=tuple(names), mapping=mapping,
                      size=path.stat().st_size)
+
+
+def _non_ascii_utf8(head: bytes) -> bool:
+    """Whether ``head`` has bytes above ASCII and all of them form valid UTF-8 (a character cut at the end
+    of the head allowed): text in Latin-1 almost never does."""
+    if max(head, default=0) < 0x80:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _utf16_order(head: bytes) -> str | None:
@@ -404,28 +431,37 @@ def _all_parse(values: list[str], fmt: str) -> bool:
     return True
 
 
-def reject_hint(reason: str, values: list[str]) -> str | None:
-    """What to set when lines fail for ``reason`` with these field values (the commonest first), or None."""
+def reject_hint(reason: str, values: list[str], time_formats: tuple[str, ...] = ()) -> str | None:
+    """What to set when lines fail for ``reason`` with these field values (the commonest first), or None.
+    ``time_formats``: those the mapping already reads times with (never suggested again)."""
+    values = [v for v in values if v and v.strip()]
     if not values:
         return None
     shown = ", ".join(repr(v) for v in values[:3])
     if reason == "unknown event_type":
-        return (f"event values {shown} are not in the mapping: name each, e.g. --set 'input.view=[{values[0]}]' "
+        example = shlex.quote(f"input.view=[{values[0]}]")
+        return (f"event values {shown} are not in the mapping: name each, e.g. --set {example} "
                 "(or input.cart, input.purchase, input.remove_from_cart), or leave them out with --set 'input.ignore=[...]'")
     if reason == "event_time out of range":  # a time read in the wrong epoch unit (unix_s as unix_ms: 1970)
         fmt = guess_time_format(values)
-        return f"event times such as {shown} read with --set input.time_format={fmt}" if fmt in TIME_FORMATS else None
+        if fmt in TIME_FORMATS and fmt not in time_formats:
+            return f"event times such as {shown} read with --set input.time_format={fmt}"
+        return None
     if reason == "unparseable event_time":
         fmt = guess_time_format(values)
-        if fmt is not None:
-            hint = f"event times such as {shown} read with --set 'input.time_format=\"{fmt}\"'"
+        if fmt is not None and fmt not in time_formats:
+            hint = f"event times such as {shown} read with --set {shlex.quote(f'input.time_format={json.dumps(fmt)}')}"
             swapped = fmt.replace("%d", "%_").replace("%m", "%d").replace("%_", "%m")
             if swapped != fmt and swapped in _TIME_FORMAT_GUESSES and _all_parse(values, swapped):
-                hint += f" (or \"{swapped}\" if the month comes first: these examples fit both)"
+                hint += f" (or {json.dumps(swapped)} if the month comes first: these examples fit both)"
             return hint
+        if fmt is not None:
+            return None  # the format the mapping has: these times are broken, not written another way
         return (f"event times such as {shown}: set input.time_format to {', '.join(TIME_FORMATS)} or the strptime "
                 "format they are written in, e.g. '%d.%m.%Y %H:%M'")
-    if reason == "unparseable price" and any(re.fullmatch(r"[-+]?(\d+|\d{1,3}(\.\d{3})+),\d+", v) for v in values):
+    decimal_comma = [re.fullmatch(r"[-+]?(\d+|[1-9]\d{0,2}(\.\d{3})+),\d+", v.strip()) for v in values]
+    thousands = [re.fullmatch(r"[-+]?[1-9]\d{0,2}(,\d{3})+", v.strip()) for v in values]  # 1,234: a US thousand?
+    if reason == "unparseable price" and any(decimal_comma) and not all(thousands):
         return f"prices such as {shown} have a decimal comma: --set input.decimal_separator=,"
     return None
 

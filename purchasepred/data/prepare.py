@@ -526,7 +526,7 @@ def _run(
                 _check_item_count(con, paths)
             times.record(name, time.perf_counter() - t, _step_rows(con, name), con)
             if name == "validate":
-                _check_some_valid(con, paths)
+                _check_some_valid(con, paths, files)
             before_drop.update(_count_and_drop(con, name))
 
         step("audits")
@@ -656,6 +656,10 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
             _set(con, "input_columns", {name: "VARCHAR" for name in names})
             con.execute(sql["01_load_csv.sql"])
     except duckdb.Error as err:
+        if m.encoding == "utf-16" and "utf-16" in str(err).lower():
+            raise InputError(f"{f.path}: not valid UTF-16 throughout ({_first_line(err)}): DuckDB's reader stops at a "
+                             "broken character and cannot say where; convert it with iconv -c -f UTF-16LE -t UTF-8 "
+                             "(-c drops broken characters) and prepare the UTF-8 file") from None
         raise InputError(f"{f.path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
 
 
@@ -792,7 +796,7 @@ def _check_item_count(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None
                          f"({MAX_ITEMS - 1:,}); check that the item column is mapped to the item id")
 
 
-def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
+def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path], files: list[InputFile]) -> None:
     n_valid = con.execute("select count(*) from staged where reject_reason is null").fetchone()[0]
     if n_valid:
         return
@@ -802,7 +806,8 @@ def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None
     where = f"; first at {first[0]} line {first[1]}: {first[2]}" if first else ""
     examples = _reject_examples(con)
     hints = [LATIN1_HINT] if any(r["reason"] == "invalid utf-8" for r in reasons) else []
-    hints += [h for h in (reject_hint(r["reason"], list(examples.get(r["reason"], {}))) for r in reasons[:2]) if h]
+    formats = tuple(f.mapping.time_format for f in files)
+    hints += [h for h in (reject_hint(r["reason"], list(examples.get(r["reason"], {})), formats) for r in reasons[:2]) if h]
     hint = "".join(f"; {h}" for h in hints)
     raise InputError(
         f"{', '.join(map(str, paths))}: no valid rows (rejected: {shown}){where}; fix the input or check its schema{hint}"
@@ -827,8 +832,9 @@ def reject_warnings(manifest: dict[str, Any]) -> list[str]:
     """A warning for each reject reason that at least HINT_SHARE of the rows read failed for and that a
     mapping key can fix (an unmapped event value, a time format, a decimal comma), naming the key."""
     out = []
+    formats = tuple(m["time_format"] for m in manifest["input_mappings"])
     for reason, n in manifest["rejects_by_reason"].items():
-        hint = reject_hint(reason, list(manifest["reject_examples"].get(reason, {})))
+        hint = reject_hint(reason, list(manifest["reject_examples"].get(reason, {})), formats)
         if hint and n >= HINT_SHARE * manifest["rows_read"]:
             out.append(f"{n:,} line(s) rejected: {reason}; {hint}")
     return out
