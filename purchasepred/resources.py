@@ -33,7 +33,11 @@ _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 def named_queries(filename: str) -> dict[str, str]:
     """Split an aiosql-style file of ``sql/`` into ``{name: query}`` on ``-- name: x`` lines."""
-    text = (sql_dir() / filename).read_text()
+    return split_named((sql_dir() / filename).read_text())
+
+
+def split_named(text: str) -> dict[str, str]:
+    """``{name: query}`` of an aiosql-style text (what comes before the first ``-- name:`` is its header)."""
     parts = _NAME.split(text)
     return {parts[i]: parts[i + 1].strip().rstrip(";") for i in range(1, len(parts), 2)}
 

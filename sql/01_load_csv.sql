@@ -10,6 +10,9 @@
 --   characters escaped, for the reader), input_columns, input_names (the struct's names), input_header,
 --   input_delimiter, input_encoding (utf-8, latin-1 or utf-16), and those of the parsing macros of
 --   00_setup.sql.
+-- Two parts: "records" (the view of the file) and "load"; prepare checks the first rows between them
+-- (stats.sql: sample_rejects).
+-- name: records
 create or replace temp view input_records as
 select *  -- in file order: the reader and the insert preserve it (rowid numbers the records)
 from read_csv(
@@ -26,6 +29,7 @@ from read_csv(
     rejects_scan = 'load_reject_scans'
 );
 
+-- name: load
 insert into staged by name
 select * from typed_records('input_records');
 

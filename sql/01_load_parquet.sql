@@ -5,8 +5,10 @@
 -- outputs: rows appended to staged.
 -- parameters: input_file_no, input_names, input_delimiter (joins a rejected record's fields) and
 --   those of the parsing macros of 00_setup.sql.
+-- name: records
 create or replace temp view input_records as
 select * from parquet_columns;  -- in file order: rowid numbers the records
 
+-- name: load
 insert into staged by name
 select * from typed_records('input_records');

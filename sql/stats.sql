@@ -44,6 +44,30 @@ ranked as (
 
 select reason, value, n from ranked where rank <= 5 order by reason, rank;
 
+-- name: sample_rejects
+-- the first sample_rows records of the file being loaded (the view input_records), typed and
+-- validated as the load will: each reason (NULL: valid, 'ignored') with its count and up to 5 of its
+-- commonest failing values, so that a mapping that fails every record stops before the whole file is read
+create or replace temp view input_sample as select * from input_records limit getvariable('sample_rows');
+with counted as (
+    select reject_reason as reason, bad_value as value, count(*) as n
+    from typed_records('input_sample')
+    group by all
+)
+
+select
+    reason,
+    sum(n)::bigint as n,
+    coalesce(list(value order by n desc, md5(value)) filter (where value is not null), [])[1:5] as examples
+from counted
+group by reason
+order by n desc, reason;
+
+-- name: sample_done
+-- the reader's rejects of the sample's lines, cleared: the load stores them again
+delete from load_reject_errors;
+delete from load_reject_scans;
+
 -- name: ignored_by_value
 -- taken after sessionize, before staged is dropped
 select ignored_value as value, count(*) as n from staged where reject_reason = 'ignored' group by 1 order by n desc, 1;

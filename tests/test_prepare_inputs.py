@@ -312,6 +312,7 @@ def test_an_archive_or_other_compression_says_what_to_do(tmp_path: Path, name: s
     (["13.10.2019 10:00"], "%d.%m.%Y %H:%M"), (["13/10/2019 10:00:00"], "%d/%m/%Y %H:%M:%S"),
     (["10/13/2019 10:00:00", "10/12/2019 09:00:00"], "%m/%d/%Y %H:%M:%S"), (["10/13/2019 1:05 PM"], "%m/%d/%Y %I:%M %p"),
     (["20191013100000"], "%Y%m%d%H%M%S"), (["yesterday"], None), ([" "], None),
+    (["2019-10-01 02:26:55 UTC", "2019-10-01T02:26:55+02:00", "2019-10-01 02:26"], "iso"), (["2019-13-01 00:00:00"], None),
 ])
 def test_guess_time_format(values: list[str], expected: str | None) -> None:
     from purchasepred.data.inputs import guess_time_format
@@ -391,6 +392,32 @@ def test_no_valid_rows_names_the_time_format_to_set(tmp_path: Path) -> None:
         prepare([str(raw)], tmp_path / "p", CFG, input_cfg=InputConfig(user="user", item="item", time="time", event_type="event"))
     assert "no valid rows (rejected: unparseable event_time 20)" in str(err.value)
     assert str(err.value).endswith("""read with --set 'input.time_format="%d.%m.%Y %H:%M"'""")
+
+
+def test_a_file_whose_first_rows_all_fail_stops_before_it_is_loaded(tmp_path: Path, monkeypatch) -> None:
+    from purchasepred.data import prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "SAMPLE_ROWS", 10)
+    raw = tmp_path / "shop.csv"
+    rows_ = [f"u{i % 4},i{i % 3},{1 + i % 28:02d}.10.2019 10:{i % 60:02d},view" for i in range(40)]
+    raw.write_text("user,item,time,event\n" + "\n".join(rows_) + "\n")
+    icfg = InputConfig(user="user", item="item", time="time", event_type="event")
+    with pytest.raises(InputError) as err:
+        prepare([str(raw)], tmp_path / "p", CFG, input_cfg=icfg)
+    assert str(err.value).startswith(f"{raw}: no valid rows among its first 10 (rejected: unparseable event_time 10); "
+                                     "stopped before loading the rest; event times such as")
+    assert str(err.value).endswith("""read with --set 'input.time_format="%d.%m.%Y %H:%M"'""")
+    assert not (tmp_path / "p").exists()
+    # a sample with failures that no mapping key fixes (a missing user) is loaded whole: the error after
+    # the load counts every line and names the first
+    raw.write_text("user,item,time,event\n,i1,01.10.2019 10:00,view\n" + "\n".join(rows_) + "\n")
+    with pytest.raises(InputError) as err:
+        prepare([str(raw)], tmp_path / "p", CFG, input_cfg=icfg)
+    assert "no valid rows (rejected: unparseable event_time 40, missing user_id 1); first at" in str(err.value)
+    # and a sample with one valid record is loaded too
+    raw.write_text("user,item,time,event\nu9,i1,2019-10-01 10:00:00,view\n" + "\n".join(rows_) + "\n")
+    m = prepare([str(raw)], tmp_path / "p", CFG, input_cfg=icfg).manifest
+    assert (m["rows_kept"], m["rows_rejected"]) == (1, 40)
 
 
 def test_epoch_micro_and_nanoseconds_read_as_milliseconds(tmp_path: Path) -> None:

@@ -417,7 +417,22 @@ def guess_time_format(values: list[str]) -> str | None:
         units = {_EPOCH_DIGITS.get(len(v.split(".")[0])) for v in values}
         if len(units) == 1 and None not in units:
             return units.pop()
+    if all(_is_iso(v) for v in values):
+        return "iso"
     return next((fmt for fmt in _TIME_FORMAT_GUESSES if _all_parse(values, fmt)), None)
+
+
+def _is_iso(value: str) -> bool:
+    """Whether ``value`` is an ISO 8601 time as time_format iso reads it (REES46's ' UTC' suffix too)."""
+    from datetime import datetime
+
+    if not re.match(r"\d{4}-\d{2}-\d{2}", value):
+        return False
+    try:
+        datetime.fromisoformat(re.sub(r"( UTC|Z)$", "+00:00", value))
+    except ValueError:
+        return False
+    return True
 
 
 def _all_parse(values: list[str], fmt: str) -> bool:
@@ -444,7 +459,7 @@ def reject_hint(reason: str, values: list[str], time_formats: tuple[str, ...] = 
                 "(or input.cart, input.purchase, input.remove_from_cart), or leave them out with --set 'input.ignore=[...]'")
     if reason == "event_time out of range":  # a time read in the wrong epoch unit (unix_s as unix_ms: 1970)
         fmt = guess_time_format(values)
-        if fmt in TIME_FORMATS and fmt not in time_formats:
+        if fmt in _EPOCH_DIGITS.values() and fmt not in time_formats:
             return f"event times such as {shown} read with --set input.time_format={fmt}"
         return None
     if reason == "unparseable event_time":

@@ -36,7 +36,7 @@ from purchasepred.data.inputs import (
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
-from purchasepred.resources import connect, named_queries, quiet_progress, sql_dir
+from purchasepred.resources import connect, named_queries, quiet_progress, split_named, sql_dir
 from purchasepred.fileio import folder_bytes, to_json
 
 # 2: no sequences / train_sequences tables. The events table, in (user_idx, seq) order, is the sequence
@@ -651,16 +651,45 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
                 duckdb.ColumnExpression(raw).cast(duckdb.sqltype("VARCHAR")).alias(name)
                 for raw, name in zip(f.names, names, strict=True)
             ]).create_view("parquet_columns", replace=True)
-            con.execute(sql[LOAD_PARQUET])
+            q = split_named(sql[LOAD_PARQUET])
         else:
             _set(con, "input_columns", {name: "VARCHAR" for name in names})
-            con.execute(sql["01_load_csv.sql"])
+            q = split_named(sql["01_load_csv.sql"])
+        con.execute(q["records"])
+        _check_sample(con, f)
+        con.execute(q["load"])
     except duckdb.Error as err:
         if m.encoding == "utf-16" and "utf-16" in str(err).lower():
             raise InputError(f"{f.path}: not valid UTF-16 throughout ({_first_line(err)}): DuckDB's reader stops at a "
                              "broken character and cannot say where; convert it with iconv -c -f UTF-16LE -t UTF-8 "
                              "(-c drops broken characters) and prepare the UTF-8 file") from None
         raise InputError(f"{f.path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
+
+
+# records of each file checked before it is loaded (_check_sample)
+SAMPLE_ROWS = 10_000
+# reasons that fail every record of a sample only when the mapping is wrong (a mapping key fixes them)
+_MAPPING_REASONS = ("unparseable event_time", "unknown event_type", "unparseable price")
+
+
+def _check_sample(con: duckdb.DuckDBPyConnection, f: InputFile) -> None:
+    """Stop before loading a file whose first SAMPLE_ROWS records all fail for one reason that a mapping
+    key fixes (a time format, unmapped event values, a decimal comma), with that key: on a log of
+    millions of rows the whole load would otherwise run first. A file shorter than the sample is
+    loaded and judged whole, as before (no valid rows: one error after validate)."""
+    stats = named_queries("stats.sql")
+    _set(con, "sample_rows", SAMPLE_ROWS)
+    sample = _rows(con, stats["sample_rejects"])
+    if f.format == "csv":
+        con.execute(stats["sample_done"])
+    total = sum(int(r["n"]) for r in sample)
+    if total < SAMPLE_ROWS or len(sample) != 1 or sample[0]["reason"] not in _MAPPING_REASONS:
+        return
+    reason = sample[0]["reason"]
+    hint = reject_hint(reason, list(sample[0]["examples"]), (f.mapping.time_format,))
+    if hint is not None:
+        raise InputError(f"{f.path}: no valid rows among its first {total:,} (rejected: {reason} {total:,}); "
+                         f"stopped before loading the rest; {hint}")
 
 
 # seconds between two reads of DuckDB's progress while a step runs
