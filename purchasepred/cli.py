@@ -286,6 +286,11 @@ def prepare(
     schema: Annotated[Optional[InputSchema], typer.Option(
         help="Input preset (rees46 and competition are also detected by header); map any other log with "
         "--set input.user=COLUMN ... (README: input mapping).")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Try the input mapping on the first 10,000 records of each file: what is valid, what "
+        "fails and the --set that fixes it. Prepares and writes nothing; exit 1 when a file has no valid record.",
+        metavar="",
+    )] = False,
     force: ForceOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -308,6 +313,9 @@ def prepare(
     }, set_)
     ui.info(f"prepare settings: {cfg.prepare}")
     ui.info(f"input mapping: { {k: v for k, v in vars(cfg.input).items() if v is not None} or 'detected from the header'}")
+    if check:
+        _check_mapping(raw, cfg)
+        return
     trained = runs_trained_on(cfg, out) if force and out.exists() else []
     created = [] if out.exists() else make_parents(out)
     try:
@@ -324,6 +332,37 @@ def prepare(
         ui.warn(f"{out} was replaced, and run(s) {', '.join(trained)} were trained on the old data: evaluate and "
                 "export will refuse them until it is prepared again from the same files and settings (their "
                 "config.yaml records them), or train new runs")
+
+
+def _check_mapping(raw: list[str], cfg: Config) -> None:
+    """``prepare --check``: each file's sample under the mapping, as a table and warnings with the fixes."""
+    from purchasepred.data.prepare import SAMPLE_ROWS, check_inputs
+
+    samples = check_inputs(raw, cfg.input, SAMPLE_ROWS)
+    for s in samples:
+        m = s["mapping"]
+        rows: list[tuple[str, Any]] = [
+            ("schema", s["schema"]),
+            ("columns", ", ".join(f"{canon} <- {col}" for canon, col in m["columns"].items())),
+            ("time format", m["time_format"]),
+            ("events", ", ".join(f"{raw_value} -> {event}" for raw_value, event in m["events"].items())),
+            ("delimiter / encoding / decimal", f"{m['delimiter']!r} / {m['encoding']} / {m['decimal_separator']!r}"),
+            ("records sampled", s["records"]),
+            ("valid", s["valid"]),
+            ("ignored (by the mapping)", s["ignored"]),
+            ("lines the reader could not split", s["unreadable_lines"]),
+        ]
+        rows += [(f"  rejected: {reason}", _with_examples(r["n"], {v: 0 for v in r["examples"]}, counts=False))
+                 for reason, r in s["rejected"].items()]
+        ui.show(ui.summary_table(f"prepare --check {s['path']} (first {SAMPLE_ROWS:,} records)", rows))
+        for reason, r in s["rejected"].items():
+            if r["hint"]:
+                ui.warn(f"{s['path']}: {r['n']:,} of {s['records']:,} sampled records rejected: {reason}; {r['hint']}")
+    bad = [s["path"] for s in samples if s["valid"] == 0]
+    if bad:
+        ui.error(f"no valid record in the first {SAMPLE_ROWS:,} of {', '.join(bad)}; fix the mapping (see above) "
+                 "and run --check again")
+        raise typer.Exit(1)
 
 
 def _when(value: str) -> str:
@@ -366,11 +405,12 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     return ui.summary_table(f"prepare -> {out}", rows)
 
 
-def _with_examples(n: int, values: dict[str, int] | None) -> Any:
-    """A reject count, with its commonest failing values when there are any: "1,200 (e.g. 'wishlist' 1,000, 'x' 200)"."""
+def _with_examples(n: int, values: dict[str, int] | None, counts: bool = True) -> Any:
+    """A reject count, with its commonest failing values when there are any: "1,200 (e.g. 'wishlist' 1,000, 'x' 200)"
+    (without their counts: "1,200 (e.g. 'wishlist', 'x')")."""
     if not values:
         return n
-    shown = ", ".join(f"{v[:40]!r} {k:,}" for v, k in list(values.items())[:3])
+    shown = ", ".join(f"{v[:40]!r} {k:,}" if counts else f"{v[:40]!r}" for v, k in list(values.items())[:3])
     return f"{n:,} (e.g. {shown})"
 
 

@@ -63,6 +63,10 @@ from counted
 group by reason
 order by n desc, reason;
 
+-- name: sample_unreadable
+-- the sample's lines the CSV reader could not split (a wrong field count, invalid text)
+select count(distinct line) as n from load_reject_errors;
+
 -- name: sample_done
 -- the reader's rejects of the sample's lines, cleared: the load stores them again
 delete from load_reject_errors;

@@ -247,3 +247,26 @@ def test_output_is_independent_of_input_location(dirs: tuple[Path, Path]) -> Non
     assert invoke(str(copy), "--out", str(work / "b"), *TINY_ARGS).exit_code == 0
     for table in ("events", "windows", "truth"):
         assert (work / "a" / f"{table}.parquet").read_bytes() == (work / "b" / f"{table}.parquet").read_bytes()
+
+
+def test_check_tries_the_mapping_on_the_first_records_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["prepare", str(TINY), "--check", "--out", str(tmp_path / "p")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = {k.strip(): v.strip() for k, v in re.findall(r"^│ +(\S.*?) +│ +(.*?) │$", result.stdout, re.M)}
+    # tiny.csv: 24 lines, one the reader cannot split; the 23 records as prepare's manifest counts them
+    assert {k: table[k] for k in ("schema", "records sampled", "valid", "lines the reader could not split")} == {
+        "schema": "rees46", "records sampled": "23", "valid": "19", "lines the reader could not split": "1"}
+    assert table["rejected: unknown event_type"] == "1 (e.g. 'click')"
+    assert "--set 'input.view=[click]'" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no --out, no spill folder, nothing
+    # a mapping that fails every record: exit 1, the fix on stderr
+    shop = tmp_path / "shop.csv"
+    shop.write_text("user,item,time,event\n" + "".join(f"u{i},i{i % 3},{10 + i}.10.2019 10:00,view\n" for i in range(12)))
+    result = runner.invoke(app, ["prepare", str(shop), "--check", "--set", "input.user=user", "--set", "input.item=item",
+                                 "--set", "input.time=time", "--set", "input.event_type=event"], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert """read with --set 'input.time_format="%d.%m.%Y %H:%M"'""" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: no valid record in the first 10,000 of {shop}; fix the mapping (see above) and run --check again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shop.csv"]

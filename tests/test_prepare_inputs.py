@@ -603,3 +603,20 @@ def test_run_end_to_end_on_each_real_sample(path: Path, schema: str, tmp_path: P
     assert set(m["fitted_on_valid"]["valid_ndcg@10"]) == {"popularity", "history", "model", "blend", "tifu_knn",
                                                            "propensity", "two_stage"}
     assert (tmp_path / "output" / schema / "recommendations.csv").stat().st_size > 0
+
+
+def test_check_inputs_on_csv_and_parquet_matches_what_prepare_counts(tmp_path: Path) -> None:
+    from purchasepred.data.prepare import check_inputs
+
+    pq = tmp_path / "rr.parquet"
+    duckdb.connect().execute("copy (select * from read_csv(?, all_varchar = true)) to '" + str(pq).replace("'", "''") + "'",
+                             [str(RR)])
+    icfg = InputConfig(schema="retailrocket")
+    csv_check, pq_check = check_inputs([str(RR), str(pq)], icfg)
+    m = prepare([str(RR)], tmp_path / "p", CFG, input_cfg=icfg).manifest
+    for c in (csv_check, pq_check):
+        assert c["records"] == m["rows_read"] and c["ignored"] == m["rows_ignored"]
+        assert {r: v["n"] for r, v in c["rejected"].items()} == m["rejects_by_reason"]
+        assert c["valid"] == m["rows_read"] - m["rows_rejected"] - m["rows_ignored"]
+    assert csv_check["rejected"]["unknown event_type"]["examples"] == ["click"]
+    assert check_inputs([str(RR)], icfg, rows=3)[0]["records"] == 3

@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -625,6 +626,31 @@ def _step_rows(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
 
 
 def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: dict[str, str]) -> None:
+    # staged's rowids are contiguous in insertion order: this file's records start at its current size
+    con.execute("insert into input_files select ?, ?, ?, count(*) from staged",
+                [file_no, str(f.path), 1 if f.mapping.header and f.format == "csv" else 0])
+    with _reading(f):
+        q = _open_records(con, file_no, f, sql)
+        _check_sample(con, f)
+        con.execute(q["load"])
+
+
+@contextmanager
+def _reading(f: InputFile) -> Iterator[None]:
+    """A DuckDB error while reading ``f`` as one line that names the file."""
+    try:
+        yield
+    except duckdb.Error as err:
+        if f.mapping.encoding == "utf-16" and "utf-16" in str(err).lower():
+            raise InputError(f"{f.path}: not valid UTF-16 throughout ({_first_line(err)}): DuckDB's reader stops at a "
+                             "broken character and cannot say where; convert it with iconv -c -f UTF-16LE -t UTF-8 "
+                             "(-c drops broken characters) and prepare the UTF-8 file") from None
+        raise InputError(f"{f.path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
+
+
+def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: dict[str, str]) -> dict[str, str]:
+    """The view ``input_records`` of ``f`` under its mapping (the parameters of the load set), and the
+    named parts of its load file (the part "load" is still to run)."""
     m = f.mapping
     _set(con, "input_file_no", file_no)
     _set(con, "input_path", str(f.path))
@@ -641,29 +667,18 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
     for i, raw in enumerate(f.names, start=1):
         names.append(canonical.get(raw, f"extra_column_{i}"))
     _set(con, "input_names", names)
-    # staged's rowids are contiguous in insertion order: this file's records start at its current size
-    con.execute("insert into input_files select ?, ?, ?, count(*) from staged",
-                [file_no, str(f.path), 1 if m.header and f.format == "csv" else 0])
-    try:
-        if f.format == "parquet":
-            rel = con.read_parquet(duckdb_literal(f.path))
-            rel.select(*[
-                duckdb.ColumnExpression(raw).cast(duckdb.sqltype("VARCHAR")).alias(name)
-                for raw, name in zip(f.names, names, strict=True)
-            ]).create_view("parquet_columns", replace=True)
-            q = split_named(sql[LOAD_PARQUET])
-        else:
-            _set(con, "input_columns", {name: "VARCHAR" for name in names})
-            q = split_named(sql["01_load_csv.sql"])
-        con.execute(q["records"])
-        _check_sample(con, f)
-        con.execute(q["load"])
-    except duckdb.Error as err:
-        if m.encoding == "utf-16" and "utf-16" in str(err).lower():
-            raise InputError(f"{f.path}: not valid UTF-16 throughout ({_first_line(err)}): DuckDB's reader stops at a "
-                             "broken character and cannot say where; convert it with iconv -c -f UTF-16LE -t UTF-8 "
-                             "(-c drops broken characters) and prepare the UTF-8 file") from None
-        raise InputError(f"{f.path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
+    if f.format == "parquet":
+        rel = con.read_parquet(duckdb_literal(f.path))
+        rel.select(*[
+            duckdb.ColumnExpression(raw).cast(duckdb.sqltype("VARCHAR")).alias(name)
+            for raw, name in zip(f.names, names, strict=True)
+        ]).create_view("parquet_columns", replace=True)
+        q = split_named(sql[LOAD_PARQUET])
+    else:
+        _set(con, "input_columns", {name: "VARCHAR" for name in names})
+        q = split_named(sql["01_load_csv.sql"])
+    con.execute(q["records"])
+    return q
 
 
 # records of each file checked before it is loaded (_check_sample)
@@ -672,24 +687,68 @@ SAMPLE_ROWS = 10_000
 _MAPPING_REASONS = ("unparseable event_time", "unknown event_type", "unparseable price")
 
 
+def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str, Any]:
+    """How the first ``rows`` records of ``f`` (its view input_records) fare under its mapping: records
+    read, valid, ignored, each reject reason's count, commonest failing values and the hint that fixes
+    it (inputs.reject_hint), and (CSV) the lines the reader could not split. The reader's rejects of
+    these lines are cleared: a load stores them again."""
+    stats = named_queries("stats.sql")
+    _set(con, "sample_rows", rows)
+    by_reason = _rows(con, stats["sample_rejects"])
+    unreadable = 0
+    if f.format == "csv":
+        unreadable = int(_rows(con, stats["sample_unreadable"])[0]["n"])
+        con.execute(stats["sample_done"])
+    counts = {r["reason"]: int(r["n"]) for r in by_reason}
+    return {
+        "path": str(f.path), "schema": f.mapping.schema, "mapping": f.mapping.to_dict(),
+        "records": sum(counts.values()), "valid": counts.get(None, 0), "ignored": counts.get("ignored", 0),
+        "unreadable_lines": unreadable,
+        "rejected": {r["reason"]: {"n": int(r["n"]), "examples": list(r["examples"]),
+                                   "hint": reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,))}
+                     for r in by_reason if r["reason"] not in (None, "ignored")},
+    }
+
+
 def _check_sample(con: duckdb.DuckDBPyConnection, f: InputFile) -> None:
     """Stop before loading a file whose first SAMPLE_ROWS records all fail for one reason that a mapping
     key fixes (a time format, unmapped event values, a decimal comma), with that key: on a log of
     millions of rows the whole load would otherwise run first. A file shorter than the sample is
     loaded and judged whole, as before (no valid rows: one error after validate)."""
-    stats = named_queries("stats.sql")
-    _set(con, "sample_rows", SAMPLE_ROWS)
-    sample = _rows(con, stats["sample_rejects"])
-    if f.format == "csv":
-        con.execute(stats["sample_done"])
-    total = sum(int(r["n"]) for r in sample)
-    if total < SAMPLE_ROWS or len(sample) != 1 or sample[0]["reason"] not in _MAPPING_REASONS:
+    sample = _sample(con, f, SAMPLE_ROWS)
+    rejected = sample["rejected"]
+    if sample["records"] < SAMPLE_ROWS or len(rejected) != 1 or sample["records"] != sum(r["n"] for r in rejected.values()):
         return
-    reason = sample[0]["reason"]
-    hint = reject_hint(reason, list(sample[0]["examples"]), (f.mapping.time_format,))
-    if hint is not None:
-        raise InputError(f"{f.path}: no valid rows among its first {total:,} (rejected: {reason} {total:,}); "
-                         f"stopped before loading the rest; {hint}")
+    (reason, why), = rejected.items()
+    if reason in _MAPPING_REASONS and why["hint"] is not None:
+        raise InputError(f"{f.path}: no valid rows among its first {why['n']:,} (rejected: {reason} {why['n']:,}); "
+                         f"stopped before loading the rest; {why['hint']}")
+
+
+def check_inputs(raw: list[str], input_cfg: InputConfig | None = None, rows: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
+    """``prepare --check``: each input file's mapping and how its first ``rows`` records fare under it
+    (see _sample), without preparing or writing anything: a mapping tried on a log of any size in a
+    second or two. Mapping problems that need no data are the same one-line InputError as prepare's."""
+    input_cfg = input_cfg or InputConfig()
+    check_input_config(input_cfg)
+    paths = expand(raw)
+    con = connect()
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        files = _inspect(paths, con, input_cfg)
+        now = datetime.now(timezone.utc)
+        _set(con, "min_event_at", datetime(2000, 1, 1))
+        _set(con, "max_event_at", (now + timedelta(days=1)).replace(tzinfo=None))
+        con.execute((sql_dir() / dict(STEPS)["setup"]).read_text())
+        sql = {name: (sql_dir() / name).read_text() for name in ("01_load_csv.sql", LOAD_PARQUET)}
+        out = []
+        for file_no, f in enumerate(files, start=1):
+            with _reading(f):
+                _open_records(con, file_no, f, sql)
+                out.append(_sample(con, f, rows))
+        return out
+    finally:
+        con.close()
 
 
 # seconds between two reads of DuckDB's progress while a step runs
