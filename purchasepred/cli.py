@@ -336,7 +336,7 @@ def prepare(
 
 def _check_mapping(raw: list[str], cfg: Config) -> None:
     """``prepare --check``: each file's sample under the mapping, as a table and warnings with the fixes."""
-    from purchasepred.data.prepare import SAMPLE_ROWS, check_inputs
+    from purchasepred.data.prepare import HINT_SHARE, LATIN1_HINT, SAMPLE_ROWS, check_inputs
 
     samples = check_inputs(raw, cfg.input, SAMPLE_ROWS)
     for s in samples:
@@ -350,14 +350,23 @@ def _check_mapping(raw: list[str], cfg: Config) -> None:
             ("records sampled", s["records"]),
             ("valid", s["valid"]),
             ("ignored (by the mapping)", s["ignored"]),
-            ("lines the reader could not split", s["unreadable_lines"]),
         ]
+        unreadable = s["unreadable_lines"]
+        if unreadable is None:  # (the reader names them only after reading the whole file)
+            rows.append(("lines the reader could not split", "not counted: the file is longer than the sample"))
+        else:
+            rows.append(("lines the reader could not split", sum(unreadable.values())))
+            rows += [(f"  unreadable: {reason}", n) for reason, n in unreadable.items()]
         rows += [(f"  rejected: {reason}", _with_examples(r["n"], {v: 0 for v in r["examples"]}, counts=False))
                  for reason, r in s["rejected"].items()]
         ui.show(ui.summary_table(f"prepare --check {s['path']} (first {SAMPLE_ROWS:,} records)", rows))
+        # as prepare warns: a fixable reason of at least HINT_SHARE of the records (one broken time among
+        # thousands is a broken time, not a format to change)
         for reason, r in s["rejected"].items():
-            if r["hint"]:
+            if r["hint"] and r["n"] >= HINT_SHARE * max(s["records"], 1):
                 ui.warn(f"{s['path']}: {r['n']:,} of {s['records']:,} sampled records rejected: {reason}; {r['hint']}")
+        if unreadable and unreadable.get("invalid utf-8"):
+            ui.warn(f"{s['path']}: {unreadable['invalid utf-8']:,} line(s) are not UTF-8; {LATIN1_HINT}")
     bad = [s["path"] for s in samples if s["valid"] == 0]
     if bad:
         ui.error(f"no valid record in the first {SAMPLE_ROWS:,} of {', '.join(bad)}; fix the mapping (see above) "

@@ -47,8 +47,10 @@ select reason, value, n from ranked where rank <= 5 order by reason, rank;
 -- name: sample_rejects
 -- the first sample_rows records of the file being loaded (the view input_records), typed and
 -- validated as the load will: each reason (NULL: valid, 'ignored') with its count and up to 5 of its
--- commonest failing values, so that a mapping that fails every record stops before the whole file is read
-create or replace temp view input_sample as select * from input_records limit getvariable('sample_rows');
+-- commonest failing values, so that a mapping that fails every record stops before the whole file is
+-- read. The sample is stored with every column: the reader checks the text encoding only of the
+-- columns a query reads, and a view over a few of them would pass lines the load rejects.
+create or replace temp table input_sample as select * from input_records limit getvariable('sample_rows');
 with counted as (
     select reject_reason as reason, bad_value as value, count(*) as n
     from typed_records('input_sample')
@@ -64,11 +66,25 @@ group by reason
 order by n desc, reason;
 
 -- name: sample_unreadable
--- the sample's lines the CSV reader could not split (a wrong field count, invalid text)
-select count(distinct line) as n from load_reject_errors;
+-- the lines the CSV reader could not split (a wrong field count, invalid text), by reason as the load
+-- names them; the reader stores them only when its scan reached the end of the file (a file no longer
+-- than the sample): for a longer one they are not known here
+with lines as (
+    select line, any_value(error_type) as error_type from load_reject_errors group by line
+)
+
+select
+    case when error_type = 'INVALID ENCODING' then 'invalid ' || getvariable('input_encoding')
+        when error_type in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'wrong field count'
+        else 'malformed csv: ' || lower(error_type) end as reason,
+    count(*) as n
+from lines
+group by 1
+order by n desc, reason;
 
 -- name: sample_done
--- the reader's rejects of the sample's lines, cleared: the load stores them again
+-- the sample and the reader's rejects of its lines, cleared: the load stores them again
+drop table if exists input_sample;
 delete from load_reject_errors;
 delete from load_reject_scans;
 

@@ -408,8 +408,15 @@ def test_a_file_whose_first_rows_all_fail_stops_before_it_is_loaded(tmp_path: Pa
                                      "stopped before loading the rest; event times such as")
     assert str(err.value).endswith("""read with --set 'input.time_format="%d.%m.%Y %H:%M"'""")
     assert not (tmp_path / "p").exists()
-    # a sample with failures that no mapping key fixes (a missing user) is loaded whole: the error after
-    # the load counts every line and names the first
+    # a sample whose records all fail for a reason that may be the file's own (unmapped event values:
+    # the log may be sorted by type; times that no format reads) is loaded whole
+    for event, time_ in (("wishlist", "2019-10-01 10:00:00"), ("view", "0000-00-00 00:00:00")):
+        raw.write_text("user,item,time,event\n" + "".join(f"u{i},i{i},{time_},{event}\n" for i in range(12)))
+        with pytest.raises(InputError) as err:
+            prepare([str(raw)], tmp_path / "p", CFG, input_cfg=icfg)
+        assert "no valid rows (rejected: " in str(err.value) and "first at" in str(err.value), event
+    # and so is one with failures that no mapping key fixes (a missing user): the error after the load
+    # counts every line and names the first
     raw.write_text("user,item,time,event\n,i1,01.10.2019 10:00,view\n" + "\n".join(rows_) + "\n")
     with pytest.raises(InputError) as err:
         prepare([str(raw)], tmp_path / "p", CFG, input_cfg=icfg)
@@ -620,3 +627,43 @@ def test_check_inputs_on_csv_and_parquet_matches_what_prepare_counts(tmp_path: P
         assert c["valid"] == m["rows_read"] - m["rows_rejected"] - m["rows_ignored"]
     assert csv_check["rejected"]["unknown event_type"]["examples"] == ["click"]
     assert check_inputs([str(RR)], icfg, rows=3)[0]["records"] == 3
+
+
+def test_the_sample_check_leaves_rejects_and_counts_as_a_whole_load_makes_them(tmp_path: Path, monkeypatch) -> None:
+    # reader rejects (a wrong field count, bytes that are not UTF-8) and typed ones (a bad time) before and
+    # after the sample's end: the same manifest counts and rejects with a 5-record sample as with none
+    from purchasepred.data import prepare as prepare_module
+
+    lines = [",".join(("2019-10-0%d 1%d:00:00 UTC" % (1 + i % 3, i % 10), "view", f"{100 + i % 7}", "5", "", "b", "1",
+                       f"{i % 4}", "s")).encode() for i in range(30)]
+    lines[2] = lines[2] + b",extra"
+    lines[3] = lines[3].replace(b",b,", b",caf\xe9,")
+    lines[6] = lines[6].replace(b"UTC", b"soon")
+    lines[20] = lines[20] + b",extra"
+    lines[22] = lines[22].replace(b",b,", b",caf\xe9,")
+    raw = tmp_path / "log.csv"
+    raw.write_bytes(TINY.read_bytes().split(b"\n")[0] + b"\n" + b"\n".join(lines) + b"\n")
+    made = {}
+    for n in (5, 10**9):
+        monkeypatch.setattr(prepare_module, "SAMPLE_ROWS", n)
+        m = prepare([str(raw)], tmp_path / f"p{n}", CFG).manifest
+        made[n] = ({k: m[k] for k in ("rows_read", "rows_kept", "rows_rejected", "rejects_by_reason")},
+                   rows(open_prepared(tmp_path / f"p{n}"), "select line, reason, raw, value from rejects order by line"))
+    assert made[5] == made[10**9]
+    assert made[5][0]["rejects_by_reason"] == {"invalid utf-8": 2, "wrong field count": 2, "unparseable event_time": 1}
+    assert [r[0] for r in made[5][1]] == [4, 5, 8, 22, 24]
+
+
+def test_check_inputs_names_unreadable_lines_only_when_it_read_them_all(tmp_path: Path) -> None:
+    from purchasepred.data.prepare import check_inputs
+
+    text = TINY.read_text().replace("apple", "\u00e4pfel")
+    (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
+    whole = check_inputs([str(tmp_path / "latin1.csv")])[0]  # shorter than the sample: read to its end
+    body = text.splitlines()[1:]
+    bad = [line for line in body if "\u00e4pfel" in line or line.count(",") != 8]
+    assert set(whole["unreadable_lines"]) == {"invalid utf-8"} or set(whole["unreadable_lines"]) == {
+        "invalid utf-8", "wrong field count"}
+    assert sum(whole["unreadable_lines"].values()) == len(bad) and whole["records"] == len(body) - len(bad)
+    cut = check_inputs([str(TINY)], rows=3)[0]  # a sample cut short: the reader has not named them
+    assert cut["records"] == 3 and cut["unreadable_lines"] is None

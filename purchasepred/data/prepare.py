@@ -32,8 +32,8 @@ import duckdb
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
-    InputFile, check_input_config, check_path, duckdb_literal, expand, inspect_csv, is_parquet, reject_hint,
-    resolve_mapping,
+    InputFile, check_input_config, check_path, duckdb_literal, expand, guess_time_format, inspect_csv, is_parquet,
+    reject_hint, resolve_mapping,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -683,8 +683,6 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sq
 
 # records of each file checked before it is loaded (_check_sample)
 SAMPLE_ROWS = 10_000
-# reasons that fail every record of a sample only when the mapping is wrong (a mapping key fixes them)
-_MAPPING_REASONS = ("unparseable event_time", "unknown event_type", "unparseable price")
 
 
 def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str, Any]:
@@ -695,14 +693,17 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
     stats = named_queries("stats.sql")
     _set(con, "sample_rows", rows)
     by_reason = _rows(con, stats["sample_rejects"])
-    unreadable = 0
-    if f.format == "csv":
-        unreadable = int(_rows(con, stats["sample_unreadable"])[0]["n"])
-        con.execute(stats["sample_done"])
     counts = {r["reason"]: int(r["n"]) for r in by_reason}
+    records = sum(counts.values())
+    unreadable: dict[str, int] | None = {}
+    if f.format == "csv":
+        # (the reader stores its rejects only when its scan reached the end: a sample cut short has none)
+        found = {r["reason"]: int(r["n"]) for r in _rows(con, stats["sample_unreadable"])}
+        unreadable = found if records < rows or found else None
+    con.execute(stats["sample_done"] if f.format == "csv" else "drop table if exists input_sample")
     return {
         "path": str(f.path), "schema": f.mapping.schema, "mapping": f.mapping.to_dict(),
-        "records": sum(counts.values()), "valid": counts.get(None, 0), "ignored": counts.get("ignored", 0),
+        "records": records, "valid": counts.get(None, 0), "ignored": counts.get("ignored", 0),
         "unreadable_lines": unreadable,
         "rejected": {r["reason"]: {"n": int(r["n"]), "examples": list(r["examples"]),
                                    "hint": reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,))}
@@ -711,16 +712,21 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
 
 
 def _check_sample(con: duckdb.DuckDBPyConnection, f: InputFile) -> None:
-    """Stop before loading a file whose first SAMPLE_ROWS records all fail for one reason that a mapping
-    key fixes (a time format, unmapped event values, a decimal comma), with that key: on a log of
-    millions of rows the whole load would otherwise run first. A file shorter than the sample is
-    loaded and judged whole, as before (no valid rows: one error after validate)."""
+    """Stop before loading a file whose first SAMPLE_ROWS records all fail because the mapping is wrong for
+    the whole file, naming the key that fixes it: its times read with a format that fits none of them
+    while another one fits all the examples, or its prices with a decimal comma. On a log of millions of
+    rows the whole load would otherwise run first. Unmapped event values and broken times are left to
+    the whole load (a log sorted by event type can start with 10,000 records of a type the store means
+    to reject; one sorted by time with 10,000 zero dates), and so is a file shorter than the sample
+    (no valid rows: one error after validate, as before)."""
     sample = _sample(con, f, SAMPLE_ROWS)
     rejected = sample["rejected"]
     if sample["records"] < SAMPLE_ROWS or len(rejected) != 1 or sample["records"] != sum(r["n"] for r in rejected.values()):
         return
     (reason, why), = rejected.items()
-    if reason in _MAPPING_REASONS and why["hint"] is not None:
+    fits = {"unparseable event_time": guess_time_format(why["examples"]) not in (None, f.mapping.time_format),
+            "unparseable price": why["hint"] is not None}
+    if fits.get(reason, False) and why["hint"] is not None:
         raise InputError(f"{f.path}: no valid rows among its first {why['n']:,} (rejected: {reason} {why['n']:,}); "
                          f"stopped before loading the rest; {why['hint']}")
 
