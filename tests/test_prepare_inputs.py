@@ -451,6 +451,8 @@ def test_rees46_outputs_unchanged_by_naming_the_preset(tiny_prepared, tmp_path: 
     (InputConfig(user="visitorid", item="itemid", time="timestamp"), ["input.event_type is not mapped"]),
     (InputConfig(schema="retailrocket", session="visitorid"), ["mapped to more than one field"]),
     (InputConfig(schema="retailrocket", time_format="epoch"), ["input.time_format 'epoch'"]),
+    (InputConfig(schema="retailrocket", time_format="%Y-%Q"), ["input.time_format '%Y-%Q' is not a strptime format DuckDB "
+                                                               "reads (Failed to parse format specifier %Y-%Q"]),
     (InputConfig(schema="retailrocket", view=["view"], cart=["view"]), ["mapped to both input.view and input.cart"]),
     (InputConfig(schema="retailrocket", decimal_separator=";"), ["input.decimal_separator must be '.' or ','"]),
     (InputConfig(schema="retailrocket", encoding="cp1252"), ["input.encoding 'cp1252' is not one prepare reads"]),

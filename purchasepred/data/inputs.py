@@ -194,6 +194,11 @@ def check_input_config(icfg: InputConfig) -> None:
     fmt = icfg.time_format
     if fmt is not None and fmt not in TIME_FORMATS and "%" not in fmt:
         problems.append(f"input.time_format {fmt!r} is not {', '.join(TIME_FORMATS)} or a strptime format such as '%Y-%m-%d %H:%M'")
+    elif fmt is not None and fmt not in TIME_FORMATS:
+        why = _strptime_problem(fmt)
+        if why:
+            problems.append(f"input.time_format {fmt!r} is not a strptime format DuckDB reads ({why}); "
+                            "see https://duckdb.org/docs/sql/functions/dateformat")
     if icfg.delimiter is not None and len(icfg.delimiter) != 1:
         problems.append(f"input.delimiter must be one character, got {icfg.delimiter!r} (a tab is \"\\t\")")
     if icfg.encoding is not None and encoding_name(icfg.encoding) is None:
@@ -383,6 +388,21 @@ def _utf16_order(head: bytes) -> str | None:
         return "utf-16-le"
     if even.count(0) > 0.9 * len(even) and odd.count(0) < 0.1 * len(odd):
         return "utf-16-be"
+    return None
+
+
+def _strptime_problem(fmt: str) -> str | None:
+    """Why DuckDB refuses ``fmt`` as a strptime format (an unknown specifier such as %Q), or None: checked
+    before any file is read, where the reader's error would blame the file."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("select try_strptime('', ?)", [fmt])
+    except duckdb.Error as err:
+        return str(err).strip().splitlines()[0].removeprefix("Invalid Input Error: ")
+    finally:
+        con.close()
     return None
 
 
