@@ -357,7 +357,7 @@ def _check_mapping(raw: list[str], cfg: Config) -> None:
         else:
             rows.append(("lines the reader could not split", sum(unreadable.values())))
             rows += [(f"  unreadable: {reason}", n) for reason, n in unreadable.items()]
-        rows += [(f"  rejected: {reason}", _with_examples(r["n"], {v: 0 for v in r["examples"]}, counts=False))
+        rows += [(f"  rejected: {reason}", _with_examples(r["n"], [repr(v[:40]) for v in r["examples"]]))
                  for reason, r in s["rejected"].items()]
         ui.show(ui.summary_table(f"prepare --check {s['path']} (first {SAMPLE_ROWS:,} records)", rows))
         # as prepare warns: a fixable reason of at least HINT_SHARE of the records (one broken time among
@@ -387,7 +387,8 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
         ("rejected", m["rows_rejected"]),
     ]
     examples = m.get("reject_examples", {})
-    rows += [(f"  rejected: {reason}", _with_examples(n, examples.get(reason))) for reason, n in m["rejects_by_reason"].items()]
+    rows += [(f"  rejected: {reason}", _with_examples(n, [f"{v[:40]!r} {k:,}" for v, k in examples.get(reason, {}).items()]))
+             for reason, n in m["rejects_by_reason"].items()]
     if m.get("rows_ignored"):
         rows.append(("ignored (by the mapping)", m["rows_ignored"]))
         rows += [(f"  ignored: {value}", n) for value, n in m["ignored_by_value"].items()]
@@ -414,13 +415,10 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     return ui.summary_table(f"prepare -> {out}", rows)
 
 
-def _with_examples(n: int, values: dict[str, int] | None, counts: bool = True) -> Any:
-    """A reject count, with its commonest failing values when there are any: "1,200 (e.g. 'wishlist' 1,000, 'x' 200)"
-    (without their counts: "1,200 (e.g. 'wishlist', 'x')")."""
-    if not values:
-        return n
-    shown = ", ".join(f"{v[:40]!r} {k:,}" if counts else f"{v[:40]!r}" for v, k in list(values.items())[:3])
-    return f"{n:,} (e.g. {shown})"
+def _with_examples(n: int, shown: list[str]) -> Any:
+    """A reject count, with the first 3 of its commonest failing values as shown when there are any:
+    "1,200 (e.g. 'wishlist' 1,000, 'x' 200)"."""
+    return f"{n:,} (e.g. {', '.join(shown[:3])})" if shown else n
 
 
 def step_line(s: dict[str, Any]) -> str:

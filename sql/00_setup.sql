@@ -44,6 +44,14 @@ create or replace macro parse_price(t) as case getvariable('decimal_separator')
     else try_cast(t as double)
 end;
 
+-- reader_reject_reason(error_type): the reject reason of a line the CSV reader could not split, from
+-- its error type (the load's raw_rejects and prepare --check name them alike)
+create or replace macro reader_reject_reason(error_type) as case
+    when error_type in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'wrong field count'
+    when error_type = 'INVALID ENCODING' then 'invalid ' || getvariable('input_encoding')
+    else 'malformed csv: ' || lower(error_type)
+end;
+
 -- text without its surrounding spaces, NULL when empty (trim only where there is a space to trim:
 -- most values have none, and trim costs a copy of every value)
 create or replace macro clean_text(t) as nullif(case when contains(t, ' ') then trim(t) else t end, '');

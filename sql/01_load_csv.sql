@@ -38,11 +38,7 @@ insert into raw_rejects
 select
     getvariable('input_path') as file_path,
     line,
-    case
-        when any_value(error_type) in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'wrong field count'
-        when any_value(error_type) = 'INVALID ENCODING' then 'invalid ' || getvariable('input_encoding')
-        else 'malformed csv: ' || lower(any_value(error_type))
-    end as reason,
+    reader_reject_reason(any_value(error_type)) as reason,
     trim(any_value(csv_line), chr(13) || chr(10)) as raw  -- the reader keeps a stray newline with CRLF files
 from load_reject_errors
 group by line

@@ -73,18 +73,16 @@ with lines as (
     select line, any_value(error_type) as error_type from load_reject_errors group by line
 )
 
-select
-    case when error_type = 'INVALID ENCODING' then 'invalid ' || getvariable('input_encoding')
-        when error_type in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'wrong field count'
-        else 'malformed csv: ' || lower(error_type) end as reason,
-    count(*) as n
+select reader_reject_reason(error_type) as reason, count(*) as n
 from lines
 group by 1
 order by n desc, reason;
 
 -- name: sample_done
--- the sample and the reader's rejects of its lines, cleared: the load stores them again
 drop table if exists input_sample;
+
+-- name: sample_reader_rejects_done
+-- (CSV) the reader's rejects of the sample's lines, cleared: the load stores them again
 delete from load_reject_errors;
 delete from load_reject_scans;
 

@@ -17,6 +17,7 @@ import re
 import shlex
 import zlib
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -444,8 +445,6 @@ def guess_time_format(values: list[str]) -> str | None:
 
 def _is_iso(value: str) -> bool:
     """Whether ``value`` is an ISO 8601 time as time_format iso reads it (REES46's ' UTC' suffix too)."""
-    from datetime import datetime
-
     if not re.match(r"\d{4}-\d{2}-\d{2}", value):
         return False
     try:
@@ -456,8 +455,6 @@ def _is_iso(value: str) -> bool:
 
 
 def _all_parse(values: list[str], fmt: str) -> bool:
-    from datetime import datetime
-
     try:
         for v in values:
             datetime.strptime(v.strip(), fmt)
@@ -494,10 +491,11 @@ def reject_hint(reason: str, values: list[str], time_formats: tuple[str, ...] = 
             return None  # the format the mapping has: these times are broken, not written another way
         return (f"event times such as {shown}: set input.time_format to {', '.join(TIME_FORMATS)} or the strptime "
                 "format they are written in, e.g. '%d.%m.%Y %H:%M'")
-    decimal_comma = [re.fullmatch(r"[-+]?(\d+|[1-9]\d{0,2}(\.\d{3})+),\d+", v.strip()) for v in values]
-    thousands = [re.fullmatch(r"[-+]?[1-9]\d{0,2}(,\d{3})+", v.strip()) for v in values]  # 1,234: a US thousand?
-    if reason == "unparseable price" and any(decimal_comma) and not all(thousands):
-        return f"prices such as {shown} have a decimal comma: --set input.decimal_separator=,"
+    if reason == "unparseable price":
+        decimal_comma = [re.fullmatch(r"[-+]?(\d+|[1-9]\d{0,2}(\.\d{3})+),\d+", v.strip()) for v in values]
+        thousands = [re.fullmatch(r"[-+]?[1-9]\d{0,2}(,\d{3})+", v.strip()) for v in values]  # 1,234: a US thousand?
+        if any(decimal_comma) and not all(thousands):
+            return f"prices such as {shown} have a decimal comma: --set input.decimal_separator=,"
     return None
 
 

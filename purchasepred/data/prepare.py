@@ -265,6 +265,12 @@ def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfi
     return files
 
 
+def _set_time_range(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+    """The event times a load accepts (00_setup.sql's reject_reason): from 2000 to a day after ``now``."""
+    _set(con, "min_event_at", datetime(2000, 1, 1))
+    _set(con, "max_event_at", (now + timedelta(days=1)).replace(tzinfo=None))
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -496,8 +502,7 @@ def _run(
         times.record("inspect inputs", time.perf_counter() - t, len(files))
         _set(con, "session_gap_seconds", float(cfg.session_gap_minutes) * 60.0)
         _set(con, "min_item_count", int(cfg.min_item_count))
-        _set(con, "min_event_at", datetime(2000, 1, 1))
-        _set(con, "max_event_at", (now + timedelta(days=1)).replace(tzinfo=None))
+        _set_time_range(con, now)
 
         # (sessionize and encode run the named queries of their files: _sessionize, _encode)
         sql = {name: (sql_dir() / name).read_text() for step, name in STEPS if step not in ("sessionize", "encode")}
@@ -700,7 +705,8 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
         # (the reader stores its rejects only when its scan reached the end: a sample cut short has none)
         found = {r["reason"]: int(r["n"]) for r in _rows(con, stats["sample_unreadable"])}
         unreadable = found if records < rows or found else None
-    con.execute(stats["sample_done"] if f.format == "csv" else "drop table if exists input_sample")
+        con.execute(stats["sample_reader_rejects_done"])
+    con.execute(stats["sample_done"])
     return {
         "path": str(f.path), "schema": f.mapping.schema, "mapping": f.mapping.to_dict(),
         "records": records, "valid": counts.get(None, 0), "ignored": counts.get("ignored", 0),
@@ -724,9 +730,10 @@ def _check_sample(con: duckdb.DuckDBPyConnection, f: InputFile) -> None:
     if sample["records"] < SAMPLE_ROWS or len(rejected) != 1 or sample["records"] != sum(r["n"] for r in rejected.values()):
         return
     (reason, why), = rejected.items()
-    fits = {"unparseable event_time": guess_time_format(why["examples"]) not in (None, f.mapping.time_format),
-            "unparseable price": why["hint"] is not None}
-    if fits.get(reason, False) and why["hint"] is not None:
+    # (a price hint is only ever the decimal comma; a time hint is also given when no format fits)
+    whole_file = reason == "unparseable price" or (
+        reason == "unparseable event_time" and guess_time_format(why["examples"]) is not None)
+    if whole_file and why["hint"] is not None:
         raise InputError(f"{f.path}: no valid rows among its first {why['n']:,} (rejected: {reason} {why['n']:,}); "
                          f"stopped before loading the rest; {why['hint']}")
 
@@ -742,9 +749,7 @@ def check_inputs(raw: list[str], input_cfg: InputConfig | None = None, rows: int
     try:
         con.execute("set TimeZone = 'UTC'")
         files = _inspect(paths, con, input_cfg)
-        now = datetime.now(timezone.utc)
-        _set(con, "min_event_at", datetime(2000, 1, 1))
-        _set(con, "max_event_at", (now + timedelta(days=1)).replace(tzinfo=None))
+        _set_time_range(con, datetime.now(timezone.utc))
         con.execute((sql_dir() / dict(STEPS)["setup"]).read_text())
         sql = {name: (sql_dir() / name).read_text() for name in ("01_load_csv.sql", LOAD_PARQUET)}
         out = []
