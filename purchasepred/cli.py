@@ -345,7 +345,8 @@ def _check_mapping(raw: list[str], cfg: Config) -> None:
             ("schema", s["schema"]),
             ("columns", ", ".join(f"{canon} <- {col}" for canon, col in m["columns"].items())),
             ("time format", m["time_format"]),
-            ("events", ", ".join(f"{raw_value} -> {event}" for raw_value, event in m["events"].items())),
+            ("events", f"every row: {m['event']} (input.event)" if m.get("event") else
+             ", ".join(f"{raw_value} -> {event}" for raw_value, event in m["events"].items())),
             ("delimiter / encoding / decimal", f"{m['delimiter']!r} / {m['encoding']} / {m['decimal_separator']!r}"),
             ("records sampled", s["records"]),
             ("valid", s["valid"]),

@@ -96,6 +96,14 @@ class InputConfig:
     """Whether CSV files start with a header line (default true)."""
     columns: list[str] | None = None
     """Column names, in file order, of CSV files without a header."""
+    event: Literal["view", "cart", "purchase", "remove_from_cart"] | None = None
+    """The event of every row of a file that has no event-type column (a table of orders: purchase); instead
+    of event_type and the event values. Usually set for one file under files."""
+    files: list[dict[str, Any]] | None = None
+    """Mappings of single files, for a log whose files differ (views and orders in separate tables): a list
+    of entries {match: GLOB, KEY: VALUE, ...}, KEY any key above. A file takes the keys above overlaid with
+    those of the first entry whose glob matches the end of its path (orders*.csv, 2024/*.csv); every entry
+    must match a file."""
 
 
 @dataclass
@@ -252,6 +260,10 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if value not in args:
             raise ValueError(f"must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a mapping such as {{match: 'orders*.csv', event: purchase}}, got {value!r}")
+        return {str(k): v for k, v in value.items()}
     if origin is list:
         (inner,) = args
         if isinstance(value, str):
@@ -281,6 +293,31 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     if tp is str:
         return str(value)
     raise ValueError(f"unsupported type {tp}")
+
+
+def file_entry(no: int, entry: Any) -> tuple[str | None, dict[str, Any], list[str]]:
+    """Entry ``no`` (from 1) of input.files: its glob, its other keys coerced to InputConfig's types, and
+    what is wrong with it (each problem names the entry)."""
+    where = f"input.files entry {no}"
+    if not isinstance(entry, dict):
+        return None, {}, [f"{where} must be a mapping such as {{match: 'orders*.csv', event: purchase}}, got {entry!r}"]
+    hints = typing.get_type_hints(InputConfig)
+    glob, keys, problems = entry.get("match"), {}, []
+    if not isinstance(glob, str) or not glob.strip():
+        problems.append(f"{where} has no match: a glob of the file names it is for, such as 'orders*.csv'")
+        glob = None
+    for key, value in entry.items():
+        if key == "match":
+            continue
+        if key not in hints or key == "files":
+            close = difflib.get_close_matches(str(key), [k for k in hints if k != "files"] + ["match"], n=1, cutoff=0.5)
+            problems.append(f"unknown key {key!r} in {where}" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            continue
+        try:
+            keys[key] = _coerce(f"input.{key}", hints[key], value)
+        except ValueError as err:
+            problems.append(f"input.{key} in {where} {err}")
+    return glob, keys, problems
 
 
 def _validate(cfg: Config) -> list[str]:
@@ -319,7 +356,10 @@ def _validate(cfg: Config) -> list[str]:
         (x.k >= 1, "export.k must be >= 1"),
         (x.user_batch >= 1, "export.user_batch must be >= 1"),
     ]
-    return [msg for ok, msg in checks if not ok]
+    problems = [msg for ok, msg in checks if not ok]
+    for no, entry in enumerate(cfg.input.files or [], start=1):
+        problems += file_entry(no, entry)[2]
+    return problems
 
 
 def _apply(cfg: Config, flat: dict[str, Any], source: str, problems: list[str]) -> None:

@@ -6,7 +6,8 @@
 --   file's first record in staged), optional_columns (an empty template).
 -- staged is appended to in file order (preserve_insertion_order): a record's number in its file is
 -- its rowid - first_row + 1, with no row_number() window over the whole file.
--- parameters (read when a macro runs): time_format, decimal_separator, event_map, min_event_at, max_event_at.
+-- parameters (read when a macro runs): time_format, decimal_separator, event_map, input_event (the one
+-- event of every row of a file without an event-type column, else NULL), min_event_at, max_event_at.
 
 -- the id conventions (pad_id, unknown_id, first_id, view_id .. remove_from_cart_id, event_type_id,
 -- event_type_name) are macros in ids.sql, defined on every connection that reads or writes these tables
@@ -90,7 +91,8 @@ typed as (
     select
         *,
         parse_time(event_time) as event_at,
-        event_name(event_type) as event_name,
+        -- (a file whose rows are all one event, input.event, has no event-type column: input_event names it)
+        coalesce(getvariable('input_event'), event_name(event_type)) as event_name,
         clean_text(product_id) as item_key,
         clean_text(user_id) as user_key,
         clean_text(user_session) as session_key,
@@ -178,6 +180,7 @@ create or replace table input_files (
 
 -- the canonical text columns a file may lack: a load unions it by name so that they read as NULL
 create or replace table optional_columns (
+    event_type varchar,  -- (absent only where input_event is set)
     category_id varchar,
     category_code varchar,
     brand varchar,

@@ -669,3 +669,114 @@ def test_check_inputs_names_unreadable_lines_only_when_it_read_them_all(tmp_path
     assert sum(whole["unreadable_lines"].values()) == len(bad) and whole["records"] == len(body) - len(bad)
     cut = check_inputs([str(TINY)], rows=3)[0]  # a sample cut short: the reader has not named them
     assert cut["records"] == 3 and cut["unreadable_lines"] is None
+
+
+@pytest.fixture(scope="module")
+def views_and_orders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One synthetic log's views and purchases three ways: as two tables of their own (views.csv with no
+    event column; orders.csv with other column names, a strptime time, ';' and a price; orders.parquet the
+    same), and as one REES46 file of the same events (no sessions, categories or brands; prices only on
+    purchases)."""
+    from purchasepred.data.synth import generate
+
+    root = tmp_path_factory.mktemp("views_orders")
+    generate(root / "rees.csv", rows=4_000, days=20, seed=5)
+    con = duckdb.connect()
+    con.execute("set TimeZone = 'UTC'")
+    src = con.read_csv(str(root / "rees.csv"), all_varchar=True)  # noqa: F841 - read by the queries below
+    paths = {name: root / name for name in ("views.csv", "orders.csv", "orders.parquet", "combined.csv")}
+    con.execute("create view v as select user_id as customer, product_id as sku, event_time as viewed_at from src "
+                "where event_type = 'view'")
+    con.execute("create view o as select product_id as article, user_id as buyer, "
+                "strftime(event_time::timestamptz, '%d.%m.%Y %H:%M:%S') as ordered_at, price as amount from src "
+                "where event_type = 'purchase'")
+    con.execute("create view c as select event_time, event_type, product_id, '' as category_id, '' as category_code, "
+                "'' as brand, case when event_type = 'purchase' then price end as price, user_id, '' as user_session "
+                "from src where event_type in ('view', 'purchase')")
+    for view, path, options in (("v", paths["views.csv"], "header"), ("o", paths["orders.csv"], "header, delimiter ';'"),
+                                ("o", paths["orders.parquet"], "format parquet"), ("c", paths["combined.csv"], "header")):
+        con.execute(f"copy {view} to '{str(path).replace(chr(39), chr(39) * 2)}' ({options})")
+    return paths
+
+
+PER_FILE = InputConfig(user="customer", item="sku", time="viewed_at", files=[
+    {"match": "views.csv", "event": "view"},
+    {"match": "orders*", "event": "purchase", "user": "buyer", "item": "article", "time": "ordered_at",
+     "time_format": "%d.%m.%Y %H:%M:%S", "price": "amount", "delimiter": ";"},
+])
+
+
+@pytest.mark.parametrize("orders", ["orders.csv", "orders.parquet"])
+def test_views_and_orders_in_files_of_their_own_equal_one_log(tmp_path: Path, views_and_orders: dict[str, Path],
+                                                                orders: str) -> None:
+    """input.files maps each file on its own (input.event for a file with no event column): the dataset is
+    the one the same events give as one REES46 log."""
+    cfg = PrepareConfig(eval_days=3)
+    m = prepare([str(views_and_orders["views.csv"]), str(views_and_orders[orders])], tmp_path / "p", cfg,
+                input_cfg=PER_FILE).manifest
+    one = prepare([str(views_and_orders["combined.csv"])], tmp_path / "one", cfg).manifest
+    assert m["rows_read"] == one["rows_read"] and m["rows_rejected"] == 0 and conserved(m)
+    assert m["events_by_type"] == one["events_by_type"] and set(m["events_by_type"]) == {"view", "purchase"}
+    assert sorted(mp.get("event") for mp in m["input_mappings"]) == ["purchase", "view"]
+    assert same(tmp_path / "p", tmp_path / "one")
+
+
+def test_a_per_file_preset_and_mappings_without_input_event_keep_their_manifest(tmp_path: Path) -> None:
+    """An entry may name a preset: a RetailRocket and a Taobao file prepare together. A mapping without
+    input.event writes no 'event' key (the manifests, and content hashes, of other logs are unchanged)."""
+    icfg = InputConfig(files=[{"match": "tiny_retailrocket.csv", "schema": "retailrocket"},
+                              {"match": "tiny_taobao.csv", "schema": "taobao"}])
+    m = prepare([str(RR), str(TAOBAO)], tmp_path / "p", CFG, input_cfg=icfg).manifest
+    rr = prepare([str(RR)], tmp_path / "rr", CFG, input_cfg=InputConfig(schema="retailrocket")).manifest
+    tb = prepare([str(TAOBAO)], tmp_path / "tb", CFG, input_cfg=InputConfig(schema="taobao")).manifest
+    assert m["input_schemas"] == ["retailrocket", "taobao"]
+    for key in ("rows_read", "rows_rejected", "rows_ignored"):
+        assert m[key] == rr[key] + tb[key]
+    assert m["input_mappings"] == rr["input_mappings"] + tb["input_mappings"]
+    assert all("event" not in mp for mp in m["input_mappings"])
+
+
+@pytest.mark.parametrize("files, needles", [
+    ([{"match": "order.csv", "event": "purchase"}], ["input.files entry 1: match 'order.csv' matches none of the input "
+                                                     "files (views.csv, orders.csv)"]),
+    ([{"match": "views.csv", "evnt": "view"}], ["unknown key 'evnt' in input.files entry 1 (did you mean 'event'?)"]),
+    ([{"event": "view"}], ["input.files entry 1 has no match"]),
+    ([{"match": "views.csv", "event": "buy"}], ["input.event in input.files entry 1 must be one of view, cart, purchase"]),
+    ([{"match": "views.csv", "event": "view"}, {"match": "orders.csv", "time_format": "epoch"}],
+     ["input.files entry 2 (orders.csv): input.time_format 'epoch'"]),
+    (["orders.csv"], ["input.files entry 1 must be a mapping"]),
+    ([{"match": "views.csv", "event": "view", "event_type": "kind"}],
+     ["views.csv: input.event (view) and input.event_type (kind) are both set"]),
+    ([{"match": "views.csv"}], ["views.csv: input.event_type is not mapped", "or input.event, the one event of every row"]),
+])
+def test_bad_file_entries_fail_before_any_work(tmp_path: Path, views_and_orders: dict[str, Path], files: list,
+                                               needles: list[str]) -> None:
+    out = tmp_path / "work" / "p"
+    icfg = replace(PER_FILE, files=files)
+    with pytest.raises(InputError) as err:
+        prepare([str(views_and_orders["views.csv"]), str(views_and_orders["orders.csv"])], out, CFG, input_cfg=icfg)
+    for needle in needles:
+        assert needle in str(err.value)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_cli_per_file_mapping_with_set_and_check(tmp_path: Path, views_and_orders: dict[str, Path]) -> None:
+    views, orders = views_and_orders["views.csv"], views_and_orders["orders.csv"]
+    sets = ["--set", "input.user=customer", "--set", "input.item=sku", "--set", "input.time=viewed_at", "--set",
+            "input.files=[{match: views.csv, event: view}, {match: 'orders*', event: purchase, user: buyer, item: article, "
+            "time: ordered_at, time_format: '%d.%m.%Y %H:%M:%S', price: amount, delimiter: ';'}]"]
+    result = invoke("prepare", views, orders, "--check", *sets)
+    assert result.exit_code == 0, result.output
+    assert "every row: view (input.event)" in result.output and "every row: purchase (input.event)" in result.output
+    result = invoke("prepare", views, orders, "--out", tmp_path / "p", "--eval-days", "3", *sets)
+    assert result.exit_code == 0, result.output
+    assert same(tmp_path / "p", _prepared_with(tmp_path / "q", [views, orders], PER_FILE))
+    with pytest.raises(ConfigError, match=r"unknown key 'evnt' in input.files entry 1 \(did you mean 'event'\?\)"):
+        load_config(sets=["input.files=[{match: a.csv, evnt: view}]"])
+    result = invoke("prepare", views, orders, "--out", tmp_path / "r", "--set", "input.files=[{match: x.csv, event: view}]")
+    clean_failure(result, "input.files entry 1: match 'x.csv' matches none of the input files")
+
+
+def _prepared_with(out: Path, paths: list[Path], icfg: InputConfig) -> Path:
+    prepare([str(p) for p in paths], out, PrepareConfig(eval_days=3), input_cfg=icfg)
+    return out

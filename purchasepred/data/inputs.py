@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from purchasepred.config import InputConfig, SchemaName
+from purchasepred.config import InputConfig, SchemaName, file_entry
 from purchasepred.errors import InputError
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv.gz", ".gz")
@@ -58,7 +58,7 @@ _REES46 = {
     "category_code": "category_code", "brand": "brand", "price": "price", "user": "user_id",
     "session": "user_session", "time_format": "iso", "view": ["view"], "cart": ["cart"],
     "purchase": ["purchase"], "remove_from_cart": ["remove_from_cart"], "ignore": [], "delimiter": ",",
-    "encoding": "utf-8", "decimal_separator": ".", "header": True, "columns": None,
+    "encoding": "utf-8", "decimal_separator": ".", "header": True, "columns": None, "event": None,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # REES46 "multi category store" (Kaggle); told apart from the next one by its header
@@ -169,11 +169,16 @@ class Mapping:
     """Of prices written as text (a Parquet file's numeric price column is always read with '.')."""
     encoding: str = "utf-8"
     """Of a CSV file's text (one of ENCODINGS)."""
+    event: str | None = None
+    """The canonical event of every row of a file without an event-type column (input.event)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": self.schema, "columns": self.columns, "time_format": self.time_format,
-                "events": self.events, "delimiter": self.delimiter, "decimal_separator": self.decimal_separator,
-                "encoding": self.encoding, "header": self.header}
+        out = {"schema": self.schema, "columns": self.columns, "time_format": self.time_format,
+               "events": self.events, "delimiter": self.delimiter, "decimal_separator": self.decimal_separator,
+               "encoding": self.encoding, "header": self.header}
+        if self.event is not None:  # (only when set: the manifests, and content hashes, of other logs stay as they were)
+            out["event"] = self.event
+        return out
 
 
 @dataclass(frozen=True)
@@ -187,9 +192,53 @@ class InputFile:
     size: int
 
 
+def file_entries(icfg: InputConfig) -> list[tuple[str, dict[str, Any]]]:
+    """input.files: each entry's glob and its keys (as InputConfig types); InputError when one is invalid."""
+    entries, problems = [], []
+    for no, entry in enumerate(icfg.files or [], start=1):
+        pattern, keys, wrong = file_entry(no, entry)
+        problems += wrong
+        if pattern is not None:
+            entries.append((pattern, keys))
+    if problems:
+        raise InputError("; ".join(problems))
+    return entries
+
+
+def file_input_config(icfg: InputConfig, path: Path) -> InputConfig:
+    """The input keys of one file: ``icfg`` overlaid with those of the first input.files entry whose glob
+    matches the end of its path."""
+    for pattern, keys in file_entries(icfg):
+        if path.match(pattern):
+            return replace(icfg, files=None, **keys)
+    return replace(icfg, files=None)
+
+
+def check_file_entries(icfg: InputConfig, paths: list[Path]) -> None:
+    """Every input.files entry matches one of ``paths`` (a glob that matches none is a typo, not a no-op)."""
+    for no, (pattern, _) in enumerate(file_entries(icfg), start=1):
+        if not any(path.match(pattern) for path in paths):
+            names = ", ".join(p.name for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
+            raise InputError(f"input.files entry {no}: match {pattern!r} matches none of the input files ({names}); "
+                             "it is matched against the end of each file's path, e.g. 'orders*.csv'")
+
+
 def check_input_config(icfg: InputConfig) -> None:
-    """Problems of the mapping that do not depend on a file: one InputError listing them all."""
+    """Problems of the mapping that do not depend on a file: one InputError listing them all (those of
+    input.files entries too, each under its entry's keys)."""
+    entries = file_entries(icfg)
+    problems = _config_problems(icfg)
+    for no, (pattern, keys) in enumerate(entries, start=1):
+        problems += [f"input.files entry {no} ({pattern}): {p}" for p in _config_problems(replace(icfg, files=None, **keys))
+                     if p not in problems]
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+def _config_problems(icfg: InputConfig) -> list[str]:
     problems = []
+    if icfg.event is not None and icfg.event not in EVENTS:
+        problems.append(f"input.event must be one of {', '.join(EVENTS)}, got {icfg.event!r}")
     if icfg.schema is not None and icfg.schema not in PRESETS:
         problems.append(f"input.schema {icfg.schema!r} is not a preset; choose one of {', '.join(PRESETS)}")
     fmt = icfg.time_format
@@ -219,8 +268,7 @@ def check_input_config(icfg: InputConfig) -> None:
         name = getattr(icfg, field)
         if name is not None and not str(name).strip():
             problems.append(f"input.{field} is empty; name a column or leave it unset")
-    if problems:
-        raise InputError("; ".join(problems))
+    return problems
 
 
 def _detect(names: list[str]) -> str | None:
@@ -244,8 +292,15 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     given = _explicit(icfg)
     base = icfg.schema or (_detect(names) if names is not None else None)
     spec = dict(PRESETS[base]) if base else {**{k: None for k in CANONICAL}, **{
-        k: _REES46[k] for k in ("time_format", "delimiter", "encoding", "decimal_separator", "header", "columns", "ignore", *EVENTS)}}
+        k: _REES46[k] for k in ("time_format", "delimiter", "encoding", "decimal_separator", "header", "columns", "ignore", "event",
+                                 *EVENTS)}}
     spec.update(given)
+    event = spec["event"]
+    if event is not None:  # one event for every row: no event-type column is read (a preset's is dropped)
+        if "event_type" in given:
+            raise InputError(f"{path}: input.event ({event}) and input.event_type ({given['event_type']}) are both set; "
+                             "a file has an event-type column or one event for every row: unset one (per file: input.files)")
+        spec["event_type"] = None
     header = bool(spec["header"]) if fmt == "csv" else True
     if not header:
         if not spec["columns"]:
@@ -255,7 +310,7 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     elif names is None:
         raise InputError(f"{path}: has no header to map; pass --schema or --set input.header=false with input.columns")
     lower = [_canonical(n) for n in names]
-    if base is None and not any(k in given for k in CANONICAL):
+    if base is None and not any(k in given for k in (*CANONICAL, "event")):
         missing = [c for c in ("event_time", "event_type", "product_id", "user_id") if c not in lower]
         shown = ", ".join("product_id (or item_id)" if c == "product_id" else c for c in missing)
         raise InputError(
@@ -269,8 +324,10 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     for field, canon in CANONICAL.items():
         name = spec[field]
         if name is None:
-            if field in REQUIRED_FIELDS:
-                problems.append(f"input.{field} is not mapped (required: which column is the {field})")
+            if field in REQUIRED_FIELDS and not (field == "event_type" and event is not None):
+                problems.append(f"input.{field} is not mapped (required: which column is the {field}"
+                                + ("; or input.event, the one event of every row of a file without one)"
+                                   if field == "event_type" else ")"))
             continue
         hits = [i for i, n in enumerate(lower) if n == _canonical(str(name))]
         if not hits:
@@ -294,12 +351,12 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
         raise InputError(f"{path}: " + "; ".join(problems) + found
                          + f"; fix the input mapping (--schema {{{','.join(PRESETS)}}} or --set input.FIELD=COLUMN)")
     events = {str(v).strip().lower(): e for e in (*EVENTS, "ignore") for v in spec[e] or []}
-    if not any(e in events.values() for e in EVENTS):
+    if event is None and not any(e in events.values() for e in EVENTS):
         raise InputError(f"{path}: the mapping names no raw value for any event type; set e.g. --set 'input.view=[pv]'")
     schema = base or "custom"
     mapping = Mapping(schema=schema, columns=columns, time_format=str(spec["time_format"]), events=events,
                       delimiter=str(spec["delimiter"]), header=header, decimal_separator=str(spec["decimal_separator"]),
-                      encoding=encoding_name(str(spec["encoding"])) or "utf-8")
+                      encoding=encoding_name(str(spec["encoding"])) or "utf-8", event=event)
     return mapping, names
 
 

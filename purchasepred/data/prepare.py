@@ -32,8 +32,8 @@ import duckdb
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
-    InputFile, check_input_config, check_path, duckdb_literal, expand, guess_time_format, inspect_csv, is_parquet,
-    reject_hint, resolve_mapping,
+    InputFile, check_file_entries, check_input_config, check_path, duckdb_literal, expand, file_input_config,
+    guess_time_format, inspect_csv, is_parquet, reject_hint, resolve_mapping,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -243,10 +243,13 @@ def _rows(con: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, Any]]:
 
 
 def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfig) -> list[InputFile]:
-    """Every file's mapping, checked before any work: a missing column or an unmapped field is an error."""
+    """Every file's mapping (the input keys overlaid with its input.files entry), checked before any work:
+    a missing column, an unmapped field or an entry that matches no file is an error."""
+    check_file_entries(icfg, paths)
     files = []
     for path in paths:
         check_path(path)
+        file_cfg = file_input_config(icfg, path)
         if is_parquet(path):
             _set(con, "input_glob", duckdb_literal(path))
             try:
@@ -254,14 +257,14 @@ def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfi
             except duckdb.Error as err:
                 raise InputError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
             names = [r["column_name"] for r in described]
-            mapping, names = resolve_mapping(icfg, names, path, fmt="parquet")
+            mapping, names = resolve_mapping(file_cfg, names, path, fmt="parquet")
             price = mapping.columns.get("price")
             if price is not None and next(r["column_type"] for r in described if r["column_name"] == price) != "VARCHAR":
                 # a typed price reads as text with '.' whatever the mapping says of prices written as text
                 mapping = replace(mapping, decimal_separator=".")
             files.append(InputFile(path, "parquet", mapping.schema, tuple(names), mapping, path.stat().st_size))
         else:
-            files.append(inspect_csv(path, icfg))
+            files.append(inspect_csv(path, file_cfg))
     return files
 
 
@@ -663,6 +666,7 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sq
     _set(con, "time_format", m.time_format)
     _set(con, "decimal_separator", m.decimal_separator)
     con.execute("set variable event_map = map(?, ?)", [list(m.events), list(m.events.values())])
+    _set(con, "input_event", m.event)
     _set(con, "input_delimiter", m.delimiter)
     _set(con, "input_encoding", m.encoding)
     _set(con, "input_header", m.header)
