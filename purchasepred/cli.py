@@ -336,12 +336,13 @@ def prepare(
 
 def _check_mapping(raw: list[str], cfg: Config) -> None:
     """``prepare --check``: each file's sample under the mapping, as a table and warnings with the fixes."""
-    from purchasepred.data.prepare import HINT_SHARE, LATIN1_HINT, SAMPLE_ROWS, check_inputs
+    from purchasepred.data.prepare import HINT_SHARE, SAMPLE_ROWS, check_inputs, latin1_hint
 
     samples = check_inputs(raw, cfg.input, SAMPLE_ROWS)
     for s in samples:
         m = s["mapping"]
         rows: list[tuple[str, Any]] = [
+            ("mapping from", m.get("from", "the input keys")),
             ("schema", s["schema"]),
             ("columns", ", ".join(f"{canon} <- {col}" for canon, col in m["columns"].items())),
             ("time format", m["time_format"]),
@@ -367,7 +368,7 @@ def _check_mapping(raw: list[str], cfg: Config) -> None:
             if r["hint"] and r["n"] >= HINT_SHARE * max(s["records"], 1):
                 ui.warn(f"{s['path']}: {r['n']:,} of {s['records']:,} sampled records rejected: {reason}; {r['hint']}")
         if unreadable and unreadable.get("invalid utf-8"):
-            ui.warn(f"{s['path']}: {unreadable['invalid utf-8']:,} line(s) are not UTF-8; {LATIN1_HINT}")
+            ui.warn(f"{s['path']}: {unreadable['invalid utf-8']:,} line(s) are not UTF-8; {latin1_hint(m.get('from'))}")
     bad = [s["path"] for s in samples if s["valid"] == 0]
     if bad:
         ui.error(f"no valid record in the first {SAMPLE_ROWS:,} of {', '.join(bad)}; fix the mapping (see above) "

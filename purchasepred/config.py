@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -99,11 +100,12 @@ class InputConfig:
     event: Literal["view", "cart", "purchase", "remove_from_cart"] | None = None
     """The event of every row of a file that has no event-type column (a table of orders: purchase); instead
     of event_type and the event values. Usually set for one file under files."""
-    files: list[dict[str, Any]] | None = None
+    files: list[Any] | None = None
     """Mappings of single files, for a log whose files differ (views and orders in separate tables): a list
     of entries {match: GLOB, KEY: VALUE, ...}, KEY any key above. A file takes the keys above overlaid with
-    those of the first entry whose glob matches the end of its path (orders*.csv, 2024/*.csv); every entry
-    must match a file."""
+    those of the first entry whose glob matches the end of its path, in any case (orders*.csv, 2024/*.csv);
+    an entry's event or event_type replaces the other one above, and an entry that names a schema starts
+    from that preset alone. Every entry must be the first match of some file."""
 
 
 @dataclass
@@ -260,12 +262,16 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if value not in args:
             raise ValueError(f"must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"must be a mapping such as {{match: 'orders*.csv', event: purchase}}, got {value!r}")
-        return {str(k): v for k, v in value.items()}
+    if tp is Any:  # (checked where it is used: input.files entries, by file_entry)
+        return value
     if origin is list:
         (inner,) = args
+        if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
+            # (a --set value that YAML could not read arrives as its text)
+            raise ValueError("must be a list, and this text is not one YAML reads: quote values that start with "
+                             f"'*' or '%' (match: '*.csv', time_format: '%d.%m.%Y'), got {value!r}")
+        if isinstance(value, dict):  # one mapping: a list of one entry
+            value = [value]
         if isinstance(value, str):
             value = [v for v in value.replace(" ", "").split(",") if v]
         if isinstance(value, (int, float)):
@@ -295,16 +301,24 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise ValueError(f"unsupported type {tp}")
 
 
+@functools.cache
+def _input_hints() -> dict[str, Any]:
+    return typing.get_type_hints(InputConfig)
+
+
 def file_entry(no: int, entry: Any) -> tuple[str | None, dict[str, Any], list[str]]:
     """Entry ``no`` (from 1) of input.files: its glob, its other keys coerced to InputConfig's types, and
     what is wrong with it (each problem names the entry)."""
     where = f"input.files entry {no}"
     if not isinstance(entry, dict):
         return None, {}, [f"{where} must be a mapping such as {{match: 'orders*.csv', event: purchase}}, got {entry!r}"]
-    hints = typing.get_type_hints(InputConfig)
+    hints = _input_hints()
     glob, keys, problems = entry.get("match"), {}, []
+    if isinstance(glob, (int, float)) and not isinstance(glob, bool):
+        glob = str(glob)  # (YAML reads match: 2024 as a number)
     if not isinstance(glob, str) or not glob.strip():
-        problems.append(f"{where} has no match: a glob of the file names it is for, such as 'orders*.csv'")
+        problems.append(f"{where} has no match: a glob of the file names it is for, such as 'orders*.csv'"
+                        + (f" (got {glob!r})" if glob is not None else ""))
         glob = None
     for key, value in entry.items():
         if key == "match":

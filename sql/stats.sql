@@ -30,6 +30,32 @@ select
 -- name: rejects_by_reason
 select reason, count(*) as n from rejects group by reason order by n desc, reason;
 
+-- name: rejects_by_file
+-- each file's reject reasons with their lines and up to 5 commonest failing values (as reject_examples
+-- below): the hints are worked out per file, with its own mapping
+with counted as (
+    select file_path, reason, value, count(*) as n from rejects group by all
+),
+
+ranked as (
+    select *, row_number() over (partition by file_path, reason order by n desc, md5(value), value) as rank
+    from counted where value is not null
+)
+
+select file_path, reason, sum(n)::bigint as n, coalesce(list(value order by rank) filter (where rank <= 5), []) as examples
+from (select c.*, r.rank from counted as c left join ranked as r using (file_path, reason, value))
+group by file_path, reason
+order by n desc, file_path, reason;
+
+-- name: rows_read_by_file
+-- taken after sessionize, before staged is dropped: the records read from each file
+select
+    f.file_path,
+    (select count(*) from staged as s where s.file_no = f.file_no)
+        + (select count(*) from raw_rejects as r where r.file_path = f.file_path) as n
+from input_files as f
+order by f.file_no;
+
 -- name: reject_examples
 -- the commonest failing values of each reason (up to 5; missing ids and unsplittable lines have none);
 -- ties (every time that fails is often a value of its own) in the order of their md5, a fixed spread

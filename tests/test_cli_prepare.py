@@ -81,7 +81,7 @@ def test_happy_path(dirs: tuple[Path, Path]) -> None:
     assert m["windows"]["test"]["window_start"] == "2019-10-04 12:00:00"
     assert m["max_len"] == 4
     assert m["inputs"] == [{"path": str(TINY), "size": TINY.stat().st_size,
-                            "sha256": hashlib.sha256(TINY.read_bytes()).hexdigest()}]
+                            "sha256": hashlib.sha256(TINY.read_bytes()).hexdigest(), "rows_read": m["rows_read"]}]
     assert m["sql_sha256"] == sql_hashes() and "01_load_csv.sql" in m["sql_sha256"]
     assert (m["package_version"], m["schema_version"]) == (__version__, SCHEMA_VERSION)
     assert isinstance(m["duration_s"], float) and m["duration_s"] >= 0

@@ -1068,7 +1068,7 @@ def test_real_rees46_sample_exact_counts(tmp_path: Path) -> None:
     assert len(PreparedData(res.out).train()["item_idx"]) == 167
     assert m["inputs"] == [{
         "path": str(files[0]), "size": 1_935_788,
-        "sha256": "2e6cc28e401f817ec888cc3b68077743d9dc74e6b8ed1dec442de6d6b3ec5675",
+        "sha256": "2e6cc28e401f817ec888cc3b68077743d9dc74e6b8ed1dec442de6d6b3ec5675", "rows_read": 14_500,
     }]
     assert not any(res.audits.values())
     con = open_prepared(tmp_path / "p")

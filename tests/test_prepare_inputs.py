@@ -23,7 +23,7 @@ import pytest
 from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, invoke, open_prepared, rows
 from purchasepred.config import InputConfig, PrepareConfig, load_config
 from purchasepred.data.inputs import PRESETS
-from purchasepred.data.prepare import load_manifest, prepare
+from purchasepred.data.prepare import check_inputs, load_manifest, prepare
 from purchasepred.errors import ConfigError, InputError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -712,42 +712,115 @@ def test_views_and_orders_in_files_of_their_own_equal_one_log(tmp_path: Path, vi
     """input.files maps each file on its own (input.event for a file with no event column): the dataset is
     the one the same events give as one REES46 log."""
     cfg = PrepareConfig(eval_days=3)
-    m = prepare([str(views_and_orders["views.csv"]), str(views_and_orders[orders])], tmp_path / "p", cfg,
-                input_cfg=PER_FILE).manifest
+    paths = [views_and_orders["views.csv"], views_and_orders[orders]]
+    m = prepare([str(p) for p in paths], tmp_path / "p", cfg, input_cfg=PER_FILE).manifest
     one = prepare([str(views_and_orders["combined.csv"])], tmp_path / "one", cfg).manifest
     assert m["rows_read"] == one["rows_read"] and m["rows_rejected"] == 0 and conserved(m)
     assert m["events_by_type"] == one["events_by_type"] and set(m["events_by_type"]) == {"view", "purchase"}
-    assert sorted(mp.get("event") for mp in m["input_mappings"]) == ["purchase", "view"]
+    assert [(mp.get("event"), mp["from"]) for mp in m["input_mappings"]] == [
+        ("view", "input.files entry 1 (views.csv)"), ("purchase", "input.files entry 2 (orders*)")]
+    assert [i["rows_read"] for i in m["inputs"]] == [len(views_and_orders["views.csv"].read_text().splitlines()) - 1,
+                                                     one["events_by_type"]["purchase"]]
     assert same(tmp_path / "p", tmp_path / "one")
 
 
-def test_a_per_file_preset_and_mappings_without_input_event_keep_their_manifest(tmp_path: Path) -> None:
+def test_an_entry_overrides_the_event_keys_and_a_preset_entry_starts_from_its_preset(
+        tmp_path: Path, views_and_orders: dict[str, Path]) -> None:
+    """The input keys map one file and an entry another: an entry's event replaces an event_type set above
+    (and an entry's event_type an event), and an entry that names a schema takes nothing from above."""
+    views, combined = views_and_orders["views.csv"], views_and_orders["combined.csv"]
+    cfg = PrepareConfig(eval_days=3)
+    # the REES46 file mapped by the input keys, the views by an entry with event: view
+    rees_keys = InputConfig(user="user_id", item="product_id", time="event_time", event_type="event_type",
+                            files=[{"match": "views.csv", "event": "view", "user": "customer", "item": "sku",
+                                    "time": "viewed_at"}])
+    a = prepare([str(combined), str(views)], tmp_path / "a", cfg, input_cfg=rees_keys).manifest
+    # the views mapped by the input keys (event: view), the REES46 file by an entry with its event_type
+    view_keys = InputConfig(user="customer", item="sku", time="viewed_at", event="view",
+                            files=[{"match": "combined.csv", "event_type": "event_type", "user": "user_id",
+                                    "item": "product_id", "time": "event_time"}])
+    b = prepare([str(combined), str(views)], tmp_path / "b", cfg, input_cfg=view_keys).manifest
+    # the same, the REES46 file by its preset: nothing of the input keys applies to it
+    preset = replace(view_keys, files=[{"match": "combined.csv", "schema": "rees46"}])
+    c = prepare([str(combined), str(views)], tmp_path / "c", cfg, input_cfg=preset).manifest
+    n_views, n_purchases = len(views.read_text().splitlines()) - 1, combined.read_text().count(",purchase,")
+    for m in (a, b, c):  # (the views twice: once in each file)
+        assert m["rows_rejected"] == 0 and m["rows_read"] == 2 * n_views + n_purchases and conserved(m)
+    assert a["events_by_type"] == b["events_by_type"] == c["events_by_type"]
+    assert same(tmp_path / "a", tmp_path / "b") and same(tmp_path / "b", tmp_path / "c")
+
+
+def test_a_per_file_preset_and_mappings_without_input_event_or_entries_keep_their_manifest(tmp_path: Path) -> None:
     """An entry may name a preset: a RetailRocket and a Taobao file prepare together. A mapping without
-    input.event writes no 'event' key (the manifests, and content hashes, of other logs are unchanged)."""
+    input.event or an entry writes no new key (the tables of other logs are byte-identical as before)."""
     icfg = InputConfig(files=[{"match": "tiny_retailrocket.csv", "schema": "retailrocket"},
-                              {"match": "tiny_taobao.csv", "schema": "taobao"}])
+                              {"match": "TINY_TAOBAO.CSV", "schema": "taobao"}])  # (globs match in any case)
     m = prepare([str(RR), str(TAOBAO)], tmp_path / "p", CFG, input_cfg=icfg).manifest
     rr = prepare([str(RR)], tmp_path / "rr", CFG, input_cfg=InputConfig(schema="retailrocket")).manifest
     tb = prepare([str(TAOBAO)], tmp_path / "tb", CFG, input_cfg=InputConfig(schema="taobao")).manifest
     assert m["input_schemas"] == ["retailrocket", "taobao"]
     for key in ("rows_read", "rows_rejected", "rows_ignored"):
         assert m[key] == rr[key] + tb[key]
+    assert [i["rows_read"] for i in m["inputs"]] == [rr["rows_read"], tb["rows_read"]]
+    assert [mp.pop("from") for mp in m["input_mappings"]] == ["input.files entry 1 (tiny_retailrocket.csv)",
+                                                             "input.files entry 2 (TINY_TAOBAO.CSV)"]
     assert m["input_mappings"] == rr["input_mappings"] + tb["input_mappings"]
-    assert all("event" not in mp for mp in m["input_mappings"])
+    assert all("event" not in mp and "from" not in mp for mp in rr["input_mappings"] + tb["input_mappings"])
+
+
+def test_hints_and_errors_of_a_file_mapped_by_an_entry_name_the_entry(tmp_path: Path,
+                                                                      views_and_orders: dict[str, Path]) -> None:
+    """A --set would change every file: what to fix in a file mapped by an entry is said as the key in that
+    entry, and the warnings after the load are worked out per file, with its own time format."""
+    views, orders = views_and_orders["views.csv"], views_and_orders["orders.csv"]
+    no_format = replace(PER_FILE, files=[PER_FILE.files[0], {k: v for k, v in PER_FILE.files[1].items() if k != "time_format"}])
+    checked = check_inputs([str(views), str(orders)], no_format)
+    assert checked[0]["rejected"] == {} and checked[1]["valid"] == 0
+    assert checked[1]["rejected"]["unparseable event_time"]["hint"].endswith(
+        'read with time_format: "%d.%m.%Y %H:%M:%S" in input.files entry 2 (orders*)')
+    warned = [w for w in prepare([str(views), str(orders)], tmp_path / "p", CFG, input_cfg=no_format).manifest["warnings"]
+              if "rejected" in w]
+    n_orders = len(orders.read_text().splitlines()) - 1
+    assert len(warned) == 1 and warned[0].startswith(f"{orders}: {n_orders} line(s) rejected: unparseable event_time; ")
+    assert warned[0].endswith('read with time_format: "%d.%m.%Y %H:%M:%S" in input.files entry 2 (orders*)')
+    bad_column = replace(PER_FILE, files=[PER_FILE.files[0], {**PER_FILE.files[1], "price": "amnt"}])
+    with pytest.raises(InputError, match=r"input.price names column 'amnt'.*; fix input.files entry 2 \(orders\*\)$"):
+        prepare([str(views), str(orders)], tmp_path / "bad", CFG, input_cfg=bad_column)
+    # after the load: 5% of the views have day-first times, the orders are read with a day-first format
+    mixed = tmp_path / "views.csv"
+    lines = views.read_text().splitlines()
+    for i in range(1, len(lines), 20):
+        user, item, at = lines[i].split(",")
+        lines[i] = f"{user},{item},{at[8:10]}.{at[5:7]}.{at[:4]} {at[11:19]}"
+    mixed.write_text("\n".join(lines) + "\n")
+    m = prepare([str(mixed), str(orders)], tmp_path / "q", PrepareConfig(eval_days=3), input_cfg=PER_FILE).manifest
+    n = m["rejects_by_reason"]["unparseable event_time"]
+    assert n == len(range(1, len(lines), 20))
+    assert [w for w in m["warnings"] if "rejected" in w] == [
+        f"{mixed}: {n} line(s) rejected: unparseable event_time; event times such as "
+        + ", ".join(repr(v) for v in list(m["reject_examples"]["unparseable event_time"])[:3])
+        + ' read with time_format: "%d.%m.%Y %H:%M:%S" in input.files entry 1 (views.csv)']
 
 
 @pytest.mark.parametrize("files, needles", [
-    ([{"match": "order.csv", "event": "purchase"}], ["input.files entry 1: match 'order.csv' matches none of the input "
-                                                     "files (views.csv, orders.csv)"]),
+    ([{"match": "order.csv", "event": "purchase"}, {"match": "nothing.csv", "event": "view"}],
+     ["input.files entry 1 (order.csv) matches none of the input files (", "input.files entry 2 (nothing.csv) matches none"]),
+    ([{"match": "*.csv", "event": "view"}, {"match": "orders.csv", "event": "purchase"}],
+     ["input.files entry 2 (orders.csv) is never used: ", "orders.csv takes input.files entry 1 (*.csv), the first that "
+      "matches; put the more specific entry first"]),
     ([{"match": "views.csv", "evnt": "view"}], ["unknown key 'evnt' in input.files entry 1 (did you mean 'event'?)"]),
     ([{"event": "view"}], ["input.files entry 1 has no match"]),
     ([{"match": "views.csv", "event": "buy"}], ["input.event in input.files entry 1 must be one of view, cart, purchase"]),
     ([{"match": "views.csv", "event": "view"}, {"match": "orders.csv", "time_format": "epoch"}],
      ["input.files entry 2 (orders.csv): input.time_format 'epoch'"]),
-    (["orders.csv"], ["input.files entry 1 must be a mapping"]),
+    (["orders.csv", {"match": "views.csv", "evnt": "view"}], ["input.files entry 1 must be a mapping",
+                                                            "unknown key 'evnt' in input.files entry 2"]),
     ([{"match": "views.csv", "event": "view", "event_type": "kind"}],
-     ["views.csv: input.event (view) and input.event_type (kind) are both set"]),
-    ([{"match": "views.csv"}], ["views.csv: input.event_type is not mapped", "or input.event, the one event of every row"]),
+     ["input.files entry 1 (views.csv): input.event (view) and input.event_type (kind) are both set"]),
+    ([{"match": "views.csv", "event": "view", "ignore": ["x"]}],
+     ["input.files entry 1 (views.csv): input.ignore has no effect beside input.event (view)"]),
+    ([{"match": "views.csv"}], ["views.csv: input.event_type is not mapped", "or input.event, the one event of every row",
+                                "fix input.files entry 1 (views.csv)"]),
 ])
 def test_bad_file_entries_fail_before_any_work(tmp_path: Path, views_and_orders: dict[str, Path], files: list,
                                                needles: list[str]) -> None:
@@ -760,6 +833,20 @@ def test_bad_file_entries_fail_before_any_work(tmp_path: Path, views_and_orders:
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
+def test_input_event_never_overrules_an_event_column_silently(tmp_path: Path, views_and_orders: dict[str, Path]) -> None:
+    combined = views_and_orders["combined.csv"]
+    with pytest.raises(InputError, match=r"combined.csv: input.event \(purchase\) would read every row as a purchase, but "
+                                         r"the file has the event-type column 'event_type' of the rees46 schema"):
+        prepare([str(combined)], tmp_path / "p", CFG, input_cfg=InputConfig(event="purchase"))
+    with pytest.raises(InputError, match=r"input.view has no effect beside input.event \(purchase\)"):
+        prepare([str(combined)], tmp_path / "p", CFG, input_cfg=InputConfig(event="purchase", view=["pv"]))
+    rees_view = tmp_path / "rview.csv"  # a REES46 header without its event column
+    rees_view.write_text("event_time,product_id,user_id\n2019-10-01 00:00:00 UTC,1,2\n")
+    with pytest.raises(InputError, match="header lacks required column.s. event_type; the rees46 schema needs them; for "
+                                         "a file whose rows are all one event set input.event"):
+        prepare([str(rees_view)], tmp_path / "p", CFG)
+
+
 def test_cli_per_file_mapping_with_set_and_check(tmp_path: Path, views_and_orders: dict[str, Path]) -> None:
     views, orders = views_and_orders["views.csv"], views_and_orders["orders.csv"]
     sets = ["--set", "input.user=customer", "--set", "input.item=sku", "--set", "input.time=viewed_at", "--set",
@@ -768,15 +855,15 @@ def test_cli_per_file_mapping_with_set_and_check(tmp_path: Path, views_and_order
     result = invoke("prepare", views, orders, "--check", *sets)
     assert result.exit_code == 0, result.output
     assert "every row: view (input.event)" in result.output and "every row: purchase (input.event)" in result.output
+    assert "input.files entry 2 (orders*)" in result.output
     result = invoke("prepare", views, orders, "--out", tmp_path / "p", "--eval-days", "3", *sets)
     assert result.exit_code == 0, result.output
-    assert same(tmp_path / "p", _prepared_with(tmp_path / "q", [views, orders], PER_FILE))
+    prepare([str(views), str(orders)], tmp_path / "q", PrepareConfig(eval_days=3), input_cfg=PER_FILE)
+    assert same(tmp_path / "p", tmp_path / "q")
     with pytest.raises(ConfigError, match=r"unknown key 'evnt' in input.files entry 1 \(did you mean 'event'\?\)"):
         load_config(sets=["input.files=[{match: a.csv, evnt: view}]"])
+    with pytest.raises(ConfigError, match="input.files in --set must be a list, and this text is not one YAML reads: quote"):
+        load_config(sets=["input.files=[{match: *.csv, event: view}]"])  # (* starts a YAML alias)
+    assert load_config(sets=["input.files={match: a.csv, event: view}"]).input.files == [{"match": "a.csv", "event": "view"}]
     result = invoke("prepare", views, orders, "--out", tmp_path / "r", "--set", "input.files=[{match: x.csv, event: view}]")
-    clean_failure(result, "input.files entry 1: match 'x.csv' matches none of the input files")
-
-
-def _prepared_with(out: Path, paths: list[Path], icfg: InputConfig) -> Path:
-    prepare([str(p) for p in paths], out, PrepareConfig(eval_days=3), input_cfg=icfg)
-    return out
+    clean_failure(result, "input.files entry 1 (x.csv) matches none of the input files")

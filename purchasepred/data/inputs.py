@@ -171,14 +171,30 @@ class Mapping:
     """Of a CSV file's text (one of ENCODINGS)."""
     event: str | None = None
     """The canonical event of every row of a file without an event-type column (input.event)."""
+    entry: str | None = None
+    """The input.files entry the file's keys come from ("input.files entry 2 (orders*.csv)"), or None."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {"schema": self.schema, "columns": self.columns, "time_format": self.time_format,
                "events": self.events, "delimiter": self.delimiter, "decimal_separator": self.decimal_separator,
                "encoding": self.encoding, "header": self.header}
-        if self.event is not None:  # (only when set: the manifests, and content hashes, of other logs stay as they were)
+        # (each only when set: the manifest of a log mapped without them has the keys it had)
+        if self.event is not None:
             out["event"] = self.event
+        if self.entry is not None:
+            out["from"] = self.entry
         return out
+
+    def setting(self, key: str, value: str) -> str:
+        return setting(key, value, self.entry)
+
+
+def setting(key: str, value: str, entry: str | None = None) -> str:
+    """How to set input ``key`` to ``value`` (YAML text) for a file: a --set of the input keys, or, for a
+    file mapped by an input.files ``entry``, the key in that entry (a --set would change the other files)."""
+    if entry is not None:
+        return f"{key}: {value} in {entry}"
+    return f"--set {shlex.quote(f'input.{key}={value}')}"
 
 
 @dataclass(frozen=True)
@@ -192,45 +208,84 @@ class InputFile:
     size: int
 
 
-def file_entries(icfg: InputConfig) -> list[tuple[str, dict[str, Any]]]:
-    """input.files: each entry's glob and its keys (as InputConfig types); InputError when one is invalid."""
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of input.files: its number (from 1), its glob and its keys (as InputConfig types)."""
+
+    no: int
+    match: str
+    keys: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"input.files entry {self.no} ({self.match})"
+
+    def matches(self, path: Path) -> bool:
+        """Whether the glob matches the end of ``path`` as given or resolved, in any case."""
+        pattern = self.match.lower()
+        return any(Path(str(p).lower()).match(pattern) for p in (path, path.resolve()))
+
+    def overlay(self, icfg: InputConfig) -> InputConfig:
+        """The keys of a file this entry maps: ``icfg``'s overlaid with the entry's. An entry that names a
+        schema starts from that preset alone; an entry's event replaces an event_type (and its values)
+        set above, and its event_type an event."""
+        keys = self.keys
+        if keys.get("schema") is not None:
+            return InputConfig(**keys)
+        cleared: dict[str, Any] = {}
+        if keys.get("event") is not None and "event_type" not in keys:
+            cleared = {"event_type": None, **{k: None for k in (*EVENTS, "ignore") if k not in keys}}
+        if keys.get("event_type") is not None and "event" not in keys:
+            cleared = {"event": None}
+        return replace(icfg, files=None, **{**cleared, **keys})
+
+
+def file_entries(icfg: InputConfig) -> list[FileEntry]:
+    """input.files, checked: InputError naming every invalid entry."""
     entries, problems = [], []
     for no, entry in enumerate(icfg.files or [], start=1):
         pattern, keys, wrong = file_entry(no, entry)
         problems += wrong
         if pattern is not None:
-            entries.append((pattern, keys))
+            entries.append(FileEntry(no, pattern, keys))
     if problems:
         raise InputError("; ".join(problems))
     return entries
 
 
-def file_input_config(icfg: InputConfig, path: Path) -> InputConfig:
-    """The input keys of one file: ``icfg`` overlaid with those of the first input.files entry whose glob
-    matches the end of its path."""
-    for pattern, keys in file_entries(icfg):
-        if path.match(pattern):
-            return replace(icfg, files=None, **keys)
-    return replace(icfg, files=None)
+def file_input_config(icfg: InputConfig, path: Path) -> tuple[InputConfig, FileEntry | None]:
+    """The input keys of one file and the input.files entry they come from (the first whose glob matches
+    the end of its path; None: the input keys alone)."""
+    entry = next((e for e in file_entries(icfg) if e.matches(path)), None)
+    return (entry.overlay(icfg) if entry else replace(icfg, files=None)), entry
 
 
 def check_file_entries(icfg: InputConfig, paths: list[Path]) -> None:
-    """Every input.files entry matches one of ``paths`` (a glob that matches none is a typo, not a no-op)."""
-    for no, (pattern, _) in enumerate(file_entries(icfg), start=1):
-        if not any(path.match(pattern) for path in paths):
-            names = ", ".join(p.name for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
-            raise InputError(f"input.files entry {no}: match {pattern!r} matches none of the input files ({names}); "
-                             "it is matched against the end of each file's path, e.g. 'orders*.csv'")
+    """Every input.files entry is the first match of one of ``paths``: one that matches none is a typo,
+    one that only files an earlier entry also matches is never used; neither is a silent no-op."""
+    entries = file_entries(icfg)
+    used = {entry.no for entry in (file_input_config(icfg, path)[1] for path in paths) if entry is not None}
+    problems = []
+    shown = ", ".join(map(str, paths[:5])) + (", ..." if len(paths) > 5 else "")
+    for e in entries:
+        hits = [p for p in paths if e.matches(p)]
+        if not hits:
+            problems.append(f"{e.label} matches none of the input files ({shown}); its glob is matched against the "
+                            "end of each file's path, e.g. 'orders*.csv' or '2024/*.csv'")
+        elif e.no not in used:
+            first = file_input_config(icfg, hits[0])[1]
+            problems.append(f"{e.label} is never used: {hits[0]} takes {first.label if first else 'another entry'}, "
+                            "the first that matches; put the more specific entry first")
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 def check_input_config(icfg: InputConfig) -> None:
     """Problems of the mapping that do not depend on a file: one InputError listing them all (those of
-    input.files entries too, each under its entry's keys)."""
-    entries = file_entries(icfg)
+    input.files entries too, each named with its entry)."""
     problems = _config_problems(icfg)
-    for no, (pattern, keys) in enumerate(entries, start=1):
-        problems += [f"input.files entry {no} ({pattern}): {p}" for p in _config_problems(replace(icfg, files=None, **keys))
-                     if p not in problems]
+    for e in file_entries(icfg):
+        problems += [f"{e.label}: {p}" for p in _config_problems(e.overlay(icfg)) if p not in problems]
     if problems:
         raise InputError("; ".join(problems))
 
@@ -239,6 +294,12 @@ def _config_problems(icfg: InputConfig) -> list[str]:
     problems = []
     if icfg.event is not None and icfg.event not in EVENTS:
         problems.append(f"input.event must be one of {', '.join(EVENTS)}, got {icfg.event!r}")
+    if icfg.event is not None and icfg.event_type is not None:
+        problems.append(f"input.event ({icfg.event}) and input.event_type ({icfg.event_type}) are both set: a file has an "
+                        "event-type column or one event for every row; unset one")
+    if icfg.event is not None:
+        problems += [f"input.{k} has no effect beside input.event ({icfg.event}), which makes every row one event; "
+                     "unset it" for k in (*EVENTS, "ignore") if getattr(icfg, k)]
     if icfg.schema is not None and icfg.schema not in PRESETS:
         problems.append(f"input.schema {icfg.schema!r} is not a preset; choose one of {', '.join(PRESETS)}")
     fmt = icfg.time_format
@@ -285,10 +346,13 @@ def _explicit(icfg: InputConfig) -> dict[str, Any]:
     return {k: getattr(icfg, k) for k in MAPPING_KEYS if getattr(icfg, k) is not None}
 
 
-def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt: str = "csv") -> tuple[Mapping, list[str]]:
+def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt: str = "csv",
+                    entry: str | None = None) -> tuple[Mapping, list[str]]:
     """The mapping of one file: a preset (named, or detected from the REES46 header) overlaid with the
-    keys set in ``input:``. Returns it with the file's column names (``input.columns`` when headerless).
-    Every problem (a missing column, a required field unmapped) is an InputError before any work."""
+    keys set in ``input:`` (``icfg``: those of the file, with its input.files ``entry``, named in the
+    errors). Returns it with the file's column names (``input.columns`` when headerless). Every problem
+    (a missing column, a required field unmapped) is an InputError before any work."""
+    fix = f"fix {entry}" if entry else f"fix the input mapping (--schema {{{','.join(PRESETS)}}} or --set input.FIELD=COLUMN)"
     given = _explicit(icfg)
     base = icfg.schema or (_detect(names) if names is not None else None)
     spec = dict(PRESETS[base]) if base else {**{k: None for k in CANONICAL}, **{
@@ -296,10 +360,8 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
                                  *EVENTS)}}
     spec.update(given)
     event = spec["event"]
-    if event is not None:  # one event for every row: no event-type column is read (a preset's is dropped)
-        if "event_type" in given:
-            raise InputError(f"{path}: input.event ({event}) and input.event_type ({given['event_type']}) are both set; "
-                             "a file has an event-type column or one event for every row: unset one (per file: input.files)")
+    preset_event_column = spec["event_type"] if event is not None else None
+    if event is not None:  # one event for every row: no event-type column is read
         spec["event_type"] = None
     header = bool(spec["header"]) if fmt == "csv" else True
     if not header:
@@ -310,6 +372,11 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     elif names is None:
         raise InputError(f"{path}: has no header to map; pass --schema or --set input.header=false with input.columns")
     lower = [_canonical(n) for n in names]
+    if preset_event_column is not None and _canonical(str(preset_event_column)) in lower:
+        # (a preset's event column that the file has: its values would be silently overruled)
+        raise InputError(f"{path}: input.event ({event}) would read every row as a {event}, but the file has the "
+                         f"event-type column {preset_event_column!r} of the {base} schema; unset input.event to read "
+                         f"its values (mapping them with input.view, input.purchase, ...){' in ' + entry if entry else ''}")
     if base is None and not any(k in given for k in (*CANONICAL, "event")):
         missing = [c for c in ("event_time", "event_type", "product_id", "user_id") if c not in lower]
         shown = ", ".join("product_id (or item_id)" if c == "product_id" else c for c in missing)
@@ -345,22 +412,24 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
         fields = [f for f, c in CANONICAL.items() if columns.get(c) == raw]
         problems.append(f"column {raw!r} is mapped to more than one field ({', '.join('input.' + f for f in fields)})")
     if lacking:
-        problems.insert(0, f"header lacks required column(s) {', '.join(lacking)}; the {base} schema needs them")
+        event_column = spec["event_type"] in lacking
+        problems.insert(0, f"header lacks required column(s) {', '.join(lacking)}; the {base} schema needs them"
+                        + ("; for a file whose rows are all one event set input.event" if event_column else ""))
     if problems:
         found = f"; found {', '.join(names)}" if names else ""
-        raise InputError(f"{path}: " + "; ".join(problems) + found
-                         + f"; fix the input mapping (--schema {{{','.join(PRESETS)}}} or --set input.FIELD=COLUMN)")
+        raise InputError(f"{path}: " + "; ".join(problems) + found + f"; {fix}")
     events = {str(v).strip().lower(): e for e in (*EVENTS, "ignore") for v in spec[e] or []}
     if event is None and not any(e in events.values() for e in EVENTS):
         raise InputError(f"{path}: the mapping names no raw value for any event type; set e.g. --set 'input.view=[pv]'")
     schema = base or "custom"
     mapping = Mapping(schema=schema, columns=columns, time_format=str(spec["time_format"]), events=events,
                       delimiter=str(spec["delimiter"]), header=header, decimal_separator=str(spec["decimal_separator"]),
-                      encoding=encoding_name(str(spec["encoding"])) or "utf-8", event=event)
+                      encoding=encoding_name(str(spec["encoding"])) or "utf-8", event=event, entry=entry)
     return mapping, names
 
 
-def inspect_csv(path: Path, icfg: InputConfig) -> InputFile:
+def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> InputFile:
+    """The mapping of one CSV file (``icfg``: its keys, from its input.files ``entry`` when it has one)."""
     head = _open_text_head(path)
     if not head.strip():
         raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
@@ -403,7 +472,7 @@ def inspect_csv(path: Path, icfg: InputConfig) -> InputFile:
             header_line = first.decode(encoding).rstrip("\r")
         except UnicodeDecodeError:
             raise InputError(f"{path}: the header is not UTF-8 text; if the file is Latin-1 (ISO-8859-1) text set "
-                             "--set input.encoding=latin-1, else convert it to UTF-8 (is this a CSV event log?)") from None
+                             f"{setting('encoding', 'latin-1', entry)}, else convert it to UTF-8 (is this a CSV event log?)") from None
     header = PRESETS[icfg.schema]["header"] if icfg.schema else True
     header = icfg.header if icfg.header is not None else header
     if icfg.delimiter is None and path.name.lower().endswith(TAB_SUFFIXES):
@@ -411,9 +480,9 @@ def inspect_csv(path: Path, icfg: InputConfig) -> InputFile:
     delim = icfg.delimiter or (PRESETS[icfg.schema]["delimiter"] if icfg.schema else ",")
     raw_names = next(csv.reader(io.StringIO(header_line), delimiter=delim), []) if header else None
     try:
-        mapping, names = resolve_mapping(icfg, raw_names, path)
+        mapping, names = resolve_mapping(icfg, raw_names, path, entry=entry)
     except InputError as err:
-        hint = _delimiter_hint(raw_names, delim) if raw_names is not None else None
+        hint = _delimiter_hint(raw_names, delim, entry) if raw_names is not None else None
         if hint is None:
             raise
         raise InputError(f"{err}; {hint}") from None
@@ -464,14 +533,13 @@ def _strptime_problem(fmt: str) -> str | None:
     return None
 
 
-def _delimiter_hint(names: list[str], delim: str) -> str | None:
+def _delimiter_hint(names: list[str], delim: str, entry: str | None = None) -> str | None:
     """What to set when a header read with ``delim`` is one column that another delimiter splits."""
     if len(names) != 1:
         return None
     for other, quoted in OTHER_DELIMITERS.items():
         if other != delim and other in names[0]:
-            return (f"the header is one column with {delim!r} but splits on {other!r}: "
-                    f"set --set 'input.delimiter={quoted}'")
+            return f"the header is one column with {delim!r} but splits on {other!r}: set {setting('delimiter', quoted, entry)}"
     return None
 
 
@@ -520,39 +588,40 @@ def _all_parse(values: list[str], fmt: str) -> bool:
     return True
 
 
-def reject_hint(reason: str, values: list[str], time_formats: tuple[str, ...] = ()) -> str | None:
+def reject_hint(reason: str, values: list[str], time_formats: tuple[str, ...] = (), entry: str | None = None) -> str | None:
     """What to set when lines fail for ``reason`` with these field values (the commonest first), or None.
-    ``time_formats``: those the mapping already reads times with (never suggested again)."""
+    ``time_formats``: those the mapping already reads times with (never suggested again); ``entry``: the
+    input.files entry that maps the file (the key to set is there)."""
     values = [v for v in values if v and v.strip()]
     if not values:
         return None
     shown = ", ".join(repr(v) for v in values[:3])
     if reason == "unknown event_type":
-        example = shlex.quote(f"input.view=[{values[0]}]")
-        return (f"event values {shown} are not in the mapping: name each, e.g. --set {example} "
-                "(or input.cart, input.purchase, input.remove_from_cart), or leave them out with --set 'input.ignore=[...]'")
+        return (f"event values {shown} are not in the mapping: name each, e.g. {setting('view', f'[{values[0]}]', entry)} "
+                f"(or {', '.join(('' if entry else 'input.') + k for k in ('cart', 'purchase', 'remove_from_cart'))}), "
+                f"or leave them out with {setting('ignore', '[...]', entry)}")
     if reason == "event_time out of range":  # a time read in the wrong epoch unit (unix_s as unix_ms: 1970)
         fmt = guess_time_format(values)
         if fmt in _EPOCH_DIGITS.values() and fmt not in time_formats:
-            return f"event times such as {shown} read with --set input.time_format={fmt}"
+            return f"event times such as {shown} read with {setting('time_format', fmt, entry)}"
         return None
     if reason == "unparseable event_time":
         fmt = guess_time_format(values)
         if fmt is not None and fmt not in time_formats:
-            hint = f"event times such as {shown} read with --set {shlex.quote(f'input.time_format={json.dumps(fmt)}')}"
+            hint = f"event times such as {shown} read with {setting('time_format', json.dumps(fmt), entry)}"
             swapped = fmt.replace("%d", "%_").replace("%m", "%d").replace("%_", "%m")
             if swapped != fmt and swapped in _TIME_FORMAT_GUESSES and _all_parse(values, swapped):
                 hint += f" (or {json.dumps(swapped)} if the month comes first: these examples fit both)"
             return hint
         if fmt is not None:
             return None  # the format the mapping has: these times are broken, not written another way
-        return (f"event times such as {shown}: set input.time_format to {', '.join(TIME_FORMATS)} or the strptime "
-                "format they are written in, e.g. '%d.%m.%Y %H:%M'")
+        return (f"event times such as {shown}: set {'time_format in ' + entry if entry else 'input.time_format'} to "
+                f"{', '.join(TIME_FORMATS)} or the strptime format they are written in, e.g. '%d.%m.%Y %H:%M'")
     if reason == "unparseable price":
         decimal_comma = [re.fullmatch(r"[-+]?(\d+|[1-9]\d{0,2}(\.\d{3})+),\d+", v.strip()) for v in values]
         thousands = [re.fullmatch(r"[-+]?[1-9]\d{0,2}(,\d{3})+", v.strip()) for v in values]  # 1,234: a US thousand?
         if any(decimal_comma) and not all(thousands):
-            return f"prices such as {shown} have a decimal comma: --set input.decimal_separator=,"
+            return f"prices such as {shown} have a decimal comma: {setting('decimal_separator', ',', entry)}"
     return None
 
 

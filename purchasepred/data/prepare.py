@@ -33,7 +33,7 @@ from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
     InputFile, check_file_entries, check_input_config, check_path, duckdb_literal, expand, file_input_config,
-    guess_time_format, inspect_csv, is_parquet, reject_hint, resolve_mapping,
+    guess_time_format, inspect_csv, is_parquet, reject_hint, resolve_mapping, setting,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -249,7 +249,8 @@ def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfi
     files = []
     for path in paths:
         check_path(path)
-        file_cfg = file_input_config(icfg, path)
+        file_cfg, entry = file_input_config(icfg, path)
+        label = entry.label if entry else None
         if is_parquet(path):
             _set(con, "input_glob", duckdb_literal(path))
             try:
@@ -257,14 +258,14 @@ def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfi
             except duckdb.Error as err:
                 raise InputError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
             names = [r["column_name"] for r in described]
-            mapping, names = resolve_mapping(file_cfg, names, path, fmt="parquet")
+            mapping, names = resolve_mapping(file_cfg, names, path, fmt="parquet", entry=label)
             price = mapping.columns.get("price")
             if price is not None and next(r["column_type"] for r in described if r["column_name"] == price) != "VARCHAR":
                 # a typed price reads as text with '.' whatever the mapping says of prices written as text
                 mapping = replace(mapping, decimal_separator=".")
             files.append(InputFile(path, "parquet", mapping.schema, tuple(names), mapping, path.stat().st_size))
         else:
-            files.append(inspect_csv(path, file_cfg))
+            files.append(inspect_csv(path, file_cfg, label))
     return files
 
 
@@ -331,8 +332,10 @@ def prepare(
         finally:
             hashes.close()
         manifest["inputs"] = [
-            {"path": str(p), "size": p.stat().st_size, "sha256": digests[str(p)]} for p in paths
+            {"path": str(p), "size": p.stat().st_size, "sha256": digests[str(p)], "rows_read": manifest["rows_read_by_file"][str(p)]}
+            for p in paths
         ]
+        del manifest["rows_read_by_file"]
         manifest["content_hash"] = _content_hash(manifest)
         manifest["duration_s"] = round(time.perf_counter() - t0, 3)
         (tmp / "manifest.json").write_text(to_json(manifest))
@@ -620,6 +623,7 @@ def _count_and_drop(con: duckdb.DuckDBPyConnection, step: str) -> dict[str, Any]
     counts: dict[str, Any] = {}
     if step == "sessionize":
         counts.update(_rows(con, stats["counts_input"])[0])
+        counts["rows_read_by_file"] = {r["file_path"]: int(r["n"]) for r in _rows(con, stats["rows_read_by_file"])}
         counts["ignored_by_value"] = {r["value"]: int(r["n"]) for r in _rows(con, stats["ignored_by_value"])}
         counts.update(_rows(con, stats["counts_clean"])[0])
     for table in DONE_WITH.get(step, ()):
@@ -716,7 +720,8 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
         "records": records, "valid": counts.get(None, 0), "ignored": counts.get("ignored", 0),
         "unreadable_lines": unreadable,
         "rejected": {r["reason"]: {"n": int(r["n"]), "examples": list(r["examples"]),
-                                   "hint": reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,))}
+                                   "hint": reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,),
+                                                       f.mapping.entry)}
                      for r in by_reason if r["reason"] not in (None, "ignored")},
     }
 
@@ -907,39 +912,50 @@ def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path], files: 
     shown = ", ".join(f"{r['reason']} {r['n']}" for r in reasons[:4])
     first = con.execute("select file_path, line, reason from rejects order by file_path, line limit 1").fetchone()
     where = f"; first at {first[0]} line {first[1]}: {first[2]}" if first else ""
-    examples = _reject_examples(con)
-    hints = [LATIN1_HINT] if any(r["reason"] == "invalid utf-8" for r in reasons) else []
-    formats = tuple(f.mapping.time_format for f in files)
-    hints += [h for h in (reject_hint(r["reason"], list(examples.get(r["reason"], {})), formats) for r in reasons[:2]) if h]
+    hints = [h for *_, h in _reject_hints(con, files)[:2]]
     hint = "".join(f"; {h}" for h in hints)
     raise InputError(
         f"{', '.join(map(str, paths))}: no valid rows (rejected: {shown}){where}; fix the input or check its schema{hint}"
     )
 
 
-# what to say when lines are rejected as invalid UTF-8 (a store's export in a Western European code page)
-LATIN1_HINT = "if the file is Latin-1 (ISO-8859-1) text, pass --set input.encoding=latin-1"
+def latin1_hint(entry: str | None = None) -> str:
+    """What to say when lines are rejected as invalid UTF-8 (a store's export in a Western European code
+    page); ``entry``: the input.files entry of the file."""
+    return f"if the file is Latin-1 (ISO-8859-1) text, pass {setting('encoding', 'latin-1', entry)}"
 
 
-def encoding_warnings(manifest: dict[str, Any]) -> list[str]:
-    """A warning when lines were rejected as invalid UTF-8: most likely the whole file is in another encoding."""
-    n = manifest["rejects_by_reason"].get("invalid utf-8", 0)
-    return [f"{n:,} line(s) rejected as invalid utf-8; {LATIN1_HINT}"] if n else []
-
-
-# a reason with a hint (inputs.reject_hint) warns when at least this share of the rows read failed for it
+# a reason with a hint (inputs.reject_hint) warns when at least this share of a file's rows failed for it
 HINT_SHARE = 0.01
 
 
-def reject_warnings(manifest: dict[str, Any]) -> list[str]:
-    """A warning for each reject reason that at least HINT_SHARE of the rows read failed for and that a
-    mapping key can fix (an unmapped event value, a time format, a decimal comma), naming the key."""
+def _reject_hints(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> list[tuple[InputFile, str, int, str]]:
+    """(file, reason, lines, hint) for each reject reason of each file that its own mapping can fix (an
+    unmapped event value, a time format, a decimal comma, the Latin-1 encoding), commonest first; the
+    hint names the key to set, in the file's input.files entry when it has one."""
+    by_path = {str(f.path): f for f in files}
     out = []
-    formats = tuple(m["time_format"] for m in manifest["input_mappings"])
-    for reason, n in manifest["rejects_by_reason"].items():
-        hint = reject_hint(reason, list(manifest["reject_examples"].get(reason, {})), formats)
-        if hint and n >= HINT_SHARE * manifest["rows_read"]:
-            out.append(f"{n:,} line(s) rejected: {reason}; {hint}")
+    for r in _rows(con, named_queries("stats.sql")["rejects_by_file"]):
+        f = by_path[r["file_path"]]
+        if r["reason"] == "invalid utf-8":
+            hint = latin1_hint(f.mapping.entry)
+        else:
+            hint = reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,), f.mapping.entry)
+        if hint:
+            out.append((f, r["reason"], int(r["n"]), hint))
+    return out
+
+
+def reject_warnings(con: duckdb.DuckDBPyConnection, files: list[InputFile], rows_read: dict[str, int]) -> list[str]:
+    """A warning for each fixable reject reason of a file (_reject_hints) that at least HINT_SHARE of the
+    file's rows failed for (one broken time among thousands is a broken time, not a format to change), and
+    for any line rejected as invalid UTF-8 (most likely the whole file is in another encoding); named after
+    the file when there are several."""
+    out = []
+    for f, reason, n, hint in _reject_hints(con, files):
+        if reason == "invalid utf-8" or n >= HINT_SHARE * rows_read.get(str(f.path), 0):
+            what = f"{n:,} line(s) rejected as invalid utf-8" if reason == "invalid utf-8" else f"{n:,} line(s) rejected: {reason}"
+            out.append(f"{f.path}: {what}; {hint}" if len(files) > 1 else f"{what}; {hint}")
     return out
 
 
@@ -985,11 +1001,12 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "eval_days_choice": choice.to_dict(),
         "input_schemas": sorted({f.schema for f in files}),
         "input_mappings": _unique([f.mapping.to_dict() for f in files]),
+        "rows_read_by_file": before_drop["rows_read_by_file"],  # (prepare puts each file's into its "inputs" entry)
         "sql_sha256": sql_hashes(),
         "tables": {t: f"{t}.parquet" for t in OUTPUT_TABLES},
     }
-    manifest["warnings"] = (choice.warnings + item_warnings(manifest, cfg.min_item_count) + encoding_warnings(manifest)
-                            + reject_warnings(manifest))
+    manifest["warnings"] = (choice.warnings + item_warnings(manifest, cfg.min_item_count)
+                            + reject_warnings(con, files, before_drop["rows_read_by_file"]))
     check_conservation(manifest)
     return manifest
 
