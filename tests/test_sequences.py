@@ -55,6 +55,15 @@ def test_padded_rows_cut_a_batch_of_sequences_from_the_events() -> None:
     assert inputs.count(item % 2 == 0).tolist() == [2, 1, 1]  # 72, 74 | 80 | 90
     kept = inputs.subset(np.array([False, True, True]))
     assert kept.n_sequences == 2 and kept["item_idx"].tolist() == [[PAD, PAD, 80], [PAD, PAD, 90]]
+    # compact: the same sequences over only the rows they read (here rows 5 and 6 of 8)
+    small = kept.compact()
+    assert small.columns["item_idx"].tolist() == [80, 90] and small.columns["ts"].tolist() == [20, 30]
+    assert all(np.array_equal(small[c], kept[c]) for c in kept) and small.take(np.array([1]))["ts"].tolist() == [[0, 0, 30]]
+    # overlapping and empty sequences, and a sequence longer than max_len (its first rows are never read)
+    odd = PaddedRows({"item_idx": item}, np.array([0, 1, 5, 7]), np.array([5, 3, 5, 8]), 3).compact()
+    assert padded.compact() is padded  # (every row is read: kept as it is)
+    assert odd.columns["item_idx"].tolist() == [71, 72, 73, 74, 91]  # (row 0 is never read)
+    assert odd["item_idx"].tolist() == [[72, 73, 74], [PAD, 71, 72], [PAD, PAD, PAD], [PAD, PAD, 91]]
     # a window's inputs are one sequence per user
     from datetime import datetime
 
@@ -134,6 +143,13 @@ def test_every_cutoff_uses_only_earlier_events(synth_prepared: prep.PrepareSumma
         for target in ("next_target", "purchase_target", "cart_target"):
             assert not (arrays[target][~real] != PAD).any(), target  # no target on padding
         n_tokens[split] = int(real.sum())
+        # the chunks' columns hold the events they read and nothing else (no event at or after the window;
+        # the refit on every event reads nearly all of them and keeps the events' columns as they are)
+        small = arrays.compact()  # (what the trainer sends to a GPU)
+        if split != "all":
+            assert len(small.columns["item_idx"]) == n_tokens[split] and small.columns["ts"].max() < window.start_ts
+        rows = np.arange(0, arrays.n_sequences, 7)
+        assert all(np.array_equal(small.take(rows)[c], arrays.take(rows)[c]) for c in arrays)
     # each later cutoff sees more; before "all", every user with a next event to learn is in training
     assert n_tokens["valid"] < n_tokens["test"] < n_tokens["all"] <= synth_prepared.manifest["n_events"]
     _, about = data.train_chunks("all")

@@ -47,8 +47,8 @@ class DeviceRows:
     its arrays moved there): sequence i is the event rows ``[start[i], end[i])``, at most ``width`` of
     them, PAD on the left. A batch is cut where the columns live, from a device index, so a step
     neither copies its batch from the host nor waits for it; the device holds each column once per
-    event (every event of the dataset, also those after the training cutoff) and 16 bytes per
-    sequence, not every sequence padded to ``width``."""
+    event that a sequence reads (PaddedRows.compact leaves the others out of the training chunks) and
+    16 bytes per sequence, not every sequence padded to ``width``."""
 
     def __init__(self, columns: dict[str, Any], start: Any, end: Any, width: int, device: torch.device) -> None:
         self.columns = {c: torch.as_tensor(v).to(device) for c, v in columns.items()}
