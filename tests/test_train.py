@@ -85,6 +85,17 @@ def _losses_and_valid(history: list[dict[str, Any]]) -> list[tuple]:
             for h in history]
 
 
+def test_chunks_holding_only_the_events_they_read_train_the_same(root: Path, data: PreparedData, run_a: TrainSummary,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the trainer's chunks hold only the events they read (PaddedRows.compact): forced here on the
+    CPU, the run is the same, loss for loss."""
+    monkeypatch.setattr(Trainer, "_compact_chunks", lambda self: True)
+    trainer = Trainer(make_cfg(root, 3), data, "compact")
+    summary = trainer.fit()
+    assert len(trainer.train_data.columns["item_idx"]) < len(data._events["item_idx"])
+    assert _losses_and_valid(summary.history) == _losses_and_valid(run_a.history)
+
+
 def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for name in a:

@@ -413,11 +413,15 @@ class Trainer:
                 "no purchase is followed by a known item before the valid window: the purchase head cannot learn "
                 "(it is trained on nothing); the view head still trains"
             )
-        if self.device.type != "cpu":
-            # only the events the chunks read go to the device (half of them for the valid window of a month's
-            # log); on the CPU the columns are the events' own arrays, shared, and a compact copy would add memory
+        if self._compact_chunks():
             chunks = chunks.compact()
         return DeviceRows(chunks.columns, chunks.start(), chunks.end, chunks.max_len, self.device)
+
+    def _compact_chunks(self) -> bool:
+        """Whether only the events the chunks read go to the device (half of them for the valid window of a
+        month's log): on a GPU. On the CPU the columns are the events' own arrays, shared, and a compact
+        copy would add memory."""
+        return self.device.type != "cpu"
 
     def _check_valid_window(self) -> None:
         """Refuse, before any training, a dataset whose valid window evaluate could never fit on."""
