@@ -37,13 +37,15 @@ with counted as (
     select file_path, reason, value, count(*) as n from rejects group by all
 ),
 
-ranked as (
-    select *, row_number() over (partition by file_path, reason order by n desc, md5(value), value) as rank
-    from counted where value is not null
+ranked as (  -- (the lines without a value, counted with the rest, rank last)
+    select *, row_number() over (partition by file_path, reason order by value is null, n desc, md5(value), value) as rank
+    from counted
 )
 
-select file_path, reason, sum(n)::bigint as n, coalesce(list(value order by rank) filter (where rank <= 5), []) as examples
-from (select c.*, r.rank from counted as c left join ranked as r using (file_path, reason, value))
+select
+    file_path, reason, sum(n)::bigint as n,
+    coalesce(list(value order by rank) filter (where rank <= 5 and value is not null), []) as examples
+from ranked
 group by file_path, reason
 order by n desc, file_path, reason;
 

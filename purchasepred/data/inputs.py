@@ -185,9 +185,6 @@ class Mapping:
             out["from"] = self.entry
         return out
 
-    def setting(self, key: str, value: str) -> str:
-        return setting(key, value, self.entry)
-
 
 def setting(key: str, value: str, entry: str | None = None) -> str:
     """How to set input ``key`` to ``value`` (YAML text) for a file: a --set of the input keys, or, for a
@@ -253,31 +250,27 @@ def file_entries(icfg: InputConfig) -> list[FileEntry]:
     return entries
 
 
-def file_input_config(icfg: InputConfig, path: Path) -> tuple[InputConfig, FileEntry | None]:
-    """The input keys of one file and the input.files entry they come from (the first whose glob matches
-    the end of its path; None: the input keys alone)."""
-    entry = next((e for e in file_entries(icfg) if e.matches(path)), None)
-    return (entry.overlay(icfg) if entry else replace(icfg, files=None)), entry
-
-
-def check_file_entries(icfg: InputConfig, paths: list[Path]) -> None:
-    """Every input.files entry is the first match of one of ``paths``: one that matches none is a typo,
-    one that only files an earlier entry also matches is never used; neither is a silent no-op."""
+def file_configs(icfg: InputConfig, paths: list[Path]) -> list[tuple[InputConfig, FileEntry | None]]:
+    """Each file's input keys and the input.files entry they come from (the first whose glob matches the
+    end of its path; None: the input keys alone). Every entry must be the first match of one of ``paths``:
+    one that matches none is a typo, one that only files an earlier entry also matches is never used;
+    neither is a silent no-op (InputError naming each)."""
     entries = file_entries(icfg)
-    used = {entry.no for entry in (file_input_config(icfg, path)[1] for path in paths) if entry is not None}
+    firsts = [next((e for e in entries if e.matches(path)), None) for path in paths]
+    used = {e.no for e in firsts if e is not None}
     problems = []
     shown = ", ".join(map(str, paths[:5])) + (", ..." if len(paths) > 5 else "")
     for e in entries:
-        hits = [p for p in paths if e.matches(p)]
-        if not hits:
+        hit = next((i for i, path in enumerate(paths) if e.matches(path)), None)
+        if hit is None:
             problems.append(f"{e.label} matches none of the input files ({shown}); its glob is matched against the "
                             "end of each file's path, e.g. 'orders*.csv' or '2024/*.csv'")
         elif e.no not in used:
-            first = file_input_config(icfg, hits[0])[1]
-            problems.append(f"{e.label} is never used: {hits[0]} takes {first.label if first else 'another entry'}, "
+            problems.append(f"{e.label} is never used: {paths[hit]} takes {firsts[hit].label}, "
                             "the first that matches; put the more specific entry first")
     if problems:
         raise InputError("; ".join(problems))
+    return [(e.overlay(icfg) if e else replace(icfg, files=None), e) for e in firsts]
 
 
 def check_input_config(icfg: InputConfig) -> None:

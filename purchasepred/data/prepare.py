@@ -32,8 +32,8 @@ import duckdb
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
-    InputFile, check_file_entries, check_input_config, check_path, duckdb_literal, expand, file_input_config,
-    guess_time_format, inspect_csv, is_parquet, reject_hint, resolve_mapping, setting,
+    InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs, guess_time_format, inspect_csv,
+    is_parquet, reject_hint, resolve_mapping, setting,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -245,11 +245,9 @@ def _rows(con: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, Any]]:
 def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfig) -> list[InputFile]:
     """Every file's mapping (the input keys overlaid with its input.files entry), checked before any work:
     a missing column, an unmapped field or an entry that matches no file is an error."""
-    check_file_entries(icfg, paths)
     files = []
-    for path in paths:
+    for path, (file_cfg, entry) in zip(paths, file_configs(icfg, paths), strict=True):
         check_path(path)
-        file_cfg, entry = file_input_config(icfg, path)
         label = entry.label if entry else None
         if is_parquet(path):
             _set(con, "input_glob", duckdb_literal(path))
@@ -331,11 +329,8 @@ def prepare(
             digests = hashes.finish()
         finally:
             hashes.close()
-        manifest["inputs"] = [
-            {"path": str(p), "size": p.stat().st_size, "sha256": digests[str(p)], "rows_read": manifest["rows_read_by_file"][str(p)]}
-            for p in paths
-        ]
-        del manifest["rows_read_by_file"]
+        for entry in manifest["inputs"]:  # (the run's rows of each file, with its size and digest)
+            entry.update(size=Path(entry["path"]).stat().st_size, sha256=digests[entry["path"]])
         manifest["content_hash"] = _content_hash(manifest)
         manifest["duration_s"] = round(time.perf_counter() - t0, 3)
         (tmp / "manifest.json").write_text(to_json(manifest))
@@ -1001,7 +996,8 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "eval_days_choice": choice.to_dict(),
         "input_schemas": sorted({f.schema for f in files}),
         "input_mappings": _unique([f.mapping.to_dict() for f in files]),
-        "rows_read_by_file": before_drop["rows_read_by_file"],  # (prepare puts each file's into its "inputs" entry)
+        # (prepare adds each file's size and sha256)
+        "inputs": [{"path": str(f.path), "rows_read": before_drop["rows_read_by_file"][str(f.path)]} for f in files],
         "sql_sha256": sql_hashes(),
         "tables": {t: f"{t}.parquet" for t in OUTPUT_TABLES},
     }
