@@ -259,6 +259,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
                 reasons.append(str(err).split(", got ")[0].removeprefix("must be "))
         raise ValueError(f"must be {' or '.join(reasons)}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, str) and value not in args and value.strip().lower() in args:
+            return value.strip().lower()  # (the names are lower case: View, ' CPU' read as view, cpu)
         if value not in args:
             raise ValueError(f"must be one of {', '.join(map(str, args))}, got {value!r}")
         return value

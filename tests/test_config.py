@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY
 from purchasepred.cli import app
-from purchasepred.config import Config, PrepareConfig, config_from_dict, dump_yaml, load_config, parse_set
+from purchasepred.config import Config, PrepareConfig, config_from_dict, dump_yaml, file_entry, load_config, parse_set
 from purchasepred.errors import ConfigError
 from purchasepred.resources import configs_dir
 
@@ -160,6 +160,18 @@ def test_set_syntax() -> None:
     }
     cfg = load_config(sets=["eval.k=5,10", "prepare.memory_limit=2GB", "prepare.threads=null"])
     assert (cfg.eval.k, cfg.prepare.memory_limit, cfg.prepare.threads) == ([5, 10], "2GB", None)
+
+
+def test_a_named_value_is_read_in_any_case() -> None:
+    """A value from a fixed list of lower-case names (input.event, train.device, train.loss) is read in
+    any case and with spaces around it, also in an input.files entry; anything else stays an error."""
+    cfg = load_config(sets=["input.event=View", "train.device= CPU ", "train.loss=Sampled", "prepare.eval_days=AUTO",
+                            "input.files=[{match: 'orders*.csv', event: PURCHASE}]"])
+    assert (cfg.input.event, cfg.train.device, cfg.train.loss, cfg.prepare.eval_days) == ("view", "cpu", "sampled", "auto")
+    glob, keys, problems = file_entry(1, cfg.input.files[0])
+    assert (glob, keys, problems) == ("orders*.csv", {"event": "purchase"}, [])
+    with pytest.raises(ConfigError, match="input.event in --set must be one of view, cart, purchase, remove_from_cart, got 'Vue'"):
+        load_config(sets=["input.event=Vue"])
 
 
 def test_round_trip_through_yaml() -> None:

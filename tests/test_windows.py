@@ -162,7 +162,7 @@ def test_explicit_values_keep_todays_windows(long_log: Path, tmp_path: Path) -> 
     assert "eval days 3 (3.0 days) - given: --eval-days 3" in flat(result.stdout)
 
 
-@pytest.mark.parametrize("bad", ["abc", "-1", "0", "nan", "Auto"])
+@pytest.mark.parametrize("bad", ["abc", "-1", "0", "nan", "automatic"])  # ("Auto" is auto: test_config)
 def test_bad_eval_days_is_one_line(bad: str, tmp_path: Path, long_log: Path) -> None:
     line = one_error_line(cli("prepare", long_log, "--out", tmp_path / "p", "--eval-days", bad))
     assert "prepare.eval_days" in line and "auto" in line
