@@ -269,7 +269,7 @@ def runs_trained_on(cfg: Config, data: Path) -> list[str]:
 @app.command()
 @handle_errors
 def prepare(
-    raw: Annotated[list[str], typer.Argument(help="Raw event files or globs (.csv, .csv.gz, .parquet).")],
+    raw: Annotated[list[str], typer.Argument(help="Raw event files or globs (.csv, .tsv, .parquet, .jsonl, .ndjson, .json; .gz).")],
     out: Annotated[Path, typer.Option("--out", help="Prepared dataset folder to create.")] = Path("prepared"),
     session_gap: Annotated[Optional[float], typer.Option(
         help="Minutes of inactivity that start a new session." + default("prepare.session_gap_minutes"))] = None,
@@ -348,16 +348,19 @@ def _check_mapping(raw: list[str], cfg: Config) -> None:
             ("time format", m["time_format"]),
             ("events", f"every row: {m['event']} (input.event)" if m.get("event") else
              ", ".join(f"{raw_value} -> {event}" for raw_value, event in m["events"].items())),
-            ("delimiter / encoding / decimal", f"{m['delimiter']!r} / {m['encoding']} / {m['decimal_separator']!r}"),
+            {"csv": ("delimiter / encoding / decimal", f"{m['delimiter']!r} / {m['encoding']} / {m['decimal_separator']!r}"),
+             "json": ("format / encoding / decimal", f"JSON lines / {m['encoding']} / {m['decimal_separator']!r}"),
+             "parquet": ("format / decimal", f"Parquet / {m['decimal_separator']!r}")}[s["format"]],
             ("records sampled", s["records"]),
             ("valid", s["valid"]),
             ("ignored (by the mapping)", s["ignored"]),
         ]
         unreadable = s["unreadable_lines"]
+        could_not = "lines the reader could not " + ("read" if s["format"] == "json" else "split")
         if unreadable is None:  # (the reader names them only after reading the whole file)
-            rows.append(("lines the reader could not split", "not counted: the file is longer than the sample"))
+            rows.append((could_not, "not counted: the file is longer than the sample"))
         else:
-            rows.append(("lines the reader could not split", sum(unreadable.values())))
+            rows.append((could_not, sum(unreadable.values())))
             rows += [(f"  unreadable: {reason}", n) for reason, n in unreadable.items()]
         rows += [(f"  rejected: {reason}", _with_examples(r["n"], [repr(v[:40]) for v in r["examples"]]))
                  for reason, r in s["rejected"].items()]

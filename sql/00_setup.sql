@@ -35,22 +35,25 @@ create or replace macro parse_time(t) as case getvariable('time_format')
 end;
 
 -- parse_price(t): a price written as text as DOUBLE, NULL when it does not parse, by the mapping's
--- decimal_separator: '.' reads any number DuckDB reads ('12.5', '1e3'); ',' reads a decimal comma, the
--- digits before it optionally grouped in threes by '.' ('12,5', '1.234,56', '1.234'; a group never
--- starts the number with 0: '0.500' does not parse); any other '.' does not parse ('12.5' in such a
--- log is a typo or another column, never silently twelve and a half)
+-- decimal_separator: '.' reads any number DuckDB reads ('12.5', '1e3', '12.', '.5'); ',' reads a decimal
+-- comma, the digits before it optionally grouped in threes by '.' ('12,5', '1.234,56', '1.234'; a group
+-- never starts the number with 0: '0.500' does not parse), either side of the comma may be empty as with
+-- '.' ('12,', ',5'); any other '.' does not parse ('12.5' in such a log is a typo or another column,
+-- never silently twelve and a half)
 create or replace macro parse_price(t) as case getvariable('decimal_separator')
-    when ',' then case when regexp_full_match(t, '[-+]?([0-9]+|[1-9][0-9]{0,2}(\.[0-9]{3})+)(,[0-9]+)?')
+    when ',' then case when regexp_full_match(t, '[-+]?(([0-9]+|[1-9][0-9]{0,2}(\.[0-9]{3})+)(,[0-9]*)?|,[0-9]+)')
         then try_cast(replace(replace(t, '.', ''), ',', '.') as double) end
     else try_cast(t as double)
 end;
 
 -- reader_reject_reason(error_type): the reject reason of a line the CSV reader could not split, from
--- its error type (the load's raw_rejects and prepare --check name them alike)
+-- its error type (the load's raw_rejects and prepare --check name them alike; input_format is csv, or
+-- json for JSON lines, which the reader reads as one field per line: a second field is broken JSON)
 create or replace macro reader_reject_reason(error_type) as case
-    when error_type in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'wrong field count'
     when error_type = 'INVALID ENCODING' then 'invalid ' || getvariable('input_encoding')
-    else 'malformed csv: ' || lower(error_type)
+    when getvariable('input_format') = 'json' and error_type in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'malformed json'
+    when error_type in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'wrong field count'
+    else 'malformed ' || getvariable('input_format') || ': ' || lower(error_type)
 end;
 
 -- text without its surrounding spaces, NULL when empty (trim only where there is a space to trim:
@@ -63,7 +66,8 @@ create or replace macro event_name(v) as coalesce(getvariable('event_map')[v], g
 
 -- why a typed record is left out: 'ignored' (its event value is ignored by the mapping) or a reject
 -- reason; NULL when it is a valid event
-create or replace macro reject_reason(event_name, user_key, item_key, event_at, price_text, price) as case
+create or replace macro reject_reason(record_problem, event_name, user_key, item_key, event_at, price_text, price) as case
+    when record_problem is not null then record_problem  -- (JSON lines: an empty line, or not a JSON object)
     when event_name = 'ignore' then 'ignored'
     when user_key is null then 'missing user_id'
     when item_key is null then 'missing item id'
@@ -120,11 +124,11 @@ final as (
         brand_norm as brand,
         price_value as price,
         reject_reason,
-        -- the record as the file wrote it, its fields in file order (kept for rejected and ignored ones;
-        -- built only for them: CASE evaluates its branch only on the rows that take it)
-        case has_raw when true then array_to_string(
+        -- the record as the file wrote it: its line (JSON lines), else its fields in file order (kept for
+        -- rejected and ignored ones; built only for them: CASE evaluates its branch only on the rows that take it)
+        case has_raw when true then coalesce(record_text, array_to_string(
             list_transform([*columns(lambda c: list_contains(getvariable('input_names'), c))], lambda v: coalesce(v, '')),
-            getvariable('input_delimiter'))
+            getvariable('input_delimiter')))
         end as raw,
         case when reject_reason = 'ignored' then lower(trim(event_type)) end as ignored_value,
         -- the text of the field a rejected record failed on (what the summary shows and a hint reads)
@@ -139,7 +143,7 @@ final as (
     from (
         select
             *,
-            reject_reason(event_name, user_key, item_key, event_at, price_text, price_value) as reject_reason,
+            reject_reason(record_problem, event_name, user_key, item_key, event_at, price_text, price_value) as reject_reason,
             reject_reason is not null as has_raw  -- (*COLUMNS() below cannot sit beside an operator)
         from typed
     )
@@ -185,5 +189,7 @@ create or replace table optional_columns (
     category_code varchar,
     brand varchar,
     price varchar,
-    user_session varchar
+    user_session varchar,
+    record_problem varchar,  -- (JSON lines: why a line is no record, else NULL)
+    record_text varchar  -- (JSON lines: the line)
 );

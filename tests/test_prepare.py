@@ -44,7 +44,7 @@ from conftest import (
 )
 from purchasepred.config import PrepareConfig
 from purchasepred.data import prepare as prep
-from purchasepred.data.prepare import LOAD_PARQUET, QUERY_FILES, STEPS, prepare
+from purchasepred.data.prepare import LOAD_JSON, LOAD_PARQUET, QUERY_FILES, STEPS, prepare
 from purchasepred.data.sequences import NEVER, gather
 from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
@@ -608,9 +608,9 @@ def test_run_order_matches_sql_files() -> None:
     assert len({n for n, _ in STEPS}) == len(STEPS)
     # every numbered file is a step; every step exists
     numbered = {f for f in present if re.match(r"^\d\d_", f)}
-    assert numbered == set(step_files) | {LOAD_PARQUET}
+    assert numbered == set(step_files) | {LOAD_PARQUET, LOAD_JSON}
     assert [f[:2] for f in step_files] == sorted(f[:2] for f in step_files)
-    assert LOAD_PARQUET[:2] == dict(STEPS)["load"][:2]
+    assert LOAD_PARQUET[:2] == LOAD_JSON[:2] == dict(STEPS)["load"][:2]
     # the other files are collections of named queries (audits, stats, and readers of the output),
     # but for ids.sql: the id macros every connection defines
     for f in present - numbered - {"ids.sql"}:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -146,7 +147,8 @@ def test_custom_mapping_delimiter_strptime_and_optional_columns(tmp_path: Path) 
 def test_decimal_comma_prices(tmp_path: Path) -> None:
     # one event per item, so that each item's price is the one its line wrote
     lines = [("a", "9,5"), ("b", "1.234,56"), ("c", "1.234"), ("d", "12"), ("e", "+0,25"), ("f", "12.5"),
-             ("g", "1,2,3"), ("h", "12.34,5"), ("i", "1e3"), ("j", "-1,5"), ("k", ""), ("l", "0.500"), ("m", "1.234.567,8")]
+             ("g", "1,2,3"), ("h", "12.34,5"), ("i", "1e3"), ("j", "-1,5"), ("k", ""), ("l", "0.500"), ("m", "1.234.567,8"),
+             ("n", "12,"), ("o", ",5"), ("p", "-,5"), ("q", ","), ("r", ".5")]
     raw = tmp_path / "shop.csv"
     raw.write_text("Kunde;Artikel;Zeit;Aktion;Preis\n" + "".join(
         f"u{i % 3};{item};2019-10-0{1 + i % 2} 1{i % 10}:00:00;Kauf;{price}\n" for i, (item, price) in enumerate(lines)))
@@ -154,19 +156,22 @@ def test_decimal_comma_prices(tmp_path: Path) -> None:
                        purchase=["Kauf"], delimiter=";", decimal_separator=",")
     res = prepare([str(raw)], tmp_path / "p", PrepareConfig(max_len=3, eval_days=0.5, min_item_count=1), input_cfg=icfg)
     m = res.manifest
-    assert m["rejects_by_reason"] == {"unparseable price": 5, "negative price": 1}  # 0.500: a group never leads with 0
+    # 0.500: a group never leads with 0; ',' alone is no number, '.5' is not one under the comma
+    assert m["rejects_by_reason"] == {"unparseable price": 7, "negative price": 2}
     assert m["input_mappings"][0]["decimal_separator"] == ","
     con = open_prepared(tmp_path / "p")
     assert [r[0] for r in rows(con, "select raw from rejects order by line")] == [
         "u2;f;2019-10-02 15:00:00;Kauf;12.5", "u0;g;2019-10-01 16:00:00;Kauf;1,2,3",
         "u1;h;2019-10-02 17:00:00;Kauf;12.34,5", "u2;i;2019-10-01 18:00:00;Kauf;1e3", "u0;j;2019-10-02 19:00:00;Kauf;-1,5",
-        "u2;l;2019-10-02 11:00:00;Kauf;0.500"]
+        "u2;l;2019-10-02 11:00:00;Kauf;0.500", "u0;p;2019-10-02 15:00:00;Kauf;-,5", "u1;q;2019-10-01 16:00:00;Kauf;,",
+        "u2;r;2019-10-02 17:00:00;Kauf;.5"]
     assert dict(rows(con, "select product_id, price from items")) == {
-        "a": 9.5, "b": 1234.56, "c": 1234.0, "d": 12.0, "e": 0.25, "k": None, "m": 1234567.8}
-    # the default '.' reads the same file as before: '9,5', '-1,5' and '1.234.567,8' do not parse, '12.5', '1e3' do
+        "a": 9.5, "b": 1234.56, "c": 1234.0, "d": 12.0, "e": 0.25, "k": None, "m": 1234567.8, "n": 12.0, "o": 0.5}
+    # the default '.' reads the same file as before: '9,5', '-1,5', '1.234.567,8', '12,', ',5', '-,5' and ',' do not
+    # parse, '12.5', '1e3', '.5' do
     m = prepare([str(raw)], tmp_path / "dot", PrepareConfig(max_len=3, eval_days=0.5, min_item_count=1),
                 input_cfg=replace(icfg, decimal_separator=None)).manifest
-    assert m["rejects_by_reason"] == {"unparseable price": 7}
+    assert m["rejects_by_reason"] == {"unparseable price": 11}
     assert m["input_mappings"][0]["decimal_separator"] == "."
 
 
@@ -867,3 +872,131 @@ def test_cli_per_file_mapping_with_set_and_check(tmp_path: Path, views_and_order
     assert load_config(sets=["input.files={match: a.csv, event: view}"]).input.files == [{"match": "a.csv", "event": "view"}]
     result = invoke("prepare", views, orders, "--out", tmp_path / "r", "--set", "input.files=[{match: x.csv, event: view}]")
     clean_failure(result, "input.files entry 1 (x.csv) matches none of the input files")
+
+
+# ---- JSON lines ---------------------------------------------------------------------------------------
+
+def _tiny_as_json_lines(path: Path, nested: bool = False) -> Path:
+    """tests/fixtures/tiny.csv as JSON lines, record for record: every field a string (nested: numbers as
+    numbers, empty fields left out, the user under ctx.user.id); its one line with a wrong field count
+    stays as it is (no JSON). The records are the CSV's lines less its header: line numbers one lower."""
+    import csv
+
+    header, *records = list(csv.reader(TINY.open()))
+    lines = []
+    for r in records:
+        if len(r) != len(header):
+            lines.append(",".join(r))
+            continue
+        d: dict = dict(zip(header, r, strict=True))
+        if nested:
+            d = {k: v for k, v in d.items() if v != ""}
+            if "price" in d:
+                d["price"] = float(d["price"])
+            user = d.pop("user_id", None)
+            d["ctx"] = {"user": {"id": int(user)}} if user else {}
+        lines.append(json.dumps(d))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_json_lines_give_the_tables_of_the_same_csv(tmp_path: Path, nested: bool) -> None:
+    """A log as JSON lines (REES46 detected by its keys; or a nested user key mapped by its dotted path)
+    prepares to the same tables as the CSV; each reject keeps its line, reason and value, with the
+    line's own text; the CSV's line that the reader could not split is malformed JSON here."""
+    jsonl = _tiny_as_json_lines(tmp_path / "tiny.jsonl", nested)
+    icfg = InputConfig(schema="rees46", user="ctx.user.id") if nested else None
+    m = prepare([str(jsonl)], tmp_path / "j", TINY_CFG, input_cfg=icfg).manifest
+    c = prepare([str(TINY)], tmp_path / "c", TINY_CFG).manifest
+    assert conserved(m) and (m["rows_read"], m["rows_rejected"]) == (c["rows_read"], c["rows_rejected"])
+    assert m["input_mappings"][0]["schema"] == "rees46"
+    assert m["input_mappings"][0]["columns"]["user_id"] == ("ctx.user.id" if nested else "user_id")
+    assert same(tmp_path / "j", tmp_path / "c")
+    text = jsonl.read_text().splitlines()
+    got = rows(open_prepared(tmp_path / "j"), "select line, reason, value, raw from rejects order by line")
+    want = rows(open_prepared(tmp_path / "c"), "select line - 1, reason, value from rejects order by line")
+    assert [g[:2] for g in got] == [(line, "malformed json" if reason == "wrong field count" else reason)
+                                    for line, reason, _ in want]
+    assert [g[2] for g in got] == [("-2.0" if nested and v == "-2.00" else v) for _, _, v in want]
+    assert [g[3] for g in got] == [text[line - 1] for line, *_ in got]
+
+
+@pytest.mark.parametrize("name", ["edge.jsonl", "edge.ndjson.gz"])
+def test_json_lines_reject_every_line_that_is_no_event_object(tmp_path: Path, name: str) -> None:
+    """An empty line, a line that is not UTF-8, one with a raw control character, an array, an object with
+    text after it: each a reject with its line number and text (CRLF line ends); the other lines load."""
+    import gzip
+
+    good = [json.dumps({"u": f"u{k % 4}", "i": f"i{k % 3}", "t": f"2019-10-0{1 + k % 5} 1{k % 10}:00:00",
+                        "e": "purchase" if k % 3 == 0 else "view"}) for k in range(30)]
+    bad = [b"", b'{"u": "b", "i": "\xff", "t": "2019-10-01 10:00:00", "e": "view"}',
+           b'{"u": "c", "i": "y\x01", "t": "2019-10-01 10:00:00", "e": "view"}', b"[1, 2]",
+           b'{"u": "d", "i": "z", "t": "2019-10-01 10:00:00", "e": "view"} and more', b"   "]
+    lines = [g.encode() for g in good[:5]] + bad + [g.encode() for g in good[5:]]
+    data = b"\r\n".join(lines) + b"\r\n"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    icfg = InputConfig(user="u", item="i", time="t", event_type="e")
+    m = prepare([str(path)], tmp_path / "p", PrepareConfig(max_len=4, eval_days=1, min_item_count=1), input_cfg=icfg).manifest
+    assert (m["rows_read"], m["rows_rejected"]) == (36, 6) and conserved(m)
+    assert m["rejects_by_reason"] == {"empty line": 2, "invalid utf-8": 1, "malformed json": 3}
+    got = rows(open_prepared(tmp_path / "p"), "select line, reason, raw from rejects order by line")
+    assert [g[:2] for g in got] == [(6, "empty line"), (7, "invalid utf-8"), (8, "malformed json"),
+                                    (9, "malformed json"), (10, "malformed json"), (11, "empty line")]
+    assert [g[2] for g in got[2:5]] == [b.decode() for b in bad[2:5]] and got[0][2] == ""
+    assert any("invalid utf-8" in w and "input.encoding=latin-1" in w for w in m["warnings"])
+
+
+def test_json_lines_that_are_not_one_object_per_line_fail_with_the_fix(tmp_path: Path) -> None:
+    """A JSON array, an object over several lines, an empty file, a key the records lack (the dotted path
+    of a nested one named), UTF-16: one line each, before any work."""
+    cases = {
+        "array.json": ('[{"a": 1},\n{"a": 2}]\n', "line 1 is a JSON array, not one object per line; write one object "
+                                                   "per line first, e.g. jq -c '.[]'"),
+        "pretty.json": ('\n{\n  "a": 1\n}\n', "line 2 is not a JSON object on one line"),
+        "empty.jsonl": ("\n\n", "the file is empty; pass a file of JSON lines"),
+        "nested.jsonl": ('{"ts": 1, "type": "view", "sku": "a", "context": {"user": {"id": 1}}}\n',
+                         "input.user names column 'context.user', which the file does not have (no record of its first "
+                         "1 MB has that key; a nested key is named by its dotted path, e.g. context.user.id); found ts, "
+                         "type, sku, context.user.id"),
+    }
+    icfg = InputConfig(user="context.user", item="sku", time="ts", event_type="type")
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(InputError, match=re.escape(f"{path}: {message}")):
+            prepare([str(path)], tmp_path / "p", CFG, input_cfg=icfg)
+        assert not (tmp_path / "p").exists()
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_bytes('{"a": 1}\n'.encode("utf-16"))
+    with pytest.raises(InputError, match="UTF-16 or binary data, not JSON lines in UTF-8 or Latin-1; convert it"):
+        prepare([str(utf16)], tmp_path / "p", CFG, input_cfg=icfg)
+
+
+def test_cli_json_lines_as_in_the_readme_beside_a_csv(tmp_path: Path) -> None:
+    """The README's JSON lines example (nested user, unix seconds), --check, and a JSON lines file and a
+    CSV in one prepare (input.files): the tables of one CSV of the same events."""
+    records = [{"ts": 1569888000 + 600 * k, "type": "purchase" if k % 4 == 3 else "view", "sku": f"A-{k % 3}",
+                "context": {"user": {"id": k % 5}}, "price": 9.5} for k in range(40)]
+    jsonl = tmp_path / "events-1.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records[:30]))
+    orders = tmp_path / "orders.csv"  # the last 10 events as a CSV of their own
+    orders.write_text("user,item,ts,type,price\n" + "".join(
+        f"{r['context']['user']['id']},{r['sku']},{r['ts']},{r['type']},{r['price']}\n" for r in records[30:]))
+    whole = tmp_path / "whole.csv"
+    whole.write_text("user,item,ts,type,price\n" + "".join(
+        f"{r['context']['user']['id']},{r['sku']},{r['ts']},{r['type']},{r['price']}\n" for r in records))
+    sets = ["--set", "input.user=context.user.id", "--set", "input.item=sku", "--set", "input.time=ts",
+            "--set", "input.time_format=unix_s", "--set", "input.event_type=type", "--set", "input.price=price"]
+    result = invoke("prepare", tmp_path / "events-*.jsonl", "--check", *sets)
+    assert result.exit_code == 0, result.output
+    assert "JSON lines / utf-8" in result.output and "lines the reader could not read" in result.output
+    result = invoke("prepare", tmp_path / "events-*.jsonl", orders, "--out", tmp_path / "p", "--eval-days", "0.05",
+                    "--min-item-count", "1", *sets, "--set", "input.files=[{match: orders.csv, user: user, item: item}]")
+    assert result.exit_code == 0, result.output
+    result = invoke("prepare", whole, "--out", tmp_path / "q", "--eval-days", "0.05", "--min-item-count", "1",
+                    "--set", "input.user=user", "--set", "input.item=item", "--set", "input.time=ts", "--set",
+                    "input.time_format=unix_s", "--set", "input.event_type=type", "--set", "input.price=price")
+    assert result.exit_code == 0, result.output
+    assert load_manifest(tmp_path / "p")["rows_kept"] == 40 and same(tmp_path / "p", tmp_path / "q")

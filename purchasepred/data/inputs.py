@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Iterator, Literal, get_args
 
 from purchasepred.config import InputConfig, SchemaName, file_entry
 from purchasepred.errors import InputError
@@ -30,6 +30,11 @@ TAB_SUFFIXES = (".tsv", ".tsv.gz", ".tab", ".tab.gz")
 # delimiters a one-column header is checked for, to say which one the file seems to use
 OTHER_DELIMITERS = {"\t": '"\\t"', ";": '";"', "|": '"|"', ",": '","'}
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# newline-delimited JSON: one event object per line (checked before CSV_SUFFIXES' ".gz")
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+# the head of a JSON lines file whose records' keys are the columns a mapping may name (records may
+# leave keys out: a key that only records after it have is not found)
+JSON_HEAD_BYTES = 1 << 20
 
 # The canonical columns every later step sees, keyed by the mapping's field name (``input.<field>``).
 CANONICAL = {
@@ -95,7 +100,8 @@ MAPPING_KEYS = tuple(_REES46)
 def expand(raw: list[str]) -> list[Path]:
     """Paths and globs -> existing files, in the order given (globs sorted)."""
     if not raw:
-        raise InputError("no input given; pass one or more CSV/Parquet files or globs, e.g. purchasepred prepare 'logs/2019-*.csv.gz'")
+        raise InputError("no input given; pass one or more CSV, Parquet or JSON lines files or globs, "
+                         "e.g. purchasepred prepare 'logs/2019-*.csv.gz'")
     out: list[Path] = []
     for item in raw:
         if any(ch in item for ch in "*?[") and not Path(item).exists():
@@ -197,12 +203,15 @@ def setting(key: str, value: str, entry: str | None = None) -> str:
 @dataclass(frozen=True)
 class InputFile:
     path: Path
-    format: Literal["csv", "parquet"]
+    format: Literal["csv", "parquet", "json"]
     schema: str
     names: tuple[str, ...]
-    """The file's own column names in file order (from its header, or input.columns)."""
+    """The file's own column names in file order (from its header, or input.columns; JSON lines: the keys of
+    its records, a nested one as its dotted path, e.g. context.user.id)."""
     mapping: Mapping
     size: int
+    json_paths: tuple[str, ...] = ()
+    """JSON lines: the JSON path of each name ($."context"."user"."id")."""
 
 
 @dataclass(frozen=True)
@@ -392,7 +401,9 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
         hits = [i for i, n in enumerate(lower) if n == _canonical(str(name))]
         if not hits:
             if field in given:
-                problems.append(f"input.{field} names column {name!r}, which the file does not have")
+                problems.append(f"input.{field} names column {name!r}, which the file does not have" + (
+                    f" (no record of its first {JSON_HEAD_BYTES >> 20} MB has that key; a nested key is named by its dotted "
+                    "path, e.g. context.user.id)" if fmt == "json" else ""))
             elif field in REQUIRED_FIELDS:
                 lacking.append(str(name))
             continue  # an optional column of the preset that this file lacks: absent (NULL)
@@ -451,13 +462,10 @@ def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> Inpu
         header_line, rest = first.rstrip("\r"), rest_text.encode("utf-8")
     else:
         if b"\x00" in head:
-            raise InputError(f"{path}: binary data, not a CSV text file (NUL bytes); pass a .csv, .csv.gz or .parquet event log")
+            raise InputError(f"{path}: binary data, not a CSV text file (NUL bytes); pass a .csv, .csv.gz, .parquet or .jsonl event log")
         bom = head.startswith(UTF8_BOM)
-        if encoding == "latin-1" and (bom or _non_ascii_utf8(head)):
-            why = "it starts with a UTF-8 byte order mark" if bom else "its non-ASCII bytes are valid UTF-8"
-            raise InputError(f"{path}: UTF-8 text ({why}), but input.encoding is latin-1, which would garble it; leave "
-                             "input.encoding unset for it (to prepare it with Latin-1 files, convert those first: "
-                             "iconv -f LATIN1 -t UTF-8)")
+        if encoding == "latin-1":
+            _check_latin1(path, head)
         if bom:
             head = head[3:]
         first, _, rest = head.partition(b"\n")
@@ -483,6 +491,75 @@ def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> Inpu
         raise InputError(f"{path}: has a header but no event rows; pass a log with data")
     return InputFile(path=path, format="csv", schema=mapping.schema, names=tuple(names), mapping=mapping,
                      size=path.stat().st_size)
+
+
+def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None) -> InputFile:
+    """The mapping of one file of JSON lines (one event object per line; ``icfg`` as for inspect_csv). Its
+    columns are the keys of the records in its first JSON_HEAD_BYTES, in the order they first appear; a
+    key of a nested object is named by its dotted path (context.user.id)."""
+    head = _open_text_head(path, JSON_HEAD_BYTES)
+    if not head.strip():
+        raise InputError(f"{path}: the file is empty; pass a file of JSON lines with one event object per line")
+    archive = next((hint for magic, hint in ARCHIVES.items() if re.match(magic, head)), None)
+    if archive is not None:
+        raise InputError(f"{path}: {archive.format(path=path)}")
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or _utf16_order(head) or b"\x00" in head:
+        raise InputError(f"{path}: UTF-16 or binary data, not JSON lines in UTF-8 or Latin-1; convert it to UTF-8 first "
+                         "(iconv -f UTF-16 -t UTF-8)")
+    encoding = encoding_name(icfg.encoding) if icfg.encoding is not None else "utf-8"
+    if encoding == "utf-16":
+        raise InputError(f"{path}: input.encoding is utf-16, but JSON lines are read in UTF-8 or Latin-1 only; unset "
+                         f"it for this file{' (' + entry + ')' if entry else ''} or convert the file to UTF-8 first")
+    if encoding == "latin-1":
+        _check_latin1(path, head)
+    icfg = replace(icfg, encoding=encoding)
+    lines = head.removeprefix(UTF8_BOM).split(b"\n")
+    if len(head) == JSON_HEAD_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # (the head cut a line short)
+    names: dict[str, str] = {}
+    first = True
+    for no, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode(encoding))
+        except ValueError:  # (UnicodeDecodeError included)
+            record = None
+        if first and not isinstance(record, dict):
+            text = raw.decode("utf-8", errors="replace").strip()
+            what = ("a JSON array, not one object per line; write one object per line first, e.g. jq -c '.[]' "
+                    f"{shlex.quote(str(path))} > events.jsonl" if text.startswith("[") else
+                    "not a JSON object on one line (prepare reads JSON lines: one event object per line, "
+                    'e.g. {"user": "u1", "item": "a", "time": "2019-10-01 10:00:00", "event": "view"}); '
+                    f"write each object on one line first, e.g. jq -c . {shlex.quote(str(path))} > events.jsonl")
+            raise InputError(f"{path}: line {no} is {what}; got {text[:60]!r}")
+        first = False
+        if isinstance(record, dict):
+            for name, json_path in _json_keys(record):
+                names.setdefault(name, json_path)
+    mapping, found = resolve_mapping(icfg, list(names), path, fmt="json", entry=entry)
+    return InputFile(path=path, format="json", schema=mapping.schema, names=tuple(found), mapping=mapping,
+                     size=path.stat().st_size, json_paths=tuple(names[n] for n in found))
+
+
+def _json_keys(record: dict[str, Any], keys: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
+    """(dotted name, JSON path) of each value of ``record`` that is not an object, nested ones included."""
+    for key, value in record.items():
+        path = (*keys, str(key))
+        if isinstance(value, dict) and value:
+            yield from _json_keys(value, path)
+        else:
+            yield ".".join(path), "$" + "".join("." + json.dumps(k, ensure_ascii=False) for k in path)
+
+
+def _check_latin1(path: Path, head: bytes) -> None:
+    """InputError when a file read as Latin-1 is UTF-8 text, which Latin-1 would garble."""
+    bom = head.startswith(UTF8_BOM)
+    if bom or _non_ascii_utf8(head):
+        why = "it starts with a UTF-8 byte order mark" if bom else "its non-ASCII bytes are valid UTF-8"
+        raise InputError(f"{path}: UTF-8 text ({why}), but input.encoding is latin-1, which would garble it; leave "
+                         "input.encoding unset for it (to prepare it with Latin-1 files, convert those first: "
+                         "iconv -f LATIN1 -t UTF-8)")
 
 
 def _non_ascii_utf8(head: bytes) -> bool:
@@ -622,7 +699,7 @@ def check_path(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: no such file; check the path (globs must be quoted)")
     if path.is_dir():
-        raise InputError(f"{path}: is a directory; pass the CSV/Parquet files inside it, e.g. '{path}/*.csv'")
+        raise InputError(f"{path}: is a directory; pass the CSV, Parquet or JSON lines files inside it, e.g. '{path}/*.csv'")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
 
@@ -636,6 +713,10 @@ def duckdb_literal(path: Path | str) -> str:
 
 def is_parquet(path: Path) -> bool:
     return path.name.lower().endswith(PARQUET_SUFFIXES)
+
+
+def is_json(path: Path) -> bool:
+    return path.name.lower().endswith(JSON_SUFFIXES)
 
 
 assert tuple(PRESETS) == get_args(SchemaName), "config.SchemaName must list the presets"

@@ -33,7 +33,7 @@ from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
     InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs, guess_time_format, inspect_csv,
-    is_parquet, reject_hint, resolve_mapping, setting,
+    inspect_json, is_json, is_parquet, reject_hint, resolve_mapping, setting,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -55,7 +55,7 @@ RUN_KEYS = ("duration_s", "created_at", "content_hash", "steps", "memory_limit",
 # The run order. A test checks that it names every .sql file present.
 STEPS: list[tuple[str, str]] = [
     ("setup", "00_setup.sql"),
-    ("load", "01_load_csv.sql"),  # run once per CSV input; 01_load_parquet.sql per Parquet input
+    ("load", "01_load_csv.sql"),  # run once per CSV input; 01_load_parquet.sql per Parquet input, 01_load_json.sql per JSON lines
     ("validate", "02_validate.sql"),
     ("clean", "03_clean.sql"),
     ("sessionize", "04_sessionize.sql"),
@@ -64,6 +64,7 @@ STEPS: list[tuple[str, str]] = [
     ("split", "07_split.sql"),
 ]
 LOAD_PARQUET = "01_load_parquet.sql"
+LOAD_JSON = "01_load_json.sql"
 QUERY_FILES = ("audits.sql", "stats.sql", "windows.sql", "exact_order.sql")
 
 OUTPUT_TABLES = ("events", "users", "items", "brands", "categories", "windows", "truth", "rejects")
@@ -262,6 +263,8 @@ def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfi
                 # a typed price reads as text with '.' whatever the mapping says of prices written as text
                 mapping = replace(mapping, decimal_separator=".")
             files.append(InputFile(path, "parquet", mapping.schema, tuple(names), mapping, path.stat().st_size))
+        elif is_json(path):
+            files.append(inspect_json(path, file_cfg, label))
         else:
             files.append(inspect_csv(path, file_cfg, label))
     return files
@@ -507,7 +510,7 @@ def _run(
 
         # (sessionize and encode run the named queries of their files: _sessionize, _encode)
         sql = {name: (sql_dir() / name).read_text() for step, name in STEPS if step not in ("sessionize", "encode")}
-        sql[LOAD_PARQUET] = (sql_dir() / LOAD_PARQUET).read_text()
+        sql.update({name: (sql_dir() / name).read_text() for name in (LOAD_PARQUET, LOAD_JSON)})
         before_drop: dict[str, Any] = {}
         for name, filename in STEPS:
             t = time.perf_counter()
@@ -669,6 +672,7 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sq
     _set(con, "input_delimiter", m.delimiter)
     _set(con, "input_encoding", m.encoding)
     _set(con, "input_header", m.header)
+    _set(con, "input_format", "json" if f.format == "json" else "csv")  # (the reader's reject reasons)
     # the file's columns in file order: mapped ones under their canonical name, the others extra_column_N
     canonical = {raw: canon for canon, raw in m.columns.items()}
     names = []
@@ -682,6 +686,18 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sq
             for raw, name in zip(f.names, names, strict=True)
         ]).create_view("parquet_columns", replace=True)
         q = split_named(sql[LOAD_PARQUET])
+    elif f.format == "json":
+        # only the mapped keys are read: each line's (01_load_json.sql) under their canonical names; the
+        # load is CSV's
+        mapped = [(canonical[raw], path) for raw, path in zip(f.names, f.json_paths, strict=True) if raw in canonical]
+        _set(con, "json_paths", [path for _, path in mapped])
+        _set(con, "input_names", [name for name, _ in mapped])
+        con.execute(split_named(sql[LOAD_JSON])["records"])
+        con.table("json_fields").select(
+            "record_problem", "record_text",
+            *[duckdb.SQLExpression(f"fields[{i}]").alias(name) for i, (name, _) in enumerate(mapped, start=1)],
+        ).create_view("input_records", replace=True)
+        return split_named(sql["01_load_csv.sql"])
     else:
         _set(con, "input_columns", {name: "VARCHAR" for name in names})
         q = split_named(sql["01_load_csv.sql"])
@@ -704,14 +720,14 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
     counts = {r["reason"]: int(r["n"]) for r in by_reason}
     records = sum(counts.values())
     unreadable: dict[str, int] | None = {}
-    if f.format == "csv":
+    if f.format != "parquet":
         # (the reader stores its rejects only when its scan reached the end: a sample cut short has none)
         found = {r["reason"]: int(r["n"]) for r in _rows(con, stats["sample_unreadable"])}
         unreadable = found if records < rows or found else None
         con.execute(stats["sample_reader_rejects_done"])
     con.execute(stats["sample_done"])
     return {
-        "path": str(f.path), "schema": f.mapping.schema, "mapping": f.mapping.to_dict(),
+        "path": str(f.path), "format": f.format, "schema": f.mapping.schema, "mapping": f.mapping.to_dict(),
         "records": records, "valid": counts.get(None, 0), "ignored": counts.get("ignored", 0),
         "unreadable_lines": unreadable,
         "rejected": {r["reason"]: {"n": int(r["n"]), "examples": list(r["examples"]),
@@ -755,7 +771,7 @@ def check_inputs(raw: list[str], input_cfg: InputConfig | None = None, rows: int
         files = _inspect(paths, con, input_cfg)
         _set_time_range(con, datetime.now(timezone.utc))
         con.execute((sql_dir() / dict(STEPS)["setup"]).read_text())
-        sql = {name: (sql_dir() / name).read_text() for name in ("01_load_csv.sql", LOAD_PARQUET)}
+        sql = {name: (sql_dir() / name).read_text() for name in ("01_load_csv.sql", LOAD_PARQUET, LOAD_JSON)}
         out = []
         for file_no, f in enumerate(files, start=1):
             with _reading(f):
