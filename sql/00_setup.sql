@@ -52,6 +52,7 @@ end;
 create or replace macro reader_reject_reason(error_type) as case
     when error_type = 'INVALID ENCODING' then 'invalid ' || getvariable('input_encoding')
     when getvariable('input_format') = 'json' and error_type in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'malformed json'
+    when getvariable('input_format') = 'json' and error_type = 'LINE SIZE OVER MAXIMUM' then 'line too long (over 2 MB)'
     when error_type in ('MISSING COLUMNS', 'TOO MANY COLUMNS') then 'wrong field count'
     else 'malformed ' || getvariable('input_format') || ': ' || lower(error_type)
 end;

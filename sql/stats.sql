@@ -135,5 +135,24 @@ select
 from windows as w
 order by w.window_start;
 
+-- name: json_keys_found
+-- (JSON lines) which of the JSON paths json_paths some record of the file input_glob has, with a value
+-- that is not an object (as the columns of inspect_json): their numbers (from 1); invalid lines are
+-- skipped (the load rejects them)
+select i
+from (
+    select
+        unnest(json_type(line, getvariable('json_paths'))) as kind,
+        unnest(range(1, len(getvariable('json_paths')) + 1)) as i
+    from read_csv(
+        getvariable('input_glob'), header = false, auto_detect = false, delim = chr(1), quote = '', escape = '',
+        encoding = getvariable('input_encoding'), columns = {'line': 'VARCHAR'}, ignore_errors = true
+    )
+    where json_valid(line)
+)
+group by i
+having bool_or(kind is not null and kind <> 'OBJECT')
+order by i;
+
 -- name: parquet_columns
 select column_name, column_type from (describe select * from read_parquet(getvariable('input_glob')));

@@ -957,9 +957,9 @@ def test_json_lines_that_are_not_one_object_per_line_fail_with_the_fix(tmp_path:
         "pretty.json": ('\n{\n  "a": 1\n}\n', "line 2 is not a JSON object on one line"),
         "empty.jsonl": ("\n\n", "the file is empty; pass a file of JSON lines"),
         "nested.jsonl": ('{"ts": 1, "type": "view", "sku": "a", "context": {"user": {"id": 1}}}\n',
-                         "input.user names column 'context.user', which the file does not have (no record of its first "
-                         "1 MB has that key; a nested key is named by its dotted path, e.g. context.user.id); found ts, "
-                         "type, sku, context.user.id"),
+                         "input.user names column 'context.user', which the file does not have (no record has that key; "
+                         "a nested key is named by its dotted path, e.g. context.user.id); found ts, type, sku, "
+                         "context.user.id"),
     }
     icfg = InputConfig(user="context.user", item="sku", time="ts", event_type="type")
     for name, (text, message) in cases.items():
@@ -968,10 +968,73 @@ def test_json_lines_that_are_not_one_object_per_line_fail_with_the_fix(tmp_path:
         with pytest.raises(InputError, match=re.escape(f"{path}: {message}")):
             prepare([str(path)], tmp_path / "p", CFG, input_cfg=icfg)
         assert not (tmp_path / "p").exists()
-    utf16 = tmp_path / "utf16.jsonl"
-    utf16.write_bytes('{"a": 1}\n'.encode("utf-16"))
-    with pytest.raises(InputError, match="UTF-16 or binary data, not JSON lines in UTF-8 or Latin-1; convert it"):
-        prepare([str(utf16)], tmp_path / "p", CFG, input_cfg=icfg)
+    more = {
+        "seq.jsonl": (b'\x1e{"a": 1}\n', "line 1 is a JSON text sequence (RFC 7464: each record starts with the byte "
+                                         "0x1E); take those bytes out first, e.g. tr -d"),
+        "latin.jsonl": (b'{"a": "caf\xe9"}\n', "line 1 is not UTF-8 text; if the file is Latin-1 (ISO-8859-1) text set "
+                                              "--set input.encoding=latin-1"),
+        "utf16.jsonl": ('{"a": 1}\n'.encode("utf-16"), "UTF-16 text, not JSON lines in UTF-8 or Latin-1; convert it"),
+        "mixed.jsonl": (b'{"context": {"user": "a"}, "sku": "x", "ts": 1, "type": "view"}\n'
+                        b'{"context": {"user": "a"}, "sku": "y", "ts": 2, "type": "view"}\r\n',
+                        "could not be read: its lines do not all end alike (\\n in some, \\r\\n in others, or a stray "
+                        "\\r); make them one kind first, e.g. sed -i"),
+        "cases.jsonl": (b'{"Sku": "x", "context": {"user": "a"}, "ts": 1, "type": "view"}\n{"sku": "y"}\n',
+                        "key 'sku' (input.item) is spelled 2 ways in the records (Sku, sku; the mapping reads keys in any "
+                        "case); make them agree"),
+        "dotted.jsonl": (b'{"context.user": "flat", "context": {"user": "a"}, "sku": "x", "ts": 1, "type": "view"}\n',
+                         "'context.user' is both a key with a dot in its name and a nested key in the records; rename"),
+    }
+    for name, (data, message) in more.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(InputError, match=re.escape(f"{path}: {message}")):
+            prepare([str(path)], tmp_path / "p", CFG, input_cfg=icfg)
+        assert not (tmp_path / "p").exists()
+
+
+def test_json_lines_keys_the_head_lacks_prices_as_numbers_and_odd_lines(tmp_path: Path) -> None:
+    """Keys that records only have after the first 1 MB (a REES46 export's brand and price, a mapped key)
+    are found in the whole file (a key no record has is still an error); prices written as JSON numbers
+    read with '.' under a decimal comma; a NUL byte or a line over the reader's 2 MB limit is a reject of
+    its own line, deep nesting reads; a first record longer than the head is read."""
+    def rees(k: int) -> dict:
+        d = {"event_time": f"2019-10-{1 + k * 9 // 12000:02d} {k % 24:02d}:{k % 60:02d}:00 UTC",
+             "event_type": "purchase" if k % 7 == 0 else "view", "product_id": str(1000 + k % 50),
+             "category_id": "2053013555631882655", "user_id": str(k % 300), "user_session": f"s{k % 300}"}
+        if k >= 9000:  # (an exporter that leaves null fields out)
+            d.update(brand="apple", price="12.50", category_code="x.y")
+        return d
+    late = tmp_path / "late.jsonl"
+    late.write_text("".join(json.dumps(rees(k)) + "\n" for k in range(12000)))
+    assert late.read_bytes().index(b'"brand"') > 1 << 20
+    csv_twin = tmp_path / "late.csv"
+    header = list(rees(9000))
+    csv_twin.write_text(",".join(header) + "\n" + "".join(",".join(rees(k).get(h, "") for h in header) + "\n"
+                                                          for k in range(12000)))
+    cfg = PrepareConfig(max_len=4, eval_days=1, min_item_count=1)
+    m = prepare([str(late)], tmp_path / "j", cfg).manifest
+    prepare([str(csv_twin)], tmp_path / "c", cfg)
+    assert {"brand", "price", "category_code"} <= set(m["input_mappings"][0]["columns"])
+    assert same(tmp_path / "j", tmp_path / "c") and rows(open_prepared(tmp_path / "j"), "select count(*) from brands") == [(1,)]
+    with pytest.raises(InputError, match="input.price names column 'prce', which the file does not have .no record has"):
+        prepare([str(late)], tmp_path / "x", cfg, input_cfg=InputConfig(price="prce"))
+
+    odd = [{"u": f"u{k % 3}", "i": f"i{k % 2}", "t": 1569888000 + 600 * k, "e": "purchase" if k % 4 == 3 else "view",
+            "p": [2.999, 1.5][k % 2]} for k in range(40)]
+    lines = [json.dumps(r) for r in odd]
+    lines[0] = json.dumps({**odd[0], "pad": "z" * (1 << 20)})  # (longer than the head)
+    lines[5] = lines[5].replace('"u2"', '"u\x002"')  # (a raw NUL: no JSON)
+    lines[6] = lines[6][:-1] + ', "deep": ' + "[" * 100000 + "]" * 100000 + "}"  # (valid JSON, deeper than Python reads)
+    lines[7] = lines[7][:-1] + ', "blob": "' + "z" * 3_000_000 + '"}'
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    icfg = InputConfig(user="u", item="i", time="t", event_type="e", price="p", time_format="unix_s", decimal_separator=",")
+    m = prepare([str(path)], tmp_path / "o", replace(cfg, eval_days=0.05), input_cfg=icfg).manifest
+    assert m["input_mappings"][0]["decimal_separator"] == "."
+    assert m["rejects_by_reason"] == {"malformed json": 1, "line too long (over 2 MB)": 1} and conserved(m)
+    assert rows(open_prepared(tmp_path / "o"), "select line, reason from rejects order by line") == [
+        (6, "malformed json"), (8, "line too long (over 2 MB)")]
+    assert dict(rows(open_prepared(tmp_path / "o"), "select product_id, price from items")) == {"i0": 2.999, "i1": 1.5}
 
 
 def test_cli_json_lines_as_in_the_readme_beside_a_csv(tmp_path: Path) -> None:

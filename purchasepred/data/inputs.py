@@ -19,7 +19,8 @@ import zlib
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Literal, get_args
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, get_args
 
 from purchasepred.config import InputConfig, SchemaName, file_entry
 from purchasepred.errors import InputError
@@ -35,6 +36,8 @@ JSON_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json
 # the head of a JSON lines file whose records' keys are the columns a mapping may name (records may
 # leave keys out: a key that only records after it have is not found)
 JSON_HEAD_BYTES = 1 << 20
+# how far the head grows when the first record is longer than JSON_HEAD_BYTES
+JSON_MAX_HEAD_BYTES = 64 << 20
 
 # The canonical columns every later step sees, keyed by the mapping's field name (``input.<field>``).
 CANONICAL = {
@@ -144,7 +147,7 @@ def encoding_name(name: str) -> str | None:
 
 def _open_text_head(path: Path, n_bytes: int = 1 << 16) -> bytes:
     try:
-        if path.name.endswith(".gz"):
+        if path.name.lower().endswith(".gz"):  # (DuckDB's readers too read .GZ as gzip)
             with gzip.open(path, "rb") as fh:
                 return fh.read(n_bytes)
         with open(path, "rb") as fh:
@@ -402,13 +405,15 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
         if not hits:
             if field in given:
                 problems.append(f"input.{field} names column {name!r}, which the file does not have" + (
-                    f" (no record of its first {JSON_HEAD_BYTES >> 20} MB has that key; a nested key is named by its dotted "
-                    "path, e.g. context.user.id)" if fmt == "json" else ""))
+                    " (no record has that key; a nested key is named by its dotted path, e.g. context.user.id)"
+                    if fmt == "json" else ""))
             elif field in REQUIRED_FIELDS:
                 lacking.append(str(name))
             continue  # an optional column of the preset that this file lacks: absent (NULL)
         if len(hits) > 1:
-            problems.append(f"column {name!r} (input.{field}) appears {len(hits)} times in the header; keep one")
+            problems.append(f"column {name!r} (input.{field}) appears {len(hits)} times in the header; keep one" if fmt != "json"
+                            else f"key {name!r} (input.{field}) is spelled {len(hits)} ways in the records "
+                            f"({', '.join(names[i] for i in hits)}; the mapping reads keys in any case); make them agree")
             continue
         columns[canon] = names[hits[0]]
     used = list(columns.values())
@@ -493,18 +498,24 @@ def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> Inpu
                      size=path.stat().st_size)
 
 
-def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None) -> InputFile:
+def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None,
+                 find_keys: Callable[[Path, str, dict[str, list[str]]], dict[str, str]] | None = None) -> InputFile:
     """The mapping of one file of JSON lines (one event object per line; ``icfg`` as for inspect_csv). Its
     columns are the keys of the records in its first JSON_HEAD_BYTES, in the order they first appear; a
-    key of a nested object is named by its dotted path (context.user.id)."""
+    key of a nested object is named by its dotted path (context.user.id). A column the mapping names (or
+    its preset has) that no record there has is looked for in the whole file by ``find_keys(path,
+    encoding, {name: [JSON paths it may be]})`` -> {name: the path some record has} (exporters leave
+    out keys whose value is null: a brand may first appear far down the file)."""
     head = _open_text_head(path, JSON_HEAD_BYTES)
+    if len(head) == JSON_HEAD_BYTES and b"\n" not in head:  # (a first record longer than the head)
+        head = _open_text_head(path, JSON_MAX_HEAD_BYTES)
     if not head.strip():
         raise InputError(f"{path}: the file is empty; pass a file of JSON lines with one event object per line")
     archive = next((hint for magic, hint in ARCHIVES.items() if re.match(magic, head)), None)
     if archive is not None:
         raise InputError(f"{path}: {archive.format(path=path)}")
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or _utf16_order(head) or b"\x00" in head:
-        raise InputError(f"{path}: UTF-16 or binary data, not JSON lines in UTF-8 or Latin-1; convert it to UTF-8 first "
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or _utf16_order(head):
+        raise InputError(f"{path}: UTF-16 text, not JSON lines in UTF-8 or Latin-1; convert it to UTF-8 first "
                          "(iconv -f UTF-16 -t UTF-8)")
     encoding = encoding_name(icfg.encoding) if icfg.encoding is not None else "utf-8"
     if encoding == "utf-16":
@@ -514,42 +525,91 @@ def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None) -> Inp
         _check_latin1(path, head)
     icfg = replace(icfg, encoding=encoding)
     lines = head.removeprefix(UTF8_BOM).split(b"\n")
-    if len(head) == JSON_HEAD_BYTES and len(lines) > 1:
+    if len(head) in (JSON_HEAD_BYTES, JSON_MAX_HEAD_BYTES) and len(lines) > 1:
         lines = lines[:-1]  # (the head cut a line short)
-    names: dict[str, str] = {}
+    paths: dict[str, set[str]] = {}  # dotted name -> the JSON paths it names (two: a key with a dot and a nested one)
+    kinds: dict[str, set[bool]] = {}  # dotted name -> whether its values are numbers (True) or text (False)
     first = True
     for no, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
             record = json.loads(raw.decode(encoding))
-        except ValueError:  # (UnicodeDecodeError included)
+        except UnicodeDecodeError:
+            if first:
+                raise InputError(f"{path}: line {no} is not UTF-8 text; if the file is Latin-1 (ISO-8859-1) text set "
+                                 f"{setting('encoding', 'latin-1', entry)}, else convert it to UTF-8") from None
+            continue
+        except (ValueError, RecursionError):
             record = None
         if first and not isinstance(record, dict):
-            text = raw.decode("utf-8", errors="replace").strip()
-            what = ("a JSON array, not one object per line; write one object per line first, e.g. jq -c '.[]' "
-                    f"{shlex.quote(str(path))} > events.jsonl" if text.startswith("[") else
-                    "not a JSON object on one line (prepare reads JSON lines: one event object per line, "
-                    'e.g. {"user": "u1", "item": "a", "time": "2019-10-01 10:00:00", "event": "view"}); '
-                    f"write each object on one line first, e.g. jq -c . {shlex.quote(str(path))} > events.jsonl")
-            raise InputError(f"{path}: line {no} is {what}; got {text[:60]!r}")
+            _not_json_lines(path, no, raw)
         first = False
         if isinstance(record, dict):
-            for name, json_path in _json_keys(record):
-                names.setdefault(name, json_path)
+            for name, json_path, value in _json_keys(record):
+                paths.setdefault(name, set()).add(json_path)
+                if value is not None:
+                    kinds.setdefault(name, set()).add(isinstance(value, (int, float)) and not isinstance(value, bool))
+    names = {name: sorted(p)[0] for name, p in paths.items()}
+    lower = {_canonical(n) for n in names}
+    wanted = [n for n in _mapped_names(icfg, list(names)) if _canonical(n) not in lower]
+    if wanted and find_keys is not None:
+        for name, json_path in find_keys(path, encoding, {n: _json_paths_of(n) for n in wanted}).items():
+            names[name], paths[name] = json_path, {json_path}
     mapping, found = resolve_mapping(icfg, list(names), path, fmt="json", entry=entry)
+    for name in found:
+        if name in mapping.columns.values() and len(paths[name]) > 1:
+            raise InputError(f"{path}: {name!r} is both a key with a dot in its name and a nested key in the records; "
+                             "rename one of them in the export")
+    price = mapping.columns.get("price")
+    if price is not None and kinds.get(price) == {True}:
+        # (prices written as JSON numbers read with '.' whatever the mapping says of prices written as text)
+        mapping = replace(mapping, decimal_separator=".")
     return InputFile(path=path, format="json", schema=mapping.schema, names=tuple(found), mapping=mapping,
                      size=path.stat().st_size, json_paths=tuple(names[n] for n in found))
 
 
-def _json_keys(record: dict[str, Any], keys: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
-    """(dotted name, JSON path) of each value of ``record`` that is not an object, nested ones included."""
+def _not_json_lines(path: Path, no: int, raw: bytes) -> None:
+    """InputError for a file whose first record (line ``no``) is no JSON object on one line, with the fix."""
+    quoted = shlex.quote(str(path))
+    text = raw.decode("utf-8", errors="replace").strip(" \t\r")
+    if text.startswith("\x1e"):
+        what = (f"a JSON text sequence (RFC 7464: each record starts with the byte 0x1E); take those bytes out first, "
+                f"e.g. tr -d '\\036' < {quoted} > events.jsonl")
+    elif text.startswith("["):
+        what = f"a JSON array, not one object per line; write one object per line first, e.g. jq -c '.[]' {quoted} > events.jsonl"
+    else:
+        what = ("not a JSON object on one line (prepare reads JSON lines: one event object per line, "
+                'e.g. {"user": "u1", "item": "a", "time": "2019-10-01 10:00:00", "event": "view"}); '
+                f"write each object on one line first, e.g. jq -c . {quoted} > events.jsonl")
+    raise InputError(f"{path}: line {no} is {what}; got {text[:60]!r}")
+
+
+def _mapped_names(icfg: InputConfig, names: list[str]) -> list[str]:
+    """The columns a file's mapping reads (its preset's, named or detected from ``names``, and the input keys)."""
+    base = icfg.schema or _detect(names)
+    spec = {**(PRESETS[base] if base else {}), **_explicit(icfg)}
+    if spec.get("event") is not None:
+        spec["event_type"] = None
+    return [str(spec[f]) for f in CANONICAL if spec.get(f) is not None]
+
+
+def _json_paths_of(name: str) -> list[str]:
+    """The JSON paths a dotted column name may stand for: a key of that name, or the nested keys its dots part."""
+    whole = "$." + json.dumps(name, ensure_ascii=False)
+    if "." not in name:
+        return [whole]
+    return [whole, "$" + "".join("." + json.dumps(k, ensure_ascii=False) for k in name.split("."))]
+
+
+def _json_keys(record: dict[str, Any], keys: tuple[str, ...] = ()) -> Iterator[tuple[str, str, Any]]:
+    """(dotted name, JSON path, value) of each value of ``record`` that is not an object, nested ones included."""
     for key, value in record.items():
         path = (*keys, str(key))
         if isinstance(value, dict) and value:
             yield from _json_keys(value, path)
         else:
-            yield ".".join(path), "$" + "".join("." + json.dumps(k, ensure_ascii=False) for k in path)
+            yield ".".join(path), "$" + "".join("." + json.dumps(k, ensure_ascii=False) for k in path), value
 
 
 def _check_latin1(path: Path, head: bytes) -> None:

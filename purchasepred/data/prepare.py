@@ -15,6 +15,7 @@ import hashlib
 import json
 from glob import escape as glob_escape
 import os
+import shlex
 import shutil
 import sys
 import threading
@@ -23,6 +24,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -264,10 +266,26 @@ def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfi
                 mapping = replace(mapping, decimal_separator=".")
             files.append(InputFile(path, "parquet", mapping.schema, tuple(names), mapping, path.stat().st_size))
         elif is_json(path):
-            files.append(inspect_json(path, file_cfg, label))
+            files.append(inspect_json(path, file_cfg, label, partial(_find_json_keys, con)))
         else:
             files.append(inspect_csv(path, file_cfg, label))
     return files
+
+
+def _find_json_keys(con: duckdb.DuckDBPyConnection, path: Path, encoding: str,
+                    candidates: dict[str, list[str]]) -> dict[str, str]:
+    """(JSON lines) for each name, the first of its candidate JSON paths that some record of ``path`` has:
+    one scan of the whole file (inputs.inspect_json calls it only for a column its head lacks)."""
+    flat = [(name, json_path) for name, json_paths in candidates.items() for json_path in json_paths]
+    _set(con, "input_glob", duckdb_literal(path))
+    _set(con, "input_encoding", encoding)
+    _set(con, "json_paths", [json_path for _, json_path in flat])
+    with _reading_file(path):
+        hits = [r[0] for r in con.execute(named_queries("stats.sql")["json_keys_found"]).fetchall()]
+    found: dict[str, str] = {}
+    for i in hits:
+        found.setdefault(*flat[i - 1])
+    return found
 
 
 def _set_time_range(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
@@ -648,14 +666,24 @@ def _load_one(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: d
 @contextmanager
 def _reading(f: InputFile) -> Iterator[None]:
     """A DuckDB error while reading ``f`` as one line that names the file."""
+    with _reading_file(f.path, f.mapping.encoding, f.format):
+        yield
+
+
+@contextmanager
+def _reading_file(path: Path, encoding: str = "utf-8", fmt: str = "json") -> Iterator[None]:
     try:
         yield
     except duckdb.Error as err:
-        if f.mapping.encoding == "utf-16" and "utf-16" in str(err).lower():
-            raise InputError(f"{f.path}: not valid UTF-16 throughout ({_first_line(err)}): DuckDB's reader stops at a "
+        if encoding == "utf-16" and "utf-16" in str(err).lower():
+            raise InputError(f"{path}: not valid UTF-16 throughout ({_first_line(err)}): DuckDB's reader stops at a "
                              "broken character and cannot say where; convert it with iconv -c -f UTF-16LE -t UTF-8 "
                              "(-c drops broken characters) and prepare the UTF-8 file") from None
-        raise InputError(f"{f.path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
+        if fmt == "json" and "state machine reached an invalid state" in str(err):
+            # (the reader's one failure on JSON lines, read without quotes: a line end unlike the others)
+            raise InputError(f"{path}: could not be read: its lines do not all end alike (\\n in some, \\r\\n in others, "
+                             f"or a stray \\r); make them one kind first, e.g. sed -i 's/\\r$//' {shlex.quote(str(path))}") from None
+        raise InputError(f"{path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
 
 
 def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sql: dict[str, str]) -> dict[str, str]:
