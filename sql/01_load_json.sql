@@ -17,13 +17,11 @@
 create or replace temp view json_lines as
 select
     line,
-    -- what is wrong with the line as a record, NULL when it is a JSON object (no trim: it copies the line)
-    case
-        when line is null then 'empty line'
-        when (starts_with(line, '{') or regexp_matches(line, '^\s+\{')) and json_valid(line) then null
-        when regexp_full_match(line, '\s*') then 'empty line'
-        else 'malformed json'
-    end as record_problem
+    -- each mapped field's text (a number, true/false or a nested value as its JSON text; null as NULL),
+    -- in one parse of the line; NULL when the line is no JSON object (try: a parse error is NULL, so
+    -- that the line is parsed once, not checked with json_valid first)
+    case when starts_with(line, '{') or regexp_matches(line, '^\s+\{')
+        then try(json_extract_string(line, getvariable('json_paths'))) end as fields
 from read_csv(
     getvariable('input_glob'),
     header = false,
@@ -40,9 +38,12 @@ from read_csv(
 
 create or replace temp view json_fields as
 select
-    record_problem,
+    -- what is wrong with the line as a record, NULL when it is a JSON object (no trim: it copies the line)
+    case
+        when fields is not null then null
+        when line is null or regexp_full_match(line, '\s*') then 'empty line'
+        else 'malformed json'
+    end as record_problem,
     coalesce(line, '') as record_text,  -- (the reader leaves the line end out, \n or \r\n)
-    -- each mapped field's text (a number, true/false or a nested value as its JSON text; null as NULL),
-    -- in one parse of the line
-    case when record_problem is null then json_extract_string(line, getvariable('json_paths')) end as fields
+    fields
 from json_lines;
