@@ -137,6 +137,13 @@ ARCHIVES = {
 }
 
 
+def _check_not_archive(path: Path, head: bytes) -> None:
+    """InputError naming what to do when ``head`` starts like an archive or compressed file prepare does not read."""
+    archive = next((hint for magic, hint in ARCHIVES.items() if re.match(magic, head)), None)
+    if archive is not None:
+        raise InputError(f"{path}: {archive.format(path=path)}")
+
+
 def encoding_name(name: str) -> str | None:
     """The ENCODINGS key for a spelling of it ('UTF8', 'latin1', 'ISO-8859-1', 'UTF-16'), None when unknown."""
     key = name.strip().lower().replace("_", "-")
@@ -351,6 +358,24 @@ def _explicit(icfg: InputConfig) -> dict[str, Any]:
     return {k: getattr(icfg, k) for k in MAPPING_KEYS if getattr(icfg, k) is not None}
 
 
+def _spec(icfg: InputConfig, names: list[str] | None) -> tuple[str | None, dict[str, Any]]:
+    """The preset a file's mapping starts from (named, or detected from ``names``; None: none) and every
+    mapping key of it overlaid with the input keys set (without a preset: no columns, REES46's formats)."""
+    base = icfg.schema or (_detect(names) if names is not None else None)
+    spec = dict(PRESETS[base]) if base else {**{k: None for k in CANONICAL}, **{
+        k: _REES46[k] for k in ("time_format", "delimiter", "encoding", "decimal_separator", "header", "columns", "ignore", "event",
+                                 *EVENTS)}}
+    return base, {**spec, **_explicit(icfg)}
+
+
+def _repeated(field: str, name: str, spellings: list[str], fmt: str) -> str:
+    """The problem of a mapped column that several of a file's columns match (in any case)."""
+    if fmt == "json":
+        return (f"key {name!r} (input.{field}) is spelled {len(spellings)} ways in the records ({', '.join(spellings)}; "
+                "the mapping reads keys in any case); make them agree")
+    return f"column {name!r} (input.{field}) appears {len(spellings)} times in the header; keep one"
+
+
 def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt: str = "csv",
                     entry: str | None = None) -> tuple[Mapping, list[str]]:
     """The mapping of one file: a preset (named, or detected from the REES46 header) overlaid with the
@@ -359,11 +384,7 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     (a missing column, a required field unmapped) is an InputError before any work."""
     fix = f"fix {entry}" if entry else f"fix the input mapping (--schema {{{','.join(PRESETS)}}} or --set input.FIELD=COLUMN)"
     given = _explicit(icfg)
-    base = icfg.schema or (_detect(names) if names is not None else None)
-    spec = dict(PRESETS[base]) if base else {**{k: None for k in CANONICAL}, **{
-        k: _REES46[k] for k in ("time_format", "delimiter", "encoding", "decimal_separator", "header", "columns", "ignore", "event",
-                                 *EVENTS)}}
-    spec.update(given)
+    base, spec = _spec(icfg, names)
     event = spec["event"]
     preset_event_column = spec["event_type"] if event is not None else None
     if event is not None:  # one event for every row: no event-type column is read
@@ -411,9 +432,7 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
                 lacking.append(str(name))
             continue  # an optional column of the preset that this file lacks: absent (NULL)
         if len(hits) > 1:
-            problems.append(f"column {name!r} (input.{field}) appears {len(hits)} times in the header; keep one" if fmt != "json"
-                            else f"key {name!r} (input.{field}) is spelled {len(hits)} ways in the records "
-                            f"({', '.join(names[i] for i in hits)}; the mapping reads keys in any case); make them agree")
+            problems.append(_repeated(field, str(name), [names[i] for i in hits], fmt))
             continue
         columns[canon] = names[hits[0]]
     used = list(columns.values())
@@ -442,9 +461,7 @@ def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> Inpu
     head = _open_text_head(path)
     if not head.strip():
         raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
-    archive = next((hint for magic, hint in ARCHIVES.items() if re.match(magic, head)), None)
-    if archive is not None:
-        raise InputError(f"{path}: {archive.format(path=path)}")
+    _check_not_archive(path, head)
     order = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}.get(head[:2]) or _utf16_order(head)
     if order == "utf-16-be":  # DuckDB's reader decodes little-endian UTF-16 only (big-endian read as no rows)
         raise InputError(f"{path}: UTF-16 big-endian text, which prepare does not read; convert it to UTF-8 first "
@@ -511,9 +528,7 @@ def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None,
         head = _open_text_head(path, JSON_MAX_HEAD_BYTES)
     if not head.strip():
         raise InputError(f"{path}: the file is empty; pass a file of JSON lines with one event object per line")
-    archive = next((hint for magic, hint in ARCHIVES.items() if re.match(magic, head)), None)
-    if archive is not None:
-        raise InputError(f"{path}: {archive.format(path=path)}")
+    _check_not_archive(path, head)
     if head[:2] in (b"\xff\xfe", b"\xfe\xff") or _utf16_order(head):
         raise InputError(f"{path}: UTF-16 text, not JSON lines in UTF-8 or Latin-1; convert it to UTF-8 first "
                          "(iconv -f UTF-16 -t UTF-8)")
@@ -587,11 +602,10 @@ def _not_json_lines(path: Path, no: int, raw: bytes) -> None:
 
 def _mapped_names(icfg: InputConfig, names: list[str]) -> list[str]:
     """The columns a file's mapping reads (its preset's, named or detected from ``names``, and the input keys)."""
-    base = icfg.schema or _detect(names)
-    spec = {**(PRESETS[base] if base else {}), **_explicit(icfg)}
-    if spec.get("event") is not None:
+    _, spec = _spec(icfg, names)
+    if spec["event"] is not None:
         spec["event_type"] = None
-    return [str(spec[f]) for f in CANONICAL if spec.get(f) is not None]
+    return [str(spec[f]) for f in CANONICAL if spec[f] is not None]
 
 
 def _json_paths_of(name: str) -> list[str]:

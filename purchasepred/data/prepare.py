@@ -280,7 +280,7 @@ def _find_json_keys(con: duckdb.DuckDBPyConnection, path: Path, encoding: str,
     _set(con, "input_glob", duckdb_literal(path))
     _set(con, "input_encoding", encoding)
     _set(con, "json_paths", [json_path for _, json_path in flat])
-    with _reading_file(path):
+    with _reading_file(path, encoding, "json"):
         hits = [r[0] for r in con.execute(named_queries("stats.sql")["json_keys_found"]).fetchall()]
     found: dict[str, str] = {}
     for i in hits:
@@ -671,7 +671,7 @@ def _reading(f: InputFile) -> Iterator[None]:
 
 
 @contextmanager
-def _reading_file(path: Path, encoding: str = "utf-8", fmt: str = "json") -> Iterator[None]:
+def _reading_file(path: Path, encoding: str, fmt: str) -> Iterator[None]:
     try:
         yield
     except duckdb.Error as err:
