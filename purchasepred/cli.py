@@ -269,7 +269,7 @@ def runs_trained_on(cfg: Config, data: Path) -> list[str]:
 @app.command()
 @handle_errors
 def prepare(
-    raw: Annotated[list[str], typer.Argument(help="Raw event files or globs (.csv, .tsv, .parquet, .jsonl, .ndjson, .json; .gz).")],
+    raw: Annotated[list[str], typer.Argument(help="Raw event files or globs (.csv, .tsv, .parquet, .jsonl, .ndjson, .json; .gz, .zst).")],
     out: Annotated[Path, typer.Option("--out", help="Prepared dataset folder to create.")] = Path("prepared"),
     session_gap: Annotated[Optional[float], typer.Option(
         help="Minutes of inactivity that start a new session." + default("prepare.session_gap_minutes"))] = None,

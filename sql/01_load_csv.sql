@@ -1,4 +1,4 @@
--- load_csv: read one raw CSV (.csv or .csv.gz) with explicit VARCHAR columns (no type sniffing), and
+-- load_csv: read one raw CSV (.csv, or compressed: .csv.gz, .csv.zst) with explicit VARCHAR columns (no type sniffing), and
 -- type and validate every record in the same pass.
 -- inputs: the file getvariable('input_glob'); input_columns, a struct naming the file's columns in
 --   file order: mapped ones by their canonical name (event_time, event_type, product_id, category_id,

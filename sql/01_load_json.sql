@@ -1,4 +1,4 @@
--- load_json: read one file of JSON lines (.jsonl, .ndjson, .json, each also .gz: one event object per
+-- load_json: read one file of JSON lines (.jsonl, .ndjson, .json, each also .gz or .zst: one event object per
 -- line) and type and validate every record in the same pass, by the same rules as CSV.
 -- inputs: the file getvariable('input_glob'); json_paths, the JSON path of each mapped column in the
 --   order of input_names (their canonical names); the runner names the fields (view input_records).

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import zstandard
 from typer.testing import CliRunner
 
 from conftest import TINY
@@ -169,6 +170,8 @@ def _write_bad_inputs(src: Path) -> dict[str, tuple[Path, str]]:
     full = gzip.compress(TINY.read_bytes() * 400)
     (src / "truncated.csv.gz").write_bytes(full[: len(full) // 2])  # the header still reads
     (src / "truncated_head.csv.gz").write_bytes(gzip.compress(TINY.read_bytes())[:40])
+    full_zst = zstandard.ZstdCompressor().compress(TINY.read_bytes() * 400)
+    (src / "truncated.csv.zst").write_bytes(full_zst[: len(full_zst) // 2])  # (DuckDB alone reads the rows before the cut)
     (src / "no_valid_rows.csv").write_text(
         "event_time,event_type,product_id,user_id\n2019-10-01 00:00:00 UTC,click,1,2\nsoon,view,1,2\n"
     )
@@ -183,12 +186,14 @@ def _write_bad_inputs(src: Path) -> dict[str, tuple[Path, str]]:
         "unknown_header_parquet": (src / "unknown_header.parquet", "event_time, event_type, product_id (or item_id), user_id"),
         "truncated_gz": (src / "truncated.csv.gz", "gzip"),
         "truncated_gz_head": (src / "truncated_head.csv.gz", "gzip"),
+        "truncated_zst": (src / "truncated.csv.zst", "zstd file (it ends inside a zstd frame"),
         "no_valid_rows": (src / "no_valid_rows.csv", "no valid rows"),
     }
 
 
 BAD = ["nonexistent", "directory", "empty", "header_only", "unknown_header", "binary_garbage",
-       "garbage_parquet", "unknown_header_parquet", "truncated_gz", "truncated_gz_head", "no_valid_rows"]
+       "garbage_parquet", "unknown_header_parquet", "truncated_gz", "truncated_gz_head", "truncated_zst",
+       "no_valid_rows"]
 
 
 @pytest.mark.parametrize("case", BAD)

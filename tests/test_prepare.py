@@ -741,6 +741,46 @@ def test_csv_gz_input(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> Non
     assert rows(open_prepared(tmp_path / "p"), "select line from rejects order by line") == [(14,), (17,), (18,), (19,), (21,)]
 
 
+@pytest.mark.parametrize("name, frames", [("tiny.csv.zst", 1), ("TINY.CSV.ZST", 3)])
+def test_csv_zst_input(tiny_prepared: prep.PrepareSummary, tmp_path: Path, name: str, frames: int) -> None:
+    """A zstd-compressed CSV reads as the CSV does, in any case of its name and across frames (pzstd
+    and appended files write several)."""
+    import zstandard
+
+    data = TINY.read_bytes()
+    cuts = [len(data) * k // frames for k in range(frames + 1)]
+    path = tmp_path / name
+    path.write_bytes(b"".join(zstandard.ZstdCompressor(write_checksum=True).compress(data[a:b])
+                              for a, b in itertools.pairwise(cuts)))
+    m = prepare([str(path)], tmp_path / "p", TINY_CFG).manifest
+    assert same_tables(tmp_path / "p", tiny_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"]) == (24, 5, 1)
+    assert rows(open_prepared(tmp_path / "p"), "select line from rejects order by line") == [(14,), (17,), (18,), (19,), (21,)]
+
+
+def test_a_zst_file_cut_short_fails_before_any_work(tmp_path: Path) -> None:
+    """DuckDB reads a zstd file cut short as the rows before the cut, without an error: prepare walks
+    its frames first and refuses it, at every length of the cut (a whole frame cut off cannot be told)."""
+    import zstandard
+
+    from purchasepred.data.inputs import _check_zstd_complete
+
+    whole = zstandard.ZstdCompressor(write_checksum=True).compress(TINY.read_bytes() * 40)
+    path = tmp_path / "cut.csv.zst"
+    path.write_bytes(whole)
+    _check_zstd_complete(path)
+    for cut in range(1, len(whole)):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(OSError, match="cut short"):
+            _check_zstd_complete(path)
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError) as err:
+        prepare([str(path)], tmp_path / "work" / "p", TINY_CFG)
+    assert str(err.value).startswith(f"{path}: not a readable zstd file (it ends inside a zstd frame, at byte")
+    assert "re-download or re-compress it" in str(err.value)
+    assert not (tmp_path / "work" / "p").exists()
+
+
 def test_crlf_and_byte_order_mark(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
     crlf = tmp_path / "crlf.csv"
     crlf.write_bytes(b"\xef\xbb\xbf" + TINY.read_bytes().replace(b"\n", b"\r\n"))

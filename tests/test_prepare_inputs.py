@@ -298,9 +298,10 @@ def _packed(kind: str, data: bytes, inner: str) -> bytes:
     ("events.zip", "zip", "a ZIP archive; unzip it first (unzip {path}) and pass the CSV file(s) inside"),
     ("events.csv.xz", "xz", "an xz-compressed file; decompress it first (xz -dk {path})"),
     ("events.csv.bz2", "bz2", "a bzip2-compressed file; decompress it first (bunzip2 -k {path})"),
-    ("events.csv.zst", "zstd", "a zstd-compressed file; decompress it first (zstd -d {path})"),
     ("events.7z", "7z", "a 7-Zip archive; extract it first (7z x {path})"),
     ("events.csv", "gzip", "gzip-compressed data in a file whose name does not end in .gz; rename it to {path}.gz"),
+    ("events.csv", "zstd", "zstd-compressed data in a file whose name does not end in .zst; rename it to {path}.zst"),
+    ("events.csv.zst", "gzip", "not a readable zstd file (no zstd frame at byte 0); re-download or re-compress it"),
 ])
 def test_an_archive_or_other_compression_says_what_to_do(tmp_path: Path, name: str, kind: str, needle: str) -> None:
     path = tmp_path / name
@@ -922,7 +923,7 @@ def test_json_lines_give_the_tables_of_the_same_csv(tmp_path: Path, nested: bool
     assert [g[3] for g in got] == [text[line - 1] for line, *_ in got]
 
 
-@pytest.mark.parametrize("name", ["edge.jsonl", "edge.ndjson.gz"])
+@pytest.mark.parametrize("name", ["edge.jsonl", "edge.ndjson.gz", "edge.jsonl.zst"])
 def test_json_lines_reject_every_line_that_is_no_event_object(tmp_path: Path, name: str) -> None:
     """An empty line, a line that is not UTF-8, one with a raw control character, an array, an object with
     text after it: each a reject with its line number and text (CRLF line ends); the other lines load."""
@@ -936,7 +937,10 @@ def test_json_lines_reject_every_line_that_is_no_event_object(tmp_path: Path, na
     lines = [g.encode() for g in good[:5]] + bad + [g.encode() for g in good[5:]]
     data = b"\r\n".join(lines) + b"\r\n"
     path = tmp_path / name
-    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    import zstandard
+
+    pack = {".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress}.get(Path(name).suffix, bytes)
+    path.write_bytes(pack(data))
     icfg = InputConfig(user="u", item="i", time="t", event_type="e")
     m = prepare([str(path)], tmp_path / "p", PrepareConfig(max_len=4, eval_days=1, min_item_count=1), input_cfg=icfg).manifest
     assert (m["rows_read"], m["rows_rejected"]) == (36, 6) and conserved(m)

@@ -25,14 +25,16 @@ from typing import Any, Literal, get_args
 from purchasepred.config import InputConfig, SchemaName, file_entry
 from purchasepred.errors import InputError
 
-CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv.gz", ".gz")
+# compressed text (CSV or JSON lines): DuckDB's readers decompress it by the name's ending, in any case;
+# prepare reads the head of each to inspect it (_open_text_head)
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".zst": "zstd"}
 # files whose delimiter is a tab unless input.delimiter says otherwise
-TAB_SUFFIXES = (".tsv", ".tsv.gz", ".tab", ".tab.gz")
+TAB_SUFFIXES = (".tsv", ".tsv.gz", ".tsv.zst", ".tab", ".tab.gz", ".tab.zst")
 # delimiters a one-column header is checked for, to say which one the file seems to use
 OTHER_DELIMITERS = {"\t": '"\\t"', ";": '";"', "|": '"|"', ",": '","'}
 PARQUET_SUFFIXES = (".parquet", ".pq")
-# newline-delimited JSON: one event object per line (checked before CSV_SUFFIXES' ".gz")
-JSON_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+# newline-delimited JSON: one event object per line, each also compressed (any other name is read as CSV)
+JSON_SUFFIXES = tuple(name + comp for name in (".jsonl", ".ndjson", ".json") for comp in ("", *COMPRESSED_SUFFIXES))
 # the head of a JSON lines file whose records' keys are the columns a mapping may name (records may
 # leave keys out: a key that only records after it have is not found)
 JSON_HEAD_BYTES = 1 << 20
@@ -125,15 +127,15 @@ def expand(raw: list[str]) -> list[Path]:
 
 
 # compressed files and archives that prepare does not read, by their first bytes (a pattern): what to do instead
-_DECOMPRESS = "decompress it first ({tool}) or compress the CSV with gzip, which prepare reads as it is"
+_DECOMPRESS = "decompress it first ({tool}) or compress the CSV with gzip or zstd, which prepare reads as they are"
 ARCHIVES = {
     rb"PK\x03\x04": "a ZIP archive; unzip it first (unzip {path}) and pass the CSV file(s) inside, e.g. 'folder/*.csv'",
     rb"7z\xbc\xaf\x27\x1c": "a 7-Zip archive; extract it first (7z x {path}) and pass the CSV file(s) inside",
     rb"\xfd7zXZ\x00": "an xz-compressed file; " + _DECOMPRESS.replace("{tool}", "xz -dk {path}"),
     rb"BZh[1-9]1AY&SY": "a bzip2-compressed file; " + _DECOMPRESS.replace("{tool}", "bunzip2 -k {path}"),
-    rb"\x28\xb5\x2f\xfd": "a zstd-compressed file; " + _DECOMPRESS.replace("{tool}", "zstd -d {path}"),
-    # (a .gz name is read decompressed: only another name gets here)
+    # (a .gz or .zst name is read decompressed: only another name gets here)
     rb"\x1f\x8b": "gzip-compressed data in a file whose name does not end in .gz; rename it to {path}.gz and pass that",
+    rb"\x28\xb5\x2f\xfd": "zstd-compressed data in a file whose name does not end in .zst; rename it to {path}.zst and pass that",
 }
 
 
@@ -153,14 +155,85 @@ def encoding_name(name: str) -> str | None:
 
 
 def _open_text_head(path: Path, n_bytes: int = 1 << 16) -> bytes:
+    """The first ``n_bytes`` of ``path``'s text, decompressed when its name ends in .gz or .zst."""
+    compression = next((c for suffix, c in COMPRESSED_SUFFIXES.items() if path.name.lower().endswith(suffix)), None)
     try:
-        if path.name.lower().endswith(".gz"):  # (DuckDB's readers too read .GZ as gzip)
+        if compression == "gzip":
             with gzip.open(path, "rb") as fh:
                 return fh.read(n_bytes)
+        if compression == "zstd":
+            _check_zstd_complete(path)
+            return _zstd_head(path, n_bytes)
         with open(path, "rb") as fh:
             return fh.read(n_bytes)
     except (OSError, EOFError, zlib.error) as err:
-        raise InputError(f"{path}: not a readable gzip file ({err}); re-download or re-compress it") from None
+        if compression is None:
+            raise InputError(f"{path}: could not be read ({err}); check the file and its permissions") from None
+        raise InputError(f"{path}: not a readable {compression} file ({err}); re-download or re-compress it") from None
+
+
+def _zstd_head(path: Path, n_bytes: int) -> bytes:
+    """The first ``n_bytes`` of a zstd-compressed file, across frames (pzstd and appended files write
+    several), its errors as OSError: Python 3.14's compression.zstd, else the zstandard package
+    (DuckDB decompresses the body)."""
+    try:
+        from compression import zstd  # type: ignore[import-not-found]  # (Python 3.14+)
+    except ImportError:
+        import zstandard
+
+        try:
+            with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as fh:
+                chunks, n = [], 0
+                while n < n_bytes and (chunk := fh.read(n_bytes - n)):
+                    chunks.append(chunk)
+                    n += len(chunk)
+                return b"".join(chunks)
+        except zstandard.ZstdError as err:
+            raise OSError(str(err)) from None
+    try:
+        with zstd.open(path, "rb") as fh:
+            return fh.read(n_bytes)
+    except zstd.ZstdError as err:
+        raise OSError(str(err)) from None
+
+
+ZSTD_MAGIC = 0xFD2FB528
+ZSTD_BLOCK_HEADER_BYTES = 3
+
+
+def _check_zstd_complete(path: Path) -> None:
+    """OSError unless the zstd file ``path`` is whole: its frames (RFC 8878), walked by their headers and
+    block headers without decompressing (a few thousand small reads per GB), end exactly where the
+    file ends. DuckDB's reader takes a zstd file cut short (a download stopped half-way) without an
+    error, as its rows up to the cut: prepare would quietly read part of the log."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        pos = 0
+        while pos < size:
+            fh.seek(pos)
+            if pos + 4 > size:  # (cut inside a frame's magic number)
+                pos = size + 1
+                break
+            magic = int.from_bytes(fh.read(4), "little")
+            if magic & 0xFFFFFFF0 == 0x184D2A50:  # a skippable frame: its size, then its bytes
+                pos += 8 + int.from_bytes(fh.read(4), "little")
+                continue
+            if magic != ZSTD_MAGIC:
+                raise OSError(f"no zstd frame at byte {pos:,}")
+            descriptor = fh.read(1)[0] if pos + 5 <= size else 0
+            fcs_flag, single_segment, checksum, dict_flag = descriptor >> 6, descriptor >> 5 & 1, descriptor >> 2 & 1, descriptor & 3
+            pos += 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag] + ((1 if single_segment else 0), 2, 4, 8)[fcs_flag]
+            last = False
+            while not last and pos + ZSTD_BLOCK_HEADER_BYTES <= size:
+                fh.seek(pos)
+                header = int.from_bytes(fh.read(ZSTD_BLOCK_HEADER_BYTES), "little")
+                last, block_type, block_size = bool(header & 1), header >> 1 & 3, header >> 3
+                pos += ZSTD_BLOCK_HEADER_BYTES + (1 if block_type == 1 else block_size)
+            if not last:
+                pos = size + 1  # (cut inside a block header)
+            pos += 4 * checksum
+    if pos != size:
+        raise OSError(f"it ends inside a zstd frame, at byte {size:,}: the file is cut short")
 
 
 def _canonical(name: str) -> str:
@@ -484,7 +557,8 @@ def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> Inpu
         header_line, rest = first.rstrip("\r"), rest_text.encode("utf-8")
     else:
         if b"\x00" in head:
-            raise InputError(f"{path}: binary data, not a CSV text file (NUL bytes); pass a .csv, .csv.gz, .parquet or .jsonl event log")
+            raise InputError(f"{path}: binary data, not a CSV text file (NUL bytes); "
+                             "pass a .csv (or .gz, .zst), .parquet or .jsonl event log")
         bom = head.startswith(UTF8_BOM)
         if encoding == "latin-1":
             _check_latin1(path, head)
