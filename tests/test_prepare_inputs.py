@@ -290,6 +290,17 @@ def _packed(kind: str, data: bytes, inner: str) -> bytes:
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr(inner, data)
         return buf.getvalue()
+    if kind.startswith("tar"):
+        import tarfile
+
+        import zstandard
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT if kind == "tar-gnu" else tarfile.PAX_FORMAT) as t:
+            info = tarfile.TarInfo(inner)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        return {"tar.gz": gzip.compress, "tar.zst": zstandard.ZstdCompressor().compress}.get(kind, bytes)(buf.getvalue())
     return {"xz": lzma.compress, "bz2": bz2.compress, "gzip": gzip.compress,
             "zstd": lambda d: b"\x28\xb5\x2f\xfd" + d, "7z": lambda d: b"7z\xbc\xaf\x27\x1c" + d}[kind](data)
 
@@ -299,6 +310,9 @@ def _packed(kind: str, data: bytes, inner: str) -> bytes:
     ("events.csv.xz", "xz", "an xz-compressed file; decompress it first (xz -dk {path})"),
     ("events.csv.bz2", "bz2", "a bzip2-compressed file; decompress it first (bunzip2 -k {path})"),
     ("events.7z", "7z", "a 7-Zip archive; extract it first (7z x {path})"),
+    ("events.tar", "tar-gnu", "a tar archive; extract it first (tar -xf {path}) and pass the CSV file(s) inside"),
+    ("events.tar.gz", "tar.gz", "a tar archive; extract it first (tar -xf {path})"),
+    ("events.tar.zst", "tar.zst", "a tar archive; extract it first (tar -xf {path})"),
     ("events.csv", "gzip", "gzip-compressed data in a file whose name does not end in .gz; rename it to {path}.gz"),
     ("events.csv", "zstd", "zstd-compressed data in a file whose name does not end in .zst; rename it to {path}.zst"),
     ("events.csv.zst", "gzip", "not a readable zstd file (no zstd frame at byte 0); re-download or re-compress it"),

@@ -133,6 +133,8 @@ ARCHIVES = {
     rb"7z\xbc\xaf\x27\x1c": "a 7-Zip archive; extract it first (7z x {path}) and pass the CSV file(s) inside",
     rb"\xfd7zXZ\x00": "an xz-compressed file; " + _DECOMPRESS.replace("{tool}", "xz -dk {path}"),
     rb"BZh[1-9]1AY&SY": "a bzip2-compressed file; " + _DECOMPRESS.replace("{tool}", "bunzip2 -k {path}"),
+    # (a tar archive's first header has its magic at byte 257; also inside a .tar.gz or .tar.zst, read decompressed)
+    rb"[\s\S]{257}ustar": "a tar archive; extract it first (tar -xf {path}) and pass the CSV file(s) inside",
     # (a .gz or .zst name is read decompressed: only another name gets here)
     rb"\x1f\x8b": "gzip-compressed data in a file whose name does not end in .gz; rename it to {path}.gz and pass that",
     rb"\x28\xb5\x2f\xfd": "zstd-compressed data in a file whose name does not end in .zst; rename it to {path}.zst and pass that",
