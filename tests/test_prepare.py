@@ -500,10 +500,42 @@ def test_step_progress_reports_each_whole_point_of_the_current_step() -> None:
         progress.sample()
         assert got[3:] == [("sessionize", 50)]
         progress.watch([_FakeProgress([100])])
+
+        got.clear()  # a step of four statements: each a quarter, its start news when the last report lagged
+        progress.start("vocab")
+        progress.watch([_FakeProgress([-1, 40])], (0, 4))
+        progress.sample()
+        progress.sample()
+        progress.watch([_FakeProgress([-1])], (1, 4))
+        progress.sample()
+        progress.watch([_FakeProgress([-1, 2, 80])], (3, 4))
+        for _ in range(3):
+            progress.sample()
+        assert got == [("vocab", 10), ("vocab", 25), ("vocab", 75), ("vocab", 95)]
     finally:
         progress.close()
     progress.sample()  # (as a late read would be)
     assert len(got) == 4
+
+
+def test_a_step_of_several_statements_watches_each_as_its_share() -> None:
+    """clean, vocab and split run their statements one by one, each watched as the i-th of n shares
+    (StepProgress), and nothing is watched after them, also when one fails."""
+    calls: list[tuple[int, tuple[int, int] | None]] = []
+
+    class Recorder:
+        def watch(self, conns: list[Any], part: tuple[int, int] | None = None) -> None:
+            calls.append((len(conns), part))
+
+    con = duckdb.connect()
+    prep._run_statements(con, "create table a as select 1 as x; create table b as select x + 1 as y from a;\n"
+                              "create table c as select y * 2 as z from b", Recorder())  # type: ignore[arg-type]
+    assert con.execute("select z from c").fetchall() == [(4,)]
+    assert calls == [(1, (0, 3)), (1, (1, 3)), (1, (2, 3)), (0, None)]
+    calls.clear()
+    with pytest.raises(duckdb.Error):
+        prep._run_statements(con, "select 1; select * from missing_table; select 2", Recorder())  # type: ignore[arg-type]
+    assert calls == [(1, (0, 3)), (1, (1, 3)), (0, None)]
 
 
 def test_a_failing_progress_report_ends_the_reports_not_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1133,8 +1165,8 @@ def test_row_conservation_is_checked_even_under_python_O() -> None:
 def test_prepare_reports_how_far_its_long_steps_are(synth_csv: tuple[Path, Any], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """With DuckDB's progress read every 0.5 ms, prepare of the 20k-row log reports percents for its
-    long steps (loading the file, sessionize, encode) under the names its step callback gave them,
-    growing within each step, and none for any other step."""
+    steps (loading the file, sessionize, encode, and the statements of the others) under the names its
+    step callback gave them, growing within each step."""
     monkeypatch.setattr(prep, "PROGRESS_EVERY", 0.0005)
     path, _ = synth_csv
     steps: list[str] = []
@@ -1143,7 +1175,8 @@ def test_prepare_reports_how_far_its_long_steps_are(synth_csv: tuple[Path, Any],
             step_progress=lambda name, percent: got.append((name, percent)))
     assert got, "no progress reported"
     names = {name for name, _ in got}
-    assert names <= {f"load {path.name}", "sessionize", "encode"} and names <= set(steps), names
+    assert names <= {"setup", f"load {path.name}", "validate", "clean", "sessionize", "vocab", "encode", "split"}, names
+    assert names <= set(steps), names
     for name in names:
         percents = [p for n, p in got if n == name]
         assert all(0 < p <= 100 for p in percents) and percents == sorted(set(percents)), (name, percents)

@@ -148,9 +148,10 @@ class StepProgress(_Sampler):
     """How far the running step is: DuckDB's own estimate for the query each watched connection runs
     (``query_progress``, 0-100; -1 when a connection runs none), read by a thread every ``every``
     seconds and handed to ``report(step, percent)`` whenever it has grown by a whole point. Watched are
-    only the long queries: a file's load, sessionize's pass over its shards, encode's write, each
-    watched (``watch``) where it runs; a step of several statements would show its first statement's
-    progress. Several connections (the shards) count as the mean of the highest value each has shown.
+    the long queries: a file's load, sessionize's pass over its shards, encode's write, each watched
+    (``watch``) where it runs, and each statement of a step of several (clean, vocab, split), as
+    ``part`` (i, n) of the step: the i-th of n equal shares (0-based), so that the step's percent
+    grows through them. Several connections (the shards) count as the mean of the highest value each has shown.
     Reports name the step they measure and come from that thread; none comes after ``close``, nor
     after a report that raised (a caller's callback, the display: it ends the reports, never the
     prepare)."""
@@ -161,6 +162,7 @@ class StepProgress(_Sampler):
         self._name: str | None = None
         self._conns: list[duckdb.DuckDBPyConnection] = []
         self._seen: list[float] = []  # per connection: the highest progress it has shown, -1 before any
+        self._part = (0, 1)
         self._last = 0.0
         self._start_sampling()
 
@@ -170,14 +172,17 @@ class StepProgress(_Sampler):
             self._name = name
             self._watch([])
 
-    def watch(self, conns: list[duckdb.DuckDBPyConnection]) -> None:
-        """Measure the current step on ``conns``, from 0 (sessionize's second, exact-order pass over its
-        shards counts again); ``[]`` when its long query is done."""
+    def watch(self, conns: list[duckdb.DuckDBPyConnection], part: tuple[int, int] = (0, 1)) -> None:
+        """Measure the current step on ``conns``, from where ``part`` starts (0 for a step of one long
+        query; sessionize's second, exact-order pass over its shards counts from 0 again); ``[]`` when its
+        long query is done."""
         with self._lock:
-            self._watch(conns)
+            self._watch(conns, part)
 
-    def _watch(self, conns: list[duckdb.DuckDBPyConnection]) -> None:
-        self._conns, self._seen, self._last = list(conns), [-1.0] * len(conns), 0.0
+    def _watch(self, conns: list[duckdb.DuckDBPyConnection], part: tuple[int, int] = (0, 1)) -> None:
+        self._conns, self._seen, self._part = list(conns), [-1.0] * len(conns), part
+        if part[0] == 0:  # (a later part goes on from the last report: its start is news when that lagged)
+            self._last = 0.0
 
     def sample(self) -> None:
         with self._lock:
@@ -188,7 +193,8 @@ class StepProgress(_Sampler):
                     self._seen[i] = max(self._seen[i], float(con.query_progress()))
                 except duckdb.Error:  # a shard's connection, closed when the shards are done
                     pass
-            percent = min(100.0, sum(max(v, 0.0) for v in self._seen) / len(self._seen))
+            done, parts = self._part
+            percent = min(100.0, (100.0 * done + sum(max(v, 0.0) for v in self._seen) / len(self._seen)) / parts)
             if percent >= self._last + 1:
                 self._last = percent
                 try:
@@ -593,11 +599,22 @@ def _run_step(con: duckdb.DuckDBPyConnection, name: str, filename: str, sql: dic
         elif name == "encode":
             _encode(con, tmp, progress)
         else:
-            con.execute(sql[filename])
+            _run_statements(con, sql[filename], progress)
     except duckdb.Error as err:
         raise PurchasePredError(
             f"prepare step {filename} failed: {_first_line(err)}; if memory ran out, lower --threads or set --memory-limit"
         ) from None
+
+
+def _run_statements(con: duckdb.DuckDBPyConnection, text: str, progress: StepProgress) -> None:
+    """The statements of ``text`` one by one, each watched as its share of the step (StepProgress)."""
+    statements = duckdb.extract_statements(text)
+    try:
+        for i, statement in enumerate(statements):
+            progress.watch([con], (i, len(statements)))
+            con.execute(statement)
+    finally:
+        progress.watch([])
 
 
 def _configure(con: duckdb.DuckDBPyConnection, cfg: PrepareConfig, spill: Path) -> str | None:
