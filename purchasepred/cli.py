@@ -345,7 +345,7 @@ def _check_mapping(raw: list[str], cfg: Config) -> None:
             ("mapping from", m.get("from", "the input keys")),
             ("schema", s["schema"]),
             ("columns", ", ".join(f"{canon} <- {col}" for canon, col in m["columns"].items())),
-            ("time format", m["time_format"]),
+            ("time format", m["time_format"] + (f", times without a zone in {m['time_zone']}" if m.get("time_zone") else "")),
             ("events", f"every row: {m['event']} (input.event)" if m.get("event") else
              ", ".join(f"{raw_value} -> {event}" for raw_value, event in m["events"].items())),
             {"csv": ("delimiter / encoding / decimal", f"{m['delimiter']!r} / {m['encoding']} / {m['decimal_separator']!r}"),

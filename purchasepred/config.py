@@ -76,6 +76,10 @@ class InputConfig:
     time_format: str | None = None
     """iso (ISO 8601 text, time zone optional), unix_s, unix_ms, unix_us, unix_ns (epoch seconds, milli-, micro-,
     nanoseconds), or a strptime format such as '%Y-%m-%d %H'."""
+    time_zone: str | None = None
+    """Time zone of event times written without one (ISO text with no offset, a strptime format without
+    %z), as an IANA name such as Europe/Berlin: read as that zone's wall-clock time and stored in UTC, as
+    times that name their zone are (unset: UTC). Unix times are UTC whatever it says."""
     view: list[str] | None = None
     """Raw event values that mean a view (any case)."""
     cart: list[str] | None = None

@@ -6,7 +6,7 @@
 --   file's first record in staged), optional_columns (an empty template).
 -- staged is appended to in file order (preserve_insertion_order): a record's number in its file is
 -- its rowid - first_row + 1, with no row_number() window over the whole file.
--- parameters (read when a macro runs): time_format, decimal_separator, event_map, input_event (the one
+-- parameters (read when a macro runs): time_format, input_time_zone, decimal_separator, event_map, input_event (the one
 -- event of every row of a file without an event-type column, else NULL), min_event_at, max_event_at.
 
 -- the id conventions (pad_id, unknown_id, first_id, view_id .. remove_from_cart_id, event_type_id,
@@ -17,21 +17,37 @@
 create or replace macro left_pad(l, width) as list_resize(l[1:0], width - len(l), pad_id()) || l;
 
 -- parse_time(text): the event time as UTC TIMESTAMP, NULL when it does not parse, in the mapping's
--- time_format: iso (ISO 8601, any time zone suffix), unix_s, unix_ms, unix_us, unix_ns, or a strptime format
+-- time_format: iso (ISO 8601, any time zone suffix), unix_s, unix_ms, unix_us, unix_ns, or a strptime format;
+-- a time written without a zone is the wall-clock time of the mapping's time_zone (input_time_zone; NULL: UTC)
 create or replace macro epoch_to_timestamp(s) as
     case when s between -1e11 and 1e11 then to_timestamp(s)::timestamp end;
+-- in_time_zone(ts): a wall-clock time of input_time_zone as the UTC time of the same instant (a time that
+-- a change of the clocks skips or repeats is read as ICU reads it: in Europe/Berlin at +01:00 either way)
+create or replace macro in_time_zone(ts) as case when getvariable('input_time_zone') is null then ts
+    else timezone('UTC', timezone(getvariable('input_time_zone'), ts)) end;
+-- has_zone(text): whether an ISO time names its zone after the time of day (Z, +02, +02:00, +0200, UTC,
+-- Europe/Berlin): such a time is that instant, whatever input_time_zone says
+create or replace macro has_zone(t) as
+    regexp_matches(t, ':[0-9]{2}(:[0-9]{2}([.,][0-9]*)?)?\s*(Z|[+-][0-9]{1,2}(:?[0-9]{2})?|[A-Za-z][A-Za-z0-9_/+-]*)$');
 -- (iso tries the two REES46 spellings with strptime first, which is several times faster than the
 -- general cast; anything else falls through to the cast)
 create or replace macro parse_time(t) as case getvariable('time_format')
-    when 'iso' then coalesce(
+    when 'iso' then case when getvariable('input_time_zone') is null then coalesce(
         try_strptime(t, ['%Y-%m-%d %H:%M:%S UTC', '%Y-%m-%d %H:%M:%S']),
         try_cast(trim(t) as timestamptz)::timestamp
-    )
+    ) else coalesce(
+        try_strptime(t, '%Y-%m-%d %H:%M:%S UTC'),
+        in_time_zone(try_strptime(t, '%Y-%m-%d %H:%M:%S')),
+        case when has_zone(trim(t)) then try_cast(trim(t) as timestamptz)::timestamp
+            else in_time_zone(try_cast(trim(t) as timestamp)) end
+    ) end
     when 'unix_s' then epoch_to_timestamp(try_cast(trim(t) as double))
     when 'unix_ms' then epoch_to_timestamp(try_cast(trim(t) as double) / 1000)
     when 'unix_us' then epoch_to_timestamp(try_cast(trim(t) as double) / 1000000)
     when 'unix_ns' then epoch_to_timestamp(try_cast(trim(t) as double) / 1000000000)
-    else try_strptime(trim(t), getvariable('time_format'))
+    -- (a format with %z or %Z reads its zone: strptime gives the instant)
+    else case when regexp_matches(getvariable('time_format'), '%[zZ]') then try_strptime(trim(t), getvariable('time_format'))
+        else in_time_zone(try_strptime(trim(t), getvariable('time_format'))) end
 end;
 
 -- parse_price(t): a price written as text as DOUBLE, NULL when it does not parse, by the mapping's

@@ -813,6 +813,46 @@ def test_a_zst_file_cut_short_fails_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "work" / "p").exists()
 
 
+def _in_zone(line: str, zone: str) -> str:
+    """A line of tiny.csv with its UTC event time (with or without ' UTC') as ``zone``'s wall-clock time."""
+    from zoneinfo import ZoneInfo
+
+    when, _, rest = line.partition(",")
+    try:
+        at = datetime.strptime(when.removesuffix(" UTC"), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return line  # (the header, an unparseable time)
+    return at.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S") + "," + rest
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_times_written_in_a_local_time_zone(tiny_prepared: prep.PrepareSummary, tmp_path: Path, split: bool) -> None:
+    """input.time_zone reads times written without a zone as that zone's wall-clock time: tiny.csv with
+    its times in Kolkata's (+05:30) gives the tables of the UTC original; as one file, and as a Kolkata
+    file beside a UTC one (its own zone in an input.files entry)."""
+    from purchasepred.config import InputConfig
+
+    lines = TINY.read_text().splitlines()
+    local = [_in_zone(line, "Asia/Kolkata") for line in lines]
+    assert local[1].startswith("2019-10-01 15:30:00,view,1001") and local[14].startswith("2019-10-02 15:20:00,view")
+    if split:  # (the first twelve events in Kolkata time, the rest as they were)
+        (tmp_path / "kolkata.csv").write_text("\n".join(local[:13]) + "\n")
+        (tmp_path / "utc.csv").write_text("\n".join(lines[:1] + lines[13:]) + "\n")
+        paths = [tmp_path / "kolkata.csv", tmp_path / "utc.csv"]
+        icfg = InputConfig(files=[{"match": "kolkata.csv", "time_zone": "asia/kolkata"}])
+    else:
+        (tmp_path / "kolkata.csv").write_text("\n".join(local) + "\n")
+        paths, icfg = [tmp_path / "kolkata.csv"], InputConfig(time_zone=" Asia/Kolkata ")
+    m = prepare([str(p) for p in paths], tmp_path / "p", TINY_CFG, input_cfg=icfg).manifest
+    assert same_tables(tmp_path / "p", tiny_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+    assert m["input_mappings"][0]["time_zone"] == "Asia/Kolkata"
+    assert "time_zone" not in m["input_mappings"][-1] or not split
+    assert (m["rows_read"], m["rows_rejected"]) == (24, 5)
+    if not split:
+        assert rows(open_prepared(tmp_path / "p"), "select line, reason from rejects order by line") == rows(
+            open_prepared(tiny_prepared.out), "select line, reason from rejects order by line")
+
+
 def test_crlf_and_byte_order_mark(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
     crlf = tmp_path / "crlf.csv"
     crlf.write_bytes(b"\xef\xbb\xbf" + TINY.read_bytes().replace(b"\n", b"\r\n"))

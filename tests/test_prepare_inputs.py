@@ -326,6 +326,42 @@ def test_an_archive_or_other_compression_says_what_to_do(tmp_path: Path, name: s
     assert not (tmp_path / "work" / "p").exists()
 
 
+@pytest.mark.parametrize("time_format, zone, text, expected", [
+    ("iso", None, "2024-07-01 10:00:00", "2024-07-01 10:00:00"),
+    ("iso", None, "2024-07-01 10:00:00+02:00", "2024-07-01 08:00:00"),
+    ("iso", "Europe/Berlin", "2024-07-01 10:00:00", "2024-07-01 08:00:00"),  # (summer: +02:00)
+    ("iso", "Europe/Berlin", "2024-01-15 10:00:00", "2024-01-15 09:00:00"),  # (winter: +01:00)
+    ("iso", "Europe/Berlin", "2024-07-01T10:00:00.5", "2024-07-01 08:00:00.5"),
+    ("iso", "Europe/Berlin", "2024-07-02 09:00", "2024-07-02 07:00:00"),
+    ("iso", "Europe/Berlin", "2024-07-02", "2024-07-01 22:00:00"),
+    # a time that names its zone is that instant, whatever input.time_zone says
+    ("iso", "Europe/Berlin", "2024-07-01 10:00:00 UTC", "2024-07-01 10:00:00"),
+    ("iso", "Europe/Berlin", "2024-07-01T10:00:00Z", "2024-07-01 10:00:00"),
+    ("iso", "Europe/Berlin", "2024-07-01 10:00:00+0300", "2024-07-01 07:00:00"),
+    ("iso", "Europe/Berlin", "2024-07-01T10:00:00.5-05", "2024-07-01 15:00:00.5"),
+    ("iso", "Europe/Berlin", "2024-07-01 09:00:00 America/New_York", "2024-07-01 13:00:00"),
+    # the clock change: the hour it skips and the hour it repeats read at +01:00 (ICU)
+    ("iso", "Europe/Berlin", "2024-03-31 02:30:00", "2024-03-31 01:30:00"),
+    ("iso", "Europe/Berlin", "2024-10-27 02:30:00", "2024-10-27 01:30:00"),
+    ("iso", "Asia/Kolkata", "2024-07-01 10:00:00", "2024-07-01 04:30:00"),
+    ("iso", "Europe/Berlin", "soon", None),
+    ("%d.%m.%Y %H:%M", "Europe/Berlin", "15.01.2024 10:00", "2024-01-15 09:00:00"),
+    ("%d.%m.%Y %H:%M %z", "Europe/Berlin", "15.01.2024 10:00 +0000", "2024-01-15 10:00:00"),
+    ("unix_s", "Europe/Berlin", "1719828000", "2024-07-01 10:00:00"),  # (unix times are UTC)
+])
+def test_time_zone_of_times_written_without_one(time_format: str, zone: str | None, text: str, expected: str | None) -> None:
+    """00_setup.sql's parse_time under input.time_zone (input_time_zone), for each way a time is written."""
+    from purchasepred.resources import connect, sql_dir
+
+    con = connect()
+    con.execute("set TimeZone = 'UTC'")
+    con.execute((sql_dir() / "00_setup.sql").read_text())
+    con.execute("set variable time_format = ?", [time_format])
+    con.execute("set variable input_time_zone = ?", [zone])
+    got = con.execute("select parse_time(?)::timestamp", [text]).fetchone()[0]
+    assert got == (datetime.fromisoformat(expected) if expected else None)
+
+
 @pytest.mark.parametrize("values, expected", [
     (["1570000000", "1570000123.5"], "unix_s"), (["1570000000123"], "unix_ms"), (["1570000000123456"], "unix_us"),
     (["1570000000123456789"], "unix_ns"), (["1570000000", "1570000000123"], None), (["15700"], None),
@@ -476,6 +512,9 @@ def test_rees46_outputs_unchanged_by_naming_the_preset(tiny_prepared, tmp_path: 
     (InputConfig(schema="retailrocket", view=["view"], cart=["view"]), ["mapped to both input.view and input.cart"]),
     (InputConfig(schema="retailrocket", decimal_separator=";"), ["input.decimal_separator must be '.' or ','"]),
     (InputConfig(schema="retailrocket", encoding="cp1252"), ["input.encoding 'cp1252' is not one prepare reads"]),
+    (InputConfig(schema="retailrocket", time_zone="Europe/Berln"), [
+        "input.time_zone 'Europe/Berln' is not a time zone name (did you mean 'Europe/Berlin'?); use an IANA name"]),
+    (InputConfig(schema="retailrocket", time_zone="+02:00"), ["input.time_zone '+02:00' is not a time zone name; use"]),
 ])
 def test_bad_mappings_fail_before_any_work(tmp_path: Path, icfg: InputConfig, needles: list[str]) -> None:
     out = tmp_path / "work" / "p"

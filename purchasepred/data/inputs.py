@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
+import functools
 import glob
 import gzip
 import io
@@ -69,6 +71,7 @@ _REES46 = {
     "session": "user_session", "time_format": "iso", "view": ["view"], "cart": ["cart"],
     "purchase": ["purchase"], "remove_from_cart": ["remove_from_cart"], "ignore": [], "delimiter": ",",
     "encoding": "utf-8", "decimal_separator": ".", "header": True, "columns": None, "event": None,
+    "time_zone": None,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # REES46 "multi category store" (Kaggle); told apart from the next one by its header
@@ -146,6 +149,19 @@ def _check_not_archive(path: Path, head: bytes) -> None:
     archive = next((hint for magic, hint in ARCHIVES.items() if re.match(magic, head)), None)
     if archive is not None:
         raise InputError(f"{path}: {archive.format(path=path)}")
+
+
+@functools.cache
+def _time_zones() -> dict[str, str]:
+    """The time zone names DuckDB knows (ICU's), by their lower-case spelling."""
+    import duckdb
+
+    return {name.lower(): name for (name,) in duckdb.connect().execute("select name from pg_timezone_names()").fetchall()}
+
+
+def time_zone_name(name: str) -> str | None:
+    """The spelling DuckDB knows of time zone ``name`` (in any case, spaces around it), None when unknown."""
+    return _time_zones().get(str(name).strip().lower())
 
 
 def encoding_name(name: str) -> str | None:
@@ -264,6 +280,8 @@ class Mapping:
     """The canonical event of every row of a file without an event-type column (input.event)."""
     entry: str | None = None
     """The input.files entry the file's keys come from ("input.files entry 2 (orders*.csv)"), or None."""
+    time_zone: str | None = None
+    """The zone of its times written without one (input.time_zone, as DuckDB spells it); None: UTC."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {"schema": self.schema, "columns": self.columns, "time_format": self.time_format,
@@ -272,6 +290,8 @@ class Mapping:
         # (each only when set: the manifest of a log mapped without them has the keys it had)
         if self.event is not None:
             out["event"] = self.event
+        if self.time_zone is not None:
+            out["time_zone"] = self.time_zone
         if self.entry is not None:
             out["from"] = self.entry
         return out
@@ -397,6 +417,11 @@ def _config_problems(icfg: InputConfig) -> list[str]:
         if why:
             problems.append(f"input.time_format {fmt!r} is not a strptime format DuckDB reads ({why}); "
                             "see https://duckdb.org/docs/sql/functions/dateformat")
+    if icfg.time_zone is not None and time_zone_name(icfg.time_zone) is None:
+        close = difflib.get_close_matches(icfg.time_zone.strip(), list(_time_zones().values()), n=1, cutoff=0.6)
+        problems.append(f"input.time_zone {icfg.time_zone!r} is not a time zone name"
+                        + (f" (did you mean '{close[0]}'?)" if close else "")
+                        + "; use an IANA name such as Europe/Berlin, America/New_York or UTC")
     if icfg.delimiter is not None and len(icfg.delimiter) != 1:
         problems.append(f"input.delimiter must be one character, got {icfg.delimiter!r} (a tab is \"\\t\")")
     if icfg.encoding is not None and encoding_name(icfg.encoding) is None:
@@ -527,7 +552,8 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     schema = base or "custom"
     mapping = Mapping(schema=schema, columns=columns, time_format=str(spec["time_format"]), events=events,
                       delimiter=str(spec["delimiter"]), header=header, decimal_separator=str(spec["decimal_separator"]),
-                      encoding=encoding_name(str(spec["encoding"])) or "utf-8", event=event, entry=entry)
+                      encoding=encoding_name(str(spec["encoding"])) or "utf-8", event=event, entry=entry,
+                      time_zone=time_zone_name(spec["time_zone"]) if spec["time_zone"] is not None else None)
     return mapping, names
 
 

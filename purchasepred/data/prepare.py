@@ -711,6 +711,7 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sq
     _set(con, "input_path", str(f.path))
     _set(con, "input_glob", duckdb_literal(f.path))  # the reader opens exactly this file
     _set(con, "time_format", m.time_format)
+    _set(con, "input_time_zone", m.time_zone)
     _set(con, "decimal_separator", m.decimal_separator)
     con.execute("set variable event_map = map(?, ?)", [list(m.events), list(m.events.values())])
     _set(con, "input_event", m.event)
