@@ -142,6 +142,14 @@ def test_custom_mapping_delimiter_strptime_and_optional_columns(tmp_path: Path) 
     con = open_prepared(tmp_path / "p")
     assert rows(con, "select line, raw from rejects order by line") == [(2, "u1;a;01.10.2019 10:00;Ansicht;9,5;x"),
                                                                         (5, "u2;b;02.10.2019 11:00;Kauf;-1;x")]
+    assert rows(con, "select event_at from events order by event_at") == [
+        (datetime(2019, 10, 1, 10, 5),), (datetime(2019, 10, 1, 11, 0),)]
+
+    # the shop's times are Berlin's (summer time: +02:00), without a preset too
+    prepare([str(raw)], tmp_path / "berlin", PrepareConfig(max_len=3, eval_days=0.5),
+            input_cfg=replace(icfg, time_zone="Europe/Berlin"))
+    assert rows(open_prepared(tmp_path / "berlin"), "select event_at from events order by event_at") == [
+        (datetime(2019, 10, 1, 8, 5),), (datetime(2019, 10, 1, 9, 0),)]
 
 
 def test_decimal_comma_prices(tmp_path: Path) -> None:

@@ -463,8 +463,8 @@ def _spec(icfg: InputConfig, names: list[str] | None) -> tuple[str | None, dict[
     mapping key of it overlaid with the input keys set (without a preset: no columns, REES46's formats)."""
     base = icfg.schema or (_detect(names) if names is not None else None)
     spec = dict(PRESETS[base]) if base else {**{k: None for k in CANONICAL}, **{
-        k: _REES46[k] for k in ("time_format", "delimiter", "encoding", "decimal_separator", "header", "columns", "ignore", "event",
-                                 *EVENTS)}}
+        k: _REES46[k] for k in ("time_format", "time_zone", "delimiter", "encoding", "decimal_separator", "header", "columns",
+                                 "ignore", "event", *EVENTS)}}
     return base, {**spec, **_explicit(icfg)}
 
 
