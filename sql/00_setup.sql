@@ -25,10 +25,10 @@ create or replace macro epoch_to_timestamp(s) as
 -- a change of the clocks skips or repeats is read as ICU reads it: in Europe/Berlin at +01:00 either way)
 create or replace macro in_time_zone(ts) as case when getvariable('input_time_zone') is null then ts
     else timezone('UTC', timezone(getvariable('input_time_zone'), ts)) end;
--- has_zone(text): whether an ISO time names its zone after the time of day (Z, +02, +02:00, +0200, UTC,
+-- has_zone(text): whether an ISO time names its zone after the time of day (Z, +02, +02:00, +0200, +02:00:00, UTC,
 -- Europe/Berlin): such a time is that instant, whatever input_time_zone says
 create or replace macro has_zone(t) as
-    regexp_matches(t, ':[0-9]{2}(:[0-9]{2}([.,][0-9]*)?)?\s*(Z|[+-][0-9]{1,2}(:?[0-9]{2})?|[A-Za-z][A-Za-z0-9_/+-]*)$');
+    regexp_matches(t, ':[0-9]{2}(:[0-9]{2}([.,][0-9]*)?)?\s*(Z|[+-][0-9]{1,2}(:?[0-9]{2}){0,2}|[A-Za-z][A-Za-z0-9_/+-]*)$');
 -- (iso tries the two REES46 spellings with strptime first, which is several times faster than the
 -- general cast; anything else falls through to the cast)
 create or replace macro parse_time(t) as case getvariable('time_format')

@@ -18,8 +18,11 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+import gzip
+
 import duckdb
 import pytest
+import zstandard
 
 from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, invoke, open_prepared, rows
 from purchasepred.config import InputConfig, PrepareConfig, load_config
@@ -298,6 +301,17 @@ def _packed(kind: str, data: bytes, inner: str) -> bytes:
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr(inner, data)
         return buf.getvalue()
+    if kind == "zstd-long":  # (a frame that asks for a 256 MB window: its header alone says so)
+        import zstandard
+
+        params = zstandard.ZstdCompressionParameters.from_level(3, window_log=28)
+        c = zstandard.ZstdCompressor(compression_params=params).compressobj()
+        return c.compress(data) + c.flush()
+    if kind == "zstd-dict":
+        import zstandard
+
+        samples = [f"{i},view,{i * 7 % 1000},x,brand{i % 50},{i % 300}.00,{i % 977},s-{i % 13}\n".encode() * 3 for i in range(2000)]
+        return zstandard.ZstdCompressor(dict_data=zstandard.train_dictionary(2048, samples)).compress(data)
     if kind.startswith("tar"):
         import tarfile
 
@@ -324,6 +338,10 @@ def _packed(kind: str, data: bytes, inner: str) -> bytes:
     ("events.csv", "gzip", "gzip-compressed data in a file whose name does not end in .gz; rename it to {path}.gz"),
     ("events.csv", "zstd", "zstd-compressed data in a file whose name does not end in .zst; rename it to {path}.zst"),
     ("events.csv.zst", "gzip", "not a readable zstd file (no zstd frame at byte 0); re-download or re-compress it"),
+    ("events.csv.zst", "zstd-long", "a zstd file written with a window over 128 MB (zstd --long), which prepare's readers "
+                                    "cannot take; compress it again without --long, e.g. zstd -dc --long=31 {path} | zstd -o"),
+    ("events.csv.zst", "zstd-dict", "a zstd file compressed with a dictionary (zstd -D), which prepare cannot use; "
+                                    "decompress it first, e.g. zstd -d -D DICTIONARY {path}"),
 ])
 def test_an_archive_or_other_compression_says_what_to_do(tmp_path: Path, name: str, kind: str, needle: str) -> None:
     path = tmp_path / name
@@ -332,6 +350,16 @@ def test_an_archive_or_other_compression_says_what_to_do(tmp_path: Path, name: s
         prepare([str(path)], tmp_path / "work" / "p", TINY_CFG)
     assert str(err.value).startswith(f"{path}: " + needle.format(path=path))
     assert not (tmp_path / "work" / "p").exists()
+
+
+def test_text_that_happens_to_spell_ustar_is_no_tar_archive(tmp_path: Path) -> None:
+    """A tar header has 'ustar' and a NUL (or two spaces and a NUL) at byte 257; a log whose text has
+    'ustar' there (a brand 'mustard') is read as the log it is."""
+    from purchasepred.data.inputs import _check_not_archive
+
+    _check_not_archive(tmp_path / "log.csv", b"x" * 256 + b"mustard,1,2\n")
+    with pytest.raises(InputError, match="a tar archive"):
+        _check_not_archive(tmp_path / "log.csv", b"x" * 257 + b"ustar  \x00")
 
 
 @pytest.mark.parametrize("time_format, zone, text, expected", [
@@ -347,6 +375,7 @@ def test_an_archive_or_other_compression_says_what_to_do(tmp_path: Path, name: s
     ("iso", "Europe/Berlin", "2024-07-01T10:00:00Z", "2024-07-01 10:00:00"),
     ("iso", "Europe/Berlin", "2024-07-01 10:00:00+0300", "2024-07-01 07:00:00"),
     ("iso", "Europe/Berlin", "2024-07-01T10:00:00.5-05", "2024-07-01 15:00:00.5"),
+    ("iso", "Europe/Berlin", "2024-07-01 10:00:00-02:00:00", "2024-07-01 12:00:00"),
     ("iso", "Europe/Berlin", "2024-07-01 09:00:00 America/New_York", "2024-07-01 13:00:00"),
     # the clock change: the hour it skips and the hour it repeats read at +01:00 (ICU)
     ("iso", "Europe/Berlin", "2024-03-31 02:30:00", "2024-03-31 01:30:00"),
@@ -368,6 +397,15 @@ def test_time_zone_of_times_written_without_one(time_format: str, zone: str | No
     con.execute("set variable input_time_zone = ?", [zone])
     got = con.execute("select parse_time(?)::timestamp", [text]).fetchone()[0]
     assert got == (datetime.fromisoformat(expected) if expected else None)
+
+
+def test_time_zone_names_are_places() -> None:
+    """A zone is taken by the name of a place (any case) or UTC/GMT, never by an abbreviation."""
+    from purchasepred.data.inputs import time_zone_name
+
+    assert [time_zone_name(n) for n in (" europe/berlin ", "Etc/GMT-2", "japan", "utc", "GMT")] == [
+        "Europe/Berlin", "Etc/GMT-2", "Japan", "UTC", "GMT"]
+    assert [time_zone_name(n) for n in ("EST", "BST", "CST6CDT", "NZ", "", "Mars/Olympus")] == [None] * 6
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -521,8 +559,14 @@ def test_rees46_outputs_unchanged_by_naming_the_preset(tiny_prepared, tmp_path: 
     (InputConfig(schema="retailrocket", decimal_separator=";"), ["input.decimal_separator must be '.' or ','"]),
     (InputConfig(schema="retailrocket", encoding="cp1252"), ["input.encoding 'cp1252' is not one prepare reads"]),
     (InputConfig(schema="retailrocket", time_zone="Europe/Berln"), [
-        "input.time_zone 'Europe/Berln' is not a time zone name (did you mean 'Europe/Berlin'?); use an IANA name"]),
-    (InputConfig(schema="retailrocket", time_zone="+02:00"), ["input.time_zone '+02:00' is not a time zone name; use"]),
+        "input.time_zone 'Europe/Berln' is not a time zone prepare takes (did you mean 'Europe/Berlin'?); use an IANA name"]),
+    (InputConfig(schema="retailrocket", time_zone="UTC+2"), [
+        "input.time_zone 'UTC+2' is not a time zone prepare takes; for a fixed offset of +02:00 set Etc/GMT-2 (the sign"]),
+    (InputConfig(schema="retailrocket", time_zone="+05:30"), ["name the place whose clock it is, e.g. Asia/Kolkata"]),
+    (InputConfig(schema="retailrocket", time_zone="Z"), ["'Z' is not a time zone prepare takes; Z is UTC: set UTC"]),
+    # abbreviations, which ICU reads its own way (BST: Bangladesh), known to it or not
+    (InputConfig(schema="retailrocket", time_zone="BST"), ["'BST' is not a time zone prepare takes; BST is an abbreviation"]),
+    (InputConfig(schema="retailrocket", time_zone="cest"), ["cest is an abbreviation", "name the place"]),
 ])
 def test_bad_mappings_fail_before_any_work(tmp_path: Path, icfg: InputConfig, needles: list[str]) -> None:
     out = tmp_path / "work" / "p"
@@ -1026,27 +1070,34 @@ def test_json_lines_that_are_not_one_object_per_line_fail_with_the_fix(tmp_path:
                          "a nested key is named by its dotted path, e.g. context.user.id); found ts, type, sku, "
                          "context.user.id"),
     }
+    mixed = (b'{"context": {"user": "a"}, "sku": "x", "ts": 1, "type": "view"}\n'
+             b'{"context": {"user": "a"}, "sku": "y", "ts": 2, "type": "view"}\r\n')
     more = {
         "seq.jsonl": (b'\x1e{"a": 1}\n', "line 1 is a JSON text sequence (RFC 7464: each record starts with the byte "
                                          "0x1E); take those bytes out first, e.g. tr -d"),
         "latin.jsonl": (b'{"a": "caf\xe9"}\n', "line 1 is not UTF-8 text; if the file is Latin-1 (ISO-8859-1) text set "
                                               "--set input.encoding=latin-1"),
         "utf16.jsonl": ('{"a": 1}\n'.encode("utf-16"), "UTF-16 text, not JSON lines in UTF-8 or Latin-1; convert it"),
-        "mixed.jsonl": (b'{"context": {"user": "a"}, "sku": "x", "ts": 1, "type": "view"}\n'
-                        b'{"context": {"user": "a"}, "sku": "y", "ts": 2, "type": "view"}\r\n',
-                        "could not be read: its lines do not all end alike (\\n in some, \\r\\n in others, or a stray "
+        "mixed.jsonl": (mixed, "could not be read: its lines do not all end alike (\\n in some, \\r\\n in others, or a stray "
                         "\\r); make them one kind first, e.g. sed -i"),
         "cases.jsonl": (b'{"Sku": "x", "context": {"user": "a"}, "ts": 1, "type": "view"}\n{"sku": "y"}\n',
                         "key 'sku' (input.item) is spelled 2 ways in the records (Sku, sku; the mapping reads keys in any "
                         "case); make them agree"),
         "dotted.jsonl": (b'{"context.user": "flat", "context": {"user": "a"}, "sku": "x", "ts": 1, "type": "view"}\n',
                          "'context.user' is both a key with a dot in its name and a nested key in the records; rename"),
+        # a compressed file is decompressed into the fix (a filter on its bytes, sed -i above all, would ruin it)
+        "mixed.jsonl.gz": (mixed, "or a stray \\r); make them one kind first, e.g. gzip -dc {path} | sed 's/\\r$//' > events.jsonl"),
+        "array.json.zst": (b'[{"a": 1},\n{"a": 2}]\n', "one object per line first, e.g. zstd -dc {path} | jq -c '.[]' > events.jsonl"),
+        "seq.jsonl.gz": (b'\x1e{"a": 1}\n', "take those bytes out first, e.g. gzip -dc {path} | tr -d '\\036' > events.jsonl"),
     }
     icfg = InputConfig(user="context.user", item="sku", time="ts", event_type="type")
     for name, (data, message) in {**cases, **more}.items():
         path = tmp_path / name
-        path.write_bytes(data.encode() if isinstance(data, str) else data)
-        with pytest.raises(InputError, match=re.escape(f"{path}: {message}")):
+        data = data.encode() if isinstance(data, str) else data
+        pack = {".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress}.get(path.suffix, bytes)
+        path.write_bytes(pack(data))
+        message = message.format(path=path) if "{path}" in message else message
+        with pytest.raises(InputError, match=re.escape(f"{path}: ") + ".*" + re.escape(message)):
             prepare([str(path)], tmp_path / "p", CFG, input_cfg=icfg)
         assert not (tmp_path / "p").exists()
 

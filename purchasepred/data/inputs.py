@@ -137,7 +137,7 @@ ARCHIVES = {
     rb"\xfd7zXZ\x00": "an xz-compressed file; " + _DECOMPRESS.replace("{tool}", "xz -dk {path}"),
     rb"BZh[1-9]1AY&SY": "a bzip2-compressed file; " + _DECOMPRESS.replace("{tool}", "bunzip2 -k {path}"),
     # (a tar archive's first header has its magic at byte 257; also inside a .tar.gz or .tar.zst, read decompressed)
-    rb"[\s\S]{257}ustar": "a tar archive; extract it first (tar -xf {path}) and pass the CSV file(s) inside",
+    rb"[\s\S]{257}ustar(\x00|  \x00)": "a tar archive; extract it first (tar -xf {path}) and pass the CSV file(s) inside",
     # (a .gz or .zst name is read decompressed: only another name gets here)
     rb"\x1f\x8b": "gzip-compressed data in a file whose name does not end in .gz; rename it to {path}.gz and pass that",
     rb"\x28\xb5\x2f\xfd": "zstd-compressed data in a file whose name does not end in .zst; rename it to {path}.zst and pass that",
@@ -153,15 +153,47 @@ def _check_not_archive(path: Path, head: bytes) -> None:
 
 @functools.cache
 def _time_zones() -> dict[str, str]:
-    """The time zone names DuckDB knows (ICU's), by their lower-case spelling."""
-    import duckdb
-
-    return {name.lower(): name for (name,) in duckdb.connect().execute("select name from pg_timezone_names()").fetchall()}
+    """The time zones prepare takes, by their lower-case spelling: DuckDB's (ICU's) names of a place
+    (Europe/Berlin, Etc/GMT-2, Japan) and UTC/GMT, not the abbreviations ICU also knows (EST is a fixed
+    -05:00 with no summer time, BST is Asia/Dhaka, IST India, CST Chicago): each means something else
+    to someone."""
+    return {name.lower(): name for name in _all_zone_names()
+            if "/" in name or name.upper() in ("UTC", "GMT") or (len(name) > 4 and name.isalpha())}
 
 
 def time_zone_name(name: str) -> str | None:
-    """The spelling DuckDB knows of time zone ``name`` (in any case, spaces around it), None when unknown."""
+    """The spelling DuckDB knows of time zone ``name`` (in any case, spaces around it), None when prepare
+    does not take it (_time_zones)."""
     return _time_zones().get(str(name).strip().lower())
+
+
+def _time_zone_problem(value: str) -> str:
+    """Why input.time_zone ``value`` is not taken, and what to set instead."""
+    text = value.strip()
+    offset = re.fullmatch(r"(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?", text, flags=re.IGNORECASE)
+    if text.upper() == "Z":
+        fix = "Z is UTC: set UTC, or leave input.time_zone unset (times without a zone are then read as UTC)"
+    elif offset and int(offset[2]) <= 14 and offset[3] in (None, "00"):
+        etc = f"Etc/GMT{'-' if offset[1] == '+' else '+'}{int(offset[2])}"
+        fix = (f"for a fixed offset of {offset[1]}{int(offset[2]):02d}:00 set {etc} (the sign of Etc names is reversed), "
+               "but if the shop's clock follows summer time name its place instead, e.g. Europe/Berlin")
+    elif offset:
+        fix = "name the place whose clock it is, e.g. Asia/Kolkata for +05:30"
+    elif text.lower() in {n.lower() for n in _all_zone_names()} or re.fullmatch(r"[A-Za-z]{2,5}", text):
+        fix = (f"{text} is an abbreviation, which means different zones to different people (EST has no summer "
+               "time, BST is Bangladesh, CST Chicago); name the place, e.g. America/New_York, Europe/London")
+    else:
+        close = difflib.get_close_matches(text, [n for n in _time_zones().values() if "/" in n], n=1, cutoff=0.6)
+        fix = (f"(did you mean '{close[0]}'?); " if close else "") + "use an IANA name such as Europe/Berlin, America/New_York or UTC"
+    return f"input.time_zone {value!r} is not a time zone prepare takes{'' if fix.startswith('(') else ';'} {fix}"
+
+
+@functools.cache
+def _all_zone_names() -> tuple[str, ...]:
+    """Every time zone name DuckDB (ICU) knows, abbreviations included."""
+    import duckdb
+
+    return tuple(name for (name,) in duckdb.connect().execute("select name from pg_timezone_names()").fetchall())
 
 
 def encoding_name(name: str) -> str | None:
@@ -172,9 +204,25 @@ def encoding_name(name: str) -> str | None:
     return key if key in ENCODINGS else None
 
 
+def compression_of(path: Path) -> str | None:
+    """gzip or zstd when ``path``'s name says it is compressed (in any case), else None."""
+    return next((c for suffix, c in COMPRESSED_SUFFIXES.items() if path.name.lower().endswith(suffix)), None)
+
+
+def rewrite_hint(path: Path, command: str, in_place: str | None = None) -> str:
+    """A shell line that writes ``path``'s text through the filter ``command`` to events.jsonl: for a
+    plain file ``in_place`` (a command on the file itself) when given; a compressed file is
+    decompressed into the filter first (a filter on its bytes would ruin the only copy)."""
+    quoted = shlex.quote(str(path))
+    tool = {"gzip": "gzip -dc", "zstd": "zstd -dc"}.get(compression_of(path) or "")
+    if tool is not None:
+        return f"{tool} {quoted} | {command} > events.jsonl"
+    return in_place.format(path=quoted) if in_place else f"{command} < {quoted} > events.jsonl"
+
+
 def _open_text_head(path: Path, n_bytes: int = 1 << 16) -> bytes:
     """The first ``n_bytes`` of ``path``'s text, decompressed when its name ends in .gz or .zst."""
-    compression = next((c for suffix, c in COMPRESSED_SUFFIXES.items() if path.name.lower().endswith(suffix)), None)
+    compression = compression_of(path)
     try:
         if compression == "gzip":
             with gzip.open(path, "rb") as fh:
@@ -187,6 +235,14 @@ def _open_text_head(path: Path, n_bytes: int = 1 << 16) -> bytes:
     except (OSError, EOFError, zlib.error) as err:
         if compression is None:
             raise InputError(f"{path}: could not be read ({err}); check the file and its permissions") from None
+        quoted, why = shlex.quote(str(path)), str(err).lower()
+        if compression == "zstd" and ("memory" in why or "window" in why):
+            raise InputError(f"{path}: a zstd file written with a window over 128 MB (zstd --long), which prepare's readers "
+                             f"cannot take; compress it again without --long, e.g. zstd -dc --long=31 {quoted} | zstd -o "
+                             "events.csv.zst") from None
+        if compression == "zstd" and "dictionary" in why:
+            raise InputError(f"{path}: a zstd file compressed with a dictionary (zstd -D), which prepare cannot use; "
+                             f"decompress it first, e.g. zstd -d -D DICTIONARY {quoted}") from None
         raise InputError(f"{path}: not a readable {compression} file ({err}); re-download or re-compress it") from None
 
 
@@ -418,10 +474,7 @@ def _config_problems(icfg: InputConfig) -> list[str]:
             problems.append(f"input.time_format {fmt!r} is not a strptime format DuckDB reads ({why}); "
                             "see https://duckdb.org/docs/sql/functions/dateformat")
     if icfg.time_zone is not None and time_zone_name(icfg.time_zone) is None:
-        close = difflib.get_close_matches(icfg.time_zone.strip(), list(_time_zones().values()), n=1, cutoff=0.6)
-        problems.append(f"input.time_zone {icfg.time_zone!r} is not a time zone name"
-                        + (f" (did you mean '{close[0]}'?)" if close else "")
-                        + "; use an IANA name such as Europe/Berlin, America/New_York or UTC")
+        problems.append(_time_zone_problem(icfg.time_zone))
     if icfg.delimiter is not None and len(icfg.delimiter) != 1:
         problems.append(f"input.delimiter must be one character, got {icfg.delimiter!r} (a tab is \"\\t\")")
     if icfg.encoding is not None and encoding_name(icfg.encoding) is None:
@@ -688,17 +741,18 @@ def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None,
 
 def _not_json_lines(path: Path, no: int, raw: bytes) -> None:
     """InputError for a file whose first record (line ``no``) is no JSON object on one line, with the fix."""
-    quoted = shlex.quote(str(path))
     text = raw.decode("utf-8", errors="replace").strip(" \t\r")
     if text.startswith("\x1e"):
-        what = (f"a JSON text sequence (RFC 7464: each record starts with the byte 0x1E); take those bytes out first, "
-                f"e.g. tr -d '\\036' < {quoted} > events.jsonl")
+        fix = rewrite_hint(path, "tr -d '\\036'")
+        what = f"a JSON text sequence (RFC 7464: each record starts with the byte 0x1E); take those bytes out first, e.g. {fix}"
     elif text.startswith("["):
-        what = f"a JSON array, not one object per line; write one object per line first, e.g. jq -c '.[]' {quoted} > events.jsonl"
+        fix = rewrite_hint(path, "jq -c '.[]'")
+        what = f"a JSON array, not one object per line; write one object per line first, e.g. {fix}"
     else:
+        fix = rewrite_hint(path, "jq -c .")
         what = ("not a JSON object on one line (prepare reads JSON lines: one event object per line, "
                 'e.g. {"user": "u1", "item": "a", "time": "2019-10-01 10:00:00", "event": "view"}); '
-                f"write each object on one line first, e.g. jq -c . {quoted} > events.jsonl")
+                f"write each object on one line first, e.g. {fix}")
     raise InputError(f"{path}: line {no} is {what}; got {text[:60]!r}")
 
 

@@ -15,7 +15,6 @@ import hashlib
 import json
 from glob import escape as glob_escape
 import os
-import shlex
 import shutil
 import sys
 import threading
@@ -35,7 +34,7 @@ from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
     InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs, guess_time_format, inspect_csv,
-    inspect_json, is_json, is_parquet, reject_hint, resolve_mapping, setting,
+    inspect_json, is_json, is_parquet, reject_hint, resolve_mapping, rewrite_hint, setting,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -698,8 +697,9 @@ def _reading_file(path: Path, encoding: str, fmt: str) -> Iterator[None]:
                              "(-c drops broken characters) and prepare the UTF-8 file") from None
         if fmt == "json" and "state machine reached an invalid state" in str(err):
             # (the reader's one failure on JSON lines, read without quotes: a line end unlike the others)
+            fix = rewrite_hint(path, "sed 's/\\r$//'", "sed -i 's/\\r$//' {path}")
             raise InputError(f"{path}: could not be read: its lines do not all end alike (\\n in some, \\r\\n in others, "
-                             f"or a stray \\r); make them one kind first, e.g. sed -i 's/\\r$//' {shlex.quote(str(path))}") from None
+                             f"or a stray \\r); make them one kind first, e.g. {fix}") from None
         raise InputError(f"{path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
 
 
