@@ -153,6 +153,3 @@ from (
 group by i
 having bool_or(kind is not null and kind <> 'OBJECT')
 order by i;
-
--- name: parquet_columns
-select column_name, column_type from (describe select * from read_parquet(getvariable('input_glob')));

@@ -909,6 +909,35 @@ def test_parquet_input(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> No
     assert rows(open_prepared(tmp_path / "p"), "select distinct file_path from rejects") == [(str(pq),)]
 
 
+def test_parquet_with_struct_columns(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
+    """A field of a STRUCT column is mapped by its dotted path, as a nested JSON key (any case, a typed
+    price read with '.'); the file's own dotted column name beside the same path is one error."""
+    from purchasepred.config import InputConfig
+
+    pq = tmp_path / "nested.parquet"
+    con = duckdb.connect()
+    con.read_csv(str(TINY), all_varchar=True, ignore_errors=True).create_view("tiny")
+    con.execute(f"""copy (select event_time as ts, event_type as kind, {{'id': user_id, 'Session': user_session}} as who,
+        {{'sku': product_id, 'brand': brand, 'price': price::double,
+          'category': {{'id': category_id, 'code': category_code}}}} as product from tiny) to '{pq}'""")
+    icfg = InputConfig(user="who.id", session="WHO.session", item="product.sku", time="ts", event_type="kind",
+                       brand="product.brand", price="product.price", category="product.category.id",
+                       category_code="product.category.code", decimal_separator=",")
+    m = prepare([str(pq)], tmp_path / "p", TINY_CFG, input_cfg=icfg).manifest
+    assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_kept"]) == (23, 4, 1, 18)
+    assert same_tables(tmp_path / "p", tiny_prepared.out) == {t: 0 for t in CONTENT_TABLES}
+    assert m["input_mappings"][0]["columns"]["user_session"] == "who.Session"
+    assert m["input_mappings"][0]["decimal_separator"] == "."
+
+    clash = tmp_path / "clash.parquet"
+    con.execute(f"copy (select 'x' as \"who.id\", * from '{pq}') to '{clash}'")
+    with pytest.raises(InputError, match="'who.id' is both a column with a dot in its name and a field of a STRUCT column"):
+        prepare([str(clash)], tmp_path / "q", TINY_CFG, input_cfg=icfg)
+    with pytest.raises(InputError, match=r"input.user names column 'who.user', which the file does not have \(a field of "
+                                         r"a STRUCT column is named by its dotted path"):
+        prepare([str(pq)], tmp_path / "q", TINY_CFG, input_cfg=replace(icfg, user="who.user"))
+
+
 def test_typed_parquet_matches_csv(synth_csv, synth_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
     # typed columns (timestamp, BIGINT category_id, DOUBLE price) give the same dataset as the CSV
     path, _ = synth_csv

@@ -373,6 +373,8 @@ class InputFile:
     size: int
     json_paths: tuple[str, ...] = ()
     """JSON lines: the JSON path of each name ($."context"."user"."id")."""
+    parquet_paths: tuple[tuple[str, ...], ...] = ()
+    """Parquet: the column of each name, as the parts of its path (a field of a STRUCT column: several)."""
 
 
 @dataclass(frozen=True)
@@ -578,9 +580,10 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
         hits = [i for i, n in enumerate(lower) if n == _canonical(str(name))]
         if not hits:
             if field in given:
-                problems.append(f"input.{field} names column {name!r}, which the file does not have" + (
-                    " (no record has that key; a nested key is named by its dotted path, e.g. context.user.id)"
-                    if fmt == "json" else ""))
+                problems.append(f"input.{field} names column {name!r}, which the file does not have" + {
+                    "json": " (no record has that key; a nested key is named by its dotted path, e.g. context.user.id)",
+                    "parquet": " (a field of a STRUCT column is named by its dotted path, e.g. context.user.id)",
+                }.get(fmt, ""))
             elif field in REQUIRED_FIELDS:
                 lacking.append(str(name))
             continue  # an optional column of the preset that this file lacks: absent (NULL)
@@ -737,6 +740,42 @@ def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None,
         mapping = replace(mapping, decimal_separator=".")
     return InputFile(path=path, format="json", schema=mapping.schema, names=tuple(found), mapping=mapping,
                      size=path.stat().st_size, json_paths=tuple(names[n] for n in found))
+
+
+def inspect_parquet(path: Path, icfg: InputConfig, entry: str | None, columns: list[tuple[str, Any]]) -> InputFile:
+    """The mapping of one Parquet file (``icfg`` as for inspect_csv) from its ``columns``: (name, DuckDB
+    type) in file order. A field of a STRUCT column is named by its dotted path (context.user.id), as a
+    nested key of JSON lines; those the mapping reads are read besides every top-level column. A typed
+    price reads with '.' whatever the mapping says of prices written as text."""
+    top = [name for name, _ in columns]
+    types = dict(columns)
+    nested = {".".join(parts): (parts, kind) for name, column in columns for parts, kind in _struct_fields((name,), column)}
+    clash = {_canonical(n) for n in top} & {_canonical(n) for n in nested}
+    both = sorted(clash & {_canonical(n) for n in _mapped_names(icfg, top)})
+    if both:
+        raise InputError(f"{path}: {both[0]!r} is both a column with a dot in its name and a field of a STRUCT column; "
+                         "rename one of them in the export")
+    nested = {n: v for n, v in nested.items() if _canonical(n) not in clash}
+    mapping, _ = resolve_mapping(icfg, top + list(nested), path, fmt="parquet", entry=entry)
+    read_nested = [n for n in nested if n in mapping.columns.values()]
+    price = mapping.columns.get("price")
+    price_type = types[price] if price in types else nested[price][1] if price in nested else None
+    if price is not None and str(price_type) != "VARCHAR":
+        mapping = replace(mapping, decimal_separator=".")
+    return InputFile(path=path, format="parquet", schema=mapping.schema, names=(*top, *read_nested), mapping=mapping,
+                     size=path.stat().st_size, parquet_paths=(*((n,) for n in top), *(nested[n][0] for n in read_nested)))
+
+
+def _struct_fields(parts: tuple[str, ...], kind: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """The fields (not STRUCTs themselves) inside a column of DuckDB type ``kind`` named ``parts``, with
+    their paths and types; none for a column that is no STRUCT (nor for the fields of a LIST's elements)."""
+    if getattr(kind, "id", None) != "struct":
+        return
+    for child, child_kind in kind.children:
+        if getattr(child_kind, "id", None) == "struct":
+            yield from _struct_fields((*parts, child), child_kind)
+        else:
+            yield (*parts, child), child_kind
 
 
 def _not_json_lines(path: Path, no: int, raw: bytes) -> None:

@@ -34,7 +34,7 @@ from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
     InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs, guess_time_format, inspect_csv,
-    inspect_json, is_json, is_parquet, reject_hint, resolve_mapping, rewrite_hint, setting,
+    inspect_json, inspect_parquet, is_json, is_parquet, reject_hint, rewrite_hint, setting,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -258,18 +258,12 @@ def _inspect(paths: list[Path], con: duckdb.DuckDBPyConnection, icfg: InputConfi
         check_path(path)
         label = entry.label if entry else None
         if is_parquet(path):
-            _set(con, "input_glob", duckdb_literal(path))
             try:
-                described = _rows(con, named_queries("stats.sql")["parquet_columns"])
+                rel = con.read_parquet(duckdb_literal(path))
+                columns = list(zip(rel.columns, rel.types, strict=True))
             except duckdb.Error as err:
                 raise InputError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
-            names = [r["column_name"] for r in described]
-            mapping, names = resolve_mapping(file_cfg, names, path, fmt="parquet", entry=label)
-            price = mapping.columns.get("price")
-            if price is not None and next(r["column_type"] for r in described if r["column_name"] == price) != "VARCHAR":
-                # a typed price reads as text with '.' whatever the mapping says of prices written as text
-                mapping = replace(mapping, decimal_separator=".")
-            files.append(InputFile(path, "parquet", mapping.schema, tuple(names), mapping, path.stat().st_size))
+            files.append(inspect_parquet(path, file_cfg, label, columns))
         elif is_json(path):
             files.append(inspect_json(path, file_cfg, label, partial(_find_json_keys, con)))
         else:
@@ -728,8 +722,8 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, f: InputFile, sq
     if f.format == "parquet":
         rel = con.read_parquet(duckdb_literal(f.path))
         rel.select(*[
-            duckdb.ColumnExpression(raw).cast(duckdb.sqltype("VARCHAR")).alias(name)
-            for raw, name in zip(f.names, names, strict=True)
+            duckdb.ColumnExpression(*parts).cast(duckdb.sqltype("VARCHAR")).alias(name)
+            for parts, name in zip(f.parquet_paths, names, strict=True)
         ]).create_view("parquet_columns", replace=True)
         q = split_named(sql[LOAD_PARQUET])
     elif f.format == "json":
