@@ -127,7 +127,7 @@ typed as (
 
 final as (
     select
-        getvariable('input_file_no') as file_no,
+        getvariable('input_file_no') + coalesce(file_index, 0) as file_no,  -- (file_index: CSV files read in one scan)
         event_at,
         event_type_id(event_name)::tinyint as event_type_id,
         item_key,
@@ -208,5 +208,6 @@ create or replace table optional_columns (
     price varchar,
     user_session varchar,
     record_problem varchar,  -- (JSON lines: why a line is no record, else NULL)
-    record_text varchar  -- (JSON lines: the line)
+    record_text varchar,  -- (JSON lines: the line)
+    file_index bigint  -- (CSV: the record's file among those read in one scan, from 0)
 );

@@ -1,20 +1,22 @@
--- load_csv: read one raw CSV (.csv, or compressed: .csv.gz, .csv.zst) with explicit VARCHAR columns (no type sniffing), and
--- type and validate every record in the same pass.
--- inputs: the file getvariable('input_glob'); input_columns, a struct naming the file's columns in
+-- load_csv: read raw CSV files (.csv, or compressed: .csv.gz, .csv.zst) with explicit VARCHAR columns
+-- (no type sniffing), and type and validate every record in the same pass. One load reads one file, or
+-- several consecutive ones of the same mapping and header in one scan (a log of many daily files: one
+-- statement instead of one per file); the reader keeps their order, and file_index tells each record's file.
+-- inputs: the files getvariable('input_glob') (a list); input_columns, a struct naming the files' columns in
 --   file order: mapped ones by their canonical name (event_time, event_type, product_id, category_id,
 --   category_code, brand, price, user_id, user_session), the others extra_column_N.
--- outputs: rows appended to staged (typed; rejected and ignored records keep their raw text);
---   lines with the wrong field count or invalid text (in the file's encoding) appended to raw_rejects
---   with their line number.
--- parameters: input_file_no, input_path (recorded in rejects), input_glob (the same path with glob
---   characters escaped, for the reader), input_columns, input_names (the struct's names), input_header,
---   input_delimiter, input_encoding (utf-8, latin-1 or utf-16), and those of the parsing macros of
---   00_setup.sql.
--- Two parts: "records" (the view of the file) and "load"; prepare checks the first rows between them
+-- outputs: rows appended to staged (typed; rejected and ignored records keep their raw text; file_no
+--   input_file_no + file_index); lines with the wrong field count or invalid text (in the files'
+--   encoding) appended to raw_rejects with their file and line number.
+-- parameters: input_file_no (of the first file), input_paths (the files as given, recorded in rejects),
+--   input_glob (the same paths with glob characters escaped, for the reader), input_columns, input_names
+--   (the struct's names), input_header, input_delimiter, input_encoding (utf-8, latin-1 or utf-16), and
+--   those of the parsing macros of 00_setup.sql.
+-- Two parts: "records" (the view of the files) and "load"; prepare checks the first rows between them
 -- (stats.sql: sample_rejects).
 -- name: records
 create or replace temp view input_records as
-select *  -- in file order: the reader and the insert preserve it (rowid numbers the records)
+select *, file_index  -- in file order: the reader and the insert preserve it (rowid numbers the records)
 from read_csv(
     getvariable('input_glob'),
     header = getvariable('input_header'),
@@ -36,13 +38,13 @@ select * from typed_records('input_records');
 
 insert into raw_rejects
 select
-    getvariable('input_path') as file_path,
+    getvariable('input_paths')[file_id::bigint + 1] as file_path,  -- (the reader's file_id is the file's index)
     line,
     reader_reject_reason(any_value(error_type)) as reason,
     trim(any_value(csv_line), chr(13) || chr(10)) as raw  -- the reader keeps a stray newline with CRLF files
 from load_reject_errors
-group by line
-order by line;
+group by file_id, line
+order by file_id, line;
 
 delete from load_reject_errors;
 delete from load_reject_scans;

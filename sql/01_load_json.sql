@@ -5,7 +5,7 @@
 -- outputs: rows appended to staged (every line is a record: an empty line, or one that is not a JSON
 --   object, is rejected with its text; a record's raw text is its line); lines the reader could not read
 --   (invalid UTF-8, longer than its line limit) appended to raw_rejects with their line number.
--- parameters: input_file_no, input_path, input_glob, json_paths, input_names, input_encoding (utf-8 or latin-1),
+-- parameters: input_file_no, input_paths (the file, as a list of one), input_glob, json_paths, input_names, input_encoding (utf-8 or latin-1),
 --   input_format ('json', for the reader's reject reasons), and those of the parsing macros of 00_setup.sql.
 -- One part, "records" (the views of the file); the runner adds the view input_records (json_fields'
 -- fields under their canonical names) and then runs the part "load" of 01_load_csv.sql, which is the

@@ -853,6 +853,49 @@ def test_times_written_in_a_local_time_zone(tiny_prepared: prep.PrepareSummary, 
             open_prepared(tiny_prepared.out), "select line, reason from rejects order by line")
 
 
+def _tiny_in_files(folder: Path) -> list[Path]:
+    """tiny.csv cut into three files with its header each (the second gzipped), its rejects spread over them."""
+    header, *lines = TINY.read_text().splitlines(keepends=True)
+    folder.mkdir()
+    paths = [folder / "day1.csv", folder / "day2.csv.gz", folder / "day3.csv"]
+    for path, part in zip(paths, (lines[:9], lines[9:16], lines[16:]), strict=True):
+        data = (header + "".join(part)).encode()
+        path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return paths
+
+
+def test_files_of_one_mapping_load_in_one_scan_as_file_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consecutive CSV files of one mapping and header load in one scan (one step), and the dataset is
+    the one a load file by file gives: every table, each reject's file, line and text; a file the scan
+    cannot read is then loaded on its own, and its error names it."""
+    paths = _tiny_in_files(tmp_path / "in")
+    steps: list[str] = []
+    m = prepare([str(p) for p in paths], tmp_path / "one_scan", TINY_CFG, step=steps.append).manifest
+    assert "load day1.csv .. day3.csv (3 files)" in steps
+    assert [i["rows_read"] for i in m["inputs"]] == [9, 7, 8] and m["rows_rejected"] == 5
+    monkeypatch.setattr(prep, "LOAD_GROUP_FILES", 1)
+    steps.clear()
+    prepare([str(p) for p in paths], tmp_path / "by_file", TINY_CFG, step=steps.append)
+    assert [s for s in steps if s.startswith("load")] == ["load day1.csv", "load day2.csv.gz", "load day3.csv"]
+    assert same_tables(tmp_path / "one_scan", tmp_path / "by_file", (*CONTENT_TABLES, "rejects")) == {
+        t: 0 for t in (*CONTENT_TABLES, "rejects")}
+    query = "select file_path, line, reason, raw from rejects order by file_path, line"
+    got = rows(open_prepared(tmp_path / "one_scan"), query)
+    assert got == rows(open_prepared(tmp_path / "by_file"), query)
+    assert [(Path(f).name, line, reason) for f, line, reason, _ in got] == [
+        ("day2.csv.gz", 5, "unknown event_type"), ("day2.csv.gz", 8, "wrong field count"),
+        ("day3.csv", 2, "missing user_id"), ("day3.csv", 3, "unparseable event_time"), ("day3.csv", 5, "negative price")]
+
+    monkeypatch.setattr(prep, "LOAD_GROUP_FILES", 1000)
+    full = gzip.compress(TINY.read_bytes() * 400)
+    paths[1].write_bytes(full[: len(full) // 2])  # (its head reads: the scan fails)
+    steps.clear()
+    with pytest.raises(InputError, match=re.escape(f"{paths[1]}: could not be read")):
+        prepare([str(p) for p in paths], tmp_path / "cut", TINY_CFG, step=steps.append)
+    assert [s for s in steps if s.startswith("load")] == ["load day1.csv .. day3.csv (3 files)"]
+    assert not (tmp_path / "cut").exists()
+
+
 def test_crlf_and_byte_order_mark(tiny_prepared: prep.PrepareSummary, tmp_path: Path) -> None:
     crlf = tmp_path / "crlf.csv"
     crlf.write_bytes(b"\xef\xbb\xbf" + TINY.read_bytes().replace(b"\n", b"\r\n"))
