@@ -1,6 +1,7 @@
 -- load_parquet: read one raw Parquet file and type and validate every record in the same pass, by
 -- the same rules as CSV (each mapped column is read as text first).
--- inputs: the view parquet_columns, made by the runner from the file: every column cast to VARCHAR,
+-- inputs: the view parquet_columns, made by the runner from the file (or consecutive files of one
+--   mapping and columns, read in one scan, with the reader's file_index): every column cast to VARCHAR,
 --   mapped ones under their canonical name, the others extra_column_N (names bound, never formatted).
 -- outputs: rows appended to staged.
 -- parameters: input_file_no, input_names, input_delimiter (joins a rejected record's fields) and

@@ -864,6 +864,37 @@ def _tiny_in_files(folder: Path) -> list[Path]:
     return paths
 
 
+def test_parquet_files_of_one_mapping_load_in_one_scan_as_file_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As CSV files below: consecutive Parquet files of one mapping and columns load in one scan, to the
+    dataset a load file by file gives (each file's records tell it by the reader's file_index)."""
+    con = duckdb.connect()
+    paths = []
+    for i, path in enumerate(_tiny_in_files(tmp_path / "csv")):
+        paths.append(tmp_path / f"day{i + 1}.parquet")
+        con.read_csv(str(path), all_varchar=True, ignore_errors=True).write_parquet(str(paths[-1]))
+    steps: list[str] = []
+    m = prepare([str(p) for p in paths], tmp_path / "one_scan", TINY_CFG, step=steps.append).manifest
+    assert "load day1.parquet .. day3.parquet (3 files)" in steps
+    assert [i["rows_read"] for i in m["inputs"]] == [9, 6, 8] and m["rows_rejected"] == 4
+    monkeypatch.setattr(prep, "LOAD_GROUP_FILES", 1)
+    prepare([str(p) for p in paths], tmp_path / "by_file", TINY_CFG)
+    assert same_tables(tmp_path / "one_scan", tmp_path / "by_file", (*CONTENT_TABLES, "rejects")) == {
+        t: 0 for t in (*CONTENT_TABLES, "rejects")}
+    query = "select file_path, line, reason from rejects order by file_path, line"
+    assert rows(open_prepared(tmp_path / "one_scan"), query) == rows(open_prepared(tmp_path / "by_file"), query)
+
+    # files with a column of their own named file_index (the reader's name for the file) load one by one
+    odd = [tmp_path / f"odd{i + 1}.parquet" for i in range(len(paths))]
+    for path, out in zip(paths, odd, strict=True):
+        own = duckdb.ConstantExpression(7).alias("FILE_INDEX")
+        con.read_parquet(str(path)).select(duckdb.StarExpression(), own).write_parquet(str(out))
+    monkeypatch.setattr(prep, "LOAD_GROUP_FILES", 1000)
+    steps.clear()
+    prepare([str(p) for p in odd], tmp_path / "odd", TINY_CFG, step=steps.append)
+    assert [s for s in steps if s.startswith("load")] == ["load odd1.parquet", "load odd2.parquet", "load odd3.parquet"]
+    assert same_tables(tmp_path / "odd", tmp_path / "by_file") == {t: 0 for t in CONTENT_TABLES}
+
+
 def test_files_of_one_mapping_load_in_one_scan_as_file_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Consecutive CSV files of one mapping and header load in one scan (one step), and the dataset is
     the one a load file by file gives: every table, each reject's file, line and text; a file the scan

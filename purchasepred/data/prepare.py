@@ -672,14 +672,20 @@ LOAD_GROUP_FILES = 1000
 
 
 def load_groups(files: list[InputFile]) -> list[list[InputFile]]:
-    """``files`` in order, cut into the groups the load reads in one scan each: consecutive CSV files of
-    one mapping and header (a log of many daily files), at most LOAD_GROUP_FILES; any other file alone.
-    Each file costs about 50 ms alone (its statements, its sample), a small part of that in a group."""
+    """``files`` in order, cut into the groups the load reads in one scan each: consecutive CSV (or
+    Parquet) files of one mapping and header (a log of many daily files), at most LOAD_GROUP_FILES; a
+    JSON lines file, and a Parquet file with a column of its own named file_index (the reader's column
+    that tells the files apart), alone. Each file costs about 50 ms alone (its statements, its sample),
+    a small part of that in a group."""
+    def groups_with(f: InputFile, last: InputFile) -> bool:
+        return (f.format == last.format and f.format in ("csv", "parquet") and f.mapping == last.mapping
+                and f.names == last.names and f.parquet_paths == last.parquet_paths
+                and "file_index" not in {n.lower() for n in f.names})
+
     groups: list[list[InputFile]] = []
     for f in files:
         last = groups[-1][-1] if groups else None
-        if (last is not None and f.format == last.format == "csv" and f.mapping == last.mapping and f.names == last.names
-                and len(groups[-1]) < LOAD_GROUP_FILES):
+        if last is not None and groups_with(f, last) and len(groups[-1]) < LOAD_GROUP_FILES:
             groups[-1].append(f)
         else:
             groups.append([f])
@@ -759,6 +765,7 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
     _set(con, "input_paths", [str(g.path) for g in group])
     # the reader opens exactly these files (CSV: a list, read in one scan)
     _set(con, "input_glob", [duckdb_literal(g.path) for g in group] if f.format == "csv" else duckdb_literal(f.path))
+    one_scan = len(group) > 1
     _set(con, "time_format", m.time_format)
     _set(con, "input_time_zone", m.time_zone)
     _set(con, "decimal_separator", m.decimal_separator)
@@ -775,11 +782,11 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
         names.append(canonical.get(raw, f"extra_column_{i}"))
     _set(con, "input_names", names)
     if f.format == "parquet":
-        rel = con.read_parquet(duckdb_literal(f.path))
+        rel = con.read_parquet([duckdb_literal(g.path) for g in group])
         rel.select(*[
             duckdb.ColumnExpression(*parts).cast(duckdb.sqltype("VARCHAR")).alias(name)
             for parts, name in zip(f.parquet_paths, names, strict=True)
-        ]).create_view("parquet_columns", replace=True)
+        ], *([duckdb.ColumnExpression("file_index")] if one_scan else [])).create_view("parquet_columns", replace=True)
         q = split_named(sql[LOAD_PARQUET])
     elif f.format == "json":
         # only the mapped keys are read: each line's (01_load_json.sql) under their canonical names; the
