@@ -864,17 +864,20 @@ def _tiny_in_files(folder: Path) -> list[Path]:
     return paths
 
 
-def test_parquet_files_of_one_mapping_load_in_one_scan_as_file_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As CSV files below: consecutive Parquet files of one mapping and columns load in one scan, to the
-    dataset a load file by file gives (each file's records tell it by the reader's file_index)."""
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_parquet_and_json_files_of_one_mapping_load_in_one_scan_as_file_by_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    """As CSV files below: consecutive Parquet (or JSON lines) files of one mapping load in one scan, to
+    the dataset a load file by file gives (each file's records tell it by the reader's file_index)."""
     con = duckdb.connect()
     paths = []
     for i, path in enumerate(_tiny_in_files(tmp_path / "csv")):
-        paths.append(tmp_path / f"day{i + 1}.parquet")
-        con.read_csv(str(path), all_varchar=True, ignore_errors=True).write_parquet(str(paths[-1]))
+        paths.append(tmp_path / f"day{i + 1}{suffix}")
+        con.read_csv(str(path), all_varchar=True, ignore_errors=True).to_table(f"day{i}")
+        con.execute(f"copy day{i} to '{paths[-1]}' (format {'parquet' if suffix == '.parquet' else 'json'})")
     steps: list[str] = []
     m = prepare([str(p) for p in paths], tmp_path / "one_scan", TINY_CFG, step=steps.append).manifest
-    assert "load day1.parquet .. day3.parquet (3 files)" in steps
+    assert f"load day1{suffix} .. day3{suffix} (3 files)" in steps
     assert [i["rows_read"] for i in m["inputs"]] == [9, 6, 8] and m["rows_rejected"] == 4
     monkeypatch.setattr(prep, "LOAD_GROUP_FILES", 1)
     prepare([str(p) for p in paths], tmp_path / "by_file", TINY_CFG)
@@ -883,6 +886,8 @@ def test_parquet_files_of_one_mapping_load_in_one_scan_as_file_by_file(tmp_path:
     query = "select file_path, line, reason from rejects order by file_path, line"
     assert rows(open_prepared(tmp_path / "one_scan"), query) == rows(open_prepared(tmp_path / "by_file"), query)
 
+    if suffix != ".parquet":
+        return
     # files with a column of their own named file_index (the reader's name for the file) load one by one
     odd = [tmp_path / f"odd{i + 1}.parquet" for i in range(len(paths))]
     for path, out in zip(paths, odd, strict=True):

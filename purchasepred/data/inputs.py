@@ -818,7 +818,14 @@ def _json_keys(record: dict[str, Any], keys: tuple[str, ...] = ()) -> Iterator[t
         if isinstance(value, dict) and value:
             yield from _json_keys(value, path)
         else:
-            yield ".".join(path), "$" + "".join("." + json.dumps(k, ensure_ascii=False) for k in path), value
+            yield *_json_name_and_path(path), value
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_name_and_path(keys: tuple[str, ...]) -> tuple[str, str]:
+    """The dotted name and the JSON path of a value at ``keys`` (the records of a log share their keys:
+    each path is worked out once, not once per record)."""
+    return ".".join(keys), "$" + "".join("." + json.dumps(k, ensure_ascii=False) for k in keys)
 
 
 def _check_latin1(path: Path, head: bytes) -> None:

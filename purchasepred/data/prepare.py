@@ -678,9 +678,12 @@ def load_groups(files: list[InputFile]) -> list[list[InputFile]]:
     that tells the files apart), alone. Each file costs about 50 ms alone (its statements, its sample),
     a small part of that in a group."""
     def groups_with(f: InputFile, last: InputFile) -> bool:
-        return (f.format == last.format and f.format in ("csv", "parquet") and f.mapping == last.mapping
-                and f.names == last.names and f.parquet_paths == last.parquet_paths
-                and "file_index" not in {n.lower() for n in f.names})
+        if f.format != last.format or f.mapping != last.mapping:
+            return False
+        if f.format == "json":  # (only the mapped keys are read, each line's text is its raw)
+            return _mapped_json_paths(f) == _mapped_json_paths(last)
+        return f.names == last.names and f.parquet_paths == last.parquet_paths and "file_index" not in {
+            n.lower() for n in f.names}
 
     groups: list[list[InputFile]] = []
     for f in files:
@@ -690,6 +693,12 @@ def load_groups(files: list[InputFile]) -> list[list[InputFile]]:
         else:
             groups.append([f])
     return groups
+
+
+def _mapped_json_paths(f: InputFile) -> list[tuple[str, str]]:
+    """(JSON lines) each mapped column's canonical name and JSON path, in the file's order of keys."""
+    canonical = {raw: canon for canon, raw in f.mapping.columns.items()}
+    return [(canonical[raw], path) for raw, path in zip(f.names, f.json_paths, strict=True) if raw in canonical]
 
 
 def _load_group(con: duckdb.DuckDBPyConnection, first_no: int, group: list[InputFile], sql: dict[str, str]) -> None:
@@ -764,7 +773,7 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
     _set(con, "input_file_no", file_no)
     _set(con, "input_paths", [str(g.path) for g in group])
     # the reader opens exactly these files (CSV: a list, read in one scan)
-    _set(con, "input_glob", [duckdb_literal(g.path) for g in group] if f.format == "csv" else duckdb_literal(f.path))
+    _set(con, "input_glob", [duckdb_literal(g.path) for g in group])
     one_scan = len(group) > 1
     _set(con, "time_format", m.time_format)
     _set(con, "input_time_zone", m.time_zone)
@@ -791,12 +800,12 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
     elif f.format == "json":
         # only the mapped keys are read: each line's (01_load_json.sql) under their canonical names; the
         # load is CSV's
-        mapped = [(canonical[raw], path) for raw, path in zip(f.names, f.json_paths, strict=True) if raw in canonical]
+        mapped = _mapped_json_paths(f)
         _set(con, "json_paths", [path for _, path in mapped])
         _set(con, "input_names", [name for name, _ in mapped])
         con.execute(split_named(sql[LOAD_JSON])["records"])
         con.table("json_fields").select(
-            "record_problem", "record_text",
+            "record_problem", "record_text", "file_index",
             *[duckdb.SQLExpression(f"fields[{i}]").alias(name) for i, (name, _) in enumerate(mapped, start=1)],
         ).create_view("input_records", replace=True)
         return split_named(sql["01_load_csv.sql"])
