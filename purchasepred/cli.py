@@ -364,7 +364,8 @@ def _check_mapping(raw: list[str], cfg: Config) -> None:
             rows += [(f"  unreadable: {reason}", n) for reason, n in unreadable.items()]
         rows += [(f"  rejected: {reason}", _with_examples(r["n"], [repr(v[:40]) for v in r["examples"]]))
                  for reason, r in s["rejected"].items()]
-        ui.show(ui.summary_table(f"prepare --check {s['path']} (first {SAMPLE_ROWS:,} records)", rows))
+        what = s["path"] + (f" .. {s['last_path']} ({s['files']:,} files)" if s.get("files", 1) > 1 else "")
+        ui.show(ui.summary_table(f"prepare --check {what} (first {SAMPLE_ROWS:,} records)", rows))
         # as prepare warns: a fixable reason of at least HINT_SHARE of the records (one broken time among
         # thousands is a broken time, not a format to change)
         for reason, r in s["rejected"].items():

@@ -98,7 +98,7 @@ order by n desc, reason;
 -- names them; the reader stores them only when its scan reached the end of the file (a file no longer
 -- than the sample): for a longer one they are not known here
 with lines as (
-    select line, any_value(error_type) as error_type from load_reject_errors group by line
+    select file_id, line, any_value(error_type) as error_type from load_reject_errors group by file_id, line
 )
 
 select reader_reject_reason(error_type) as reason, count(*) as n

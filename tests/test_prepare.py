@@ -905,6 +905,10 @@ def test_files_of_one_mapping_load_in_one_scan_as_file_by_file(tmp_path: Path, m
     the one a load file by file gives: every table, each reject's file, line and text; a file the scan
     cannot read is then loaded on its own, and its error names it."""
     paths = _tiny_in_files(tmp_path / "in")
+    # --check samples such a run as prepare loads it: one sample of its first records
+    samples = prep.check_inputs([str(p) for p in paths], rows=100)
+    assert [(s["files"], Path(s["path"]).name, Path(s["last_path"]).name, s["records"], s["unreadable_lines"])
+            for s in samples] == [(3, "day1.csv", "day3.csv", 23, {"wrong field count": 1})]
     steps: list[str] = []
     m = prepare([str(p) for p in paths], tmp_path / "one_scan", TINY_CFG, step=steps.append).manifest
     assert "load day1.csv .. day3.csv (3 files)" in steps

@@ -872,7 +872,9 @@ def _check_sample(con: duckdb.DuckDBPyConnection, f: InputFile) -> None:
 def check_inputs(raw: list[str], input_cfg: InputConfig | None = None, rows: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
     """``prepare --check``: each input file's mapping and how its first ``rows`` records fare under it
     (see _sample), without preparing or writing anything: a mapping tried on a log of any size in a
-    second or two. Mapping problems that need no data are the same one-line InputError as prepare's."""
+    second or two; a run of files that prepare loads in one scan (load_groups) is one sample, of its
+    first records ("files": how many, "last_path"). Mapping problems that need no data are the same
+    one-line InputError as prepare's."""
     input_cfg = input_cfg or InputConfig()
     check_input_config(input_cfg)
     paths = expand(raw)
@@ -883,11 +885,12 @@ def check_inputs(raw: list[str], input_cfg: InputConfig | None = None, rows: int
         _set_time_range(con, datetime.now(timezone.utc))
         con.execute((sql_dir() / dict(STEPS)["setup"]).read_text())
         sql = {name: (sql_dir() / name).read_text() for name in ("01_load_csv.sql", LOAD_PARQUET, LOAD_JSON)}
-        out = []
-        for file_no, f in enumerate(files, start=1):
-            with _reading(f):
-                _open_records(con, file_no, [f], sql)
-                out.append(_sample(con, f, rows))
+        out, file_no = [], 1
+        for group in load_groups(files):  # (as prepare loads them: a run of files of one mapping, one sample)
+            with _reading(group[0]):
+                _open_records(con, file_no, group, sql)
+                out.append({**_sample(con, group[0], rows), "files": len(group), "last_path": str(group[-1].path)})
+            file_no += len(group)
         return out
     finally:
         con.close()
