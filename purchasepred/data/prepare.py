@@ -672,18 +672,19 @@ LOAD_GROUP_FILES = 1000
 
 
 def load_groups(files: list[InputFile]) -> list[list[InputFile]]:
-    """``files`` in order, cut into the groups the load reads in one scan each: consecutive CSV (or
-    Parquet) files of one mapping and header (a log of many daily files), at most LOAD_GROUP_FILES; a
-    JSON lines file, and a Parquet file with a column of its own named file_index (the reader's column
-    that tells the files apart), alone. Each file costs about 50 ms alone (its statements, its sample),
-    a small part of that in a group."""
+    """``files`` in order, cut into the groups the load reads in one scan each: consecutive files of one
+    format and mapping (a log of many daily files), CSV and Parquet ones also of one header, JSON lines
+    ones of the same mapped keys; at most LOAD_GROUP_FILES. A Parquet file with a column of its own
+    named file_index (the reader's column that tells the files apart) loads alone. Each file costs about
+    50 ms alone (its statements, its sample), a small part of that in a group."""
     def groups_with(f: InputFile, last: InputFile) -> bool:
         if f.format != last.format or f.mapping != last.mapping:
             return False
         if f.format == "json":  # (only the mapped keys are read, each line's text is its raw)
             return _mapped_json_paths(f) == _mapped_json_paths(last)
-        return f.names == last.names and f.parquet_paths == last.parquet_paths and "file_index" not in {
-            n.lower() for n in f.names}
+        # (a CSV file's columns are renamed as read: its own file_index is extra_column_N)
+        return f.names == last.names and f.parquet_paths == last.parquet_paths and not (
+            f.format == "parquet" and "file_index" in {n.lower() for n in f.names})
 
     groups: list[list[InputFile]] = []
     for f in files:
