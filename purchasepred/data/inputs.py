@@ -805,10 +805,10 @@ def _mapped_names(icfg: InputConfig, names: list[str]) -> list[str]:
 
 def _json_paths_of(name: str) -> list[str]:
     """The JSON paths a dotted column name may stand for: a key of that name, or the nested keys its dots part."""
-    whole = "$." + json.dumps(name, ensure_ascii=False)
+    whole = _json_name_and_path((name,))[1]
     if "." not in name:
         return [whole]
-    return [whole, "$" + "".join("." + json.dumps(k, ensure_ascii=False) for k in name.split("."))]
+    return [whole, _json_name_and_path(tuple(name.split(".")))[1]]
 
 
 def _json_keys(record: dict[str, Any], keys: tuple[str, ...] = ()) -> Iterator[tuple[str, str, Any]]:

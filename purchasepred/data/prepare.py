@@ -532,15 +532,13 @@ def _run(
         for name, filename in STEPS:
             t = time.perf_counter()
             if name == "load":
-                file_no = 1
-                for group in load_groups(files):
+                for file_no, group in load_groups(files):
                     label = f"load {group[0].path.name}" + (
                         f" .. {group[-1].path.name} ({len(group):,} files)" if len(group) > 1 else "")
                     progress.start(label)  # (first: no report of the step before follows)
                     step(label)
                     progress.watch([con])
                     _load_group(con, file_no, group, sql)
-                    file_no += len(group)
                 n_staged = con.execute("select count(*) from staged").fetchone()[0]
                 if n_staged == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
                     raise InputError(f"{', '.join(map(str, paths))}: no event rows could be read")
@@ -671,8 +669,9 @@ def _step_rows(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
 LOAD_GROUP_FILES = 1000
 
 
-def load_groups(files: list[InputFile]) -> list[list[InputFile]]:
-    """``files`` in order, cut into the groups the load reads in one scan each: consecutive files of one
+def load_groups(files: list[InputFile]) -> list[tuple[int, list[InputFile]]]:
+    """``files`` in order, cut into the groups the load reads in one scan each, each with the number of
+    its first file (files are numbered from 1, in order): consecutive files of one
     format and mapping (a log of many daily files), CSV and Parquet ones also of one header, JSON lines
     ones of the same mapped keys; at most LOAD_GROUP_FILES. A Parquet file with a column of its own
     named file_index (the reader's column that tells the files apart) loads alone. Each file costs about
@@ -693,7 +692,11 @@ def load_groups(files: list[InputFile]) -> list[list[InputFile]]:
             groups[-1].append(f)
         else:
             groups.append([f])
-    return groups
+    numbered, first = [], 1
+    for group in groups:
+        numbered.append((first, group))
+        first += len(group)
+    return numbered
 
 
 def _mapped_json_paths(f: InputFile) -> list[tuple[str, str]]:
@@ -730,15 +733,16 @@ def _load_files(con: duckdb.DuckDBPyConnection, first_no: int, group: list[Input
     _check_sample(con, group[0])
     con.execute(q["load"])
     # each file's records are contiguous in staged, in file order: a file's first_row is its least rowid
-    # (NULL for a file none of whose lines the reader could split)
+    # (NULL for a file none of whose lines the reader could split); the files are the load's (input_paths,
+    # numbered from input_file_no)
     header = 1 if group[0].mapping.header and group[0].format == "csv" else 0
     con.execute("""insert into input_files
-        select f.file_no, f.file_path, ?, s.first_row
-        from (select unnest(range(?, ? + len(?))) as file_no, unnest(?) as file_path) as f
-        left join (select file_no, min(rowid) as first_row from staged where file_no >= ? group by file_no) as s
-            using (file_no)
-        order by f.file_no""", [header, first_no, first_no, [str(f.path) for f in group], [str(f.path) for f in group],
-                                first_no])
+        select getvariable('input_file_no') + i - 1 as file_no, getvariable('input_paths')[i] as file_path, ?, s.first_row
+        from range(1, len(getvariable('input_paths')) + 1) as f(i)
+        left join (select file_no, min(rowid) as first_row from staged where file_no >= getvariable('input_file_no')
+                   group by file_no) as s
+            on s.file_no = getvariable('input_file_no') + i - 1
+        order by i""", [header])
 
 
 @contextmanager
@@ -886,12 +890,11 @@ def check_inputs(raw: list[str], input_cfg: InputConfig | None = None, rows: int
         _set_time_range(con, datetime.now(timezone.utc))
         con.execute((sql_dir() / dict(STEPS)["setup"]).read_text())
         sql = {name: (sql_dir() / name).read_text() for name in ("01_load_csv.sql", LOAD_PARQUET, LOAD_JSON)}
-        out, file_no = [], 1
-        for group in load_groups(files):  # (as prepare loads them: a run of files of one mapping, one sample)
+        out = []
+        for file_no, group in load_groups(files):  # (as prepare loads them: a run of files of one mapping, one sample)
             with _reading(group[0]):
                 _open_records(con, file_no, group, sql)
                 out.append({**_sample(con, group[0], rows), "files": len(group), "last_path": str(group[-1].path)})
-            file_no += len(group)
         return out
     finally:
         con.close()
