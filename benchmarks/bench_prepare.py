@@ -81,7 +81,7 @@ _COLUMNS = {name: "VARCHAR" for name in (
 def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, float]:
     """Seconds of the three things any prepare of this file must do at least once, each as one bare
     DuckDB statement with nothing else in it: read every column and type the time and price into a
-    table in file order (rejected lines need their line numbers), the session as its md5 as prepare
+    table in file order (rejected lines need their line numbers), the session as its hash as prepare
     stores it (the 36-character text costs more to store than the hash costs to take); sort the rows by a 24-byte
     fixed-width key (user, time, type and item, session) carrying the events' columns; write those
     rows to Parquet as prepare writes its events. Their sum is a floor for this design on this
@@ -101,12 +101,12 @@ def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, fl
     con.execute(f"""create table typed as select
         try_strptime(event_time, '%Y-%m-%d %H:%M:%S UTC') as event_at, event_type, product_id, category_id,
         category_code, brand, try_cast(price as double) as price, user_id,
-        md5_number(user_session) as session_hash
+        hash(user_session) as session_hash
         from {src}""", [str(path)])
     seconds["typed copy"] = time.perf_counter() - t0
     con.execute("""create table keyed as select
         (hash(user_id) >> 33)::integer as user_code, event_at, (hash(product_id) >> 34)::uinteger as type_item,
-        (session_hash >> 98)::integer as session_prefix, session_hash,
+        (session_hash >> 34)::integer as session_prefix, session_hash,
         (hash(category_id) >> 44)::integer as category_code, (hash(brand) >> 44)::integer as brand_code, price,
         product_id
         from typed""")

@@ -132,10 +132,12 @@ final as (
         event_type_id(event_name)::tinyint as event_type_id,
         item_key,
         user_key,
-        -- sessions are only compared for equality (and break ties in the sort): the 128-bit md5 of
-        -- the text instead of the text, cheaper to store and sort; md5 is a fixed function, so the
-        -- order of tied events is the same on every DuckDB version and platform (hash() is not)
-        case when session_key is not null then md5_number(session_key) end as session_hash,
+        -- sessions are only compared for equality (and break ties in the sort): DuckDB's 64-bit hash()
+        -- of the text instead of the text, cheaper to store and sort, and about 10x cheaper to take
+        -- than md5 (0.6 s of an 8M-row load). It is DuckDB's own function: a DuckDB whose hash()
+        -- differs may order tied events of different sessions otherwise, so the manifest records a
+        -- probe of it (session_hash_check), which the content hash covers
+        case when session_key is not null then hash(session_key) end as session_hash,
         category_key,
         category_code_norm as category_code,
         brand_norm as brand,
@@ -174,7 +176,7 @@ create or replace table staged (
     event_type_id tinyint,
     item_key varchar,
     user_key varchar,
-    session_hash uhugeint,
+    session_hash ubigint,
     category_key varchar,
     category_code varchar,
     brand varchar,

@@ -7,12 +7,12 @@
 -- outputs: user_keys (user_key -> user_code, 1.. in user_key order), item_keys, category_keys,
 --   category_codes, brand_keys (the same for each text column: every distinct non-NULL value of the
 --   valid events), which 04_sessionize.sql joins to the events to sort them on codes. session_hash is
---   the 128-bit md5 of user_session
---   (NULL where absent; taken by the load): sessions are only compared for equality and used as
---   tie-breakers, and a dictionary of the millions of sessions would cost more than the sort it
---   saves. Events of one user at the same time, of the same type and item, in different sessions are
---   therefore ordered by their sessions' md5, not by the sessions' text: a fixed order that depends
---   only on the values (not on file order, threads or DuckDB's version).
+--   DuckDB's 64-bit hash() of user_session (NULL where absent; taken by the load): sessions are only
+--   compared for equality and used as tie-breakers, and a dictionary of the millions of sessions would
+--   cost more than the sort it saves. Events of one user at the same time, of the same type and item,
+--   in different sessions are therefore ordered by their sessions' hash, not by the sessions' text: a
+--   fixed order that depends only on the values (not on file order or threads) and on DuckDB's hash()
+--   (the manifest's session_hash_check, covered by its content hash, tells when that differs).
 -- parameters: none.
 create or replace table user_keys as
 select user_key, (row_number() over (order by user_key))::integer as user_code

@@ -64,8 +64,8 @@ select
     -- below 2^30: prepare checks), in one 4-byte key
     ((case s.event_type_id when view_id() then 0 when cart_id() then 1 when remove_from_cart_id() then 2 else 3 end)::uinteger << 30)
         | i.item_code::uinteger as type_item,
-    -- the session's md5, its top 30 bits (+ 1, at most 2^30; 0 for no session): sorts like the whole md5, nulls first
-    coalesce((s.session_hash >> 98)::integer + 1, 0) as session_prefix
+    -- the session's hash, its top 30 bits (+ 1, at most 2^30; 0 for no session): sorts like the whole hash, nulls first
+    coalesce((s.session_hash >> 34)::integer + 1, 0) as session_prefix
 from staged as s
 join user_keys as u using (user_key)
 join item_keys as i using (item_key)

@@ -85,6 +85,8 @@ def test_happy_path(dirs: tuple[Path, Path]) -> None:
                             "sha256": hashlib.sha256(TINY.read_bytes()).hexdigest(), "rows_read": m["rows_read"]}]
     assert m["sql_sha256"] == sql_hashes() and "01_load_csv.sql" in m["sql_sha256"]
     assert (m["package_version"], m["schema_version"]) == (__version__, SCHEMA_VERSION)
+    # DuckDB's hash() of a fixed text, which the content hash covers: sessions are stored as their hash()
+    assert m["session_hash_check"] == duckdb.connect().execute("select hash('purchasepred session')").fetchone()[0]
     assert isinstance(m["duration_s"], float) and m["duration_s"] >= 0
     # the summary table is printed: each row's label with the manifest's number
     table = {k.strip(): v.strip() for k, v in re.findall(r"^│ +(\S.*?) +│ +(.*?) │$", result.stdout, re.M)}

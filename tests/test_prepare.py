@@ -1089,14 +1089,16 @@ def test_competition_schema_parquet_and_synth(tmp_path: Path) -> None:
 
 def test_ties_across_sessions_follow_the_values_not_the_file(tmp_path: Path) -> None:
     """One user's views of one item at the same second in sessions a and b, then a view of it in a 10 s
-    later: the tie is broken by the sessions' md5 (a fixed function of the value), so the result is
+    later: the tie is broken by the sessions' hash (a fixed function of the value), so the result is
     the same whatever the file order, and a repeat view is collapsed only when it follows its own
     session's view."""
+    # the premise: session b's hash sorts before a's (the sort key holds its top 30 bits)
+    assert rows(duckdb.connect(), "select hash('b') >> 34 < hash('a') >> 34") == [(True,)]
     header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
     lines = [
-        "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,1.0,u1,a\n",
         "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,1.0,u1,b\n",
-        "2020-01-01 10:00:10 UTC,view,1,10,a.b,x,1.0,u1,a\n",
+        "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,1.0,u1,a\n",
+        "2020-01-01 10:00:10 UTC,view,1,10,a.b,x,1.0,u1,b\n",
         "2020-01-03 10:02:00 UTC,purchase,2,11,,y,2.0,u2,s2\n",
     ]
     got = []
@@ -1108,19 +1110,28 @@ def test_ties_across_sessions_follow_the_values_not_the_file(tmp_path: Path) -> 
         got.append((m["rows_collapsed"], m["n_events"], m["n_sessions"],
                     rows(con, "select seq, session_no, is_session_start from events where user_idx = 2 order by seq")))
     assert got[0] == got[1] == got[2]
-    # md5('a') sorts before md5('b'): a, b, a; the last view follows b's view, so nothing is collapsed
+    # b, a, b: the last view follows a's view, so nothing is collapsed
     assert got[0] == (0, 4, 4, [(1, 1, True), (2, 2, True), (3, 3, True)])
 
 
+def test_duckdb_hash_is_the_one_the_session_order_was_made_with() -> None:
+    """Sessions are stored as DuckDB's hash() of their text, which orders one user's tied events of
+    different sessions. A DuckDB whose hash() gives other values orders such ties otherwise: it changes
+    the manifest's session_hash_check (and so the content hash), and this test says so first."""
+    got = rows(duckdb.connect(), "select hash(?), hash('a'), hash('b')", [prep.SESSION_HASH_PROBE])
+    assert got == [(1004098775538444574, 12561829011207016135, 10660095401860160745)], (
+        "DuckDB's hash() changed: prepared tables may order tied events of different sessions otherwise")
+
+
 def test_the_short_sort_key_holds_the_extreme_values() -> None:
-    """The packed parts of the sort key stay in range at their extremes: a session md5 of all ones
+    """The packed parts of the sort key stay in range at their extremes: a session hash of all ones
     (its prefix must not overflow INTEGER), the largest item code under the limit prepare checks, and
     a purchase (the highest type rank), next to a view with no session (prefix 0)."""
     con = duckdb.connect()
     define_ids(con)
     con.execute((sql_dir() / "00_setup.sql").read_text())
     con.execute("""insert into staged (file_no, event_at, event_type_id, item_key, user_key, session_hash)
-        values (1, timestamp '2020-01-01 10:00:00', purchase_id(), 'b', 'u', 340282366920938463463374607431768211455::uhugeint),
+        values (1, timestamp '2020-01-01 10:00:00', purchase_id(), 'b', 'u', 18446744073709551615::ubigint),
                (1, timestamp '2020-01-01 10:00:00', view_id(), 'a', 'u', null)""")
     con.execute((sql_dir() / "03_clean.sql").read_text())
     con.execute(named_queries("04_sessionize.sql")["define"])
