@@ -26,7 +26,7 @@ import zstandard
 
 from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, invoke, open_prepared, rows
 from purchasepred.config import InputConfig, PrepareConfig, load_config
-from purchasepred.data.inputs import PRESETS
+from purchasepred.data.inputs import PRESETS, inspect_json
 from purchasepred.data.prepare import check_inputs, load_manifest, prepare
 from purchasepred.errors import ConfigError, InputError
 
@@ -1145,6 +1145,29 @@ def test_json_lines_keys_the_head_lacks_prices_as_numbers_and_odd_lines(tmp_path
     assert rows(open_prepared(tmp_path / "o"), "select line, reason from rejects order by line") == [
         (6, "malformed json"), (8, "line too long (over 2 MB)")]
     assert dict(rows(open_prepared(tmp_path / "o"), "select product_id, price from items")) == {"i0": 2.999, "i1": 1.5}
+
+
+def test_json_lines_head_records_of_known_keys_still_show_what_is_new(tmp_path: Path) -> None:
+    """inspect_json reads the keys of a record whose top-level keys it has seen, with no nested object,
+    only once: a later record with the same keys whose value is now an object still shows its nested
+    keys, an empty object stays a value, and a price written as text in any record (one of known keys
+    included) keeps the mapping's decimal separator; prices that are all numbers read with '.'."""
+    def line(k: int, **changes: object) -> str:
+        return json.dumps({"u": f"u{k % 3}", "i": f"i{k % 2}", "t": 1569888000 + 60 * k, "e": "view", "p": 1.5,
+                           "ctx": "web", **changes})
+
+    icfg = InputConfig(user="u", item="i", time="t", event_type="e", price="p", time_format="unix_s",
+                       decimal_separator=",")
+    path = tmp_path / "shapes.jsonl"
+    path.write_text("\n".join([*(line(k) for k in range(50)), line(50, ctx={"page": {"id": 7}}), line(51, ctx={}),
+                                *(line(k) for k in range(52, 60))]) + "\n")
+    f = inspect_json(path, icfg)
+    assert f.names == ("u", "i", "t", "e", "p", "ctx", "ctx.page.id")
+    assert f.json_paths[-1] == '$."ctx"."page"."id"' and f.mapping.decimal_separator == "."
+    path.write_text("\n".join([*(line(k) for k in range(50)), line(50, p="1,5"), line(51, p=None)]) + "\n")
+    assert inspect_json(path, icfg).mapping.decimal_separator == ","
+    path.write_text("\n".join(line(k, p=None) for k in range(5)) + "\n")  # (no price written: as text)
+    assert inspect_json(path, icfg).mapping.decimal_separator == ","
 
 
 def test_cli_json_lines_as_in_the_readme_beside_a_csv(tmp_path: Path) -> None:

@@ -701,7 +701,11 @@ def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None,
     if len(head) in (JSON_HEAD_BYTES, JSON_MAX_HEAD_BYTES) and len(lines) > 1:
         lines = lines[:-1]  # (the head cut a line short)
     paths: dict[str, set[str]] = {}  # dotted name -> the JSON paths it names (two: a key with a dot and a nested one)
-    kinds: dict[str, set[bool]] = {}  # dotted name -> whether its values are numbers (True) or text (False)
+    keys_at: dict[str, tuple[str, ...]] = {}  # JSON path -> its keys
+    records: list[dict[str, Any]] = []
+    # the top-level keys of records with no nested object whose keys are read: a record of the same
+    # keys and no nested object has nothing new (most records of a log: 3x faster on a 1 MB head)
+    flat_shapes: set[tuple[str, ...]] = set()
     first = True
     for no, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -719,10 +723,17 @@ def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None,
             _not_json_lines(path, no, raw)
         first = False
         if isinstance(record, dict):
-            for name, json_path, value in _json_keys(record):
+            records.append(record)
+            shape = tuple(record)
+            if shape in flat_shapes and dict not in map(type, record.values()):  # (an empty {} takes the long way)
+                continue
+            nested = False
+            for name, json_path, keys in _json_keys(record):
                 paths.setdefault(name, set()).add(json_path)
-                if value is not None:
-                    kinds.setdefault(name, set()).add(isinstance(value, (int, float)) and not isinstance(value, bool))
+                keys_at[json_path] = keys
+                nested = nested or len(keys) > 1
+            if not nested:
+                flat_shapes.add(shape)
     names = {name: sorted(p)[0] for name, p in paths.items()}
     lower = {_canonical(n) for n in names}
     wanted = [n for n in _mapped_names(icfg, list(names)) if _canonical(n) not in lower]
@@ -735,7 +746,7 @@ def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None,
             raise InputError(f"{path}: {name!r} is both a key with a dot in its name and a nested key in the records; "
                              "rename one of them in the export")
     price = mapping.columns.get("price")
-    if price is not None and kinds.get(price) == {True}:
+    if price is not None and names[price] in keys_at and _numbers_only(records, keys_at[names[price]]):
         # (prices written as JSON numbers read with '.' whatever the mapping says of prices written as text)
         mapping = replace(mapping, decimal_separator=".")
     return InputFile(path=path, format="json", schema=mapping.schema, names=tuple(found), mapping=mapping,
@@ -811,14 +822,30 @@ def _json_paths_of(name: str) -> list[str]:
     return [whole, _json_name_and_path(tuple(name.split(".")))[1]]
 
 
-def _json_keys(record: dict[str, Any], keys: tuple[str, ...] = ()) -> Iterator[tuple[str, str, Any]]:
-    """(dotted name, JSON path, value) of each value of ``record`` that is not an object, nested ones included."""
+def _json_keys(record: dict[str, Any], keys: tuple[str, ...] = ()) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+    """(dotted name, JSON path, keys) of each value of ``record`` that is not an object, nested ones included."""
     for key, value in record.items():
         path = (*keys, str(key))
         if isinstance(value, dict) and value:
             yield from _json_keys(value, path)
         else:
-            yield *_json_name_and_path(path), value
+            yield *_json_name_and_path(path), path
+
+
+def _numbers_only(records: list[dict[str, Any]], keys: tuple[str, ...]) -> bool:
+    """Whether the values at ``keys`` (a path of _json_keys) that are not null are all JSON numbers, and
+    some record has one."""
+    seen = False
+    for record in records:
+        value: Any = record
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None or (isinstance(value, dict) and value):  # (absent, null, or an object: no value here)
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        seen = True
+    return seen
 
 
 @functools.lru_cache(maxsize=4096)
