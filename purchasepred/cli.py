@@ -351,6 +351,8 @@ def _check_mapping(raw: list[str], cfg: Config) -> None:
             {"csv": ("delimiter / encoding / decimal", f"{m['delimiter']!r} / {m['encoding']} / {m['decimal_separator']!r}"),
              "json": ("format / encoding / decimal", f"JSON lines / {m['encoding']} / {m['decimal_separator']!r}"),
              "parquet": ("format / decimal", f"Parquet / {m['decimal_separator']!r}")}[s["format"]],
+            *([("no value", ", ".join(repr(v) for v in m["null_values"]) + " (input.null_values)")]
+              if m.get("null_values") else []),
             ("records sampled", s["records"]),
             ("valid", s["valid"]),
             ("ignored (by the mapping)", s["ignored"]),

@@ -97,6 +97,11 @@ class InputConfig:
     decimal_separator: str | None = None
     """Decimal mark of prices written as text: '.' (default) or ','; with ',' the digits before it may
     be grouped in threes by '.' (1.234,56)."""
+    null_values: list[str] | None = None
+    """Text values that mean "no value" in any column, as written (after surrounding spaces): e.g. [NULL, \\N]
+    for a MySQL, PostgreSQL or Hive export. Such a field reads as absent: an optional one (brand, price, ...)
+    is left empty, a required one rejects its record (missing user_id). An unquoted YAML null (NULL, null)
+    means the texts NULL, null and Null. Unset: only an empty field is absent."""
     header: bool | None = None
     """Whether CSV files start with a header line (default true)."""
     columns: list[str] | None = None
@@ -284,6 +289,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             value = [value]
         if not isinstance(value, list):
             raise ValueError(f"must be a list, got {value!r}")
+        if key == "input.null_values":  # (an unquoted YAML null there is the text NULL: inputs.null_texts)
+            return [None if v is None else _coerce(key, inner, v) for v in value]
         return [_coerce(key, inner, v) for v in value]
     if tp is bool:
         if isinstance(value, bool):

@@ -7,7 +7,8 @@
 -- staged is appended to in file order (preserve_insertion_order): a record's number in its file is
 -- its rowid - first_row + 1, with no row_number() window over the whole file.
 -- parameters (read when a macro runs): time_format, input_time_zone, decimal_separator, event_map, input_event (the one
--- event of every row of a file without an event-type column, else NULL), min_event_at, max_event_at.
+-- event of every row of a file without an event-type column, else NULL), min_event_at, max_event_at, null_values
+-- (texts that read as no value, else NULL).
 
 -- the id conventions (pad_id, unknown_id, first_id, view_id .. remove_from_cart_id, event_type_id,
 -- event_type_name) are macros in ids.sql, defined on every connection that reads or writes these tables
@@ -73,9 +74,17 @@ create or replace macro reader_reject_reason(error_type) as case
     else 'malformed ' || getvariable('input_format') || ': ' || lower(error_type)
 end;
 
--- text without its surrounding spaces, NULL when empty (trim only where there is a space to trim:
--- most values have none, and trim costs a copy of every value)
-create or replace macro clean_text(t) as nullif(case when contains(t, ' ') then trim(t) else t end, '');
+-- t, NULL when it is one of the mapping's null_values (input.null_values: NULL, \N, ...); unset, the
+-- condition is a constant and the macro is t itself
+create or replace macro not_listed_null(t) as case
+    when getvariable('null_values') is null then t
+    when list_contains(getvariable('null_values'), t) then null
+    else t
+end;
+
+-- text without its surrounding spaces, NULL when empty or one of the mapping's null_values (trim only
+-- where there is a space to trim: most values have none, and trim costs a copy of every value)
+create or replace macro clean_text(t) as not_listed_null(nullif(case when contains(t, ' ') then trim(t) else t end, ''));
 
 -- the canonical event name of a raw event value (any case), 'ignore', or NULL when unmapped (the
 -- mapping's keys are lower case: the value as written is looked up first)

@@ -153,3 +153,15 @@ from (
 group by i
 having bool_or(kind is not null and kind <> 'OBJECT')
 order by i;
+
+-- name: null_like_values
+-- users, items, brands and categories whose raw value is a text that exports write for "no value"
+-- (getvariable('null_like'): inputs.NULL_LIKE), with their events: kept as values, most likely wrongly
+select 'user_id' as field, user_id as value, n_events as n from users where list_contains(getvariable('null_like'), user_id)
+union all
+select 'product_id', product_id, n_events from items where list_contains(getvariable('null_like'), product_id)
+union all
+select 'brand', brand, n_events from brands where list_contains(getvariable('null_like'), brand)
+union all
+select 'category', category, n_events from categories where list_contains(getvariable('null_like'), category)
+order by n desc, field, value;

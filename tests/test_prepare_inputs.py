@@ -26,7 +26,7 @@ import zstandard
 
 from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, invoke, open_prepared, rows
 from purchasepred.config import InputConfig, PrepareConfig, load_config
-from purchasepred.data.inputs import PRESETS, inspect_json
+from purchasepred.data.inputs import PRESETS, inspect_json, reject_hint
 from purchasepred.data.prepare import check_inputs, load_manifest, prepare
 from purchasepred.errors import ConfigError, InputError
 
@@ -1168,6 +1168,64 @@ def test_json_lines_head_records_of_known_keys_still_show_what_is_new(tmp_path: 
     assert inspect_json(path, icfg).mapping.decimal_separator == ","
     path.write_text("\n".join(line(k, p=None) for k in range(5)) + "\n")  # (no price written: as text)
     assert inspect_json(path, icfg).mapping.decimal_separator == ","
+
+
+def test_null_values_read_as_absent_and_what_warns_without_them(tmp_path: Path) -> None:
+    """tiny.csv with every empty field written as NULL or \\N (a MySQL or PostgreSQL export; a price too):
+    under input.null_values those read as absent, so the tables are tiny.csv's (the record without a user
+    is rejected as missing user_id, as there); the setting is in the manifest's mapping and the --check
+    table. Without it, the prices fail with a hint that names input.null_values, and a brand 'NULL' kept
+    as a value warns; a YAML null in the list is NULL, null and Null, a quoted 'None' its own text."""
+    lines = TINY.read_text().splitlines()
+    out, k = [lines[0]], 0
+    for line in lines[1:]:
+        fields = line.split(",")
+        if len(fields) == 9:
+            for i, v in enumerate(fields):
+                if v == "" and i >= 3:
+                    fields[i], k = ("NULL", "\\N")[k % 2], k + 1
+            if fields[6] == "5.50":
+                fields[6] = "\\N"  # (a price the export does not have)
+        out.append(",".join(fields))
+    twin = tmp_path / "mysql.csv"
+    twin.write_text("\n".join(out) + "\n")
+    cfg = replace(TINY_CFG, min_item_count=1)
+    base = prepare([str(TINY)], tmp_path / "base", cfg).manifest
+    no_price = tmp_path / "no_price.csv"  # tiny.csv with those prices left empty: what the twin means
+    no_price.write_text(TINY.read_text().replace(",5.50,", ",,"))
+    prepare([str(no_price)], tmp_path / "empty", cfg)
+    m = prepare([str(twin)], tmp_path / "nulls", cfg, input_cfg=InputConfig(null_values=[None, "\\N"])).manifest
+    assert same(tmp_path / "nulls", tmp_path / "empty") and m["rejects_by_reason"] == base["rejects_by_reason"]
+    assert m["input_mappings"][0]["null_values"] == ["NULL", "null", "Null", "\\N"]
+    assert "null_values" not in base["input_mappings"][0] and not any("null_values" in w for w in m["warnings"])
+
+    m = prepare([str(twin)], tmp_path / "raw", cfg).manifest
+    assert m["rejects_by_reason"]["unparseable price"] == 7
+    assert any(w.startswith("7 line(s) rejected: unparseable price; '\\\\N' is how the export writes no value, "
+                            "--set 'input.null_values=[\"\\\\N\"]' reads it as absent") for w in m["warnings"]), m["warnings"]
+    brand = [w for w in m["warnings"] if w.startswith("brand 'NULL'")]
+    assert brand and "--set 'input.null_values=[\"NULL\"]' reads it as absent and leaves those events without a brand" in brand[0]
+    assert rows(open_prepared(tmp_path / "raw"), "select count(*) from brands where brand = 'NULL'") == [(1,)]
+
+    # a user id the export wrote as None is one user of many visitors: a warning; quoted, 'None' is the text
+    none_user = tmp_path / "none_user.csv"
+    none_user.write_text(TINY.read_text().replace(",200,", ",None,"))
+    m = prepare([str(none_user)], tmp_path / "u", cfg).manifest
+    assert any(w.startswith("user_id 'None' (") and "rejects those records (missing user_id)" in w for w in m["warnings"])
+    m = prepare([str(none_user)], tmp_path / "v", cfg, input_cfg=InputConfig(null_values=["None"])).manifest
+    assert m["rejects_by_reason"]["missing user_id"] > base["rejects_by_reason"]["missing user_id"]
+    assert not any("None" in w for w in m["warnings"])
+
+    result = invoke("prepare", "--check", twin, "--set", "input.null_values=[NULL, '\\N']")
+    assert result.exit_code == 0, result.output
+    assert "'NULL', 'null', 'Null', '\\\\N'" in result.output and "(input.null_values)" in result.output
+    with pytest.raises(InputError, match=re.escape("input.null_values must be a list of texts such as ['NULL', '\\N'], got 'NULL'")):
+        prepare([str(twin)], tmp_path / "w", cfg, input_cfg=InputConfig(null_values="NULL"))  # type: ignore[arg-type]
+    # a time written as NULL is no format to set; a hint keeps the null values the mapping has
+    assert reject_hint("unparseable event_time", ["NULL"]) == ("'NULL' is how the export writes no value, --set "
+                                                               "'input.null_values=[\"NULL\"]' reads it as absent (a "
+                                                               "record without an event time is still rejected)")
+    assert '--set \'input.null_values=["NULL", "nan"]\'' in reject_hint("non-finite price", ["nan"], null_values=("NULL",))
 
 
 def test_cli_json_lines_as_in_the_readme_beside_a_csv(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ _REES46 = {
     "session": "user_session", "time_format": "iso", "view": ["view"], "cart": ["cart"],
     "purchase": ["purchase"], "remove_from_cart": ["remove_from_cart"], "ignore": [], "delimiter": ",",
     "encoding": "utf-8", "decimal_separator": ".", "header": True, "columns": None, "event": None,
-    "time_zone": None,
+    "time_zone": None, "null_values": None,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # REES46 "multi category store" (Kaggle); told apart from the next one by its header
@@ -338,6 +338,8 @@ class Mapping:
     """The input.files entry the file's keys come from ("input.files entry 2 (orders*.csv)"), or None."""
     time_zone: str | None = None
     """The zone of its times written without one (input.time_zone, as DuckDB spells it); None: UTC."""
+    null_values: tuple[str, ...] = ()
+    """Texts that read as no value in any column (input.null_values, see null_texts)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {"schema": self.schema, "columns": self.columns, "time_format": self.time_format,
@@ -348,9 +350,37 @@ class Mapping:
             out["event"] = self.event
         if self.time_zone is not None:
             out["time_zone"] = self.time_zone
+        if self.null_values:
+            out["null_values"] = list(self.null_values)
         if self.entry is not None:
             out["from"] = self.entry
         return out
+
+
+# the texts that exports write for "no value" (MySQL and PostgreSQL clients, Hive, Python's str(None),
+# pandas' NaN): a reject hint or warning that shows one names input.null_values
+NULL_LIKE = ("NULL", "null", "Null", "\\N", "None", "none", "NaN", "nan", "N/A", "n/a", "nil", "undefined")
+
+
+def null_texts(values: list[Any] | None) -> tuple[str, ...]:
+    """input.null_values as the texts a field is compared with (its surrounding spaces trimmed first): each
+    value trimmed, an unquoted YAML null as NULL, null and Null, empty ones left out (an empty field is
+    absent anyway), in order, each once."""
+    out: list[str] = []
+    for value in values or []:
+        for text in (("NULL", "null", "Null") if value is None else (str(value).strip(),)):
+            if text and text not in out:
+                out.append(text)
+    return tuple(out)
+
+
+def null_values_hint(values: list[str], entry: str | None = None, already: tuple[str, ...] = ()) -> str:
+    """What to set so that ``values`` (texts an export writes for no value) read as absent, beside the
+    mapping's null_values ``already``."""
+    one = len(values) == 1
+    listed = ", ".join(json.dumps(v) for v in dict.fromkeys([*already, *values]))
+    return (f"{', '.join(repr(v) for v in values)} {'is' if one else 'are'} how the export writes no value, "
+            f"{setting('null_values', f'[{listed}]', entry)} reads {'it' if one else 'them'} as absent")
 
 
 def setting(key: str, value: str, entry: str | None = None) -> str:
@@ -477,6 +507,9 @@ def _config_problems(icfg: InputConfig) -> list[str]:
                             "see https://duckdb.org/docs/sql/functions/dateformat")
     if icfg.time_zone is not None and time_zone_name(icfg.time_zone) is None:
         problems.append(_time_zone_problem(icfg.time_zone))
+    nulls = icfg.null_values
+    if nulls is not None and (not isinstance(nulls, list) or any(isinstance(v, (list, dict)) for v in nulls)):
+        problems.append(f"input.null_values must be a list of texts such as ['NULL', '\\N'], got {nulls!r}")
     if icfg.delimiter is not None and len(icfg.delimiter) != 1:
         problems.append(f"input.delimiter must be one character, got {icfg.delimiter!r} (a tab is \"\\t\")")
     if icfg.encoding is not None and encoding_name(icfg.encoding) is None:
@@ -605,11 +638,11 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     events = {str(v).strip().lower(): e for e in (*EVENTS, "ignore") for v in spec[e] or []}
     if event is None and not any(e in events.values() for e in EVENTS):
         raise InputError(f"{path}: the mapping names no raw value for any event type; set e.g. --set 'input.view=[pv]'")
-    schema = base or "custom"
-    mapping = Mapping(schema=schema, columns=columns, time_format=str(spec["time_format"]), events=events,
+    mapping = Mapping(schema=base or "custom", columns=columns, time_format=str(spec["time_format"]), events=events,
                       delimiter=str(spec["delimiter"]), header=header, decimal_separator=str(spec["decimal_separator"]),
                       encoding=encoding_name(str(spec["encoding"])) or "utf-8", event=event, entry=entry,
-                      time_zone=time_zone_name(spec["time_zone"]) if spec["time_zone"] is not None else None)
+                      time_zone=time_zone_name(spec["time_zone"]) if spec["time_zone"] is not None else None,
+                      null_values=null_texts(spec["null_values"]))
     return mapping, names
 
 
@@ -961,14 +994,21 @@ def _all_parse(values: list[str], fmt: str) -> bool:
     return True
 
 
-def reject_hint(reason: str, values: list[str], time_formats: tuple[str, ...] = (), entry: str | None = None) -> str | None:
+def reject_hint(reason: str, values: list[str], time_formats: tuple[str, ...] = (), entry: str | None = None,
+                null_values: tuple[str, ...] = ()) -> str | None:
     """What to set when lines fail for ``reason`` with these field values (the commonest first), or None.
     ``time_formats``: those the mapping already reads times with (never suggested again); ``entry``: the
-    input.files entry that maps the file (the key to set is there)."""
+    input.files entry that maps the file (the key to set is there); ``null_values``: the mapping's (kept
+    in the list a hint suggests)."""
     values = [v for v in values if v and v.strip()]
     if not values:
         return None
     shown = ", ".join(repr(v) for v in values[:3])
+    nulls = [v.strip() for v in values if v.strip() in NULL_LIKE]
+    if nulls and reason in ("unparseable price", "non-finite price", "unparseable event_time", "event_time out of range"):
+        return null_values_hint(list(dict.fromkeys(nulls)), entry, null_values) + (
+            " (a price is optional: those records are then kept)" if "price" in reason else
+            " (a record without an event time is still rejected)")
     if reason == "unknown event_type":
         return (f"event values {shown} are not in the mapping: name each, e.g. {setting('view', f'[{values[0]}]', entry)} "
                 f"(or {', '.join(('' if entry else 'input.') + k for k in ('cart', 'purchase', 'remove_from_cart'))}), "

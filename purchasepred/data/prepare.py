@@ -33,8 +33,8 @@ import duckdb
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
-    InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs, guess_time_format, inspect_csv,
-    inspect_json, inspect_parquet, is_json, is_parquet, reject_hint, rewrite_hint, setting,
+    NULL_LIKE, InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs, guess_time_format,
+    inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, reject_hint, rewrite_hint, setting,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -788,6 +788,7 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
     one_scan = len(group) > 1
     _set(con, "time_format", m.time_format)
     _set(con, "input_time_zone", m.time_zone)
+    _set(con, "null_values", list(m.null_values) or None)
     _set(con, "decimal_separator", m.decimal_separator)
     con.execute("set variable event_map = map(?, ?)", [list(m.events), list(m.events.values())])
     _set(con, "input_event", m.event)
@@ -854,7 +855,7 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
         "unreadable_lines": unreadable,
         "rejected": {r["reason"]: {"n": int(r["n"]), "examples": list(r["examples"]),
                                    "hint": reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,),
-                                                       f.mapping.entry)}
+                                                       f.mapping.entry, f.mapping.null_values)}
                      for r in by_reason if r["reason"] not in (None, "ignored")},
     }
 
@@ -1075,9 +1076,37 @@ def _reject_hints(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> lis
         if r["reason"] == "invalid utf-8":
             hint = latin1_hint(f.mapping.entry)
         else:
-            hint = reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,), f.mapping.entry)
+            hint = reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,), f.mapping.entry,
+                               f.mapping.null_values)
         if hint:
             out.append((f, r["reason"], int(r["n"]), hint))
+    return out
+
+
+# what a kept value that reads like "no value" does to the prepared data (null_like_warnings)
+_NULL_LIKE_EFFECT = {
+    "user_id": "one user, of the events of every visitor without an id",
+    "product_id": "one item, of the events without an item",
+    "brand": "a brand of that name",
+    "category": "a category of that name",
+}
+_NULL_LIKE_FIX = {"user_id": "rejects those records (missing user_id)", "product_id": "rejects those records (missing item id)",
+                  "brand": "leaves those events without a brand", "category": "leaves those events without a category"}
+
+
+def null_like_warnings(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> list[str]:
+    """A warning for each user, item, brand or category whose raw value is a text that exports write for
+    "no value" (NULL, \\N, None, NaN, ...: inputs.NULL_LIKE) and that the mapping kept as a value, with the
+    key that reads it as absent (in the files' input.files entry when they all have the same one)."""
+    _set(con, "null_like", list(NULL_LIKE))
+    entries = {f.mapping.entry for f in files}
+    entry = entries.pop() if len(entries) == 1 else None
+    already = tuple(dict.fromkeys(v for f in files for v in f.mapping.null_values))
+    out = []
+    for r in _rows(con, named_queries("stats.sql")["null_like_values"]):
+        field, value, n = r["field"], r["value"], int(r["n"])
+        out.append(f"{field} {value!r} ({n:,} events) was kept as {_NULL_LIKE_EFFECT[field]}; if "
+                   f"{null_values_hint([value], entry, already)} and {_NULL_LIKE_FIX[field]}")
     return out
 
 
@@ -1145,7 +1174,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "tables": {t: f"{t}.parquet" for t in OUTPUT_TABLES},
     }
     manifest["warnings"] = (choice.warnings + item_warnings(manifest, cfg.min_item_count)
-                            + reject_warnings(con, files, before_drop["rows_read_by_file"]))
+                            + reject_warnings(con, files, before_drop["rows_read_by_file"]) + null_like_warnings(con, files))
     check_conservation(manifest)
     return manifest
 
