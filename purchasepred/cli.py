@@ -375,6 +375,8 @@ def _check_mapping(raw: list[str], cfg: Config) -> None:
                 ui.warn(f"{s['path']}: {r['n']:,} of {s['records']:,} sampled records rejected: {reason}; {r['hint']}")
         if unreadable and unreadable.get("invalid utf-8"):
             ui.warn(f"{s['path']}: {unreadable['invalid utf-8']:,} line(s) are not UTF-8; {latin1_hint(m.get('from'))}")
+        for advice in s.get("null_like", []):
+            ui.warn(f"{s['path']}: {advice}")
     bad = [s["path"] for s in samples if s["valid"] == 0]
     if bad:
         ui.error(f"no valid record in the first {SAMPLE_ROWS:,} of {', '.join(bad)}; fix the mapping (see above) "

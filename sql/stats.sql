@@ -93,6 +93,26 @@ from counted
 group by reason
 order by n desc, reason;
 
+-- name: sample_null_like
+-- the sample's valid records whose user, item, brand or category is a text that exports write for "no
+-- value" (getvariable('null_like'): inputs.NULL_LIKE), by field and value (as null_like_values below)
+with valid as (
+    select * from typed_records('input_sample') where reject_reason is null
+),
+
+fields as (
+    select 'user_id' as field, user_key as value from valid
+    union all select 'product_id', item_key from valid
+    union all select 'brand', brand from valid
+    union all select 'category', category_key from valid
+    union all select 'category', category_code from valid where category_key is null
+)
+
+select field, value, count(*) as n from fields
+where list_contains(getvariable('null_like'), value)
+group by all
+order by n desc, field, value;
+
 -- name: sample_unreadable
 -- the lines the CSV reader could not split (a wrong field count, invalid text), by reason as the load
 -- names them; the reader stores them only when its scan reached the end of the file (a file no longer

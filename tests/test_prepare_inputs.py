@@ -1219,6 +1219,10 @@ def test_null_values_read_as_absent_and_what_warns_without_them(tmp_path: Path) 
     result = invoke("prepare", "--check", twin, "--set", "input.null_values=[NULL, '\\N']")
     assert result.exit_code == 0, result.output
     assert "'NULL', 'null', 'Null', '\\\\N'" in result.output and "(input.null_values)" in result.output
+    assert "would be kept as" not in result.output
+    result = invoke("prepare", "--check", twin, "--set", "input.null_values=['\\N']")
+    assert result.exit_code == 0, result.output
+    assert "brand 'NULL' in 4 sampled records would be kept as a brand of that name" in " ".join(result.output.split())
     with pytest.raises(InputError, match=re.escape("input.null_values must be a list of texts such as ['NULL', '\\N'], got 'NULL'")):
         prepare([str(twin)], tmp_path / "w", cfg, input_cfg=InputConfig(null_values="NULL"))  # type: ignore[arg-type]
     # a time written as NULL is no format to set; a hint keeps the null values the mapping has

@@ -642,7 +642,7 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
                       delimiter=str(spec["delimiter"]), header=header, decimal_separator=str(spec["decimal_separator"]),
                       encoding=encoding_name(str(spec["encoding"])) or "utf-8", event=event, entry=entry,
                       time_zone=time_zone_name(spec["time_zone"]) if spec["time_zone"] is not None else None,
-                      null_values=null_texts(spec["null_values"]))
+                      null_values=null_texts(spec.get("null_values")))
     return mapping, names
 
 

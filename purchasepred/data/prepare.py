@@ -840,6 +840,10 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
     stats = named_queries("stats.sql")
     _set(con, "sample_rows", rows)
     by_reason = _rows(con, stats["sample_rejects"])
+    _set(con, "null_like", list(NULL_LIKE))
+    null_like = [f"{r['field']} {r['value']!r} in {int(r['n']):,} sampled records would be "
+                 + _null_like_advice(r["field"], r["value"], f.mapping.entry, f.mapping.null_values)
+                 for r in _rows(con, stats["sample_null_like"])]
     counts = {r["reason"]: int(r["n"]) for r in by_reason}
     records = sum(counts.values())
     unreadable: dict[str, int] | None = {}
@@ -857,6 +861,7 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
                                    "hint": reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,),
                                                        f.mapping.entry, f.mapping.null_values)}
                      for r in by_reason if r["reason"] not in (None, "ignored")},
+        "null_like": null_like,  # (warnings: values kept that read like "no value")
     }
 
 
@@ -1094,6 +1099,12 @@ _NULL_LIKE_FIX = {"user_id": "rejects those records (missing user_id)", "product
                   "brand": "leaves those events without a brand", "category": "leaves those events without a category"}
 
 
+def _null_like_advice(field: str, value: str, entry: str | None, already: tuple[str, ...]) -> str:
+    """What a kept ``value`` of ``field`` that reads like "no value" makes, and the key that reads it as absent."""
+    return (f"kept as {_NULL_LIKE_EFFECT[field]}; if {null_values_hint([value], entry, already)} and "
+            f"{_NULL_LIKE_FIX[field]}")
+
+
 def null_like_warnings(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> list[str]:
     """A warning for each user, item, brand or category whose raw value is a text that exports write for
     "no value" (NULL, \\N, None, NaN, ...: inputs.NULL_LIKE) and that the mapping kept as a value, with the
@@ -1102,12 +1113,9 @@ def null_like_warnings(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -
     entries = {f.mapping.entry for f in files}
     entry = entries.pop() if len(entries) == 1 else None
     already = tuple(dict.fromkeys(v for f in files for v in f.mapping.null_values))
-    out = []
-    for r in _rows(con, named_queries("stats.sql")["null_like_values"]):
-        field, value, n = r["field"], r["value"], int(r["n"])
-        out.append(f"{field} {value!r} ({n:,} events) was kept as {_NULL_LIKE_EFFECT[field]}; if "
-                   f"{null_values_hint([value], entry, already)} and {_NULL_LIKE_FIX[field]}")
-    return out
+    return [f"{r['field']} {r['value']!r} ({int(r['n']):,} events) was "
+            + _null_like_advice(r["field"], r["value"], entry, already)
+            for r in _rows(con, named_queries("stats.sql")["null_like_values"])]
 
 
 def reject_warnings(con: duckdb.DuckDBPyConnection, files: list[InputFile], rows_read: dict[str, int]) -> list[str]:
