@@ -89,45 +89,50 @@ select * from coded order by user_code, event_at, type_item, session_prefix;
 
 -- one shard's pass over its sorted events
 create or replace view sessionize_shard as
-with as_rows as (
-    -- every column of the sort in one value, to compare a row with the one before it
+with with_previous as (
+    -- the previous row of the sort, whoever's it is, column by column (scalar lags cost less than
+    -- one lag of a struct of the columns)
     select
         *,
-        {
-            user_code: user_code, event_at: event_at, type_item: type_item, session_prefix: session_prefix,
-            session_hash: session_hash, category_key_code: category_key_code,
-            category_code_code: category_code_code, brand_code: brand_code, price: price
-        } as this
+        lag(user_code) over () as prev_user_code,
+        lag(event_at) over () as prev_event_at,
+        lag(type_item) over () as prev_type_item,
+        lag(session_prefix) over () as prev_session_prefix,
+        lag(session_hash) over () as prev_hash,
+        lag(category_key_code) over () as prev_category_key_code,
+        lag(category_code_code) over () as prev_category_code_code,
+        lag(brand_code) over () as prev_brand_code,
+        lag(price) over () as prev_price
     from sorted_events
 ),
 
-with_previous as (
-    -- the previous row of the sort, whoever's it is
-    select *, lag(this) over () as prev from as_rows
-),
-
 distinct_events as (
-    -- exact duplicates, which the order puts next to each other, left out
+    -- exact duplicates, which the order puts next to each other, left out (a shard's first row has
+    -- no previous one: its prev_user_code is NULL, and a user_code never is)
     select
         user_code, event_at, event_type_id, item_code, session_hash, category_key_code, category_code_code,
         brand_code, price,
-        prev.user_code is distinct from user_code as is_user_start,
+        prev_user_code is distinct from user_code as is_user_start,
         coalesce(
-            prev.user_code = user_code and event_type_id = view_id() and prev.type_item = type_item
-            and session_hash is not distinct from prev.session_hash
-            and epoch(event_at) - epoch(prev.event_at) <= getvariable('session_gap_seconds'),
+            prev_user_code = user_code and event_type_id = view_id() and prev_type_item = type_item
+            and session_hash is not distinct from prev_hash
+            and epoch(event_at) - epoch(prev_event_at) <= getvariable('session_gap_seconds'),
             false  -- a user's first event has no previous one: never a repeat (not NULL)
         ) as is_repeat_view,
         coalesce(
-            prev.user_code = user_code and prev.event_at = event_at and prev.type_item = type_item
-            and prev.session_prefix = session_prefix,
+            prev_user_code = user_code and prev_event_at = event_at and prev_type_item = type_item
+            and prev_session_prefix = session_prefix,
             false  -- a shard's first row has no previous one
         ) as tie_conflict,
         -- (user, time) packed in one number that only grows along the sort: its running maximum over
         -- the kept events is the latest kept event's
         case when not is_repeat_view then (user_code::hugeint << 64) + epoch_us(event_at) end as kept_at_key
     from with_previous
-    where prev is distinct from this
+    where prev_user_code is distinct from user_code or prev_event_at is distinct from event_at
+        or prev_type_item is distinct from type_item or prev_session_prefix is distinct from session_prefix
+        or prev_hash is distinct from session_hash or prev_category_key_code is distinct from category_key_code
+        or prev_category_code_code is distinct from category_code_code or prev_brand_code is distinct from brand_code
+        or prev_price is distinct from price
 ),
 
 running as (
