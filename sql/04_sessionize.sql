@@ -27,7 +27,8 @@
 --   event, purchase and cart are found when loading: data/sequences.py.) The views coded and
 --   sorted_events are the shard's events in codes, unsorted and sorted (exact_order.sql may replace
 --   sorted_events).
--- parameters: session_gap_seconds, shard_first_user_key, shard_last_user_key (per connection).
+-- parameters: session_gap_seconds, shard_first_user_key, shard_last_user_key (per connection; after
+--   sort_once, shard_of_sorted sets shard_first_user_code and shard_last_user_code from them).
 
 -- name: define
 create or replace table sessionized (
@@ -203,5 +204,23 @@ create or replace view kept_events as
 select * exclude (is_repeat_view, tie_conflict) from sessionized where not is_repeat_view;
 
 -- name: shard
+insert into sessionized by name
+select * from sessionize_shard;
+
+-- name: sort_once
+-- (more than two shards) every shard's events sorted once, by all of DuckDB's threads, into a table in
+-- that order, and sorted_events made the range of it of the shard's users (the query
+-- "shard_of_sorted" sets the range). A shard that sorts its own events reads every staged row to find
+-- them: 2 to 8 shards of the 8M-row synth log cost 7.1 to 9.6 CPU-seconds, and the cost grows with
+-- the shards; sorted once, 7.4 to 7.6 (and at 2 shards, 0.2 s more: 2 shards sort their own).
+create or replace table sorted_all as select * from sorted_events;
+create or replace view sorted_events as
+select * from sorted_all
+where user_code between getvariable('shard_first_user_code') and getvariable('shard_last_user_code');
+
+-- name: shard_of_sorted
+-- (after sort_once) one shard's pass over its range of sorted_all: its users' codes from their keys
+set variable shard_first_user_code = (select user_code from user_keys where user_key = getvariable('shard_first_user_key'));
+set variable shard_last_user_code = (select user_code from user_keys where user_key = getvariable('shard_last_user_key'));
 insert into sessionized by name
 select * from sessionize_shard;

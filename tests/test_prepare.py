@@ -1215,10 +1215,14 @@ def test_a_failing_shard_stops_the_others_and_threads_stay_capped() -> None:
     assert rows(con, "select threads from counted") == [("2",), ("2",)]
 
 
-def test_ties_are_sorted_by_every_column_in_every_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("sort_once", [False, True])
+def test_ties_are_sorted_by_every_column_in_every_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        sort_once: bool) -> None:
     """The tie of test_ties_the_short_sort_key_leaves_are_sorted_by_every_column in the second of two
-    shards: the exact sort is redone for all shards, and the tie is settled the same way."""
+    shards: the exact sort is redone for all shards, and the tie is settled the same way, whether each
+    shard sorts its own events or they are sorted once for all (04_sessionize.sql's sort_once)."""
     monkeypatch.setattr(prep, "MIN_SHARD_ROWS", 1)
+    monkeypatch.setattr(prep, "SORT_ONCE_SHARDS", 1 if sort_once else 2)
     header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
     raw = tmp_path / "ties.csv"
     raw.write_text(header + "2020-01-03 10:02:00 UTC,purchase,2,11,,y,2.0,u0,s2\n"
@@ -1227,10 +1231,11 @@ def test_ties_are_sorted_by_every_column_in_every_shard(tmp_path: Path, monkeypa
                    + "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,2.0,u1,a\n")
     calls: list[int] = []
     real = prep._run_shards
-    monkeypatch.setattr(prep, "_run_shards",
-                        lambda con, q, shards, progress=None: calls.append(len(shards)) or real(con, q, shards, progress))
+    monkeypatch.setattr(prep, "_run_shards", lambda con, q, shards, progress=None: calls.append(
+        (len(shards), "sorted_all" in con.execute("select sql from duckdb_views() where view_name = 'sorted_events'").fetchone()[0]))
+        or real(con, q, shards, progress))
     m = prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=1, min_item_count=1, threads=2)).manifest
-    assert calls == [2, 2]  # the short key's pass, then the exact one
+    assert calls == [(2, sort_once), (2, sort_once)]  # the short key's pass, then the exact one
     assert (m["rows_collapsed"], m["n_events"]) == (2, 2)
     assert rows(open_prepared(tmp_path / "p"), "select product_id, price from items order by product_id")[0] == ("1", 1.0)
 

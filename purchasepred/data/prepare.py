@@ -931,11 +931,30 @@ def _sessionize(con: duckdb.DuckDBPyConnection, progress: StepProgress | None = 
     q = named_queries(dict(STEPS)["sessionize"])
     shards = _user_shards(con)
     con.execute(q["define"])
-    _run_shards(con, q["shard"], shards, progress)
+    _run_shards(con, _sort_once(con, q, shards, progress), shards, progress)
     if _short_key_left_ties(con):
         con.execute(q["define"])
         con.execute(named_queries("exact_order.sql")["exact_order"])
-        _run_shards(con, q["shard"], shards, progress)
+        _run_shards(con, _sort_once(con, q, shards, progress), shards, progress)
+    con.execute("drop table if exists sorted_all")
+
+
+# sessionize sorts the events once for all shards (its query sort_once) when there are more shards than this
+SORT_ONCE_SHARDS = 2
+
+
+def _sort_once(con: duckdb.DuckDBPyConnection, q: dict[str, str], shards: list[tuple[str, str]],
+               progress: StepProgress | None = None) -> str:
+    """The query each shard runs: with more than SORT_ONCE_SHARDS shards, the events of all of them
+    sorted first, once, by all threads (04_sessionize.sql's sort_once), and each shard's pass reads
+    its range ("shard_of_sorted"); else each shard sorts its own events ("shard")."""
+    if len(shards) <= SORT_ONCE_SHARDS:
+        return q["shard"]
+    _set(con, "shard_first_user_key", shards[0][0])
+    _set(con, "shard_last_user_key", shards[-1][1])
+    (progress.watch if progress is not None else _watch_nothing)([con])
+    con.execute(q["sort_once"])
+    return q["shard_of_sorted"]
 
 
 def _encode(con: duckdb.DuckDBPyConnection, tmp: Path, progress: StepProgress | None = None) -> None:
