@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from typer import _click
@@ -184,13 +184,23 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             ui.error("interrupted")
             raise typer.Exit(130) from None
+        except RuntimeError as err:
+            if str(err) != "Query interrupted":  # (DuckDB's Ctrl-C during a query on the calling thread)
+                _unexpected(err)
+            ui.error("interrupted")
+            raise typer.Exit(130) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence: one line, no traceback
-            if _state["debug"]:
-                traceback.print_exc()
-            ui.error(f"unexpected {type(err).__name__}: {err}; rerun with --debug for the traceback and report it")
-            raise typer.Exit(1) from None
+            _unexpected(err)
 
     return wrapper
+
+
+def _unexpected(err: Exception) -> NoReturn:
+    """An error no command expects: one line (its traceback with --debug), exit 1."""
+    if _state["debug"]:
+        traceback.print_exc()
+    ui.error(f"unexpected {type(err).__name__}: {err}; rerun with --debug for the traceback and report it")
+    raise typer.Exit(1) from None
 
 
 def _command_line(words: list[str], config: Optional[Path], sets: Optional[list[str]], flags: dict[str, Any],

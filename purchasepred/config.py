@@ -100,8 +100,9 @@ class InputConfig:
     null_values: list[str] | None = None
     """Text values that mean "no value" in any column, as written (after surrounding spaces): e.g. [NULL, \\N]
     for a MySQL, PostgreSQL or Hive export. Such a field reads as absent: an optional one (brand, price, ...)
-    is left empty, a required one rejects its record (missing user_id). An unquoted YAML null (NULL, null)
-    means the texts NULL, null and Null. Unset: only an empty field is absent."""
+    is left empty, a required one rejects its record (missing user_id). An unquoted YAML null (NULL, null) in
+    the list means the texts NULL, null and Null; write \\N bare or in single quotes. Not read through it:
+    the event time and event type. Unset: only an empty field is absent."""
     header: bool | None = None
     """Whether CSV files start with a header line (default true)."""
     columns: list[str] | None = None
@@ -256,7 +257,9 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        # (input.null_values=NULL or None is that text, not "unset")
+        text_null = isinstance(value, str) and value.lower() in ("none", "null", "") and key != "input.null_values"
+        if value is None or text_null:
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
@@ -423,7 +426,10 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects section.key=value, got '{item}' (example: --set train.lr=0.001)")
         key, raw = item.split("=", 1)
-        out[key.strip()] = _set_value(raw)
+        value = _set_value(raw)
+        if key.strip() == "input.null_values" and value is None and raw.strip():
+            value = [None]  # (--set input.null_values=NULL: YAML's null, which that list reads as NULL, null, Null)
+        out[key.strip()] = value
     return out
 
 

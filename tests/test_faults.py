@@ -339,3 +339,28 @@ def test_a_full_disk_on_the_first_checkpoint_says_to_run_the_same_command_again(
     result = invoke(*train_args(root, "disk-full-first"))
     assert result.exit_code == 0, result.output
     assert_ends_like_the_reference(run_dir, reference)
+
+
+def test_ctrl_c_during_a_duckdb_query_exits_130_not_as_an_unexpected_error() -> None:
+    """DuckDB stops a query on the calling thread at Ctrl-C with RuntimeError('Query interrupted') (the
+    load, or sessionize's sort of every shard's events): a command then exits 130 with 'interrupted', as
+    for KeyboardInterrupt, while any other RuntimeError stays an unexpected error (exit 1)."""
+    import _thread
+    import threading
+
+    import duckdb
+    import typer
+
+    from purchasepred.cli import handle_errors
+
+    def long_query() -> None:
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        duckdb.connect().execute("select sum(i) from range(100000000000) t(i)").fetchall()
+
+    def other() -> None:
+        raise RuntimeError("something else")
+
+    for fn, code in ((long_query, 130), (other, 1)):
+        with pytest.raises(typer.Exit) as exc:
+            handle_errors(fn)()
+        assert exc.value.exit_code == code

@@ -1168,6 +1168,14 @@ def test_json_lines_head_records_of_known_keys_still_show_what_is_new(tmp_path: 
     assert inspect_json(path, icfg).mapping.decimal_separator == ","
     path.write_text("\n".join(line(k, p=None) for k in range(5)) + "\n")  # (no price written: as text)
     assert inspect_json(path, icfg).mapping.decimal_separator == ","
+    # a price written as "" or as one of the null_values is no price: the others, numbers, read with '.'
+    path.write_text("\n".join([*(line(k) for k in range(50)), line(50, p="NULL"), line(51, p=""), line(52, p=" ")]) + "\n")
+    assert inspect_json(path, icfg).mapping.decimal_separator == ","  # (' ' and NULL: text, unless listed)
+    path.write_text("\n".join([*(line(k) for k in range(50)), line(50, p="NULL"), line(51, p="")]) + "\n")
+    assert inspect_json(path, icfg).mapping.decimal_separator == ","
+    assert inspect_json(path, replace(icfg, null_values=["NULL"])).mapping.decimal_separator == "."
+    path.write_text("\n".join([line(0, ctx={"a": 1}, p="NULL"), *(line(k) for k in range(1, 9))]) + "\n")  # (nested)
+    assert inspect_json(path, replace(icfg, null_values=["NULL"])).mapping.decimal_separator == "."
 
 
 def test_null_values_read_as_absent_and_what_warns_without_them(tmp_path: Path) -> None:
@@ -1201,7 +1209,7 @@ def test_null_values_read_as_absent_and_what_warns_without_them(tmp_path: Path) 
 
     m = prepare([str(twin)], tmp_path / "raw", cfg).manifest
     assert m["rejects_by_reason"]["unparseable price"] == 7
-    assert any(w.startswith("7 line(s) rejected: unparseable price; '\\\\N' is how the export writes no value, "
+    assert any(w.startswith("7 line(s) rejected: unparseable price; '\\N' is how the export writes no value, "
                             "--set 'input.null_values=[\"\\\\N\"]' reads it as absent") for w in m["warnings"]), m["warnings"]
     brand = [w for w in m["warnings"] if w.startswith("brand 'NULL'")]
     assert brand and "--set 'input.null_values=[\"NULL\"]' reads it as absent and leaves those events without a brand" in brand[0]
@@ -1225,11 +1233,33 @@ def test_null_values_read_as_absent_and_what_warns_without_them(tmp_path: Path) 
     assert "brand 'NULL' in 4 sampled records would be kept as a brand of that name" in " ".join(result.output.split())
     with pytest.raises(InputError, match=re.escape("input.null_values must be a list of texts such as ['NULL', '\\N'], got 'NULL'")):
         prepare([str(twin)], tmp_path / "w", cfg, input_cfg=InputConfig(null_values="NULL"))  # type: ignore[arg-type]
-    # a time written as NULL is no format to set; a hint keeps the null values the mapping has
-    assert reject_hint("unparseable event_time", ["NULL"]) == ("'NULL' is how the export writes no value, --set "
-                                                               "'input.null_values=[\"NULL\"]' reads it as absent (a "
-                                                               "record without an event time is still rejected)")
+    # a time or event type written as NULL has no format or event name to set (the record stays rejected):
+    # the hint is about the other values; a price's null hint keeps the mapping's null values and comes
+    # with the decimal comma's
+    assert reject_hint("unparseable event_time", ["NULL"]) is None
+    assert reject_hint("unparseable event_time", ["NULL", "02.10.2019 18:00:00"], ("iso",), None, ("NULL",)) == (
+        "event times such as '02.10.2019 18:00:00' read with --set 'input.time_format=\"%d.%m.%Y %H:%M:%S\"'")
+    assert reject_hint("unknown event_type", ["NULL"]) is None
+    assert "'click' are not in the mapping" in reject_hint("unknown event_type", ["NULL", "click"])
     assert '--set \'input.null_values=["NULL", "nan"]\'' in reject_hint("non-finite price", ["nan"], null_values=("NULL",))
+    both = reject_hint("unparseable price", ["\\N", "1.234,5"])
+    assert "input.null_values=[\"\\\\N\"]" in both and both.endswith("have a decimal comma: --set input.decimal_separator=,")
+
+    # as --set: NULL alone is YAML's null, read as NULL, null and Null; None is its text; "\N" in double
+    # quotes is YAML's escape of a control character: one clear error
+    assert load_config(None, None, ["input.null_values=NULL"]).input.null_values == [None]
+    assert load_config(None, None, ["input.null_values=None"]).input.null_values == ["None"]
+    assert load_config(None, None, ["input.null_values=NULL,\\N"]).input.null_values == ["NULL", "\\N"]
+    with pytest.raises(InputError, match=r"a control character: YAML reads \\N in double quotes as one"):
+        prepare([str(twin)], tmp_path / "w", cfg, input_cfg=load_config(None, None, ['input.null_values=["\\N"]']).input)
+
+    # files mapped by different entries: the warning says where to add the value, not a --set that would
+    # not reach them
+    icfg = InputConfig(files=[{"match": "mysql.csv", "null_values": ["\\N"]}, {"match": "tiny.csv"}])
+    m = prepare([str(twin), str(TINY)], tmp_path / "two", cfg, input_cfg=icfg).manifest
+    (warning,) = [w for w in m["warnings"] if w.startswith("user_id 'NULL' (1 event) was kept as one user")]
+    assert "add it to null_values where the files that write it are mapped (input.files entry 1 (mysql.csv), " \
+           "input.files entry 2 (tiny.csv))" in warning and "--set" not in warning
 
 
 def test_cli_json_lines_as_in_the_readme_beside_a_csv(tmp_path: Path) -> None:

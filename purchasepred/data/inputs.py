@@ -379,8 +379,14 @@ def null_values_hint(values: list[str], entry: str | None = None, already: tuple
     mapping's null_values ``already``."""
     one = len(values) == 1
     listed = ", ".join(json.dumps(v) for v in dict.fromkeys([*already, *values]))
-    return (f"{', '.join(repr(v) for v in values)} {'is' if one else 'are'} how the export writes no value, "
+    return (f"{', '.join(quoted(v) for v in values)} {'is' if one else 'are'} how the export writes no value, "
             f"{setting('null_values', f'[{listed}]', entry)} reads {'it' if one else 'them'} as absent")
+
+
+def quoted(text: str) -> str:
+    """A text as a message shows it: in single quotes as written ('\\N', not repr's '\\\\N'), repr() where
+    that would mislead (a quote or an unprintable character in it)."""
+    return f"'{text}'" if text.isprintable() and "'" not in text else repr(text)
 
 
 def setting(key: str, value: str, entry: str | None = None) -> str:
@@ -510,6 +516,11 @@ def _config_problems(icfg: InputConfig) -> list[str]:
     nulls = icfg.null_values
     if nulls is not None and (not isinstance(nulls, list) or any(isinstance(v, (list, dict)) for v in nulls)):
         problems.append(f"input.null_values must be a list of texts such as ['NULL', '\\N'], got {nulls!r}")
+    elif nulls is not None:
+        odd = [v for v in nulls if isinstance(v, str) and v and (not v.strip() or not v.isprintable())]
+        if odd:
+            problems.append(f"input.null_values has {odd[0]!r}, a control character: YAML reads \\N in double quotes "
+                            "as one; write '\\N' in single quotes (or unquoted)")
     if icfg.delimiter is not None and len(icfg.delimiter) != 1:
         problems.append(f"input.delimiter must be one character, got {icfg.delimiter!r} (a tab is \"\\t\")")
     if icfg.encoding is not None and encoding_name(icfg.encoding) is None:
@@ -733,7 +744,7 @@ def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None,
     lines = head.removeprefix(UTF8_BOM).split(b"\n")
     if len(head) in (JSON_HEAD_BYTES, JSON_MAX_HEAD_BYTES) and len(lines) > 1:
         lines = lines[:-1]  # (the head cut a line short)
-    paths, kinds = _head_keys(path, lines, encoding, entry)
+    paths, kinds = _head_keys(path, lines, encoding, entry, frozenset(('', *null_texts(icfg.null_values))))
     names = {name: sorted(p)[0] for name, p in paths.items()}
     lower = {_canonical(n) for n in names}
     wanted = [n for n in _mapped_names(icfg, list(names)) if _canonical(n) not in lower]
@@ -753,14 +764,17 @@ def inspect_json(path: Path, icfg: InputConfig, entry: str | None = None,
                      size=path.stat().st_size, json_paths=tuple(names[n] for n in found))
 
 
-def _head_keys(path: Path, lines: list[bytes], encoding: str, entry: str | None) -> tuple[dict[str, set[str]], dict[str, set[bool]]]:
+def _head_keys(path: Path, lines: list[bytes], encoding: str, entry: str | None,
+               absent: frozenset[str]) -> tuple[dict[str, set[str]], dict[str, set[bool]]]:
     """The keys of the records of a JSON lines head, in the order they first appear: each dotted name's JSON
-    paths (two: a key with a dot and a nested one), and whether its values that are not null are numbers
-    (True) or not (False). A record with no nested object whose top-level keys were seen adds only the
-    types of its values (most records of a log: a 1 MB head in 19-20 ms instead of 43 ms)."""
+    paths (two: a key with a dot and a nested one), and whether its values are numbers (True) or not
+    (False), leaving out null and the texts in ``absent`` (empty, or the mapping's null_values: no
+    value either). A record with no nested object whose top-level keys were seen adds only the types
+    of its values (most records of a log: a 1 MB head in 19-20 ms instead of 43 ms)."""
     paths: dict[str, set[str]] = {}
     kinds: dict[str, set[bool]] = {}
-    flat: dict[tuple[str, ...], set[tuple[type, ...]]] = {}  # top-level keys of records with no object -> their values' types
+    # top-level keys of records with no object -> the types of their values, and which are absent texts
+    flat: dict[tuple[str, ...], set[tuple[tuple[type, ...], tuple[bool, ...]]]] = {}
     first = True
     for no, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -782,18 +796,22 @@ def _head_keys(path: Path, lines: list[bytes], encoding: str, entry: str | None)
         types = tuple(map(type, record.values()))
         if dict not in types:  # (an empty {} takes the long way: it is a value)
             shape = tuple(record)
+            try:
+                marks = tuple(map(absent.__contains__, record.values()))
+            except TypeError:  # (a list value: no text)
+                marks = tuple(isinstance(v, str) and v in absent for v in record.values())
             if shape in flat:
-                flat[shape].add(types)
+                flat[shape].add((types, marks))
                 continue
-            flat[shape] = {types}
+            flat[shape] = {(types, marks)}
         for name, json_path, value in _json_keys(record):
             paths.setdefault(name, set()).add(json_path)
-            if value is not None and dict in types:
+            if value is not None and dict in types and not (isinstance(value, str) and value.strip() in absent):
                 kinds.setdefault(name, set()).add(isinstance(value, (int, float)) and not isinstance(value, bool))
     for shape, seen in flat.items():  # (a top-level key's dotted name is the key)
-        for types in seen:
-            for key, kind in zip(shape, types, strict=True):
-                if kind is not type(None):
+        for types, marks in seen:
+            for key, kind, mark in zip(shape, types, marks, strict=True):
+                if kind is not type(None) and not mark:
                     kinds.setdefault(key, set()).add(kind in (int, float))
     return paths, kinds
 
@@ -999,12 +1017,18 @@ def reject_hint(reason: str, values: list[str], time_formats: tuple[str, ...] = 
     values = [v for v in values if v and v.strip()]
     if not values:
         return None
+    nulls = list(dict.fromkeys(v.strip() for v in values if v.strip() in NULL_LIKE))
+    if nulls and reason in ("unparseable price", "non-finite price"):
+        rest = [v for v in values if v.strip() not in NULL_LIKE]
+        other = reject_hint(reason, rest, time_formats, entry, null_values) if rest else None
+        return (null_values_hint(nulls, entry, null_values) + " (a price is optional: those records are then kept)"
+                + (f"; {other}" if other else ""))
+    if nulls and reason in ("unknown event_type", "unparseable event_time", "event_time out of range"):
+        # (a record with no event type or time stays rejected: no event name or time format fixes it)
+        values = [v for v in values if v.strip() not in NULL_LIKE]
+        if not values:
+            return None
     shown = ", ".join(repr(v) for v in values[:3])
-    nulls = [v.strip() for v in values if v.strip() in NULL_LIKE]
-    if nulls and reason in ("unparseable price", "non-finite price", "unparseable event_time", "event_time out of range"):
-        return null_values_hint(list(dict.fromkeys(nulls)), entry, null_values) + (
-            " (a price is optional: those records are then kept)" if "price" in reason else
-            " (a record without an event time is still rejected)")
     if reason == "unknown event_type":
         return (f"event values {shown} are not in the mapping: name each, e.g. {setting('view', f'[{values[0]}]', entry)} "
                 f"(or {', '.join(('' if entry else 'input.') + k for k in ('cart', 'purchase', 'remove_from_cart'))}), "

@@ -34,7 +34,7 @@ from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
     NULL_LIKE, InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs, guess_time_format,
-    inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, reject_hint, rewrite_hint, setting,
+    inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint, rewrite_hint, setting,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -841,7 +841,7 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
     _set(con, "sample_rows", rows)
     by_reason = _rows(con, stats["sample_rejects"])
     _set(con, "null_like", list(NULL_LIKE))
-    null_like = [f"{r['field']} {r['value']!r} in {int(r['n']):,} sampled records would be "
+    null_like = [f"{r['field']} {quoted(r['value'])} in {int(r['n']):,} sampled record{'' if r['n'] == 1 else 's'} would be "
                  + _null_like_advice(r["field"], r["value"], f.mapping.entry, f.mapping.null_values)
                  for r in _rows(con, stats["sample_null_like"])]
     counts = {r["reason"]: int(r["n"]) for r in by_reason}
@@ -1127,14 +1127,23 @@ def _null_like_advice(field: str, value: str, entry: str | None, already: tuple[
 def null_like_warnings(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> list[str]:
     """A warning for each user, item, brand or category whose raw value is a text that exports write for
     "no value" (NULL, \\N, None, NaN, ...: inputs.NULL_LIKE) and that the mapping kept as a value, with the
-    key that reads it as absent (in the files' input.files entry when they all have the same one)."""
+    key that reads it as absent: a --set when every file has the same mapping of it, else where to add it
+    (the tables do not tell which file wrote it)."""
     _set(con, "null_like", list(NULL_LIKE))
-    entries = {f.mapping.entry for f in files}
-    entry = entries.pop() if len(entries) == 1 else None
-    already = tuple(dict.fromkeys(v for f in files for v in f.mapping.null_values))
-    return [f"{r['field']} {r['value']!r} ({int(r['n']):,} events) was "
-            + _null_like_advice(r["field"], r["value"], entry, already)
-            for r in _rows(con, named_queries("stats.sql")["null_like_values"])]
+    kinds = {(f.mapping.entry, f.mapping.null_values) for f in files}
+    out = []
+    for r in _rows(con, named_queries("stats.sql")["null_like_values"]):
+        field, value, n = r["field"], r["value"], int(r["n"])
+        what = f"{field} {quoted(value)} ({n:,} event{'' if n == 1 else 's'}) was "
+        if len(kinds) == 1:
+            (entry, already), = kinds
+            out.append(what + _null_like_advice(field, value, entry, already))
+        else:
+            where = sorted({f.mapping.entry or "the input keys" for f in files})
+            out.append(what + f"kept as {_NULL_LIKE_EFFECT[field]}; if {quoted(value)} is how the export writes no "
+                       f"value, add it to null_values where the files that write it are mapped ({', '.join(where)}), "
+                       f"which {_NULL_LIKE_FIX[field]}")
+    return out
 
 
 def reject_warnings(con: duckdb.DuckDBPyConnection, files: list[InputFile], rows_read: dict[str, int]) -> list[str]:
