@@ -1253,6 +1253,14 @@ def test_null_values_read_as_absent_and_what_warns_without_them(tmp_path: Path) 
     with pytest.raises(InputError, match=r"a control character: YAML reads \\N in double quotes as one"):
         prepare([str(twin)], tmp_path / "w", cfg, input_cfg=load_config(None, None, ['input.null_values=["\\N"]']).input)
 
+    # two such texts kept: each warning's --set lists both (following one keeps the other)
+    both_kept = tmp_path / "both.csv"
+    both_kept.write_text(TINY.read_text().replace(",300,", ",\\N,").replace(",apple,", ",NULL,"))
+    m = prepare([str(both_kept)], tmp_path / "both", cfg).manifest
+    kept = [w for w in m["warnings"] if " was kept as " in w]
+    assert [w.split(" (")[0] for w in kept] == ["brand 'NULL'", "user_id '\\N'"]
+    assert all("--set 'input.null_values=[\"NULL\", \"\\\\N\"]'" in w for w in kept), kept
+
     # files mapped by different entries: the warning says where to add the value, not a --set that would
     # not reach them
     icfg = InputConfig(files=[{"match": "mysql.csv", "null_values": ["\\N"]}, {"match": "tiny.csv"}])

@@ -841,9 +841,10 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
     _set(con, "sample_rows", rows)
     by_reason = _rows(con, stats["sample_rejects"])
     _set(con, "null_like", list(NULL_LIKE))
+    found = _rows(con, stats["sample_null_like"])
+    listed = (*f.mapping.null_values, *(r["value"] for r in found))  # (each suggestion lists them all)
     null_like = [f"{r['field']} {quoted(r['value'])} in {int(r['n']):,} sampled record{'' if r['n'] == 1 else 's'} would be "
-                 + _null_like_advice(r["field"], r["value"], f.mapping.entry, f.mapping.null_values)
-                 for r in _rows(con, stats["sample_null_like"])]
+                 + _null_like_advice(r["field"], r["value"], f.mapping.entry, listed) for r in found]
     counts = {r["reason"]: int(r["n"]) for r in by_reason}
     records = sum(counts.values())
     unreadable: dict[str, int] | None = {}
@@ -1132,12 +1133,13 @@ def null_like_warnings(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -
     _set(con, "null_like", list(NULL_LIKE))
     kinds = {(f.mapping.entry, f.mapping.null_values) for f in files}
     out = []
-    for r in _rows(con, named_queries("stats.sql")["null_like_values"]):
+    found = _rows(con, named_queries("stats.sql")["null_like_values"])
+    for r in found:
         field, value, n = r["field"], r["value"], int(r["n"])
         what = f"{field} {quoted(value)} ({n:,} event{'' if n == 1 else 's'}) was "
-        if len(kinds) == 1:
+        if len(kinds) == 1:  # (the --set lists every value found, beside those set)
             (entry, already), = kinds
-            out.append(what + _null_like_advice(field, value, entry, already))
+            out.append(what + _null_like_advice(field, value, entry, (*already, *(x["value"] for x in found))))
         else:
             where = sorted({f.mapping.entry or "the input keys" for f in files})
             out.append(what + f"kept as {_NULL_LIKE_EFFECT[field]}; if {quoted(value)} is how the export writes no "
