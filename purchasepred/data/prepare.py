@@ -832,19 +832,22 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
 SAMPLE_ROWS = 10_000
 
 
-def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str, Any]:
+def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int, null_like: bool = False) -> dict[str, Any]:
     """How the first ``rows`` records of ``f`` (its view input_records) fare under its mapping: records
     read, valid, ignored, each reject reason's count, commonest failing values and the hint that fixes
     it (inputs.reject_hint), and (CSV) the lines the reader could not split. The reader's rejects of
-    these lines are cleared: a load stores them again."""
+    these lines are cleared: a load stores them again. With ``null_like`` (prepare --check; a run warns
+    from its tables instead: null_like_warnings), the values kept that read like "no value"."""
     stats = named_queries("stats.sql")
     _set(con, "sample_rows", rows)
     by_reason = _rows(con, stats["sample_rejects"])
-    _set(con, "null_like", list(NULL_LIKE))
-    found = _rows(con, stats["sample_null_like"])
+    found = []
+    if null_like:
+        _set(con, "null_like", list(NULL_LIKE))
+        found = _rows(con, stats["sample_null_like"])
     listed = (*f.mapping.null_values, *(r["value"] for r in found))  # (each suggestion lists them all)
-    null_like = [f"{r['field']} {quoted(r['value'])} in {int(r['n']):,} sampled record{'' if r['n'] == 1 else 's'} would be "
-                 + _null_like_advice(r["field"], r["value"], f.mapping.entry, listed) for r in found]
+    kept = [f"{r['field']} {quoted(r['value'])} in {int(r['n']):,} sampled record{'' if r['n'] == 1 else 's'} would be "
+            + _null_like_advice(r["field"], r["value"], f.mapping.entry, listed) for r in found]
     counts = {r["reason"]: int(r["n"]) for r in by_reason}
     records = sum(counts.values())
     unreadable: dict[str, int] | None = {}
@@ -862,7 +865,7 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int) -> dict[str
                                    "hint": reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,),
                                                        f.mapping.entry, f.mapping.null_values)}
                      for r in by_reason if r["reason"] not in (None, "ignored")},
-        "null_like": null_like,  # (warnings: values kept that read like "no value")
+        "null_like": kept,  # (warnings: values kept that read like "no value")
     }
 
 
@@ -907,7 +910,8 @@ def check_inputs(raw: list[str], input_cfg: InputConfig | None = None, rows: int
         for file_no, group in load_groups(files):  # (as prepare loads them: a run of files of one mapping, one sample)
             with _reading(group[0]):
                 _open_records(con, file_no, group, sql)
-                out.append({**_sample(con, group[0], rows), "files": len(group), "last_path": str(group[-1].path)})
+                out.append({**_sample(con, group[0], rows, null_like=True), "files": len(group),
+                            "last_path": str(group[-1].path)})
         return out
     finally:
         con.close()
