@@ -6,7 +6,8 @@
 -- the same).
 -- inputs: kept_events, user_keys, item_keys, category_keys, category_codes, brand_keys.
 -- outputs: users (key user_idx; raw user_id), items (key item_key; item_idx may be 1 for rare items;
---   with the item's latest brand, category, price), brands (key brand_idx), categories (key
+--   with the item's latest brand, category, price, and its item_code, the number events.parquet maps
+--   each event's raw item by: 1.. in product_id order, one per item), brands (key brand_idx), categories (key
 --   category_idx; the category is category_id where present, else category_code; its category_code
 --   the first one seen with it, in user and position order), and for 06_encode.sql the maps from
 --   codes to ids: item_ids (item_code -> item_idx, product_id), brand_ids (brand_code -> brand_idx),
@@ -143,6 +144,6 @@ left join category_pairs as p
 left join categories as c on c.category = p.category;
 
 create or replace table items as
-select item_idx, product_id, n_events, n_purchases, brand_idx, category_idx, brand, category, price
+select item_idx, product_id, n_events, n_purchases, brand_idx, category_idx, brand, category, price, item_code
 from item_ids
 order by item_idx, product_id;

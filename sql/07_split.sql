@@ -2,7 +2,7 @@
 -- eval_seconds up to and including T, valid the eval_seconds before it, and "all" the future window
 -- after T that export predicts. A window's inputs are only the events strictly before its start;
 -- its truth is the set of (user, item) purchases inside it.
--- inputs: events.
+-- inputs: events, items.
 -- outputs: windows (key split: valid, test, all; window_start inclusive, window_end exclusive) and
 --   truth (grain: split, user_idx, product_id; item_idx is 1 for items too rare to have an id: they
 --   stay in the truth and count against every ranker).
@@ -41,8 +41,9 @@ select split, window_start, window_end, ceil(epoch(window_start))::bigint as sta
 
 create or replace table truth as
 with purchases as (
-    select w.split, e.user_idx, e.product_id, e.item_idx, e.event_at
+    select w.split, e.user_idx, i.product_id, e.item_idx, e.event_at
     from events as e
+    join items as i using (item_code)  -- (events store the item's code, not its product_id)
     join windows as w on e.event_at >= w.window_start and e.event_at < w.window_end
     where e.event_type_id = purchase_id()
 ),

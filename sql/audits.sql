@@ -26,5 +26,5 @@ where t.first_purchase_at < w.window_start or t.first_purchase_at >= w.window_en
 -- name: every_event_maps_back
 select e.user_idx, e.seq from events as e
 left join users as u using (user_idx)
-left join items as i on i.product_id = e.product_id
+left join items as i using (item_code)
 where u.user_id is null or i.product_id is null or (i.item_idx <> e.item_idx);

@@ -1,12 +1,14 @@
 -- read: named queries that turn a prepared dataset's Parquet tables into arrays for training,
--- evaluation and export. Parameters: path (the Parquet file), split.
+-- evaluation and export. Parameters: path (the Parquet file), split. An event's ts (epoch seconds) is
+-- taken from its event_at here: events.parquet does not store it (06_encode.sql).
 
 -- name: sequence_events
 -- every event as one token, in the stored (user_idx, seq) order: the sequence store that training
 -- chunks, their targets and window inputs are cut from when loading (data/sequences.py)
 select
     user_idx, seq, epoch_us(event_at) as at_us,
-    item_idx, brand_idx, category_idx, event_type_id, price_bucket, hour_id, weekday_id, gap_bucket, ts
+    item_idx, brand_idx, category_idx, event_type_id, price_bucket, hour_id, weekday_id, gap_bucket,
+    epoch(event_at)::bigint as ts
 from read_parquet(getvariable('path'));
 
 -- name: split_truth
@@ -25,7 +27,7 @@ select user_idx, user_id from read_parquet(getvariable('path')) order by user_id
 
 -- name: events_before
 -- the events a window's rankers may use: every event strictly before the window's start
-select user_idx, item_idx, event_type_id, ts from read_parquet(getvariable('path'))
+select user_idx, item_idx, event_type_id, epoch(event_at)::bigint as ts from read_parquet(getvariable('path'))
 where event_at < getvariable('before_at') and item_idx >= first_id()
 order by user_idx, seq;
 
@@ -48,7 +50,7 @@ from per_user;
 
 -- name: events_before_detail
 -- events_before with the session and price bucket of each event (candidate generators, re-ranker features)
-select user_idx, item_idx, event_type_id, ts, session_no, price_bucket, category_idx
+select user_idx, item_idx, event_type_id, epoch(event_at)::bigint as ts, session_no, price_bucket, category_idx
 from read_parquet(getvariable('path'))
 where event_at < getvariable('before_at') and item_idx >= first_id()
 order by user_idx, seq;

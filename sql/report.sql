@@ -24,9 +24,10 @@ catalog as (
 ),
 
 touched as (
-    select distinct users.user_id, events.product_id
+    select distinct users.user_id, items.product_id
     from read_parquet(getvariable('events')) as events
     inner join read_parquet(getvariable('users')) as users on users.user_idx = events.user_idx
+    inner join read_parquet(getvariable('items')) as items on items.item_code = events.item_code
 ),
 
 final as (

@@ -171,7 +171,7 @@ def test_prepare_conserves_rows_and_never_leaks_and_maps_back(rows: list[tuple[s
         assert lines == [i + 2 for i, (reason, _) in enumerate(verdicts) if reason], "rejects name the wrong lines"
 
         # 2. no window's inputs at or after its cutoff, and each window's inputs are exactly the events before it
-        events = con.execute("select user_idx, seq, event_at, ts, item_idx from events order by user_idx, seq").fetchall()
+        events = con.execute("select user_idx, seq, event_at, item_code, item_idx from events order by user_idx, seq").fetchall()
         by_user: dict[int, list[tuple]] = defaultdict(list)
         for e in events:
             by_user[e[0]].append(e)
@@ -197,10 +197,10 @@ def test_prepare_conserves_rows_and_never_leaks_and_maps_back(rows: list[tuple[s
         # 3. every kept event maps back to raw ids: the same user, item, time and type as a valid raw row
         raw = {(k[3], k[2], k[0], k[1]) for k in valid_keys}
         kept = con.execute("""
-            select u.user_id, e.product_id, e.event_at,
+            select u.user_id, i.product_id, e.event_at,
                    case e.event_type_id when 1 then 'view' when 2 then 'cart' when 3 then 'purchase'
                         else 'remove_from_cart' end
-            from events as e join users as u using (user_idx)""").fetchall()
+            from events as e join users as u using (user_idx) join items as i using (item_code)""").fetchall()
         assert len(kept) == m["n_events"] and set(kept) <= raw
         assert {r[0] for r in con.execute("select user_id from users").fetchall()} == {k[3] for k in valid_keys}
         assert {r[0] for r in con.execute("select product_id from items").fetchall()} == {k[2] for k in valid_keys}

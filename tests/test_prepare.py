@@ -279,7 +279,8 @@ def test_encode_events(tiny_db: duckdb.DuckDBPyConnection) -> None:
             weekday_id, gap_bucket, session_no, is_session_start
         from events order by user_idx, seq""")
     assert got == EVENTS_GOLDEN
-    assert rows(tiny_db, "select ts, product_id from events where user_idx = 2 and seq = 1") == [(1569924000, "1001")]
+    assert rows(tiny_db, "select epoch(event_at), product_id from events join items using (item_code) "
+                         "where user_idx = 2 and seq = 1") == [(1569924000, "1001")]
 
     assert rows(tiny_db, "select sum(session_no::integer = session_no) from events") == [(17,)]
 
@@ -1264,7 +1265,7 @@ def test_extra_columns_quotes_and_time_zones(tmp_path: Path) -> None:
     m = prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=0.01, max_len=3)).manifest
     assert (m["rows_read"], m["rows_rejected"], m["n_events"]) == (3, 0, 3)
     con = open_prepared(tmp_path / "p")
-    assert rows(con, "select seq, event_at, event_type_id, product_id from events order by seq") == [
+    assert rows(con, "select seq, event_at, event_type_id, product_id from events join items using (item_code) order by seq") == [
         (1, datetime(2019, 10, 1, 8), 1, "1"),
         (2, datetime(2019, 10, 1, 9), 3, "1"),
         (3, datetime(2019, 10, 1, 9, 30), 1, "2"),

@@ -616,10 +616,11 @@ def test_cli_schema_flag_and_set_mapping(tmp_path: Path, synth_logs: tuple[Path,
     assert load_manifest(tmp_path / "q")["input_schemas"] == ["custom"]
     assert same(tmp_path / "q", _prepared(tmp_path / "r", rr, "retailrocket"))
     # the same events in both files (only Taobao's has categories): the same event sequences
-    q = "select user_idx, seq, product_id, event_type_id, ts, session_no from read_parquet(?) order by all"
+    q = ("select user_idx, seq, product_id, event_type_id, event_at, session_no from read_parquet(?) "
+         "join read_parquet(?) using (item_code) order by all")
     con = duckdb.connect()
-    assert con.execute(q, [str(tmp_path / "q" / "events.parquet")]).fetchall() == \
-        con.execute(q, [str(tmp_path / "p" / "events.parquet")]).fetchall()
+    assert con.execute(q, [str(tmp_path / "q" / f) for f in ("events.parquet", "items.parquet")]).fetchall() == \
+        con.execute(q, [str(tmp_path / "p" / f) for f in ("events.parquet", "items.parquet")]).fetchall()
 
 
 def _prepared(out: Path, path: Path, schema: str) -> Path:

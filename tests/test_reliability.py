@@ -413,13 +413,13 @@ def test_a_bad_row_is_rejected_alone_with_file_line_and_reason(case: str, tmp_pa
     con = open_prepared(tmp_path / "out")
     if isinstance(expected, datetime):
         assert m["rows_rejected"] == 0 and m["rejects_by_reason"] == {}
-        assert rows(con, "select event_at from events where product_id = '777'") == [(expected,)]
+        assert rows(con, "select event_at from events join items using (item_code) where product_id = '777'") == [(expected,)]
         return
     assert m["rejects_by_reason"] == {expected: 1}
     assert rows(con, "select file_path, line, reason from rejects") == [(str(raw), ODD_LINE, expected)]
     (raw_text,) = rows(con, "select raw from rejects")[0]
     assert raw_text.startswith(line.decode("utf-8", "replace").split(",")[0])
-    assert rows(con, "select count(*) from events where product_id = '777'") == [(0,)]
+    assert rows(con, "select count(*) from events join items using (item_code) where product_id = '777'") == [(0,)]
     assert f"rejected: {expected}" in result.stdout  # the summary names the reason and its count
     # the warnings: the Latin-1 hint for bytes that are not UTF-8, the key that fixes a fixable reason
     # (and the null_values that read a price written as NaN as no price)
@@ -493,8 +493,9 @@ def test_nineteen_digit_ids_are_kept_exactly(tmp_path: Path) -> None:
     assert rows(con, "select user_id from users where user_id = ?", [user]) == [(user,)]
     assert rows(con, "select product_id from items where product_id = ?", [product]) == [(product,)]
     assert rows(con, "select category from categories where category = ?", [category]) == [(category,)]
-    assert rows(con, "select count(*) from events e join users u using (user_idx) where u.user_id = ? and e.product_id = ?",
-                [user, product]) == [(2,)]  # the exact duplicate view is removed, the purchase kept
+    # the exact duplicate view is removed, the purchase kept
+    assert rows(con, "select count(*) from events e join users u using (user_idx) join items i using (item_code) "
+                     "where u.user_id = ? and i.product_id = ?", [user, product]) == [(2,)]
 
 
 def _tiny_train(world: World, data: Path, name: str, *extra: str):

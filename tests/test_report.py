@@ -210,8 +210,9 @@ def test_recommendation_numbers_match_the_csv_and_the_prepared_tables(in_work: P
     catalog = con.execute("select product_id from read_parquet(?) where item_idx >= 2",
                           [str(prepared / "items.parquet")]).fetchall()
     touched = set(con.execute(
-        "select u.user_id, e.product_id from read_parquet(?) e join read_parquet(?) u using (user_idx)",
-        [str(prepared / "events.parquet"), str(prepared / "users.parquet")]).fetchall())
+        "select u.user_id, i.product_id from read_parquet(?) e join read_parquet(?) u using (user_idx) "
+        "join read_parquet(?) i using (item_code)",
+        [str(prepared / "events.parquet"), str(prepared / "users.parquet"), str(prepared / "items.parquet")]).fetchall())
     users = {r["user_id"] for r in recs}
     items = {r["item_id"] for r in recs}
     seen = sum((r["user_id"], r["item_id"]) in touched for r in recs)

@@ -52,7 +52,10 @@ from purchasepred.fileio import folder_bytes, to_json
 # 5: sessions are stored as DuckDB's 64-bit hash() of their text instead of their 128-bit md5 (10x cheaper
 # to take: 0.6 s of the 8M-row load), so a user's events at the same time, of the same type and item,
 # in different sessions are ordered by that hash; the manifest records session_hash_check.
-SCHEMA_VERSION = 5
+# 6: events store the item's item_code (items has it beside the product_id) instead of its product_id,
+# and no ts (the loader takes it from event_at: read.sql): writing the text ids and ts was a third of
+# encode's 2 s at 8M rows. items has the column item_code.
+SCHEMA_VERSION = 6
 # the text whose DuckDB hash() the manifest records (session_hash_check)
 SESSION_HASH_PROBE = "purchasepred session"
 
