@@ -9,8 +9,8 @@
 -- same as one pass's. No table of the sorted events is stored in between: the window passes read the
 -- sort's output directly, and only fixed-width codes travel through them. Window sums run over all of
 -- a shard's users at once; a user's own count is the running total minus its value before the user's
--- first event. Running counts use count(*) (filter (...)): a BIGINT, where sum() of integers would be
--- a HUGEINT.
+-- first event, carried forward from that event by last_value(... ignore nulls). Running counts use
+-- count(*) (filter (...)): a BIGINT, where sum() of integers would be a HUGEINT.
 -- inputs: staged and the key tables of 03_clean.sql.
 -- outputs: sessionized (grain: one distinct event, each shard's rows in the sort's order, the shards
 --   in no fixed order; exact duplicates are left out and counted as the difference to staged's valid
@@ -125,9 +125,8 @@ distinct_events as (
             and prev_session_prefix = session_prefix,
             false  -- a shard's first row has no previous one
         ) as tie_conflict,
-        -- (user, time) packed in one number that only grows along the sort: its running maximum over
-        -- the kept events is the latest kept event's
-        case when not is_repeat_view then (user_code::hugeint << 64) + epoch_us(event_at) end as kept_at_key
+        -- the time of a kept event (NULL on a collapsed view): carried forward below to the rows after it
+        case when not is_repeat_view then event_at end as kept_at
     from with_previous
     where prev_user_code is distinct from user_code or prev_event_at is distinct from event_at
         or prev_type_item is distinct from type_item or prev_session_prefix is distinct from session_prefix
@@ -137,19 +136,22 @@ distinct_events as (
 ),
 
 running as (
+    -- (last_value(... ignore nulls) over a frame up to the current row is a streaming fill-forward: 0.03 s
+    -- per 8M rows, where a running max() takes 0.3 s through DuckDB's generic aggregate path)
     select
         *,
-        max(kept_at_key) over (rows between unbounded preceding and current row) as kept_at_max,
+        last_value(kept_at ignore nulls) over (rows between unbounded preceding and current row) as last_kept_at,
         count(*) filter (where not is_repeat_view) over (rows between unbounded preceding and current row) as event_no
     from distinct_events
 ),
 
 with_previous_kept as (
-    -- the previous kept event: its time from the running maximum, its session from the previous row
-    -- (a collapsed view has the session of the event it repeats)
+    -- the previous kept event: its time carried forward to the previous row (a user's first event is
+    -- always kept, so on every later event of the user it is the user's own), its session the previous
+    -- row's (a collapsed view has the session of the event it repeats)
     select
         *,
-        make_timestamp((lag(kept_at_max) over () & 18446744073709551615::hugeint)::bigint) as prev_kept_at,
+        lag(last_kept_at) over () as prev_kept_at,
         lag(session_hash) over () as prev_session_hash
     from running
 ),
@@ -170,16 +172,16 @@ sessions as (
     select
         *,
         count(*) filter (where is_session_start) over (rows between unbounded preceding and current row) as session_total,
-        max(case when is_user_start then event_no - 1 end) over (rows between unbounded preceding and current row)
-            as events_before_user
+        last_value(case when is_user_start then event_no - 1 end ignore nulls)
+            over (rows between unbounded preceding and current row) as events_before_user
     from flagged
 ),
 
 numbered as (
     select
         *,
-        max(case when is_user_start then session_total - 1 end) over (rows between unbounded preceding and current row)
-            as sessions_before_user
+        last_value(case when is_user_start then session_total - 1 end ignore nulls)
+            over (rows between unbounded preceding and current row) as sessions_before_user
     from sessions
 ),
 
