@@ -84,7 +84,7 @@ def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, fl
     table in file order (rejected lines need their line numbers), the session as its hash as prepare
     stores it (the 36-character text costs more to store than the hash costs to take); sort the rows by a 24-byte
     fixed-width key (user, time, type and item, session) carrying the events' columns; write those
-    rows to Parquet as prepare writes its events. Their sum is a floor for this design on this
+    rows to Parquet as prepare writes its events (numbers only: events.parquet stores no text). Their sum is a floor for this design on this
     machine: prepare adds dictionaries, duplicates, sessions, vocabularies, features, windows and
     audits on top. The table the sort reads is built untimed from hashes of the text keys."""
     con = duckdb.connect()
@@ -108,7 +108,7 @@ def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, fl
         (hash(user_id) >> 33)::integer as user_code, event_at, (hash(product_id) >> 34)::uinteger as type_item,
         (session_hash >> 34)::integer as session_prefix, session_hash,
         (hash(category_id) >> 44)::integer as category_code, (hash(brand) >> 44)::integer as brand_code, price,
-        product_id
+        (hash(product_id) >> 40)::integer as item_code
         from typed""")
     con.execute("drop table typed")
     t0 = time.perf_counter()
