@@ -53,15 +53,16 @@ def synth_file(rows: int, seed: int, views_per_purchase: float, days: int, cache
     return path, time.perf_counter() - t0
 
 
-def bare_scan(path: Path, threads: int | None, repeats: int = 3) -> tuple[list[float], list[float], int]:
-    """Seconds of ``count(*)`` (the issue's baseline) and of a scan that materialises every column,
-    ``repeats`` times each, alternating (both move by 10-20% from run to run on a shared box: the
-    ratios use their medians)."""
+def bare_scan(path: Path, threads: int | None, repeats: int = 3) -> tuple[list[float], list[float], list[float], int]:
+    """Seconds of ``count(*)`` (the issue's baseline), of a scan that materialises every column, and of
+    ``count(*)`` with the 16 MB read buffer prepare's load uses (LOAD_BUFFER: shown beside the baseline,
+    not used in the ratios), ``repeats`` times each, alternating (all move by 10-20% from run to run on a
+    shared box: the ratios use their medians)."""
     con = duckdb.connect()
     if threads:
         con.execute("set threads = ?", [threads])
     n = con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()[0][0]  # warm-up
-    count_s, full_s = [], []
+    count_s, full_s, buffered_s = [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()
@@ -69,8 +70,15 @@ def bare_scan(path: Path, threads: int | None, repeats: int = 3) -> tuple[list[f
         t0 = time.perf_counter()
         con.execute("select max(columns(*)) from read_csv(?)", [str(path)]).fetchall()
         full_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        con.execute("select count(*) from read_csv(?, buffer_size = ?)", [str(path), LOAD_BUFFER]).fetchall()
+        buffered_s.append(time.perf_counter() - t0)
     con.close()
-    return count_s, full_s, int(n)
+    return count_s, full_s, buffered_s, int(n)
+
+
+# the read buffer of prepare's CSV load (sql/01_load_csv.sql), in bytes
+LOAD_BUFFER = 16 * 1024 * 1024
 
 
 # The REES46 columns of the synthetic logs, all read as text (as prepare reads them)
@@ -80,11 +88,12 @@ _COLUMNS = {name: "VARCHAR" for name in (
 
 def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, float]:
     """Seconds of the three things any prepare of this file must do at least once, each as one bare
-    DuckDB statement with nothing else in it: read every column and type the time and price into a
-    table in file order (rejected lines need their line numbers), the session as its hash as prepare
-    stores it (the 36-character text costs more to store than the hash costs to take); sort the rows by a 24-byte
-    fixed-width key (user, time, type and item, session) carrying the events' columns; write those
-    rows to Parquet as prepare writes its events (numbers only: events.parquet stores no text). Their sum is a floor for this design on this
+    DuckDB statement with nothing else in it: read every column (with the load's read buffer,
+    LOAD_BUFFER) and type the time and price into a table in file order (rejected lines need their
+    line numbers), the session as its hash as prepare stores it (the 36-character text costs more to
+    store than the hash costs to take); sort the rows by a 24-byte fixed-width key (user, time, type
+    and item, session) carrying the events' columns; write those rows to Parquet as prepare writes its
+    events (numbers only: events.parquet stores no text). Their sum is a floor for this design on this
     machine: prepare adds dictionaries, duplicates, sessions, vocabularies, features, windows and
     audits on top. The table the sort reads is built untimed from hashes of the text keys."""
     con = duckdb.connect()
@@ -94,7 +103,7 @@ def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, fl
     con.execute("set enable_progress_bar = false")
     con.execute("set TimeZone = 'UTC'")
     con.execute("set temp_directory = ?", [str(temp_dir)])
-    src = "read_csv(?, header = true, auto_detect = false, columns = getvariable('columns'))"
+    src = "read_csv(?, header = true, auto_detect = false, columns = getvariable('columns'), buffer_size = ?)"
     con.execute("set variable columns = ?", [_COLUMNS])
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -102,7 +111,7 @@ def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, fl
         try_strptime(event_time, '%Y-%m-%d %H:%M:%S UTC') as event_at, event_type, product_id, category_id,
         category_code, brand, try_cast(price as double) as price, user_id,
         hash(user_session) as session_hash
-        from {src}""", [str(path)])
+        from {src}""", [str(path), LOAD_BUFFER])
     seconds["typed copy"] = time.perf_counter() - t0
     con.execute("""create table keyed as select
         (hash(user_id) >> 33)::integer as user_code, event_at, (hash(product_id) >> 34)::uinteger as type_item,
@@ -222,10 +231,11 @@ def main(argv: list[str] | None = None) -> None:
         extra = ["--eval-days", str(args.eval_days)] + (["--threads", str(args.threads)] if args.threads else [])
         work = Path(tempfile.mkdtemp(prefix="bench-prepare-", dir=args.cache_dir))
         try:
-            count_runs, full_runs, n = bare_scan(path, args.threads, max(1, args.baseline_repeats))
+            count_runs, full_runs, buffered_runs, n = bare_scan(path, args.threads, max(1, args.baseline_repeats))
             count_s, full_s = median(count_runs), median(full_runs)
             print(f"  count(*) {count_s:.2f} s ({n:,} rows; {_runs(count_runs)}); every column read {full_s:.2f} s "
-                  f"({_runs(full_runs)})", flush=True)
+                  f"({_runs(full_runs)}); count(*) with the load's 16 MB buffer {median(buffered_runs):.2f} s "
+                  f"({_runs(buffered_runs)})", flush=True)
             floor = None
             if not args.no_floor:
                 (work / "spill-floor").mkdir()
@@ -259,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         m = plain["manifest"] or {}
         results.append({
             "rows": n, "input_mb": size_mb, "count_s": count_s, "full_scan_s": full_s,
-            "count_runs_s": count_runs, "full_scan_runs_s": full_runs, "prepare_runs_s": prepare_runs,
+            "count_runs_s": count_runs, "full_scan_runs_s": full_runs, "count_load_buffer_runs_s": buffered_runs,
+            "prepare_runs_s": prepare_runs,
             "prepare_s": plain["seconds"], "prepare_duration_s": m.get("duration_s"), "memory_limit": m.get("memory_limit"),
             "ratio_count": plain["seconds"] / count_s, "ratio_full": plain["seconds"] / full_s,
             "floor": floor, "floor_s": None if floor is None else sum(floor.values()),

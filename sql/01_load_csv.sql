@@ -28,7 +28,13 @@ from read_csv(
     columns = getvariable('input_columns'),
     store_rejects = true,
     rejects_table = 'load_reject_errors',
-    rejects_scan = 'load_reject_scans'
+    rejects_scan = 'load_reject_scans',
+    -- 16 MB buffers instead of the reader's smaller default: the load's insert keeps the file's order
+    -- (preserve_insertion_order), and it, like the bare read, runs faster on larger buffers. Measured on
+    -- the 8M-row synth log: an ordered insert of its raw text 3.2 s with the default buffer, 3.9 s at
+    -- 4 MB, 2.5 s at 16, 32 and 64 MB (as fast as an insert in no order); the whole load 4.0 -> 3.5 s at
+    -- 16 MB, at the same peak RSS (128 and 256 MB: 300-400 MB more, and slower)
+    buffer_size = 16777216
 );
 
 -- name: load
