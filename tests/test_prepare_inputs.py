@@ -1297,3 +1297,32 @@ def test_cli_json_lines_as_in_the_readme_beside_a_csv(tmp_path: Path) -> None:
                     "input.time_format=unix_s", "--set", "input.event_type=type", "--set", "input.price=price")
     assert result.exit_code == 0, result.output
     assert load_manifest(tmp_path / "p")["rows_kept"] == 40 and same(tmp_path / "p", tmp_path / "q")
+
+
+def test_rejects_keep_their_line_numbers_across_the_readers_buffers(tmp_path: Path) -> None:
+    """A file of several of the load's 16 MB read buffers (01_load_csv.sql) read in parallel: the insert
+    keeps the file's order, so the line number of every reject, typed (from its row's place) or split
+    by the reader, is its line in the file."""
+    raw = tmp_path / "big.csv"
+    n = 300_000
+    bad = {40_001: ("yesterday", "unparseable event_time"), 131_072: ("2019-13-45 99:00:00 UTC", "unparseable event_time"),
+           250_000: ("click", "unknown event_type"), 299_999: ("-1", "negative price")}
+    split = 180_001  # a line the reader cannot split into the file's fields
+    with raw.open("w") as fh:
+        fh.write("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n")
+        for i in range(2, n + 2):  # (i: the line number; line 1 is the header)
+            f = [f"2019-10-{1 + i % 28:02d} {i % 24:02d}:{i % 60:02d}:00 UTC", "view", str(1000 + i % 500),
+                 "2053013555631882655", "electronics.smartphone.accessories", "apple", f"{i % 97}.99",
+                 str(500_000_000 + i % 20_000), f"session-{i % 20_000:08d}-{i // 1000:06d}-aaaaaaaaaaaaaaaa"]
+            if i in bad:
+                f[{"unparseable event_time": 0, "unknown event_type": 1, "negative price": 6}[bad[i][1]]] = bad[i][0]
+            fh.write(",".join(f) + (",x\n" if i == split else "\n"))
+    assert raw.stat().st_size > 2 * 16 * 1024 * 1024  # at least three buffers
+    prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=1, min_item_count=1))
+    lines = raw.read_text().splitlines()
+    got = duckdb.connect().execute("select line, reason, raw from read_parquet(?) order by line",
+                                   [str(tmp_path / "p" / "rejects.parquet")]).fetchall()
+    assert [(line, reason) for line, reason, _ in got] == sorted(
+        [(i, reason) for i, (_, reason) in bad.items()] + [(split, "wrong field count")])
+    for line, _, text in got:
+        assert lines[line - 1] == text
