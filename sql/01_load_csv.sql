@@ -8,7 +8,7 @@
 -- outputs: rows appended to staged (typed; rejected and ignored records keep their raw text; file_no
 --   input_file_no + file_index); lines with the wrong field count or invalid text (in the files'
 --   encoding) appended to raw_rejects with their file and line number.
--- parameters: input_file_no (of the first file), input_paths (the files as given, recorded in rejects),
+-- parameters: input_parallel, input_file_no (of the first file), input_paths (the files as given, recorded in rejects),
 --   input_glob (the same paths with glob characters escaped, for the reader), input_columns, input_names
 --   (the struct's names), input_header, input_delimiter, input_encoding (utf-8, latin-1 or utf-16), and
 --   those of the parsing macros of 00_setup.sql.
@@ -34,7 +34,9 @@ from read_csv(
     -- the 8M-row synth log: an ordered insert of its raw text 3.2 s with the default buffer, 3.9 s at
     -- 4 MB, 2.5 s at 16, 32 and 64 MB (as fast as an insert in no order); the whole load 4.0 -> 3.5 s at
     -- 16 MB, at the same peak RSS (128 and 256 MB: 300-400 MB more, and slower)
-    buffer_size = 16777216
+    buffer_size = 16777216,
+    -- (true: all threads; false for a file whose parallel read left records out: prepare.short_reads)
+    parallel = getvariable('input_parallel')
 );
 
 -- name: load

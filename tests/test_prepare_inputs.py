@@ -1326,3 +1326,39 @@ def test_rejects_keep_their_line_numbers_across_the_readers_buffers(tmp_path: Pa
         [(i, reason) for i, (_, reason) in bad.items()] + [(split, "wrong field count")])
     for line, _, text in got:
         assert lines[line - 1] == text
+
+
+def test_records_the_parallel_reader_leaves_out_are_read_again(tmp_path: Path) -> None:
+    """DuckDB's parallel CSV reader (2.0.1) leaves out every record from a line it cannot split to the
+    end of the file, with no error and no reject, when that line starts a few bytes into the file's last
+    16 MB buffer. prepare counts the file's lines beside the load (InputHashes) and reads such a file
+    again on one thread (short_reads): every record is in, and the warning says what happened."""
+    raw = tmp_path / "shop.csv"
+    buffer = 16 * 1024 * 1024
+
+    def row(i: int, session: str = "") -> str:
+        return (f"2019-10-{1 + i % 28:02d} {i % 24:02d}:{i % 60:02d}:00 UTC,view,{1000 + i % 500},2053013555631882655,"
+                f"electronics.smartphone,apple,{i % 97}.99,{500_000_000 + i % 20_000},{session or f's-{i % 20_000}'}\n")
+
+    with raw.open("w") as fh:
+        fh.write("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n")
+        i, at = 0, fh.tell()
+        while at < buffer - 300:
+            i += 1
+            at += fh.write(row(i))
+        head = row(i + 1, "x")
+        fh.write(row(i + 1, "x" * (buffer + 5 - at - len(head) + 1)))  # the next line starts 5 bytes into the last buffer
+        bad_line = i + 3  # (the header is line 1)
+        fh.write("2019-10-01 00:00:13 UTC,view,1,2,electronics\n")  # five fields
+        for j in range(i + 2, i + 20_002):
+            fh.write(row(j))
+    n_lines = len(raw.read_bytes().splitlines())
+    m = prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=1, min_item_count=1)).manifest
+    assert m["inputs"][0]["rows_read"] == n_lines - 1
+    assert m["rows_rejected"] == 1 and m["rows_kept"] + m["rows_duplicate"] + m["rows_collapsed"] == n_lines - 2
+    got = duckdb.connect().execute("select line, reason from read_parquet(?)", [str(tmp_path / "p" / "rejects.parquet")]).fetchall()
+    assert got == [(bad_line, "wrong field count")]
+    reread = [w for w in m["warnings"] if "parallel CSV reader" in w]
+    assert reread in ([], [f"{raw}: DuckDB's parallel CSV reader (version {duckdb.__version__}) left out 20,001 record(s) of it, "
+                           "from a line it could not split on; prepare read the file again on one thread, and every record is in"])
+    assert duckdb.__version__ != "2.0.1" or reread  # (the version this was found on has the problem)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
@@ -352,12 +353,21 @@ def prepare(
     tmp.mkdir()
     try:
         hashes = InputHashes(paths)
+        now = now or datetime.now(timezone.utc)
         try:
-            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now or datetime.now(timezone.utc), need_buyers_in,
-                                    step_progress)
+            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now, need_buyers_in, step_progress)
             digests = hashes.finish()
         finally:
             hashes.close()
+        short = short_reads(manifest.pop("csv_header_lines"), manifest["inputs"], hashes.lines)
+        if short:  # (see short_reads: the run again, with those files read on one thread)
+            first = {e["path"]: e["rows_read"] for e in manifest["inputs"]}
+            shutil.rmtree(tmp)
+            tmp.mkdir()
+            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now, need_buyers_in, step_progress, frozenset(short))
+            manifest.pop("csv_header_lines")
+            manifest["warnings"] += [reread_warning(e["path"], e["rows_read"] - first[e["path"]])
+                                     for e in manifest["inputs"] if e["rows_read"] > first[e["path"]]]
         for entry in manifest["inputs"]:  # (the run's rows of each file, with its size and digest)
             entry.update(size=Path(entry["path"]).stat().st_size, sha256=digests[entry["path"]])
         manifest["content_hash"] = _content_hash(manifest)
@@ -368,6 +378,26 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PrepareSummary(out=out, manifest=manifest, seconds=time.perf_counter() - t0, audits=audits)
+
+
+def short_reads(csv_header_lines: dict[str, int], inputs: list[dict[str, Any]], lines: dict[str, int]) -> list[str]:
+    """The uncompressed CSV files of which a run read fewer records (with the lines the reader could
+    not split) than the file has lines, less its header (``lines``: InputHashes.lines).
+
+    DuckDB's parallel CSV reader (2.0.1, with rejects stored) can leave out every record from a line it
+    cannot split to the end of the file, with no error and no reject, when that line is among the first
+    of a buffer (01_load_csv.sql's 16 MB; the file's last buffer). prepare then runs again with these
+    files read on one thread, which reads them whole. Fewer records than lines also come from a quoted
+    field over several lines and from empty lines (the reader skips them): such a file is read twice,
+    to the same records. Compressed files are not counted (their lines would cost a decompression)."""
+    rows = {e["path"]: e["rows_read"] for e in inputs}
+    return [path for path, header in csv_header_lines.items()
+            if not path.lower().endswith((".gz", ".zst")) and path in lines and rows[path] + header < lines[path]]
+
+
+def reread_warning(path: str, n: int) -> str:
+    return (f"{path}: DuckDB's parallel CSV reader (version {duckdb.__version__}) left out {n:,} record(s) of it, from a line "
+            "it could not split on; prepare read the file again on one thread, and every record is in")
 
 
 class InputHashes:
@@ -385,6 +415,10 @@ class InputHashes:
     def __init__(self, paths: list[Path]) -> None:
         self._todo = [p for p in paths if p.is_file()]
         self._digests: dict[str, str] = {}
+        self.lines: dict[str, int] = {}
+        """each file's lines, complete once finish() returns: its newlines, + 1 when its last line has none"""
+        self._newlines = 0
+        self._last = b"\n"  # (the last byte read of the current file; an empty file has no line)
         self._current: tuple[Path, Any, Any] | None = None  # (path, open file, sha256 so far)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -400,13 +434,18 @@ class InputHashes:
                     return False
                 path = self._todo.pop(0)
                 self._current = (path, open(path, "rb"), hashlib.sha256())
+                self._newlines, self._last = 0, b"\n"
             path, fh, digest = self._current
             block = fh.read(self.BLOCK)
             if block:
                 digest.update(block)
+                # (numpy: 0.12 s per GB, where bytes.count takes 0.5 s)
+                self._newlines += int(np.count_nonzero(np.frombuffer(block, np.uint8) == 10))
+                self._last = block[-1:]
             else:
                 fh.close()
                 self._digests[str(path)] = digest.hexdigest()
+                self.lines[str(path)] = self._newlines + (self._last != b"\n")
                 self._current = None
             return True
 
@@ -516,7 +555,10 @@ def _spill_dir(tmp: Path, cfg: PrepareConfig) -> Path:
 def _run(
     paths: list[Path], tmp: Path, cfg: PrepareConfig, icfg: InputConfig, step: Callable[[str], None], now: datetime,
     need_buyers_in: tuple[str, ...] = (), step_progress: Callable[[str, float], None] | None = None,
+    sequential: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], dict[str, int]]:
+    """One prepare of ``paths`` into ``tmp``: the manifest (with csv_header_lines, for short_reads) and
+    the audits. The CSV files in ``sequential`` are read by DuckDB's reader on one thread."""
     # an in-memory database (faster than a file) that still spills to temp_dir under memory_limit
     con = connect()
     spill = _spill_dir(tmp, cfg)
@@ -547,7 +589,7 @@ def _run(
                     progress.start(label)  # (first: no report of the step before follows)
                     step(label)
                     progress.watch([con])
-                    _load_group(con, file_no, group, sql)
+                    _load_group(con, file_no, group, sql, parallel=not sequential.intersection(str(f.path) for f in group))
                 n_staged = con.execute("select count(*) from staged").fetchone()[0]
                 if n_staged == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
                     raise InputError(f"{', '.join(map(str, paths))}: no event rows could be read")
@@ -714,15 +756,17 @@ def _mapped_json_paths(f: InputFile) -> list[tuple[str, str]]:
     return [(canonical[raw], path) for raw, path in zip(f.names, f.json_paths, strict=True) if raw in canonical]
 
 
-def _load_group(con: duckdb.DuckDBPyConnection, first_no: int, group: list[InputFile], sql: dict[str, str]) -> None:
-    """Load ``group`` (load_groups) in one scan, its files numbered from ``first_no``. When the scan
-    fails, what it stored is taken out and each file is loaded on its own, so that the error names it."""
+def _load_group(con: duckdb.DuckDBPyConnection, first_no: int, group: list[InputFile], sql: dict[str, str],
+                parallel: bool = True) -> None:
+    """Load ``group`` (load_groups) in one scan, its files numbered from ``first_no`` (CSV: read by
+    DuckDB's reader on all threads, or on one: short_reads). When the scan fails, what it stored is
+    taken out and each file is loaded on its own, so that the error names it."""
     if len(group) == 1:
         with _reading(group[0]):
-            _load_files(con, first_no, group, sql)
+            _load_files(con, first_no, group, sql, parallel)
         return
     try:
-        _load_files(con, first_no, group, sql)
+        _load_files(con, first_no, group, sql, parallel)
     except duckdb.Error:
         con.execute("delete from staged where file_no between ? and ?", [first_no, first_no + len(group) - 1])
         con.execute("delete from raw_rejects where list_contains(?, file_path)", [[str(f.path) for f in group]])
@@ -734,11 +778,12 @@ def _load_group(con: duckdb.DuckDBPyConnection, first_no: int, group: list[Input
         if "load_reject_scans" in made:
             con.execute("delete from load_reject_scans")
         for i, f in enumerate(group):
-            _load_group(con, first_no + i, [f], sql)
+            _load_group(con, first_no + i, [f], sql, parallel)
 
 
-def _load_files(con: duckdb.DuckDBPyConnection, first_no: int, group: list[InputFile], sql: dict[str, str]) -> None:
-    q = _open_records(con, first_no, group, sql)
+def _load_files(con: duckdb.DuckDBPyConnection, first_no: int, group: list[InputFile], sql: dict[str, str],
+                parallel: bool = True) -> None:
+    q = _open_records(con, first_no, group, sql, parallel)
     _check_sample(con, group[0])
     con.execute(q["load"])
     # each file's records are contiguous in staged, in file order: a file's first_row is its least rowid
@@ -778,12 +823,14 @@ def _reading_file(path: Path, encoding: str, fmt: str) -> Iterator[None]:
         raise InputError(f"{path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
 
 
-def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[InputFile], sql: dict[str, str]) -> dict[str, str]:
+def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[InputFile], sql: dict[str, str],
+                  parallel: bool = True) -> dict[str, str]:
     """The view ``input_records`` of the files of ``group`` (one, or CSV files of one mapping and header:
     load_groups) under their mapping (the parameters of the load set), and the named parts of its load
-    file (the part "load" is still to run)."""
+    file (the part "load" is still to run). ``parallel``: CSV read by DuckDB's reader on all threads."""
     f = group[0]
     m = f.mapping
+    _set(con, "input_parallel", parallel)
     _set(con, "input_file_no", file_no)
     _set(con, "input_paths", [str(g.path) for g in group])
     # the reader opens exactly these files (CSV: a list, read in one scan)
@@ -1212,6 +1259,8 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "input_mappings": _unique([f.mapping.to_dict() for f in files]),
         # (prepare adds each file's size and sha256)
         "inputs": [{"path": str(f.path), "rows_read": before_drop["rows_read_by_file"][str(f.path)]} for f in files],
+        # (for short_reads; prepare takes it out) the header lines of each CSV file
+        "csv_header_lines": {str(f.path): int(f.mapping.header) for f in files if f.format == "csv"},
         "sql_sha256": sql_hashes(),
         # DuckDB's hash() of a fixed text: sessions are stored as their hash() (00_setup.sql), which orders
         # tied events of different sessions, so a DuckDB whose hash() differs gives another content hash
