@@ -33,7 +33,9 @@ from read_csv(
     -- (preserve_insertion_order), and it, like the bare read, runs faster on larger buffers. Measured on
     -- the 8M-row synth log: an ordered insert of its raw text 3.2 s with the default buffer, 3.9 s at
     -- 4 MB, 2.5 s at 16, 32 and 64 MB (as fast as an insert in no order); the whole load 4.0 -> 3.5 s at
-    -- 16 MB, at the same peak RSS (128 and 256 MB: 300-400 MB more, and slower)
+    -- 16 MB, at the same peak RSS (128 and 256 MB: 300-400 MB more, and slower). The buffer is also the
+    -- longest line the reader takes (a longer one is a reject: 'malformed csv: line size over maximum');
+    -- DuckDB's default is 2,000,000 bytes, and setting max_line_size to it made the same insert 3.8 s
     buffer_size = 16777216,
     -- (true: all threads; false for a file whose parallel read left records out: prepare.short_reads)
     parallel = getvariable('input_parallel')

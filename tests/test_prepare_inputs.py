@@ -1362,3 +1362,19 @@ def test_records_the_parallel_reader_leaves_out_are_read_again(tmp_path: Path) -
     assert reread in ([], [f"{raw}: DuckDB's parallel CSV reader (version {duckdb.__version__}) left out 20,001 record(s) of it, "
                            "from a line it could not split on; prepare read the file again on one thread, and every record is in"])
     assert duckdb.__version__ != "2.0.1" or reread  # (the version this was found on has the problem)
+
+
+def test_a_csv_line_over_the_read_buffer_is_rejected(tmp_path: Path) -> None:
+    """The reader's longest line is its buffer (the load's 16 MB, 01_load_csv.sql): a 2.5 MB line is a
+    record (DuckDB's default buffer rejected it), a 17 MB one a reject with its line number."""
+    raw = tmp_path / "shop.csv"
+    lines = ["event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"]
+    long = {20: 2_500_000, 30: 17_000_000}
+    for i in range(40):
+        lines.append(f"2019-10-{1 + i % 9:02d} 1{i % 10}:00:00 UTC,{('view', 'purchase')[i % 2]},{1000 + i % 3},"
+                     f"2053013555631882655,{'x' * long.get(i, 0) or 'electronics'},apple,1.00,{i % 4},s{i}")
+    raw.write_text("\n".join(lines) + "\n")
+    m = prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=1, min_item_count=1)).manifest
+    assert m["rows_read"] == 40 and m["rejects_by_reason"] == {"malformed csv: line size over maximum": 1}
+    got = duckdb.connect().execute("select line, reason from read_parquet(?)", [str(tmp_path / "p" / "rejects.parquet")]).fetchall()
+    assert got == [(32, "malformed csv: line size over maximum")]  # (and the 2.5 MB line is one of the 39 records)
