@@ -1331,8 +1331,8 @@ def test_rejects_keep_their_line_numbers_across_the_readers_buffers(tmp_path: Pa
 def test_records_the_parallel_reader_leaves_out_are_read_again(tmp_path: Path) -> None:
     """DuckDB's parallel CSV reader (2.0.1) leaves out every record from a line it cannot split to the
     end of the file, with no error and no reject, when that line starts a few bytes into the file's last
-    16 MB buffer. prepare counts the file's lines beside the load (InputHashes) and reads such a file
-    again on one thread (short_reads): every record is in, and the warning says what happened."""
+    16 MB buffer. prepare counts the file's lines beside the load (LineCounts) and loads such a file
+    again on one thread (reread_short_groups): every record is in, and the warning says what happened."""
     raw = tmp_path / "shop.csv"
     buffer = 16 * 1024 * 1024
 
@@ -1359,8 +1359,8 @@ def test_records_the_parallel_reader_leaves_out_are_read_again(tmp_path: Path) -
     got = duckdb.connect().execute("select line, reason from read_parquet(?)", [str(tmp_path / "p" / "rejects.parquet")]).fetchall()
     assert got == [(bad_line, "wrong field count")]
     reread = [w for w in m["warnings"] if "parallel CSV reader" in w]
-    assert reread in ([], [f"{raw}: DuckDB's parallel CSV reader (version {duckdb.__version__}) left out 20,001 record(s) of it, "
-                           "from a line it could not split on; prepare read the file again on one thread, and every record is in"])
+    assert reread in ([], [f"{raw}: DuckDB's parallel CSV reader (version {duckdb.__version__}) left out 20,001 of its lines, "
+                           "from one it could not split on; prepare read it again on one thread, and every line is in"])
     assert duckdb.__version__ != "2.0.1" or reread  # (the version this was found on has the problem)
 
 

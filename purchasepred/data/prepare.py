@@ -353,21 +353,12 @@ def prepare(
     tmp.mkdir()
     try:
         hashes = InputHashes(paths)
-        now = now or datetime.now(timezone.utc)
         try:
-            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now, need_buyers_in, step_progress)
+            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now or datetime.now(timezone.utc), need_buyers_in,
+                                    step_progress)
             digests = hashes.finish()
         finally:
             hashes.close()
-        short = short_reads(manifest.pop("csv_header_lines"), manifest["inputs"], hashes.lines)
-        if short:  # (see short_reads: the run again, with those files read on one thread)
-            first = {e["path"]: e["rows_read"] for e in manifest["inputs"]}
-            shutil.rmtree(tmp)
-            tmp.mkdir()
-            manifest, audits = _run(paths, tmp, cfg, input_cfg, step, now, need_buyers_in, step_progress, frozenset(short))
-            manifest.pop("csv_header_lines")
-            manifest["warnings"] += [reread_warning(e["path"], e["rows_read"] - first[e["path"]])
-                                     for e in manifest["inputs"] if e["rows_read"] > first[e["path"]]]
         for entry in manifest["inputs"]:  # (the run's rows of each file, with its size and digest)
             entry.update(size=Path(entry["path"]).stat().st_size, sha256=digests[entry["path"]])
         manifest["content_hash"] = _content_hash(manifest)
@@ -380,24 +371,64 @@ def prepare(
     return PrepareSummary(out=out, manifest=manifest, seconds=time.perf_counter() - t0, audits=audits)
 
 
-def short_reads(csv_header_lines: dict[str, int], inputs: list[dict[str, Any]], lines: dict[str, int]) -> list[str]:
-    """The uncompressed CSV files of which a run read fewer records (with the lines the reader could
-    not split) than the file has lines, less its header (``lines``: InputHashes.lines).
+class LineCounts:
+    """The lines of each uncompressed UTF-8 or latin-1 CSV file to load (newlines, + 1 when the last line
+    has none), counted in a thread of its own beside the load: 0.3 s per GB of CPU (numpy; bytes.count
+    took 0.5 s for the counting alone). See reread_short_groups."""
+
+    BLOCK = 1 << 22
+
+    def __init__(self, files: list[InputFile]) -> None:
+        self._todo = [f.path for f in files if f.format == "csv" and f.mapping.encoding in ("utf-8", "latin-1")
+                      and not f.path.name.lower().endswith((".gz", ".zst"))]
+        self._lines: dict[str, int] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._count_all, name="purchasepred-input-lines", daemon=True)
+        self._thread.start()
+
+    def _count_all(self) -> None:
+        try:
+            for path in self._todo:
+                n, last, buf = 0, b"\n", bytearray(self.BLOCK)
+                with open(path, "rb", buffering=0) as fh:
+                    while k := fh.readinto(buf):
+                        n += int(np.count_nonzero(np.frombuffer(buf, np.uint8, k) == 10))
+                        last = bytes(buf[k - 1:k])
+                self._lines[str(path)] = n + (last != b"\n")
+        except BaseException as err:  # (a file that cannot be read again is not counted; the load says why)
+            self._error = err
+
+    def result(self) -> dict[str, int]:
+        """The counts by path (waits for the thread); a file not counted is left out."""
+        self._thread.join()
+        return dict(self._lines)
+
+
+def reread_short_groups(con: duckdb.DuckDBPyConnection, groups: list[tuple[int, list[InputFile]]],
+                        lines: dict[str, int], sql: dict[str, str]) -> list[str]:
+    """Load again, on one thread of DuckDB's CSV reader, each group (load_groups) with a file that read
+    fewer records (with the lines the reader could not split) than its lines less its header; the
+    warnings for the files that read more that way.
 
     DuckDB's parallel CSV reader (2.0.1, with rejects stored) can leave out every record from a line it
-    cannot split to the end of the file, with no error and no reject, when that line is among the first
-    of a buffer (01_load_csv.sql's 16 MB; the file's last buffer). prepare then runs again with these
-    files read on one thread, which reads them whole. Fewer records than lines also come from a quoted
-    field over several lines and from empty lines (the reader skips them): such a file is read twice,
-    to the same records. Compressed files are not counted (their lines would cost a decompression)."""
-    rows = {e["path"]: e["rows_read"] for e in inputs}
-    return [path for path, header in csv_header_lines.items()
-            if not path.lower().endswith((".gz", ".zst")) and path in lines and rows[path] + header < lines[path]]
-
-
-def reread_warning(path: str, n: int) -> str:
-    return (f"{path}: DuckDB's parallel CSV reader (version {duckdb.__version__}) left out {n:,} record(s) of it, from a line "
-            "it could not split on; prepare read the file again on one thread, and every record is in")
+    cannot split to the end of the file, with no error and no reject, when that line starts a few bytes
+    into one of its buffers (01_load_csv.sql's 16 MB; the file's last one). On one thread it reads the
+    file whole. A quoted field over several lines and empty lines (the reader skips them) also make a
+    file read fewer records than it has lines: such a group is loaded twice, to the same records.
+    Compressed files are not counted (their lines would cost a second decompression)."""
+    rows = {r["file_path"]: int(r["n"]) for r in _rows(con, named_queries("stats.sql")["rows_read_by_file"])}
+    warnings = []
+    for first_no, group in groups:
+        short = [f for f in group if str(f.path) in lines and rows[str(f.path)] + int(f.mapping.header) < lines[str(f.path)]]
+        if not short:
+            continue
+        _unload(con, first_no, group)
+        _load_group(con, first_no, group, sql, parallel=False)
+        again = {r["file_path"]: int(r["n"]) for r in _rows(con, named_queries("stats.sql")["rows_read_by_file"])}
+        warnings += [f"{f.path}: DuckDB's parallel CSV reader (version {duckdb.__version__}) left out "
+                     f"{again[str(f.path)] - rows[str(f.path)]:,} of its lines, from one it could not split on; prepare "
+                     "read it again on one thread, and every line is in" for f in group if again[str(f.path)] > rows[str(f.path)]]
+    return warnings
 
 
 class InputHashes:
@@ -415,10 +446,6 @@ class InputHashes:
     def __init__(self, paths: list[Path]) -> None:
         self._todo = [p for p in paths if p.is_file()]
         self._digests: dict[str, str] = {}
-        self.lines: dict[str, int] = {}
-        """each file's lines, complete once finish() returns: its newlines, + 1 when its last line has none"""
-        self._newlines = 0
-        self._last = b"\n"  # (the last byte read of the current file; an empty file has no line)
         self._current: tuple[Path, Any, Any] | None = None  # (path, open file, sha256 so far)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -434,18 +461,13 @@ class InputHashes:
                     return False
                 path = self._todo.pop(0)
                 self._current = (path, open(path, "rb"), hashlib.sha256())
-                self._newlines, self._last = 0, b"\n"
             path, fh, digest = self._current
             block = fh.read(self.BLOCK)
             if block:
                 digest.update(block)
-                # (numpy: 0.12 s per GB, where bytes.count takes 0.5 s)
-                self._newlines += int(np.count_nonzero(np.frombuffer(block, np.uint8) == 10))
-                self._last = block[-1:]
             else:
                 fh.close()
                 self._digests[str(path)] = digest.hexdigest()
-                self.lines[str(path)] = self._newlines + (self._last != b"\n")
                 self._current = None
             return True
 
@@ -555,10 +577,7 @@ def _spill_dir(tmp: Path, cfg: PrepareConfig) -> Path:
 def _run(
     paths: list[Path], tmp: Path, cfg: PrepareConfig, icfg: InputConfig, step: Callable[[str], None], now: datetime,
     need_buyers_in: tuple[str, ...] = (), step_progress: Callable[[str, float], None] | None = None,
-    sequential: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """One prepare of ``paths`` into ``tmp``: the manifest (with csv_header_lines, for short_reads) and
-    the audits. The CSV files in ``sequential`` are read by DuckDB's reader on one thread."""
     # an in-memory database (faster than a file) that still spills to temp_dir under memory_limit
     con = connect()
     spill = _spill_dir(tmp, cfg)
@@ -572,6 +591,7 @@ def _run(
         t = time.perf_counter()
         files = _inspect(paths, con, icfg)
         times.record("inspect inputs", time.perf_counter() - t, len(files))
+        lines = LineCounts(files)  # (beside the load: reread_short_groups)
         _set(con, "session_gap_seconds", float(cfg.session_gap_minutes) * 60.0)
         _set(con, "min_item_count", int(cfg.min_item_count))
         _set_time_range(con, now)
@@ -589,7 +609,8 @@ def _run(
                     progress.start(label)  # (first: no report of the step before follows)
                     step(label)
                     progress.watch([con])
-                    _load_group(con, file_no, group, sql, parallel=not sequential.intersection(str(f.path) for f in group))
+                    _load_group(con, file_no, group, sql)
+                reread = reread_short_groups(con, load_groups(files), lines.result(), sql)
                 n_staged = con.execute("select count(*) from staged").fetchone()[0]
                 if n_staged == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
                     raise InputError(f"{', '.join(map(str, paths))}: no event rows could be read")
@@ -624,6 +645,7 @@ def _run(
             _write_parquet(con, table, tmp / f"{table}.parquet")
         times.record("write tables", time.perf_counter() - t, len(written), con)
         manifest = _manifest(con, files, cfg, choice, before_drop)
+        manifest["warnings"] = reread + manifest["warnings"]
     finally:
         progress.close()
         times.peaks.close()
@@ -759,8 +781,8 @@ def _mapped_json_paths(f: InputFile) -> list[tuple[str, str]]:
 def _load_group(con: duckdb.DuckDBPyConnection, first_no: int, group: list[InputFile], sql: dict[str, str],
                 parallel: bool = True) -> None:
     """Load ``group`` (load_groups) in one scan, its files numbered from ``first_no`` (CSV: read by
-    DuckDB's reader on all threads, or on one: short_reads). When the scan fails, what it stored is
-    taken out and each file is loaded on its own, so that the error names it."""
+    DuckDB's reader on all threads, or on one: reread_short_groups). When the scan fails, what it stored
+    is taken out and each file is loaded on its own, so that the error names it."""
     if len(group) == 1:
         with _reading(group[0]):
             _load_files(con, first_no, group, sql, parallel)
@@ -768,17 +790,22 @@ def _load_group(con: duckdb.DuckDBPyConnection, first_no: int, group: list[Input
     try:
         _load_files(con, first_no, group, sql, parallel)
     except duckdb.Error:
-        con.execute("delete from staged where file_no between ? and ?", [first_no, first_no + len(group) - 1])
-        con.execute("delete from raw_rejects where list_contains(?, file_path)", [[str(f.path) for f in group]])
-        con.execute("delete from input_files where file_no between ? and ?", [first_no, first_no + len(group) - 1])
-        # (the reader makes its reject tables when it first stores one)
-        made = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
-        if "load_reject_errors" in made:
-            con.execute("delete from load_reject_errors")
-        if "load_reject_scans" in made:
-            con.execute("delete from load_reject_scans")
+        _unload(con, first_no, group)
         for i, f in enumerate(group):
             _load_group(con, first_no + i, [f], sql, parallel)
+
+
+def _unload(con: duckdb.DuckDBPyConnection, first_no: int, group: list[InputFile]) -> None:
+    """Take out what a load of ``group`` (its files numbered from ``first_no``) stored."""
+    con.execute("delete from staged where file_no between ? and ?", [first_no, first_no + len(group) - 1])
+    con.execute("delete from raw_rejects where list_contains(?, file_path)", [[str(f.path) for f in group]])
+    con.execute("delete from input_files where file_no between ? and ?", [first_no, first_no + len(group) - 1])
+    # (the reader makes its reject tables when it first stores one)
+    made = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
+    if "load_reject_errors" in made:
+        con.execute("delete from load_reject_errors")
+    if "load_reject_scans" in made:
+        con.execute("delete from load_reject_scans")
 
 
 def _load_files(con: duckdb.DuckDBPyConnection, first_no: int, group: list[InputFile], sql: dict[str, str],
@@ -1259,8 +1286,6 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
         "input_mappings": _unique([f.mapping.to_dict() for f in files]),
         # (prepare adds each file's size and sha256)
         "inputs": [{"path": str(f.path), "rows_read": before_drop["rows_read_by_file"][str(f.path)]} for f in files],
-        # (for short_reads; prepare takes it out) the header lines of each CSV file
-        "csv_header_lines": {str(f.path): int(f.mapping.header) for f in files if f.format == "csv"},
         "sql_sha256": sql_hashes(),
         # DuckDB's hash() of a fixed text: sessions are stored as their hash() (00_setup.sql), which orders
         # tied events of different sessions, so a DuckDB whose hash() differs gives another content hash
