@@ -1378,3 +1378,16 @@ def test_a_csv_line_over_the_read_buffer_is_rejected(tmp_path: Path) -> None:
     assert m["rows_read"] == 40 and m["rejects_by_reason"] == {"malformed csv: line size over maximum": 1}
     got = duckdb.connect().execute("select line, reason from read_parquet(?)", [str(tmp_path / "p" / "rejects.parquet")]).fetchall()
     assert got == [(32, "malformed csv: line size over maximum")]  # (and the 2.5 MB line is one of the 39 records)
+
+
+def test_a_csv_with_carriage_return_line_ends_says_how_to_convert_it(tmp_path: Path) -> None:
+    """Lines ending in a lone \\r (classic Mac OS): one clear error naming the file and the tr that fixes
+    it, no traceback from the header's csv parse, and no output."""
+    raw = tmp_path / "mac.csv"
+    raw.write_bytes(TINY.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r"))
+    with pytest.raises(InputError, match=r"mac\.csv: its lines end in a carriage return alone .* e\.g\. tr '\\r' '\\n' < "):
+        prepare([str(raw)], tmp_path / "p", TINY_CFG)
+    assert not (tmp_path / "p").exists()
+    fixed = tmp_path / "events.csv"
+    fixed.write_bytes(raw.read_bytes().replace(b"\r", b"\n"))  # (what the tr of the message does)
+    assert prepare([str(fixed)], tmp_path / "q", TINY_CFG).manifest["rows_read"] == 24

@@ -657,6 +657,17 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     return mapping, names
 
 
+def _check_line_ends(path: Path, cr_only: bool) -> None:
+    """InputError when the head's lines end in a carriage return alone (classic Mac OS), which DuckDB's
+    CSV reader does not take for a line end (one line of all the file's rows)."""
+    if cr_only:
+        quoted = shlex.quote(str(path))
+        tool = {"gzip": "gzip -dc", "zstd": "zstd -dc"}.get(compression_of(path) or "")
+        fix = f"{tool} {quoted} | tr '\\r' '\\n' > events.csv" if tool else f"tr '\\r' '\\n' < {quoted} > events.csv"
+        raise InputError(f"{path}: its lines end in a carriage return alone (\\r, old Mac line ends), which the reader "
+                         f"does not split on; make them \\n first, e.g. {fix}, and prepare events.csv")
+
+
 def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> InputFile:
     """The mapping of one CSV file (``icfg``: its keys, from its input.files ``entry`` when it has one)."""
     head = _open_text_head(path)
@@ -681,6 +692,7 @@ def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> Inpu
     if encoding == "utf-16":
         # (a cut at the end of the head may split a character: only the lines before it are read)
         text = head.decode("utf-16-le", errors="replace").removeprefix("\ufeff")
+        _check_line_ends(path, "\r" in text and "\n" not in text)
         first, _, rest_text = text.partition("\n")
         header_line, rest = first.rstrip("\r"), rest_text.encode("utf-8")
     else:
@@ -692,6 +704,7 @@ def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> Inpu
             _check_latin1(path, head)
         if bom:
             head = head[3:]
+        _check_line_ends(path, b"\r" in head and b"\n" not in head)
         first, _, rest = head.partition(b"\n")
         try:
             header_line = first.decode(encoding).rstrip("\r")
