@@ -37,7 +37,7 @@ from read_csv(
     -- longest line the reader takes (a longer one is a reject: 'malformed csv: line size over maximum');
     -- DuckDB's default is 2,000,000 bytes, and setting max_line_size to it made the same insert 3.8 s
     buffer_size = 16777216,
-    -- (true: all threads; false for a file whose parallel read left records out: prepare.short_reads)
+    -- (true: all threads; false for a file whose parallel read left records out: prepare.reread_short_groups)
     parallel = getvariable('input_parallel')
 );
 

@@ -209,15 +209,15 @@ def compression_of(path: Path) -> str | None:
     return next((c for suffix, c in COMPRESSED_SUFFIXES.items() if path.name.lower().endswith(suffix)), None)
 
 
-def rewrite_hint(path: Path, command: str, in_place: str | None = None) -> str:
-    """A shell line that writes ``path``'s text through the filter ``command`` to events.jsonl: for a
+def rewrite_hint(path: Path, command: str, in_place: str | None = None, out: str = "events.jsonl") -> str:
+    """A shell line that writes ``path``'s text through the filter ``command`` to ``out``: for a
     plain file ``in_place`` (a command on the file itself) when given; a compressed file is
     decompressed into the filter first (a filter on its bytes would ruin the only copy)."""
     quoted = shlex.quote(str(path))
     tool = {"gzip": "gzip -dc", "zstd": "zstd -dc"}.get(compression_of(path) or "")
     if tool is not None:
-        return f"{tool} {quoted} | {command} > events.jsonl"
-    return in_place.format(path=quoted) if in_place else f"{command} < {quoted} > events.jsonl"
+        return f"{tool} {quoted} | {command} > {out}"
+    return in_place.format(path=quoted) if in_place else f"{command} < {quoted} > {out}"
 
 
 def _open_text_head(path: Path, n_bytes: int = 1 << 16) -> bytes:
@@ -661,9 +661,7 @@ def _check_line_ends(path: Path, cr_only: bool) -> None:
     """InputError when the head's lines end in a carriage return alone (classic Mac OS), which DuckDB's
     CSV reader does not take for a line end (one line of all the file's rows)."""
     if cr_only:
-        quoted = shlex.quote(str(path))
-        tool = {"gzip": "gzip -dc", "zstd": "zstd -dc"}.get(compression_of(path) or "")
-        fix = f"{tool} {quoted} | tr '\\r' '\\n' > events.csv" if tool else f"tr '\\r' '\\n' < {quoted} > events.csv"
+        fix = rewrite_hint(path, "tr '\\r' '\\n'", out="events.csv")
         raise InputError(f"{path}: its lines end in a carriage return alone (\\r, old Mac line ends), which the reader "
                          f"does not split on; make them \\n first, e.g. {fix}, and prepare events.csv")
 

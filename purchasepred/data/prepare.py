@@ -34,8 +34,9 @@ import numpy as np
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
-    NULL_LIKE, InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs, guess_time_format,
-    inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint, rewrite_hint, setting,
+    NULL_LIKE, InputFile, check_input_config, check_path, compression_of, duckdb_literal, expand, file_configs,
+    guess_time_format, inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint,
+    rewrite_hint, setting,
 )
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
@@ -380,9 +381,8 @@ class LineCounts:
 
     def __init__(self, files: list[InputFile]) -> None:
         self._todo = [f.path for f in files if f.format == "csv" and f.mapping.encoding in ("utf-8", "latin-1")
-                      and not f.path.name.lower().endswith((".gz", ".zst"))]
+                      and compression_of(f.path) is None]
         self._lines: dict[str, int] = {}
-        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._count_all, name="purchasepred-input-lines", daemon=True)
         self._thread.start()
 
@@ -395,8 +395,8 @@ class LineCounts:
                         n += int(np.count_nonzero(np.frombuffer(buf, np.uint8, k) == 10))
                         last = bytes(buf[k - 1:k])
                 self._lines[str(path)] = n + (last != b"\n")
-        except BaseException as err:  # (a file that cannot be read again is not counted; the load says why)
-            self._error = err
+        except Exception:  # (a file that cannot be read again is not counted; the load says why)
+            pass
 
     def result(self) -> dict[str, int]:
         """The counts by path (waits for the thread); a file not counted is left out."""
@@ -603,14 +603,7 @@ def _run(
         for name, filename in STEPS:
             t = time.perf_counter()
             if name == "load":
-                for file_no, group in load_groups(files):
-                    label = f"load {group[0].path.name}" + (
-                        f" .. {group[-1].path.name} ({len(group):,} files)" if len(group) > 1 else "")
-                    progress.start(label)  # (first: no report of the step before follows)
-                    step(label)
-                    progress.watch([con])
-                    _load_group(con, file_no, group, sql)
-                reread = reread_short_groups(con, load_groups(files), lines.result(), sql)
+                reread = _load_all(con, files, sql, lines, step, progress)
                 n_staged = con.execute("select count(*) from staged").fetchone()[0]
                 if n_staged == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
                     raise InputError(f"{', '.join(map(str, paths))}: no event rows could be read")
@@ -655,6 +648,20 @@ def _run(
     manifest["spill_bytes"] = times.spill_bytes
     manifest["memory_limit"] = memory_limit
     return manifest, audits
+
+
+def _load_all(con: duckdb.DuckDBPyConnection, files: list[InputFile], sql: dict[str, str], lines: LineCounts,
+              step: Callable[[str], None], progress: StepProgress) -> list[str]:
+    """The load step: every group of files (load_groups), each a step line of its own, then the groups
+    the parallel reader cut short loaded again (reread_short_groups, whose warnings it returns)."""
+    groups = load_groups(files)
+    for file_no, group in groups:
+        label = f"load {group[0].path.name}" + (f" .. {group[-1].path.name} ({len(group):,} files)" if len(group) > 1 else "")
+        progress.start(label)  # (first: no report of the step before follows)
+        step(label)
+        progress.watch([con])
+        _load_group(con, file_no, group, sql)
+    return reread_short_groups(con, groups, lines.result(), sql)
 
 
 def _run_step(con: duckdb.DuckDBPyConnection, name: str, filename: str, sql: dict[str, str], tmp: Path,
