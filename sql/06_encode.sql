@@ -1,9 +1,11 @@
 -- encode: one row per event with dense ids and the features the model reads.
--- inputs: kept_events (04_sessionize.sql: user_idx, seq, sessions; text columns as codes), item_ids, brand_ids,
---   category_ids (the maps from codes to ids of 05_vocab.sql).
--- outputs: the view encoded_events (grain: one event; key user_idx, seq; ordered by user_idx, seq, so
---   that the files are byte-identical run to run), which prepare writes straight to events.parquet (no
---   table of the events is stored: the steps after it read the file, through the view events below):
+-- inputs: kept_events (04_sessionize.sql: user_idx, seq, sessions; text columns as codes; stored in
+--   user_idx, seq order), the key tables of 03_clean.sql and the id tables of 05_vocab.sql (item_ids,
+--   brand_ids, categories).
+-- outputs: the view encoded_events (grain: one event; key user_idx, seq; in kept_events' order, which is
+--   user_idx, seq, so that the files are byte-identical run to run), which prepare writes straight to
+--   events.parquet (no table of the events is stored: the steps after it read the file, through the view
+--   events below):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
 --   price_bucket 1 unknown or zero, else 2 + floor(2 * log2(1 + price)) capped at 31;
 --   hour_id 1..24, weekday_id 1..7 (ISO, Monday = 1);
@@ -13,20 +15,38 @@
 --   no product_id and no epoch-seconds ts: writing the text ids cost 0.45 s of the 2 s step at 8M rows
 --   (the integer code 0.1 s), ts 0.25 s; read.sql takes ts from event_at. The training targets (each event's next event, purchase and
 --   cart) are found from these rows when loading (data/sequences.py), so the table stores no copy of them.
+-- No sort: sessionize stores its rows in user and position order (each shard's in its sort's order, the
+--   shards committed in user order: prepare._run_shards), and every step here keeps a scan's order. The
+--   ids are therefore looked up by position in lists indexed by code (codes are 1.. with no gaps), not
+--   joined: a hash join does not keep its input's order. A sort of the view cost 0.2-0.35 s at 8M rows.
+--   prepare still checks the order (audits.sql: events_unique_key) and sorts the written file where a
+--   DuckDB that reorders left it out of order (the query sort_file).
 -- parameters: events_file (the events.parquet prepare wrote, for the view events).
 
 -- name: define
 create or replace view encoded_events as
-with joined as (
+with lookups as (
+    -- code -> id as lists indexed by code (codes are 1.. with no gaps: 03_clean.sql); one row
+    select
+        (select list(i.item_idx order by k.item_code) from item_keys as k left join item_ids as i using (item_code)) as item_idx_of,
+        (select list(b.brand_idx order by k.brand_code) from brand_keys as k left join brand_ids as b using (brand_code)) as brand_idx_of,
+        (select list(c.category_idx order by k.category_key_code) from category_keys as k
+            left join categories as c on c.category = k.category_key) as category_idx_of_key,
+        (select list(c.category_idx order by k.category_code_code) from category_codes as k
+            left join categories as c on c.category = k.category_code) as category_idx_of_code
+),
+
+joined as (
     select
         s.user_idx,
         s.seq,
         s.event_at,
         s.event_type_id,
-        i.item_idx,
+        l.item_idx_of[s.item_code] as item_idx,
         s.item_code,
-        coalesce(b.brand_idx, unknown_id()) as brand_idx,
-        coalesce(c.category_idx, unknown_id()) as category_idx,
+        coalesce(l.brand_idx_of[s.brand_code], unknown_id()) as brand_idx,
+        coalesce(case when s.category_key_code is not null then l.category_idx_of_key[s.category_key_code]
+            else l.category_idx_of_code[s.category_code_code] end, unknown_id()) as category_idx,
         case when s.price is null or s.price <= 0 then unknown_id()
             else least(2 + floor(2 * log2(1 + s.price)), 31) end::tinyint as price_bucket,
         (hour(s.event_at) + 1)::tinyint as hour_id,
@@ -35,16 +55,16 @@ with joined as (
             else least(2 + floor(log2(1 + s.gap_seconds)), 27) end::tinyint as gap_bucket,
         s.session_no,
         s.is_session_start
-    from kept_events as s
-    join item_ids as i using (item_code)
-    left join brand_ids as b using (brand_code)
-    left join category_ids as c
-        on c.category_key_code is not distinct from s.category_key_code
-        and c.category_code_code is not distinct from s.category_code_code
+    from kept_events as s, lookups as l
 )
 
-select * from joined order by user_idx, seq;
+select * from joined;
 
 -- name: events
 -- the written events, what split, the audits and the manifest read
 create or replace view events as select * from read_parquet(getvariable('events_file'));
+
+-- name: sort_file
+-- events.parquet in user_idx, seq order (for prepare to write beside it and put in its place), where
+-- the audit events_unique_key found it out of order
+create or replace view events_in_order as select * from events order by user_idx, seq;

@@ -1138,8 +1138,13 @@ def test_the_short_sort_key_holds_the_extreme_values() -> None:
     con.execute(named_queries("04_sessionize.sql")["define"])
     con.execute("set variable shard_first_user_key = 'u'")
     con.execute("set variable shard_last_user_key = 'u'")
-    got = rows(con, "select item_code, type_item, session_prefix from sorted_events")
-    assert got == [(1, 1, 0), (2, (3 << 30) | 2, 1 << 30)]
+    got = rows(con, "select type_item, session_prefix from sorted_events")
+    assert got == [(1, 0), ((3 << 30) | 2, 1 << 30)]
+    # the pass takes the event's type and item back from the key (the sort carries only the key)
+    con.execute("set variable session_gap_seconds = 1800")
+    con.execute(named_queries("04_sessionize.sql")["shard"])
+    assert rows(con, "select event_type_id, item_code from sessionized") == [(1, 1), (3, 2)]
+    assert rows(con, "select view_id(), purchase_id()") == [(1, 3)]
     # the item code fills the 30 bits below the type rank
     assert prep.MAX_ITEMS == 1 << 30
 
@@ -1239,6 +1244,54 @@ def test_ties_are_sorted_by_every_column_in_every_shard(tmp_path: Path, monkeypa
     assert calls == [(2, sort_once), (2, sort_once)]  # the short key's pass, then the exact one
     assert (m["rows_collapsed"], m["n_events"]) == (2, 2)
     assert rows(open_prepared(tmp_path / "p"), "select product_id, price from items order by product_id")[0] == ("1", 1.0)
+
+
+def _events_in_file_order(folder: Path) -> list[tuple]:
+    return duckdb.connect().execute("select * from read_parquet(?)", [str(folder / "events.parquet")]).fetchall()
+
+
+@pytest.mark.parametrize("sort_once", [False, True])
+def test_shards_commit_in_user_order_so_the_events_need_no_sort(
+        synth_csv: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sort_once: bool) -> None:
+    """Four shards (four threads), each committing its rows in shard order (_run_shards): the events are
+    written in user_idx, seq order with no sort (the audit's fallback sort is made to fail here), and
+    they are the rows, in the order, of a run in one shard."""
+    path, _ = synth_csv
+    cfg = PrepareConfig(eval_days=7, threads=4)
+    one = prepare([str(path)], tmp_path / "one", cfg)  # (20k rows: one shard)
+    monkeypatch.setattr(prep, "MIN_SHARD_ROWS", 1)
+    monkeypatch.setattr(prep, "SORT_ONCE_SHARDS", 1 if sort_once else 8)
+    shards: list[int] = []
+    monkeypatch.setattr(prep, "_user_shards", lambda con, real=prep._user_shards: shards.append(len(real(con))) or real(con))
+    real_write = prep._write_parquet
+
+    def write(con: duckdb.DuckDBPyConnection, source: str, out: Path) -> None:
+        assert source != "events_in_order", "events.parquet came out of order"
+        real_write(con, source, out)
+
+    monkeypatch.setattr(prep, "_write_parquet", write)
+    four = prepare([str(path)], tmp_path / "four", cfg)
+    assert shards == [4]
+    assert four.manifest["content_hash"] == one.manifest["content_hash"]
+    assert _events_in_file_order(tmp_path / "four") == _events_in_file_order(tmp_path / "one")
+
+
+def test_events_written_out_of_order_are_sorted_before_the_audits_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DuckDB that does not keep the scan's order (here: events.parquet written in a shuffled order)
+    costs a sort of the written file, not a failed prepare: the same events, in the same order."""
+    want = prepare([str(TINY)], tmp_path / "ordered", TINY_CFG)
+    real_write = prep._write_parquet
+
+    def shuffled(con: duckdb.DuckDBPyConnection, source: str, out: Path) -> None:
+        if source != "encoded_events":
+            return real_write(con, source, out)
+        con.sql("select * from encoded_events order by hash(user_idx, seq)").write_parquet(str(out))
+
+    monkeypatch.setattr(prep, "_write_parquet", shuffled)
+    got = prepare([str(TINY)], tmp_path / "shuffled", TINY_CFG)
+    assert got.audits["events_unique_key"] == 0
+    assert got.manifest["content_hash"] == want.manifest["content_hash"]
+    assert _events_in_file_order(tmp_path / "shuffled") == _events_in_file_order(tmp_path / "ordered")
 
 
 def test_the_exact_sort_gives_the_short_keys_order_where_that_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
