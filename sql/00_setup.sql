@@ -3,7 +3,10 @@
 -- inputs: none. outputs: staged (grain: one record of one file, typed; reject_reason says why it is
 --   left out, NULL when valid), raw_rejects (grain: one line the CSV reader could not split into the
 --   file's fields), input_files (file_no -> file_path, header lines, and first_row: the rowid of the
---   file's first record in staged), optional_columns (an empty template).
+--   file's first record in staged), reject_lines (grain: one rejected record of a file whose lines and
+--   records differ: its physical line, found by prepare (data/reject_lines.py) by DuckDB's line of a
+--   structural reject, or by the staged index of a typed one; empty for most files), optional_columns
+--   (an empty template).
 -- staged is appended to in file order (preserve_insertion_order): a record's number in its file is
 -- its rowid - first_row + 1, with no row_number() window over the whole file.
 -- parameters (read when a macro runs): time_format, input_time_zone, decimal_separator, event_map, input_event (the one
@@ -208,6 +211,13 @@ create or replace table input_files (
     file_path varchar,
     header_lines integer,
     first_row bigint
+);
+
+create or replace table reject_lines (
+    file_path varchar,
+    structural boolean,  -- true: n is DuckDB's line of a line it could not split; false: n is a staged index
+    n bigint,
+    line bigint
 );
 
 -- the canonical text columns a file may lack: a load unions it by name so that they read as NULL

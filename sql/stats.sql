@@ -58,6 +58,16 @@ select
 from input_files as f
 order by f.file_no;
 
+-- name: rejected_records
+-- the rejected records of one file (parameter: its path): structural ones by DuckDB's line, typed ones
+-- (not the ignored) by their staged index, for data/reject_lines.py
+select true as structural, line as n from raw_rejects where file_path = $1
+union all
+select false, t.rowid - f.first_row + 1
+from staged as t
+join input_files as f using (file_no)
+where f.file_path = $1 and t.reject_reason <> 'ignored';
+
 -- name: reject_examples
 -- the commonest failing values of each reason (up to 5; missing ids and unsplittable lines have none);
 -- ties (every time that fails is often a value of its own) in the order of their md5, a fixed spread

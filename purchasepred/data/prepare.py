@@ -38,6 +38,7 @@ from purchasepred.data.inputs import (
     guess_time_format, inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint,
     rewrite_hint, setting,
 )
+from purchasepred.data.reject_lines import physical_lines
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import connect, named_queries, quiet_progress, split_named, sql_dir
@@ -431,6 +432,34 @@ def reread_short_groups(con: duckdb.DuckDBPyConnection, groups: list[tuple[int, 
     return warnings
 
 
+def find_reject_lines(con: duckdb.DuckDBPyConnection, files: list[InputFile], lines: dict[str, int]) -> list[str]:
+    """The physical line of every rejected record of each counted file that has more lines than records
+    (empty lines, quoted fields over several lines), into reject_lines for 02_validate.sql
+    (data/reject_lines.py); the warning for a file whose records that pass cannot place, where the
+    rejects' lines stay record numbers."""
+    q = named_queries("stats.sql")
+    rows = {r["file_path"]: int(r["n"]) for r in _rows(con, q["rows_read_by_file"])}
+    warnings = []
+    for f in files:
+        path = str(f.path)
+        if path not in lines or rows[path] + int(f.mapping.header) >= lines[path]:
+            continue
+        rejected = con.execute(q["rejected_records"], [path]).fetchall()
+        if not rejected:
+            continue
+        found = physical_lines(f.path, int(f.mapping.header), rows[path],
+                               [n for structural, n in rejected if structural], [n for structural, n in rejected if not structural])
+        if found is None:
+            warnings.append(f"{path}: the line of each of its rejects counts records, not lines: its lines could not be "
+                            "matched to the records DuckDB read (a quote left open?), and after an empty line or a quoted "
+                            "field over several lines the numbers run behind the file's lines")
+            continue
+        for structural, by in ((True, found.structural), (False, found.typed)):
+            con.execute("insert into reject_lines select ?, ?, unnest(?::bigint[]), unnest(?::bigint[])",
+                        [path, structural, list(by.keys()), list(by.values())])
+    return warnings
+
+
 class InputHashes:
     """The sha256 of each input file, for the manifest, taken beside the DuckDB work.
 
@@ -661,7 +690,9 @@ def _load_all(con: duckdb.DuckDBPyConnection, files: list[InputFile], sql: dict[
         step(label)
         progress.watch([con])
         _load_group(con, file_no, group, sql)
-    return reread_short_groups(con, groups, lines.result(), sql)
+    counts = lines.result()
+    warnings = reread_short_groups(con, groups, counts, sql)
+    return warnings + find_reject_lines(con, files, counts)
 
 
 def _audit(con: duckdb.DuckDBPyConnection, tmp: Path) -> dict[str, int]:

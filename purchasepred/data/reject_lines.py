@@ -1,0 +1,133 @@
+"""The physical line of each rejected record of a CSV file whose records and lines differ.
+
+prepare numbers a rejected record by its place among the file's records (a record's rowid in staged,
+02_validate.sql), and DuckDB's CSV reader numbers the lines it cannot split by its own count, which
+takes in empty lines but not the line breaks inside quoted fields. Both are the record's line in the
+file only when every line holds one record. A file with empty lines (the reader skips them) or with
+quoted fields over several lines has more lines than records, and there both numbers drift from the
+line an editor shows. For such a file (prepare knows it from its line count: LineCounts), one pass
+over its bytes here finds where each record starts:
+
+- a line break ends a record where the quotes before it are balanced (the file's quote is '"', a quote
+  inside a quoted field is doubled: both keep the count's parity right);
+- a line that starts a record and holds nothing (or only a carriage return) is empty, and not a record;
+- any other line that starts after a record's end starts the next record, the header first.
+
+The pass reads the file in blocks with numpy (no Python loop per line) and keeps only the records
+asked for. It checks its own count against DuckDB's: where they differ (a quote left open, which
+DuckDB reads another way), it answers None and the record numbers stay as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BLOCK = 1 << 24
+_NL, _CR, _QUOTE = 10, 13, 34
+
+
+@dataclass(frozen=True)
+class RejectLines:
+    """Physical lines (1-based) by DuckDB's line of a structural reject and by the staged index (the
+    1-based place among the file's records that the reader parsed) of a typed one."""
+
+    structural: dict[int, int]
+    typed: dict[int, int]
+
+
+@dataclass
+class _Scan:
+    """What one block leaves to the next."""
+
+    lines: int = 0  # line breaks so far
+    quotes: int = 0  # quotes so far
+    last_break: int = -1  # byte offset of the last line break (-1: the file's start)
+    last_break_ends: bool = True  # whether it ended a record (the file's start does)
+    last_byte: int = -1  # the block's last byte
+    continuations: int = 0  # lines so far that began inside a quoted field
+    records: int = 0  # records so far (the header is the first)
+    structural: int = 0  # records so far that DuckDB could not split
+
+
+def physical_lines(path: Path, header_lines: int, n_records: int, structural: list[int],
+                   typed: list[int]) -> RejectLines | None:
+    """The physical line of each structural reject (by DuckDB's line) and typed reject (by staged index)
+    of an uncompressed UTF-8 or latin-1 CSV file that DuckDB read as ``n_records`` records after its
+    header (structural rejects included); None where this pass counts the records otherwise."""
+    want_structural = np.unique(np.asarray(structural, dtype=np.int64))
+    want_typed = np.unique(np.asarray(typed, dtype=np.int64))
+    found_structural: dict[int, int] = {}
+    found_typed: dict[int, int] = {}
+    scan = _Scan()
+    offset = 0
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(BLOCK)
+        while k := fh.readinto(buf):
+            block = np.frombuffer(buf, np.uint8, k)
+            quotes = np.flatnonzero(block == _QUOTE)
+            _starts(block, np.flatnonzero(block == _NL), quotes, offset, scan, header_lines,
+                    want_structural, want_typed, found_structural, found_typed)
+            scan.quotes += len(quotes)
+            scan.last_byte = int(block[-1])
+            offset += k
+    if offset - 1 > scan.last_break:  # a last line with no line break after it
+        _last_line(offset, scan, header_lines, want_structural, want_typed, found_structural, found_typed)
+    if (scan.records - header_lines != n_records or len(found_structural) != len(want_structural)
+            or len(found_typed) != len(want_typed)):
+        return None
+    return RejectLines(found_structural, found_typed)
+
+
+def _starts(block: np.ndarray, breaks: np.ndarray, quotes: np.ndarray, offset: int, scan: _Scan, header_lines: int,
+            want_structural: np.ndarray, want_typed: np.ndarray,
+            found_structural: dict[int, int], found_typed: dict[int, int]) -> None:
+    """The lines that the block's line breaks end: which start a record, and the wanted ones' lines."""
+    if len(breaks) == 0:
+        return
+    quotes_before = scan.quotes + np.searchsorted(quotes, breaks)
+    ends = quotes_before % 2 == 0  # this break ends a record
+    at = breaks + offset
+    previous = np.concatenate(([scan.last_break], at[:-1]))
+    previous_ends = np.concatenate(([scan.last_break_ends], ends[:-1]))
+    byte_before = np.where(breaks > 0, block[np.maximum(breaks - 1, 0)], scan.last_byte)
+    length = at - previous - 1 - ((byte_before == _CR) & (at - previous > 1))
+    _classify(np.arange(scan.lines + 1, scan.lines + len(breaks) + 1), ~previous_ends, length, scan, header_lines,
+              want_structural, want_typed, found_structural, found_typed)
+    scan.lines += len(breaks)
+    scan.last_break = int(at[-1])
+    scan.last_break_ends = bool(ends[-1])
+
+
+def _last_line(size: int, scan: _Scan, header_lines: int, want_structural: np.ndarray, want_typed: np.ndarray,
+               found_structural: dict[int, int], found_typed: dict[int, int]) -> None:
+    length = size - scan.last_break - 1 - (scan.last_byte == _CR)
+    _classify(np.array([scan.lines + 1]), np.array([not scan.last_break_ends]), np.array([length]), scan, header_lines,
+              want_structural, want_typed, found_structural, found_typed)
+
+
+def _classify(line: np.ndarray, continued: np.ndarray, length: np.ndarray, scan: _Scan, header_lines: int,
+              want_structural: np.ndarray, want_typed: np.ndarray,
+              found_structural: dict[int, int], found_typed: dict[int, int]) -> None:
+    """Lines numbered ``line``, each a continuation of a quoted field or not and of ``length`` bytes: the
+    records they start, DuckDB's line of each (the line less the continuations before it), and the
+    staged index of each record that DuckDB parsed (its place among them)."""
+    continuations = scan.continuations + np.cumsum(continued)
+    starts = ~continued & (length > 0)
+    record = scan.records + np.cumsum(starts)
+    first = line[starts]
+    duckdb_line = first - continuations[starts]
+    number = record[starts]
+    is_structural = np.isin(duckdb_line, want_structural) & (number > header_lines)
+    structural_before = scan.structural + np.cumsum(is_structural) - is_structural
+    staged_index = number - header_lines - structural_before
+    for d, p in zip(duckdb_line[is_structural].tolist(), first[is_structural].tolist(), strict=True):
+        found_structural[d] = p
+    hit = ~is_structural & (number > header_lines) & np.isin(staged_index, want_typed)
+    for s, p in zip(staged_index[hit].tolist(), first[hit].tolist(), strict=True):
+        found_typed[s] = p
+    scan.continuations = int(continuations[-1])
+    scan.records = int(record[-1])
+    scan.structural += int(np.count_nonzero(is_structural))

@@ -1,0 +1,106 @@
+"""Rejects carry their physical line in files whose lines and records differ (data/reject_lines.py):
+empty lines, quoted fields over several lines, LF and CRLF line ends, and the scan's block edges
+anywhere (a block of a few bytes cuts between a carriage return and its line feed, and inside quotes)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from purchasepred.config import PrepareConfig
+from purchasepred.data import prepare as prep
+from purchasepred.data import reject_lines
+from purchasepred.data.reject_lines import physical_lines
+
+HEADER = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
+CFG = PrepareConfig(eval_days=1, min_item_count=1)
+
+
+def write_log(path: Path, seed: int, eol: str, n: int = 300) -> list[tuple[int, str]]:
+    """A log with empty lines (one or two), quoted fields holding line breaks (and doubled quotes), and
+    typed and structural rejects; returns each reject's (physical line, reason)."""
+    rnd = random.Random(seed)
+    out, line, want = [HEADER + eol], 2, []
+    for i in range(n):
+        if rnd.random() < 0.08:
+            k = rnd.choice([1, 2])
+            out.append(eol * k)
+            line += k
+        code = "a.b"
+        if rnd.random() < 0.1:
+            code = '"x' + rnd.choice(["\n", eol, "\n\n", eol + eol]) + 'y ""q"""'
+        fields = [f"2020-01-0{1 + i * 9 // n} 10:{i % 60:02d}:00 UTC", "purchase" if i % 4 == 0 else "view", str(i % 11),
+                  "10", code, "br", "3.0", f"u{i % 13}", f"s{i % 13}"]
+        kind = rnd.random()
+        if kind < 0.05:
+            fields[6] = "-5"
+            want.append((line, "negative price"))
+        elif kind < 0.10:
+            fields = fields[:4]
+            want.append((line, "wrong field count"))
+        elif kind < 0.13:
+            fields[0] = "not a time"
+            want.append((line, "unparseable event_time"))
+        record = ",".join(fields)
+        out.append(record + eol)
+        line += record.count("\n") + 1
+    path.write_text("".join(out), newline="")
+    return want
+
+
+def reject_rows(folder: Path) -> list[tuple[int, str]]:
+    return duckdb.connect().execute("select line, reason from read_parquet(?) order by line",
+                                    [str(folder / "rejects.parquet")]).fetchall()
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("block", [5, 1 << 24], ids=["tiny_blocks", "default_blocks"])
+@pytest.mark.parametrize("seed", [0, 5])
+def test_rejects_carry_their_physical_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, eol: str, block: int, seed: int) -> None:
+    monkeypatch.setattr(reject_lines, "BLOCK", block)
+    raw = tmp_path / "log.csv"
+    want = write_log(raw, seed, eol)
+    assert {reason for _, reason in want} == {"negative price", "wrong field count", "unparseable event_time"}
+    summary = prep.prepare([str(raw)], tmp_path / "p", CFG)
+    assert reject_rows(tmp_path / "p") == sorted(want)
+    assert not [w for w in summary.manifest["warnings"] if "counts records, not lines" in w]
+
+
+def test_a_file_with_one_record_per_line_is_not_scanned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No empty line and no quoted line break: the record numbers are the lines, and the file is not read again."""
+    raw = tmp_path / "plain.csv"
+    rows = [f"2020-01-0{1 + i // 10} 10:00:{i:02d} UTC,{'purchase' if i % 3 == 0 else 'view'},{i % 4},10,a.b,br,3.0,u{i % 5},s"
+            for i in range(60)]
+    rows[20] = rows[20].replace(",3.0,", ",-5,")
+    rows[40] = "2020-01-05 10:00:00 UTC,view,1"
+    raw.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(prep, "physical_lines", lambda *a: pytest.fail("scanned a file with one record per line"))
+    prep.prepare([str(raw)], tmp_path / "p", CFG)
+    assert reject_rows(tmp_path / "p") == [(22, "negative price"), (42, "wrong field count")]
+
+
+def test_records_the_scan_cannot_place_keep_their_numbers_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the scan counts the records otherwise than DuckDB (here: made to), the rejects keep their
+    record numbers and the run says so for that file."""
+    raw = tmp_path / "log.csv"
+    write_log(raw, 0, "\n")
+    monkeypatch.setattr(prep, "physical_lines", lambda *a: None)
+    summary = prep.prepare([str(raw)], tmp_path / "p", CFG)
+    assert [w for w in summary.manifest["warnings"] if w.startswith(f"{raw}:") and "counts records, not lines" in w]
+    assert reject_rows(tmp_path / "p")
+
+
+def test_the_scan_answers_none_when_its_count_differs(tmp_path: Path) -> None:
+    raw = tmp_path / "a.csv"
+    raw.write_bytes(b'h\n1\n\n"2\n3"\n4')
+    assert physical_lines(raw, 1, 3, [], [1, 2, 3]) is not None
+    assert physical_lines(raw, 1, 3, [], [1, 2, 3]).typed == {1: 2, 2: 4, 3: 6}
+    assert physical_lines(raw, 1, 4, [], [1]) is None  # DuckDB read 4 records: not this file's count
+    assert physical_lines(raw, 1, 3, [9], []) is None  # a structural line that starts no record
+    raw.write_bytes(b'h\r\n\r\n1\r\n"2\r\n\r\n3"\r\n')
+    got = physical_lines(raw, 1, 2, [3], [1])  # DuckDB's line 3 is the physical 3 (the empty line counts)
+    assert got is not None and (got.structural, got.typed) == ({3: 3}, {1: 4})
+    assert physical_lines(raw, 1, 2, [3], [2]) is None  # one record parsed, not two
