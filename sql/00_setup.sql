@@ -4,7 +4,7 @@
 --   left out, NULL when valid), raw_rejects (grain: one line the CSV reader could not split into the
 --   file's fields), input_files (file_no -> file_path, header lines, and first_row: the rowid of the
 --   file's first record in staged), reject_lines (grain: one rejected record of a file whose lines and
---   records differ: its physical line, found by prepare (data/reject_lines.py) by DuckDB's line of a
+--   records differ: its physical line, found by prepare (data/csv_lines.py) by DuckDB's line of a
 --   structural reject, or by the staged index of a typed one; empty for most files), optional_columns
 --   (an empty template).
 -- staged is appended to in file order (preserve_insertion_order): a record's number in its file is

@@ -60,7 +60,7 @@ order by f.file_no;
 
 -- name: rejected_records
 -- the rejected records of one file (parameter: its path): structural ones by DuckDB's line, typed ones
--- (not the ignored) by their staged index, for data/reject_lines.py
+-- (not the ignored) by their staged index, for data/csv_lines.py
 select true as structural, line as n from raw_rejects where file_path = $1
 union all
 select false, t.rowid - f.first_row + 1

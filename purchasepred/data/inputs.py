@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, get_args
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Literal, get_args
 
 from purchasepred.config import InputConfig, SchemaName, file_entry
 from purchasepred.errors import InputError
@@ -248,26 +249,45 @@ def _open_text_head(path: Path, n_bytes: int = 1 << 16) -> bytes:
 
 def _zstd_head(path: Path, n_bytes: int) -> bytes:
     """The first ``n_bytes`` of a zstd-compressed file, across frames (pzstd and appended files write
-    several), its errors as OSError: Python 3.14's compression.zstd, else the zstandard package
-    (DuckDB decompresses the body)."""
+    several), its errors as OSError (DuckDB decompresses the body)."""
+    with open_bytes(path) as fh:
+        chunks, n = [], 0
+        while n < n_bytes and (chunk := fh.read(n_bytes - n)):
+            chunks.append(chunk)
+            n += len(chunk)
+        return b"".join(chunks)
+
+
+@contextmanager
+def open_bytes(path: Path) -> Iterator[BinaryIO]:
+    """``path``'s bytes, decompressed when its name ends in .gz or .zst (zstd across frames, by Python
+    3.14's compression.zstd, else the zstandard package); a zstd error is raised as OSError."""
+    compression = compression_of(path)
+    if compression == "gzip":
+        with gzip.open(path, "rb") as fh:
+            yield fh  # type: ignore[misc]
+        return
+    if compression != "zstd":
+        with open(path, "rb") as fh:
+            yield fh
+        return
     try:
         from compression import zstd  # type: ignore[import-not-found]  # (Python 3.14+)
+
+        errors: tuple[type[BaseException], ...] = (zstd.ZstdError,)
     except ImportError:
         import zstandard
 
-        try:
-            with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as fh:
-                chunks, n = [], 0
-                while n < n_bytes and (chunk := fh.read(n_bytes - n)):
-                    chunks.append(chunk)
-                    n += len(chunk)
-                return b"".join(chunks)
-        except zstandard.ZstdError as err:
-            raise OSError(str(err)) from None
+        errors = (zstandard.ZstdError,)
+        zstd = None
     try:
-        with zstd.open(path, "rb") as fh:
-            return fh.read(n_bytes)
-    except zstd.ZstdError as err:
+        if zstd is not None:
+            with zstd.open(path, "rb") as fh:
+                yield fh
+        else:
+            with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as fh:
+                yield fh
+    except errors as err:
         raise OSError(str(err)) from None
 
 

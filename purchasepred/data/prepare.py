@@ -19,6 +19,7 @@ import shutil
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,9 +37,9 @@ from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
     NULL_LIKE, InputFile, check_input_config, check_path, compression_of, duckdb_literal, expand, file_configs,
     guess_time_format, inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint,
-    rewrite_hint, setting,
+    open_bytes, rewrite_hint, setting,
 )
-from purchasepred.data.reject_lines import physical_lines
+from purchasepred.data.csv_lines import physical_lines, stray_line_end
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import connect, named_queries, quiet_progress, split_named, sql_dir
@@ -435,7 +436,7 @@ def reread_short_groups(con: duckdb.DuckDBPyConnection, groups: list[tuple[int, 
 def find_reject_lines(con: duckdb.DuckDBPyConnection, files: list[InputFile], lines: dict[str, int]) -> list[str]:
     """The physical line of every rejected record of each counted file that has more lines than records
     (empty lines, quoted fields over several lines), into reject_lines for 02_validate.sql
-    (data/reject_lines.py); the warning for a file whose records that pass cannot place, where the
+    (data/csv_lines.py); the warning for a file whose records that pass cannot place, where the
     rejects' lines stay record numbers."""
     q = named_queries("stats.sql")
     rows = {r["file_path"]: int(r["n"]) for r in _rows(con, q["rows_read_by_file"])}
@@ -902,7 +903,24 @@ def _reading_file(path: Path, encoding: str, fmt: str) -> Iterator[None]:
             fix = rewrite_hint(path, "sed 's/\\r$//'", "sed -i 's/\\r$//' {path}")
             raise InputError(f"{path}: could not be read: its lines do not all end alike (\\n in some, \\r\\n in others, "
                              f"or a stray \\r); make them one kind first, e.g. {fix}") from None
+        if fmt == "csv" and encoding in ("utf-8", "latin-1") and "state machine reached an invalid state" in str(err):
+            _raise_stray_line_end(path)
         raise InputError(f"{path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
+
+
+def _raise_stray_line_end(path: Path) -> None:
+    """InputError naming the first line whose end DuckDB's CSV reader stops at (data/csv_lines.py), where
+    there is one: its own error names no line."""
+    try:
+        with open_bytes(path) as fh:
+            line = stray_line_end(fh)
+    except (OSError, EOFError, zlib.error):
+        return
+    if line is not None:
+        fix = rewrite_hint(path, "tr -d '\\r'", out="events.csv")
+        raise InputError(f"{path}: could not be read: line {line:,} ends otherwise than the first line (\\r\\n among \\n "
+                         "or the reverse) or holds a carriage return (\\r) outside quotes, where DuckDB's CSV reader "
+                         f"stops; make every line end in \\n first, e.g. {fix}, and prepare events.csv") from None
 
 
 def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[InputFile], sql: dict[str, str],

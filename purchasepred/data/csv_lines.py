@@ -1,4 +1,8 @@
-"""The physical line of each rejected record of a CSV file whose records and lines differ.
+"""Where records and line ends sit in a CSV file's bytes (UTF-8 or latin-1; the quote is '"'), found
+with numpy a block at a time: the physical line of each rejected record of a file whose records and
+lines differ (physical_lines), and the first line end that DuckDB's CSV reader stops at (stray_line_end).
+
+The physical line of each rejected record of a CSV file whose records and lines differ:
 
 prepare numbers a rejected record by its place among the file's records (a record's rowid in staged,
 02_validate.sql), and DuckDB's CSV reader numbers the lines it cannot split by its own count, which
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -131,3 +136,43 @@ def _classify(line: np.ndarray, continued: np.ndarray, length: np.ndarray, scan:
     scan.continuations = int(continuations[-1])
     scan.records = int(record[-1])
     scan.structural += int(np.count_nonzero(is_structural))
+
+
+def stray_line_end(fh: BinaryIO) -> int | None:
+    """The line (1-based) of the first line end, outside quotes, that is not of the kind the first line
+    ends in (\\r\\n in a file of \\n, or \\n in a file of \\r\\n), or is a carriage return alone; None
+    where there is none. DuckDB's CSV reader takes the first line's end for the file's, and stops at such
+    a line with a bare "state machine reached an invalid state", naming no line. It takes any line end
+    right after a closing quote, and a return that ends the file, and so does this."""
+    crlf: bool | None = None  # the first line's kind, once its line break is read
+    lines = quotes = 0
+    last = -1  # the last byte of the block before
+    pending: int | None = None  # (CRLF) the line of a return, outside quotes, that ended the block before
+    while block := fh.read(BLOCK):
+        b = np.frombuffer(block, np.uint8)
+        if pending is not None and b[0] != _NL:
+            return pending
+        breaks, returns, quote_at = np.flatnonzero(b == _NL), np.flatnonzero(b == _CR), np.flatnonzero(b == _QUOTE)
+        if crlf is None and len(breaks):
+            crlf = bool((b[breaks[0] - 1] if breaks[0] > 0 else last) == _CR)
+        stray = np.zeros(0, dtype=np.int64)
+        if crlf is False:
+            stray = returns
+        elif crlf:
+            before = np.where(breaks > 0, b[np.maximum(breaks - 1, 0)], last)  # the byte before each line break
+            inside = returns < len(b) - 1  # (a return that ends the block: its next byte is the next block's)
+            stray = np.concatenate((returns[inside][b[returns[inside] + 1] != _NL], breaks[before != _CR]))
+        # (DuckDB takes a line end of the other kind right after a closing quote, but not a return alone
+        # in a file of \r\n)
+        exempt = np.where(stray > 0, b[np.maximum(stray - 1, 0)], last) == _QUOTE
+        if crlf:
+            exempt &= b[stray] == _NL
+        outside = ((quotes + np.searchsorted(quote_at, stray)) % 2 == 0) & ~exempt
+        if outside.any():
+            return lines + int(np.searchsorted(breaks, stray[outside].min())) + 1
+        ends_in_return = crlf and len(returns) and returns[-1] == len(b) - 1 and (quotes + len(quote_at)) % 2 == 0
+        pending = lines + len(breaks) + 1 if ends_in_return else None
+        lines += len(breaks)
+        quotes += len(quote_at)
+        last = int(b[-1])
+    return None  # (a return that ends the file ends its last line)

@@ -1,10 +1,13 @@
-"""Rejects carry their physical line in files whose lines and records differ (data/reject_lines.py):
+"""Rejects carry their physical line in files whose lines and records differ (data/csv_lines.py):
 empty lines, quoted fields over several lines, LF and CRLF line ends, and the scan's block edges
 anywhere (a block of a few bytes cuts between a carriage return and its line feed, and inside quotes)."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import random
+import subprocess
 from pathlib import Path
 
 import duckdb
@@ -12,8 +15,9 @@ import pytest
 
 from purchasepred.config import PrepareConfig
 from purchasepred.data import prepare as prep
-from purchasepred.data import reject_lines
-from purchasepred.data.reject_lines import physical_lines
+from purchasepred.data import csv_lines
+from purchasepred.data.csv_lines import physical_lines, stray_line_end
+from purchasepred.errors import InputError
 
 HEADER = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
 CFG = PrepareConfig(eval_days=1, min_item_count=1)
@@ -60,7 +64,7 @@ def reject_rows(folder: Path) -> list[tuple[int, str]]:
 @pytest.mark.parametrize("block", [5, 1 << 24], ids=["tiny_blocks", "default_blocks"])
 @pytest.mark.parametrize("seed", [0, 5])
 def test_rejects_carry_their_physical_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, eol: str, block: int, seed: int) -> None:
-    monkeypatch.setattr(reject_lines, "BLOCK", block)
+    monkeypatch.setattr(csv_lines, "BLOCK", block)
     raw = tmp_path / "log.csv"
     want = write_log(raw, seed, eol)
     assert {reason for _, reason in want} == {"negative price", "wrong field count", "unparseable event_time"}
@@ -104,3 +108,58 @@ def test_the_scan_answers_none_when_its_count_differs(tmp_path: Path) -> None:
     got = physical_lines(raw, 1, 2, [3], [1])  # DuckDB's line 3 is the physical 3 (the empty line counts)
     assert got is not None and (got.structural, got.typed) == ({3: 3}, {1: 4})
     assert physical_lines(raw, 1, 2, [3], [2]) is None  # one record parsed, not two
+
+
+def _random_log(rnd: random.Random) -> bytes:
+    eol = rnd.choice([b"\n", b"\r\n"])
+    parts = [b"h,a" + eol]
+    for _ in range(rnd.randint(1, 8)):
+        field = rnd.choice([b"x", b'"a\r\nb"', b'"a\rb"', b"y\rz", b'"q""r"', b"p"])
+        parts.append(b"1," + field + rnd.choice([eol, eol, eol, b"\n", b"\r\n", b"\r"]))
+    return b"".join(parts)
+
+
+def test_stray_line_ends_are_where_duckdbs_reader_stops(tmp_path: Path) -> None:
+    """On random small files of mixed line ends, returns inside and outside quotes and doubled quotes,
+    DuckDB's reader (as the load sets it up) fails exactly where stray_line_end finds a line, and the
+    line is the same with blocks of a few bytes (cut anywhere, between a return and its line feed too)."""
+    rnd = random.Random(7)
+    raw = tmp_path / "r.csv"
+    con = duckdb.connect()
+    failed = 0
+    for _ in range(150):
+        data = _random_log(rnd)
+        raw.write_bytes(data)
+        try:
+            con.execute("select * from read_csv(?, header = true, auto_detect = false, quote = '\"', escape = '\"', "
+                        "columns = {'h': 'VARCHAR', 'a': 'VARCHAR'}, buffer_size = 16777216, store_rejects = true)", [str(raw)]).fetchall()
+            stops = False
+        except duckdb.InvalidInputException as err:
+            assert "state machine reached an invalid state" in str(err)
+            stops = True
+        line = stray_line_end(io.BytesIO(data))
+        assert (line is not None) == stops, data
+        failed += stops
+        for block in (1, 2, 3, 5):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(csv_lines, "BLOCK", block)
+                assert stray_line_end(io.BytesIO(data)) == line, (block, data)
+    assert 20 < failed < 130  # (both kinds of file were tried)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_a_stray_carriage_return_names_its_line_and_the_fix(tmp_path: Path, suffix: str) -> None:
+    """DuckDB's reader stops at a return alone outside quotes with an error that names no line: prepare
+    names the line and a tr that mends it, leaves nothing behind, and the mended file prepares."""
+    rows = [f"2020-01-0{1 + i // 10} 10:00:{i:02d} UTC,{'purchase' if i % 3 == 0 else 'view'},{i % 4},10,a.b,br,3.0,u{i % 5},s"
+            for i in range(60)]
+    rows[30] = rows[30].replace("a.b", "a\rb")
+    text = (HEADER + "\n" + "\n".join(rows) + "\n").encode()
+    raw = tmp_path / f"log{suffix}"
+    raw.write_bytes(gzip.compress(text) if suffix.endswith(".gz") else text)
+    with pytest.raises(InputError, match=r"line 32 ends otherwise than the first line .* holds a carriage return") as err:
+        prep.prepare([str(raw)], tmp_path / "p", CFG)
+    assert not (tmp_path / "p").exists()
+    fix = str(err.value).split("e.g. ")[1].split(", and prepare")[0]
+    subprocess.run(fix, shell=True, cwd=tmp_path, check=True)
+    prep.prepare([str(tmp_path / "events.csv")], tmp_path / "p", CFG)
