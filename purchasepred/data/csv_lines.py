@@ -57,22 +57,57 @@ class _Scan:
     structural: int = 0  # records so far that DuckDB could not split
 
 
+# quotes inside unquoted fields (55" tv) a file may hold before the passes here give up (each costs a
+# look at the block's quotes after it)
+MAX_LITERAL_QUOTES = 1000
+
+
+def _field_quotes(block: np.ndarray, quotes: np.ndarray, quotes_before: int, last: int, delimiter: int,
+                  literal: list[int]) -> np.ndarray | None:
+    """The quotes of ``block`` (at ``quotes``) that open or close a quoted field, in a file whose blocks
+    before held ``quotes_before`` of them and ended in the byte ``last`` (-1 at the file's start). A quote
+    that opens a field follows the delimiter's last byte ``delimiter``, a line end, or the first quote of
+    a doubled pair; one where quotes are closed that follows anything else sits inside an unquoted field
+    (55" tv), and DuckDB reads it as text: it is left out, and its offset counted in ``literal`` (None
+    once the file has more than MAX_LITERAL_QUOTES of them)."""
+    before = np.where(quotes > 0, block[np.maximum(quotes - 1, 0)], last)
+    field_start = (before == delimiter) | (before == _NL) | (before == _CR) | (before == _QUOTE) | (before == -1)
+    keep = np.ones(len(quotes), dtype=bool)
+    start = 0
+    while True:
+        rest = np.flatnonzero(keep[start:]) + start  # (the quotes not left out, from start on)
+        opening = (quotes_before + np.count_nonzero(keep[:start]) + np.arange(len(rest))) % 2 == 0
+        bad = np.flatnonzero(opening & ~field_start[rest])
+        if len(bad) == 0:
+            return quotes[keep]
+        first = int(rest[bad[0]])
+        keep[first] = False
+        literal.append(int(quotes[first]))
+        if len(literal) > MAX_LITERAL_QUOTES:
+            return None
+        start = first + 1
+
+
 def physical_lines(path: Path, header_lines: int, n_records: int, structural: list[int],
-                   typed: list[int]) -> RejectLines | None:
+                   typed: list[int], delimiter: int = 44) -> RejectLines | None:
     """The physical line of each structural reject (by DuckDB's line) and typed reject (by staged index)
     of an uncompressed UTF-8 or latin-1 CSV file that DuckDB read as ``n_records`` records after its
-    header (structural rejects included); None where this pass counts the records otherwise."""
+    header (structural rejects included), whose delimiter ends in the byte ``delimiter``; None where this
+    pass counts the records otherwise (or meets over MAX_LITERAL_QUOTES quotes inside unquoted fields)."""
     want_structural = np.unique(np.asarray(structural, dtype=np.int64))
     want_typed = np.unique(np.asarray(typed, dtype=np.int64))
     found_structural: dict[int, int] = {}
     found_typed: dict[int, int] = {}
     scan = _Scan()
     offset = 0
+    literal: list[int] = []
     with open(path, "rb", buffering=0) as fh:
         buf = bytearray(BLOCK)
         while k := fh.readinto(buf):
             block = np.frombuffer(buf, np.uint8, k)
-            quotes = np.flatnonzero(block == _QUOTE)
+            quotes = _field_quotes(block, np.flatnonzero(block == _QUOTE), scan.quotes, scan.last_byte, delimiter, literal)
+            if quotes is None:
+                return None
             _starts(block, np.flatnonzero(block == _NL), quotes, offset, scan, header_lines,
                     want_structural, want_typed, found_structural, found_typed)
             scan.quotes += len(quotes)
@@ -138,30 +173,40 @@ def _classify(line: np.ndarray, continued: np.ndarray, length: np.ndarray, scan:
     scan.structural += int(np.count_nonzero(is_structural))
 
 
-def stray_line_end(fh: BinaryIO) -> int | None:
+def stray_line_end(fh: BinaryIO, delimiter: int = 44) -> int | None:
     """The line (1-based) of the first line end, outside quotes, that is not of the kind the first line
     ends in (\\r\\n in a file of \\n, or \\n in a file of \\r\\n), or is a carriage return alone; None
     where there is none. DuckDB's CSV reader takes the first line's end for the file's, and stops at such
     a line with a bare "state machine reached an invalid state", naming no line. It takes any line end
-    right after a closing quote, and a return that ends the file, and so does this."""
+    right after a closing quote, and a return that ends the file, and so does this. Quotes inside
+    unquoted fields are text (_field_quotes; None after MAX_LITERAL_QUOTES of them before such a line).
+    ``delimiter`` is the last byte of the file's delimiter."""
     crlf: bool | None = None  # the first line's kind, once its line break is read
     lines = quotes = 0
     last = -1  # the last byte of the block before
-    pending: int | None = None  # (CRLF) the line of a return, outside quotes, that ended the block before
+    pending: int | None = None  # the line of a return, outside quotes, that ended the block before
+    literal: list[int] = []
     while block := fh.read(BLOCK):
         b = np.frombuffer(block, np.uint8)
         if pending is not None and b[0] != _NL:
             return pending
-        breaks, returns, quote_at = np.flatnonzero(b == _NL), np.flatnonzero(b == _CR), np.flatnonzero(b == _QUOTE)
+        breaks, returns = np.flatnonzero(b == _NL), np.flatnonzero(b == _CR)
+        quote_at = _field_quotes(b, np.flatnonzero(b == _QUOTE), quotes, last, delimiter, literal)
+        if quote_at is None:
+            return None
         if crlf is None and len(breaks):
             crlf = bool((b[breaks[0] - 1] if breaks[0] > 0 else last) == _CR)
         stray = np.zeros(0, dtype=np.int64)
-        if crlf is False:
-            stray = returns
+        inside = returns < len(b) - 1  # (a return that ends the block: its next byte is the next block's)
+        return_before = np.where(returns > 0, b[np.maximum(returns - 1, 0)], last)
+        if crlf is False:  # (an empty line \r\n is one DuckDB skips)
+            # (a return before it that is no stray one ended a line after a closing quote)
+            empty = inside & np.isin(return_before, (_NL, _CR, -1)) & (b[np.minimum(returns + 1, len(b) - 1)] == _NL)
+            stray = returns[inside & ~empty]
         elif crlf:
             before = np.where(breaks > 0, b[np.maximum(breaks - 1, 0)], last)  # the byte before each line break
-            inside = returns < len(b) - 1  # (a return that ends the block: its next byte is the next block's)
-            stray = np.concatenate((returns[inside][b[returns[inside] + 1] != _NL], breaks[before != _CR]))
+            # (an empty line \n is one DuckDB skips)
+            stray = np.concatenate((returns[inside][b[returns[inside] + 1] != _NL], breaks[(before != _CR) & (before != _NL)]))
         # (DuckDB takes a line end of the other kind right after a closing quote, but not a return alone
         # in a file of \r\n)
         exempt = np.where(stray > 0, b[np.maximum(stray - 1, 0)], last) == _QUOTE
@@ -170,7 +215,13 @@ def stray_line_end(fh: BinaryIO) -> int | None:
         outside = ((quotes + np.searchsorted(quote_at, stray)) % 2 == 0) & ~exempt
         if outside.any():
             return lines + int(np.searchsorted(breaks, stray[outside].min())) + 1
-        ends_in_return = crlf and len(returns) and returns[-1] == len(b) - 1 and (quotes + len(quote_at)) % 2 == 0
+        # a return that ends the block, outside quotes (in a file of \n: not after a closing quote): in a
+        # file of \n one unless it starts an empty line; else (and for that empty line) one unless the
+        # next block starts with \n or the file ends there
+        ends_in_return = (crlf is not None and len(returns) > 0 and returns[-1] == len(b) - 1
+                          and (quotes + len(quote_at)) % 2 == 0 and (crlf or return_before[-1] != _QUOTE))
+        if ends_in_return and crlf is False and return_before[-1] not in (_NL, _CR, -1):
+            return lines + len(breaks) + 1
         pending = lines + len(breaks) + 1 if ends_in_return else None
         lines += len(breaks)
         quotes += len(quote_at)

@@ -210,10 +210,21 @@ def compression_of(path: Path) -> str | None:
     return next((c for suffix, c in COMPRESSED_SUFFIXES.items() if path.name.lower().endswith(suffix)), None)
 
 
+def rewrite_target(path: Path, out: str) -> str:
+    """``out`` (a file name in the current folder), or ``<stem>.fixed<suffix>`` where ``out`` is ``path``
+    itself: a shell that sends a filter's output to its own input empties the input first."""
+    try:
+        same = Path(out).resolve() == path.resolve()
+    except OSError:
+        same = False
+    return f"{Path(out).stem}.fixed{Path(out).suffix}" if same else out
+
+
 def rewrite_hint(path: Path, command: str, in_place: str | None = None, out: str = "events.jsonl") -> str:
-    """A shell line that writes ``path``'s text through the filter ``command`` to ``out``: for a
-    plain file ``in_place`` (a command on the file itself) when given; a compressed file is
-    decompressed into the filter first (a filter on its bytes would ruin the only copy)."""
+    """A shell line that writes ``path``'s text through the filter ``command`` to ``out`` (rewrite_target:
+    never ``path`` itself): for a plain file ``in_place`` (a command on the file itself) when given; a
+    compressed file is decompressed into the filter first (a filter on its bytes would ruin the only copy)."""
+    out = rewrite_target(path, out)
     quoted = shlex.quote(str(path))
     tool = {"gzip": "gzip -dc", "zstd": "zstd -dc"}.get(compression_of(path) or "")
     if tool is not None:
@@ -681,9 +692,10 @@ def _check_line_ends(path: Path, cr_only: bool) -> None:
     """InputError when the head's lines end in a carriage return alone (classic Mac OS), which DuckDB's
     CSV reader does not take for a line end (one line of all the file's rows)."""
     if cr_only:
-        fix = rewrite_hint(path, "tr '\\r' '\\n'", out="events.csv")
+        out = rewrite_target(path, "events.csv")
+        fix = rewrite_hint(path, "tr '\\r' '\\n'", out=out)
         raise InputError(f"{path}: its lines end in a carriage return alone (\\r, old Mac line ends), which the reader "
-                         f"does not split on; make them \\n first, e.g. {fix}, and prepare events.csv")
+                         f"does not split on; make them \\n first, e.g. {fix}, and prepare {out}")
 
 
 def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> InputFile:

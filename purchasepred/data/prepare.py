@@ -37,7 +37,7 @@ from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
     NULL_LIKE, InputFile, check_input_config, check_path, compression_of, duckdb_literal, expand, file_configs,
     guess_time_format, inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint,
-    open_bytes, rewrite_hint, setting,
+    open_bytes, rewrite_hint, rewrite_target, setting,
 )
 from purchasepred.data.csv_lines import physical_lines, stray_line_end
 from purchasepred.data.windows import Choice, choose, item_warnings
@@ -448,12 +448,13 @@ def find_reject_lines(con: duckdb.DuckDBPyConnection, files: list[InputFile], li
         rejected = con.execute(q["rejected_records"], [path]).fetchall()
         if not rejected:
             continue
-        found = physical_lines(f.path, int(f.mapping.header), rows[path],
-                               [n for structural, n in rejected if structural], [n for structural, n in rejected if not structural])
+        found = physical_lines(f.path, int(f.mapping.header), rows[path], [n for structural, n in rejected if structural],
+                               [n for structural, n in rejected if not structural], f.mapping.delimiter.encode(f.mapping.encoding)[-1])
         if found is None:
             warnings.append(f"{path}: the line of each of its rejects counts records, not lines: its lines could not be "
-                            "matched to the records DuckDB read (a quote left open?), and after an empty line or a quoted "
-                            "field over several lines the numbers run behind the file's lines")
+                            "matched to the records DuckDB read (a quote inside an unquoted field, as in 55\" tv, or one left "
+                            "open), and after an empty line or a quoted field over several lines the numbers run behind "
+                            "the file's lines")
             continue
         for structural, by in ((True, found.structural), (False, found.typed)):
             con.execute("insert into reject_lines select ?, ?, unnest(?::bigint[]), unnest(?::bigint[])",
@@ -885,12 +886,12 @@ def _load_files(con: duckdb.DuckDBPyConnection, first_no: int, group: list[Input
 @contextmanager
 def _reading(f: InputFile) -> Iterator[None]:
     """A DuckDB error while reading ``f`` as one line that names the file."""
-    with _reading_file(f.path, f.mapping.encoding, f.format):
+    with _reading_file(f.path, f.mapping.encoding, f.format, f.mapping.delimiter):
         yield
 
 
 @contextmanager
-def _reading_file(path: Path, encoding: str, fmt: str) -> Iterator[None]:
+def _reading_file(path: Path, encoding: str, fmt: str, delimiter: str = ",") -> Iterator[None]:
     try:
         yield
     except duckdb.Error as err:
@@ -904,23 +905,24 @@ def _reading_file(path: Path, encoding: str, fmt: str) -> Iterator[None]:
             raise InputError(f"{path}: could not be read: its lines do not all end alike (\\n in some, \\r\\n in others, "
                              f"or a stray \\r); make them one kind first, e.g. {fix}") from None
         if fmt == "csv" and encoding in ("utf-8", "latin-1") and "state machine reached an invalid state" in str(err):
-            _raise_stray_line_end(path)
+            _raise_stray_line_end(path, delimiter.encode(encoding)[-1])
         raise InputError(f"{path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
 
 
-def _raise_stray_line_end(path: Path) -> None:
+def _raise_stray_line_end(path: Path, delimiter: int) -> None:
     """InputError naming the first line whose end DuckDB's CSV reader stops at (data/csv_lines.py), where
-    there is one: its own error names no line."""
+    there is one (``delimiter``: the last byte of the file's): its own error names no line."""
     try:
         with open_bytes(path) as fh:
-            line = stray_line_end(fh)
+            line = stray_line_end(fh, delimiter)
     except (OSError, EOFError, zlib.error):
         return
     if line is not None:
-        fix = rewrite_hint(path, "tr -d '\\r'", out="events.csv")
+        out = rewrite_target(path, "events.csv")
+        fix = rewrite_hint(path, "tr -d '\\r'", out=out)
         raise InputError(f"{path}: could not be read: line {line:,} ends otherwise than the first line (\\r\\n among \\n "
                          "or the reverse) or holds a carriage return (\\r) outside quotes, where DuckDB's CSV reader "
-                         f"stops; make every line end in \\n first, e.g. {fix}, and prepare events.csv") from None
+                         f"stops; make every line end in \\n first, e.g. {fix}, and prepare {out}") from None
 
 
 def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[InputFile], sql: dict[str, str],
