@@ -1328,11 +1328,13 @@ def test_rejects_keep_their_line_numbers_across_the_readers_buffers(tmp_path: Pa
         assert lines[line - 1] == text
 
 
-def test_records_the_parallel_reader_leaves_out_are_read_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", ["", ".gz", ".zst"])
+def test_records_the_parallel_reader_leaves_out_are_read_again(tmp_path: Path, suffix: str) -> None:
     """DuckDB's parallel CSV reader (2.0.1) leaves out every record from a line it cannot split to the
     end of the file, with no error and no reject, when that line starts a few bytes into the file's last
-    16 MB buffer. prepare counts the file's lines beside the load (LineCounts) and loads such a file
-    again on one thread (reread_short_groups): every record is in, and the warning says what happened."""
+    16 MB buffer; so it does in a compressed file. prepare counts the file's lines beside the load
+    (LineCounts; a compressed file decompressed again for it) and loads such a file again on one thread
+    (reread_short_groups): every record is in, and the warning says what happened."""
     raw = tmp_path / "shop.csv"
     buffer = 16 * 1024 * 1024
 
@@ -1353,6 +1355,11 @@ def test_records_the_parallel_reader_leaves_out_are_read_again(tmp_path: Path) -
         for j in range(i + 2, i + 20_002):
             fh.write(row(j))
     n_lines = len(raw.read_bytes().splitlines())
+    if suffix:
+        packed = raw.with_name(raw.name + suffix)
+        packed.write_bytes(gzip.compress(raw.read_bytes(), 1) if suffix == ".gz" else zstandard.ZstdCompressor().compress(raw.read_bytes()))
+        raw.unlink()
+        raw = packed
     m = prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=1, min_item_count=1)).manifest
     assert m["inputs"][0]["rows_read"] == n_lines - 1
     assert m["rows_rejected"] == 1 and m["rows_kept"] + m["rows_duplicate"] + m["rows_collapsed"] == n_lines - 2

@@ -30,6 +30,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from purchasepred.data.inputs import open_bytes
+
 BLOCK = 1 << 24
 _NL, _CR, _QUOTE = 10, 13, 34
 
@@ -91,7 +93,7 @@ def _field_quotes(block: np.ndarray, quotes: np.ndarray, quotes_before: int, las
 def physical_lines(path: Path, header_lines: int, n_records: int, structural: list[int],
                    typed: list[int], delimiter: int = 44) -> RejectLines | None:
     """The physical line of each structural reject (by DuckDB's line) and typed reject (by staged index)
-    of an uncompressed UTF-8 or latin-1 CSV file that DuckDB read as ``n_records`` records after its
+    of a UTF-8 or latin-1 CSV file (compressed or not) that DuckDB read as ``n_records`` records after its
     header (structural rejects included), whose delimiter ends in the byte ``delimiter``; None where this
     pass counts the records otherwise (or meets over MAX_LITERAL_QUOTES quotes inside unquoted fields)."""
     want_structural = np.unique(np.asarray(structural, dtype=np.int64))
@@ -101,7 +103,7 @@ def physical_lines(path: Path, header_lines: int, n_records: int, structural: li
     scan = _Scan()
     offset = 0
     literal: list[int] = []
-    with open(path, "rb", buffering=0) as fh:
+    with open_bytes(path) as fh:
         buf = bytearray(BLOCK)
         while k := fh.readinto(buf):
             block = np.frombuffer(buf, np.uint8, k)

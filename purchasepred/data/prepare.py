@@ -35,7 +35,7 @@ import numpy as np
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
-    NULL_LIKE, InputFile, check_input_config, check_path, compression_of, duckdb_literal, expand, file_configs,
+    NULL_LIKE, InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs,
     guess_time_format, inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint,
     open_bytes, rewrite_hint, rewrite_target, setting,
 )
@@ -375,30 +375,50 @@ def prepare(
 
 
 class LineCounts:
-    """The lines of each uncompressed UTF-8 or latin-1 CSV file to load (newlines, + 1 when the last line
-    has none), counted in a thread of its own beside the load: 0.3 s per GB of CPU (numpy; bytes.count
-    took 0.5 s for the counting alone). See reread_short_groups."""
+    """The lines of each CSV file to load (line feeds, + 1 when the last line has none), counted in a
+    thread of its own beside the load: an uncompressed UTF-8 or latin-1 file at 0.3 s of CPU per GB
+    (numpy; bytes.count took 0.5 s for the counting alone); a compressed one costs its decompression
+    more (gzip about 2.7 s per GB of text in Python's zlib, zstd less); UTF-16 counts 16-bit units. See
+    reread_short_groups."""
 
     BLOCK = 1 << 22
 
     def __init__(self, files: list[InputFile]) -> None:
-        self._todo = [f.path for f in files if f.format == "csv" and f.mapping.encoding in ("utf-8", "latin-1")
-                      and compression_of(f.path) is None]
+        self._todo = [(f.path, f.mapping.encoding == "utf-16") for f in files
+                      if f.format == "csv" and f.mapping.encoding in ("utf-8", "latin-1", "utf-16")]
         self._lines: dict[str, int] = {}
         self._thread = threading.Thread(target=self._count_all, name="purchasepred-input-lines", daemon=True)
         self._thread.start()
 
     def _count_all(self) -> None:
-        try:
-            for path in self._todo:
-                n, last, buf = 0, b"\n", bytearray(self.BLOCK)
-                with open(path, "rb", buffering=0) as fh:
-                    while k := fh.readinto(buf):
-                        n += int(np.count_nonzero(np.frombuffer(buf, np.uint8, k) == 10))
-                        last = bytes(buf[k - 1:k])
-                self._lines[str(path)] = n + (last != b"\n")
-        except Exception:  # (a file that cannot be read again is not counted; the load says why)
-            pass
+        for path, wide in self._todo:
+            try:
+                self._lines[str(path)] = self._count_wide(path) if wide else self._count(path)
+            except Exception:  # (a file that cannot be read again is not counted; the load says why)
+                continue
+
+    @classmethod
+    def _count(cls, path: Path) -> int:
+        n, last, buf = 0, b"\n", bytearray(cls.BLOCK)
+        with open_bytes(path) as fh:
+            while k := fh.readinto(buf):
+                n += int(np.count_nonzero(np.frombuffer(buf, np.uint8, k) == 10))
+                last = bytes(buf[k - 1:k])
+        return n + (last != b"\n")
+
+    @classmethod
+    def _count_wide(cls, path: Path) -> int:
+        """UTF-16 (little-endian: prepare refuses big-endian): line feeds as 16-bit units."""
+        n, last, carry = 0, b"\n\x00", b""
+        with open_bytes(path) as fh:
+            while chunk := fh.read(cls.BLOCK):
+                chunk = carry + chunk
+                even = len(chunk) - len(chunk) % 2
+                carry = chunk[even:]
+                if even:
+                    n += int(np.count_nonzero(np.frombuffer(chunk, "<u2", even // 2) == 10))
+                    last = chunk[even - 2:even]
+        return n + (last != b"\n\x00")
 
     def result(self) -> dict[str, int]:
         """The counts by path (waits for the thread); a file not counted is left out."""
@@ -417,7 +437,7 @@ def reread_short_groups(con: duckdb.DuckDBPyConnection, groups: list[tuple[int, 
     into one of its buffers (01_load_csv.sql's 16 MB; the file's last one). On one thread it reads the
     file whole. A quoted field over several lines and empty lines (the reader skips them) also make a
     file read fewer records than it has lines: such a group is loaded twice, to the same records.
-    Compressed files are not counted (their lines would cost a second decompression)."""
+    Compressed files are counted too, at the cost of a second decompression beside DuckDB's."""
     rows = {r["file_path"]: int(r["n"]) for r in _rows(con, named_queries("stats.sql")["rows_read_by_file"])}
     warnings = []
     for first_no, group in groups:
@@ -443,7 +463,7 @@ def find_reject_lines(con: duckdb.DuckDBPyConnection, files: list[InputFile], li
     warnings = []
     for f in files:
         path = str(f.path)
-        if path not in lines or rows[path] + int(f.mapping.header) >= lines[path]:
+        if path not in lines or rows[path] + int(f.mapping.header) >= lines[path] or f.mapping.encoding == "utf-16":
             continue
         rejected = con.execute(q["rejected_records"], [path]).fetchall()
         if not rejected:
