@@ -1398,3 +1398,18 @@ def test_a_csv_with_carriage_return_line_ends_says_how_to_convert_it(tmp_path: P
     fixed = tmp_path / "events.csv"
     fixed.write_bytes(raw.read_bytes().replace(b"\r", b"\n"))  # (what the tr of the message does)
     assert prepare([str(fixed)], tmp_path / "q", TINY_CFG).manifest["rows_read"] == 24
+
+
+def test_a_headerless_file_named_with_rees46_columns_needs_no_schema(tmp_path: Path) -> None:
+    """input.header false with input.columns that are the REES46 header's names: the file maps as that
+    header would (it failed with "header lacks required column(s) ;", naming none), to the same tables."""
+    lines = TINY.read_text().splitlines(keepends=True)
+    raw = tmp_path / "noheader.csv"
+    raw.write_text("".join(lines[1:]))
+    columns = lines[0].strip().split(",")
+    got = prepare([str(raw)], tmp_path / "p", TINY_CFG, input_cfg=InputConfig(header=False, columns=columns))
+    want = prepare([str(TINY)], tmp_path / "want", TINY_CFG)
+    for table in ("events", "users", "items", "truth"):
+        a, b = (duckdb.connect().read_parquet(str(d / f"{table}.parquet")).fetchall() for d in (tmp_path / "p", tmp_path / "want"))
+        assert a == b, table
+    assert got.manifest["n_events"] == want.manifest["n_events"]

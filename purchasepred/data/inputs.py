@@ -615,6 +615,9 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     fix = f"fix {entry}" if entry else f"fix the input mapping (--schema {{{','.join(PRESETS)}}} or --set input.FIELD=COLUMN)"
     given = _explicit(icfg)
     base, spec = _spec(icfg, names)
+    if base is None and fmt == "csv" and not spec["header"] and spec["columns"]:
+        # (a file with no header whose input.columns are a known header's: that preset, as the header would give)
+        base, spec = _spec(icfg, [str(c) for c in spec["columns"]])
     event = spec["event"]
     preset_event_column = spec["event_type"] if event is not None else None
     if event is not None:  # one event for every row: no event-type column is read
