@@ -116,7 +116,7 @@ def _random_log(rnd: random.Random) -> bytes:
     for _ in range(rnd.randint(1, 8)):
         if rnd.random() < 0.1:
             parts.append(rnd.choice([eol, b"\n", b"\r\n"]))  # an empty line
-        field = rnd.choice([b"x", b'"a\r\nb"', b'"a\rb"', b"y\rz", b'"q""r"', b'5"t', b"p"])
+        field = rnd.choice([b"x", b'"a\r\nb"', b'"a\rb"', b"y\rz", b'"q""r"', b'5"t', b'x""y', b"p"])
         parts.append(b"1," + field + rnd.choice([eol, eol, eol, b"\n", b"\r\n", b"\r"]))
     return b"".join(parts)
 
@@ -155,6 +155,8 @@ def test_quotes_inside_unquoted_fields_are_text(tmp_path: Path) -> None:
     """55" tv: DuckDB reads the quote as text; so do the scans (else the quote count would put every
     line after it inside a quoted field), up to MAX_LITERAL_QUOTES of them."""
     assert stray_line_end(io.BytesIO(b'h,a\n1,55" tv\n1,x\r\n')) == 3
+    # a doubled quote in an unquoted field is text too (it flipped the count: line 3 was named)
+    assert stray_line_end(io.BytesIO(b'a,b\nx""y,1\n"p\r\nq",2\nz,3\r\nw,4\n')) == 5
     raw = tmp_path / "q.csv"
     raw.write_bytes(b'h,a\n1,55" tv\n\n1,"x\ny"\n1,2\n')
     got = physical_lines(raw, 1, 3, [], [1, 2, 3])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -1413,3 +1414,50 @@ def test_a_headerless_file_named_with_rees46_columns_needs_no_schema(tmp_path: P
         a, b = (duckdb.connect().read_parquet(str(d / f"{table}.parquet")).fetchall() for d in (tmp_path / "p", tmp_path / "want"))
         assert a == b, table
     assert got.manifest["n_events"] == want.manifest["n_events"]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_empty_lines_before_the_header_are_one_clear_error_with_the_fix(tmp_path: Path, suffix: str) -> None:
+    """The reader would take the first empty line for the header ("header lacks ...; found nothing"):
+    prepare says what the file starts with and the sed that takes the lines out, and the mended file prepares."""
+    text = b"\n\r\n" + TINY.read_bytes()
+    raw = tmp_path / f"log.csv{suffix}"
+    raw.write_bytes(gzip.compress(text) if suffix else text)
+    with pytest.raises(InputError, match=r"starts with 2 empty line\(s\) before its header") as err:
+        prepare([str(raw)], tmp_path / "p", TINY_CFG)
+    assert not (tmp_path / "p").exists()
+    fix = str(err.value).split("e.g. ")[1].split(", and prepare")[0]
+    subprocess.run(fix, shell=True, cwd=tmp_path, check=True)
+    assert prepare([str(tmp_path / "events.csv")], tmp_path / "p", TINY_CFG).manifest["n_events"] > 0
+
+
+def test_a_file_with_no_header_may_start_with_empty_lines(tmp_path: Path) -> None:
+    """Read with no header (the taobao preset), empty lines first are skipped like any other empty line."""
+    raw = tmp_path / "UserBehavior.csv"
+    raw.write_bytes(b"\n\n" + TAOBAO.read_bytes())
+    got = prepare([str(raw)], tmp_path / "p", CFG, input_cfg=InputConfig(schema="taobao")).manifest
+    want = prepare([str(TAOBAO)], tmp_path / "want", CFG, input_cfg=InputConfig(schema="taobao")).manifest
+    assert (got["n_events"], got["rows_rejected"]) == (want["n_events"], want["rows_rejected"])
+
+
+def test_the_empty_lines_check_leaves_other_files_to_their_own_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blank lines of spaces count as empty ones; a file of carriage-return line ends gets its own hint,
+    not this one; a UTF-16 file is not looked at byte by byte; a fix never writes onto another file
+    that is there (another input)."""
+    monkeypatch.chdir(tmp_path)
+    Path("events.csv").write_bytes(TINY.read_bytes())
+    blank = tmp_path / "blank.csv"
+    blank.write_bytes(b"  \r\n\t\n" + TINY.read_bytes())
+    with pytest.raises(InputError, match=r"starts with 2 empty line\(s\).* > events\.fixed\.csv, and prepare events\.fixed\.csv") as err:
+        prepare([str(blank)], tmp_path / "p", TINY_CFG)
+    subprocess.run(str(err.value).split("e.g. ")[1].split(", and prepare")[0], shell=True, check=True)
+    assert Path("events.fixed.csv").read_bytes() == TINY.read_bytes()
+    cr = tmp_path / "cr.csv"
+    cr.write_bytes(b"\r" + TINY.read_bytes().replace(b"\n", b"\r"))
+    with pytest.raises(InputError, match=r"end in a carriage return alone"):
+        prepare([str(cr)], tmp_path / "p", TINY_CFG)
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes(("\n" + TINY.read_text()).encode("utf-16-le"))
+    with pytest.raises(InputError) as err:
+        prepare([str(wide)], tmp_path / "p", TINY_CFG)
+    assert "empty line" not in str(err.value)

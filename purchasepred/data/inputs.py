@@ -211,13 +211,20 @@ def compression_of(path: Path) -> str | None:
 
 
 def rewrite_target(path: Path, out: str) -> str:
-    """``out`` (a file name in the current folder), or ``<stem>.fixed<suffix>`` where ``out`` is ``path``
-    itself: a shell that sends a filter's output to its own input empties the input first."""
-    try:
-        same = Path(out).resolve() == path.resolve()
-    except OSError:
-        same = False
-    return f"{Path(out).stem}.fixed{Path(out).suffix}" if same else out
+    """``out`` (a file name in the current folder), or else the first of ``<stem>.fixed<suffix>``,
+    ``<stem>.fixed2<suffix>``, ... that names no file there: a hint's command must not write onto its own
+    input (a shell that sends a filter's output to its input empties it first), another input, or any
+    other file the user has."""
+    stem, suffix = Path(out).stem, Path(out).suffix
+    names = [out, f"{stem}.fixed{suffix}", *(f"{stem}.fixed{i}{suffix}" for i in range(2, 100))]
+    for name in names:
+        try:
+            free = not Path(name).exists() and Path(name).resolve() != path.resolve()
+        except OSError:
+            free = False
+        if free:
+            return name
+    return names[-1]
 
 
 def rewrite_hint(path: Path, command: str, in_place: str | None = None, out: str = "events.jsonl") -> str:
@@ -701,6 +708,23 @@ def _check_line_ends(path: Path, cr_only: bool) -> None:
                          f"does not split on; make them \\n first, e.g. {fix}, and prepare {out}")
 
 
+def _check_no_leading_empty_lines(path: Path, head: bytes) -> None:
+    """InputError when a file read with a header (UTF-8 or latin-1, no byte order mark: the caller's
+    part) starts with empty or blank lines: the reader would take the first for the header (a file with
+    no header is read whole: the reader skips empty lines). A file whose head has no line feed is left
+    to _check_line_ends (its lines may end in a carriage return alone)."""
+    if head[:1] not in (b"\n", b"\r", b" ", b"\t") or b"\n" not in head:
+        return
+    blank = head[:len(head) - len(head.lstrip(b" \t\r\n"))]
+    n = blank.count(b"\n")
+    if n == 0:  # (spaces before the header's first name, on its own line: not this)
+        return
+    out = rewrite_target(path, "events.csv")
+    fix = rewrite_hint(path, "awk 'f || /[^ \\t\\r]/ { f = 1; print }'", out=out)
+    raise InputError(f"{path}: starts with {n:,} empty line(s) before its header, which the reader would take for "
+                     f"the header; take them out first, e.g. {fix}, and prepare {out}")
+
+
 def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> InputFile:
     """The mapping of one CSV file (``icfg``: its keys, from its input.files ``entry`` when it has one)."""
     head = _open_text_head(path)
@@ -708,6 +732,8 @@ def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> Inpu
         raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
     _check_not_archive(path, head)
     order = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}.get(head[:2]) or _utf16_order(head)
+    if order is None and (icfg.header if icfg.header is not None else PRESETS[icfg.schema]["header"] if icfg.schema else True):
+        _check_no_leading_empty_lines(path, head)
     if order == "utf-16-be":  # DuckDB's reader decodes little-endian UTF-16 only (big-endian read as no rows)
         raise InputError(f"{path}: UTF-16 big-endian text, which prepare does not read; convert it to UTF-8 first "
                          "(iconv -f UTF-16BE -t UTF-8)")
