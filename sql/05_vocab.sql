@@ -10,8 +10,8 @@
 --   each event's raw item by: 1.. in product_id order, one per item), brands (key brand_idx), categories (key
 --   category_idx; the category is category_id where present, else category_code; its category_code
 --   the first one seen with it, in user and position order), and for 06_encode.sql the maps from
---   codes to ids: item_ids (item_code -> item_idx, product_id), brand_ids (brand_code -> brand_idx),
---   category_ids (the pair of category codes -> category_idx).
+--   codes to ids: item_ids (item_code -> item_idx, product_id), brand_ids (brand_code -> brand_idx);
+--   categories maps a category's text to its category_idx.
 -- Every output table is ordered by its id and then its raw value, so that the files are
 -- byte-identical run to run.
 -- parameters: min_item_count.
@@ -85,11 +85,6 @@ select
     n_events
 from counts
 order by category_idx, category;
-
-create or replace table category_ids as
-select p.category_key_code, p.category_code_code, c.category_idx
-from category_pairs as p
-join categories as c using (category);
 
 create or replace table item_ids as
 with keyed as (

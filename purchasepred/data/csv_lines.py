@@ -64,18 +64,25 @@ class _Scan:
 MAX_LITERAL_QUOTES = 1000
 
 
+@dataclass
+class _TextQuotes:
+    """The quotes inside unquoted fields met so far, and whether the block before ended in one."""
+
+    count: int = 0
+    at_end: bool = False
+
+
 def _field_quotes(block: np.ndarray, quotes: np.ndarray, quotes_before: int, last: int, delimiter: int,
-                  literal: list[int], last_is_text: bool = False) -> np.ndarray | None:
+                  text: _TextQuotes) -> np.ndarray | None:
     """The quotes of ``block`` (at ``quotes``) that open or close a quoted field, in a file whose blocks
     before held ``quotes_before`` of them and ended in the byte ``last`` (-1 at the file's start). A quote
     that opens a field follows the delimiter's last byte ``delimiter``, a line end, or the first quote of
     a doubled pair; one where quotes are closed that follows anything else sits inside an unquoted field
-    (55" tv), and DuckDB reads it as text: it is left out, and its offset counted in ``literal`` (None
-    once the file has more than MAX_LITERAL_QUOTES of them; ``last_is_text``: the byte before the block
-    is such a quote)."""
+    (55" tv), and DuckDB reads it as text: it is left out and counted in ``text`` (None once the file has
+    more than MAX_LITERAL_QUOTES of them)."""
     before = np.where(quotes > 0, block[np.maximum(quotes - 1, 0)], last)
     field_start = (before == delimiter) | (before == _NL) | (before == _CR) | (before == _QUOTE) | (before == -1)
-    if last_is_text and len(quotes) and quotes[0] == 0:
+    if text.at_end and len(quotes) and quotes[0] == 0:
         field_start[0] = False
     keep = np.ones(len(quotes), dtype=bool)
     start = 0
@@ -84,13 +91,15 @@ def _field_quotes(block: np.ndarray, quotes: np.ndarray, quotes_before: int, las
         opening = (quotes_before + np.count_nonzero(keep[:start]) + np.arange(len(rest))) % 2 == 0
         bad = np.flatnonzero(opening & ~field_start[rest])
         if len(bad) == 0:
-            return quotes[keep]
+            kept = quotes[keep]
+            text.at_end = bool(block[-1] == _QUOTE) and not (len(kept) and kept[-1] == len(block) - 1)
+            return kept
         first = int(rest[bad[0]])
         keep[first] = False
-        literal.append(int(quotes[first]))
+        text.count += 1
         if first + 1 < len(quotes) and quotes[first + 1] == quotes[first] + 1:
             field_start[first + 1] = False  # (x""y: a quote after a quote that is text is text too)
-        if len(literal) > MAX_LITERAL_QUOTES:
+        if text.count > MAX_LITERAL_QUOTES:
             return None
         start = first + 1
 
@@ -107,17 +116,14 @@ def physical_lines(path: Path, header_lines: int, n_records: int, structural: li
     found_typed: dict[int, int] = {}
     scan = _Scan()
     offset = 0
-    literal: list[int] = []
-    last_is_text = False  # (the block before ended in a quote that is text)
+    text = _TextQuotes()
     with open_bytes(path) as fh:
         buf = bytearray(BLOCK)
         while k := fh.readinto(buf):
             block = np.frombuffer(buf, np.uint8, k)
-            quotes = _field_quotes(block, np.flatnonzero(block == _QUOTE), scan.quotes, scan.last_byte, delimiter, literal,
-                                   last_is_text)
+            quotes = _field_quotes(block, np.flatnonzero(block == _QUOTE), scan.quotes, scan.last_byte, delimiter, text)
             if quotes is None:
                 return None
-            last_is_text = bool(block[-1] == _QUOTE) and not (len(quotes) and quotes[-1] == k - 1)
             _starts(block, np.flatnonzero(block == _NL), quotes, offset, scan, header_lines,
                     want_structural, want_typed, found_structural, found_typed)
             scan.quotes += len(quotes)
@@ -195,17 +201,15 @@ def stray_line_end(fh: BinaryIO, delimiter: int = 44) -> int | None:
     lines = quotes = 0
     last = -1  # the last byte of the block before
     pending: int | None = None  # the line of a return, outside quotes, that ended the block before
-    literal: list[int] = []
-    last_is_text = False  # (the block before ended in a quote that is text)
+    text = _TextQuotes()
     while block := fh.read(BLOCK):
         b = np.frombuffer(block, np.uint8)
         if pending is not None and b[0] != _NL:
             return pending
         breaks, returns = np.flatnonzero(b == _NL), np.flatnonzero(b == _CR)
-        quote_at = _field_quotes(b, np.flatnonzero(b == _QUOTE), quotes, last, delimiter, literal, last_is_text)
+        quote_at = _field_quotes(b, np.flatnonzero(b == _QUOTE), quotes, last, delimiter, text)
         if quote_at is None:
             return None
-        last_is_text = bool(b[-1] == _QUOTE) and not (len(quote_at) and quote_at[-1] == len(b) - 1)
         if crlf is None and len(breaks):
             crlf = bool((b[breaks[0] - 1] if breaks[0] > 0 else last) == _CR)
         stray = np.zeros(0, dtype=np.int64)

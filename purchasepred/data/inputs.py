@@ -227,6 +227,13 @@ def rewrite_target(path: Path, out: str) -> str:
     return names[-1]
 
 
+def csv_rewrite_hint(path: Path, command: str) -> tuple[str, str]:
+    """rewrite_hint of ``path`` through ``command`` to a CSV file (events.csv, or rewrite_target's other
+    name), and that file's name."""
+    out = rewrite_target(path, "events.csv")
+    return rewrite_hint(path, command, out=out), out
+
+
 def rewrite_hint(path: Path, command: str, in_place: str | None = None, out: str = "events.jsonl") -> str:
     """A shell line that writes ``path``'s text through the filter ``command`` to ``out`` (rewrite_target:
     never ``path`` itself): for a plain file ``in_place`` (a command on the file itself) when given; a
@@ -595,14 +602,18 @@ def _explicit(icfg: InputConfig) -> dict[str, Any]:
     return {k: getattr(icfg, k) for k in MAPPING_KEYS if getattr(icfg, k) is not None}
 
 
-def _spec(icfg: InputConfig, names: list[str] | None) -> tuple[str | None, dict[str, Any]]:
+def _spec(icfg: InputConfig, names: list[str] | None, fmt: str | None = None) -> tuple[str | None, dict[str, Any]]:
     """The preset a file's mapping starts from (named, or detected from ``names``; None: none) and every
-    mapping key of it overlaid with the input keys set (without a preset: no columns, REES46's formats)."""
+    mapping key of it overlaid with the input keys set (without a preset: no columns, REES46's formats).
+    A CSV file (``fmt``) set to have no header is detected by its input.columns, as a header would be."""
+    explicit = _explicit(icfg)
+    if fmt == "csv" and explicit.get("header") is False and explicit.get("columns"):
+        names = [str(c) for c in explicit["columns"]]
     base = icfg.schema or (_detect(names) if names is not None else None)
     spec = dict(PRESETS[base]) if base else {**{k: None for k in CANONICAL}, **{
         k: _REES46[k] for k in ("time_format", "time_zone", "delimiter", "encoding", "decimal_separator", "header", "columns",
                                  "ignore", "event", *EVENTS)}}
-    return base, {**spec, **_explicit(icfg)}
+    return base, {**spec, **explicit}
 
 
 def _repeated(field: str, name: str, spellings: list[str], fmt: str) -> str:
@@ -621,10 +632,7 @@ def resolve_mapping(icfg: InputConfig, names: list[str] | None, path: Path, fmt:
     (a missing column, a required field unmapped) is an InputError before any work."""
     fix = f"fix {entry}" if entry else f"fix the input mapping (--schema {{{','.join(PRESETS)}}} or --set input.FIELD=COLUMN)"
     given = _explicit(icfg)
-    base, spec = _spec(icfg, names)
-    if base is None and fmt == "csv" and not spec["header"] and spec["columns"]:
-        # (a file with no header whose input.columns are a known header's: that preset, as the header would give)
-        base, spec = _spec(icfg, [str(c) for c in spec["columns"]])
+    base, spec = _spec(icfg, names, fmt)
     event = spec["event"]
     preset_event_column = spec["event_type"] if event is not None else None
     if event is not None:  # one event for every row: no event-type column is read
@@ -702,8 +710,7 @@ def _check_line_ends(path: Path, cr_only: bool) -> None:
     """InputError when the head's lines end in a carriage return alone (classic Mac OS), which DuckDB's
     CSV reader does not take for a line end (one line of all the file's rows)."""
     if cr_only:
-        out = rewrite_target(path, "events.csv")
-        fix = rewrite_hint(path, "tr '\\r' '\\n'", out=out)
+        fix, out = csv_rewrite_hint(path, "tr '\\r' '\\n'")
         raise InputError(f"{path}: its lines end in a carriage return alone (\\r, old Mac line ends), which the reader "
                          f"does not split on; make them \\n first, e.g. {fix}, and prepare {out}")
 
@@ -719,8 +726,7 @@ def _check_no_leading_empty_lines(path: Path, head: bytes) -> None:
     n = blank.count(b"\n")
     if n == 0:  # (spaces before the header's first name, on its own line: not this)
         return
-    out = rewrite_target(path, "events.csv")
-    fix = rewrite_hint(path, "awk 'f || /[^ \\t\\r]/ { f = 1; print }'", out=out)
+    fix, out = csv_rewrite_hint(path, "awk 'f || /[^ \\t\\r]/ { f = 1; print }'")
     raise InputError(f"{path}: starts with {n:,} empty line(s) before its header, which the reader would take for "
                      f"the header; take them out first, e.g. {fix}, and prepare {out}")
 

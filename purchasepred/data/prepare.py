@@ -37,7 +37,7 @@ from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
     NULL_LIKE, InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs,
     guess_time_format, inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint,
-    open_bytes, rewrite_hint, rewrite_target, setting,
+    csv_rewrite_hint, open_bytes, rewrite_hint, setting,
 )
 from purchasepred.data.csv_lines import physical_lines, stray_line_end
 from purchasepred.data.windows import Choice, choose, item_warnings
@@ -426,11 +426,21 @@ class LineCounts:
         return dict(self._lines)
 
 
+def _rows_read(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """The records read from each file by path, the lines the reader could not split included."""
+    return {r["file_path"]: int(r["n"]) for r in _rows(con, named_queries("stats.sql")["rows_read_by_file"])}
+
+
+def _fewer_records(f: InputFile, rows: dict[str, int], lines: dict[str, int]) -> bool:
+    """Whether ``f`` was counted (LineCounts) and read fewer records than its lines less its header."""
+    return str(f.path) in lines and rows[str(f.path)] + int(f.mapping.header) < lines[str(f.path)]
+
+
 def reread_short_groups(con: duckdb.DuckDBPyConnection, groups: list[tuple[int, list[InputFile]]],
-                        lines: dict[str, int], sql: dict[str, str]) -> list[str]:
+                        lines: dict[str, int], sql: dict[str, str]) -> tuple[list[str], dict[str, int]]:
     """Load again, on one thread of DuckDB's CSV reader, each group (load_groups) with a file that read
-    fewer records (with the lines the reader could not split) than its lines less its header; the
-    warnings for the files that read more that way.
+    fewer records (with the lines the reader could not split) than its lines less its header (_fewer_records);
+    the warnings for the files that read more that way, and the records each file read in the end.
 
     DuckDB's parallel CSV reader (2.0.1, with rejects stored) can leave out every record from a line it
     cannot split to the end of the file, with no error and no reject, when that line starts a few bytes
@@ -438,34 +448,33 @@ def reread_short_groups(con: duckdb.DuckDBPyConnection, groups: list[tuple[int, 
     file whole. A quoted field over several lines and empty lines (the reader skips them) also make a
     file read fewer records than it has lines: such a group is loaded twice, to the same records.
     Compressed files are counted too, at the cost of a second decompression beside DuckDB's."""
-    rows = {r["file_path"]: int(r["n"]) for r in _rows(con, named_queries("stats.sql")["rows_read_by_file"])}
+    rows = _rows_read(con)
     warnings = []
     for first_no, group in groups:
-        short = [f for f in group if str(f.path) in lines and rows[str(f.path)] + int(f.mapping.header) < lines[str(f.path)]]
-        if not short:
+        if not any(_fewer_records(f, rows, lines) for f in group):
             continue
         _unload(con, first_no, group)
         _load_group(con, first_no, group, sql, parallel=False)
-        again = {r["file_path"]: int(r["n"]) for r in _rows(con, named_queries("stats.sql")["rows_read_by_file"])}
+        again = _rows_read(con)
         warnings += [f"{f.path}: DuckDB's parallel CSV reader (version {duckdb.__version__}) left out "
                      f"{again[str(f.path)] - rows[str(f.path)]:,} of its lines, from one it could not split on; prepare "
                      "read it again on one thread, and every line is in" for f in group if again[str(f.path)] > rows[str(f.path)]]
-    return warnings
+        rows = again
+    return warnings, rows
 
 
-def find_reject_lines(con: duckdb.DuckDBPyConnection, files: list[InputFile], lines: dict[str, int]) -> list[str]:
+def find_reject_lines(con: duckdb.DuckDBPyConnection, files: list[InputFile], lines: dict[str, int],
+                      rows: dict[str, int]) -> list[str]:
     """The physical line of every rejected record of each counted file that has more lines than records
     (empty lines, quoted fields over several lines), into reject_lines for 02_validate.sql
     (data/csv_lines.py); the warning for a file whose records that pass cannot place, where the
     rejects' lines stay record numbers."""
-    q = named_queries("stats.sql")
-    rows = {r["file_path"]: int(r["n"]) for r in _rows(con, q["rows_read_by_file"])}
     warnings = []
     for f in files:
         path = str(f.path)
-        if path not in lines or rows[path] + int(f.mapping.header) >= lines[path] or f.mapping.encoding == "utf-16":
+        if not _fewer_records(f, rows, lines) or f.mapping.encoding == "utf-16":
             continue
-        rejected = con.execute(q["rejected_records"], [path]).fetchall()
+        rejected = con.execute(named_queries("stats.sql")["rejected_records"], [path]).fetchall()
         if not rejected:
             continue
         found = physical_lines(f.path, int(f.mapping.header), rows[path], [n for structural, n in rejected if structural],
@@ -713,8 +722,8 @@ def _load_all(con: duckdb.DuckDBPyConnection, files: list[InputFile], sql: dict[
         progress.watch([con])
         _load_group(con, file_no, group, sql)
     counts = lines.result()
-    warnings = reread_short_groups(con, groups, counts, sql)
-    return warnings + find_reject_lines(con, files, counts)
+    warnings, rows = reread_short_groups(con, groups, counts, sql)
+    return warnings + find_reject_lines(con, files, counts, rows)
 
 
 def _audit(con: duckdb.DuckDBPyConnection, tmp: Path) -> dict[str, int]:
@@ -938,8 +947,7 @@ def _raise_stray_line_end(path: Path, delimiter: int) -> None:
     except (OSError, EOFError, zlib.error):
         return
     if line is not None:
-        out = rewrite_target(path, "events.csv")
-        fix = rewrite_hint(path, "tr -d '\\r'", out=out)
+        fix, out = csv_rewrite_hint(path, "tr -d '\\r'")
         raise InputError(f"{path}: could not be read: line {line:,} ends otherwise than the first line (\\r\\n among \\n "
                          "or the reverse) or holds a carriage return (\\r) outside quotes, where DuckDB's CSV reader "
                          f"stops; make every line end in \\n first, e.g. {fix}, and prepare {out}") from None
