@@ -150,6 +150,13 @@ final as (
         -- differs may order tied events of different sessions otherwise, so the manifest records a
         -- probe of it (session_hash_check), which the content hash covers
         case when session_key is not null then hash(session_key) end as session_hash,
+        -- the key 04_sessionize.sql joins each event's item, category and brand to their codes on: DuckDB's
+        -- hash() of the four texts, one 8-byte key where four joins on text cost 0.86 CPU-s at 8M rows (0.17 on
+        -- it; taking and storing it 0.25). 03_clean.sql's item_attrs holds the hash of each distinct four
+        -- beside them, and where two of its rows share a hash, exact_keys.sql makes the keys row numbers
+        -- first: a join on them is the join on the text. (The user's text join costs about what its hash
+        -- would cost here.)
+        hash(item_key, category_key, category_code_norm, brand_norm) as item_hash,
         category_key,
         category_code_norm as category_code,
         brand_norm as brand,
@@ -189,6 +196,7 @@ create or replace table staged (
     item_key varchar,
     user_key varchar,
     session_hash ubigint,
+    item_hash ubigint,
     category_key varchar,
     category_code varchar,
     brand varchar,

@@ -56,9 +56,9 @@ select
     u.user_code,
     s.event_at,
     s.session_hash,
-    ck.category_key_code,
-    cc.category_code_code,
-    b.brand_code,
+    i.category_key_code,
+    i.category_code_code,
+    i.brand_code,
     s.price,
     -- ties at the same time: view, cart, remove_from_cart, purchase; then the item (item codes are
     -- below 2^30: prepare checks), in one 4-byte key, which is also all the sort carries of the event's
@@ -70,10 +70,8 @@ select
     coalesce((s.session_hash >> 34)::integer + 1, 0) as session_prefix
 from staged as s
 join user_keys as u using (user_key)
-join item_keys as i using (item_key)
-left join category_keys as ck using (category_key)
-left join category_codes as cc using (category_code)
-left join brand_keys as b using (brand)
+-- (item, category and brand in one join, on 03_clean.sql's item_hash)
+join item_attr_codes as i using (item_hash)
 where s.reject_reason is null
     -- the shard's users: a range of user keys, the same as a range of user codes (codes follow the
     -- keys' order); on the staged rows, so that only the shard's rows are joined and sorted

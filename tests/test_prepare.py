@@ -1306,6 +1306,49 @@ def test_the_exact_sort_gives_the_short_keys_order_where_that_decides(tmp_path: 
         assert a == b, table
 
 
+def test_items_whose_hashes_collide_are_joined_on_their_text(synth_csv: tuple[Path, Any], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """sessionize joins each event's item, category and brand to their codes on item_hash, DuckDB's
+    hash() of the four: where two distinct rows of item_attrs share it (made here: a tenth of the items
+    given one hash, in staged and item_attrs alike, after clean), exact_keys.sql makes the keys row
+    numbers first, and every table is the one of a join on the text. Without it the join would give
+    those items' events once per row of the shared hash."""
+    path, _ = synth_csv
+    cfg = PrepareConfig(eval_days=7)
+    want = prepare([str(path)], tmp_path / "want", cfg)
+    real_check = prep._check_item_count
+    taken: list[bool] = []
+
+    def collide(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
+        real_check(con, paths)
+        for table in ("item_attrs", "staged"):
+            con.execute(f"update {table} set item_hash = 42 where hash(item_key) % 10 = 0")
+        assert con.execute("select count(distinct item_key) > 1 from item_attrs where item_hash = 42").fetchone()[0]
+
+    monkeypatch.setattr(prep, "_check_item_count", collide)
+    monkeypatch.setattr(prep, "_exact_keys", lambda con, real=prep._exact_keys: taken.append(real(con)) or taken[-1])
+    got = prepare([str(path)], tmp_path / "got", cfg)
+    assert taken == [True]
+    assert got.manifest["content_hash"] == want.manifest["content_hash"]
+    assert same_tables(tmp_path / "got", tmp_path / "want") == dict.fromkeys(CONTENT_TABLES, 0)
+
+
+def test_exact_keys_only_where_hashes_collide() -> None:
+    """exact_keys.sql runs only where two rows of item_attrs share a hash (the tiny fixture's do not)."""
+    con = duckdb.connect()
+    con.execute("create table item_attrs (item_key varchar, category_key varchar, category_code varchar, brand varchar, item_hash ubigint)")
+    con.execute("create table staged (item_key varchar, category_key varchar, category_code varchar, brand varchar, "
+                "item_hash ubigint, reject_reason varchar)")
+    con.execute("insert into item_attrs values ('1', null, 'a', 'x', 7), ('2', null, 'a', 'x', 8)")
+    con.execute("insert into staged values ('1', null, 'a', 'x', 7, null), ('2', null, 'a', 'x', 8, null)")
+    assert prep._exact_keys(con) is False
+    con.execute("update item_attrs set item_hash = 7")
+    con.execute("update staged set item_hash = 7")
+    assert prep._exact_keys(con) is True
+    assert rows(con, "select item_key, item_hash from staged order by item_key") == [("1", 1), ("2", 2)]
+    assert rows(con, "select item_key, item_hash from item_attrs order by item_key") == [("1", 1), ("2", 2)]
+
+
 def test_extra_columns_quotes_and_time_zones(tmp_path: Path) -> None:
     """Unknown extra columns are ignored; quoted fields keep commas and quotes; offsets become UTC."""
     raw = tmp_path / "odd.csv"

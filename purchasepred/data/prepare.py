@@ -79,7 +79,7 @@ STEPS: list[tuple[str, str]] = [
 ]
 LOAD_PARQUET = "01_load_parquet.sql"
 LOAD_JSON = "01_load_json.sql"
-QUERY_FILES = ("audits.sql", "stats.sql", "windows.sql", "exact_order.sql")
+QUERY_FILES = ("audits.sql", "stats.sql", "windows.sql", "exact_order.sql", "exact_keys.sql")
 
 OUTPUT_TABLES = ("events", "users", "items", "brands", "categories", "windows", "truth", "rejects")
 # outputs that their step writes itself (06_encode.sql's events: _encode), not the step "write tables"
@@ -87,7 +87,7 @@ WRITTEN_BY_STEPS = ("events",)
 # Intermediate tables that no step after the named one reads: dropped when it is done (the manifest's
 # counts of them taken first), so that the sorts and joins after it have the memory, and the spill
 # folder, to themselves. A table in OUTPUT_TABLES is kept (the golden tests write the intermediate ones).
-DONE_WITH = {"sessionize": ("staged",), "encode": ("sessionized", "user_keys", "item_keys")}
+DONE_WITH = {"sessionize": ("staged", "item_attrs"), "encode": ("sessionized", "user_keys", "item_keys")}
 DROP = {table: f"drop table {table}" for tables in DONE_WITH.values() for table in tables}  # our names, not input
 # 04_sessionize.sql packs an event's type and item code into one 4-byte sort key: item codes stay below this
 MAX_ITEMS = 1 << 30
@@ -678,6 +678,7 @@ def _run(
             _run_step(con, name, filename, sql, tmp, progress)
             if name == "clean":
                 _check_item_count(con, paths)
+                _exact_keys(con)
             times.record(name, time.perf_counter() - t, _step_rows(con, name), con)
             if name == "validate":
                 _check_some_valid(con, paths, files)
@@ -1249,6 +1250,16 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
 def _short_key_left_ties(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether 04_sessionize.sql's short sort key left two different events of a user in no fixed order."""
     return bool(con.execute("select bool_or(tie_conflict) from sessionized").fetchone()[0])
+
+
+def _exact_keys(con: duckdb.DuckDBPyConnection) -> bool:
+    """Where two rows of 03_clean.sql's item_attrs share a hash, make its keys row numbers (exact_keys.sql),
+    so that sessionize's join on them is the join on the text; whether it did."""
+    q = named_queries("exact_keys.sql")
+    if not any(con.execute(q["hash_collisions"]).fetchone()):
+        return False
+    con.execute(q["exact_keys"])
+    return True
 
 
 def _check_item_count(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
