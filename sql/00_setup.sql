@@ -9,7 +9,7 @@
 --   (an empty template).
 -- staged is appended to in file order (preserve_insertion_order): a record's number in its file is
 -- its rowid - first_row + 1, with no row_number() window over the whole file.
--- parameters (read when a macro runs): time_format, input_time_zone, decimal_separator, event_map, input_event (the one
+-- parameters (read when a macro runs): time_format, input_time_zone, decimal_separator, event_keys, event_names, input_event (the one
 -- event of every row of a file without an event-type column, else NULL), min_event_at, max_event_at, null_values
 -- (texts that read as no value, else NULL).
 
@@ -89,9 +89,13 @@ end;
 -- where there is a space to trim: most values have none, and trim costs a copy of every value)
 create or replace macro clean_text(t) as not_listed_null(nullif(case when contains(t, ' ') then trim(t) else t end, ''));
 
--- the canonical event name of a raw event value (any case), 'ignore', or NULL when unmapped (the
--- mapping's keys are lower case: the value as written is looked up first)
-create or replace macro event_name(v) as coalesce(getvariable('event_map')[v], getvariable('event_map')[lower(trim(v))]);
+-- the canonical event name of a raw event value (any case), 'ignore', or NULL when unmapped: event_names
+-- at the value's place in event_keys (the mapping's keys, lower case: the value as written is looked up
+-- first; two lists, where a MAP's lookup cost twice as much: 0.40 -> 0.23 CPU-s at 8M rows)
+create or replace macro event_name(v) as coalesce(
+    getvariable('event_names')[list_position(getvariable('event_keys'), v)],
+    getvariable('event_names')[list_position(getvariable('event_keys'), lower(trim(v)))]
+);
 
 -- why a typed record is left out: 'ignored' (its event value is ignored by the mapping) or a reject
 -- reason; NULL when it is a valid event
