@@ -15,16 +15,18 @@
 -- outputs: sessionized (grain: one distinct event, each shard's rows in the sort's order, the shards
 --   in user order: each inserts in a transaction of its own, and prepare commits them in that order,
 --   so that the table is in user_idx, seq order and 06_encode.sql writes it with no sort; exact duplicates are left out and counted as the difference to staged's valid
---   events; text columns as the codes of 03_clean.sql): is_repeat_view marks a view that directly
---   repeats the user's previous event (a view of the same item in the same session within the gap):
---   it is collapsed, kept in this table only to be counted, and every column below is NULL on it.
---   The kept events have user_idx (users numbered in user_key order from first_id()), seq (1-based
---   position in the user's kept history), gap_seconds since the user's previous kept event,
---   is_session_start and session_no (1-based within the user); is_user_start marks a user's first
---   event (never a collapsed one). A session is the raw user_session where present, split further
---   (and created where missing) by an inactivity gap. tie_conflict marks an event that the short sort
---   key could not order against the one before it (prepare then sorts by every column and runs the
---   shards again); the view kept_events, its rows without the collapsed views. (Each event's next
+--   events; text columns as the codes of 03_clean.sql). Its flags hold three bits: 1, a repeat view,
+--   a view that directly repeats the user's previous event (a view of the same item in the same
+--   session within the gap): it is collapsed, kept in this table only to be counted, and seq,
+--   gap_seconds and session_no are NULL on it; 2, a tie conflict, an event that the short sort key
+--   could not order against the one before it (prepare then sorts by every column and runs the shards
+--   again); 4, a session start (one tinyint where three booleans cost 0.1-0.13 s more of
+--   sessionize at 8M rows: each stored column costs about 0.06 CPU-s per 8M rows). The kept events have
+--   user_idx (users numbered in user_key order from first_id()), seq (1-based position in the user's
+--   kept history: a user's first event is seq 1, never a collapsed one), gap_seconds since the user's
+--   previous kept event, and session_no (1-based within the user). A session is the raw user_session
+--   where present, split further (and created where missing) by an inactivity gap. The view
+--   kept_events: the rows without the collapsed views, with is_session_start from the flags. (Each event's next
 --   event, purchase and cart are found when loading: data/sequences.py.) The views coded and
 --   sorted_events are the shard's events in codes, unsorted and sorted (exact_order.sql may replace
 --   sorted_events).
@@ -43,11 +45,8 @@ create or replace table sessionized (
     brand_code integer,
     price double,
     gap_seconds double,
-    is_session_start boolean,
     session_no integer,
-    is_user_start boolean,
-    is_repeat_view boolean,
-    tie_conflict boolean
+    flags utinyint
 );
 
 -- the shard's valid events in codes, each with its place in the one sort of prepare (sorted_events)
@@ -82,7 +81,7 @@ where s.reject_reason is null
 -- sorts keys of up to 24 bytes about twice as fast as wider ones. Two events of one user at the same
 -- time, of the same type and item, whose sessions agree in their top 30 bits but which differ in a
 -- later column are left in no fixed order by that key: sessionize_shard below flags such neighbours
--- (tie_conflict), and prepare then sorts again by every column (exact_order.sql), which gives the
+-- (tie_conflict, flag 2 of sessionized), and prepare then sorts again by every column (exact_order.sql), which gives the
 -- same order wherever the short key already decides it.
 create or replace view sorted_events as
 select * from coded order by user_code, event_at, type_item, session_prefix;
@@ -193,19 +192,17 @@ final as (
         case when not is_repeat_view then event_no - events_before_user end as seq,
         event_at, event_type_id, item_code, category_key_code, category_code_code, brand_code, price,
         case when not is_repeat_view then gap_seconds end as gap_seconds,
-        case when not is_repeat_view then is_session_start end as is_session_start,
         case when not is_repeat_view then (session_total - sessions_before_user)::integer end as session_no,
-        is_user_start,
-        is_repeat_view,
-        tie_conflict
+        (is_repeat_view::utinyint | (tie_conflict::utinyint << 1) | (is_session_start::utinyint << 2)) as flags
     from numbered
 )
 
 select * from final;
 
--- the kept events, what vocab and encode read (the collapsed repeat views stay in sessionized only to be counted)
+-- the kept events, what vocab and encode read (the collapsed repeat views, flag 1, stay in sessionized
+-- only to be counted)
 create or replace view kept_events as
-select * exclude (is_repeat_view, tie_conflict) from sessionized where not is_repeat_view;
+select * exclude (flags), (flags & 4) <> 0 as is_session_start from sessionized where flags & 1 = 0;
 
 -- name: shard
 insert into sessionized by name

@@ -12,7 +12,7 @@ select
 -- taken after sessionize: its rows are the distinct events, the collapsed repeat views among them
 select
     (select count(*) from sessionized) as rows_kept,
-    (select count(*) from sessionized where is_repeat_view) as rows_collapsed;
+    (select count(*) from sessionized where flags & 1 = 1) as rows_collapsed;
 
 -- name: counts
 select

@@ -177,13 +177,15 @@ def test_validate_types_the_valid_rows(tiny_db: duckdb.DuckDBPyConnection) -> No
 
 def _text_views(con: duckdb.DuckDBPyConnection) -> None:
     """sessionized holds codes: these views add the user and item keys back, to all its distinct events
-    (clean_text, collapsed repeat views included) and to the kept ones (sessionized_text)."""
+    (clean_text, collapsed repeat views included, with its flags as booleans: is_repeat_view, and
+    is_user_start, the user's first position) and to the kept ones (sessionized_text)."""
     con.execute("""create or replace view clean_text as
-        select k.user_key, i.item_key, c.* from sessionized as c join user_keys as k on k.user_code = c.user_idx - 1
+        select k.user_key, i.item_key, c.*, c.flags & 1 = 1 as is_repeat_view, coalesce(c.seq = 1, false) as is_user_start
+        from sessionized as c join user_keys as k on k.user_code = c.user_idx - 1
         join item_keys as i using (item_code)""")
     con.execute("""create or replace view sessionized_text as
         select k.user_key, s.* from sessionized as s join user_keys as k on k.user_code = s.user_idx - 1
-        where not s.is_repeat_view""")
+        where s.flags & 1 = 0""")
 
 
 def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.DuckDBPyConnection) -> None:
@@ -203,13 +205,15 @@ def test_clean_removes_duplicates_and_collapses_repeat_views(tiny_db: duckdb.Duc
     assert rows(tiny_db, "select event_at from clean_text where user_key = '200' and is_user_start") == [
         (datetime(2019, 10, 2, 9, 0),),
     ]
-    assert rows(tiny_db, "select count(*) from clean_text where is_repeat_view is null or is_user_start is null") == [(0,)]
+    assert rows(tiny_db, "select count(*) from sessionized where flags is null") == [(0,)]
+    # one first event per user, at position 1
+    assert rows(tiny_db, "select count(*), count(distinct user_key) from clean_text where is_user_start") == [(4, 4)]
     # stored in the one order every later step reads: user, then time
     # one shard (a small input): its rows in the sort's order (shards would come in no fixed order)
     assert rows(tiny_db, "select list(user_idx) = list_sort(list(user_idx)) from sessionized") == [(True,)]
     # a collapsed view has no place in the user's history
-    assert rows(tiny_db, "select seq, session_no, gap_seconds, is_session_start from sessionized where is_repeat_view") == [
-        (None, None, None, None),
+    assert rows(tiny_db, "select seq, session_no, gap_seconds, flags & 4 from sessionized where flags & 1 = 1") == [
+        (None, None, None, 0),
     ]
     # codes sort like the text they stand for
     for table, key, code in (("user_keys", "user_key", "user_code"), ("item_keys", "item_key", "item_code")):

@@ -1250,7 +1250,7 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
 
 def _short_key_left_ties(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether 04_sessionize.sql's short sort key left two different events of a user in no fixed order."""
-    return bool(con.execute("select bool_or(tie_conflict) from sessionized").fetchone()[0])
+    return bool(con.execute("select bool_or(flags & 2 = 2) from sessionized").fetchone()[0])
 
 
 def _exact_keys(con: duckdb.DuckDBPyConnection) -> bool:
