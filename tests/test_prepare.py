@@ -1338,6 +1338,30 @@ def test_items_whose_hashes_collide_are_joined_on_their_text(synth_csv: tuple[Pa
     assert same_tables(tmp_path / "got", tmp_path / "want") == dict.fromkeys(CONTENT_TABLES, 0)
 
 
+def test_staged_gives_up_the_texts_only_clean_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After clean, staged no longer holds the item and attribute texts or the rejected records' texts
+    (DONE_WITH_COLUMNS: less memory while sessionize sorts); where staged is an output (the golden
+    tests) it keeps them. The tables are the same either way (the manifest's content hash differs: it
+    lists staged among the files)."""
+    seen: list[set[str]] = []
+    real = prep._run_step
+
+    def run_step(con: duckdb.DuckDBPyConnection, name: str, *args: Any, **kwargs: Any) -> None:
+        if name == "sessionize":
+            seen.append({r[0] for r in con.execute("select column_name from duckdb_columns() where table_name = 'staged'").fetchall()})
+        real(con, name, *args, **kwargs)
+
+    monkeypatch.setattr(prep, "_run_step", run_step)
+    lean = prepare([str(TINY)], tmp_path / "lean", TINY_CFG)
+    monkeypatch.setattr(prep, "OUTPUT_TABLES", prep.OUTPUT_TABLES + ("staged",))
+    kept = prepare([str(TINY)], tmp_path / "kept", TINY_CFG)
+    dropped = set(prep.DONE_WITH_COLUMNS["clean"][1])
+    assert dropped <= seen[1] and not dropped & seen[0]
+    assert {"user_key", "item_hash", "event_at", "reject_reason", "ignored_value", "file_no"} <= seen[0]
+    assert (lean.manifest["rows_kept"], lean.manifest["n_events"]) == (kept.manifest["rows_kept"], kept.manifest["n_events"])
+    assert same_tables(tmp_path / "lean", tmp_path / "kept") == dict.fromkeys(CONTENT_TABLES, 0)
+
+
 def test_exact_keys_only_where_hashes_collide() -> None:
     """exact_keys.sql runs only where two rows of item_attrs share a hash (the tiny fixture's do not)."""
     con = duckdb.connect()
