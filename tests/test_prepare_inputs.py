@@ -1416,11 +1416,13 @@ def test_a_headerless_file_named_with_rees46_columns_needs_no_schema(tmp_path: P
     assert got.manifest["n_events"] == want.manifest["n_events"]
 
 
-@pytest.mark.parametrize("suffix", ["", ".gz"])
-def test_empty_lines_before_the_header_are_one_clear_error_with_the_fix(tmp_path: Path, suffix: str) -> None:
+@pytest.mark.parametrize("suffix, bom", [("", b""), (".gz", b""), ("", b"\xef\xbb\xbf"), (".gz", b"\xef\xbb\xbf")],
+                         ids=["plain", "gz", "bom", "bom-gz"])
+def test_empty_lines_before_the_header_are_one_clear_error_with_the_fix(tmp_path: Path, suffix: str, bom: bytes) -> None:
     """The reader would take the first empty line for the header ("header lacks ...; found nothing"):
-    prepare says what the file starts with and the sed that takes the lines out, and the mended file prepares."""
-    text = b"\n\r\n" + TINY.read_bytes()
+    prepare says what the file starts with and the awk that takes the lines out (a UTF-8 byte order mark
+    before them too), and the mended file prepares."""
+    text = bom + b"\n\r\n" + TINY.read_bytes()
     raw = tmp_path / f"log.csv{suffix}"
     raw.write_bytes(gzip.compress(text) if suffix else text)
     with pytest.raises(InputError, match=r"starts with 2 empty line\(s\) before its header") as err:

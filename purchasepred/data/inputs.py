@@ -716,17 +716,19 @@ def _check_line_ends(path: Path, cr_only: bool) -> None:
 
 
 def _check_no_leading_empty_lines(path: Path, head: bytes) -> None:
-    """InputError when a file read with a header (UTF-8 or latin-1, no byte order mark: the caller's
-    part) starts with empty or blank lines: the reader would take the first for the header (a file with
-    no header is read whole: the reader skips empty lines). A file whose head has no line feed is left
-    to _check_line_ends (its lines may end in a carriage return alone)."""
+    """InputError when a file read with a header (UTF-8 or latin-1, not UTF-16: the caller's part) starts
+    with empty or blank lines, after a UTF-8 byte order mark if it has one: the reader would take the
+    first for the header (a file with no header is read whole: the reader skips empty lines). A file
+    whose head has no line feed is left to _check_line_ends (its lines may end in a carriage return
+    alone). The fix's awk drops the byte order mark too (octal escapes: mawk, gawk and BSD awk)."""
+    head = head.removeprefix(UTF8_BOM)
     if head[:1] not in (b"\n", b"\r", b" ", b"\t") or b"\n" not in head:
         return
     blank = head[:len(head) - len(head.lstrip(b" \t\r\n"))]
     n = blank.count(b"\n")
     if n == 0:  # (spaces before the header's first name, on its own line: not this)
         return
-    fix, out = csv_rewrite_hint(path, "awk 'f || /[^ \\t\\r]/ { f = 1; print }'")
+    fix, out = csv_rewrite_hint(path, "awk 'NR == 1 { sub(/^\\357\\273\\277/, \"\") } f || /[^ \\t\\r]/ { f = 1; print }'")
     raise InputError(f"{path}: starts with {n:,} empty line(s) before its header, which the reader would take for "
                      f"the header; take them out first, e.g. {fix}, and prepare {out}")
 
