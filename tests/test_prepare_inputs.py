@@ -1433,6 +1433,24 @@ def test_empty_lines_before_the_header_are_one_clear_error_with_the_fix(tmp_path
     assert prepare([str(tmp_path / "events.csv")], tmp_path / "p", TINY_CFG).manifest["n_events"] > 0
 
 
+def test_more_blank_lines_than_the_head_holds_are_not_an_empty_file(tmp_path: Path) -> None:
+    """A file whose first 64 KB (the head inspect reads) are blank lines is not called empty: the error
+    says what it starts with and gives the awk that takes them out, and the mended file prepares; a
+    file of a few blank lines is still empty."""
+    raw = tmp_path / "log.csv"
+    raw.write_bytes(b"\n" * 70_000 + TINY.read_bytes())
+    with pytest.raises(InputError, match=r"its first 65,536 bytes are empty or blank lines") as err:
+        prepare([str(raw)], tmp_path / "p", TINY_CFG)
+    fix = str(err.value).split("e.g. ")[1].split(", and prepare")[0]
+    subprocess.run(fix, shell=True, cwd=tmp_path, check=True)
+    assert (tmp_path / "events.csv").read_bytes() == TINY.read_bytes()
+    assert prepare([str(tmp_path / "events.csv")], tmp_path / "p", TINY_CFG).manifest["n_events"] > 0
+    few = tmp_path / "few.csv"
+    few.write_bytes(b"\n \n")
+    with pytest.raises(InputError, match=r"few\.csv: the file is empty"):
+        prepare([str(few)], tmp_path / "q", TINY_CFG)
+
+
 def test_a_file_with_no_header_may_start_with_empty_lines(tmp_path: Path) -> None:
     """Read with no header (the taobao preset), empty lines first are skipped like any other empty line."""
     raw = tmp_path / "UserBehavior.csv"

@@ -246,7 +246,11 @@ def rewrite_hint(path: Path, command: str, in_place: str | None = None, out: str
     return in_place.format(path=quoted) if in_place else f"{command} < {quoted} > {out}"
 
 
-def _open_text_head(path: Path, n_bytes: int = 1 << 16) -> bytes:
+# the bytes of a CSV file's text that inspect_csv reads to tell its encoding, line ends and header
+CSV_HEAD_BYTES = 1 << 16
+
+
+def _open_text_head(path: Path, n_bytes: int = CSV_HEAD_BYTES) -> bytes:
     """The first ``n_bytes`` of ``path``'s text, decompressed when its name ends in .gz or .zst."""
     compression = compression_of(path)
     try:
@@ -715,6 +719,11 @@ def _check_line_ends(path: Path, cr_only: bool) -> None:
                          f"does not split on; make them \\n first, e.g. {fix}, and prepare {out}")
 
 
+# the filter that takes out a text's empty and blank lines before its first other line, and a UTF-8 byte
+# order mark before them (octal escapes: mawk, gawk and BSD awk)
+DROP_LEADING_BLANK_LINES = "awk 'NR == 1 { sub(/^\\357\\273\\277/, \"\") } f || /[^ \\t\\r]/ { f = 1; print }'"
+
+
 def _check_no_leading_empty_lines(path: Path, head: bytes) -> None:
     """InputError when a file read with a header (UTF-8 or latin-1, not UTF-16: the caller's part) starts
     with empty or blank lines, after a UTF-8 byte order mark if it has one: the reader would take the
@@ -728,16 +737,27 @@ def _check_no_leading_empty_lines(path: Path, head: bytes) -> None:
     n = blank.count(b"\n")
     if n == 0:  # (spaces before the header's first name, on its own line: not this)
         return
-    fix, out = csv_rewrite_hint(path, "awk 'NR == 1 { sub(/^\\357\\273\\277/, \"\") } f || /[^ \\t\\r]/ { f = 1; print }'")
+    fix, out = csv_rewrite_hint(path, DROP_LEADING_BLANK_LINES)
     raise InputError(f"{path}: starts with {n:,} empty line(s) before its header, which the reader would take for "
                      f"the header; take them out first, e.g. {fix}, and prepare {out}")
 
 
+def _check_not_blank(path: Path, head: bytes, head_bytes: int) -> None:
+    """InputError for a text file whose head (``head_bytes`` read) holds nothing but white space: empty
+    when the head is the whole file, else it starts with more empty or blank lines than the head holds."""
+    if head.strip():
+        return
+    if len(head) < head_bytes:
+        raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
+    fix, out = csv_rewrite_hint(path, DROP_LEADING_BLANK_LINES)
+    raise InputError(f"{path}: its first {len(head):,} bytes are empty or blank lines, before any header or event; "
+                     f"take them out first, e.g. {fix}, and prepare {out}")
+
+
 def inspect_csv(path: Path, icfg: InputConfig, entry: str | None = None) -> InputFile:
     """The mapping of one CSV file (``icfg``: its keys, from its input.files ``entry`` when it has one)."""
-    head = _open_text_head(path)
-    if not head.strip():
-        raise InputError(f"{path}: the file is empty; pass a CSV with a header and event rows")
+    head = _open_text_head(path, CSV_HEAD_BYTES)
+    _check_not_blank(path, head, CSV_HEAD_BYTES)
     _check_not_archive(path, head)
     order = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}.get(head[:2]) or _utf16_order(head)
     if order is None and (icfg.header if icfg.header is not None else PRESETS[icfg.schema]["header"] if icfg.schema else True):
