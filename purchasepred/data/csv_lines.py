@@ -36,6 +36,12 @@ BLOCK = 1 << 24
 _NL, _CR, _QUOTE = 10, 13, 34
 
 
+def delimiter_byte(delimiter: str, encoding: str) -> int:
+    """The last byte of a file's delimiter in its encoding: what the quote scans here look for before a
+    quote that opens a field."""
+    return delimiter.encode(encoding)[-1]
+
+
 @dataclass(frozen=True)
 class RejectLines:
     """Physical lines (1-based) by DuckDB's line of a structural reject and by the staged index (the

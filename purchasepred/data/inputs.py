@@ -251,17 +251,18 @@ CSV_HEAD_BYTES = 1 << 16
 
 
 def _open_text_head(path: Path, n_bytes: int = CSV_HEAD_BYTES) -> bytes:
-    """The first ``n_bytes`` of ``path``'s text, decompressed when its name ends in .gz or .zst."""
+    """The first ``n_bytes`` of ``path``'s text, decompressed when its name ends in .gz or .zst (zstd across
+    frames: pzstd and appended files write several; DuckDB decompresses the body)."""
     compression = compression_of(path)
     try:
-        if compression == "gzip":
-            with gzip.open(path, "rb") as fh:
-                return fh.read(n_bytes)
         if compression == "zstd":
             _check_zstd_complete(path)
-            return _zstd_head(path, n_bytes)
-        with open(path, "rb") as fh:
-            return fh.read(n_bytes)
+        with open_bytes(path) as fh:
+            chunks, n = [], 0
+            while n < n_bytes and (chunk := fh.read(n_bytes - n)):  # (a zstd stream may read short)
+                chunks.append(chunk)
+                n += len(chunk)
+            return b"".join(chunks)
     except (OSError, EOFError, zlib.error) as err:
         if compression is None:
             raise InputError(f"{path}: could not be read ({err}); check the file and its permissions") from None
@@ -274,17 +275,6 @@ def _open_text_head(path: Path, n_bytes: int = CSV_HEAD_BYTES) -> bytes:
             raise InputError(f"{path}: a zstd file compressed with a dictionary (zstd -D), which prepare cannot use; "
                              f"decompress it first, e.g. zstd -d -D DICTIONARY {quoted}") from None
         raise InputError(f"{path}: not a readable {compression} file ({err}); re-download or re-compress it") from None
-
-
-def _zstd_head(path: Path, n_bytes: int) -> bytes:
-    """The first ``n_bytes`` of a zstd-compressed file, across frames (pzstd and appended files write
-    several), its errors as OSError (DuckDB decompresses the body)."""
-    with open_bytes(path) as fh:
-        chunks, n = [], 0
-        while n < n_bytes and (chunk := fh.read(n_bytes - n)):
-            chunks.append(chunk)
-            n += len(chunk)
-        return b"".join(chunks)
 
 
 @contextmanager
@@ -729,7 +719,7 @@ def _check_no_leading_empty_lines(path: Path, head: bytes) -> None:
     with empty or blank lines, after a UTF-8 byte order mark if it has one: the reader would take the
     first for the header (a file with no header is read whole: the reader skips empty lines). A file
     whose head has no line feed is left to _check_line_ends (its lines may end in a carriage return
-    alone). The fix's awk drops the byte order mark too (octal escapes: mawk, gawk and BSD awk)."""
+    alone)."""
     head = head.removeprefix(UTF8_BOM)
     if head[:1] not in (b"\n", b"\r", b" ", b"\t") or b"\n" not in head:
         return

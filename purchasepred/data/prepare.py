@@ -39,7 +39,7 @@ from purchasepred.data.inputs import (
     guess_time_format, inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint,
     csv_rewrite_hint, open_bytes, rewrite_hint, setting,
 )
-from purchasepred.data.csv_lines import physical_lines, stray_line_end
+from purchasepred.data.csv_lines import delimiter_byte, physical_lines, stray_line_end
 from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import connect, named_queries, quiet_progress, split_named, sql_dir
@@ -400,32 +400,25 @@ class LineCounts:
     def _count_all(self) -> None:
         for path, wide in self._todo:
             try:
-                self._lines[str(path)] = self._count_wide(path) if wide else self._count(path)
+                self._lines[str(path)] = self._count(path, 2 if wide else 1)
             except Exception:  # (a file that cannot be read again is not counted; the load says why)
                 continue
 
     @classmethod
-    def _count(cls, path: Path) -> int:
-        n, last, buf = 0, b"\n", bytearray(cls.BLOCK)
+    def _count(cls, path: Path, width: int) -> int:
+        """The line feeds of ``path``'s text in units of ``width`` bytes (2: UTF-16, little-endian, as
+        prepare refuses big-endian), + 1 when the last unit is not one; a block's odd byte is carried over."""
+        unit, newline = (np.uint8, b"\n") if width == 1 else (np.dtype("<u2"), b"\n\x00")
+        n, last, carry, buf = 0, newline, b"", bytearray(cls.BLOCK)
         with open_bytes(path) as fh:
             while k := fh.readinto(buf):
-                n += int(np.count_nonzero(np.frombuffer(buf, np.uint8, k) == 10))
-                last = bytes(buf[k - 1:k])
-        return n + (last != b"\n")
-
-    @classmethod
-    def _count_wide(cls, path: Path) -> int:
-        """UTF-16 (little-endian: prepare refuses big-endian): line feeds as 16-bit units."""
-        n, last, carry = 0, b"\n\x00", b""
-        with open_bytes(path) as fh:
-            while chunk := fh.read(cls.BLOCK):
-                chunk = carry + chunk
-                even = len(chunk) - len(chunk) % 2
-                carry = chunk[even:]
-                if even:
-                    n += int(np.count_nonzero(np.frombuffer(chunk, "<u2", even // 2) == 10))
-                    last = chunk[even - 2:even]
-        return n + (last != b"\n\x00")
+                chunk = carry + buf[:k] if carry else memoryview(buf)[:k]
+                whole = len(chunk) - len(chunk) % width
+                carry = bytes(chunk[whole:])
+                if whole:
+                    n += int(np.count_nonzero(np.frombuffer(chunk, unit, whole // width) == 10))
+                    last = bytes(chunk[whole - width:whole])
+        return n + (last != newline)
 
     def result(self) -> dict[str, int]:
         """The counts by path (waits for the thread); a file not counted is left out."""
@@ -485,7 +478,8 @@ def find_reject_lines(con: duckdb.DuckDBPyConnection, files: list[InputFile], li
         if not rejected:
             continue
         found = physical_lines(f.path, int(f.mapping.header), rows[path], [n for structural, n in rejected if structural],
-                               [n for structural, n in rejected if not structural], f.mapping.delimiter.encode(f.mapping.encoding)[-1])
+                               [n for structural, n in rejected if not structural],
+                               delimiter_byte(f.mapping.delimiter, f.mapping.encoding))
         if found is None:
             warnings.append(f"{path}: the line of each of its rejects counts records, not lines: its lines could not be "
                             "matched to the records DuckDB read (a quote inside an unquoted field, as in 55\" tv, or one left "
@@ -946,7 +940,7 @@ def _reading_file(path: Path, encoding: str, fmt: str, delimiter: str = ",") -> 
             raise InputError(f"{path}: could not be read: its lines do not all end alike (\\n in some, \\r\\n in others, "
                              f"or a stray \\r); make them one kind first, e.g. {fix}") from None
         if fmt == "csv" and encoding in ("utf-8", "latin-1") and "state machine reached an invalid state" in str(err):
-            _raise_stray_line_end(path, delimiter.encode(encoding)[-1])
+            _raise_stray_line_end(path, delimiter_byte(delimiter, encoding))
         raise InputError(f"{path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
 
 
