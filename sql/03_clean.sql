@@ -8,10 +8,11 @@
 --   item, category_id, category_code and brand of the valid events, with their item_hash), item_keys,
 --   category_keys, category_codes, brand_keys (the same as user_keys for each of those text columns,
 --   from item_attrs: every distinct non-NULL value of the valid events), and the view item_attr_codes
---   (item_hash -> the codes of its four texts). 04_sessionize.sql joins the events to user_keys on the
---   text and to item_attr_codes on item_hash, which equals a join on the four texts where no two rows of
---   item_attrs share a hash: prepare checks (exact_keys.sql's hash_collisions) and otherwise makes the
---   keys row numbers first (its exact_keys). session_hash is
+--   (item_hash -> the codes of its four texts, and attr_code, 1.., the combination's own code).
+--   04_sessionize.sql joins the events to user_keys on the text and to item_attr_codes on item_hash,
+--   which equals a join on the four texts where no two rows of item_attrs share a hash: prepare checks
+--   (exact_keys.sql's hash_collisions) and otherwise makes the keys row numbers first (its exact_keys).
+--   session_hash is
 --   DuckDB's 64-bit hash() of user_session (NULL where absent; taken by the load): sessions are only
 --   compared for equality and used as tie-breakers, and a dictionary of the millions of sessions would
 --   cost more than the sort it saves. Events of one user at the same time, of the same type and item,
@@ -45,9 +46,14 @@ create or replace table brand_keys as
 select brand, (row_number() over (order by brand))::integer as brand_code
 from (select distinct brand from item_attrs where brand is not null);
 
--- (a view: each shard's join builds it from these small tables; exact_keys.sql replaces item_attrs' hash)
+-- (a view: exact_keys.sql may replace item_attrs' hash after this step; 04_sessionize.sql stores it once
+-- as attr_codes). attr_code numbers the rows in item, then category and brand code order (NULL first), so
+-- that among one item's events ordering by it orders by the three codes (exact_order.sql).
 create or replace view item_attr_codes as
-select a.item_hash, i.item_code, ck.category_key_code, cc.category_code_code, b.brand_code
+select
+    a.item_hash, i.item_code, ck.category_key_code, cc.category_code_code, b.brand_code,
+    (row_number() over (order by i.item_code, ck.category_key_code nulls first, cc.category_code_code nulls first,
+        b.brand_code nulls first))::integer as attr_code
 from item_attrs as a
 join item_keys as i using (item_key)
 left join category_keys as ck using (category_key)

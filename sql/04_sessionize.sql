@@ -15,7 +15,7 @@
 -- outputs: sessionized (grain: one distinct event, each shard's rows in the sort's order, the shards
 --   in user order: each inserts in a transaction of its own, and prepare commits them in that order,
 --   so that the table is in user_idx, seq order and 06_encode.sql writes it with no sort; exact duplicates are left out and counted as the difference to staged's valid
---   events; text columns as the codes of 03_clean.sql). Its flags hold three bits: 1, a repeat view,
+--   events; the item, category and brand as one attr_code, the table attr_codes). Its flags hold three bits: 1, a repeat view,
 --   a view that directly repeats the user's previous event (a view of the same item in the same
 --   session within the gap): it is collapsed, kept in this table only to be counted, and seq,
 --   gap_seconds and session_no are NULL on it; 2, a tie conflict, an event that the short sort key
@@ -34,15 +34,17 @@
 --   sort_once, shard_of_sorted sets shard_first_user_code and shard_last_user_code from them).
 
 -- name: define
+-- each distinct item, category and brand of the events by its item_hash, with their codes and attr_code
+-- (03_clean.sql's view, stored once, after exact_keys.sql: what the events carry, and 05_vocab.sql and
+-- 06_encode.sql read the codes from)
+create or replace table attr_codes as select * from item_attr_codes;
+
 create or replace table sessionized (
     user_idx integer,
     seq bigint,
     event_at timestamp,
     event_type_id tinyint,
-    item_code integer,
-    category_key_code integer,
-    category_code_code integer,
-    brand_code integer,
+    attr_code integer,
     price double,
     gap_seconds double,
     session_no integer,
@@ -55,14 +57,14 @@ select
     u.user_code,
     s.event_at,
     s.session_hash,
-    i.category_key_code,
-    i.category_code_code,
-    i.brand_code,
+    -- the event's item, category and brand in one code (one column where three cost a column each through
+    -- the sort, the lags and the stored table); its item also in type_item below
+    i.attr_code,
     s.price,
     -- ties at the same time: view, cart, remove_from_cart, purchase; then the item (item codes are
     -- below 2^30: prepare checks), in one 4-byte key, which is also all the sort carries of the event's
-    -- type and item (sessionize_shard takes them back from it: two columns fewer through the sort,
-    -- 2.27 -> 2.14 CPU-s for the sort of the 8M-row synth log)
+    -- type and item (sessionize_shard takes the type back from it, and attr_code names the item too: two
+    -- columns fewer through the sort, 2.27 -> 2.14 CPU-s for the sort of the 8M-row synth log)
     ((case s.event_type_id when view_id() then 0 when cart_id() then 1 when remove_from_cart_id() then 2 else 3 end)::uinteger << 30)
         | i.item_code::uinteger as type_item,
     -- the session's hash, its top 30 bits (+ 1, at most 2^30; 0 for no session): sorts like the whole hash, nulls first
@@ -70,7 +72,7 @@ select
 from staged as s
 join user_keys as u using (user_key)
 -- (item, category and brand in one join, on 03_clean.sql's item_hash)
-join item_attr_codes as i using (item_hash)
+join attr_codes as i using (item_hash)
 where s.reject_reason is null
     -- the shard's users: a range of user keys, the same as a range of user codes (codes follow the
     -- keys' order); on the staged rows, so that only the shard's rows are joined and sorted
@@ -98,9 +100,7 @@ with with_previous as (
         lag(type_item) over () as prev_type_item,
         lag(session_prefix) over () as prev_session_prefix,
         lag(session_hash) over () as prev_hash,
-        lag(category_key_code) over () as prev_category_key_code,
-        lag(category_code_code) over () as prev_category_code_code,
-        lag(brand_code) over () as prev_brand_code,
+        lag(attr_code) over () as prev_attr_code,
         lag(price) over () as prev_price
     from sorted_events
 ),
@@ -112,8 +112,7 @@ distinct_events as (
         user_code, event_at,
         (case type_item >> 30 when 0 then view_id() when 1 then cart_id() when 2 then remove_from_cart_id()
             else purchase_id() end)::tinyint as event_type_id,
-        (type_item & 1073741823)::integer as item_code,  -- (its low 30 bits)
-        session_hash, category_key_code, category_code_code, brand_code, price,
+        session_hash, attr_code, price,
         prev_user_code is distinct from user_code as is_user_start,
         coalesce(
             prev_user_code = user_code and type_item >> 30 = 0 and prev_type_item = type_item
@@ -131,8 +130,7 @@ distinct_events as (
     from with_previous
     where prev_user_code is distinct from user_code or prev_event_at is distinct from event_at
         or prev_type_item is distinct from type_item or prev_session_prefix is distinct from session_prefix
-        or prev_hash is distinct from session_hash or prev_category_key_code is distinct from category_key_code
-        or prev_category_code_code is distinct from category_code_code or prev_brand_code is distinct from brand_code
+        or prev_hash is distinct from session_hash or prev_attr_code is distinct from attr_code
         or prev_price is distinct from price
 ),
 
@@ -190,7 +188,7 @@ final as (
     select
         (user_code + first_id() - 1)::integer as user_idx,
         case when not is_repeat_view then event_no - events_before_user end as seq,
-        event_at, event_type_id, item_code, category_key_code, category_code_code, brand_code, price,
+        event_at, event_type_id, attr_code, price,
         case when not is_repeat_view then gap_seconds end as gap_seconds,
         case when not is_repeat_view then (session_total - sessions_before_user)::integer end as session_no,
         (is_repeat_view::utinyint | (tie_conflict::utinyint << 1) | (is_session_start::utinyint << 2)) as flags

@@ -1,7 +1,7 @@
 -- encode: one row per event with dense ids and the features the model reads.
--- inputs: kept_events (04_sessionize.sql: user_idx, seq, sessions; text columns as codes; stored in
---   user_idx, seq order), the key tables of 03_clean.sql and the id tables of 05_vocab.sql (item_ids,
---   brand_ids, categories).
+-- inputs: kept_events (04_sessionize.sql: user_idx, seq, sessions; item, category and brand as one
+--   attr_code; stored in user_idx, seq order), attr_codes, the key tables of 03_clean.sql and the id
+--   tables of 05_vocab.sql (item_ids, brand_ids, categories).
 -- outputs: the view encoded_events (grain: one event; key user_idx, seq; in kept_events' order, which is
 --   user_idx, seq, so that the files are byte-identical run to run), which prepare writes straight to
 --   events.parquet (no table of the events is stored: the steps after it read the file, through the view
@@ -17,7 +17,7 @@
 --   cart) are found from these rows when loading (data/sequences.py), so the table stores no copy of them.
 -- No sort: sessionize stores its rows in user and position order (each shard's in its sort's order, the
 --   shards committed in user order: prepare._run_shards), and every step here keeps a scan's order. The
---   ids are therefore looked up by position in lists indexed by code (codes are 1.. with no gaps), not
+--   ids are therefore looked up by position in lists indexed by attr_code (1.. with no gaps), not
 --   joined: a hash join does not keep its input's order. A sort of the view cost 0.2-0.35 s at 8M rows.
 --   prepare still checks the order (audits.sql: events_unique_key) and sorts the written file where a
 --   DuckDB that reorders left it out of order (the query sort_file).
@@ -25,15 +25,32 @@
 
 -- name: define
 create or replace view encoded_events as
-with lookups as (
-    -- code -> id as lists indexed by code (codes are 1.. with no gaps: 03_clean.sql); one row
+with attr_ids as (
+    -- each attr_code's item, brand and category ids (its item_idx NULL only for an item with no kept event)
     select
-        (select list(i.item_idx order by k.item_code) from item_keys as k left join item_ids as i using (item_code)) as item_idx_of,
-        (select list(b.brand_idx order by k.brand_code) from brand_keys as k left join brand_ids as b using (brand_code)) as brand_idx_of,
-        (select list(c.category_idx order by k.category_key_code) from category_keys as k
-            left join categories as c on c.category = k.category_key) as category_idx_of_key,
-        (select list(c.category_idx order by k.category_code_code) from category_codes as k
-            left join categories as c on c.category = k.category_code) as category_idx_of_code
+        a.attr_code,
+        a.item_code,
+        i.item_idx,
+        coalesce(b.brand_idx, unknown_id()) as brand_idx,
+        coalesce(case when a.category_key_code is not null then ck.category_idx else cc.category_idx end,
+            unknown_id()) as category_idx
+    from attr_codes as a
+    left join item_ids as i using (item_code)
+    left join brand_ids as b using (brand_code)
+    left join category_keys as k using (category_key_code)
+    left join categories as ck on ck.category = k.category_key
+    left join category_codes as c using (category_code_code)
+    left join categories as cc on cc.category = c.category_code
+),
+
+lookups as (
+    -- attr_code -> ids as lists indexed by code (codes are 1.. with no gaps: 03_clean.sql); one row
+    select
+        list(item_idx order by attr_code) as item_idx_of,
+        list(item_code order by attr_code) as item_code_of,
+        list(brand_idx order by attr_code) as brand_idx_of,
+        list(category_idx order by attr_code) as category_idx_of
+    from attr_ids
 ),
 
 joined as (
@@ -42,11 +59,10 @@ joined as (
         s.seq,
         s.event_at,
         s.event_type_id,
-        l.item_idx_of[s.item_code] as item_idx,
-        s.item_code,
-        coalesce(l.brand_idx_of[s.brand_code], unknown_id()) as brand_idx,
-        coalesce(case when s.category_key_code is not null then l.category_idx_of_key[s.category_key_code]
-            else l.category_idx_of_code[s.category_code_code] end, unknown_id()) as category_idx,
+        l.item_idx_of[s.attr_code] as item_idx,
+        l.item_code_of[s.attr_code] as item_code,
+        l.brand_idx_of[s.attr_code] as brand_idx,
+        l.category_idx_of[s.attr_code] as category_idx,
         case when s.price is null or s.price <= 0 then unknown_id()
             else least(2 + floor(2 * log2(1 + s.price)), 31) end::tinyint as price_bucket,
         (hour(s.event_at) + 1)::tinyint as hour_id,

@@ -182,7 +182,7 @@ def _text_views(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""create or replace view clean_text as
         select k.user_key, i.item_key, c.*, c.flags & 1 = 1 as is_repeat_view, coalesce(c.seq = 1, false) as is_user_start
         from sessionized as c join user_keys as k on k.user_code = c.user_idx - 1
-        join item_keys as i using (item_code)""")
+        join attr_codes as a using (attr_code) join item_keys as i using (item_code)""")
     con.execute("""create or replace view sessionized_text as
         select k.user_key, s.* from sessionized as s join user_keys as k on k.user_code = s.user_idx - 1
         where s.flags & 1 = 0""")
@@ -1148,7 +1148,7 @@ def test_the_short_sort_key_holds_the_extreme_values() -> None:
     # the pass takes the event's type and item back from the key (the sort carries only the key)
     con.execute("set variable session_gap_seconds = 1800")
     con.execute(named_queries("04_sessionize.sql")["shard"])
-    assert rows(con, "select event_type_id, item_code from sessionized") == [(1, 1), (3, 2)]
+    assert rows(con, "select event_type_id, item_code from sessionized join attr_codes using (attr_code)") == [(1, 1), (3, 2)]
     assert rows(con, "select view_id(), purchase_id()") == [(1, 3)]
     # the item code fills the 30 bits below the type rank
     assert prep.MAX_ITEMS == 1 << 30
