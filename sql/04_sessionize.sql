@@ -26,7 +26,7 @@
 --   kept history: a user's first event is seq 1, never a collapsed one), gap_seconds since the user's
 --   previous kept event, and session_no (1-based within the user). A session is the raw user_session
 --   where present, split further (and created where missing) by an inactivity gap. The view
---   kept_events: the rows without the collapsed views, with is_session_start from the flags. (Each event's next
+--   kept_events: the rows without the collapsed views. (Each event's next
 --   event, purchase and cart are found when loading: data/sequences.py.) The views coded and
 --   sorted_events are the shard's events in codes, unsorted and sorted (exact_order.sql may replace
 --   sorted_events).
@@ -200,7 +200,7 @@ select * from final;
 -- the kept events, what vocab and encode read (the collapsed repeat views, flag 1, stay in sessionized
 -- only to be counted)
 create or replace view kept_events as
-select * exclude (flags), (flags & 4) <> 0 as is_session_start from sessionized where flags & 1 = 0;
+select * exclude (flags) from sessionized where flags & 1 = 0;
 
 -- name: shard
 insert into sessionized by name

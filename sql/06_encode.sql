@@ -8,12 +8,13 @@
 --   events below):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
 --   price_bucket 1 unknown or zero, else 2 + floor(2 * log2(1 + price)) capped at 31;
---   hour_id 1..24, weekday_id 1..7 (ISO, Monday = 1);
 --   gap_bucket 1 for the user's first event, else 2 + floor(log2(1 + seconds since previous)) capped at 27.
 --   item_code is the item's number among every item of the log (items' item_code, with its product_id):
 --   it maps each event back to its raw item, one too rare for an id (item_idx 1) too. The events store
 --   no product_id and no epoch-seconds ts: writing the text ids cost 0.45 s of the 2 s step at 8M rows
---   (the integer code 0.1 s), ts 0.25 s; read.sql takes ts from event_at. The training targets (each event's next event, purchase and
+--   (the integer code 0.1 s), ts 0.25 s; read.sql takes ts from event_at. Nor what a reader takes from
+--   the other columns (schema 7): hour_id and weekday_id (read.sql takes them from event_at) and whether
+--   an event starts a session (a new session_no of the user); each column cost about 0.15 CPU-s to write. The training targets (each event's next event, purchase and
 --   cart) are found from these rows when loading (data/sequences.py), so the table stores no copy of them.
 -- No sort: sessionize stores its rows in user and position order (each shard's in its sort's order, the
 --   shards committed in user order: prepare._run_shards), and every step here keeps a scan's order. The
@@ -65,12 +66,9 @@ joined as (
         l.category_idx_of[s.attr_code] as category_idx,
         case when s.price is null or s.price <= 0 then unknown_id()
             else least(2 + floor(2 * log2(1 + s.price)), 31) end::tinyint as price_bucket,
-        (hour(s.event_at) + 1)::tinyint as hour_id,
-        isodow(s.event_at)::tinyint as weekday_id,
         case when s.gap_seconds is null then unknown_id()
             else least(2 + floor(log2(1 + s.gap_seconds)), 27) end::tinyint as gap_bucket,
-        s.session_no,
-        s.is_session_start
+        s.session_no
     from kept_events as s, lookups as l
 )
 

@@ -1,13 +1,15 @@
 -- read: named queries that turn a prepared dataset's Parquet tables into arrays for training,
 -- evaluation and export. Parameters: path (the Parquet file), split. An event's ts (epoch seconds) is
--- taken from its event_at here: events.parquet does not store it (06_encode.sql).
+-- taken from its event_at here: events.parquet does not store it (06_encode.sql), nor the time features
+-- hour_id 1..24 and weekday_id 1..7 (ISO, Monday = 1), taken here from event_at (UTC) too.
 
 -- name: sequence_events
 -- every event as one token, in the stored (user_idx, seq) order: the sequence store that training
 -- chunks, their targets and window inputs are cut from when loading (data/sequences.py)
 select
     user_idx, seq, epoch_us(event_at) as at_us,
-    item_idx, brand_idx, category_idx, event_type_id, price_bucket, hour_id, weekday_id, gap_bucket,
+    item_idx, brand_idx, category_idx, event_type_id, price_bucket,
+    (hour(event_at) + 1)::tinyint as hour_id, isodow(event_at)::tinyint as weekday_id, gap_bucket,
     epoch(event_at)::bigint as ts
 from read_parquet(getvariable('path'));
 

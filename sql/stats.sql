@@ -9,12 +9,15 @@ select
     (select count(*) from staged where reject_reason is null) as rows_valid;
 
 -- name: counts_clean
--- taken after sessionize: its rows are the distinct events, the collapsed repeat views among them
+-- taken after sessionize: its rows are the distinct events, the collapsed repeat views among them, and
+-- the sessions (the kept events that start one)
 select
     (select count(*) from sessionized) as rows_kept,
-    (select count(*) from sessionized where flags & 1 = 1) as rows_collapsed;
+    (select count(*) from sessionized where flags & 1 = 1) as rows_collapsed,
+    (select count(*) from sessionized where flags & 4 = 4) as n_sessions;
 
 -- name: counts
+-- parameters: n_sessions (counts_clean's)
 select
     (select count(*) from events) as n_events,
     (select count(*) from users) as n_users,
@@ -22,7 +25,7 @@ select
     (select coalesce(max(item_idx), unknown_id()) - unknown_id() from items) as n_items,
     (select coalesce(max(brand_idx), unknown_id()) - unknown_id() from brands) as n_brands,
     (select coalesce(max(category_idx), unknown_id()) - unknown_id() from categories) as n_categories,
-    (select count(*) from events where is_session_start) as n_sessions,
+    getvariable('n_sessions') as n_sessions,  -- (counted by counts_clean: events.parquet does not mark them)
     -- the log's bounds from each user's first and last event (as windows.sql's bounds), not every event
     (select min(first_event_at) from users)::varchar as first_event_at,
     (select max(last_event_at) from users)::varchar as last_event_at;

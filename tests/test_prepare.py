@@ -277,12 +277,20 @@ EVENTS_GOLDEN = [
 ]
 
 
-def test_encode_events(tiny_db: duckdb.DuckDBPyConnection) -> None:
-    got = rows(tiny_db, """
-        select user_idx, seq, event_type_id, item_idx, brand_idx, category_idx, price_bucket, hour_id,
-            weekday_id, gap_bucket, session_no, is_session_start
-        from events order by user_idx, seq""")
+def test_encode_events(tiny_prepared: prep.PrepareSummary, tiny_db: duckdb.DuckDBPyConnection) -> None:
+    # the features as the loader reads them (read.sql takes hour_id and weekday_id from event_at); a
+    # session starts where the user's session_no changes
+    tiny_db.execute("set variable path = ?", [str(tiny_prepared.out / "events.parquet")])
+    got = rows(tiny_db, f"""
+        select user_idx, seq, r.event_type_id, r.item_idx, r.brand_idx, r.category_idx, r.price_bucket, r.hour_id,
+            r.weekday_id, r.gap_bucket, e.session_no,
+            coalesce(e.session_no <> lag(e.session_no) over (partition by user_idx order by seq), true) as is_session_start
+        from ({named_queries("read.sql")["sequence_events"].rstrip().rstrip(";")}) as r
+        join events as e using (user_idx, seq)
+        order by user_idx, seq""")
     assert got == EVENTS_GOLDEN
+    # events.parquet stores none of what its readers take from the other columns (schema 7)
+    assert not {"hour_id", "weekday_id", "is_session_start", "ts"} & {c[0] for c in tiny_db.execute("describe events").fetchall()}
     assert rows(tiny_db, "select epoch(event_at), product_id from events join items using (item_code) "
                          "where user_idx = 2 and seq = 1") == [(1569924000, "1001")]
 
@@ -1113,10 +1121,10 @@ def test_ties_across_sessions_follow_the_values_not_the_file(tmp_path: Path) -> 
         m = prepare([str(raw)], tmp_path / f"p{i}", PrepareConfig(eval_days=1, min_item_count=1)).manifest
         con = open_prepared(tmp_path / f"p{i}")
         got.append((m["rows_collapsed"], m["n_events"], m["n_sessions"],
-                    rows(con, "select seq, session_no, is_session_start from events where user_idx = 2 order by seq")))
+                    rows(con, "select seq, session_no from events where user_idx = 2 order by seq")))
     assert got[0] == got[1] == got[2]
     # b, a, b: the last view follows a's view, so nothing is collapsed
-    assert got[0] == (0, 4, 4, [(1, 1, True), (2, 2, True), (3, 3, True)])
+    assert got[0] == (0, 4, 4, [(1, 1), (2, 2), (3, 3)])
 
 
 def test_duckdb_hash_is_the_one_the_session_order_was_made_with() -> None:

@@ -59,7 +59,10 @@ from purchasepred.fileio import folder_bytes, to_json
 # 6: events store the item's item_code (items has it beside the product_id) instead of its product_id,
 # and no ts (the loader takes it from event_at: read.sql): writing the text ids and ts was a third of
 # encode's 2 s at 8M rows. items has the column item_code.
-SCHEMA_VERSION = 6
+# 7: events store no hour_id, weekday_id (the loader takes them from event_at: read.sql) and no
+# is_session_start (a user's session starts where its session_no changes; the manifest's n_sessions is
+# counted by sessionize): each column cost about 0.15 CPU-s of encode's Parquet write at 8M rows.
+SCHEMA_VERSION = 7
 # the text whose DuckDB hash() the manifest records (session_hash_check)
 SESSION_HASH_PROBE = "purchasepred session"
 
@@ -1387,6 +1390,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
     kept = {k: int(before_drop[k]) for k in ("rows_read", "rows_rejected", "rows_ignored")}
     kept["rows_duplicate"] = int(before_drop["rows_valid"]) - int(before_drop["rows_kept"])
     kept.update({k: int(before_drop[k]) for k in ("rows_kept", "rows_collapsed")})
+    _set(con, "n_sessions", int(before_drop["n_sessions"]))
     counts = {**kept, **_rows(con, q["counts"])[0]}
     rejects = {r["reason"]: int(r["n"]) for r in _rows(con, q["rejects_by_reason"])}
     by_type = {r["event_type"]: int(r["n"]) for r in _rows(con, q["events_by_type"])}
