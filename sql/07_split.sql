@@ -2,14 +2,15 @@
 -- eval_seconds up to and including T, valid the eval_seconds before it, and "all" the future window
 -- after T that export predicts. A window's inputs are only the events strictly before its start;
 -- its truth is the set of (user, item) purchases inside it.
--- inputs: events, items.
+-- inputs: events, users, items.
 -- outputs: windows (key split: valid, test, all; window_start inclusive, window_end exclusive) and
 --   truth (grain: split, user_idx, product_id; item_idx is 1 for items too rare to have an id: they
 --   stay in the truth and count against every ranker).
 -- parameters: eval_seconds.
 create or replace table windows as
 with bounds as (
-    select max(event_at) as last_at from events
+    -- (the last of the users' last events: the last event, without a scan of them)
+    select max(last_event_at) as last_at from users
 ),
 
 cutoffs as (

@@ -93,7 +93,7 @@ select reason, value, n from ranked where rank <= 5 order by reason, rank;
 -- columns a query reads, and a view over a few of them would pass lines the load rejects.
 create or replace temp table input_sample as select * from input_records limit getvariable('sample_rows');
 with counted as (
-    select reject_reason as reason, bad_value as value, count(*) as n
+    select reject_reason as reason, value, count(*) as n
     from typed_records('input_sample')
     group by all
 )
@@ -148,8 +148,8 @@ delete from load_reject_errors;
 delete from load_reject_scans;
 
 -- name: ignored_by_value
--- taken after sessionize, before staged is dropped
-select ignored_value as value, count(*) as n from staged where reject_reason = 'ignored' group by 1 order by n desc, 1;
+-- taken after clean, before staged's value is dropped
+select value, count(*) as n from staged where reject_reason = 'ignored' group by 1 order by n desc, 1;
 
 -- name: events_by_type
 -- (grouped on the id, named after: naming each of millions of events cost twice the count)

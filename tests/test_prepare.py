@@ -1365,7 +1365,7 @@ def test_staged_gives_up_the_texts_only_clean_reads(tmp_path: Path, monkeypatch:
     kept = prepare([str(TINY)], tmp_path / "kept", TINY_CFG)
     dropped = set(prep.DONE_WITH_COLUMNS["clean"][1])
     assert dropped <= seen[1] and not dropped & seen[0]
-    assert {"user_key", "item_hash", "event_at", "reject_reason", "ignored_value", "file_no"} <= seen[0]
+    assert {"user_key", "item_hash", "event_at", "reject_reason", "file_no"} <= seen[0]
     assert (lean.manifest["rows_kept"], lean.manifest["n_events"]) == (kept.manifest["rows_kept"], kept.manifest["n_events"])
     assert same_tables(tmp_path / "lean", tmp_path / "kept") == dict.fromkeys(CONTENT_TABLES, 0)
 

@@ -91,13 +91,14 @@ WRITTEN_BY_STEPS = ("events",)
 # counts of them taken first), so that the sorts and joins after it have the memory, and the spill
 # folder, to themselves. A table in OUTPUT_TABLES is kept (the golden tests write the intermediate ones).
 DONE_WITH = {"sessionize": ("staged", "item_attrs"), "vocab": ("attr_counts",),
-             "encode": ("sessionized", "user_keys", "item_keys", "attr_codes")}
+             "encode": ("user_keys", "item_keys", "attr_codes"), "split": ("sessionized",)}
 DROP = {table: f"drop table {table}" for tables in DONE_WITH.values() for table in tables}  # our names, not input
 # Columns of a table that no step after the named one reads, dropped when it is done (as DONE_WITH; kept
 # where the table is an output): after clean, staged's item and attribute texts (sessionize joins on
-# item_hash) and the rejected records' texts (validate has read them). At 8M rows DuckDB's in-memory
+# item_hash) and the rejected and ignored records' texts (validate has read them, and ignored_by_value is
+# counted before the drop: _count_and_drop). At 8M rows DuckDB's in-memory
 # tables then hold 0.49 GB less while sessionize sorts (1.28 -> 0.79 GB for staged): less to spill.
-DONE_WITH_COLUMNS = {"clean": ("staged", ("item_key", "category_key", "category_code", "brand", "raw", "bad_value"))}
+DONE_WITH_COLUMNS = {"clean": ("staged", ("item_key", "category_key", "category_code", "brand", "raw", "value"))}
 DROP_COLUMN = {(table, column): f"alter table {table} drop column {column}"  # our names, not input
                for table, columns in DONE_WITH_COLUMNS.values() for column in columns}
 # 04_sessionize.sql packs an event's type and item code into one 4-byte sort key: item codes stay below this
@@ -814,10 +815,11 @@ def _count_and_drop(con: duckdb.DuckDBPyConnection, step: str) -> dict[str, Any]
     (DONE_WITH) and columns (DONE_WITH_COLUMNS) dropped, unless their table is an output."""
     stats = named_queries("stats.sql")
     counts: dict[str, Any] = {}
+    if step == "clean":
+        counts["ignored_by_value"] = {r["value"]: int(r["n"]) for r in _rows(con, stats["ignored_by_value"])}
     if step == "sessionize":
         counts.update(_rows(con, stats["counts_input"])[0])
         counts["rows_read_by_file"] = {r["file_path"]: int(r["n"]) for r in _rows(con, stats["rows_read_by_file"])}
-        counts["ignored_by_value"] = {r["value"]: int(r["n"]) for r in _rows(con, stats["ignored_by_value"])}
         counts.update(_rows(con, stats["counts_clean"])[0])
     for table in DONE_WITH.get(step, ()):
         if table not in OUTPUT_TABLES:

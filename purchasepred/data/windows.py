@@ -110,7 +110,7 @@ class Counts:
 
 @dataclass(frozen=True)
 class LogFacts:
-    """The few numbers the choice needs, read once from the encoded events."""
+    """The few numbers the choice needs, read once from the kept events."""
 
     first_us: int
     last_us: int
@@ -242,7 +242,7 @@ class Choice:
 
 
 def choose(con: duckdb.DuckDBPyConnection, requested: float | str, need: tuple[str, ...], where: str) -> Choice:
-    """The window length to split with, from the ``events`` and ``users`` tables on ``con``.
+    """The window length to split with, from the ``kept_events`` and ``users`` tables on ``con`` (windows.sql).
 
     ``auto`` must find usable windows or raise an InputError with the facts and how much more data it
     takes. A given number is kept; what is wrong with its windows is an InputError for the windows in
