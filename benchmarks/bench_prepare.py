@@ -38,6 +38,7 @@ from typing import Any
 import duckdb
 
 from purchasepred.cli import step_line
+from purchasepred.data.prepare import _write_parquet
 from purchasepred.data.synth import generate
 from purchasepred.fileio import folder_bytes
 
@@ -125,7 +126,7 @@ def floor_steps(path: Path, threads: int | None, temp_dir: Path) -> dict[str, fl
     seconds["sort"] = time.perf_counter() - t0
     con.execute("drop table keyed")
     t0 = time.perf_counter()
-    con.table("sorted").write_parquet(str(temp_dir / "floor.parquet"), compression="snappy", row_group_size_bytes="64MB")
+    _write_parquet(con, "sorted", temp_dir / "floor.parquet")  # (as prepare writes its tables)
     seconds["write"] = time.perf_counter() - t0
     con.close()
     (temp_dir / "floor.parquet").unlink(missing_ok=True)

@@ -3,7 +3,9 @@
 --   attr_code; stored in user_idx, seq order), attr_codes, the key tables of 03_clean.sql and the id
 --   tables of 05_vocab.sql (item_ids, brand_ids, categories).
 -- outputs: the view encoded_events (grain: one event; key user_idx, seq; in kept_events' order, which is
---   user_idx, seq, so that the files are byte-identical run to run), which prepare writes straight to
+--   user_idx, seq, so that the file holds the same rows in the same order run to run; its Parquet row
+--   groups follow the chunks of sessionized, which two runs may cut at other rows, so its bytes can
+--   differ where its rows do not), which prepare writes straight to
 --   events.parquet (no table of the events is stored: the steps after it read the file, through the view
 --   events below):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);

@@ -24,7 +24,22 @@ select t.* from truth as t join windows as w using (split)
 where t.first_purchase_at < w.window_start or t.first_purchase_at >= w.window_end;
 
 -- name: every_event_maps_back
-select e.user_idx, e.seq from events as e
-left join users as u using (user_idx)
-left join items as i using (item_code)
-where u.user_id is null or i.product_id is null or (i.item_idx <> e.item_idx);
+-- each event's user is a row of users, and its item_code a row of items with the event's item_idx: looked
+-- up by position, as users are numbered from first_id() and items' codes from 1, each with no gaps and
+-- no NULL raw id, which the query checks (otherwise every event fails): two hash joins of the events
+-- cost 0.18-0.22 s at 8M rows, the lookups about half
+with maps as (
+    select
+        (select count(*) = count(distinct user_idx) and min(user_idx) = first_id()
+            and max(user_idx) = count(*) + first_id() - 1 and count(user_id) = count(*) from users) as users_dense,
+        (select max(user_idx) from users) as last_user,
+        (select count(*) = count(distinct item_code) and min(item_code) = 1 and max(item_code) = count(*)
+            and count(product_id) = count(*) from items) as items_dense,
+        (select list(item_idx order by item_code) from items) as item_idx_of
+)
+
+select e.user_idx, e.seq from events as e, maps as m
+where not coalesce(m.users_dense and m.items_dense, false)
+    or e.user_idx not between first_id() and m.last_user
+    or e.item_code not between 1 and len(m.item_idx_of)
+    or m.item_idx_of[e.item_code] is distinct from e.item_idx;

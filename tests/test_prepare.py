@@ -694,6 +694,26 @@ def test_audits_catch_broken_data(synth_prepared: prep.PrepareSummary) -> None:
     con.execute("create or replace table truth as select * replace (first_purchase_at - interval 100 day as first_purchase_at) "
                 "from read_parquet(?)", [str(synth_prepared.out / "truth.parquet")])
     assert con.execute(audits["truth_inside_window"]).fetchall()
+    # an event that does not map back: another item's id, a user past the last, an item code past the last
+    events = str(synth_prepared.out / "events.parquet")
+    assert not con.execute(audits["every_event_maps_back"].replace("from events as e", "from read_parquet(?) as e"),
+                           [events]).fetchall()
+    for broken in ("item_idx + 1 as item_idx", "user_idx + 100000 as user_idx", "item_code + 100000 as item_code"):
+        con.execute(f"create or replace table events as select * replace ({broken}) from read_parquet(?)", [events])
+        assert len(con.execute(audits["every_event_maps_back"]).fetchall()) > 0, broken
+    # users or items that a lookup by position would misread (a gap in the numbering, a missing raw id) fail every event
+    con.execute("create or replace table events as select * from read_parquet(?)", [events])
+    n_events = con.execute("select count(*) from events").fetchone()[0]
+    for table in ("users", "items"):
+        con.execute(f"drop view {table}")
+        con.execute(f"create table {table} as select * from read_parquet(?)", [str(synth_prepared.out / f"{table}.parquet")])
+    assert con.execute(audits["every_event_maps_back"]).fetchall() == []
+    for table, broken in (("users", "user_idx + (user_idx > 5)::int as user_idx"), ("items", "item_code * 2 as item_code"),
+                          ("items", "case when item_code = 1 then null else product_id end as product_id")):
+        con.execute(f"create or replace table {table} as select * replace ({broken}) from read_parquet(?)",
+                    [str(synth_prepared.out / f"{table}.parquet")])
+        assert len(con.execute(audits["every_event_maps_back"]).fetchall()) == n_events, broken
+        con.execute(f"create or replace table {table} as select * from read_parquet(?)", [str(synth_prepared.out / f"{table}.parquet")])
 
 
 def test_failed_audit_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

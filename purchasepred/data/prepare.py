@@ -1171,9 +1171,14 @@ def _encode(con: duckdb.DuckDBPyConnection, tmp: Path, progress: StepProgress | 
 
 
 def _write_parquet(con: duckdb.DuckDBPyConnection, source: str, path: Path) -> None:
-    """The table or view ``source`` (our name, not input) to ``path``, in its order. Row groups of
-    ~64 MB: the writer buffers one per thread."""
-    con.table(source).write_parquet(str(path), compression="snappy", row_group_size_bytes="64MB")
+    """The table or view ``source`` (our name, not input) to ``path``, in its order, in Parquet's format
+    version 2 encodings (integers and times delta-coded) and without dictionary pages: the writer built a
+    dictionary for each column chunk and gave most of them up. events.parquet at 8M rows: its write
+    1.23 -> 0.92 s, 2.19 -> 1.66 CPU-s, the file 120 -> 92 MB, and a scan of it no slower (DuckDB, Arrow
+    and Spark read these encodings). A row group holds at most 64 MB; written in order, each chunk of the
+    source (about 123K events) is one."""
+    con.execute("copy (from query_table(?)) to ? (format parquet, compression snappy, row_group_size_bytes '64MB', "
+                "parquet_version v2, dictionary_size_limit 1)", [source, str(path)])
 
 
 def _user_shards(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
