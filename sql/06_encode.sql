@@ -1,7 +1,7 @@
 -- encode: one row per event with dense ids and the features the model reads.
 -- inputs: kept_events (04_sessionize.sql: user_idx, seq, sessions; item, category and brand as one
---   attr_code; stored in user_idx, seq order), attr_codes, the key tables of 03_clean.sql and the id
---   tables of 05_vocab.sql (item_ids, brand_ids, categories).
+--   attr_code; stored in user_idx, seq order), attr_codes and the id tables of 05_vocab.sql (item_ids,
+--   brand_ids, category_pairs, categories).
 -- outputs: the view encoded_events (grain: one event; key user_idx, seq; in kept_events' order, which is
 --   user_idx, seq, so that the file holds the same rows in the same order run to run; its Parquet row
 --   groups follow the chunks of sessionized, which two runs may cut at other rows, so its bytes can
@@ -29,21 +29,21 @@
 -- name: define
 create or replace view encoded_events as
 with attr_ids as (
-    -- each attr_code's item, brand and category ids (its item_idx NULL only for an item with no kept event)
+    -- each attr_code's item, brand and category ids (its item_idx NULL only for an item with no kept event;
+    -- its category the one 05_vocab.sql's category_pairs names for its pair of category codes)
     select
         a.attr_code,
         a.item_code,
         i.item_idx,
         coalesce(b.brand_idx, unknown_id()) as brand_idx,
-        coalesce(case when a.category_key_code is not null then ck.category_idx else cc.category_idx end,
-            unknown_id()) as category_idx
+        coalesce(c.category_idx, unknown_id()) as category_idx
     from attr_codes as a
     left join item_ids as i using (item_code)
     left join brand_ids as b using (brand_code)
-    left join category_keys as k using (category_key_code)
-    left join categories as ck on ck.category = k.category_key
-    left join category_codes as c using (category_code_code)
-    left join categories as cc on cc.category = c.category_code
+    left join category_pairs as p
+        on p.category_key_code is not distinct from a.category_key_code
+        and p.category_code_code is not distinct from a.category_code_code
+    left join categories as c on c.category = p.category
 ),
 
 lookups as (
