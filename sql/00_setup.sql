@@ -9,7 +9,7 @@
 --   (an empty template).
 -- staged is appended to in file order (preserve_insertion_order): a record's number in its file is
 -- its rowid - first_row + 1, with no row_number() window over the whole file.
--- parameters (read when a macro runs): time_format, input_time_zone, decimal_separator, event_keys, event_names, input_event (the one
+-- parameters (read when a macro runs): time_format, input_time_zone, decimal_separator, event_keys, event_ids, empty_texts, input_event_id (the one
 -- event of every row of a file without an event-type column, else NULL), min_event_at, max_event_at, null_values
 -- (texts that read as no value, else NULL).
 
@@ -86,28 +86,38 @@ create or replace macro not_listed_null(t) as case
 end;
 
 -- text without its surrounding spaces, NULL when empty or one of the mapping's null_values (trim only
--- where there is a space to trim: most values have none, and trim costs a copy of every value)
-create or replace macro clean_text(t) as not_listed_null(nullif(case when contains(t, ' ') then trim(t) else t end, ''));
+-- where there is a space to trim: most values have none, and trim costs a copy of every value). An
+-- empty text with no space reaches here only from JSON lines and Parquet (empty_texts true): DuckDB's CSV
+-- reader reads an empty field, quoted or not, as NULL, so for CSV that test is a constant and drops out
+-- (the empty check on every value cost 1.3 G instructions per 8M rows, 3.4% of the load's typing:
+-- callgrind, benchmarks/README.md)
+create or replace macro clean_text(t) as not_listed_null(case
+    when contains(t, ' ') then nullif(trim(t), '')
+    when getvariable('empty_texts') then nullif(t, '')
+    else t
+end);
 
--- the canonical event name of a raw event value (any case), 'ignore', or NULL when unmapped: event_names
--- at the value's place in event_keys (the mapping's keys, lower case: the value as written is looked up
--- first; two lists, where a MAP's lookup cost twice as much: 0.40 -> 0.23 CPU-s at 8M rows)
-create or replace macro event_name(v) as coalesce(
-    getvariable('event_names')[list_position(getvariable('event_keys'), v)],
-    getvariable('event_names')[list_position(getvariable('event_keys'), lower(trim(v)))]
+-- the event type id of a raw event value (any case): event_ids at the value's place in event_keys (the
+-- mapping's keys, lower case: the value as written is looked up first; two lists, where a MAP's lookup
+-- cost twice as much: 0.40 -> 0.23 CPU-s at 8M rows); 0 for a value the mapping ignores, NULL when
+-- unmapped. (The id straight from the list, where the event's name and a CASE over it to its id cost
+-- 1.1% more of the load's typing.)
+create or replace macro event_id(v) as coalesce(
+    getvariable('event_ids')[list_position(getvariable('event_keys'), v)],
+    getvariable('event_ids')[list_position(getvariable('event_keys'), lower(trim(v)))]
 );
 
 -- why a typed record is left out: 'ignored' (its event value is ignored by the mapping) or a reject
 -- reason; NULL when it is a valid event
-create or replace macro reject_reason(record_problem, event_name, user_key, item_key, event_at, price_text, price) as case
+create or replace macro reject_reason(record_problem, event_id, user_key, item_key, event_at, price_text, price) as case
     when record_problem is not null then record_problem  -- (JSON lines: an empty line, or not a JSON object)
-    when event_name = 'ignore' then 'ignored'
+    when event_id = 0 then 'ignored'
     when user_key is null then 'missing user_id'
     when item_key is null then 'missing item id'
     when event_at is null then 'unparseable event_time'
     when event_at < getvariable('min_event_at') or event_at > getvariable('max_event_at')
         then 'event_time out of range'
-    when event_name is null then 'unknown event_type'
+    when event_id is null then 'unknown event_type'
     when price_text is not null and price is null then 'unparseable price'
     when isnan(price) or isinf(price) then 'non-finite price'
     when price < 0 then 'negative price'
@@ -128,8 +138,8 @@ typed as (
     select
         *,
         parse_time(event_time) as event_at,
-        -- (a file whose rows are all one event, input.event, has no event-type column: input_event names it)
-        coalesce(getvariable('input_event'), event_name(event_type)) as event_name,
+        -- (a file whose rows are all one event, input.event, has no event-type column: input_event_id is its id)
+        coalesce(getvariable('input_event_id'), event_id(event_type)) as event_id,
         clean_text(product_id) as item_key,
         clean_text(user_id) as user_key,
         clean_text(user_session) as session_key,
@@ -145,7 +155,7 @@ final as (
     select
         getvariable('input_file_no') + coalesce(file_index, 0) as file_no,  -- (file_index: CSV files read in one scan)
         event_at,
-        event_type_id(event_name)::tinyint as event_type_id,
+        nullif(event_id, 0) as event_type_id,
         item_key,
         user_key,
         -- sessions are only compared for equality (and break ties in the sort): DuckDB's 64-bit hash()
@@ -187,7 +197,7 @@ final as (
     from (
         select
             *,
-            reject_reason(record_problem, event_name, user_key, item_key, event_at, price_text, price_value) as reject_reason,
+            reject_reason(record_problem, event_id, user_key, item_key, event_at, price_text, price_value) as reject_reason,
             reject_reason is not null as has_raw  -- (*COLUMNS() below cannot sit beside an operator)
         from typed
     )
@@ -235,7 +245,7 @@ create or replace table reject_lines (
 
 -- the canonical text columns a file may lack: a load unions it by name so that they read as NULL
 create or replace table optional_columns (
-    event_type varchar,  -- (absent only where input_event is set)
+    event_type varchar,  -- (absent only where input_event_id is set: input.event)
     category_id varchar,
     category_code varchar,
     brand varchar,

@@ -982,6 +982,21 @@ def test_cli_per_file_mapping_with_set_and_check(tmp_path: Path, views_and_order
     clean_failure(result, "input.files entry 1 (x.csv) matches none of the input files")
 
 
+def test_parquet_empty_texts_read_as_missing_like_the_csv_s_empty_fields(tmp_path: Path) -> None:
+    """A Parquet file whose text columns hold '' where the CSV has empty fields (DuckDB's CSV reader gives
+    NULL, never '') prepares to the CSV's tables, rejects and counts: clean_text reads '' as NULL for
+    Parquet and JSON lines (empty_texts), where for CSV that test drops out."""
+    pq = tmp_path / "tiny_empty.parquet"
+    con = duckdb.connect()
+    con.execute("copy (select coalesce(columns(*), '') from read_csv(?, all_varchar = true, ignore_errors = true)) to '"
+                + str(pq).replace("'", "''") + "'", [str(TINY)])
+    assert con.execute("select count(*) from read_parquet(?) where brand = '' or user_session = ''", [str(pq)]).fetchone()[0] > 0
+    c = prepare([str(TINY)], tmp_path / "c", TINY_CFG).manifest
+    m = prepare([str(pq)], tmp_path / "p", TINY_CFG).manifest
+    assert conserved(m) and m["rejects_by_reason"] == {k: v for k, v in c["rejects_by_reason"].items() if k != "wrong field count"}
+    assert same(tmp_path / "p", tmp_path / "c")
+
+
 # ---- JSON lines ---------------------------------------------------------------------------------------
 
 def _tiny_as_json_lines(path: Path, nested: bool = False) -> Path:
