@@ -16,7 +16,10 @@ in one run:
 
 Targets (issue 10): at most 10x the bare count(*) at 8M rows under the default memory settings, peak
 RSS under 2 GB with --memory-limit 1GB, and a cost per row that stays flat from 1M to 50M rows.
-The machine is shared and timings are noisy: compare ratios from the same run, not seconds.
+The machine is shared and timings are noisy: compare ratios from the same run, not seconds. Its speed
+also drifts by 10-20% over minutes, between the baselines (run first) and the prepare runs: each prepare
+run therefore also has a bare count(*) taken just before it, and "/count paired" is the median of those
+runs' own ratios (beside "/count", the median run over the medians of the baselines).
 
 Example: python benchmarks/bench_prepare.py --rows 1000000 8000000
 """
@@ -76,6 +79,28 @@ def bare_scan(path: Path, threads: int | None, repeats: int = 3) -> tuple[list[f
         buffered_s.append(time.perf_counter() - t0)
     con.close()
     return count_s, full_s, buffered_s, int(n)
+
+
+class CountNow:
+    """A bare ``count(*)`` of ``path`` on demand, on one connection warmed up as bare_scan's (a new
+    connection's first scan costs more): taken right before each prepare run, since the box's speed
+    drifts by 10-20% over minutes, so that each run is also set against the baseline of its own moment
+    (the "paired" ratio)."""
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        self.path = path
+        self.con = duckdb.connect()
+        if threads:
+            self.con.execute("set threads = ?", [threads])
+        self.con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()  # warm-up
+
+    def __call__(self) -> float:
+        t0 = time.perf_counter()
+        self.con.execute("select count(*) from read_csv(?)", [str(self.path)]).fetchall()
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.con.close()
 
 
 # the read buffer of prepare's CSV load (sql/01_load_csv.sql), in bytes
@@ -244,15 +269,21 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  floor {sum(floor.values()):.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in floor.items()),
                       flush=True)
             runs = []
+            paired_counts = []
+            count_now = CountNow(path, args.threads)
             for _ in range(max(1, args.repeats)):
                 shutil.rmtree(work / "plain", ignore_errors=True)
+                paired_counts.append(count_now())
                 runs.append(run_prepare(path, work / "plain", extra, work / "spill-plain"))
                 plain = runs[-1]
                 print(f"  prepare (default memory): {plain['seconds']:.1f} s, peak RSS {plain['rss_mb']:,.0f} MB, "
-                      f"spill {plain['spill_bytes'] / 1e9:.2f} GB" + (f"  FAILED {plain['error']}" if plain["error"] else ""),
-                      flush=True)
+                      f"spill {plain['spill_bytes'] / 1e9:.2f} GB; count(*) just before it {paired_counts[-1]:.2f} s "
+                      f"({plain['seconds'] / paired_counts[-1]:.1f}x)"
+                      + (f"  FAILED {plain['error']}" if plain["error"] else ""), flush=True)
                 print(f"    steps: {steps_line(plain)}", flush=True)
+            count_now.close()
             prepare_runs = [r["seconds"] for r in runs]
+            paired = median([r["seconds"] / c for r, c in zip(runs, paired_counts, strict=True)])
             plain = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]  # the median run (lower middle)
             limited = None
             if not args.no_limited:
@@ -271,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         results.append({
             "rows": n, "input_mb": size_mb, "count_s": count_s, "full_scan_s": full_s,
             "count_runs_s": count_runs, "full_scan_runs_s": full_runs, "count_load_buffer_runs_s": buffered_runs,
-            "prepare_runs_s": prepare_runs,
+            "prepare_runs_s": prepare_runs, "paired_count_runs_s": paired_counts, "ratio_count_paired": paired,
             "prepare_s": plain["seconds"], "prepare_duration_s": m.get("duration_s"), "memory_limit": m.get("memory_limit"),
             "ratio_count": plain["seconds"] / count_s, "ratio_full": plain["seconds"] / full_s,
             "floor": floor, "floor_s": None if floor is None else sum(floor.values()),
@@ -288,15 +319,16 @@ def main(argv: list[str] | None = None) -> None:
             "error": plain["error"], "cores": os.cpu_count(), "threads": args.threads,
         })
 
-    header = ["rows", "count(*) s", "full scan s", "floor s", "prepare s", "/count", "/full", "/floor", "s per M rows", "peak RSS MB",
-              "spill GB", f"{args.memory_limit}: s", "RSS MB", "spill GB"]
+    header = ["rows", "count(*) s", "full scan s", "floor s", "prepare s", "/count", "/count paired", "/full", "/floor",
+              "s per M rows", "peak RSS MB", "spill GB", f"{args.memory_limit}: s", "RSS MB", "spill GB"]
     table = []
     for r in results:
         lim = r["limited"] or {}
         fl = r["floor_s"]
         table.append([f"{r['rows']:,}", f"{r['count_s']:.2f}", f"{r['full_scan_s']:.2f}",
                       f"{fl:.2f} ({fl / r['count_s']:.1f}x)" if fl else "-", f"{r['prepare_s']:.1f}",
-                      f"{r['ratio_count']:.1f}x", f"{r['ratio_full']:.1f}x", f"{r['prepare_s'] / fl:.1f}x" if fl else "-",
+                      f"{r['ratio_count']:.1f}x", f"{r['ratio_count_paired']:.1f}x", f"{r['ratio_full']:.1f}x",
+                      f"{r['prepare_s'] / fl:.1f}x" if fl else "-",
                       f"{r['prepare_s'] / (r['rows'] / 1e6):.2f}",
                       f"{r['peak_rss_mb']:,.0f}", f"{r['spill_bytes'] / 1e9:.2f}",
                       f"{lim['prepare_s']:.1f}" if lim else "-", f"{lim['peak_rss_mb']:,.0f}" if lim else "-",
@@ -313,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         lim = r["limited"] or {}
         ok = r["error"] is None
-        print(f"{r['rows']:,} rows: <= 10x count(*): {'yes' if ok and r['ratio_count'] <= 10 else 'NO'}"
+        print(f"{r['rows']:,} rows: <= 10x count(*): {'yes' if ok and r['ratio_count'] <= 10 else 'NO'} "
+              f"(paired: {'yes' if ok and r['ratio_count_paired'] <= 10 else 'NO'})"
               + (f"; {args.memory_limit}: RSS < 2 GB {'yes' if lim['peak_rss_mb'] < 2048 and not lim['error'] else 'NO'},"
                  f" same counts {lim['same_counts']}, same content_hash {lim['same_content_hash']}" if lim else ""))
     if args.json:
