@@ -90,7 +90,7 @@ end;
 -- empty text with no space reaches here only from JSON lines and Parquet (empty_texts true): DuckDB's CSV
 -- reader reads an empty field, quoted or not, as NULL, so for CSV that test is a constant and drops out
 -- (the empty check on every value cost 1.3 G instructions per 8M rows, 3.4% of the load's typing:
--- callgrind, benchmarks/README.md)
+-- benchmarks/typing_instructions.py, which counts under callgrind)
 create or replace macro clean_text(t) as not_listed_null(case
     when contains(t, ' ') then nullif(trim(t), '')
     when getvariable('empty_texts') then nullif(t, '')
