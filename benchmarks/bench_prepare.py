@@ -57,42 +57,19 @@ def synth_file(rows: int, seed: int, views_per_purchase: float, days: int, cache
     return path, time.perf_counter() - t0
 
 
-def bare_scan(path: Path, threads: int | None, repeats: int = 3) -> tuple[list[float], list[float], list[float], int]:
-    """Seconds of ``count(*)`` (the issue's baseline), of a scan that materialises every column, and of
-    ``count(*)`` with the 16 MB read buffer prepare's load uses (LOAD_BUFFER: shown beside the baseline,
-    not used in the ratios), ``repeats`` times each, alternating (all move by 10-20% from run to run on a
-    shared box: the ratios use their medians)."""
-    con = duckdb.connect()
-    if threads:
-        con.execute("set threads = ?", [threads])
-    n = con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()[0][0]  # warm-up
-    count_s, full_s, buffered_s = [], [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()
-        count_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        con.execute("select max(columns(*)) from read_csv(?)", [str(path)]).fetchall()
-        full_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        con.execute("select count(*) from read_csv(?, buffer_size = ?)", [str(path), LOAD_BUFFER]).fetchall()
-        buffered_s.append(time.perf_counter() - t0)
-    con.close()
-    return count_s, full_s, buffered_s, int(n)
-
-
 class CountNow:
-    """A bare ``count(*)`` of ``path`` on demand, on one connection warmed up as bare_scan's (a new
-    connection's first scan costs more): taken right before each prepare run, since the box's speed
-    drifts by 10-20% over minutes, so that each run is also set against the baseline of its own moment
-    (the "paired" ratio)."""
+    """A bare ``count(*)`` of ``path`` on demand (the issue's baseline), on one connection warmed up by a
+    first count (a new connection's first scan costs more; ``rows`` is its result). bare_scan takes its
+    baselines through it, and a count is also taken right before each prepare run, since the box's speed
+    drifts by 10-20% over minutes: each run is also set against the baseline of its own moment (the
+    "paired" ratio)."""
 
     def __init__(self, path: Path, threads: int | None) -> None:
         self.path = path
         self.con = duckdb.connect()
         if threads:
             self.con.execute("set threads = ?", [threads])
-        self.con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()  # warm-up
+        self.rows = int(self.con.execute("select count(*) from read_csv(?)", [str(path)]).fetchall()[0][0])  # warm-up
 
     def __call__(self) -> float:
         t0 = time.perf_counter()
@@ -101,6 +78,25 @@ class CountNow:
 
     def close(self) -> None:
         self.con.close()
+
+
+def bare_scan(path: Path, threads: int | None, repeats: int = 3) -> tuple[list[float], list[float], list[float], int]:
+    """Seconds of ``count(*)`` (the issue's baseline), of a scan that materialises every column, and of
+    ``count(*)`` with the 16 MB read buffer prepare's load uses (LOAD_BUFFER: shown beside the baseline,
+    not used in the ratios), ``repeats`` times each, alternating (all move by 10-20% from run to run on a
+    shared box: the ratios use their medians)."""
+    count = CountNow(path, threads)
+    count_s, full_s, buffered_s = [], [], []
+    for _ in range(repeats):
+        count_s.append(count())
+        t0 = time.perf_counter()
+        count.con.execute("select max(columns(*)) from read_csv(?)", [str(path)]).fetchall()
+        full_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        count.con.execute("select count(*) from read_csv(?, buffer_size = ?)", [str(path), LOAD_BUFFER]).fetchall()
+        buffered_s.append(time.perf_counter() - t0)
+    count.close()
+    return count_s, full_s, buffered_s, count.rows
 
 
 # the read buffer of prepare's CSV load (sql/01_load_csv.sql), in bytes

@@ -984,12 +984,10 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
     _set(con, "null_values", list(m.null_values) or None)
     _set(con, "decimal_separator", m.decimal_separator)
     _set(con, "event_keys", list(m.events))
-    # each key's event type id (0: ignored; ids.sql's numbers, taken there), and the one event of a file
-    # without an event-type column (input.event), else NULL
-    con.execute("set variable event_ids = list_transform(?::varchar[], lambda n: case when n = 'ignore' then 0 "
-                "else event_type_id(n) end)::tinyint[]", [list(m.events.values())])
-    con.execute("set variable input_event_id = (case when ?::varchar = 'ignore' then 0 else event_type_id(?::varchar) end)::tinyint",
-                [m.event, m.event])
+    # each key's event type id (00_setup.sql's mapped_event_id: 0 for ignored), and that of the one event of a
+    # file without an event-type column (input.event), else NULL
+    con.execute("set variable event_ids = list_transform(?::varchar[], lambda n: mapped_event_id(n))", [list(m.events.values())])
+    con.execute("set variable input_event_id = mapped_event_id(?::varchar)", [m.event])
     # (JSON lines and Parquet hold empty texts, which clean_text reads as NULL; DuckDB's CSV reader never gives one)
     _set(con, "empty_texts", f.format in ("json", "parquet"))
     _set(con, "input_delimiter", m.delimiter)
