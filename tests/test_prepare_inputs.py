@@ -400,6 +400,58 @@ def test_time_zone_of_times_written_without_one(time_format: str, zone: str | No
     assert got == (datetime.fromisoformat(expected) if expected else None)
 
 
+def _setup_connection(setup_sql: str, **variables: object) -> duckdb.DuckDBPyConnection:
+    from purchasepred.resources import connect
+
+    con = connect()
+    con.execute("set TimeZone = 'UTC'")
+    con.execute(setup_sql)
+    for name, value in variables.items():
+        con.execute(f"set variable {name} = ?", [value])
+    return con
+
+
+_UTC_TIMES = [
+    "2019-10-01 00:00:13 UTC", "2019-10-01T00:00:13 UTC", "2019-10-01 00:00:13.5 UTC", " 2019-10-01 00:00:13 UTC",
+    "2019-10-01 24:00:00 UTC", "2019-10-01 UTC", "2019-10-01 00:00 UTC", "2019-02-30 00:00:00 UTC",
+    "2019-10-01 00:00:13  UTC", "2019-10-01 00:00:13+02 UTC", "2019-10-01 00:00:13 +02:00 UTC", "1969-12-31 23:59:59 UTC",
+    "10000-01-01 00:00:00 UTC", "-2019-10-01 00:00:13 UTC", "2019-10-01 00:00:13 utc", "soon UTC", " UTC", "UTC",
+    "2019-10-01 00:00:13", "2019-10-01 00:00:13+02:00", "2019-10-01 00:00:13 Europe/Berlin",
+]
+
+
+@pytest.mark.parametrize("zone", [None, "Europe/Berlin"])
+def test_the_utc_fast_path_reads_every_time_as_the_general_path(zone: str | None) -> None:
+    """parse_time tries a time ending in ' UTC' with the plain TIMESTAMP cast first (utc_time): on every
+    spelling, odd ones included, it gives what the general path (00_setup.sql without that step) gives."""
+    from purchasepred.resources import sql_dir
+
+    setup = (sql_dir() / "00_setup.sql").read_text()
+    assert setup.count("        utc_time(t),\n") == 2
+    fast = _setup_connection(setup, time_format="iso", input_time_zone=zone)
+    general = _setup_connection(setup.replace("        utc_time(t),\n", ""), time_format="iso", input_time_zone=zone)
+    query = "select t, parse_time(t)::timestamp from unnest(?::varchar[]) as u(t) order by t"
+    got, want = fast.execute(query, [_UTC_TIMES]).fetchall(), general.execute(query, [_UTC_TIMES]).fetchall()
+    assert got == want
+    assert dict(got)["2019-10-01 00:00:13 UTC"] == datetime(2019, 10, 1, 0, 0, 13)
+
+
+@pytest.mark.parametrize("separator, null_values", [(".", None), (".", ["NA", "12"]), (",", None)])
+def test_price_of_is_the_price_of_the_cleaned_text(separator: str, null_values: list[str] | None) -> None:
+    """price_of (the load's price) skips clean_text where it cannot change the number: it equals
+    parse_price(clean_text(t)) for padded, blank, listed and malformed prices."""
+    from purchasepred.resources import sql_dir
+
+    texts = ["12.5", " 12.5 ", "  ", "", "1e3 ", " nan", "inf", "12. ", "\t12", " -3", "1 2", "+ 5", " .5", "NA",
+             " NA", "12", " 12", "1.234,5", " 12,5", "abc", None]
+    con = _setup_connection((sql_dir() / "00_setup.sql").read_text(), decimal_separator=separator,
+                            null_values=null_values, empty_texts=True)
+    got = con.execute("select list(price_of(t) is not distinct from parse_price(clean_text(t)) order by i) "
+                      "from unnest(?::varchar[]) with ordinality as u(t, i)", [texts]).fetchone()[0]
+    assert got == [True] * len(texts)
+    assert con.execute("select price_of(' 12 ')").fetchone()[0] == (None if null_values else 12.0)
+
+
 def test_time_zone_names_are_places() -> None:
     """A zone is taken by the name of a place (any case) or UTC/GMT, never by an abbreviation."""
     from purchasepred.data.inputs import time_zone_name
