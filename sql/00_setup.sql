@@ -113,15 +113,15 @@ create or replace macro price_of(t) as case
     else parse_price(clean_text(t))
 end;
 
+-- the id a mapping's event name stands for in event_ids and input_event_id: 0 for 'ignore', else
+-- event_type_id (NULL for no name)
+create or replace macro mapped_event_id(name) as (case when name = 'ignore' then 0 else event_type_id(name) end)::tinyint;
+
 -- the event type id of a raw event value (any case): event_ids at the value's place in event_keys (the
 -- mapping's keys, lower case: the value as written is looked up first; two lists, where a MAP's lookup
 -- cost twice as much: 0.40 -> 0.23 CPU-s at 8M rows); 0 for a value the mapping ignores, NULL when
 -- unmapped. (The id straight from the list, where the event's name and a CASE over it to its id cost
 -- 1.1% more of the load's typing.)
--- the id a mapping's event name stands for in event_ids and input_event_id: 0 for 'ignore', else
--- event_type_id (NULL for no name)
-create or replace macro mapped_event_id(name) as (case when name = 'ignore' then 0 else event_type_id(name) end)::tinyint;
-
 create or replace macro event_id(v) as coalesce(
     getvariable('event_ids')[list_position(getvariable('event_keys'), v)],
     getvariable('event_ids')[list_position(getvariable('event_keys'), lower(trim(v)))]

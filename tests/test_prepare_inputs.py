@@ -363,6 +363,18 @@ def test_text_that_happens_to_spell_ustar_is_no_tar_archive(tmp_path: Path) -> N
         _check_not_archive(tmp_path / "log.csv", b"x" * 257 + b"ustar  \x00")
 
 
+def _setup_connection(setup_sql: str, **variables: object) -> duckdb.DuckDBPyConnection:
+    """A connection in UTC with ``setup_sql`` (00_setup.sql's text) run and the macros' variables set."""
+    from purchasepred.resources import connect
+
+    con = connect()
+    con.execute("set TimeZone = 'UTC'")
+    con.execute(setup_sql)
+    for name, value in variables.items():
+        con.execute(f"set variable {name} = ?", [value])
+    return con
+
+
 @pytest.mark.parametrize("time_format, zone, text, expected", [
     ("iso", None, "2024-07-01 10:00:00", "2024-07-01 10:00:00"),
     ("iso", None, "2024-07-01 10:00:00+02:00", "2024-07-01 08:00:00"),
@@ -389,26 +401,11 @@ def test_text_that_happens_to_spell_ustar_is_no_tar_archive(tmp_path: Path) -> N
 ])
 def test_time_zone_of_times_written_without_one(time_format: str, zone: str | None, text: str, expected: str | None) -> None:
     """00_setup.sql's parse_time under input.time_zone (input_time_zone), for each way a time is written."""
-    from purchasepred.resources import connect, sql_dir
+    from purchasepred.resources import sql_dir
 
-    con = connect()
-    con.execute("set TimeZone = 'UTC'")
-    con.execute((sql_dir() / "00_setup.sql").read_text())
-    con.execute("set variable time_format = ?", [time_format])
-    con.execute("set variable input_time_zone = ?", [zone])
+    con = _setup_connection((sql_dir() / "00_setup.sql").read_text(), time_format=time_format, input_time_zone=zone)
     got = con.execute("select parse_time(?)::timestamp", [text]).fetchone()[0]
     assert got == (datetime.fromisoformat(expected) if expected else None)
-
-
-def _setup_connection(setup_sql: str, **variables: object) -> duckdb.DuckDBPyConnection:
-    from purchasepred.resources import connect
-
-    con = connect()
-    con.execute("set TimeZone = 'UTC'")
-    con.execute(setup_sql)
-    for name, value in variables.items():
-        con.execute(f"set variable {name} = ?", [value])
-    return con
 
 
 _UTC_TIMES = [
