@@ -4,10 +4,10 @@ Wall and CPU seconds on this shared box move 10-20% from run to run, more than a
 of the load is worth; the number of instructions a run executes does not (two runs agree to 0.1%). This
 runs DuckDB under valgrind's callgrind (``valgrind`` must be installed): for each revision, a child
 process reads the first --rows records of a synthetic REES46 log into memory as text and then types them
-with that revision's 00_setup.sql into a table (``create table as select * from typed_records(...)``), on
-one thread; the same child without the typing gives the fixed part (interpreter, imports, the read),
-which is subtracted. What is left is the instructions of typing and storing the records, per revision,
-and their ratio.
+with that revision's 00_setup.sql into a table (``create table as select * from staged_records(...)``, what
+the load stores, or ``typed_records`` at a revision without it), on one thread; the same child without
+the typing gives the fixed part (interpreter, imports, the read), which is subtracted. What is left
+is the instructions of typing and storing the records, per revision, and their ratio.
 
 The macros read the load's variables, set here as prepare sets them for the REES46 form; both the names
 of earlier revisions and today's are set, so that one harness serves both.
@@ -48,7 +48,9 @@ s("input_names", "event_time,event_type,product_id,category_id,category_code,bra
 s("min_event_at", datetime.datetime(2000, 1, 1)); s("max_event_at", datetime.datetime(2100, 1, 1))
 con.execute("create table recs as select * from read_csv(?, all_varchar = true)", [csv])
 if mode == "typed":
-    con.execute("create table typed as select * from typed_records('recs')")
+    # what the load stores: staged_records where the revision has it (staged holding the item's texts as one)
+    has_staged = con.execute("select count(*) from duckdb_functions() where function_name = 'staged_records'").fetchone()[0]
+    con.execute(f"create table typed as select * from {'staged_records' if has_staged else 'typed_records'}('recs')")
 '''
 
 

@@ -113,6 +113,25 @@ create or replace macro price_of(t) as case
     else parse_price(clean_text(t))
 end;
 
+-- item_text_of(item, category_id, category_code, brand): the four texts of an event's item, one after another
+-- (NULL as empty), and item_lens_of their first three lengths in bytes, in 42 bits each of a HUGEINT (a
+-- BIGINT's 21 bits would overflow on a text of 2 MB). Together they are exact: the fourth is the rest,
+-- and a cleaned text is never empty (clean_text), so an empty part is a NULL. item_texts() takes them apart
+create or replace macro item_text_of(item, category_key, category_code, brand) as concat(item, category_key, category_code, brand);
+create or replace macro item_lens_of(item, category_key, category_code) as
+    (coalesce(strlen(item), 0)::hugeint << 84) | (coalesce(strlen(category_key), 0)::hugeint << 42) | coalesce(strlen(category_code), 0);
+-- item_texts(t, lens): {item_key, category_key, category_code, brand} of an item_text and its item_lens (the
+-- parts are cut from its bytes: each is a whole text, so valid UTF-8)
+create or replace macro item_part(t, first, n) as nullif(decode(encode(t)[first:first + n - 1]), '');
+create or replace macro item_texts(t, lens) as {
+    'item_key': item_part(t, 1, (lens >> 84)::bigint),
+    'category_key': item_part(t, (lens >> 84)::bigint + 1, ((lens >> 42) & 4398046511103)::bigint),
+    'category_code': item_part(t, (lens >> 84)::bigint + ((lens >> 42) & 4398046511103)::bigint + 1,
+        (lens & 4398046511103)::bigint),
+    'brand': item_part(t, (lens >> 84)::bigint + ((lens >> 42) & 4398046511103)::bigint + (lens & 4398046511103)::bigint + 1,
+        strlen(t))
+};
+
 -- the id a mapping's event name stands for in event_ids and input_event_id: 0 for 'ignore', else
 -- event_type_id (NULL for no name)
 create or replace macro mapped_event_id(name) as (case when name = 'ignore' then 0 else event_type_id(name) end)::tinyint;
@@ -183,13 +202,19 @@ final as (
         -- differs may order tied events of different sessions otherwise, so the manifest records a
         -- probe of it (session_hash_check), which the content hash covers
         case when session_key is not null then hash(session_key) end as session_hash,
+        -- the item, category_id, category_code and brand as staged stores them: one text, the four
+        -- written one after another, and their lengths (item_texts() below takes them apart). One text
+        -- column where four cost a column each to store, and 03_clean.sql's one distinct over it, where the
+        -- distinct over four texts took 1.33 CPU-s at 8M rows, 0.6 over these two
+        item_text_of(item_key, category_key, category_code_norm, brand_norm) as item_text,
+        item_lens_of(item_key, category_key, category_code_norm) as item_lens,
         -- the key 04_sessionize.sql joins each event's item, category and brand to their codes on: DuckDB's
-        -- hash() of the four texts, one 8-byte key where four joins on text cost 0.86 CPU-s at 8M rows (0.17 on
-        -- it; taking and storing it 0.25). 03_clean.sql's item_attrs holds the hash of each distinct four
-        -- beside them, and where two of its rows share a hash, exact_keys.sql makes the keys row numbers
-        -- first: a join on them is the join on the text. (The user's text join costs about what its hash
-        -- would cost here.)
-        hash(item_key, category_key, category_code_norm, brand_norm) as item_hash,
+        -- hash() of the four texts' item_text, one 8-byte key where four joins on text cost 0.86 CPU-s at 8M
+        -- rows (0.17 on it; taking and storing it 0.25). 03_clean.sql's item_attrs holds the hash of each
+        -- distinct four beside them, and where two of its rows share a hash (two fours with the same
+        -- item_text among them), exact_keys.sql makes the keys row numbers first: a join on them is the join
+        -- on the text. (The user's text join costs about what its hash would cost here.)
+        hash(item_text) as item_hash,
         category_key,
         category_code_norm as category_code,
         brand_norm as brand,
@@ -224,17 +249,20 @@ final as (
 
 select * from final;
 
+-- staged_records(src): typed_records as staged stores them: the item and its category and brand as
+-- item_text and item_lens only
+create or replace macro staged_records(src) as table
+select * exclude (item_key, category_key, category_code, brand) from typed_records(src);
+
 create or replace table staged (
     file_no integer,
     event_at timestamp,
     event_type_id tinyint,
-    item_key varchar,
     user_key varchar,
+    item_text varchar,
+    item_lens hugeint,
     session_hash ubigint,
     item_hash ubigint,
-    category_key varchar,
-    category_code varchar,
-    brand varchar,
     price double,
     reject_reason varchar,
     raw varchar,

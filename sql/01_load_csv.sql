@@ -43,7 +43,7 @@ from read_csv(
 
 -- name: load
 insert into staged by name
-select * from typed_records('input_records');
+select * from staged_records('input_records');
 
 
 insert into raw_rejects

@@ -12,4 +12,4 @@ select * from parquet_columns;  -- in file order: rowid numbers the records
 
 -- name: load
 insert into staged by name
-select * from typed_records('input_records');
+select * from staged_records('input_records');

@@ -3,7 +3,7 @@
 -- 04_sessionize.sql joins the events to their codes on item_hash, which equals a join on the four texts
 -- only where each hash names one row.
 -- inputs: staged, item_attrs. outputs: the same, item_hash replaced by a row number of item_attrs, on the
--- valid events of staged by a join on the four texts. The codes, and so every output table, are those
+-- valid events of staged by a join on the four texts (item_text and item_lens: 00_setup.sql). The codes, and so every output table, are those
 -- of a join on the text.
 
 -- name: hash_collisions
@@ -16,7 +16,4 @@ select * replace ((row_number() over (order by item_key, category_key, category_
 from item_attrs;
 update staged set item_hash = a.item_hash
 from item_attrs as a
-where staged.reject_reason is null and staged.item_key = a.item_key
-    and staged.category_key is not distinct from a.category_key
-    and staged.category_code is not distinct from a.category_code
-    and staged.brand is not distinct from a.brand;
+where staged.reject_reason is null and staged.item_text = a.item_text and staged.item_lens = a.item_lens;

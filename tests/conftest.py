@@ -29,7 +29,7 @@ TINY_COMPETITION = FIXTURES / "tiny_competition.csv"
 TINY_CFG = PrepareConfig(session_gap_minutes=30, max_len=4, min_item_count=2, eval_days=1)
 
 # Intermediate tables of the SQL steps, written next to the usual outputs for the golden tests.
-STEP_TABLES = ("staged", "raw_rejects", "sessionized", "user_keys", "item_keys", "attr_codes")
+STEP_TABLES = ("staged", "raw_rejects", "sessionized", "user_keys", "item_attrs", "item_keys", "attr_codes")
 
 
 def open_prepared(out: Path) -> duckdb.DuckDBPyConnection:

@@ -133,7 +133,7 @@ def test_load_keeps_every_line(tiny_db: duckdb.DuckDBPyConnection) -> None:
          "2019-10-02 10:00:00 UTC,view,1001,2053013555631882655,electronics.smartphone,apple,100.00,200"),
     ]
     # category_id is read as text: all 19 digits survive
-    assert rows(tiny_db, "select distinct category_key from staged where category_key is not null order by 1") == [
+    assert rows(tiny_db, "select distinct category_key from item_attrs where category_key is not null order by 1") == [
         (CAT_PHONE,), (CAT_OTHER,),
     ]
 
@@ -158,8 +158,10 @@ def test_rejects_have_reason_and_line(tiny_db: duckdb.DuckDBPyConnection) -> Non
 
 
 def test_validate_types_the_valid_rows(tiny_db: duckdb.DuckDBPyConnection) -> None:
-    # typed while read: the valid records of staged
-    tiny_db.execute("create view loaded as select * from staged where reject_reason is null")
+    # typed while read: the valid records of staged (which holds each event's item, category and brand as
+    # one item_text: clean's item_attrs has them apart, by the event's item_hash)
+    tiny_db.execute("""create view loaded as select s.*, a.item_key, a.category_key, a.category_code, a.brand
+        from staged as s join item_attrs as a using (item_hash, item_text, item_lens) where s.reject_reason is null""")
     assert rows(tiny_db, "select count(*) from loaded") == [(19,)]  # 23 parsed - 4 invalid
     assert rows(tiny_db, "select reject_reason, count(*) from staged group by 1 order by 1") == [
         ("missing user_id", 1), ("negative price", 1), ("unknown event_type", 1), ("unparseable event_time", 1), (None, 19),
@@ -1163,10 +1165,10 @@ def test_the_short_sort_key_holds_the_extreme_values() -> None:
     con = duckdb.connect()
     define_ids(con)
     con.execute((sql_dir() / "00_setup.sql").read_text())
-    con.execute("""insert into staged (file_no, event_at, event_type_id, item_key, user_key, session_hash)
-        values (1, timestamp '2020-01-01 10:00:00', purchase_id(), 'b', 'u', 18446744073709551615::ubigint),
-               (1, timestamp '2020-01-01 10:00:00', view_id(), 'a', 'u', null)""")
-    con.execute("update staged set item_hash = hash(item_key, category_key, category_code, brand)")  # (as the load does)
+    con.execute("""insert into staged (file_no, event_at, event_type_id, item_text, item_lens, user_key, session_hash)
+        values (1, timestamp '2020-01-01 10:00:00', purchase_id(), 'b', item_lens_of('b', null, null), 'u', 18446744073709551615::ubigint),
+               (1, timestamp '2020-01-01 10:00:00', view_id(), 'a', item_lens_of('a', null, null), 'u', null)""")
+    con.execute("update staged set item_hash = hash(item_text)")  # (as the load does)
     con.execute((sql_dir() / "03_clean.sql").read_text())
     con.execute(named_queries("04_sessionize.sql")["define"])
     con.execute("set variable shard_first_user_key = 'u'")
@@ -1355,7 +1357,7 @@ def test_items_whose_hashes_collide_are_joined_on_their_text(synth_csv: tuple[Pa
     def collide(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
         real_check(con, paths)
         for table in ("item_attrs", "staged"):
-            con.execute(f"update {table} set item_hash = 42 where hash(item_key) % 10 = 0")
+            con.execute(f"update {table} set item_hash = 42 where hash(item_text) % 10 = 0")
         assert con.execute("select count(distinct item_key) > 1 from item_attrs where item_hash = 42").fetchone()[0]
 
     monkeypatch.setattr(prep, "_check_item_count", collide)
@@ -1393,16 +1395,17 @@ def test_staged_gives_up_the_texts_only_clean_reads(tmp_path: Path, monkeypatch:
 def test_exact_keys_only_where_hashes_collide() -> None:
     """exact_keys.sql runs only where two rows of item_attrs share a hash (the tiny fixture's do not)."""
     con = duckdb.connect()
-    con.execute("create table item_attrs (item_key varchar, category_key varchar, category_code varchar, brand varchar, item_hash ubigint)")
-    con.execute("create table staged (item_key varchar, category_key varchar, category_code varchar, brand varchar, "
-                "item_hash ubigint, reject_reason varchar)")
-    con.execute("insert into item_attrs values ('1', null, 'a', 'x', 7), ('2', null, 'a', 'x', 8)")
-    con.execute("insert into staged values ('1', null, 'a', 'x', 7, null), ('2', null, 'a', 'x', 8, null)")
+    con.execute("create table item_attrs (item_key varchar, category_key varchar, category_code varchar, brand varchar, "
+                "item_text varchar, item_lens hugeint, item_hash ubigint)")
+    con.execute("create table staged (item_text varchar, item_lens hugeint, item_hash ubigint, reject_reason varchar)")
+    lens = "(1::hugeint << 84) | 1"  # (00_setup.sql's item_lens_of('1' or '2', null, 'a'))
+    con.execute(f"insert into item_attrs values ('1', null, 'a', 'x', '1ax', {lens}, 7), ('2', null, 'a', 'x', '2ax', {lens}, 8)")
+    con.execute(f"insert into staged values ('1ax', {lens}, 7, null), ('2ax', {lens}, 8, null)")
     assert prep._exact_keys(con) is False
     con.execute("update item_attrs set item_hash = 7")
     con.execute("update staged set item_hash = 7")
     assert prep._exact_keys(con) is True
-    assert rows(con, "select item_key, item_hash from staged order by item_key") == [("1", 1), ("2", 2)]
+    assert rows(con, "select item_text, item_hash from staged order by item_text") == [("1ax", 1), ("2ax", 2)]
     assert rows(con, "select item_key, item_hash from item_attrs order by item_key") == [("1", 1), ("2", 2)]
 
 

@@ -94,11 +94,11 @@ DONE_WITH = {"sessionize": ("staged", "item_attrs"), "vocab": ("attr_counts",),
              "encode": ("user_keys", "item_keys", "attr_codes"), "split": ("sessionized",)}
 DROP = {table: f"drop table {table}" for tables in DONE_WITH.values() for table in tables}  # our names, not input
 # Columns of a table that no step after the named one reads, dropped when it is done (as DONE_WITH; kept
-# where the table is an output): after clean, staged's item and attribute texts (sessionize joins on
+# where the table is an output): after clean, staged's item and attribute texts (item_text, item_lens: sessionize joins on
 # item_hash) and the rejected and ignored records' texts (validate has read them, and ignored_by_value is
 # counted before the drop: _count_and_drop). At 8M rows DuckDB's in-memory
 # tables then hold 0.49 GB less while sessionize sorts (1.28 -> 0.79 GB for staged): less to spill.
-DONE_WITH_COLUMNS = {"clean": ("staged", ("item_key", "category_key", "category_code", "brand", "raw", "value"))}
+DONE_WITH_COLUMNS = {"clean": ("staged", ("item_text", "item_lens", "raw", "value"))}
 DROP_COLUMN = {(table, column): f"alter table {table} drop column {column}"  # our names, not input
                for table, columns in DONE_WITH_COLUMNS.values() for column in columns}
 # 04_sessionize.sql packs an event's type and item code into one 4-byte sort key: item codes stay below this
