@@ -449,6 +449,42 @@ def test_price_of_is_the_price_of_the_cleaned_text(separator: str, null_values: 
     assert con.execute("select price_of(' 12 ')").fetchone()[0] == (None if null_values else 12.0)
 
 
+def test_item_texts_take_apart_what_the_load_put_together() -> None:
+    """staged holds an event's item, category_id, category_code and brand as one text and their lengths
+    (item_text_of, item_lens_of): item_texts gives the four back, whatever they hold (NULLs anywhere,
+    several-byte characters, texts that run together alike, a text of over 2 MB)."""
+    from purchasepred.resources import sql_dir
+
+    fours = [("1003", "2053013555631882655", "electronics.smartphone", "apple"), ("a", None, None, None),
+             ("ab", "c", None, None), ("a", "bc", None, None), ("a", None, "bc", None), ("a", None, None, "bc"),
+             ("ü€😀", None, "x", "é"), ("1", "2", "3", "4"), ("x" * 2_200_000, "y", None, "z"), (None, "c", None, "b")]
+    con = _setup_connection((sql_dir() / "00_setup.sql").read_text())
+    got = con.execute("""
+        select item_texts(item_text_of(f[1], f[2], f[3], f[4]), item_lens_of(f[1], f[2], f[3])), i
+        from unnest(?::varchar[][]) with ordinality as u(f, i) order by i""", [[list(f) for f in fours]]).fetchall()
+    assert [tuple(texts.values()) for texts, _ in got] == fours
+    # ("ab", "c") and ("a", "bc") share one item_text: their lengths tell them apart
+    assert con.execute("select item_text_of('ab', 'c', null, null) = item_text_of('a', 'bc', null, null)").fetchone()[0]
+
+
+def test_items_whose_texts_run_together_alike_stay_apart(tmp_path: Path) -> None:
+    """Two items whose item, category_id, category_code and brand written one after another are the same
+    text (item_text) are two items, each with its own category and brand: their hashes, taken of that
+    text, are equal, so prepare makes the keys exact (exact_keys.sql) and every table is the one of a
+    join on the four texts."""
+    header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
+    lines = [header]
+    for day in range(1, 29):
+        for user in (1, 2, 3):
+            lines.append(f"2019-10-{day:02d} 10:00:0{user} UTC,view,12,3,x.y,b,1.00,{user},s{user}-{day}")
+            lines.append(f"2019-10-{day:02d} 11:00:0{user} UTC,purchase,1,23,x.y,b,2.00,{user},s{user}-{day}")
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    got = prepare([str(tmp_path / "log.csv")], tmp_path / "out", PrepareConfig(eval_days=7))
+    con = open_prepared(got.out)
+    assert rows(con, "select product_id, category, brand, n_events, n_purchases from items order by product_id") == [
+        ("1", "23", "b", 84, 84), ("12", "3", "b", 84, 0)]
+
+
 def test_time_zone_names_are_places() -> None:
     """A zone is taken by the name of a place (any case) or UTC/GMT, never by an abbreviation."""
     from purchasepred.data.inputs import time_zone_name
