@@ -209,12 +209,13 @@ final as (
         item_text_of(item_key, category_key, category_code_norm, brand_norm) as item_text,
         item_lens_of(item_key, category_key, category_code_norm) as item_lens,
         -- the key 04_sessionize.sql joins each event's item, category and brand to their codes on: DuckDB's
-        -- hash() of the four texts' item_text, one 8-byte key where four joins on text cost 0.86 CPU-s at 8M
-        -- rows (0.17 on it; taking and storing it 0.25). 03_clean.sql's item_attrs holds the hash of each
-        -- distinct four beside them, and where two of its rows share a hash (two fours with the same
-        -- item_text among them), exact_keys.sql makes the keys row numbers first: a join on them is the join
-        -- on the text. (The user's text join costs about what its hash would cost here.)
-        hash(item_text) as item_hash,
+        -- hash() of the four texts (of item_text and item_lens: with the lengths, items whose texts run
+        -- together alike, as 12 and 3 and 1 and 23 do, have hashes of their own), one 8-byte key where four
+        -- joins on text cost 0.86 CPU-s at 8M rows (0.17 on it; taking and storing it 0.25). 03_clean.sql's
+        -- item_attrs holds the hash of each distinct four beside them, and where two of its rows share a hash,
+        -- exact_keys.sql makes the keys row numbers first: a join on them is the join on the text. (The
+        -- user's text join costs about what its hash would cost here.)
+        hash(item_text, item_lens) as item_hash,
         category_key,
         category_code_norm as category_code,
         brand_norm as brand,

@@ -29,7 +29,7 @@ from (select distinct user_key from staged where reject_reason is null);
 -- where a distinct over the four took 1.33, and the four per column 0.73 but left 3 more joins to
 -- sessionize; the texts are taken apart and the hash taken again here, on the distinct rows only)
 create or replace table item_attrs as
-select unnest(item_texts(item_text, item_lens)), item_text, item_lens, hash(item_text) as item_hash
+select unnest(item_texts(item_text, item_lens)), item_text, item_lens, hash(item_text, item_lens) as item_hash
 from (select distinct item_text, item_lens from staged where reject_reason is null);
 
 create or replace table item_keys as

@@ -1168,7 +1168,7 @@ def test_the_short_sort_key_holds_the_extreme_values() -> None:
     con.execute("""insert into staged (file_no, event_at, event_type_id, item_text, item_lens, user_key, session_hash)
         values (1, timestamp '2020-01-01 10:00:00', purchase_id(), 'b', item_lens_of('b', null, null), 'u', 18446744073709551615::ubigint),
                (1, timestamp '2020-01-01 10:00:00', view_id(), 'a', item_lens_of('a', null, null), 'u', null)""")
-    con.execute("update staged set item_hash = hash(item_text)")  # (as the load does)
+    con.execute("update staged set item_hash = hash(item_text, item_lens)")  # (as the load does)
     con.execute((sql_dir() / "03_clean.sql").read_text())
     con.execute(named_queries("04_sessionize.sql")["define"])
     con.execute("set variable shard_first_user_key = 'u'")

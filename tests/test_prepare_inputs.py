@@ -467,11 +467,13 @@ def test_item_texts_take_apart_what_the_load_put_together() -> None:
     assert con.execute("select item_text_of('ab', 'c', null, null) = item_text_of('a', 'bc', null, null)").fetchone()[0]
 
 
-def test_items_whose_texts_run_together_alike_stay_apart(tmp_path: Path) -> None:
+def test_items_whose_texts_run_together_alike_stay_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two items whose item, category_id, category_code and brand written one after another are the same
-    text (item_text) are two items, each with its own category and brand: their hashes, taken of that
-    text, are equal, so prepare makes the keys exact (exact_keys.sql) and every table is the one of a
-    join on the four texts."""
+    text (item_text) are two items, each with its own category and brand: their lengths (item_lens) tell
+    them apart, in their hashes and, where every hash is made one (after clean), in exact_keys.sql's
+    join, which gives the same tables."""
+    import purchasepred.data.prepare as prep
+
     header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
     lines = [header]
     for day in range(1, 29):
@@ -479,10 +481,21 @@ def test_items_whose_texts_run_together_alike_stay_apart(tmp_path: Path) -> None
             lines.append(f"2019-10-{day:02d} 10:00:0{user} UTC,view,12,3,x.y,b,1.00,{user},s{user}-{day}")
             lines.append(f"2019-10-{day:02d} 11:00:0{user} UTC,purchase,1,23,x.y,b,2.00,{user},s{user}-{day}")
     (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
-    got = prepare([str(tmp_path / "log.csv")], tmp_path / "out", PrepareConfig(eval_days=7))
-    con = open_prepared(got.out)
-    assert rows(con, "select product_id, category, brand, n_events, n_purchases from items order by product_id") == [
+    cfg = PrepareConfig(eval_days=7)
+    want = prepare([str(tmp_path / "log.csv")], tmp_path / "want", cfg)
+    assert rows(open_prepared(want.out), "select product_id, category, brand, n_events, n_purchases from items order by product_id") == [
         ("1", "23", "b", 84, 84), ("12", "3", "b", 84, 0)]
+
+    real_check = prep._check_item_count
+
+    def collide(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
+        real_check(con, paths)
+        for table in ("item_attrs", "staged"):
+            con.execute(f"update {table} set item_hash = 42")
+
+    monkeypatch.setattr(prep, "_check_item_count", collide)
+    got = prepare([str(tmp_path / "log.csv")], tmp_path / "got", cfg)
+    assert got.manifest["content_hash"] == want.manifest["content_hash"]
 
 
 def test_time_zone_names_are_places() -> None:
