@@ -5,7 +5,9 @@ torch is imported inside the commands that need it, so `--help`, `synth` and `pr
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import json
 import os
 import shlex
@@ -821,6 +823,12 @@ def _model_line(used: dict[str, Any] | None) -> str:
 
 
 def main() -> None:
+    # Objects are not collected at exit: Python's last collection walks every object the imports made
+    # (typer, pydantic, rich, duckdb, numpy), 0.12-0.15 s of each run, only to free memory the process
+    # gives back as it ends. gc.freeze() puts them out of its reach; every exit handler still runs and
+    # every file is closed by the code that opened it. (The console script and `python -m` only: tests
+    # and library calls keep the collector as it is.)
+    atexit.register(gc.freeze)
     app()
 
 
