@@ -3,8 +3,8 @@
 -- 04_sessionize.sql joins the events to their codes on item_hash, which equals a join on the four texts
 -- only where each hash names one row.
 -- inputs: staged, item_attrs. outputs: the same, item_hash replaced by a row number of item_attrs, on the
--- valid events of staged by a join on the four texts (item_text and item_lens: 00_setup.sql). The codes, and so every output table, are those
--- of a join on the text.
+-- valid events of staged by a join on the four texts (as staged holds them: item_text and item_lens,
+-- 00_setup.sql). The codes, and so every output table, are those of a join on the text.
 
 -- name: hash_collisions
 -- the rows of item_attrs whose hash another row has too (0: the hashes are exact keys)
