@@ -115,21 +115,21 @@ end;
 
 -- item_text_of(item, category_id, category_code, brand): the four texts of an event's item, one after another
 -- (NULL as empty), and item_lens_of their first three lengths in bytes, in 42 bits each of a HUGEINT (a
--- BIGINT's 21 bits would overflow on a text of 2 MB). Together they are exact: the fourth is the rest,
--- and a cleaned text is never empty (clean_text), so an empty part is a NULL. item_texts() takes them apart
+-- BIGINT's 21 bits would overflow on a text of 2 MB); item_len(lens, k) is the k-th (0: the item's). Together
+-- they are exact: the fourth is the rest, and a cleaned text is never empty (clean_text), so an empty part
+-- is a NULL. item_texts() takes them apart
 create or replace macro item_text_of(item, category_key, category_code, brand) as concat(item, category_key, category_code, brand);
 create or replace macro item_lens_of(item, category_key, category_code) as
     (coalesce(strlen(item), 0)::hugeint << 84) | (coalesce(strlen(category_key), 0)::hugeint << 42) | coalesce(strlen(category_code), 0);
+create or replace macro item_len(lens, k) as ((lens >> (84 - 42 * k)) & 4398046511103)::bigint;
 -- item_texts(t, lens): {item_key, category_key, category_code, brand} of an item_text and its item_lens (the
 -- parts are cut from its bytes: each is a whole text, so valid UTF-8)
 create or replace macro item_part(t, first, n) as nullif(decode(encode(t)[first:first + n - 1]), '');
 create or replace macro item_texts(t, lens) as {
-    'item_key': item_part(t, 1, (lens >> 84)::bigint),
-    'category_key': item_part(t, (lens >> 84)::bigint + 1, ((lens >> 42) & 4398046511103)::bigint),
-    'category_code': item_part(t, (lens >> 84)::bigint + ((lens >> 42) & 4398046511103)::bigint + 1,
-        (lens & 4398046511103)::bigint),
-    'brand': item_part(t, (lens >> 84)::bigint + ((lens >> 42) & 4398046511103)::bigint + (lens & 4398046511103)::bigint + 1,
-        strlen(t))
+    'item_key': item_part(t, 1, item_len(lens, 0)),
+    'category_key': item_part(t, item_len(lens, 0) + 1, item_len(lens, 1)),
+    'category_code': item_part(t, item_len(lens, 0) + item_len(lens, 1) + 1, item_len(lens, 2)),
+    'brand': item_part(t, item_len(lens, 0) + item_len(lens, 1) + item_len(lens, 2) + 1, strlen(t))
 };
 
 -- the id a mapping's event name stands for in event_ids and input_event_id: 0 for 'ignore', else
