@@ -32,6 +32,23 @@ TINY_CFG = PrepareConfig(session_gap_minutes=30, max_len=4, min_item_count=2, ev
 STEP_TABLES = ("staged", "raw_rejects", "sessionized", "user_keys", "item_attrs", "item_keys", "attr_codes")
 
 
+def collide_item_hashes(monkeypatch: pytest.MonkeyPatch, where: str = "true") -> list[int]:
+    """Make prepare's item hashes collide: after clean (at its item count check), the rows of item_attrs
+    and staged where ``where`` holds get one item_hash, 42, so that exact_keys.sql must make the keys
+    exact. Returns the list that each prepare then appends the number of distinct items sharing it to."""
+    real_check = prep._check_item_count
+    shared: list[int] = []
+
+    def collide(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
+        real_check(con, paths)
+        for table in ("item_attrs", "staged"):
+            con.execute(f"update {table} set item_hash = 42 where {where}")
+        shared.append(con.execute("select count(distinct item_key) from item_attrs where item_hash = 42").fetchone()[0])
+
+    monkeypatch.setattr(prep, "_check_item_count", collide)
+    return shared
+
+
 def open_prepared(out: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per Parquet table of a prepared folder, and the
     sequences the loader cuts from its events as the tables ``sequences`` and ``train_sequences``."""

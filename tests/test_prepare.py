@@ -39,6 +39,7 @@ from conftest import (
     TINY,
     TINY_CFG,
     TINY_COMPETITION,
+    collide_item_hashes,
     open_prepared,
     rows,
 )
@@ -1351,18 +1352,11 @@ def test_items_whose_hashes_collide_are_joined_on_their_text(synth_csv: tuple[Pa
     path, _ = synth_csv
     cfg = PrepareConfig(eval_days=7)
     want = prepare([str(path)], tmp_path / "want", cfg)
-    real_check = prep._check_item_count
     taken: list[bool] = []
-
-    def collide(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
-        real_check(con, paths)
-        for table in ("item_attrs", "staged"):
-            con.execute(f"update {table} set item_hash = 42 where hash(item_text) % 10 = 0")
-        assert con.execute("select count(distinct item_key) > 1 from item_attrs where item_hash = 42").fetchone()[0]
-
-    monkeypatch.setattr(prep, "_check_item_count", collide)
+    shared = collide_item_hashes(monkeypatch, "hash(item_text) % 10 = 0")
     monkeypatch.setattr(prep, "_exact_keys", lambda con, real=prep._exact_keys: taken.append(real(con)) or taken[-1])
     got = prepare([str(path)], tmp_path / "got", cfg)
+    assert len(shared) == 1 and shared[0] > 1
     assert taken == [True]
     assert got.manifest["content_hash"] == want.manifest["content_hash"]
     assert same_tables(tmp_path / "got", tmp_path / "want") == dict.fromkeys(CONTENT_TABLES, 0)

@@ -25,7 +25,7 @@ import duckdb
 import pytest
 import zstandard
 
-from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, invoke, open_prepared, rows
+from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, collide_item_hashes, invoke, open_prepared, rows
 from purchasepred.config import InputConfig, PrepareConfig, load_config
 from purchasepred.data.inputs import PRESETS, inspect_json, reject_hint
 from purchasepred.data.prepare import check_inputs, load_manifest, prepare
@@ -472,8 +472,6 @@ def test_items_whose_texts_run_together_alike_stay_apart(tmp_path: Path, monkeyp
     text (item_text) are two items, each with its own category and brand: their lengths (item_lens) tell
     them apart, in their hashes and, where every hash is made one (after clean), in exact_keys.sql's
     join, which gives the same tables."""
-    import purchasepred.data.prepare as prep
-
     header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
     lines = [header]
     for day in range(1, 29):
@@ -486,15 +484,9 @@ def test_items_whose_texts_run_together_alike_stay_apart(tmp_path: Path, monkeyp
     assert rows(open_prepared(want.out), "select product_id, category, brand, n_events, n_purchases from items order by product_id") == [
         ("1", "23", "b", 84, 84), ("12", "3", "b", 84, 0)]
 
-    real_check = prep._check_item_count
-
-    def collide(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
-        real_check(con, paths)
-        for table in ("item_attrs", "staged"):
-            con.execute(f"update {table} set item_hash = 42")
-
-    monkeypatch.setattr(prep, "_check_item_count", collide)
+    shared = collide_item_hashes(monkeypatch)
     got = prepare([str(tmp_path / "log.csv")], tmp_path / "got", cfg)
+    assert shared == [2]
     assert got.manifest["content_hash"] == want.manifest["content_hash"]
 
 
