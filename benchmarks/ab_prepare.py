@@ -8,7 +8,8 @@ puts the current directory first on ``sys.path`` and imports that checkout's pac
 ``PYTHONPATH`` says (which made earlier hand-run A/B comparisons compare a tree with itself). Each run
 checks that it imported its own revision.
 
-Per run: wall seconds, user and system CPU seconds of the child, and the seconds of each step from
+Per run: wall seconds, user and system CPU seconds of the child, the gigabytes it read from disk (the
+input not in the page cache, and spill read back: the kernel's count of the child's input blocks), and the seconds of each step from
 its manifest (bench_prepare.py measures peak RSS and spill). At the end, the medians per revision, and whether the two revisions' tables
 have the same rows in the same order (every table but the manifest).
 
@@ -73,6 +74,7 @@ def run_once(tree: Path, log: Path, out: Path, extra: list[str], cwd: Path) -> d
     manifest = json.loads((out / "manifest.json").read_text())
     return {
         "wall": wall, "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
+        "read_gb": (after.ru_inblock - before.ru_inblock) * 512 / 1e9,
         "steps": {s["step"]: s["seconds"] for s in manifest["steps"]},
     }
 
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
                 got = run_once(tree, log, work / f"out{i}", args.extra, cwd=work)
                 runs[rev].append(got)
                 steps = " ".join(f"{s} {got['steps'].get(s, 0):.2f}" for s in STEPS)
-                print(f"round {r + 1} {rev:>12}: {got['wall']:6.2f} s, {got['user']:6.2f} user, {got['sys']:5.2f} sys | {steps}",
+                print(f"round {r + 1} {rev:>12}: {got['wall']:6.2f} s, {got['user']:6.2f} user, {got['sys']:5.2f} sys, "
+                      f"{got['read_gb']:5.2f} GB read | {steps}",
                       flush=True)
         print(f"\nmedians over {args.rounds} rounds, {log.name}{' ' + ' '.join(args.extra) if args.extra else ''}:")
         for rev, rs in runs.items():
