@@ -81,7 +81,7 @@ def test_a_file_with_one_record_per_line_is_not_scanned(tmp_path: Path, monkeypa
     rows[20] = rows[20].replace(",3.0,", ",-5,")
     rows[40] = "2020-01-05 10:00:00 UTC,view,1"
     raw.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
-    monkeypatch.setattr(prep, "physical_lines", lambda *a: pytest.fail("scanned a file with one record per line"))
+    monkeypatch.setattr(csv_lines, "physical_lines", lambda *a: pytest.fail("scanned a file with one record per line"))
     prep.prepare([str(raw)], tmp_path / "p", CFG)
     assert reject_rows(tmp_path / "p") == [(22, "negative price"), (42, "wrong field count")]
 
@@ -91,7 +91,7 @@ def test_records_the_scan_cannot_place_keep_their_numbers_with_a_warning(tmp_pat
     record numbers and the run says so for that file."""
     raw = tmp_path / "log.csv"
     write_log(raw, 0, "\n")
-    monkeypatch.setattr(prep, "physical_lines", lambda *a: None)
+    monkeypatch.setattr(csv_lines, "physical_lines", lambda *a: None)
     summary = prep.prepare([str(raw)], tmp_path / "p", CFG)
     assert [w for w in summary.manifest["warnings"] if w.startswith(f"{raw}:") and "counts records, not lines" in w]
     assert reject_rows(tmp_path / "p")

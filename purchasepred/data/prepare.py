@@ -27,10 +27,9 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import numpy as np
 
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
@@ -39,11 +38,15 @@ from purchasepred.data.inputs import (
     guess_time_format, inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint,
     csv_rewrite_hint, open_bytes, rewrite_hint, setting,
 )
-from purchasepred.data.csv_lines import delimiter_byte, physical_lines, stray_line_end
-from purchasepred.data.windows import Choice, choose, item_warnings
 from purchasepred.errors import DatasetError, InputError, PurchasePredError
 from purchasepred.resources import connect, named_queries, quiet_progress, split_named, sql_dir
 from purchasepred.fileio import folder_bytes, to_json
+
+# (numpy, and the modules that import it, are imported where they are used: numpy by LineCounts' thread,
+# beside DuckDB's setup and load, instead of on a command's single-threaded start, where its 0.14 s
+# import kept the second core idle; see LineCounts)
+if TYPE_CHECKING:
+    from purchasepred.data.windows import Choice
 
 # 2: no sequences / train_sequences tables. The events table, in (user_idx, seq) order, is the sequence
 # store; the loader cuts window inputs and training chunks (for any cutoff) from it (data/sequences.py).
@@ -404,6 +407,8 @@ class LineCounts:
         self._thread.start()
 
     def _count_all(self) -> None:
+        import numpy  # noqa: F401 (here, while the main thread sets up and loads: see the import note at the top)
+
         for path, wide in self._todo:
             try:
                 self._lines[str(path)] = self._count(path, 2 if wide else 1)
@@ -414,6 +419,8 @@ class LineCounts:
     def _count(cls, path: Path, width: int) -> int:
         """The line feeds of ``path``'s text in units of ``width`` bytes (2: UTF-16, little-endian, as
         prepare refuses big-endian), + 1 when the last unit is not one; a block's odd byte is carried over."""
+        import numpy as np
+
         unit, newline = (np.uint8, b"\n") if width == 1 else (np.dtype("<u2"), b"\n\x00")
         n, last, carry, buf = 0, newline, b"", bytearray(cls.BLOCK)
         with open_bytes(path) as fh:
@@ -483,6 +490,8 @@ def find_reject_lines(con: duckdb.DuckDBPyConnection, files: list[InputFile], li
         rejected = con.execute(named_queries("stats.sql")["rejected_records"], [path]).fetchall()
         if not rejected:
             continue
+        from purchasepred.data.csv_lines import delimiter_byte, physical_lines
+
         found = physical_lines(f.path, int(f.mapping.header), rows[path], [n for structural, n in rejected if structural],
                                [n for structural, n in rejected if not structural],
                                delimiter_byte(f.mapping.delimiter, f.mapping.encoding))
@@ -679,6 +688,8 @@ def _run(
             progress.start(name)  # (first, as for the load)
             step(name)
             if name == "split":  # windows.py picks (auto) or checks the window length 07_split.sql uses
+                from purchasepred.data.windows import choose
+
                 choice = choose(con, cfg.eval_days, need_buyers_in, ", ".join(map(str, paths)))
                 cfg = replace(cfg, eval_days=choice.days)
                 _set(con, "eval_seconds", float(choice.days) * 86400.0)
@@ -760,6 +771,10 @@ def _run_step(con: duckdb.DuckDBPyConnection, name: str, filename: str, sql: dic
             _sessionize(con, progress)
         elif name == "encode":
             _encode(con, tmp, progress)
+        elif name == "setup":
+            # (one call for the file's macros and empty tables, a few hundredths of a second: its statements
+            # one by one each took the GIL back from LineCounts' thread, which imports numpy meanwhile)
+            con.execute(sql[filename])
         else:
             _run_statements(con, sql[filename], progress)
     except duckdb.Error as err:
@@ -770,7 +785,9 @@ def _run_step(con: duckdb.DuckDBPyConnection, name: str, filename: str, sql: dic
 
 def _run_statements(con: duckdb.DuckDBPyConnection, text: str, progress: StepProgress) -> None:
     """The statements of ``text`` one by one, each watched as its share of the step (StepProgress)."""
-    statements = duckdb.extract_statements(text)
+    # (the connection's own parser: duckdb.extract_statements would open DuckDB's default connection, a
+    # second database, 0.03-0.04 s of every prepare's start)
+    statements = con.extract_statements(text)
     try:
         for i, statement in enumerate(statements):
             progress.watch([con], (i, len(statements)))
@@ -947,6 +964,8 @@ def _reading_file(path: Path, encoding: str, fmt: str, delimiter: str = ",") -> 
             raise InputError(f"{path}: could not be read: its lines do not all end alike (\\n in some, \\r\\n in others, "
                              f"or a stray \\r); make them one kind first, e.g. {fix}") from None
         if fmt == "csv" and encoding in ("utf-8", "latin-1") and "state machine reached an invalid state" in str(err):
+            from purchasepred.data.csv_lines import delimiter_byte
+
             _raise_stray_line_end(path, delimiter_byte(delimiter, encoding))
         raise InputError(f"{path}: could not be read ({_first_line(err)}); check that it is a complete, uncorrupted file") from None
 
@@ -954,6 +973,8 @@ def _reading_file(path: Path, encoding: str, fmt: str, delimiter: str = ",") -> 
 def _raise_stray_line_end(path: Path, delimiter: int) -> None:
     """InputError naming the first line whose end DuckDB's CSV reader stops at (data/csv_lines.py), where
     there is one (``delimiter``: the last byte of the file's): its own error names no line."""
+    from purchasepred.data.csv_lines import stray_line_end
+
     try:
         with open_bytes(path) as fh:
             line = stray_line_end(fh, delimiter)
@@ -1003,7 +1024,7 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
     if f.format == "parquet":
         rel = con.read_parquet([duckdb_literal(g.path) for g in group])
         rel.select(*[
-            duckdb.ColumnExpression(*parts).cast(duckdb.sqltype("VARCHAR")).alias(name)
+            duckdb.ColumnExpression(*parts).cast(con.sqltype("VARCHAR")).alias(name)
             for parts, name in zip(f.parquet_paths, names, strict=True)
         ], *([duckdb.ColumnExpression("file_index")] if one_scan else [])).create_view("parquet_columns", replace=True)
         q = split_named(sql[LOAD_PARQUET])
@@ -1038,7 +1059,14 @@ def _sample(con: duckdb.DuckDBPyConnection, f: InputFile, rows: int, null_like: 
     from its tables instead: null_like_warnings), the values kept that read like "no value"."""
     stats = named_queries("stats.sql")
     _set(con, "sample_rows", rows)
-    by_reason = _rows(con, stats["sample_rejects"])
+    # (the first records read by one thread: 0.02 s, where the parallel reader's first read took 0.03-0.06 s
+    # for the same 10,000, its second thread reading a buffer of its own meanwhile)
+    parallel = con.execute("select getvariable('input_parallel')").fetchone()[0]
+    _set(con, "input_parallel", False)
+    try:
+        by_reason = _rows(con, stats["sample_rejects"])
+    finally:
+        _set(con, "input_parallel", parallel)
     found = []
     if null_like:
         _set(con, "null_like", list(NULL_LIKE))
@@ -1398,6 +1426,8 @@ def _reject_examples(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]
 def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: PrepareConfig, choice: Choice,
               before_drop: dict[str, Any]) -> dict[str, Any]:
     """``before_drop``: the counts of the intermediate tables, taken before they were dropped."""
+    from purchasepred.data.windows import item_warnings
+
     q = named_queries("stats.sql")
     kept = {k: int(before_drop[k]) for k in ("rows_read", "rows_rejected", "rows_ignored")}
     kept["rows_duplicate"] = int(before_drop["rows_valid"]) - int(before_drop["rows_kept"])
