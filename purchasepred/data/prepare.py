@@ -1435,8 +1435,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, files: list[InputFile], cfg: Prepa
     _set(con, "n_sessions", int(before_drop["n_sessions"]))
     counts = {**kept, **_rows(con, q["counts"])[0]}
     rejects = {r["reason"]: int(r["n"]) for r in _rows(con, q["rejects_by_reason"])}
-    # (the types that occur, by name, as a group by over the written events gave them)
-    by_type = {name: int(n) for name, n in sorted(before_drop["kept_by_type"].items()) if n}
+    by_type = {r["event_type"]: int(r["n"]) for r in _rows(con, q["events_by_type"])}
     ignored = before_drop["ignored_by_value"]
     windows = {r.pop("split"): r for r in _rows(con, q["windows"])}
     n_purchase = by_type.get("purchase", 0)
