@@ -771,10 +771,6 @@ def _run_step(con: duckdb.DuckDBPyConnection, name: str, filename: str, sql: dic
             _sessionize(con, progress)
         elif name == "encode":
             _encode(con, tmp, progress)
-        elif name == "setup":
-            # (one call for the file's macros and empty tables, a few hundredths of a second: its statements
-            # one by one each took the GIL back from LineCounts' thread, which imports numpy meanwhile)
-            con.execute(sql[filename])
         else:
             _run_statements(con, sql[filename], progress)
     except duckdb.Error as err:
