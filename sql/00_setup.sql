@@ -9,7 +9,7 @@
 --   (an empty template).
 -- staged is appended to in file order (preserve_insertion_order): a record's number in its file is
 -- its rowid - first_row + 1, with no row_number() window over the whole file.
--- parameters (read when a macro runs): time_format, input_time_zone, decimal_separator, event_keys, event_ids, empty_texts, input_event_id (the one
+-- parameters (read when a macro runs): time_format, input_time_zone, decimal_separator, event_keys, event_ids, input_event_id (the one
 -- event of every row of a file without an event-type column, else NULL), min_event_at, max_event_at, null_values
 -- (texts that read as no value, else NULL).
 
@@ -84,25 +84,21 @@ create or replace macro reader_reject_reason(error_type) as case
     else 'malformed ' || getvariable('input_format') || ': ' || lower(error_type)
 end;
 
--- t, NULL when it is one of the mapping's null_values (input.null_values: NULL, \N, ...); unset, the
--- condition is a constant and the macro is t itself
-create or replace macro not_listed_null(t) as case
-    when getvariable('null_values') is null then t
-    when list_contains(getvariable('null_values'), t) then null
-    else t
-end;
-
--- text without its surrounding spaces, NULL when empty or one of the mapping's null_values (trim only
--- where there is a space to trim: most values have none, and trim costs a copy of every value). An
--- empty text with no space reaches here only from JSON lines and Parquet (empty_texts true): DuckDB's CSV
--- reader reads an empty field, quoted or not, as NULL, so for CSV that test is a constant and drops out
--- (the empty check on every value cost 1.3 G instructions per 8M rows, 3.4% of the load's typing:
--- benchmarks/typing_instructions.py, which counts under callgrind)
-create or replace macro clean_text(t) as not_listed_null(case
-    when contains(t, ' ') then nullif(trim(t), '')
-    when getvariable('empty_texts') then nullif(t, '')
-    else t
-end);
+-- clean_text(t): text without its surrounding spaces, NULL when empty or one of the mapping's null_values
+-- (trim only where there is a space to trim: most values have none, and trim costs a copy of every value).
+-- prepare defines it for each load (_open_records) as one of the macros below, the one that fits the
+-- mapping, so that no value tests a setting: written as one macro with CASEs on getvariable('empty_texts')
+-- and getvariable('null_values'), it cost 400 instructions more per record for the six texts of a CSV
+-- record (121M of a 300K-row prepare's 8,348M, under callgrind on one thread), where those CASEs did
+-- not drop out as constants. Defined here as trimmed_text, the CSV form.
+-- trimmed_text(t): for CSV, whose reader reads an empty field, quoted or not, as NULL
+create or replace macro trimmed_text(t) as case when contains(t, ' ') then nullif(trim(t), '') else t end;
+-- trimmed_nonempty_text(t): for JSON lines and Parquet, which hold empty texts
+create or replace macro trimmed_nonempty_text(t) as case when contains(t, ' ') then nullif(trim(t), '') else nullif(t, '') end;
+-- not_listed_null(t): t, NULL when it is one of the mapping's null_values (input.null_values: NULL, \N, ...),
+-- around one of the two above where the mapping lists any
+create or replace macro not_listed_null(t) as case when list_contains(getvariable('null_values'), t) then null else t end;
+create or replace macro clean_text(t) as trimmed_text(t);
 
 -- price_of(t): parse_price(clean_text(t)) of a raw price text. With '.' and no null_values that is
 -- try_cast(t as double): the cast reads a number with spaces around it as trim would leave it, and
@@ -114,22 +110,24 @@ create or replace macro price_of(t) as case
 end;
 
 -- item_text_of(item, category_id, category_code, brand): the four texts of an event's item, one after another
--- (NULL as empty), and item_lens_of their first three lengths in bytes, in 42 bits each of a HUGEINT (a
+-- (NULL as empty), as a BLOB of their UTF-8 bytes: a table checks each VARCHAR it stores for UTF-8, which
+-- the texts have passed already (storing it at 8M rows: 0.46-0.49 against 0.68-0.71 CPU-s as VARCHAR, five
+-- rounds each, encode() itself 0.09 of that); and item_lens_of their first three lengths in bytes, in 42 bits each of a HUGEINT (a
 -- BIGINT's 21 bits would overflow on a text of 2 MB); item_len(lens, k) is the k-th (0: the item's). Together
 -- they are exact: the fourth is the rest, and a cleaned text is never empty (clean_text), so an empty part
 -- is a NULL. item_texts() takes them apart
-create or replace macro item_text_of(item, category_key, category_code, brand) as concat(item, category_key, category_code, brand);
+create or replace macro item_text_of(item, category_key, category_code, brand) as encode(concat(item, category_key, category_code, brand));
 create or replace macro item_lens_of(item, category_key, category_code) as
     (coalesce(strlen(item), 0)::hugeint << 84) | (coalesce(strlen(category_key), 0)::hugeint << 42) | coalesce(strlen(category_code), 0);
 create or replace macro item_len(lens, k) as ((lens >> (84 - 42 * k)) & 4398046511103)::bigint;
 -- item_texts(t, lens): {item_key, category_key, category_code, brand} of an item_text and its item_lens (the
 -- parts are cut from its bytes: each is a whole text, so valid UTF-8)
-create or replace macro item_part(t, first, n) as nullif(decode(encode(t)[first:first + n - 1]), '');
+create or replace macro item_part(t, first, n) as nullif(decode(t[first:first + n - 1]), '');
 create or replace macro item_texts(t, lens) as {
     'item_key': item_part(t, 1, item_len(lens, 0)),
     'category_key': item_part(t, item_len(lens, 0) + 1, item_len(lens, 1)),
     'category_code': item_part(t, item_len(lens, 0) + item_len(lens, 1) + 1, item_len(lens, 2)),
-    'brand': item_part(t, item_len(lens, 0) + item_len(lens, 1) + item_len(lens, 2) + 1, strlen(t))
+    'brand': item_part(t, item_len(lens, 0) + item_len(lens, 1) + item_len(lens, 2) + 1, octet_length(t))
 };
 
 -- the id a mapping's event name stands for in event_ids and input_event_id: 0 for 'ignore', else
@@ -191,7 +189,7 @@ typed as (
 
 final as (
     select
-        getvariable('input_file_no') + coalesce(file_index, 0) as file_no,  -- (file_index: CSV files read in one scan)
+        getvariable('input_file_no') + coalesce(file_index, 0)::integer as file_no,  -- (file_index: CSV files read in one scan)
         event_at,
         nullif(event_id, 0) as event_type_id,
         item_key,
@@ -230,7 +228,8 @@ final as (
         -- the text of the field a rejected record failed on (what the summary shows and a hint reads), or
         -- an ignored record's event value (lower case: what ignored_by_value counts); one column for both,
         -- where two NULL columns cost 0.07 CPU-s more to store at 8M rows
-        case reject_reason
+        -- (the outer CASE: a valid event, most of them, meets one test instead of the seven)
+        case when reject_reason is not null then case reject_reason
             when 'ignored' then lower(trim(event_type))
             when 'unparseable event_time' then trim(event_time)
             when 'event_time out of range' then trim(event_time)
@@ -238,7 +237,7 @@ final as (
             when 'unparseable price' then clean_text(price)
             when 'non-finite price' then clean_text(price)
             when 'negative price' then clean_text(price)
-        end as value
+        end end as value
     from (
         select
             *,
@@ -260,7 +259,7 @@ create or replace table staged (
     event_at timestamp,
     event_type_id tinyint,
     user_key varchar,
-    item_text varchar,
+    item_text blob,
     item_lens hugeint,
     session_hash ubigint,
     item_hash ubigint,
@@ -301,5 +300,6 @@ create or replace table optional_columns (
     user_session varchar,
     record_problem varchar,  -- (JSON lines: why a line is no record, else NULL)
     record_text varchar,  -- (JSON lines: the line)
-    file_index bigint  -- (CSV: the record's file among those read in one scan, from 0)
+    file_index ubigint  -- (CSV: the record's file among those read in one scan, from 0; the readers' type: a BIGINT
+    -- here made the union a HUGEINT, cast back row by row)
 );

@@ -28,7 +28,7 @@ import zstandard
 from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, collide_item_hashes, invoke, open_prepared, rows
 from purchasepred.config import InputConfig, PrepareConfig, load_config
 from purchasepred.data.inputs import PRESETS, inspect_json, reject_hint
-from purchasepred.data.prepare import check_inputs, load_manifest, prepare
+from purchasepred.data.prepare import check_inputs, define_clean_text, load_manifest, prepare
 from purchasepred.errors import ConfigError, InputError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -372,6 +372,8 @@ def _setup_connection(setup_sql: str, **variables: object) -> duckdb.DuckDBPyCon
     con.execute(setup_sql)
     for name, value in variables.items():
         con.execute(f"set variable {name} = ?", [value])
+    # (as prepare does for each load: clean_text's form for the empty texts and null_values given)
+    define_clean_text(con, bool(variables.get("empty_texts")), bool(variables.get("null_values")))
     return con
 
 

@@ -1006,7 +1006,7 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
     con.execute("set variable event_ids = list_transform(?::varchar[], lambda n: mapped_event_id(n))", [list(m.events.values())])
     con.execute("set variable input_event_id = mapped_event_id(?::varchar)", [m.event])
     # (JSON lines and Parquet hold empty texts, which clean_text reads as NULL; DuckDB's CSV reader never gives one)
-    _set(con, "empty_texts", f.format in ("json", "parquet"))
+    define_clean_text(con, empty_texts=f.format in ("json", "parquet"), null_values=bool(m.null_values))
     _set(con, "input_delimiter", m.delimiter)
     _set(con, "input_encoding", m.encoding)
     _set(con, "input_header", m.header)
@@ -1041,6 +1041,13 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
         q = split_named(sql["01_load_csv.sql"])
     con.execute(q["records"])
     return q
+
+
+def define_clean_text(con: duckdb.DuckDBPyConnection, empty_texts: bool, null_values: bool) -> None:
+    """00_setup.sql's clean_text for one load: the form of it that fits the mapping (empty texts read as
+    NULL, the mapping's null_values listed), chosen here so that no value tests a setting."""
+    clean = "trimmed_nonempty_text(t)" if empty_texts else "trimmed_text(t)"  # (macro names of ours)
+    con.execute(f"create or replace macro clean_text(t) as {f'not_listed_null({clean})' if null_values else clean}")
 
 
 # records of each file checked before it is loaded (_check_sample)
