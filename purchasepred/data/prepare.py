@@ -1043,11 +1043,19 @@ def _open_records(con: duckdb.DuckDBPyConnection, file_no: int, group: list[Inpu
     return q
 
 
+# 00_setup.sql's clean_text in each of its forms, by (empty texts read as NULL, the mapping lists null_values)
+CLEAN_TEXT = {
+    (False, False): "create or replace macro clean_text(t) as trimmed_text(t)",
+    (True, False): "create or replace macro clean_text(t) as trimmed_nonempty_text(t)",
+    (False, True): "create or replace macro clean_text(t) as not_listed_null(trimmed_text(t))",
+    (True, True): "create or replace macro clean_text(t) as not_listed_null(trimmed_nonempty_text(t))",
+}
+
+
 def define_clean_text(con: duckdb.DuckDBPyConnection, empty_texts: bool, null_values: bool) -> None:
     """00_setup.sql's clean_text for one load: the form of it that fits the mapping (empty texts read as
     NULL, the mapping's null_values listed), chosen here so that no value tests a setting."""
-    clean = "trimmed_nonempty_text(t)" if empty_texts else "trimmed_text(t)"  # (macro names of ours)
-    con.execute(f"create or replace macro clean_text(t) as {f'not_listed_null({clean})' if null_values else clean}")
+    con.execute(CLEAN_TEXT[empty_texts, null_values])
 
 
 # records of each file checked before it is loaded (_check_sample)
