@@ -370,10 +370,11 @@ def _setup_connection(setup_sql: str, **variables: object) -> duckdb.DuckDBPyCon
     con = connect()
     con.execute("set TimeZone = 'UTC'")
     con.execute(setup_sql)
+    # (as prepare does for each load: clean_text's form for the empty texts and null_values given; no
+    # macro reads empty_texts as a variable)
+    define_clean_text(con, bool(variables.pop("empty_texts", False)), bool(variables.get("null_values")))
     for name, value in variables.items():
         con.execute(f"set variable {name} = ?", [value])
-    # (as prepare does for each load: clean_text's form for the empty texts and null_values given)
-    define_clean_text(con, bool(variables.get("empty_texts")), bool(variables.get("null_values")))
     return con
 
 
