@@ -51,7 +51,7 @@ from purchasepred.data.synth import generate
 from purchasepred.data.tensors import PreparedData
 from purchasepred.errors import DatasetError, InputError
 from purchasepred.features import PAD
-from purchasepred.resources import define_ids, named_queries, sql_dir
+from purchasepred.resources import connect, define_ids, named_queries, sql_dir
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rees46_multicat"
 CAT_PHONE = "2053013555631882655"  # 19 digits, above 2**53: a float would change it
@@ -446,7 +446,7 @@ def test_the_input_hash_runs_at_the_lowest_priority_and_only_its_own_thread_does
 def test_prepare_tracks_duckdbs_progress_but_never_draws_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """prepare() is a library call that prints nothing, but DuckDB draws a progress bar on stdout for
     each statement that runs over 2 s when its settings say so (as they do in a script): prepare's
-    connection and every shard's have drawing off, and tracking on (StepProgress reads it)."""
+    connection, every shard's and the event audits' have drawing off, and tracking on (StepProgress reads it)."""
     real_connect, real_configure, real_cursor = duckdb.connect, prep._configure, prep.quiet_progress
     seen: list[tuple[bool, bool]] = []
 
@@ -470,10 +470,10 @@ def test_prepare_tracks_duckdbs_progress_but_never_draws_it(tmp_path: Path, monk
 
     monkeypatch.setattr(duckdb, "connect", connect)
     monkeypatch.setattr(prep, "_configure", configure)
-    monkeypatch.setattr(prep, "quiet_progress", quiet_progress)  # the shards' cursors
+    monkeypatch.setattr(prep, "quiet_progress", quiet_progress)  # the shards' cursors and the event audits' (EventAudits)
     monkeypatch.setattr(prep, "MIN_SHARD_ROWS", 1)
     prepare([str(TINY)], tmp_path / "p", replace(TINY_CFG, threads=2))
-    assert len(seen) == 3 and set(seen) == {(True, False)}, seen
+    assert len(seen) == 4 and set(seen) == {(True, False)}, seen
 
 
 class _FakeProgress:
@@ -733,6 +733,61 @@ def test_failed_audit_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(DatasetError, match="always_fails"):
         prepare([str(TINY)], out, TINY_CFG)
     assert list(out.parent.iterdir()) == []
+
+
+def test_an_event_audit_run_beside_split_still_fails_the_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audits of events.parquet run on a connection of their own beside split (EventAudits): one
+    that finds rows fails the prepare as the others do, and leaves nothing behind."""
+    real = prep.named_queries
+
+    def broken(filename: str) -> dict[str, str]:
+        q = real(filename)
+        if filename == "audits.sql":
+            q["events_ids_in_range"] = "select user_idx, seq from events limit 3"
+        return q
+
+    monkeypatch.setattr(prep, "named_queries", broken)
+    out = tmp_path / "work" / "p"
+    with pytest.raises(DatasetError, match=r"failed audits \{'events_ids_in_range': 3\}"):
+        prepare([str(TINY)], out, TINY_CFG)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_failure_while_the_event_audits_run_stops_their_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split failing while the event audits run beside it: the error is the split's, and the audits'
+    thread and connection are gone when prepare returns."""
+    import purchasepred.data.windows as windows
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise InputError("no window for you")
+
+    monkeypatch.setattr(windows, "choose", fail)
+    with pytest.raises(InputError, match="no window for you"):
+        prepare([str(TINY)], tmp_path / "p", TINY_CFG)
+    assert not [t for t in threading.enumerate() if t.name.startswith("purchasepred-audits")]
+
+
+def test_vocab_groups_users_and_items_in_perfect_hash_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While vocab runs, DuckDB's perfect hash aggregate takes group columns of as many bits as the
+    users and the item attributes need (above its default 12), where its tables fit the budget; the
+    setting is put back after."""
+    con = connect()
+    con.execute("create table user_keys as select i::varchar as user_key, i::integer as user_code from range(1, 5001) t(i)")
+    con.execute("create table attr_codes as select i::integer as attr_code from range(1, 101) t(i)")
+    con.execute("create table kept_events as select (i % 5000 + first_id())::integer as user_idx, i as seq from range(20000) t(i)")
+    group_by_user = "explain select user_idx, count(*), max(seq) from kept_events group by user_idx"
+
+    def threshold() -> int:
+        return int(con.execute("select current_setting('perfect_ht_threshold')").fetchone()[0])
+
+    assert threshold() == 12 and "Perfect Hash Group By" not in con.execute(group_by_user).fetchall()[0][1]
+    with prep._perfect_group_bys(con):
+        assert threshold() == 13  # (5,000 users and NULL: 13 bits)
+        assert "Perfect Hash Group By" in con.execute(group_by_user).fetchall()[0][1]
+    assert threshold() == 12
+    monkeypatch.setattr(prep, "PERFECT_GROUPS_BYTES", (1 << 13) * prep.PERFECT_GROUP_BYTES - 1)
+    with prep._perfect_group_bys(con):
+        assert threshold() == 12  # (the users' tables over the budget; the 100 attributes need fewer than 12 bits)
 
 
 def test_synthetic_invariants(synth_csv, synth_prepared: prep.PrepareSummary) -> None:
