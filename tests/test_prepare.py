@@ -1293,11 +1293,12 @@ def test_sessionize_in_shards_gives_the_same_dataset(synth_csv, synth_prepared: 
     assert m["content_hash"] == synth_prepared.manifest["content_hash"]
 
 
-def test_a_failing_shard_stops_the_others_and_threads_stay_capped() -> None:
+def test_a_failing_shard_stops_the_others_and_threads_stay_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     """One shard fails at once while another has billions of rows to sum: the other is interrupted
     (its row is never inserted, even when it had not started its query yet), the error is raised, and
-    DuckDB's threads are back to what they were; while the shards ran, threads was lowered so that the
-    shards' own threads stay within it."""
+    DuckDB's threads are back to what they were; while the shards ran, threads, a cap below the
+    machine's CPUs, was lowered so that the shards' own threads stay within it."""
+    monkeypatch.setattr(prep, "available_cpus", lambda: 8)
     con = duckdb.connect()
     con.execute("set threads = 3")
     con.execute("set variable session_gap_seconds = 1.0")
@@ -1310,6 +1311,19 @@ def test_a_failing_shard_stops_the_others_and_threads_stay_capped() -> None:
     assert rows(con, "select current_setting('threads')") == [(3,)]
     prep._run_shards(con, "insert into counted select 0, current_setting('threads')", [("a", "a"), ("b", "b")])
     assert rows(con, "select threads from counted") == [("2",), ("2",)]
+
+
+def test_shards_on_all_cpus_leave_threads_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """threads at (or above) the CPUs prepare may use, its default: the shards run beside DuckDB's own
+    workers, with no relaunch of its threads."""
+    monkeypatch.setattr(prep, "available_cpus", lambda: 2)
+    con = duckdb.connect()
+    con.execute("set threads = 2")
+    con.execute("set variable session_gap_seconds = 1.0")
+    con.execute("create table counted (n bigint, threads varchar)")
+    prep._run_shards(con, "insert into counted select 0, current_setting('threads')", [("a", "a"), ("b", "b")])
+    assert rows(con, "select threads from counted") == [("2",), ("2",)]
+    assert rows(con, "select current_setting('threads')") == [(2,)]
 
 
 @pytest.mark.parametrize("sort_once", [False, True])
