@@ -719,16 +719,21 @@ def test_audits_catch_broken_data(synth_prepared: prep.PrepareSummary) -> None:
         con.execute(f"create or replace table {table} as select * from read_parquet(?)", [str(synth_prepared.out / f"{table}.parquet")])
 
 
-def test_failed_audit_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _audit_query(monkeypatch: pytest.MonkeyPatch, name: str, query: str) -> None:
+    """audits.sql, as prepare reads it, with the audit ``name`` added or replaced by ``query``."""
     real = prep.named_queries
 
     def broken(filename: str) -> dict[str, str]:
         q = real(filename)
         if filename == "audits.sql":
-            q["always_fails"] = "select 1"
+            q[name] = query
         return q
 
     monkeypatch.setattr(prep, "named_queries", broken)
+
+
+def test_failed_audit_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _audit_query(monkeypatch, "always_fails", "select 1")
     out = tmp_path / "work" / "p"
     with pytest.raises(DatasetError, match="always_fails"):
         prepare([str(TINY)], out, TINY_CFG)
@@ -738,15 +743,7 @@ def test_failed_audit_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_an_event_audit_run_beside_split_still_fails_the_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The audits of events.parquet run on a connection of their own beside split (EventAudits): one
     that finds rows fails the prepare as the others do, and leaves nothing behind."""
-    real = prep.named_queries
-
-    def broken(filename: str) -> dict[str, str]:
-        q = real(filename)
-        if filename == "audits.sql":
-            q["events_ids_in_range"] = "select user_idx, seq from events limit 3"
-        return q
-
-    monkeypatch.setattr(prep, "named_queries", broken)
+    _audit_query(monkeypatch, "events_ids_in_range", "select user_idx, seq from events limit 3")
     out = tmp_path / "work" / "p"
     with pytest.raises(DatasetError, match=r"failed audits \{'events_ids_in_range': 3\}"):
         prepare([str(TINY)], out, TINY_CFG)

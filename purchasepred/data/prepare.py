@@ -22,7 +22,7 @@ import time
 import zlib
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from datetime import datetime, timedelta, timezone
@@ -694,7 +694,7 @@ def _run(
                 choice = choose(con, cfg.eval_days, need_buyers_in, ", ".join(map(str, paths)))
                 cfg = replace(cfg, eval_days=choice.days)
                 _set(con, "eval_seconds", float(choice.days) * 86400.0)
-            with _perfect_group_bys(con) if name == "vocab" else _nothing():
+            with _perfect_group_bys(con) if name == "vocab" else nullcontext():
                 _run_step(con, name, filename, sql, tmp, progress)
             if name == "clean":
                 _check_item_count(con, paths)
@@ -706,20 +706,7 @@ def _run(
             if name == "encode":
                 beside = EventAudits(con)  # (beside split: see EventAudits)
 
-        step("audits")
-        t = time.perf_counter()
-        audits = _audit(con, tmp, beside)
-        times.record("audits", time.perf_counter() - t, len(audits))
-        failed = {k: v for k, v in audits.items() if v}
-        if failed:
-            raise DatasetError(f"prepared data failed audits {failed}; this is a bug, please report it with the input")
-
-        step("write tables")
-        t = time.perf_counter()
-        written = [table for table in OUTPUT_TABLES if table not in WRITTEN_BY_STEPS]
-        for table in written:
-            _write_parquet(con, table, tmp / f"{table}.parquet")
-        times.record("write tables", time.perf_counter() - t, len(written), con)
+        audits = _audit_and_write(con, tmp, beside, times, step)
         manifest = _manifest(con, files, cfg, choice, before_drop)
         manifest["warnings"] = reread + manifest["warnings"]
     finally:
@@ -733,6 +720,27 @@ def _run(
     manifest["spill_bytes"] = times.spill_bytes
     manifest["memory_limit"] = memory_limit
     return manifest, audits
+
+
+def _audit_and_write(con: duckdb.DuckDBPyConnection, tmp: Path, beside: EventAudits | None, times: StepTimes,
+                     step: Callable[[str], None]) -> dict[str, int]:
+    """The steps "audits" (_audit; DatasetError where one fails) and "write tables" (the output tables
+    that no step wrote itself); the audits' counts."""
+    step("audits")
+    t = time.perf_counter()
+    audits = _audit(con, tmp, beside)
+    times.record("audits", time.perf_counter() - t, len(audits))
+    failed = {k: v for k, v in audits.items() if v}
+    if failed:
+        raise DatasetError(f"prepared data failed audits {failed}; this is a bug, please report it with the input")
+
+    step("write tables")
+    t = time.perf_counter()
+    written = [table for table in OUTPUT_TABLES if table not in WRITTEN_BY_STEPS]
+    for table in written:
+        _write_parquet(con, table, tmp / f"{table}.parquet")
+    times.record("write tables", time.perf_counter() - t, len(written), con)
+    return audits
 
 
 def _load_all(con: duckdb.DuckDBPyConnection, files: list[InputFile], sql: dict[str, str], lines: LineCounts,
@@ -760,11 +768,6 @@ def _load_all(con: duckdb.DuckDBPyConnection, files: list[InputFile], sql: dict[
 # PERFECT_GROUPS_BYTES for all threads; beyond that DuckDB's hash aggregate runs as before.
 PERFECT_GROUP_BYTES = 160  # (above the two aggregates' states: users' about 48 bytes, attr_counts' about 130)
 PERFECT_GROUPS_BYTES = 256 << 20
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @contextmanager
