@@ -99,6 +99,12 @@ create or replace macro trimmed_nonempty_text(t) as case when contains(t, ' ') t
 -- around one of the two above where the mapping lists any
 create or replace macro not_listed_null(t) as case when list_contains(getvariable('null_values'), t) then null else t end;
 create or replace macro clean_text(t) as trimmed_text(t);
+-- attr_text(t): an item's category_id, category_code or brand as the load stores it in item_text: as the
+-- file wrote it, cleaned only after 03_clean.sql's distinct over the items (clean_item_texts), where it is
+-- cleaned once per distinct text instead of once per event (three clean_texts a record: 5% of the load's
+-- typing and storing). Where the mapping lists null_values it is clean_text(t) (prepare defines it with
+-- clean_text for each load: define_clean_text): whether a text is one of them depends on its file's mapping.
+create or replace macro attr_text(t) as t;
 
 -- price_of(t): parse_price(clean_text(t)) of a raw price text. With '.' and no null_values that is
 -- try_cast(t as double): the cast reads a number with spaces around it as trim would leave it, and
@@ -114,8 +120,8 @@ end;
 -- the texts have passed already (storing it at 8M rows: 0.46-0.49 against 0.68-0.71 CPU-s as VARCHAR, five
 -- rounds each, encode() itself 0.09 of that); and item_lens_of their first three lengths in bytes, in 42 bits each of a HUGEINT (a
 -- BIGINT's 21 bits would overflow on a text of 2 MB); item_len(lens, k) is the k-th (0: the item's). Together
--- they are exact: the fourth is the rest, and a cleaned text is never empty (clean_text), so an empty part
--- is a NULL. item_texts() takes them apart
+-- they are exact: the fourth is the rest, and an empty part is a NULL (a cleaned text is never empty, and
+-- clean_text reads an empty one as NULL). item_texts() takes them apart
 create or replace macro item_text_of(item, category_key, category_code, brand) as encode(concat(item, category_key, category_code, brand));
 create or replace macro item_lens_of(item, category_key, category_code) as
     (coalesce(strlen(item), 0)::hugeint << 84) | (coalesce(strlen(category_key), 0)::hugeint << 42) | coalesce(strlen(category_code), 0);
@@ -204,8 +210,9 @@ final as (
         -- written one after another, and their lengths (item_texts() below takes them apart). One text
         -- column where four cost a column each to store, and 03_clean.sql's one distinct over it, where the
         -- distinct over four texts took 1.33 CPU-s at 8M rows, 0.6 over these two
-        item_text_of(item_key, category_key, category_code_norm, brand_norm) as item_text,
-        item_lens_of(item_key, category_key, category_code_norm) as item_lens,
+        -- (the item's category and brand as the file wrote them, cleaned after 03_clean.sql's distinct: attr_text)
+        item_text_of(item_key, attr_text(category_id), attr_text(category_code), attr_text(brand)) as item_text,
+        item_lens_of(item_key, attr_text(category_id), attr_text(category_code)) as item_lens,
         -- the key 04_sessionize.sql joins each event's item, category and brand to their codes on: DuckDB's
         -- hash() of the four texts (of item_text and item_lens: with the lengths, items whose texts run
         -- together alike, as 12 and 3 and 1 and 23 do, have hashes of their own), one 8-byte key where four

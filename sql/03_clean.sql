@@ -5,11 +5,11 @@
 -- small vocabulary tables and the events' product_id.
 -- inputs: staged (its valid events: reject_reason is NULL; item_hash taken by the load).
 -- outputs: user_keys (user_key -> user_code, 1.. in user_key order), item_attrs (one row per distinct
---   item, category_id, category_code and brand of the valid events, with their item_text, item_lens and
---   item_hash), item_keys,
+--   item, category_id, category_code and brand of the valid events as staged holds them, with their
+--   cleaned texts, item_text, item_lens and item_hash), item_keys,
 --   category_keys, category_codes, brand_keys (the same as user_keys for each of those text columns,
 --   from item_attrs: every distinct non-NULL value of the valid events), and the view item_attr_codes
---   (item_hash -> the codes of its four texts, and attr_code, 1.., the combination's own code).
+--   (item_hash -> the codes of its four cleaned texts, and attr_code, 1.., the combination's own code).
 --   04_sessionize.sql joins the events to user_keys on the text and to item_attr_codes on item_hash,
 --   which equals a join on the four texts where no two rows of item_attrs share a hash: prepare checks
 --   (exact_keys.sql's hash_collisions) and otherwise makes the keys row numbers first (its exact_keys).
@@ -27,10 +27,21 @@ from (select distinct user_key from staged where reject_reason is null);
 
 -- (one distinct over the four texts, as staged holds them: item_text and item_lens, 0.6 CPU-s at 8M rows
 -- where a distinct over the four took 1.33, and the four per column 0.73 but left 3 more joins to
--- sessionize; the texts are taken apart and the hash taken again here, on the distinct rows only)
+-- sessionize; the texts are taken apart and the hash taken again here, on the distinct rows only. The
+-- category and brand texts are stored as the file wrote them (00_setup.sql's attr_text) and cleaned here:
+-- two rows may then hold the same four cleaned texts, " Acme" and "Acme", and share their codes)
+-- (item_part reads an empty part as NULL, so trimmed_text is clean_text's form for every format here)
 create or replace table item_attrs as
-select unnest(item_texts(item_text, item_lens)), item_text, item_lens, hash(item_text, item_lens) as item_hash
-from (select distinct item_text, item_lens from staged where reject_reason is null);
+select
+    item_key,
+    trimmed_text(category_key) as category_key,
+    trimmed_text(category_code) as category_code,
+    trimmed_text(brand) as brand,
+    item_text, item_lens, item_hash
+from (
+    select unnest(item_texts(item_text, item_lens)), item_text, item_lens, hash(item_text, item_lens) as item_hash
+    from (select distinct item_text, item_lens from staged where reject_reason is null)
+);
 
 create or replace table item_keys as
 select item_key, (row_number() over (order by item_key))::integer as item_code
@@ -49,12 +60,13 @@ select brand, (row_number() over (order by brand))::integer as brand_code
 from (select distinct brand from item_attrs where brand is not null);
 
 -- (a view: exact_keys.sql may replace item_attrs' hash after this step; 04_sessionize.sql stores it once
--- as attr_codes). attr_code numbers the rows in item, then category and brand code order (NULL first), so
--- that among one item's events ordering by it orders by the three codes (exact_order.sql).
+-- as item_hash_codes and attr_codes). attr_code numbers the distinct codes in item, then category and brand
+-- code order (NULL first), so that among one item's events ordering by it orders by the three codes
+-- (exact_order.sql); rows of item_attrs whose texts clean to the same four share it.
 create or replace view item_attr_codes as
 select
     a.item_hash, i.item_code, ck.category_key_code, cc.category_code_code, b.brand_code,
-    (row_number() over (order by i.item_code, ck.category_key_code nulls first, cc.category_code_code nulls first,
+    (dense_rank() over (order by i.item_code, ck.category_key_code nulls first, cc.category_code_code nulls first,
         b.brand_code nulls first))::integer as attr_code
 from item_attrs as a
 join item_keys as i using (item_key)

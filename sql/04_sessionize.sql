@@ -34,10 +34,14 @@
 --   sort_once, shard_of_sorted sets shard_first_user_code and shard_last_user_code from them).
 
 -- name: define
--- each distinct item, category and brand of the events by its item_hash, with their codes and attr_code
--- (03_clean.sql's view, stored once, after exact_keys.sql: what the events carry, and 05_vocab.sql and
--- 06_encode.sql read the codes from)
-create or replace table attr_codes as select * from item_attr_codes;
+-- each distinct item, category and brand of the events (as staged holds them) by its item_hash, with their
+-- codes and attr_code (03_clean.sql's view, stored once, after exact_keys.sql): what the events are joined on
+create or replace table item_hash_codes as select * from item_attr_codes;
+
+-- one row per attr_code with its codes: what 05_vocab.sql and 06_encode.sql read them from (texts that
+-- clean to the same four share an attr_code: item_hash_codes may hold it more than once)
+create or replace table attr_codes as
+select distinct * exclude (item_hash) from item_hash_codes order by attr_code;
 
 create or replace table sessionized (
     user_idx integer,
@@ -72,7 +76,7 @@ select
 from staged as s
 join user_keys as u using (user_key)
 -- (item, category and brand in one join, on 03_clean.sql's item_hash)
-join attr_codes as i using (item_hash)
+join item_hash_codes as i using (item_hash)
 where s.reject_reason is null
     -- the shard's users: a range of user keys, the same as a range of user codes (codes follow the
     -- keys' order); on the staged rows, so that only the shard's rows are joined and sorted

@@ -12,7 +12,7 @@ select count(*) - count(distinct item_hash) as items from item_attrs;
 
 -- name: exact_keys
 create or replace table item_attrs as
-select * replace ((row_number() over (order by item_key, category_key, category_code, brand))::ubigint as item_hash)
+select * replace ((row_number() over (order by item_key, category_key, category_code, brand, item_text, item_lens))::ubigint as item_hash)
 from item_attrs;
 update staged set item_hash = a.item_hash
 from item_attrs as a

@@ -493,6 +493,38 @@ def test_items_whose_texts_run_together_alike_stay_apart(tmp_path: Path, monkeyp
     assert got.manifest["content_hash"] == want.manifest["content_hash"]
 
 
+def test_category_and_brand_texts_are_cleaned_once_per_distinct_item(tmp_path: Path) -> None:
+    """The load stores an item's category and brand as the file wrote them (attr_text), and 03_clean.sql
+    cleans them after its distinct: events whose texts differ only in spaces around them are one item with
+    one attr_code (two such events, otherwise the same, are exact duplicates), blank ones are absent, and
+    the tables are those of the log written without the spaces.
+    Where the mapping lists null_values, a listed text (spaces around it too) reads as absent."""
+    header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
+    plain, padded, listed = [header], [header], [header]
+    for day in range(1, 29):
+        for user in (1, 2, 3):
+            for hour, (kind, item) in enumerate((("view", 12), ("purchase", 12), ("view", 7)), start=10):
+                pad = " " * ((day + user + hour) % 3)  # (none, one or two spaces, in turn)
+                at = f"2019-10-{day:02d} {hour}:00:0{user} UTC"
+                brand = "b" if item == 12 else ""
+                plain.append(f"{at},{kind},{item},3,x.y,{brand},1.00,{user},s{user}-{day}")
+                padded.append(f"{at},{kind},{item},{pad}3,x.y{pad},{pad}{brand}{pad if brand else '  '},1.00,{user},s{user}-{day}")
+                listed.append(f"{at},{kind},{item},{pad}3,x.y{pad},{pad}{brand or 'NA'}{pad},1.00,{user},s{user}-{day}")
+                if day == 1:  # each event twice, the second with other spaces: an exact duplicate, left out
+                    plain.append(plain[-1])
+                    padded.append(padded[-1].replace(f",{pad}3,", ",3 ,"))
+                    listed.append(listed[-1].replace(f",{pad}3,", ",3 ,"))
+    for name, lines in (("plain", plain), ("padded", padded), ("listed", listed)):
+        (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    cfg = PrepareConfig(eval_days=7, min_item_count=1)
+    prepare([str(tmp_path / "plain.csv")], tmp_path / "plain", cfg)
+    prepare([str(tmp_path / "padded.csv")], tmp_path / "padded", cfg)
+    prepare([str(tmp_path / "listed.csv")], tmp_path / "listed", cfg, input_cfg=InputConfig(null_values=["NA"]))
+    got = rows(open_prepared(tmp_path / "padded"), "select product_id, category, brand, n_events from items order by product_id")
+    assert got == [("12", "3", "b", 168), ("7", "3", None, 84)]
+    assert same(tmp_path / "padded", tmp_path / "plain") and same(tmp_path / "listed", tmp_path / "plain")
+
+
 def test_time_zone_names_are_places() -> None:
     """A zone is taken by the name of a place (any case) or UTC/GMT, never by an abbreviation."""
     from purchasepred.data.inputs import time_zone_name

@@ -93,7 +93,7 @@ WRITTEN_BY_STEPS = ("events",)
 # Intermediate tables that no step after the named one reads: dropped when it is done (the manifest's
 # counts of them taken first), so that the sorts and joins after it have the memory, and the spill
 # folder, to themselves. A table in OUTPUT_TABLES is kept (the golden tests write the intermediate ones).
-DONE_WITH = {"sessionize": ("staged", "item_attrs"), "vocab": ("attr_counts",),
+DONE_WITH = {"sessionize": ("staged", "item_attrs", "item_hash_codes"), "vocab": ("attr_counts",),
              "encode": ("user_keys", "item_keys", "attr_codes"), "split": ("sessionized",)}
 DROP = {table: f"drop table {table}" for tables in DONE_WITH.values() for table in tables}  # our names, not input
 # Columns of a table that no step after the named one reads, dropped when it is done (as DONE_WITH; kept
@@ -1136,11 +1136,19 @@ CLEAN_TEXT = {
     (True, True): "create or replace macro clean_text(t) as not_listed_null(trimmed_nonempty_text(t))",
 }
 
+# 00_setup.sql's attr_text in each of its forms, by (the mapping lists null_values)
+ATTR_TEXT = {
+    False: "create or replace macro attr_text(t) as t",
+    True: "create or replace macro attr_text(t) as clean_text(t)",
+}
+
 
 def define_clean_text(con: duckdb.DuckDBPyConnection, empty_texts: bool, null_values: bool) -> None:
     """00_setup.sql's clean_text for one load: the form of it that fits the mapping (empty texts read as
-    NULL, the mapping's null_values listed), chosen here so that no value tests a setting."""
+    NULL, the mapping's null_values listed), chosen here so that no value tests a setting; and attr_text,
+    the text as written where the mapping lists no null_values (03_clean.sql cleans it), else clean_text."""
     con.execute(CLEAN_TEXT[empty_texts, null_values])
+    con.execute(ATTR_TEXT[null_values])
 
 
 # records of each file checked before it is loaded (_check_sample)
