@@ -277,3 +277,37 @@ def test_check_tries_the_mapping_on_the_first_records_and_writes_nothing(tmp_pat
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: no valid record in the first 10,000 of {shop}; fix the mapping (see above) and run --check again")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shop.csv"]
+
+
+def test_prepare_keeps_numpy_s_blas_threads_off_while_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where numpy is not imported yet, OPENBLAS_NUM_THREADS is 1 while `prepare` runs (numpy's bundled
+    OpenBLAS then starts no threads that spin on import) and unset after it, however it ends; a value of
+    the user's own, or a numpy already imported, is left as it is."""
+    import os
+    import sys
+
+    import purchasepred.cli as cli
+    import purchasepred.data.prepare as prep
+    from purchasepred.errors import InputError
+
+    seen = []
+
+    def spy(*args, **kwargs):  # (not prepare itself: its threads would import numpy a second time here)
+        seen.append(os.environ.get("OPENBLAS_NUM_THREADS"))
+        raise InputError("stopped here")
+
+    monkeypatch.setattr(prep, "prepare", spy)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with monkeypatch.context() as m:
+        m.delitem(sys.modules, "numpy")  # (put back as the block ends)
+        result = invoke(str(TINY), "--out", str(tmp_path / "a"), *TINY_ARGS)
+    assert result.exit_code == 1 and "stopped here" in result.output
+    assert seen == ["1"] and "OPENBLAS_NUM_THREADS" not in os.environ
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    with cli.numpy_blas_threads_off():
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    with cli.numpy_blas_threads_off():  # (numpy imported)
+        assert "OPENBLAS_NUM_THREADS" not in os.environ
