@@ -100,7 +100,7 @@ create or replace macro trimmed_nonempty_text(t) as case when contains(t, ' ') t
 create or replace macro not_listed_null(t) as case when list_contains(getvariable('null_values'), t) then null else t end;
 create or replace macro clean_text(t) as trimmed_text(t);
 -- attr_text(t): an item's category_id, category_code or brand as the load stores it in item_text: as the
--- file wrote it, cleaned only after 03_clean.sql's distinct over the items (clean_item_texts), where it is
+-- file wrote it, cleaned only after 03_clean.sql's distinct over the items (item_attrs), where it is
 -- cleaned once per distinct text instead of once per event (three clean_texts a record: 5% of the load's
 -- typing and storing). Where the mapping lists null_values it is clean_text(t) (prepare defines it with
 -- clean_text for each load: define_clean_text): whether a text is one of them depends on its file's mapping.
