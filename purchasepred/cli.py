@@ -286,8 +286,9 @@ def numpy_blas_threads_off() -> Iterator[None]:
     imported, and each spins for about 0.1 s waiting for work: 0.12 CPU-s of an `import numpy` on this
     project's 2-core box (0.22 against 0.10 s user), taken from DuckDB's threads in prepare, which does no
     matrix products. Where numpy is not imported yet and OPENBLAS_NUM_THREADS is not set, it is set to 1
-    while prepare runs (its threads import numpy), and removed after, when they have ended: torch, imported
-    later in the same process (run), keeps its own BLAS threads."""
+    while the command's prepare runs (its threads import numpy), and removed after, when they have ended, so
+    that a process that goes on to import torch (a test run, a caller of the app) keeps torch's own BLAS
+    threads. `run` does not set it: it imports torch within the call."""
     if "numpy" in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ:
         yield
         return
