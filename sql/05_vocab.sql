@@ -4,8 +4,9 @@
 -- the raw id so that the numbering is deterministic. Counted on the kept events' codes, turned back into
 -- text through the key tables of 03_clean.sql (a code sorts like its text, so ordering by either is
 -- the same).
--- inputs: kept_events, attr_codes, user_keys, item_keys, category_keys, category_codes, brand_keys.
--- outputs: attr_counts (the kept events counted per attr_code: the one pass over them besides users'),
+-- inputs: shard_users and shard_attr_counts (04_sessionize.sql: the kept events counted per user and per
+--   attr_code, each shard's), attr_codes, user_keys, item_keys, category_keys, category_codes, brand_keys.
+-- outputs: attr_counts (the kept events counted per attr_code, the shards' counts added up),
 --   users (key user_idx; raw user_id), items (key item_key; item_idx may be 1 for rare items;
 --   with the item's latest brand, category, price, and its item_code, the number events.parquet maps
 --   each event's raw item by: 1.. in product_id order, one per item), brands (key brand_idx), categories (key
@@ -17,41 +18,28 @@
 -- byte-identical run to run.
 -- parameters: min_item_count.
 create or replace table users as
--- user_idx comes from sessionize (users in user_key order, from first_id())
-with counts as (
-    select user_idx, count(*) as n_events, min(event_at) as first_event_at, max(event_at) as last_event_at
-    from kept_events
-    group by user_idx
-)
-
+-- user_idx comes from sessionize (users in user_key order, from first_id()); its counts from each shard's
+-- (shard_users: every user is in one shard)
 select c.user_idx, k.user_key as user_id, c.n_events, c.first_event_at, c.last_event_at
-from counts as c
+from shard_users as c
 join user_keys as k on k.user_code = c.user_idx - first_id() + 1
 order by c.user_idx;
 
 -- the kept events counted per attr_code (04_sessionize.sql: one code per item, category and brand), the one
--- pass over the events that brands, categories and items below are summed from
+-- pass over the events that brands, categories and items below are summed from: the shards' counts
+-- (shard_attr_counts) added up, the latest of their latest events, the first of their first
 create or replace table attr_counts as
-with keyed as (
-    -- one integer that orders events by time, then user and position (unique per event): the
-    -- "latest" below; several times cheaper to compare than a struct of the three
-    select *, (epoch_us(event_at)::hugeint << 64) + (user_idx::hugeint << 32) + seq as latest_key
-    from kept_events
-),
-
-counts as (
+with counts as (
     select
         attr_code,
-        count(*) as n_events,
-        count(*) filter (where event_type_id = purchase_id()) as n_purchases,
+        sum(n_events)::bigint as n_events,
+        sum(n_purchases)::bigint as n_purchases,
         max(latest_key) as latest_key,
-        -- the first event's (user, position) packed in one BIGINT (seq < 2^32): the same order as the
-        -- struct {user, seq}, at 0.12 s instead of 0.19 s at 8M rows
-        min((user_idx::bigint << 32) + seq) as first_seen,
-        -- the latest price and its event (arg_max skips NULLs)
-        arg_max(price, latest_key) as price,
-        max(latest_key) filter (where price is not null) as price_key
-    from keyed
+        min(first_seen) as first_seen,
+        -- (the latest price of any shard: each shard's latest price is at its price_key)
+        arg_max(price, price_key) as price,
+        max(price_key) as price_key
+    from shard_attr_counts
     group by attr_code
 )
 

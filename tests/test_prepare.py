@@ -764,9 +764,10 @@ def test_a_failure_while_the_event_audits_run_stops_their_thread(tmp_path: Path,
     assert not [t for t in threading.enumerate() if t.name.startswith("purchasepred-audits")]
 
 
-def test_vocab_groups_users_and_items_in_perfect_hash_tables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """While vocab runs, DuckDB's perfect hash aggregate takes group columns of as many bits as the
-    users and the item attributes need (above its default 12), where its tables fit the budget; the
+def test_shard_counts_group_users_and_items_in_perfect_hash_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a shard counts its events per user and item (04_sessionize.sql's shard_counts), DuckDB's
+    perfect hash aggregate takes group columns of as many bits as the users and the item attributes need
+    (above its default 12), where its tables fit the budget, shared by the shards counting at once; the
     setting is put back after."""
     con = connect()
     con.execute("create table user_keys as select i::varchar as user_key, i::integer as user_code from range(1, 5001) t(i)")
@@ -782,9 +783,15 @@ def test_vocab_groups_users_and_items_in_perfect_hash_tables(monkeypatch: pytest
         assert threshold() == 13  # (5,000 users and NULL: 13 bits)
         assert "Perfect Hash Group By" in con.execute(group_by_user).fetchall()[0][1]
     assert threshold() == 12
-    monkeypatch.setattr(prep, "PERFECT_GROUPS_BYTES", (1 << 13) * prep.PERFECT_GROUP_BYTES - 1)
+    threads = int(con.execute("select current_setting('threads')").fetchone()[0])
+    monkeypatch.setattr(prep, "PERFECT_GROUPS_BYTES", (1 << 13) * prep.PERFECT_GROUP_BYTES * threads)
     with prep._perfect_group_bys(con):
-        assert threshold() == 12  # (the users' tables over the budget; the 100 attributes need fewer than 12 bits)
+        assert threshold() == 13  # (one query's tables within the budget)
+    with prep._perfect_group_bys(con, parallel=2):
+        assert threshold() == 12  # (two shards' tables over it; the 100 attributes need fewer than 12 bits)
+    monkeypatch.setattr(prep, "PERFECT_GROUPS_BYTES", (1 << 13) * prep.PERFECT_GROUP_BYTES * threads - 1)
+    with prep._perfect_group_bys(con):
+        assert threshold() == 12  # (the users' tables over the budget)
 
 
 def test_synthetic_invariants(synth_csv, synth_prepared: prep.PrepareSummary) -> None:
@@ -1339,9 +1346,9 @@ def test_ties_are_sorted_by_every_column_in_every_shard(tmp_path: Path, monkeypa
                    + "2020-01-01 10:00:00 UTC,view,1,10,a.b,x,2.0,u1,a\n")
     calls: list[int] = []
     real = prep._run_shards
-    monkeypatch.setattr(prep, "_run_shards", lambda con, q, shards, progress=None: calls.append(
+    monkeypatch.setattr(prep, "_run_shards", lambda con, q, shards, *rest: calls.append(
         (len(shards), "sorted_all" in con.execute("select sql from duckdb_views() where view_name = 'sorted_events'").fetchone()[0]))
-        or real(con, q, shards, progress))
+        or real(con, q, shards, *rest))
     m = prepare([str(raw)], tmp_path / "p", PrepareConfig(eval_days=1, min_item_count=1, threads=2)).manifest
     assert calls == [(2, sort_once), (2, sort_once)]  # the short key's pass, then the exact one
     assert (m["rows_collapsed"], m["n_events"]) == (2, 2)

@@ -22,7 +22,7 @@ import time
 import zlib
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from datetime import datetime, timedelta, timezone
@@ -93,7 +93,7 @@ WRITTEN_BY_STEPS = ("events",)
 # Intermediate tables that no step after the named one reads: dropped when it is done (the manifest's
 # counts of them taken first), so that the sorts and joins after it have the memory, and the spill
 # folder, to themselves. A table in OUTPUT_TABLES is kept (the golden tests write the intermediate ones).
-DONE_WITH = {"sessionize": ("staged", "item_attrs", "item_hash_codes"), "vocab": ("attr_counts",),
+DONE_WITH = {"sessionize": ("staged", "item_attrs", "item_hash_codes"), "vocab": ("attr_counts", "shard_users", "shard_attr_counts"),
              "encode": ("user_keys", "item_keys", "attr_codes"), "split": ("sessionized",)}
 DROP = {table: f"drop table {table}" for tables in DONE_WITH.values() for table in tables}  # our names, not input
 # Columns of a table that no step after the named one reads, dropped when it is done (as DONE_WITH; kept
@@ -694,8 +694,7 @@ def _run(
                 choice = choose(con, cfg.eval_days, need_buyers_in, ", ".join(map(str, paths)))
                 cfg = replace(cfg, eval_days=choice.days)
                 _set(con, "eval_seconds", float(choice.days) * 86400.0)
-            with _perfect_group_bys(con) if name == "vocab" else nullcontext():
-                _run_step(con, name, filename, sql, tmp, progress)
+            _run_step(con, name, filename, sql, tmp, progress)
             if name == "clean":
                 _check_item_count(con, paths)
                 _exact_keys(con)
@@ -759,25 +758,27 @@ def _load_all(con: duckdb.DuckDBPyConnection, files: list[InputFile], sql: dict[
     return warnings + find_reject_lines(con, files, counts, rows)
 
 
-# 05_vocab.sql groups the kept events by user_idx (users) and by attr_code (attr_counts): dense integers,
-# whose range DuckDB knows from sessionized's statistics. Up to 2^perfect_ht_threshold groups (DuckDB's
-# default: 12 bits, 4,096), it aggregates into a table indexed by the value instead of a hash table: at
-# 8M rows, users 0.23 -> 0.14 CPU-s and attr_counts 0.71 -> 0.57 with the threshold raised to their
-# 19 and 15 bits. The table holds every possible group's states (each thread its own, initialized in
-# full), so the threshold is raised only as far as such tables of PERFECT_GROUP_BYTES a group stay within
-# PERFECT_GROUPS_BYTES for all threads; beyond that DuckDB's hash aggregate runs as before.
+# 04_sessionize.sql's query shard_counts groups each shard's kept events by user_idx (for users) and by
+# attr_code (for attr_counts): dense integers, whose range DuckDB knows from sessionized's statistics. Up
+# to 2^perfect_ht_threshold groups (DuckDB's default: 12 bits, 4,096), it aggregates into a table indexed
+# by the value instead of a hash table: at 8M rows, users 0.23 -> 0.14 CPU-s and attr_counts 0.71 -> 0.57
+# with the threshold raised to their 19 and 15 bits. The table holds every possible group's states (each
+# thread of each query its own, initialized in full), so the threshold is raised only as far as such
+# tables of PERFECT_GROUP_BYTES a group stay within PERFECT_GROUPS_BYTES for all threads of all the
+# shards; beyond that DuckDB's hash aggregate runs as before.
 PERFECT_GROUP_BYTES = 160  # (above the two aggregates' states: users' about 48 bytes, attr_counts' about 130)
 PERFECT_GROUPS_BYTES = 256 << 20
 
 
 @contextmanager
-def _perfect_group_bys(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """perfect_ht_threshold raised, for the duration, to the bits of vocab's groups that fit (see above)."""
+def _perfect_group_bys(con: duckdb.DuckDBPyConnection, parallel: int = 1) -> Iterator[None]:
+    """perfect_ht_threshold raised on ``con``, for the duration, to the bits of the users and the item
+    attributes that fit (see above), with ``parallel`` such queries at a time (the shards)."""
     threads = int(con.execute("select current_setting('threads')").fetchone()[0])
     counts = con.execute("select (select count(*) from user_keys), (select count(*) from attr_codes)").fetchone()
     # (n values and NULL: the bits DuckDB asks of a group column whose statistics span n values)
     bits = [b for b in ((int(n) + 1).bit_length() for n in counts)
-            if (1 << b) * PERFECT_GROUP_BYTES * threads <= PERFECT_GROUPS_BYTES]
+            if (1 << b) * PERFECT_GROUP_BYTES * threads * parallel <= PERFECT_GROUPS_BYTES]
     before = int(con.execute("select current_setting('perfect_ht_threshold')").fetchone()[0])
     if not bits or max(bits) <= before:
         yield
@@ -1266,11 +1267,11 @@ def _sessionize(con: duckdb.DuckDBPyConnection, progress: StepProgress | None = 
     q = named_queries(dict(STEPS)["sessionize"])
     shards = _user_shards(con)
     con.execute(q["define"])
-    _run_shards(con, _sort_once(con, q, shards, progress), shards, progress)
+    _run_shards(con, _sort_once(con, q, shards, progress), shards, progress, q["shard_counts"])
     if _short_key_left_ties(con):
         con.execute(q["define"])
         con.execute(named_queries("exact_order.sql")["exact_order"])
-        _run_shards(con, _sort_once(con, q, shards, progress), shards, progress)
+        _run_shards(con, _sort_once(con, q, shards, progress), shards, progress, q["shard_counts"])
     con.execute("drop table if exists sorted_all")
 
 
@@ -1329,10 +1330,14 @@ def _user_shards(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
 
 
 def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[str, str]],
-                progress: StepProgress | None = None) -> None:
-    """``query`` once per shard: on ``con`` itself for one shard, else each on a connection of its own
-    to the same database (a cursor, with this connection's session settings and variables) in a
-    thread of its own. The first shard's error (or Ctrl-C) interrupts the others and is raised here.
+                progress: StepProgress | None = None, counts: str | None = None) -> None:
+    """``query`` once per shard, then ``counts`` (where given, with _perfect_group_bys): on ``con`` itself
+    for one shard, else each on a connection of its own to the same database (a cursor, with this
+    connection's session settings and variables) in a thread of its own. The first shard's error (or
+    Ctrl-C) interrupts the others and is raised here.
+
+    ``counts`` runs in the shard's transaction, so it reads the shard's own rows: a shard that finishes
+    first counts its rows on the core the other shards leave idle (04_sessionize.sql: shard_counts).
 
     Each thread that runs a query works on it beside DuckDB's ``threads - 1`` shared workers. Where
     ``threads`` is below the CPUs this process may use (--threads set as a cap), it is lowered by N - 1
@@ -1364,6 +1369,9 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
         _set(cur, "shard_last_user_key", last)
         if not stop.is_set():
             cur.execute(query)
+        if counts is not None and not stop.is_set():
+            with _perfect_group_bys(cur, len(shards)):
+                cur.execute(counts)
 
     if len(shards) == 1:
         watch([con])
