@@ -53,7 +53,7 @@ group by file_path, reason
 order by n desc, file_path, reason;
 
 -- name: rows_read_by_file
--- taken after sessionize, before staged is dropped: the records read from each file
+-- the records read from each file (with the lines the reader could not split), taken after the load
 select
     f.file_path,
     (select count(*) from staged as s where s.file_no = f.file_no)

@@ -680,7 +680,7 @@ def _run(
         for name, filename in STEPS:
             t = time.perf_counter()
             if name == "load":
-                reread = _load_all(con, files, sql, lines, step, progress)
+                reread, before_drop["rows_read_by_file"] = _load_all(con, files, sql, lines, step, progress)
                 n_staged = con.execute("select count(*) from staged").fetchone()[0]
                 if n_staged == 0 and con.execute("select count(*) from raw_rejects").fetchone()[0] == 0:
                     raise InputError(f"{', '.join(map(str, paths))}: no event rows could be read")
@@ -743,9 +743,11 @@ def _audit_and_write(con: duckdb.DuckDBPyConnection, tmp: Path, beside: EventAud
 
 
 def _load_all(con: duckdb.DuckDBPyConnection, files: list[InputFile], sql: dict[str, str], lines: LineCounts,
-              step: Callable[[str], None], progress: StepProgress) -> list[str]:
+              step: Callable[[str], None], progress: StepProgress) -> tuple[list[str], dict[str, int]]:
     """The load step: every group of files (load_groups), each a step line of its own, then the groups
-    the parallel reader cut short loaded again (reread_short_groups, whose warnings it returns)."""
+    the parallel reader cut short loaded again (reread_short_groups); the warnings, and the records each
+    file read (with the lines the reader could not split): the manifest's rows_read of each input, as no
+    later step adds or removes a row of staged or raw_rejects."""
     groups = load_groups(files)
     for file_no, group in groups:
         label = f"load {group[0].path.name}" + (f" .. {group[-1].path.name} ({len(group):,} files)" if len(group) > 1 else "")
@@ -755,7 +757,7 @@ def _load_all(con: duckdb.DuckDBPyConnection, files: list[InputFile], sql: dict[
         _load_group(con, file_no, group, sql)
     counts = lines.result()
     warnings, rows = reread_short_groups(con, groups, counts, sql)
-    return warnings + find_reject_lines(con, files, counts, rows)
+    return warnings + find_reject_lines(con, files, counts, rows), rows
 
 
 # 04_sessionize.sql's query shard_counts groups each shard's kept events by user_idx (for users) and by
@@ -919,7 +921,6 @@ def _count_and_drop(con: duckdb.DuckDBPyConnection, step: str) -> dict[str, Any]
         counts["ignored_by_value"] = {r["value"]: int(r["n"]) for r in _rows(con, stats["ignored_by_value"])}
     if step == "sessionize":
         counts.update(_rows(con, stats["counts_input"])[0])
-        counts["rows_read_by_file"] = {r["file_path"]: int(r["n"]) for r in _rows(con, stats["rows_read_by_file"])}
         counts.update(_rows(con, stats["counts_clean"])[0])
     for table in DONE_WITH.get(step, ()):
         if table not in OUTPUT_TABLES:
