@@ -1362,12 +1362,7 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
     def one(cur: duckdb.DuckDBPyConnection, first: str, last: str) -> None:
         if cur is not con:  # (committed below, in shard order)
             cur.execute("begin transaction")
-        quiet_progress(cur)
-        _set(cur, "time_zone", session[0])
-        cur.execute("set TimeZone = getvariable('time_zone')")
-        _set(cur, "session_gap_seconds", session[1])
-        _set(cur, "shard_first_user_key", first)
-        _set(cur, "shard_last_user_key", last)
+        _shard_session(cur, session[0], session[1], first, last)
         if not stop.is_set():
             cur.execute(query)
         if counts is not None and not stop.is_set():
@@ -1399,14 +1394,8 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
                 for cur in cursors:
                     cur.execute("commit")
             except BaseException:
-                # an interrupt reaches only a query already running: a shard still setting up would
-                # start after it, so interrupt until every shard has stopped
                 stop.set()
-                while True:
-                    for cur in cursors:
-                        cur.interrupt()
-                    if not wait(futures, timeout=0.05).not_done:
-                        break
+                _interrupt_until_done(cursors, futures)
                 raise
     finally:
         watch([])  # (before the cursors close: no sample reads a closing one)
@@ -1415,6 +1404,27 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
         if lower:
             _set(con, "shard_threads", threads)
             con.execute("set threads = getvariable('shard_threads')")
+
+
+def _shard_session(cur: duckdb.DuckDBPyConnection, time_zone: str, gap_seconds: float, first: str, last: str) -> None:
+    """A shard's connection as _run_shards runs it: DuckDB's progress not drawn, the session's time zone
+    and session gap, and the shard's range of user keys."""
+    quiet_progress(cur)
+    _set(cur, "time_zone", time_zone)
+    cur.execute("set TimeZone = getvariable('time_zone')")
+    _set(cur, "session_gap_seconds", gap_seconds)
+    _set(cur, "shard_first_user_key", first)
+    _set(cur, "shard_last_user_key", last)
+
+
+def _interrupt_until_done(cursors: list[duckdb.DuckDBPyConnection], futures: list[Any]) -> None:
+    """Interrupt every cursor until every future is done: an interrupt reaches only a query already
+    running, and a shard still setting up would start its query after it."""
+    while True:
+        for cur in cursors:
+            cur.interrupt()
+        if not wait(futures, timeout=0.05).not_done:
+            return
 
 
 def available_cpus() -> int:
