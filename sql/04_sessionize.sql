@@ -14,7 +14,7 @@
 -- inputs: staged and the key tables of 03_clean.sql.
 -- outputs: sessionized (grain: one distinct event, each shard's rows in the sort's order, the shards
 --   in user order: each inserts in a transaction of its own, and prepare commits them in that order,
---   so that the table is in user_idx, seq order and 06_encode.sql writes it with no sort; exact duplicates are left out and counted as the difference to staged's valid
+--   so that the table is in user_idx, seq order, the same run to run; exact duplicates are left out and counted as the difference to staged's valid
 --   events; the item, category and brand as one attr_code, the table attr_codes). Its flags hold three bits: 1, a repeat view,
 --   a view that directly repeats the user's previous event (a view of the same item in the same
 --   session within the gap): it is collapsed, kept in this table only to be counted, and seq,

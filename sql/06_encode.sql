@@ -1,11 +1,11 @@
 -- encode: one row per event with dense ids and the features the model reads.
 -- inputs: kept_events (04_sessionize.sql: user_idx, seq, sessions; item, category and brand as one
---   attr_code; stored in user_idx, seq order), attr_codes and the id tables of 05_vocab.sql (item_ids,
---   brand_ids, category_pairs, categories).
--- outputs: the view encoded_events (grain: one event; key user_idx, seq; in kept_events' order, which is
---   user_idx, seq, so that the file holds the same rows in the same order run to run; its Parquet row
---   groups follow the chunks of sessionized, which two runs may cut at other rows, so its bytes can
---   differ where its rows do not), which prepare writes straight to
+--   attr_code), attr_codes and the id tables of 05_vocab.sql (item_ids, brand_ids, category_pairs,
+--   categories).
+-- outputs: the view encoded_events (grain: one event; key user_idx, seq; sorted by it, so that the file
+--   holds the same rows in the same order run to run; its Parquet row groups follow the sort's output
+--   chunks, which two runs may cut at other rows, so its bytes can differ where its rows do not), which
+--   prepare writes straight to
 --   events.parquet (no table of the events is stored: the steps after it read the file, through the view
 --   events below):
 --   event_type_id 1 view, 2 cart, 3 purchase, 4 remove_from_cart (0 is padding);
@@ -18,12 +18,15 @@
 --   the other columns (schema 7): hour_id and weekday_id (read.sql takes them from event_at) and whether
 --   an event starts a session (a new session_no of the user); each column cost about 0.15 CPU-s to write. The training targets (each event's next event, purchase and
 --   cart) are found from these rows when loading (data/sequences.py), so the table stores no copy of them.
--- No sort: sessionize stores its rows in user and position order (each shard's in its sort's order, the
---   shards committed in user order: prepare._run_shards), and every step here keeps a scan's order. The
---   ids are therefore looked up by position in lists indexed by attr_code (1.. with no gaps), not
---   joined: a hash join does not keep its input's order. A sort of the view cost 0.2-0.35 s at 8M rows.
---   prepare still checks the order (audits.sql: events_unique_key) and sorts the written file where a
---   DuckDB that reorders left it out of order (the query sort_file).
+-- The ids are joined to the events on attr_code, and the rows sorted by user_idx, seq (a join does not
+--   keep its input's order). They were looked up by position in four lists indexed by attr_code, a
+--   one-row table cross joined to the events to keep the scan's order with no sort; but DuckDB's cross
+--   product scans its other side again for every 2,048 events, and a scan copies the lists' elements:
+--   a cost of events x attr codes. At 50M rows (195,307 attr codes) the write took 12.0-13.5 s, 8.4-10.0
+--   s joined and sorted (two rounds each, the same rows); at 8M rows (31,824) 1.38-1.54 s against
+--   1.15-1.45 s (three rounds). The full REES46 log (411M events) would copy the lists for 200K chunks.
+--   prepare still checks the written order (audits.sql: events_unique_key), and sorts the file again
+--   where it is not (the query sort_file).
 -- parameters: events_file (the events.parquet prepare wrote, for the view events).
 
 -- name: define
@@ -46,35 +49,28 @@ with attr_ids as (
     left join categories as c on c.category = p.category
 ),
 
-lookups as (
-    -- attr_code -> ids as lists indexed by code (codes are 1.. with no gaps: 03_clean.sql); one row
-    select
-        list(item_idx order by attr_code) as item_idx_of,
-        list(item_code order by attr_code) as item_code_of,
-        list(brand_idx order by attr_code) as brand_idx_of,
-        list(category_idx order by attr_code) as category_idx_of
-    from attr_ids
-),
-
 joined as (
     select
         s.user_idx,
         s.seq,
         s.event_at,
         s.event_type_id,
-        l.item_idx_of[s.attr_code] as item_idx,
-        l.item_code_of[s.attr_code] as item_code,
-        l.brand_idx_of[s.attr_code] as brand_idx,
-        l.category_idx_of[s.attr_code] as category_idx,
+        a.item_idx,
+        a.item_code,
+        a.brand_idx,
+        a.category_idx,
         case when s.price is null or s.price <= 0 then unknown_id()
             else least(2 + floor(2 * log2(1 + s.price)), 31) end::tinyint as price_bucket,
         case when s.gap_seconds is null then unknown_id()
             else least(2 + floor(log2(1 + s.gap_seconds)), 27) end::tinyint as gap_bucket,
         s.session_no
-    from kept_events as s, lookups as l
+    -- (a left join: an event whose attr_code had no row would keep its row, with NULL ids, as a list
+    -- lookup out of range gave, and the audit events_ids_in_range would name it)
+    from kept_events as s
+    left join attr_ids as a using (attr_code)
 )
 
-select * from joined;
+select * from joined order by user_idx, seq;
 
 -- name: events
 -- the written events, what split, the audits and the manifest read

@@ -1360,11 +1360,11 @@ def _events_in_file_order(folder: Path) -> list[tuple]:
 
 
 @pytest.mark.parametrize("sort_once", [False, True])
-def test_shards_commit_in_user_order_so_the_events_need_no_sort(
+def test_four_shards_write_the_events_of_one_in_order(
         synth_csv: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sort_once: bool) -> None:
     """Four shards (four threads), each committing its rows in shard order (_run_shards): the events are
-    written in user_idx, seq order with no sort (the audit's fallback sort is made to fail here), and
-    they are the rows, in the order, of a run in one shard."""
+    written in user_idx, seq order (the audit's fallback sort is made to fail here), and they are the
+    rows, in the order, of a run in one shard."""
     path, _ = synth_csv
     cfg = PrepareConfig(eval_days=7, threads=4)
     one = prepare([str(path)], tmp_path / "one", cfg)  # (20k rows: one shard)

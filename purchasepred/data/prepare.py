@@ -1350,8 +1350,8 @@ def _run_shards(con: duckdb.DuckDBPyConnection, query: str, shards: list[tuple[s
 
     Each shard's connection inserts in a transaction of its own, and they commit one after another in
     shard order, once all have run: a transaction's rows join the table when it commits, so the table
-    holds the shards in user order, each in its own order, and 06_encode.sql needs no sort (prepare
-    checks the written order all the same: _audit). A failed shard commits nothing."""
+    holds the shards in user order, each in its own order, the same rows in the same order run to run
+    (06_encode.sql sorts the events all the same: it joins their ids). A failed shard commits nothing."""
     session = con.execute(
         "select current_setting('TimeZone'), getvariable('session_gap_seconds'), current_setting('threads')").fetchone()
     threads = int(session[2])
