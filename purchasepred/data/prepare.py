@@ -94,7 +94,7 @@ WRITTEN_BY_STEPS = ("events",)
 # counts of them taken first), so that the sorts and joins after it have the memory, and the spill
 # folder, to themselves. A table in OUTPUT_TABLES is kept (the golden tests write the intermediate ones).
 DONE_WITH = {"sessionize": ("staged", "item_attrs", "item_hash_codes"), "vocab": ("attr_counts", "shard_users", "shard_attr_counts"),
-             "encode": ("user_keys", "item_keys", "attr_codes"), "split": ("sessionized",)}
+             "encode": ("user_keys", "item_keys"), "split": ("sessionized", "attr_codes")}
 DROP = {table: f"drop table {table}" for tables in DONE_WITH.values() for table in tables}  # our names, not input
 # Columns of a table that no step after the named one reads, dropped when it is done (as DONE_WITH; kept
 # where the table is an output): after clean, staged's item and attribute texts (item_text, item_lens: sessionize joins on
