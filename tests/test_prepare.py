@@ -1386,7 +1386,7 @@ def test_four_shards_write_the_events_of_one_in_order(
 
 
 def test_events_written_out_of_order_are_sorted_before_the_audits_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A DuckDB that does not keep the scan's order (here: events.parquet written in a shuffled order)
+    """A DuckDB that does not keep encode's order (here: events.parquet written in a shuffled order)
     costs a sort of the written file, not a failed prepare: the same events, in the same order."""
     want = prepare([str(TINY)], tmp_path / "ordered", TINY_CFG)
     real_write = prep._write_parquet

@@ -834,9 +834,9 @@ def _audit(con: duckdb.DuckDBPyConnection, tmp: Path, beside: EventAudits | None
     """The rows each query of audits.sql returns (0 where it holds): those of ``beside`` from it, the
     others run here. Where events.parquet is out of
     order (events_unique_key fails), it is sorted once (06_encode.sql's sort_file) and the audits run
-    again: the file's order comes from DuckDB keeping its scans' order (_run_shards), which it does not
-    promise, and a DuckDB that reorders should cost time, not a failed prepare. Duplicate keys, which a
-    sort cannot mend, still fail."""
+    again: encode writes the events from an ORDER BY, and a DuckDB whose Parquet writer did not keep
+    that order should cost time, not a failed prepare. Duplicate keys, which a sort cannot mend, still
+    fail."""
     queries = named_queries("audits.sql")
     own = {name: len(con.execute(q).fetchall()) for name, q in queries.items() if beside is None or name not in EVENT_AUDITS}
     done = beside.result() if beside is not None else {}
