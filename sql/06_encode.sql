@@ -65,7 +65,7 @@ joined as (
             else least(2 + floor(log2(1 + s.gap_seconds)), 27) end::tinyint as gap_bucket,
         s.session_no
     -- (a left join: an event whose attr_code had no row would keep its row, with NULL ids, as a list
-    -- lookup out of range gave, and the audit events_ids_in_range would name it)
+    -- lookup out of range gave, and the audit events_ids_in_range would name it: a NULL id fails it)
     from kept_events as s
     left join attr_ids as a using (attr_code)
 )

@@ -697,8 +697,15 @@ def test_audits_catch_broken_data(synth_prepared: prep.PrepareSummary) -> None:
     con.execute("create or replace table truth as select * replace (first_purchase_at - interval 100 day as first_purchase_at) "
                 "from read_parquet(?)", [str(synth_prepared.out / "truth.parquet")])
     assert con.execute(audits["truth_inside_window"]).fetchall()
-    # an event that does not map back: another item's id, a user past the last, an item code past the last
+    # ids out of range, or missing (NULL, as a join that found no row for the event's attr_code would give)
     events = str(synth_prepared.out / "events.parquet")
+    assert not con.execute(audits["events_ids_in_range"].replace("from events as e", "from read_parquet(?) as e"),
+                           [events]).fetchall()
+    for broken in ("brand_idx - 5 as brand_idx", "null::integer as brand_idx", "null::integer as category_idx",
+                   "case when seq = 1 then null else item_idx end as item_idx"):
+        con.execute(f"create or replace table events as select * replace ({broken}) from read_parquet(?)", [events])
+        assert len(con.execute(audits["events_ids_in_range"]).fetchall()) > 0, broken
+    # an event that does not map back: another item's id, a user past the last, an item code past the last
     assert not con.execute(audits["every_event_maps_back"].replace("from events as e", "from read_parquet(?) as e"),
                            [events]).fetchall()
     for broken in ("item_idx + 1 as item_idx", "user_idx + 100000 as user_idx", "item_code + 100000 as item_code"):
