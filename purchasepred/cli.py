@@ -30,6 +30,21 @@ from purchasepred.config import Config
 from purchasepred.errors import Interrupted, PurchasePredError
 from purchasepred.fileio import check_new_output, make_parents, remove_empty
 
+def _usage_message(message: str) -> str:
+    """A usage error as the user should read it: without pydantic's "Value error, " (typer checks choices
+    through pydantic), and with the closest choice to a mistyped one ("did you mean 'taobao'?")."""
+    import difflib
+    import re
+
+    message = message.replace(": Value error, ", ": ")
+    found = re.search(r"'([^']*)' is not one of ((?:'[^']*'(?:, )?)+)", message)
+    if found:
+        close = difflib.get_close_matches(found[1].lower(), re.findall(r"'([^']*)'", found[2]), n=1, cutoff=0.75)
+        if close:
+            message = message.rstrip(".") + f"; did you mean '{close[0]}'?"
+    return message
+
+
 class OneLineErrors(TyperGroup):
     """Usage errors (an unknown option, a value not among the choices) as one red line naming the
     value and the help to read, exit code 2, instead of click's framed box."""
@@ -44,7 +59,7 @@ class OneLineErrors(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
         except _click.exceptions.UsageError as err:
             where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
-            ui.error(" ".join(err.format_message().split()) + where)
+            ui.error(_usage_message(" ".join(err.format_message().split())) + where)
             raise SystemExit(err.exit_code) from None
         raise SystemExit(rv if isinstance(rv, int) else 0)
 
@@ -344,8 +359,7 @@ def prepare(
         "prepare.memory_limit": memory_limit, "prepare.threads": threads,
         "prepare.temp_dir": str(temp_dir) if temp_dir is not None else None, "input.schema": _value(schema),
     }, set_)
-    ui.info(f"prepare settings: {cfg.prepare}")
-    ui.info(f"input mapping: { {k: v for k, v in vars(cfg.input).items() if v is not None} or 'detected from the header'}")
+    ui.info(_prepare_line(cfg))
     if check:
         _check_mapping(raw, cfg)
         return
@@ -365,6 +379,33 @@ def prepare(
         ui.warn(f"{out} was replaced, and run(s) {', '.join(trained)} were trained on the old data: evaluate and "
                 "export will refuse them until it is prepared again from the same files and settings (their "
                 "config.yaml records them), or train new runs")
+
+
+def _prepare_line(cfg: Config) -> str:
+    """prepare's settings and input mapping in one line, written as the options and --set values that give
+    them (what a user can copy into another command), not as Python objects."""
+    p = cfg.prepare
+    days = p.eval_days if isinstance(p.eval_days, str) else f"{p.eval_days:g}"
+    settings = (f"--session-gap {p.session_gap_minutes:g} --max-len {p.max_len} --min-item-count {p.min_item_count} "
+                f"--eval-days {days} --memory-limit {p.memory_limit or 'none (DuckDB: 80% of RAM)'}"
+                + (f" --threads {p.threads}" if p.threads else " (threads: all cores)")
+                + (f" --temp-dir {p.temp_dir}" if p.temp_dir else ""))
+    mapping = {k: v for k, v in vars(cfg.input).items() if v is not None}
+    words = [f"--schema {mapping.pop('schema')}"] if "schema" in mapping else []
+    words += [f"--set input.{k}={_flow(v)}" for k, v in mapping.items()]
+    return f"prepare: {settings}; input: {' '.join(words) or 'detected from the header'}"
+
+
+def _flow(value: Any) -> str:
+    """A --set value in one line: a list or table as YAML ([pv, buy], {match: a.csv, event: view}), a plain
+    word as it is, any other text quoted with its escapes ("\\t", "a b"), a number or true/false as YAML."""
+    import yaml
+
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**9).strip()
+    if isinstance(value, str) and value.isprintable() and not any(c in value for c in " ,:[]{}#'\"") and value:
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _check_mapping(raw: list[str], cfg: Config) -> None:
@@ -434,7 +475,8 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
              for reason, n in m["rejects_by_reason"].items()]
     if m.get("rows_ignored"):
         rows.append(("ignored (by the mapping)", m["rows_ignored"]))
-        rows += [(f"  ignored: {value}", n) for value, n in m["ignored_by_value"].items()]
+        # (the raw event value, quoted: Tianchi's favourite is '2', which alone read like a count)
+        rows += [(f"  ignored: event value {value!r}", n) for value, n in m["ignored_by_value"].items()]
     vpp = m["views_per_purchase"]
     rows += [
         ("exact duplicates removed", m["rows_duplicate"]),
@@ -451,8 +493,11 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     if choice:
         rows.append(("eval days", f"{choice['chosen']:g} ({duration(choice['chosen'] * 86400)}) - {choice['why']}"))
     for split, w in m["windows"].items():
-        rows.append((f"window {split}", f"{_when(w['window_start'])} .. {_when(w['window_end'])}  "
-                     f"users with inputs {w['n_users_with_inputs']:,}, buyers {w['n_users_with_purchases']:,}"))
+        # ("all": the window after the log that export predicts, from every event: no buyers yet)
+        label = "window all (next, for export)" if split == "all" else f"window {split}"
+        buyers = "" if split == "all" else f", buyers {w['n_users_with_purchases']:,}"
+        rows.append((label, f"{_when(w['window_start'])} .. {_when(w['window_end'])}  "
+                     f"users with inputs {w['n_users_with_inputs']:,}{buyers}"))
     rows += [(f"  step {s['step']}", step_line(s)) for s in m.get("steps", [])]
     rows.append(("seconds", f"{seconds:.1f}"))
     return ui.summary_table(f"prepare -> {out}", rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 import threading
 from contextlib import contextmanager
 from typing import Any
@@ -54,8 +54,16 @@ def warn(msg: str) -> None:
     err_console.print(Text.assemble(("warning:", "bold yellow"), " ", msg), soft_wrap=True)
 
 
+def _plain() -> bool:
+    """Whether progress is written as plain lines: output to a file or a pipe (a log, CI), where a live
+    display cannot redraw and rich prints its last frame once at the end, after every line printed
+    while it ran (stage lines after the epochs they started, each epoch twice, bars cut at 80 columns)."""
+    return not _state["quiet"] and not console.is_terminal
+
+
 def make_progress(transient: bool = False) -> Progress:
-    """One progress factory for every command; disabled under --quiet or without a terminal."""
+    """One progress factory for every command; disabled under --quiet or without a terminal (where the
+    callers print a line as each stage starts instead: _plain)."""
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}", style="progress.description", markup=False),
@@ -66,7 +74,7 @@ def make_progress(transient: bool = False) -> Progress:
         TextColumn("{task.fields[status]}", markup=False),
         console=console,
         transient=transient,
-        disable=_state["quiet"],
+        disable=_state["quiet"] or not console.is_terminal,
     )
 
 
@@ -76,8 +84,8 @@ class StepLines:
     it is still the current one (a late report of a finished step is dropped). A done step's line
     keeps its time, not its last percent."""
 
-    def __init__(self, progress: Progress, title: str) -> None:
-        self._progress, self._title = progress, title
+    def __init__(self, progress: Progress, title: str, echo: Callable[[str], None] | None = None) -> None:
+        self._progress, self._title, self._echo = progress, title, echo  # (echo: each step's line as it starts)
         self._lock = threading.Lock()
         self._name: str | None = None
         self._status = ""  # the status the step started with, put back when it is done
@@ -89,6 +97,8 @@ class StepLines:
                 self._progress.update(self._task, completed=1, status=self._status)
             self._name, self._status = name or None, status
             self._task = self._progress.add_task(f"{self._title}: {name}", total=1, status=status) if name else None
+            if name and self._echo is not None:
+                self._echo(f"{self._title}: {name}" + (f"  {status}" if status else ""))
 
     def progress(self, name: str, percent: float) -> None:
         with self._lock:
@@ -99,13 +109,19 @@ class StepLines:
 @contextmanager
 def steps(title: str) -> Iterator[StepLines]:
     """A progress line per step: yields a :class:`StepLines`, called with each step's name."""
+    plain = _plain()
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}", style="progress.description", markup=False),
-        TimeElapsedColumn(), TextColumn("{task.fields[status]}", markup=False), console=console, disable=_state["quiet"],
+        TimeElapsedColumn(), TextColumn("{task.fields[status]}", markup=False), console=console,
+        disable=_state["quiet"] or plain,
     ) as progress:
-        step = StepLines(progress, title)
+        step = StepLines(progress, title, _print_line if plain else None)
         yield step
         step("")
+
+
+def _print_line(text: str) -> None:
+    console.print(Text(text))  # (wrapped at the console's width, as every other line: COLUMNS=80 holds)
 
 
 def _table(title: str, **kwargs: Any) -> Table:
@@ -157,6 +173,7 @@ class Bars:
     def __init__(self, title: str, epochs: int | None = None) -> None:
         self.title, self.epochs = title, epochs
         self.progress = make_progress()
+        self._plain = _plain()  # (a line as each stage starts; no bars: the epochs have their log lines)
         self._stage: Any = None
         self._lock = threading.Lock()  # stage() and detail() (prepare's progress thread)
         self._epoch: tuple[int, Any] | None = None
@@ -183,6 +200,8 @@ class Bars:
             if self._stage is not None:
                 self.progress.update(self._stage, total=1, completed=1, status="")
             self._stage = self.progress.add_task(f"{self.title}: {name}", total=None, status="") if name else None
+            if name and self._plain:
+                _print_line(f"{self.title}: {name}")
 
     def detail(self, text: str) -> None:
         """What the current stage is doing now (prepare's step and its percent), from any thread."""

@@ -85,7 +85,7 @@ def test_resolved_config_is_printed(tmp_path: Path) -> None:
     result = runner.invoke(app, ["prepare", str(TINY), "--out", str(tmp_path / "p"), "--eval-days", "1",
                                  "--set", "prepare.max_len=7"])
     assert result.exit_code == 0, result.output
-    assert "max_len=7" in result.stdout.replace("\n", "")
+    assert "--max-len 7 " in result.stdout.replace("\n", " ")
 
 
 @pytest.mark.parametrize(("key", "closest"), [
@@ -212,3 +212,28 @@ def test_version() -> None:
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.stdout
+
+
+def test_prepare_prints_its_settings_as_the_options_that_give_them() -> None:
+    from purchasepred.cli import _prepare_line
+
+    line = _prepare_line(load_config(None, {}, ["input.schema=taobao", "prepare.threads=1"]))
+    assert line == ("prepare: --session-gap 30 --max-len 50 --min-item-count 2 --eval-days auto --memory-limit 50% "
+                    "--threads 1; input: --schema taobao")
+    line = _prepare_line(load_config(None, {}, ["input.user=visitorid", "input.view=[pv, click]", 'input.delimiter="\t"',
+                                                "input.header=false", "prepare.eval_days=3.5"]))
+    assert line.endswith("--eval-days 3.5 --memory-limit 50% (threads: all cores); input: --set input.user=visitorid "
+                         '--set input.view=[pv, click] --set input.delimiter="\\t" --set input.header=false')
+    assert _prepare_line(load_config(None, {}, [])).endswith("; input: detected from the header")
+
+
+def test_a_mistyped_choice_is_named_with_the_closest_one() -> None:
+    from purchasepred.cli import _usage_message
+
+    pydantic = "Invalid value for '--schema': Value error, 'tabao' is not one of 'rees46', 'taobao', 'tianchi'."
+    assert _usage_message(pydantic) == ("Invalid value for '--schema': 'tabao' is not one of 'rees46', 'taobao', "
+                                        "'tianchi'; did you mean 'taobao'?")
+    # no guess that is only as close as gpu is to cpu (a GPU user means cuda)
+    device = "Invalid value for '--device': Value error, 'gpu' is not one of 'auto', 'cpu', 'cuda', 'mps'."
+    assert _usage_message(device) == "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda', 'mps'."
+    assert _usage_message("No such option: --out") == "No such option: --out"

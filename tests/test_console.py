@@ -64,3 +64,39 @@ def test_square_brackets_in_messages_tables_and_step_lines_are_printed_as_writte
     with ui.steps("prepare") as step:  # the step lines as prepare draws them
         step("load shop[pv].csv", status="[bold]")
     assert "prepare: load shop[pv].csv" in drawn.getvalue() and "[bold]" in drawn.getvalue()
+
+
+def test_without_a_terminal_progress_is_a_line_per_stage_in_order(monkeypatch) -> None:
+    # piped to a file, rich's live display printed its last frame once at the end: the stage lines after
+    # the epochs they started, each epoch twice (its bar too) and bars cut at 80 columns
+    out = io.StringIO()
+    monkeypatch.setitem(ui._state, "quiet", False)
+    monkeypatch.setattr(ui, "console", Console(file=out, width=80, color_system=None, emoji=False))
+    with ui.Bars("run demo", epochs=8) as bars:
+        bars.stage("prepare")
+        bars.detail("load demo.csv  37%")
+        bars.stage("train")
+        bars.on_step({"epoch": 0, "batch": 1, "batches": 2, "view_loss": 6.6, "purchase_loss": 3.5,
+                      "tokens_per_s": 8000.0, "lr": 1e-3})
+        bars.log("epoch 1: view loss 6.9081")
+        bars.on_export(1, 2)
+        bars.stage("export")
+    assert out.getvalue().splitlines() == ["run demo: prepare", "run demo: train", "epoch 1: view loss 6.9081",
+                                           "run demo: export"]
+    drawn = io.StringIO()
+    monkeypatch.setattr(ui, "console", Console(file=drawn, width=80, color_system=None, emoji=False))
+    with ui.steps("prepare") as step:
+        step("load a.csv")
+        step.progress("load a.csv", 50)  # (no percent lines in a log)
+        step("clean", status="x")
+    assert drawn.getvalue().splitlines() == ["prepare: load a.csv", "prepare: clean  x"]
+
+
+def test_quiet_prints_no_stage_lines_without_a_terminal(monkeypatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setitem(ui._state, "quiet", True)
+    monkeypatch.setattr(ui, "console", Console(file=out, width=80, color_system=None, emoji=False))
+    with ui.Bars("run demo") as bars, ui.steps("prepare") as step:
+        bars.stage("prepare")
+        step("load a.csv")
+    assert out.getvalue() == ""

@@ -26,6 +26,7 @@ import pytest
 import zstandard
 
 from conftest import FIXTURES, TINY, TINY_CFG, clean_failure, collide_item_hashes, invoke, open_prepared, rows
+from purchasepred.cli import prepare_table
 from purchasepred.config import InputConfig, PrepareConfig, load_config
 from purchasepred.data.inputs import PRESETS, inspect_json, reject_hint
 from purchasepred.data.prepare import check_inputs, define_clean_text, load_manifest, prepare
@@ -106,6 +107,12 @@ def test_tianchi_preset_crlf_hour_times(tmp_path: Path) -> None:
     assert (m["rows_read"], m["rows_rejected"], m["rows_duplicate"], m["rows_ignored"], m["rows_kept"]) == (9, 1, 1, 1, 6)
     assert conserved(m) and not any(res.audits.values())
     assert m["ignored_by_value"] == {"2": 1}
+    table = prepare_table(m, tmp_path / "p", 0.1)  # the summary names the raw value as one, not a bare 2
+    cells = [(str(k), str(v)) for k, v in zip(table.columns[0]._cells, table.columns[1]._cells, strict=True)]
+    assert ("  ignored: event value '2'", "1") in cells
+    # the window after the log, which export predicts, is named as one and shows no "buyers 0"
+    nxt = [v for k, v in cells if k == "window all (next, for export)"]
+    assert len(nxt) == 1 and "users with inputs" in nxt[0] and "buyers" not in nxt[0], cells
     assert m["events_by_type"] == {"cart": 1, "purchase": 2, "view": 3}
     con = open_prepared(tmp_path / "p")
     assert rows(con, "select line, reason, raw from rejects") == [
