@@ -32,11 +32,17 @@ from purchasepred.fileio import check_new_output, make_parents, remove_empty
 
 def _usage_message(message: str) -> str:
     """A usage error as the user should read it: without pydantic's "Value error, " (typer checks choices
-    through pydantic), and with the closest choice to a mistyped one ("did you mean 'taobao'?")."""
+    through pydantic), with the closest choice to a mistyped one ("did you mean 'taobao'?"), and an unknown
+    option with the one option it is close to, not click's list of loosely alike ones."""
     import difflib
     import re
 
     message = message.replace(": Value error, ", ": ")
+    unknown = re.fullmatch(r"No such option: (\S+) \(Possible options: ([^)]*)\)", message)
+    if unknown:  # (click lists what is loosely alike: --quiet and --set for --out; keep only a close one)
+        options = unknown[2].split(", ")
+        close = [o for o in options if o.startswith(unknown[1])] or difflib.get_close_matches(unknown[1], options, n=1, cutoff=0.75)
+        return f"No such option: {unknown[1]}" + (f"; did you mean {close[0]}?" if close else "")
     found = re.search(r"'([^']*)' is not one of ((?:'[^']*'(?:, )?)+)", message)
     if found:
         close = difflib.get_close_matches(found[1].lower(), re.findall(r"'([^']*)'", found[2]), n=1, cutoff=0.75)

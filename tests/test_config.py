@@ -237,3 +237,8 @@ def test_a_mistyped_choice_is_named_with_the_closest_one() -> None:
     device = "Invalid value for '--device': Value error, 'gpu' is not one of 'auto', 'cpu', 'cuda', 'mps'."
     assert _usage_message(device) == "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda', 'mps'."
     assert _usage_message("No such option: --out") == "No such option: --out"
+    assert _usage_message("No such option: --out (Possible options: --quiet, --set)") == "No such option: --out"
+    assert _usage_message("No such option: --epoch (Possible options: --epochs)") == (
+        "No such option: --epoch; did you mean --epochs?")
+    assert _usage_message("No such option: --memory (Possible options: --memory-limit)") == (
+        "No such option: --memory; did you mean --memory-limit?")
