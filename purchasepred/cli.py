@@ -470,6 +470,7 @@ def _when(value: str) -> str:
 
 
 def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
+    from purchasepred.data.inputs import quoted
     from purchasepred.data.windows import duration
 
     rows: list[tuple[str, Any]] = [
@@ -482,7 +483,7 @@ def prepare_table(m: dict[str, Any], out: Path, seconds: float) -> Any:
     if m.get("rows_ignored"):
         rows.append(("ignored (by the mapping)", m["rows_ignored"]))
         # (the raw event value, quoted: Tianchi's favourite is '2', which alone read like a count)
-        rows += [(f"  ignored: event value {value!r}", n) for value, n in m["ignored_by_value"].items()]
+        rows += [(f"  ignored: event value {quoted(value)}", n) for value, n in m["ignored_by_value"].items()]
     vpp = m["views_per_purchase"]
     rows += [
         ("exact duplicates removed", m["rows_duplicate"]),
