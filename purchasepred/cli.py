@@ -389,16 +389,18 @@ def prepare(
 
 def _prepare_line(cfg: Config) -> str:
     """prepare's settings and input mapping in one line, written as the options and --set values that give
-    them (what a user can copy into another command), not as Python objects."""
+    them (what a user can copy into another command, shell-quoted), not as Python objects."""
+    from purchasepred.data.inputs import setting
+
     p = cfg.prepare
     days = p.eval_days if isinstance(p.eval_days, str) else f"{p.eval_days:g}"
     settings = (f"--session-gap {p.session_gap_minutes:g} --max-len {p.max_len} --min-item-count {p.min_item_count} "
                 f"--eval-days {days} --memory-limit {p.memory_limit or 'none (DuckDB: 80% of RAM)'}"
                 + (f" --threads {p.threads}" if p.threads else " (threads: all cores)")
-                + (f" --temp-dir {p.temp_dir}" if p.temp_dir else ""))
+                + (f" --temp-dir {shlex.quote(str(p.temp_dir))}" if p.temp_dir else ""))
     mapping = {k: v for k, v in vars(cfg.input).items() if v is not None}
     words = [f"--schema {mapping.pop('schema')}"] if "schema" in mapping else []
-    words += [f"--set input.{k}={_flow(v)}" for k, v in mapping.items()]
+    words += [setting(k, _flow(v)) for k, v in mapping.items()]  # (shell-quoted: a line to copy)
     return f"prepare: {settings}; input: {' '.join(words) or 'detected from the header'}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -220,10 +221,17 @@ def test_prepare_prints_its_settings_as_the_options_that_give_them() -> None:
     line = _prepare_line(load_config(None, {}, ["input.schema=taobao", "prepare.threads=1"]))
     assert line == ("prepare: --session-gap 30 --max-len 50 --min-item-count 2 --eval-days auto --memory-limit 50% "
                     "--threads 1; input: --schema taobao")
-    line = _prepare_line(load_config(None, {}, ["input.user=visitorid", "input.view=[pv, click]", 'input.delimiter="\t"',
-                                                "input.header=false", "prepare.eval_days=3.5"]))
-    assert line.endswith("--eval-days 3.5 --memory-limit 50% (threads: all cores); input: --set input.user=visitorid "
-                         '--set input.view=[pv, click] --set input.delimiter="\\t" --set input.header=false')
+    sets = ["input.user=visitorid", "input.view=[pv, click]", 'input.delimiter="\t"', "input.header=false",
+            "input.time_format=%d/%m/%Y %H:%M"]
+    cfg = load_config(None, {}, [*sets, "prepare.eval_days=3.5"])
+    line = _prepare_line(cfg)
+    assert line.startswith("prepare: --session-gap 30 --max-len 50 --min-item-count 2 --eval-days 3.5 --memory-limit 50% "
+                           "(threads: all cores); input: --set input.user=visitorid --set 'input.time_format=")
+    for word in ("--set 'input.view=[pv, click]'", """--set 'input.delimiter="\\t"'""", "--set input.header=false"):
+        assert f" {word}" in line
+    # the words after "input:" are what a shell passes on: the same mapping, read back
+    words = shlex.split(line.split("; input: ", 1)[1])
+    assert load_config(None, {}, words[1::2]).input == cfg.input
     assert _prepare_line(load_config(None, {}, [])).endswith("; input: detected from the header")
 
 

@@ -629,6 +629,24 @@ def test_no_valid_rows_names_the_time_format_to_set(tmp_path: Path) -> None:
     assert str(err.value).endswith("""read with --set 'input.time_format="%d.%m.%Y %H:%M"'""")
 
 
+def test_no_valid_rows_for_their_field_count_names_the_delimiter_or_the_schema(tmp_path: Path) -> None:
+    rows_ = "".join(f"{i};{i + 100};7;pv;{1511544070 + i}\n" for i in range(12))
+    raw = tmp_path / "semicolons.csv"
+    raw.write_text(rows_)
+    with pytest.raises(InputError) as err:
+        prepare([str(raw)], tmp_path / "p", CFG, input_cfg=InputConfig(schema="taobao"))
+    assert "no valid rows (rejected: wrong field count 12)" in str(err.value)
+    assert str(err.value).endswith("line 1 has 1 field(s) split by ',' where the mapping reads 5 (user_id,item_id,"
+                                   """category_id,behavior_type,timestamp): split by ';' it has 5, --set 'input.delimiter=";"'""")
+    # four fields a line by any delimiter (a log of another shape): the schema or the columns to set
+    raw.write_text("".join(f"{i},{i + 100},pv,{1511544070 + i}\n" for i in range(12)))
+    with pytest.raises(InputError) as err:
+        prepare([str(raw)], tmp_path / "p", CFG, input_cfg=InputConfig(schema="taobao"))
+    assert str(err.value).endswith("line 1 has 4 field(s) split by ',' where the mapping reads 5 (user_id,item_id,"
+                                   "category_id,behavior_type,timestamp); name the log's schema with --schema, or set "
+                                   "input.delimiter, input.header or input.columns")
+
+
 def test_a_file_whose_first_rows_all_fail_stops_before_it_is_loaded(tmp_path: Path, monkeypatch) -> None:
     from purchasepred.data import prepare as prepare_module
 

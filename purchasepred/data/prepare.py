@@ -11,6 +11,7 @@ rows go into the manifest's ``steps``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from glob import escape as glob_escape
@@ -1492,12 +1493,37 @@ def _reject_hints(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> lis
         f = by_path[r["file_path"]]
         if r["reason"] == "invalid utf-8":
             hint = latin1_hint(f.mapping.entry)
+        elif r["reason"] == "wrong field count":
+            hint = _field_count_hint(con, f)
         else:
             hint = reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,), f.mapping.entry,
                                f.mapping.null_values)
         if hint:
             out.append((f, r["reason"], int(r["n"]), hint))
     return out
+
+
+def _field_count_hint(con: duckdb.DuckDBPyConnection, f: InputFile) -> str | None:
+    """For lines rejected for their field count: how many fields the first one has against the mapping's
+    columns (a log named with the wrong --schema, or split by the wrong delimiter, fails on every line)."""
+    if f.format != "csv":
+        return None
+    row = con.execute("select line, raw from rejects where file_path = ? and reason = 'wrong field count' "
+                      "order by line limit 1", [str(f.path)]).fetchone()
+    if row is None or row[1] is None:
+        return None
+    def fields(delimiter: str) -> int:
+        return len(next(csv.reader([row[1]], delimiter=delimiter), []))
+
+    def named(delimiter: str) -> str:
+        return "tab" if delimiter == "\t" else quoted(delimiter)
+
+    hint = (f"line {row[0]} has {fields(f.mapping.delimiter)} field(s) split by {named(f.mapping.delimiter)} where the "
+            f"mapping reads {len(f.names)} ({','.join(f.names)})")
+    other = [d for d in (",", ";", "\t", "|") if d != f.mapping.delimiter and fields(d) == len(f.names)]
+    if other:  # (the line splits into the mapping's columns by another delimiter)
+        return f"{hint}: split by {named(other[0])} it has {len(f.names)}, {setting('delimiter', json.dumps(other[0]), f.mapping.entry)}"
+    return f"{hint}; name the log's schema with --schema, or set input.delimiter, input.header or input.columns"
 
 
 # what a kept value that reads like "no value" does to the prepared data (null_like_warnings)
