@@ -1466,7 +1466,7 @@ def _check_some_valid(con: duckdb.DuckDBPyConnection, paths: list[Path], files: 
     shown = ", ".join(f"{r['reason']} {r['n']}" for r in reasons[:4])
     first = con.execute("select file_path, line, reason from rejects order by file_path, line limit 1").fetchone()
     where = f"; first at {first[0]} line {first[1]}: {first[2]}" if first else ""
-    hints = [h for *_, h in _reject_hints(con, files)[:2]]
+    hints = [h for *_, h in _reject_hints(con, files, field_counts=True)[:2]]
     hint = "".join(f"; {h}" for h in hints)
     raise InputError(
         f"{', '.join(map(str, paths))}: no valid rows (rejected: {shown}){where}; fix the input or check its schema{hint}"
@@ -1483,10 +1483,13 @@ def latin1_hint(entry: str | None = None) -> str:
 HINT_SHARE = 0.01
 
 
-def _reject_hints(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> list[tuple[InputFile, str, int, str]]:
+def _reject_hints(con: duckdb.DuckDBPyConnection, files: list[InputFile],
+                  field_counts: bool = False) -> list[tuple[InputFile, str, int, str]]:
     """(file, reason, lines, hint) for each reject reason of each file that its own mapping can fix (an
-    unmapped event value, a time format, a decimal comma, the Latin-1 encoding), commonest first; the
-    hint names the key to set, in the file's input.files entry when it has one."""
+    unmapped event value, a time format, a decimal comma, the Latin-1 encoding; with ``field_counts``, for
+    a log with no valid rows, the delimiter or schema that splits its lines into the mapping's columns:
+    a few lines cut short in a log are broken lines, not a wrong mapping), commonest first; the hint names
+    the key to set, in the file's input.files entry when it has one."""
     by_path = {str(f.path): f for f in files}
     out = []
     for r in _rows(con, named_queries("stats.sql")["rejects_by_file"]):
@@ -1494,7 +1497,7 @@ def _reject_hints(con: duckdb.DuckDBPyConnection, files: list[InputFile]) -> lis
         if r["reason"] == "invalid utf-8":
             hint = latin1_hint(f.mapping.entry)
         elif r["reason"] == "wrong field count":
-            hint = _field_count_hint(con, f)
+            hint = _field_count_hint(con, f) if field_counts else None
         else:
             hint = reject_hint(r["reason"], list(r["examples"]), (f.mapping.time_format,), f.mapping.entry,
                                f.mapping.null_values)
