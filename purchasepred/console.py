@@ -61,6 +61,11 @@ def _plain() -> bool:
     return not _state["quiet"] and not console.is_terminal
 
 
+def _live_off() -> bool:
+    """Whether a live progress display is off: under --quiet, or without a terminal (_plain)."""
+    return _state["quiet"] or not console.is_terminal
+
+
 def make_progress(transient: bool = False) -> Progress:
     """One progress factory for every command; disabled under --quiet or without a terminal (where the
     callers print a line as each stage starts instead: _plain)."""
@@ -74,7 +79,7 @@ def make_progress(transient: bool = False) -> Progress:
         TextColumn("{task.fields[status]}", markup=False),
         console=console,
         transient=transient,
-        disable=_state["quiet"] or not console.is_terminal,
+        disable=_live_off(),
     )
 
 
@@ -113,7 +118,7 @@ def steps(title: str) -> Iterator[StepLines]:
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}", style="progress.description", markup=False),
         TimeElapsedColumn(), TextColumn("{task.fields[status]}", markup=False), console=console,
-        disable=_state["quiet"] or plain,
+        disable=_live_off(),
     ) as progress:
         step = StepLines(progress, title, _print_line if plain else None)
         yield step

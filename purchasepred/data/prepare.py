@@ -35,7 +35,7 @@ import duckdb
 from purchasepred import __version__
 from purchasepred.config import InputConfig, PrepareConfig
 from purchasepred.data.inputs import (
-    NULL_LIKE, InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs,
+    NULL_LIKE, OTHER_DELIMITERS, InputFile, check_input_config, check_path, duckdb_literal, expand, file_configs,
     guess_time_format, inspect_csv, inspect_json, inspect_parquet, is_json, is_parquet, null_values_hint, quoted, reject_hint,
     csv_rewrite_hint, open_bytes, rewrite_hint, setting,
 )
@@ -1515,6 +1515,7 @@ def _field_count_hint(con: duckdb.DuckDBPyConnection, f: InputFile) -> str | Non
                       "order by line limit 1", [str(f.path)]).fetchone()
     if row is None or row[1] is None:
         return None
+
     def fields(delimiter: str) -> int:
         return len(next(csv.reader([row[1]], delimiter=delimiter), []))
 
@@ -1523,9 +1524,10 @@ def _field_count_hint(con: duckdb.DuckDBPyConnection, f: InputFile) -> str | Non
 
     hint = (f"line {row[0]} has {fields(f.mapping.delimiter)} field(s) split by {named(f.mapping.delimiter)} where the "
             f"mapping reads {len(f.names)} ({','.join(f.names)})")
-    other = [d for d in (",", ";", "\t", "|") if d != f.mapping.delimiter and fields(d) == len(f.names)]
+    other = [(d, q) for d, q in OTHER_DELIMITERS.items() if d != f.mapping.delimiter and fields(d) == len(f.names)]
     if other:  # (the line splits into the mapping's columns by another delimiter)
-        return f"{hint}: split by {named(other[0])} it has {len(f.names)}, {setting('delimiter', json.dumps(other[0]), f.mapping.entry)}"
+        (d, q), *_ = other
+        return f"{hint}: split by {named(d)} it has {len(f.names)}, {setting('delimiter', q, f.mapping.entry)}"
     return f"{hint}; name the log's schema with --schema, or set input.delimiter, input.header or input.columns"
 
 
